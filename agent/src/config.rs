@@ -1,0 +1,682 @@
+//! `agent start` configuration (spec §1): flags, `SEMAPHORE_AGENT_*` env vars and a YAML file,
+//! with upstream's precedence (flag > env > file > default), validation and error texts.
+//!
+//! Parsing is pure (argument list, environment and file text in; `Config` or an error out) so
+//! every rule is table-tested without touching the process environment.
+
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Every option `agent start` knows, with its kind. Also the set of valid YAML keys.
+pub const OPTIONS: &[(&str, Kind)] = &[
+    ("config-file", Kind::Text),
+    ("name", Kind::Text),
+    ("name-from-env", Kind::Text),
+    ("endpoint", Kind::Text),
+    ("token", Kind::Text),
+    ("no-https", Kind::Flag),
+    ("shutdown-hook-path", Kind::Text),
+    ("pre-job-hook-path", Kind::Text),
+    ("post-job-hook-path", Kind::Text),
+    ("disconnect-after-job", Kind::Flag),
+    ("job-id", Kind::Text),
+    ("disconnect-after-idle-timeout", Kind::Int),
+    ("interruption-grace-period", Kind::Int),
+    ("env-vars", Kind::List),
+    ("files", Kind::List),
+    ("fail-on-missing-files", Kind::Flag),
+    ("upload-job-logs", Kind::Text),
+    ("fail-on-pre-job-hook-error", Kind::Flag),
+    ("source-pre-job-hook", Kind::Flag),
+    ("kubernetes-executor", Kind::Flag),
+    ("kubernetes-pod-spec", Kind::Text),
+    ("kubernetes-allowed-images", Kind::List),
+    ("kubernetes-labels", Kind::List),
+    ("kubernetes-pod-start-timeout", Kind::Int),
+    ("kubernetes-default-image", Kind::Text),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Flag,
+    Int,
+    List,
+}
+
+/// A validated `agent start` configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub name: String,
+    pub name_from_env: String,
+    pub endpoint: String,
+    pub token: String,
+    pub no_https: bool,
+    pub shutdown_hook_path: String,
+    pub pre_job_hook_path: String,
+    pub post_job_hook_path: String,
+    pub disconnect_after_job: bool,
+    pub job_id: String,
+    pub disconnect_after_idle_timeout: i64,
+    pub interruption_grace_period: i64,
+    /// `NAME=VALUE` pairs exported into every job (they override the job's own).
+    pub env_vars: Vec<(String, String)>,
+    /// `hostPath:destination` (docker-compose only upstream; kept for compatibility).
+    pub files: Vec<(String, String)>,
+    pub fail_on_missing_files: bool,
+    pub upload_job_logs: UploadJobLogs,
+    pub fail_on_pre_job_hook_error: bool,
+    pub source_pre_job_hook: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadJobLogs {
+    #[default]
+    Never,
+    Always,
+    WhenTrimmed,
+}
+
+/// A fatal configuration problem; the message is what the agent prints before exiting 1.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+/// One raw value before typing: lists keep their source because the split rule differs.
+#[derive(Debug, Clone, PartialEq)]
+enum Raw {
+    /// From a flag: text; lists are comma-separated and repeated flags append.
+    Flag(Vec<String>),
+    /// From the environment: text; lists are whitespace-separated.
+    Env(String),
+    /// From YAML.
+    Yaml(serde_yaml::Value),
+}
+
+/// Parses `agent start` arguments (without the sub-command), the environment and a config file
+/// reader into a validated [`Config`].
+pub fn load(
+    args: &[String],
+    env: &BTreeMap<String, String>,
+    read_file: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<Config, ConfigError> {
+    let flags = parse_flags(args)?;
+    let mut values: BTreeMap<&'static str, Raw> = BTreeMap::new();
+
+    if let Some(Raw::Flag(paths)) = flags.get("config-file") {
+        let path = paths.last().cloned().unwrap_or_default();
+        if !path.is_empty() {
+            let text = read_file(&path).map_err(|error| {
+                invalid(format!(
+                    "Error reading config file '{path}': {error}. Exiting..."
+                ))
+            })?;
+            for (key, value) in parse_yaml(&text, &path)? {
+                values.insert(key, Raw::Yaml(value));
+            }
+        }
+    }
+    for (key, _) in OPTIONS {
+        if *key == "config-file" {
+            continue;
+        }
+        let env_name = format!("SEMAPHORE_AGENT_{}", key.to_uppercase().replace('-', "_"));
+        if let Some(value) = env.get(&env_name) {
+            values.insert(key, Raw::Env(value.clone()));
+        }
+    }
+    for (key, value) in flags {
+        values.insert(key, value);
+    }
+    build(&values, env)
+}
+
+fn option_kind(key: &str) -> Option<(&'static str, Kind)> {
+    OPTIONS.iter().find(|(name, _)| *name == key).copied()
+}
+
+fn parse_flags(args: &[String]) -> Result<BTreeMap<&'static str, Raw>, ConfigError> {
+    let mut flags: BTreeMap<&'static str, Raw> = BTreeMap::new();
+    let mut index = 0;
+    while index < args.len() {
+        let arg = &args[index];
+        index += 1;
+        let Some(body) = arg
+            .strip_prefix("--")
+            .or_else(|| arg.strip_prefix('-').filter(|b| b.len() > 1))
+        else {
+            return Err(invalid(format!("Unexpected argument '{arg}'. Exiting...")));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (body, None),
+        };
+        let Some((key, kind)) = option_kind(name) else {
+            return Err(invalid(format!("unknown flag: --{name}")));
+        };
+        let value = match (kind, inline) {
+            (_, Some(value)) => value,
+            (Kind::Flag, None) => "true".to_string(),
+            (_, None) => {
+                let Some(value) = args.get(index) else {
+                    return Err(invalid(format!("flag needs an argument: --{name}")));
+                };
+                index += 1;
+                value.clone()
+            }
+        };
+        match flags.entry(key).or_insert_with(|| Raw::Flag(Vec::new())) {
+            Raw::Flag(values) => values.push(value),
+            _ => unreachable!("flags only hold flag values"),
+        }
+    }
+    Ok(flags)
+}
+
+fn parse_yaml(
+    text: &str,
+    path: &str,
+) -> Result<Vec<(&'static str, serde_yaml::Value)>, ConfigError> {
+    let document: serde_yaml::Value = serde_yaml::from_str(text).map_err(|error| {
+        invalid(format!(
+            "Error reading config file '{path}': {error}. Exiting..."
+        ))
+    })?;
+    let mapping = match document {
+        serde_yaml::Value::Null => return Ok(Vec::new()),
+        serde_yaml::Value::Mapping(mapping) => mapping,
+        _ => {
+            return Err(invalid(format!(
+                "Error reading config file '{path}': expected a mapping of options. Exiting..."
+            )))
+        }
+    };
+    let mut out = Vec::new();
+    for (key, value) in mapping {
+        let key_text = match &key {
+            serde_yaml::Value::String(text) => text.clone(),
+            other => serde_yaml::to_string(other)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        };
+        match option_kind(&key_text) {
+            Some(("config-file", _)) | None => {
+                return Err(invalid(format!(
+                    "Unrecognized option '{key_text}'. Exiting..."
+                )));
+            }
+            Some((known, _)) => out.push((known, value)),
+        }
+    }
+    Ok(out)
+}
+
+fn text(values: &BTreeMap<&'static str, Raw>, key: &str) -> Result<String, ConfigError> {
+    Ok(match values.get(key) {
+        None => String::new(),
+        Some(Raw::Flag(list)) => list.last().cloned().unwrap_or_default(),
+        Some(Raw::Env(value)) => value.clone(),
+        Some(Raw::Yaml(value)) => match value {
+            serde_yaml::Value::String(text) => text.clone(),
+            serde_yaml::Value::Number(number) => number.to_string(),
+            serde_yaml::Value::Bool(flag) => flag.to_string(),
+            serde_yaml::Value::Null => String::new(),
+            _ => {
+                return Err(invalid(format!(
+                    "Invalid value for '{key}': expected a string. Exiting..."
+                )))
+            }
+        },
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" | "" => Ok(false),
+        other => Err(invalid(format!(
+            "Invalid value '{other}' for '{key}': expected true or false. Exiting..."
+        ))),
+    }
+}
+
+fn flag(values: &BTreeMap<&'static str, Raw>, key: &str) -> Result<bool, ConfigError> {
+    match values.get(key) {
+        Some(Raw::Yaml(serde_yaml::Value::Bool(flag))) => Ok(*flag),
+        Some(Raw::Yaml(serde_yaml::Value::Null)) => Ok(false),
+        Some(Raw::Yaml(serde_yaml::Value::String(text))) => parse_bool(key, text),
+        Some(Raw::Yaml(_)) => Err(invalid(format!(
+            "Invalid value for '{key}': expected true or false. Exiting..."
+        ))),
+        _ => parse_bool(key, &text(values, key)?),
+    }
+}
+
+fn int(values: &BTreeMap<&'static str, Raw>, key: &str, default: i64) -> Result<i64, ConfigError> {
+    if let Some(Raw::Yaml(serde_yaml::Value::Number(number))) = values.get(key) {
+        return number.as_i64().ok_or_else(|| {
+            invalid(format!(
+                "Invalid value '{number}' for '{key}': expected an integer. Exiting..."
+            ))
+        });
+    }
+    let raw = text(values, key)?;
+    if raw.is_empty() {
+        return Ok(default);
+    }
+    raw.trim().parse::<i64>().map_err(|_| {
+        invalid(format!(
+            "Invalid value '{raw}' for '{key}': expected an integer. Exiting..."
+        ))
+    })
+}
+
+fn list(values: &BTreeMap<&'static str, Raw>, key: &str) -> Result<Vec<String>, ConfigError> {
+    Ok(match values.get(key) {
+        None => Vec::new(),
+        Some(Raw::Flag(entries)) => entries
+            .iter()
+            .flat_map(|entry| entry.split(','))
+            .filter(|item| !item.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(Raw::Env(value)) => value.split_whitespace().map(str::to_string).collect(),
+        Some(Raw::Yaml(serde_yaml::Value::Sequence(items))) => items
+            .iter()
+            .map(|item| match item {
+                serde_yaml::Value::String(text) => Ok(text.clone()),
+                serde_yaml::Value::Number(number) => Ok(number.to_string()),
+                serde_yaml::Value::Bool(flag) => Ok(flag.to_string()),
+                _ => Err(invalid(format!(
+                    "Invalid value for '{key}': expected a list of strings. Exiting..."
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(Raw::Yaml(serde_yaml::Value::Null)) => Vec::new(),
+        Some(Raw::Yaml(serde_yaml::Value::String(text))) => {
+            text.split_whitespace().map(str::to_string).collect()
+        }
+        Some(Raw::Yaml(_)) => {
+            return Err(invalid(format!(
+                "Invalid value for '{key}': expected a list of strings. Exiting..."
+            )));
+        }
+    })
+}
+
+fn build(
+    values: &BTreeMap<&'static str, Raw>,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let endpoint = text(values, "endpoint")?;
+    if endpoint.is_empty() {
+        return Err(invalid("Semaphore endpoint was not specified. Exiting..."));
+    }
+    let token = text(values, "token")?;
+    if token.is_empty() {
+        return Err(invalid(
+            "Agent registration token was not specified. Exiting...",
+        ));
+    }
+    let disconnect_after_job = flag(values, "disconnect-after-job")?;
+    let job_id = text(values, "job-id")?;
+    if !job_id.is_empty() && !disconnect_after_job {
+        return Err(invalid(
+            "job-id can only be used if disconnect-after-job is also used. Exiting...",
+        ));
+    }
+    let idle_timeout = int(values, "disconnect-after-idle-timeout", 0)?;
+    if idle_timeout < 0 {
+        return Err(invalid("Idle timeout can't be negative. Exiting..."));
+    }
+    let upload_job_logs = match text(values, "upload-job-logs")?.as_str() {
+        "" | "never" => UploadJobLogs::Never,
+        "always" => UploadJobLogs::Always,
+        "when-trimmed" => UploadJobLogs::WhenTrimmed,
+        other => {
+            return Err(invalid(format!(
+                "Unsupported value '{other}' for upload-job-logs. Allowed values are: never, always, when-trimmed. Exiting..."
+            )))
+        }
+    };
+    let mut env_vars = Vec::new();
+    for entry in list(values, "env-vars")? {
+        let parts: Vec<&str> = entry.split('=').collect();
+        if parts.len() != 2 {
+            return Err(invalid(format!(
+                "Error parsing --env-vars: {entry} is not a valid environment variable. Exiting..."
+            )));
+        }
+        env_vars.push((parts[0].to_string(), parts[1].to_string()));
+    }
+    let mut files = Vec::new();
+    for entry in list(values, "files")? {
+        let parts: Vec<&str> = entry.split(':').collect();
+        if parts.len() != 2 {
+            return Err(invalid(format!(
+                "Error parsing --files: {entry} is not a valid file mapping. Exiting..."
+            )));
+        }
+        files.push((parts[0].to_string(), parts[1].to_string()));
+    }
+    for label in list(values, "kubernetes-labels")? {
+        if label.split('=').count() != 2 {
+            return Err(invalid(format!(
+                "Error parsing --kubernetes-labels: {label} is not a valid label. Exiting..."
+            )));
+        }
+    }
+    if int(values, "kubernetes-pod-start-timeout", 300)? < 0 {
+        return Err(invalid(
+            "Kubernetes pod start timeout can't be negative. Exiting...",
+        ));
+    }
+    if flag(values, "kubernetes-executor")? {
+        return Err(invalid(
+            "The Kubernetes executor is not supported by this agent; run jobs with the shell executor. Exiting...",
+        ));
+    }
+
+    let name = text(values, "name")?;
+    let name_from_env = text(values, "name-from-env")?;
+    if !name.is_empty() {
+        validate_name(&name)?;
+    } else if !name_from_env.is_empty() {
+        validate_name(env.get(&name_from_env).map(String::as_str).unwrap_or(""))?;
+    }
+
+    Ok(Config {
+        name,
+        name_from_env,
+        endpoint,
+        token,
+        no_https: flag(values, "no-https")?,
+        shutdown_hook_path: text(values, "shutdown-hook-path")?,
+        pre_job_hook_path: text(values, "pre-job-hook-path")?,
+        post_job_hook_path: text(values, "post-job-hook-path")?,
+        disconnect_after_job,
+        job_id,
+        disconnect_after_idle_timeout: idle_timeout,
+        interruption_grace_period: int(values, "interruption-grace-period", 0)?,
+        env_vars,
+        files,
+        fail_on_missing_files: flag(values, "fail-on-missing-files")?,
+        upload_job_logs,
+        fail_on_pre_job_hook_error: flag(values, "fail-on-pre-job-hook-error")?,
+        source_pre_job_hook: flag(values, "source-pre-job-hook")?,
+    })
+}
+
+/// Spec §2.8: a URL (Go's `url.ParseRequestURI`) has no length limit; any other name must have
+/// 8..=80 bytes.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    if looks_like_request_uri(name) {
+        return Ok(());
+    }
+    let length = name.len();
+    if !(8..=80).contains(&length) {
+        return Err(invalid(format!(
+            "Agent name validation failed: name should have between 8 and 80 characters. '{name}' has {length}"
+        )));
+    }
+    Ok(())
+}
+
+/// Approximates `url.ParseRequestURI`: an absolute path, or `scheme:rest` with a valid scheme,
+/// and no ASCII control bytes.
+fn looks_like_request_uri(text: &str) -> bool {
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return false;
+    }
+    if text.starts_with('/') {
+        return true;
+    }
+    match text.split_once(':') {
+        Some((scheme, rest)) => {
+            let mut chars = scheme.chars();
+            let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+            first_ok
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                && !rest.is_empty()
+                && !rest.contains(' ')
+        }
+        None => false,
+    }
+}
+
+impl Config {
+    /// `<scheme>://<endpoint>/api/v1/self_hosted_agents` (the endpoint is used verbatim).
+    pub fn base_url(&self) -> String {
+        let scheme = if self.no_https { "http" } else { "https" };
+        format!("{scheme}://{}/api/v1/self_hosted_agents", self.endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn env(list: &[(&str, &str)]) -> BTreeMap<String, String> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn no_file(_: &str) -> std::io::Result<String> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file",
+        ))
+    }
+
+    const BASE: &[&str] = &["--endpoint", "org.example.com", "--token", "secret"];
+
+    fn load_with(
+        list: &[&str],
+        environment: &[(&str, &str)],
+        yaml: &str,
+    ) -> Result<Config, ConfigError> {
+        let yaml = yaml.to_string();
+        let reader = move |_: &str| Ok(yaml.clone());
+        load(&args(list), &env(environment), &reader)
+    }
+
+    #[test]
+    fn required_options_and_their_messages() {
+        let table: &[(&[&str], &str)] = &[
+            (&[], "Semaphore endpoint was not specified. Exiting..."),
+            (&["--endpoint", "x"], "Agent registration token was not specified. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--job-id", "j"], "job-id can only be used if disconnect-after-job is also used. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--disconnect-after-idle-timeout", "-1"], "Idle timeout can't be negative. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--env-vars", "A=B=C"], "Error parsing --env-vars: A=B=C is not a valid environment variable. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--name", "short"], "Agent name validation failed: name should have between 8 and 80 characters. 'short' has 5"),
+            (&["--endpoint=x", "--token=t", "--bogus"], "unknown flag: --bogus"),
+            (&["--endpoint=x", "--token"], "flag needs an argument: --token"),
+            (&["--endpoint=x", "--token=t", "--upload-job-logs", "sometimes"], "Unsupported value 'sometimes' for upload-job-logs. Allowed values are: never, always, when-trimmed. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--disconnect-after-idle-timeout", "ten"], "Invalid value 'ten' for 'disconnect-after-idle-timeout': expected an integer. Exiting..."),
+            (&["--endpoint=x", "--token=t", "--kubernetes-executor"], "The Kubernetes executor is not supported by this agent; run jobs with the shell executor. Exiting..."),
+        ];
+        for (list, message) in table {
+            let error = load(&args(list), &env(&[]), &no_file).unwrap_err();
+            assert_eq!(error.to_string(), *message, "args {list:?}");
+        }
+    }
+
+    #[test]
+    fn precedence_is_flag_then_env_then_file_then_default() {
+        let yaml = "endpoint: from-file\ntoken: file-token\nname: file-name-123\nno-https: true\n";
+        let config = load_with(BASE, &[("SEMAPHORE_AGENT_NAME", "env-name-123")], yaml).unwrap();
+        // config-file is not given: the file is not read.
+        assert_eq!(config.endpoint, "org.example.com");
+        assert_eq!(config.name, "env-name-123");
+        assert!(!config.no_https);
+
+        let config = load_with(
+            &["--config-file", "c.yaml", "--token", "flag-token"],
+            &[("SEMAPHORE_AGENT_NAME", "env-name-123")],
+            yaml,
+        )
+        .unwrap();
+        assert_eq!(config.endpoint, "from-file");
+        assert_eq!(config.token, "flag-token");
+        assert_eq!(config.name, "env-name-123");
+        assert!(config.no_https);
+        assert_eq!(
+            config.base_url(),
+            "http://from-file/api/v1/self_hosted_agents"
+        );
+        assert_eq!(config.upload_job_logs, UploadJobLogs::Never);
+    }
+
+    #[test]
+    fn lists_split_by_source() {
+        let config = load_with(
+            &[BASE, &["--env-vars", "A=1,B=2", "--env-vars=C=3"]].concat(),
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            config.env_vars,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "2".into()),
+                ("C".into(), "3".into())
+            ]
+        );
+
+        let config = load_with(BASE, &[("SEMAPHORE_AGENT_ENV_VARS", "X=1  Y=2")], "").unwrap();
+        assert_eq!(
+            config.env_vars,
+            vec![("X".into(), "1".into()), ("Y".into(), "2".into())]
+        );
+
+        let config = load_with(
+            &[BASE, &["--config-file=c.yaml"]].concat(),
+            &[],
+            "env-vars:\n  - K=v\nfiles:\n  - /a:/b\n",
+        )
+        .unwrap();
+        assert_eq!(config.env_vars, vec![("K".into(), "v".into())]);
+        assert_eq!(config.files, vec![("/a".into(), "/b".into())]);
+    }
+
+    #[test]
+    fn env_vars_map_dashes_to_underscores() {
+        let config = load_with(
+            BASE,
+            &[
+                ("SEMAPHORE_AGENT_DISCONNECT_AFTER_JOB", "true"),
+                ("SEMAPHORE_AGENT_JOB_ID", "job-1"),
+                ("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "30"),
+            ],
+            "",
+        )
+        .unwrap();
+        assert!(config.disconnect_after_job);
+        assert_eq!(config.job_id, "job-1");
+        assert_eq!(config.disconnect_after_idle_timeout, 30);
+    }
+
+    #[test]
+    fn unknown_yaml_keys_are_rejected() {
+        let error = load_with(
+            &[BASE, &["--config-file", "c.yaml"]].concat(),
+            &[],
+            "endpoint: x\nendpiont: y\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Unrecognized option 'endpiont'. Exiting..."
+        );
+        let error = load_with(
+            &[BASE, &["--config-file", "c.yaml"]].concat(),
+            &[],
+            "config-file: other.yaml\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Unrecognized option 'config-file'. Exiting..."
+        );
+    }
+
+    #[test]
+    fn unreadable_or_malformed_config_file_is_fatal() {
+        let error = load(&args(&["--config-file", "/nope.yaml"]), &env(&[]), &no_file).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("Error reading config file '/nope.yaml'"),
+            "{error}"
+        );
+        let error =
+            load_with(&["--config-file", "c.yaml"], &[], "endpoint: [unclosed").unwrap_err();
+        assert!(
+            error.to_string().contains("Error reading config file"),
+            "{error}"
+        );
+        let error = load_with(&["--config-file", "c.yaml"], &[], "- just\n- a list\n").unwrap_err();
+        assert!(error.to_string().contains("expected a mapping"), "{error}");
+    }
+
+    #[test]
+    fn bool_flags_take_optional_values() {
+        let config = load_with(
+            &[
+                BASE,
+                &[
+                    "--no-https",
+                    "--disconnect-after-job=true",
+                    "--source-pre-job-hook=false",
+                ],
+            ]
+            .concat(),
+            &[],
+            "",
+        )
+        .unwrap();
+        assert!(config.no_https && config.disconnect_after_job && !config.source_pre_job_hook);
+        let error = load_with(&[BASE, &["--no-https=maybe"]].concat(), &[], "").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Invalid value 'maybe' for 'no-https': expected true or false. Exiting..."
+        );
+    }
+
+    #[test]
+    fn names_follow_upstream_validation() {
+        assert!(validate_name("abcdefgh").is_ok());
+        assert!(validate_name(&"a".repeat(80)).is_ok());
+        assert!(validate_name(&"a".repeat(81)).is_err());
+        assert!(validate_name("https://sts.amazonaws.com/?Action=GetCallerIdentity").is_ok());
+        assert!(validate_name("/x").is_ok());
+        assert!(validate_name("").is_err());
+        let error = load_with(
+            &[BASE, &["--name-from-env", "MY_NAME"]].concat(),
+            &[("MY_NAME", "tiny")],
+            "",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("'tiny' has 4"), "{error}");
+        let config = load_with(
+            &[BASE, &["--name-from-env", "MY_NAME"]].concat(),
+            &[("MY_NAME", "long-enough-name")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(config.name_from_env, "MY_NAME");
+    }
+}

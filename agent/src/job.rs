@@ -1,0 +1,623 @@
+//! Runs one job with the shell executor, phase by phase as upstream does (spec §5.2–§5.6):
+//! export env vars → inject files → pre-job hook → commands → [SEMAPHORE_JOB_RESULT →
+//! epilogues] → post-job hook → `job_finished`. Every event goes to the [`JobLog`].
+//!
+//! Departures from upstream, each fixing a documented bug without changing what a well-formed
+//! job logs: `~` is expanded only as a leading `~` / `~user` (§5.4); a decode error or a missing
+//! `$HOME` still closes the "Injecting Files" command with `cmd_finished`; the job's whole
+//! session is killed on stop and at the end (no leaked background processes); the job shell
+//! never sees the agent's `SEMAPHORE_AGENT_*` settings (tokens included).
+
+use crate::joblog::JobLog;
+use crate::shell::{shell_quote_bytes, unix_now, Shell};
+use protocol::{Command, JobRequest, JobResult};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+pub const EXPORT_DIRECTIVE: &str = "Exporting environment variables";
+pub const INJECT_DIRECTIVE: &str = "Injecting Files";
+pub const PRE_HOOK_ALIAS: &str = "Running the pre-job hook configured in the agent";
+pub const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the agent";
+pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
+/// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (spec §5.6b).
+pub const MANUAL_STOP_EXIT_CODE: i32 = 130;
+
+/// How the agent runs jobs (from its configuration).
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// `--env-vars`: exported into every job, overriding the job's own values.
+    pub agent_env_vars: Vec<(String, String)>,
+    pub pre_job_hook_path: String,
+    pub post_job_hook_path: String,
+    pub fail_on_pre_job_hook_error: bool,
+    pub source_pre_job_hook: bool,
+    /// The environment bash starts with (see [`job_environment`]).
+    pub shell_env: Vec<(String, String)>,
+    /// Where per-job scratch files (command file, env files) go.
+    pub scratch_root: PathBuf,
+}
+
+/// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
+/// variable is removed (upstream hands the registration token to every job, spec §1.4).
+pub fn job_environment(
+    agent_env: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    agent_env
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("SEMAPHORE_AGENT_"))
+        .collect()
+}
+
+/// Lets another thread stop the job (server `stop-job`, shutdown) at any phase.
+#[derive(Debug, Default)]
+pub struct JobControl {
+    stopped: AtomicBool,
+    session: Mutex<Option<i32>>,
+}
+
+impl JobControl {
+    pub fn new() -> JobControl {
+        JobControl::default()
+    }
+
+    /// Marks the job stopped and kills its shell session, if it has one yet; a shell that starts
+    /// later is killed as soon as it is attached.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let session = *self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = session {
+            crate::shell::pty::kill_session(session);
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    fn attach(&self, session: i32) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
+        if self.is_stopped() {
+            crate::shell::pty::kill_session(session);
+        }
+    }
+
+    fn detach(&self) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Why a job cannot be run by this agent at all.
+pub fn unsupported_executor(request: &JobRequest) -> Option<String> {
+    match request.executor.as_str() {
+        "" | "shell" => None,
+        "dockercompose" => Some(
+            "This agent runs jobs with the shell executor only; the 'dockercompose' executor is not supported.".into(),
+        ),
+        other => Some(format!("Unknown executor type '{other}': this agent supports only the shell executor.")),
+    }
+}
+
+/// Runs the job to its end and returns its result. `job_finished` is the last event logged.
+pub fn run_job(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+) -> JobResult {
+    log.job_started();
+    if request.executor.is_empty() {
+        log::info!("No executor specified - using shell executor");
+    }
+    if let Some(message) = unsupported_executor(request) {
+        fail_before_shell(log, "Preparing the job executor", &message);
+        log.job_finished(JobResult::Failed);
+        return JobResult::Failed;
+    }
+    let scratch = match make_scratch_dir(&options.scratch_root, &request.job_id) {
+        Ok(dir) => dir,
+        Err(error) => {
+            fail_before_shell(
+                log,
+                "Starting the job shell",
+                &format!("Failed to create a scratch directory: {error}"),
+            );
+            log.job_finished(JobResult::Failed);
+            return JobResult::Failed;
+        }
+    };
+    let result = if control.is_stopped() {
+        JobResult::Stopped
+    } else {
+        match Shell::start(&options.shell_env, &scratch) {
+            Ok(shell) => {
+                control.attach(shell.session_id());
+                let mut runner = Runner {
+                    request,
+                    options,
+                    log,
+                    control,
+                    shell,
+                    scratch: &scratch,
+                };
+                let result = runner.run();
+                runner.shell.close();
+                control.detach();
+                result
+            }
+            Err(error) => {
+                fail_before_shell(
+                    log,
+                    "Starting the job shell",
+                    &format!("Failed to start bash: {error}"),
+                );
+                JobResult::Failed
+            }
+        }
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn fail_before_shell(log: &JobLog, directive: &str, message: &str) {
+    let started_at = unix_now();
+    log.cmd_started(directive);
+    log.cmd_output(format!("{message}\n").as_bytes());
+    log.cmd_finished(directive, 1, started_at, unix_now());
+}
+
+fn make_scratch_dir(root: &Path, job_id: &str) -> std::io::Result<PathBuf> {
+    let safe_id: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    for _ in 0..16 {
+        let dir = root.join(format!(
+            "flotilla-job-{safe_id}-{:08x}",
+            rand::random::<u32>()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(std::io::Error::other(
+        "could not pick a unique scratch directory",
+    ))
+}
+
+struct Runner<'a> {
+    request: &'a JobRequest,
+    options: &'a JobOptions,
+    log: &'a JobLog,
+    control: &'a JobControl,
+    shell: Shell,
+    scratch: &'a Path,
+}
+
+impl Runner<'_> {
+    fn run(&mut self) -> JobResult {
+        let mut result = self.run_regular_commands();
+        let mut epilogues_ran = false;
+        if !self.control.is_stopped() {
+            self.run_epilogues(result);
+            epilogues_ran = true;
+        }
+        if !self.options.post_job_hook_path.is_empty() {
+            let command = format!("bash {}", self.options.post_job_hook_path);
+            self.run_command(POST_HOOK_ALIAS, &command, true, None);
+        }
+        if epilogues_ran && self.control.is_stopped() {
+            result = JobResult::Stopped;
+        }
+        self.log.job_finished(result);
+        result
+    }
+
+    fn run_regular_commands(&mut self) -> JobResult {
+        let job_vars = self
+            .request
+            .env_vars
+            .iter()
+            .map(|var| (var.name.clone(), var.decode_value()));
+        let agent_vars = self
+            .options
+            .agent_env_vars
+            .iter()
+            .map(|(name, value)| (name.clone(), Ok(value.as_bytes().to_vec())));
+        if self.export_env_vars(job_vars.chain(agent_vars).collect()) != 0 {
+            return JobResult::Failed;
+        }
+        if self.inject_files() != 0 {
+            return JobResult::Failed;
+        }
+        if !self.options.pre_job_hook_path.is_empty() {
+            let verb = if self.options.source_pre_job_hook {
+                "source"
+            } else {
+                "bash"
+            };
+            let command = format!("{verb} {}", self.options.pre_job_hook_path);
+            let warning = if self.options.fail_on_pre_job_hook_error {
+                "The agent is configured to fail the job if the pre-job hook fails."
+            } else {
+                "The agent is configured to proceed with the job even if the pre-job hook fails."
+            };
+            let exit = self.run_command(PRE_HOOK_ALIAS, &command, true, Some(warning));
+            if exit != 0 && self.options.fail_on_pre_job_hook_error {
+                return JobResult::Failed;
+            }
+        }
+        let exit = if self.request.commands.is_empty() {
+            0
+        } else {
+            self.run_until_first_failure(&self.request.commands)
+        };
+        if self.control.is_stopped() {
+            return JobResult::Stopped;
+        }
+        if exit == MANUAL_STOP_EXIT_CODE {
+            self.control.mark_stopped();
+            return self.check_job_result();
+        }
+        if exit == 0 {
+            JobResult::Passed
+        } else {
+            JobResult::Failed
+        }
+    }
+
+    fn run_epilogues(&mut self, result: JobResult) {
+        let exit = self.export_env_vars(vec![(
+            "SEMAPHORE_JOB_RESULT".to_string(),
+            Ok(result.as_str().as_bytes().to_vec()),
+        )]);
+        if exit != 0 {
+            log::warn!("Error exporting SEMAPHORE_JOB_RESULT: exit code {exit}");
+        }
+        if self.control.is_stopped() {
+            return;
+        }
+        self.run_until_first_failure(&self.request.epilogue_always_commands);
+        if self.control.is_stopped() {
+            return;
+        }
+        let commands = if result == JobResult::Passed {
+            &self.request.epilogue_on_pass_commands
+        } else {
+            &self.request.epilogue_on_fail_commands
+        };
+        self.run_until_first_failure(commands);
+    }
+
+    /// Runs commands until one fails; returns the last exit code (1 for an empty list or a stop).
+    fn run_until_first_failure(&mut self, commands: &[Command]) -> i32 {
+        let mut exit = 1;
+        for command in commands {
+            if self.control.is_stopped() {
+                return 1;
+            }
+            let (display, aliased) = if command.alias.is_empty() {
+                (&command.directive, false)
+            } else {
+                (&command.alias, true)
+            };
+            exit = self.run_command(display, &command.directive, aliased, None);
+            if exit != 0 {
+                break;
+            }
+        }
+        exit
+    }
+
+    /// A non-silent command: `cmd_started`, [`Running: …`], [`Warning: …`], output, `cmd_finished`.
+    fn run_command(
+        &mut self,
+        display: &str,
+        command: &str,
+        aliased: bool,
+        warning: Option<&str>,
+    ) -> i32 {
+        self.log.cmd_started(display);
+        if aliased {
+            self.log
+                .cmd_output(format!("Running: {command}\n").as_bytes());
+        }
+        if let Some(warning) = warning {
+            self.log
+                .cmd_output(format!("Warning: {warning}\n").as_bytes());
+        }
+        let log = self.log;
+        let outcome = self.shell.run(command, &mut |chunk| log.cmd_output(chunk));
+        self.log.cmd_finished(
+            display,
+            outcome.exit_code,
+            outcome.started_at,
+            outcome.finished_at,
+        );
+        outcome.exit_code
+    }
+
+    /// Spec §5.3: values decoded, agent values override job values, names sorted by bytes, one
+    /// `Exporting NAME` line each, then the file is sourced silently.
+    fn export_env_vars(
+        &mut self,
+        vars: Vec<(String, Result<Vec<u8>, base64::DecodeError>)>,
+    ) -> i32 {
+        let started_at = unix_now();
+        self.log.cmd_started(EXPORT_DIRECTIVE);
+        let mut environment: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for (name, value) in vars {
+            match value {
+                Ok(value) => {
+                    environment.insert(name, value);
+                }
+                Err(error) => {
+                    log::error!("Error decoding environment variable {name}: {error}");
+                    self.log
+                        .cmd_finished(EXPORT_DIRECTIVE, 1, started_at, unix_now());
+                    return 1;
+                }
+            }
+        }
+        let mut content = Vec::new();
+        for (name, value) in &environment {
+            self.log
+                .cmd_output(format!("Exporting {name}\n").as_bytes());
+            content.extend_from_slice(b"export ");
+            content.extend_from_slice(name.as_bytes());
+            content.push(b'=');
+            content.extend_from_slice(&shell_quote_bytes(value));
+            content.push(b'\n');
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = self.scratch.join(format!(".env-{nanos}"));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .and_then(|mut file| file.write_all(&content));
+        let exit = match written {
+            Ok(()) => {
+                self.shell
+                    .run_silent(&format!("source {}", path.display()))
+                    .0
+            }
+            Err(error) => {
+                log::error!("Error writing environment file {}: {error}", path.display());
+                1
+            }
+        };
+        self.log
+            .cmd_finished(EXPORT_DIRECTIVE, exit, started_at, unix_now());
+        exit
+    }
+
+    /// Spec §5.4, with upstream's path bugs fixed.
+    fn inject_files(&mut self) -> i32 {
+        let started_at = unix_now();
+        self.log.cmd_started(INJECT_DIRECTIVE);
+        let home = self
+            .options
+            .shell_env
+            .iter()
+            .find(|(name, _)| name == "HOME")
+            .map(|(_, value)| value.clone());
+        let exit = match home {
+            _ if self.request.files.is_empty() => 0,
+            Some(home) if !home.is_empty() => self.write_files(Path::new(&home)),
+            _ => {
+                self.log
+                    .cmd_output(b"Failed to determine the home directory: HOME is not set.\n");
+                1
+            }
+        };
+        self.log
+            .cmd_finished(INJECT_DIRECTIVE, exit, started_at, unix_now());
+        exit
+    }
+
+    fn write_files(&mut self, home: &Path) -> i32 {
+        for file in &self.request.files {
+            let destination = match normalize_path(&file.path, home) {
+                Ok(path) => path,
+                Err(message) => {
+                    self.log.cmd_output(format!("{message}\n").as_bytes());
+                    return 1;
+                }
+            };
+            let shown = destination.display().to_string();
+            self.log
+                .cmd_output(format!("Injecting {shown} with file mode {}\n", file.mode).as_bytes());
+            let Ok(content) = file.decode_content() else {
+                self.log
+                    .cmd_output(b"Failed to decode the content of the file.\n");
+                return 1;
+            };
+            if let Some(parent) = destination.parent() {
+                if let Err(error) = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(parent)
+                {
+                    let message = format!(
+                        "Failed to create directory '{}': {}\n",
+                        parent.display(),
+                        go_error(&error)
+                    );
+                    self.log.cmd_output(message.as_bytes());
+                    return 1;
+                }
+            }
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&destination);
+            let mut handle = match opened {
+                Ok(handle) => handle,
+                Err(error) => {
+                    let message = format!(
+                        "Failed to create destination path '{shown}': open {shown}: {}\n",
+                        go_error(&error)
+                    );
+                    self.log.cmd_output(message.as_bytes());
+                    return 1;
+                }
+            };
+            if let Err(error) = handle.write_all(&content) {
+                self.log
+                    .cmd_output(format!("write {shown}: {}\n", go_error(&error)).as_bytes());
+                return 255;
+            }
+            drop(handle);
+            let Some(mode) = file.parse_mode() else {
+                self.log
+                    .cmd_output(format!("bad file permission '{}'\n", file.mode).as_bytes());
+                return 1;
+            };
+            if let Err(error) =
+                std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(mode))
+            {
+                let message = format!(
+                    "Failed to set file mode '{}' for '{shown}': {}\n",
+                    file.mode,
+                    go_error(&error)
+                );
+                self.log.cmd_output(message.as_bytes());
+                return 1;
+            }
+        }
+        0
+    }
+
+    /// Spec §5.6b: a command exited 130; the job result comes from `$SEMAPHORE_JOB_RESULT`.
+    fn check_job_result(&mut self) -> JobResult {
+        let (_, output) = self.shell.run_silent("echo $SEMAPHORE_JOB_RESULT");
+        let value = String::from_utf8_lossy(&output)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        let now = unix_now();
+        self.log.cmd_started(CHECK_RESULT_DIRECTIVE);
+        let (message, result) = match value.as_str() {
+            "passed" => ("SEMAPHORE_JOB_RESULT=passed - stopping job and marking it as passed".to_string(), JobResult::Passed),
+            "failed" => ("SEMAPHORE_JOB_RESULT=failed - stopping job and marking it as failed".to_string(), JobResult::Failed),
+            other => (format!("SEMAPHORE_JOB_RESULT is set to '{other}' - stopping job and marking it as stopped"), JobResult::Stopped),
+        };
+        self.log.cmd_output(message.as_bytes());
+        self.log.cmd_finished(CHECK_RESULT_DIRECTIVE, 0, now, now);
+        result
+    }
+}
+
+/// Where a job file goes: absolute paths as given; `~` / `~/x` under the job's home; `~user/x`
+/// under that user's home; anything else relative to the home directory (not the cwd).
+pub fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, String> {
+    if path.starts_with('/') {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(rest) = path.strip_prefix('~') {
+        let (user, tail) = match rest.find('/') {
+            Some(at) => (&rest[..at], rest[at + 1..].to_string()),
+            None => (rest, String::new()),
+        };
+        let base = if user.is_empty() {
+            home.to_path_buf()
+        } else {
+            user_home(user)
+                .ok_or_else(|| format!("Failed to resolve '{path}': there is no user '{user}'."))?
+        };
+        return Ok(if tail.is_empty() {
+            base
+        } else {
+            base.join(tail)
+        });
+    }
+    Ok(home.join(path))
+}
+
+fn user_home(user: &str) -> Option<PathBuf> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 6 && fields[0] == user).then(|| PathBuf::from(fields[5]))
+    })
+}
+
+/// An I/O error worded as Go words it (`permission denied`), without Rust's `(os error N)`.
+fn go_error(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.find(" (os error") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().collect::<String>() + chars.as_str(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_without_upstreams_tilde_bug() {
+        let home = Path::new("/home/u");
+        let table = [
+            ("/abs/file", "/abs/file"),
+            ("~/a~b", "/home/u/a~b"),
+            ("~", "/home/u"),
+            ("relative/x.txt", "/home/u/relative/x.txt"),
+            ("~root/x", "/root/x"),
+        ];
+        for (input, expected) in table {
+            assert_eq!(
+                normalize_path(input, home).unwrap(),
+                PathBuf::from(expected),
+                "{input}"
+            );
+        }
+        assert!(normalize_path("~no-such-user-xyz/x", home)
+            .unwrap_err()
+            .contains("no user 'no-such-user-xyz'"));
+    }
+
+    #[test]
+    fn job_environment_drops_agent_settings() {
+        let env = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("SEMAPHORE_AGENT_TOKEN".to_string(), "secret".to_string()),
+            ("SEMAPHORE_AGENT_ENDPOINT".to_string(), "x".to_string()),
+            ("SEMAPHORE_JOB_ID".to_string(), "kept".to_string()),
+        ];
+        let names: Vec<String> = job_environment(env)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(names, vec!["PATH", "SEMAPHORE_JOB_ID"]);
+    }
+
+    #[test]
+    fn go_style_errors() {
+        let error = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(go_error(&error), "permission denied");
+    }
+}

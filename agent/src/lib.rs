@@ -1,0 +1,14 @@
+//! Flotilla's agent as a library: the `agent` binary is a thin CLI over these modules, and the
+//! tests and benchmarks drive them directly.
+
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod job;
+pub mod joblog;
+pub mod listener;
+pub mod logging;
+pub mod pusher;
+pub mod retry;
+pub mod shell;
+pub mod state;

@@ -1,0 +1,235 @@
+//! The `agent` command: `start` (the self-hosted listener), `run <job file>` (run one job
+//! locally and print its event log) and `version`.
+
+use agent::config::{self, UploadJobLogs};
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use agent::listener::{resolve_name, Listener, Timings, VERSION};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use protocol::{JobRequest, JobResult, LogEvent};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "agent", about = "Flotilla's one-job CI agent (Semaphore self-hosted agent protocol)", version = VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Register with the control plane and run the jobs it assigns (see `agent start --help`).
+    #[command(disable_help_flag = true)]
+    Start {
+        /// Options as Semaphore's agent takes them: --endpoint, --token, --config-file, ...
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        options: Vec<String>,
+    },
+    /// Run one job from a JSON or YAML job request and print its event log.
+    Run {
+        /// The job request (spec §4.1), as .json or .yaml.
+        file: PathBuf,
+        /// How to print the event log.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Print the agent's version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// One JSON event per line, exactly as pushed to a log server.
+    Json,
+    /// Commands and their output as plain text.
+    Text,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Commands::Version => {
+            println!("{VERSION}");
+            0
+        }
+        Commands::Start { options } => start(&options),
+        Commands::Run { file, format } => match run(&file, format) {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("agent run: {error:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn start_help() -> String {
+    let mut text = String::from("Usage: agent start [--option value | --option=value]...\n\nOptions (also SEMAPHORE_AGENT_<OPTION> env vars and keys of --config-file YAML):\n");
+    for (name, kind) in config::OPTIONS {
+        let kind = match kind {
+            config::Kind::Text => "string",
+            config::Kind::Flag => "bool",
+            config::Kind::Int => "int",
+            config::Kind::List => "list",
+        };
+        text.push_str(&format!("  --{name} <{kind}>\n"));
+    }
+    text
+}
+
+fn start(options: &[String]) -> i32 {
+    if options.iter().any(|o| o == "--help" || o == "-h") {
+        print!("{}", start_help());
+        return 0;
+    }
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let level = match env.get("SEMAPHORE_AGENT_LOG_LEVEL") {
+        None => log::LevelFilter::Info,
+        Some(text) => match agent::logging::parse_level(text) {
+            Some(level) => level,
+            None => {
+                eprintln!("Invalid SEMAPHORE_AGENT_LOG_LEVEL '{text}'. Exiting...");
+                return 1;
+            }
+        },
+    };
+    let log_path = env
+        .get("SEMAPHORE_AGENT_LOG_FILE_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("agent_log"));
+    if let Err(error) = agent::logging::init("", Some(&log_path), true, level) {
+        eprintln!(
+            "Error opening the agent log {}: {error}. Exiting...",
+            log_path.display()
+        );
+        return 1;
+    }
+    let read_file = |path: &str| std::fs::read_to_string(path);
+    let config = match config::load(options, &env, &read_file) {
+        Ok(config) => config,
+        Err(error) => {
+            log::error!("{error}");
+            return 1;
+        }
+    };
+    if config.upload_job_logs != UploadJobLogs::Never {
+        log::warn!("upload-job-logs is accepted for compatibility, but this agent does not upload job logs as artifacts: logs are pushed only");
+    }
+    if !config.files.is_empty() || config.fail_on_missing_files {
+        log::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
+    }
+    let name = resolve_name(&config, &env);
+    let job_options = JobOptions {
+        agent_env_vars: config.env_vars.clone(),
+        pre_job_hook_path: config.pre_job_hook_path.clone(),
+        post_job_hook_path: config.post_job_hook_path.clone(),
+        fail_on_pre_job_hook_error: config.fail_on_pre_job_hook_error,
+        source_pre_job_hook: config.source_pre_job_hook,
+        shell_env: job_environment(std::env::vars()),
+        scratch_root: std::env::temp_dir(),
+    };
+    Listener::new(config, job_options, Timings::default()).run(name)
+}
+
+/// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.
+fn parse_job_file(path: &Path, text: &str) -> Result<JobRequest> {
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    let request = if is_json {
+        serde_json::from_str(text)
+            .with_context(|| format!("{} is not a valid JSON job request", path.display()))?
+    } else {
+        serde_yaml::from_str(text)
+            .with_context(|| format!("{} is not a valid YAML job request", path.display()))?
+    };
+    Ok(request)
+}
+
+/// Prints an event as plain text; `at_line_start` tracks whether output ended with a newline.
+fn print_text(event: &LogEvent, at_line_start: &mut bool, out: &mut impl Write) {
+    let newline = if *at_line_start { "" } else { "\n" };
+    let _ = match event {
+        LogEvent::JobStarted { .. } => writeln!(out, "== job started"),
+        LogEvent::CmdStarted { directive, .. } => writeln!(out, "$ {directive}"),
+        LogEvent::CmdOutput { output, .. } => write!(out, "{output}"),
+        LogEvent::CmdFinished {
+            exit_code,
+            started_at,
+            finished_at,
+            ..
+        } => {
+            writeln!(
+                out,
+                "{newline}-- exit code {exit_code} ({}s)",
+                finished_at - started_at
+            )
+        }
+        LogEvent::JobFinished { result, .. } => writeln!(out, "{newline}== job finished: {result}"),
+    };
+    if let LogEvent::CmdOutput { output, .. } = event {
+        *at_line_start = output.ends_with('\n');
+    } else {
+        *at_line_start = true;
+    }
+    let _ = out.flush();
+}
+
+fn run(path: &Path, format: Format) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut request = parse_job_file(path, &text)?;
+    if request.job_id.is_empty() {
+        request.job_id = "local".to_string();
+    }
+    let _ = agent::logging::init("agent run", None, false, log::LevelFilter::Warn);
+    let observer: agent::joblog::Observer = match format {
+        Format::Json => Box::new(|event: &LogEvent| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&event.to_line());
+            let _ = stdout.flush();
+        }),
+        Format::Text => {
+            let at_line_start = std::sync::Mutex::new(true);
+            Box::new(move |event: &LogEvent| {
+                let mut at_line_start = at_line_start.lock().unwrap_or_else(|p| p.into_inner());
+                print_text(event, &mut at_line_start, &mut std::io::stdout().lock())
+            })
+        }
+    };
+    let scratch_root = std::env::temp_dir();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let job_log = JobLog::create(
+        scratch_root.join(format!("job_log_{nanos}.json")),
+        Some(observer),
+    )
+    .context("cannot create the job log file")?;
+    let control = Arc::new(JobControl::new());
+    let stopper = control.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot watch for signals")?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            stopper.stop();
+        }
+    });
+    let options = JobOptions {
+        shell_env: job_environment(std::env::vars()),
+        scratch_root,
+        ..JobOptions::default()
+    };
+    let result = run_job(&request, &options, &job_log, &control);
+    job_log.close();
+    job_log.remove_file();
+    Ok(if result == JobResult::Passed { 0 } else { 1 })
+}

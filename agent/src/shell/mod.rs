@@ -1,0 +1,460 @@
+//! The job shell: one `bash --login` in a PTY that runs commands one at a time using upstream's
+//! marker protocol (spec §5.7 "Per command").
+//!
+//! Each command is written to a file and `source`d between two marker lines, so shell state
+//! persists and the exit status comes back in-band. Output between the markers goes through
+//! [`output::OutputBuffer`], which decides where `cmd_output` events are cut.
+
+pub mod output;
+pub mod pty;
+
+use output::OutputBuffer;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Exit code reported when the shell died or the command was stopped (upstream's default).
+pub const DEAD_SHELL_EXIT_CODE: i32 = 1;
+
+const MARK_PREFIX: &str = "949556c7";
+/// How often the loop checks whether bash is still alive while nothing is read.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The times a command ran, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandOutcome {
+    pub exit_code: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Receives each output chunk of a non-silent command.
+type OutputCallback<'a> = &'a mut dyn FnMut(&[u8]);
+
+pub struct Shell {
+    master: File,
+    child: Child,
+    pid: i32,
+    command_file: PathBuf,
+    dead: bool,
+    closed: bool,
+    read_buffer: Vec<u8>,
+}
+
+impl Shell {
+    /// Starts bash with exactly `env`, prepares the terminal (no prompt, no echo), changes to
+    /// `$HOME` and waits until bash is ready. `scratch_dir` holds the command file; it must be
+    /// private to this job.
+    pub fn start(env: &[(String, String)], scratch_dir: &Path) -> std::io::Result<Shell> {
+        let pty = pty::open_pty()?;
+        let child = pty::spawn_bash(&pty, env, None)?;
+        drop(pty.slave);
+        let pid = child.id() as i32;
+        let mut shell = Shell {
+            master: pty.master,
+            child,
+            pid,
+            command_file: scratch_dir.join("current-agent-cmd"),
+            dead: false,
+            closed: false,
+            read_buffer: vec![0; 64 * 1024],
+        };
+        let setup = format!(
+            "export PS1=''\nstty -echo\ncd ~\necho '{}'\n",
+            pty::READY_MARK
+        );
+        if pty::write_master(&mut shell.master, setup.as_bytes()).is_err() {
+            shell.dead = true;
+            return Ok(shell);
+        }
+        // Discard everything up to a line holding the mark that is not our own echoed input.
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            match shell.read_some(Duration::from_millis(50)) {
+                ReadResult::Data(n) => {
+                    pending.extend_from_slice(&shell.read_buffer[..n]);
+                    let mut ready = false;
+                    while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
+                        let line = String::from_utf8_lossy(&pending[..newline]).into_owned();
+                        pending.drain(..=newline);
+                        if line.contains(pty::READY_MARK) && !line.contains("echo") {
+                            ready = true;
+                            break;
+                        }
+                    }
+                    if ready {
+                        break;
+                    }
+                }
+                ReadResult::Nothing => {}
+                ReadResult::Closed => {
+                    shell.dead = true;
+                    break;
+                }
+            }
+        }
+        Ok(shell)
+    }
+
+    /// The session (and process group) id of the job: bash's pid.
+    pub fn session_id(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    fn read_some(&mut self, timeout: Duration) -> ReadResult {
+        match pty::wait_readable(self.master.as_raw_fd(), timeout) {
+            Ok(true) => match pty::read_master(&mut self.master, &mut self.read_buffer) {
+                Ok(0) | Err(_) => ReadResult::Closed,
+                Ok(n) => ReadResult::Data(n),
+            },
+            Ok(false) => {
+                if self.child_exited() {
+                    // Bash is gone but something else holds the terminal: take what is left.
+                    match pty::wait_readable(self.master.as_raw_fd(), Duration::ZERO) {
+                        Ok(true) => match pty::read_master(&mut self.master, &mut self.read_buffer)
+                        {
+                            Ok(n) if n > 0 => ReadResult::Data(n),
+                            _ => ReadResult::Closed,
+                        },
+                        _ => ReadResult::Closed,
+                    }
+                } else {
+                    ReadResult::Nothing
+                }
+            }
+            Err(_) => ReadResult::Closed,
+        }
+    }
+
+    fn child_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Runs one command; output chunks go to `on_output` as the output buffer cuts them.
+    pub fn run(&mut self, command: &str, on_output: &mut dyn FnMut(&[u8])) -> CommandOutcome {
+        self.run_inner(command, Some(on_output), &mut Vec::new())
+    }
+
+    /// Runs one command without events; returns its exit code and its output (`\r\n` → `\n`).
+    pub fn run_silent(&mut self, command: &str) -> (i32, Vec<u8>) {
+        let mut collected = Vec::new();
+        let outcome = self.run_inner(command, None, &mut collected);
+        (outcome.exit_code, output::crlf_to_lf(&collected))
+    }
+
+    fn run_inner(
+        &mut self,
+        command: &str,
+        mut on_output: Option<OutputCallback<'_>>,
+        collected: &mut Vec<u8>,
+    ) -> CommandOutcome {
+        let started_at = unix_now();
+        let dead = |started_at| CommandOutcome {
+            exit_code: DEAD_SHELL_EXIT_CODE,
+            started_at,
+            finished_at: unix_now(),
+        };
+        if self.dead {
+            return dead(started_at);
+        }
+        if std::fs::write(&self.command_file, command).is_err() {
+            return CommandOutcome {
+                exit_code: DEAD_SHELL_EXIT_CODE,
+                started_at: 0,
+                finished_at: 0,
+            };
+        }
+        let nonce = format!("{}-{:08x}", started_at, rand::random::<u32>());
+        let start_mark = format!("{MARK_PREFIX}-{nonce}-start");
+        let end_mark = format!("{MARK_PREFIX}-{nonce}-end");
+        let line = format!(
+            "echo -e \"\\001 {start_mark}\"; source {file}; AGENT_CMD_RESULT=$?; echo -e \"\\001 {end_mark} $AGENT_CMD_RESULT\"; echo \"exit $AGENT_CMD_RESULT\" | sh\n",
+            file = shell_quote(&self.command_file.to_string_lossy()),
+        );
+        if pty::write_master(&mut self.master, line.as_bytes()).is_err() {
+            self.dead = true;
+            return dead(started_at);
+        }
+
+        let mut parser = MarkerParser::new(&start_mark, &end_mark);
+        let mut buffer = OutputBuffer::new();
+        let mut exit_code = None;
+        let mut last_liveness_check = Instant::now();
+        while exit_code.is_none() {
+            let now = Instant::now();
+            if let Some(emit) = on_output.as_mut() {
+                while let Some(chunk) = buffer.next_chunk(now, false) {
+                    emit(&chunk);
+                }
+            }
+            let wait = buffer
+                .due_at()
+                .map(|at| {
+                    at.saturating_duration_since(now)
+                        .max(Duration::from_millis(1))
+                })
+                .unwrap_or(LIVENESS_INTERVAL)
+                .min(LIVENESS_INTERVAL);
+            match self.read_some(wait) {
+                ReadResult::Data(n) => {
+                    let data = &self.read_buffer[..n];
+                    exit_code = parser.feed(data, &mut |output| {
+                        if on_output.is_some() {
+                            buffer.append(output, Instant::now());
+                        } else {
+                            collected.extend_from_slice(output);
+                        }
+                    });
+                    // A process that keeps writing must not hide bash's death.
+                    if exit_code.is_none() && last_liveness_check.elapsed() >= LIVENESS_INTERVAL {
+                        last_liveness_check = Instant::now();
+                        if self.child_exited() {
+                            self.dead = true;
+                            break;
+                        }
+                    }
+                }
+                ReadResult::Nothing => {}
+                ReadResult::Closed => {
+                    self.dead = true;
+                    break;
+                }
+            }
+        }
+        if let Some(emit) = on_output.as_mut() {
+            while let Some(chunk) = buffer.next_chunk(Instant::now(), true) {
+                emit(&chunk);
+            }
+        }
+        CommandOutcome {
+            exit_code: exit_code.unwrap_or(DEAD_SHELL_EXIT_CODE),
+            started_at,
+            finished_at: unix_now(),
+        }
+    }
+
+    /// Kills the whole job session and reaps bash.
+    pub fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        pty::kill_session(self.pid);
+        let _ = self.child.wait();
+        self.dead = true;
+        self.closed = true;
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+enum ReadResult {
+    Data(usize),
+    Nothing,
+    Closed,
+}
+
+/// Finds the start and end markers in the PTY stream and passes the bytes between them on.
+struct MarkerParser {
+    start_needle: Vec<u8>,
+    end_needle: Vec<u8>,
+    end_mark_length: usize,
+    started: bool,
+    pending: Vec<u8>,
+}
+
+impl MarkerParser {
+    fn new(start_mark: &str, end_mark: &str) -> MarkerParser {
+        MarkerParser {
+            start_needle: format!("{start_mark}\r\n").into_bytes(),
+            end_needle: format!("{end_mark} ").into_bytes(),
+            end_mark_length: end_mark.len(),
+            started: false,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Feeds bytes read from the PTY; calls `output` with command output; returns the exit
+    /// code once the end marker has been seen.
+    fn feed(&mut self, data: &[u8], output: &mut dyn FnMut(&[u8])) -> Option<i32> {
+        if !self.started {
+            self.pending.extend_from_slice(data);
+            let at = find(&self.pending, &self.start_needle)?;
+            self.started = true;
+            let rest = self.pending.split_off(at + self.start_needle.len());
+            self.pending = rest;
+        } else if self.pending.is_empty() && !data.contains(&1u8) {
+            // The common case: plain output.
+            output(data);
+            return None;
+        } else {
+            self.pending.extend_from_slice(data);
+        }
+        loop {
+            let Some(marker) = self.pending.iter().position(|&b| b == 1) else {
+                output(&self.pending);
+                self.pending.clear();
+                return None;
+            };
+            if marker > 0 {
+                output(&self.pending[..marker]);
+                self.pending.drain(..marker);
+            }
+            if let Some(code) = parse_end(&self.pending, &self.end_needle) {
+                self.pending.clear();
+                return Some(code);
+            }
+            if self.pending.len() < self.end_mark_length + 10 {
+                return None; // wait for more bytes
+            }
+            // A stray \x01 in the output: pass it on up to the next \x01 and look again.
+            let next = self.pending[1..]
+                .iter()
+                .position(|&b| b == 1)
+                .map(|p| p + 1)
+                .unwrap_or(self.pending.len());
+            output(&self.pending[..next]);
+            self.pending.drain(..next);
+        }
+    }
+}
+
+/// Matches `<endMark> (\d+)[\r\n]+` anywhere in `buffer`.
+fn parse_end(buffer: &[u8], end_needle: &[u8]) -> Option<i32> {
+    let at = find(buffer, end_needle)?;
+    let rest = &buffer[at + end_needle.len()..];
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || !matches!(rest.get(digits), Some(b'\r') | Some(b'\n')) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Upstream's `shellQuote` (spec §5.3): `''` for empty, unchanged when only safe characters
+/// (`[A-Za-z0-9_@%+=:,./-]`), else single-quoted with `'` written as `'"'"'`.
+pub fn shell_quote(value: &str) -> String {
+    String::from_utf8(shell_quote_bytes(value.as_bytes())).unwrap_or_default()
+}
+
+/// [`shell_quote`] over raw bytes (environment values need not be UTF-8).
+pub fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
+    if value.is_empty() {
+        return b"''".to_vec();
+    }
+    let safe = value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'_' | b'@' | b'%' | b'+' | b'=' | b':' | b',' | b'.' | b'/' | b'-'
+            )
+    });
+    if safe {
+        return value.to_vec();
+    }
+    let mut out = Vec::with_capacity(value.len() + 2);
+    out.push(b'\'');
+    for &byte in value {
+        if byte == b'\'' {
+            out.extend_from_slice(b"'\"'\"'");
+        } else {
+            out.push(byte);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(parser: &mut MarkerParser, pieces: &[&[u8]]) -> (Vec<u8>, Option<i32>) {
+        let mut out = Vec::new();
+        let mut code = None;
+        for piece in pieces {
+            code = parser.feed(piece, &mut |bytes| out.extend_from_slice(bytes));
+            if code.is_some() {
+                break;
+            }
+        }
+        (out, code)
+    }
+
+    #[test]
+    fn markers_split_across_reads() {
+        let mut parser = MarkerParser::new("S", "E-mark");
+        let (out, code) = feed_all(
+            &mut parser,
+            &[
+                b"noise\x01 S",
+                b"\r\nhel",
+                b"lo\x01 E-ma",
+                b"rk 42",
+                b"\r\n",
+            ],
+        );
+        assert_eq!(out, b"hello");
+        assert_eq!(code, Some(42));
+    }
+
+    #[test]
+    fn stray_control_a_in_output_is_kept() {
+        let mut parser = MarkerParser::new("S", "E-mark");
+        let (out, code) = feed_all(
+            &mut parser,
+            &[
+                b"\x01 S\r\n",
+                b"a\x01bcdefghijklmnopqrstuvwxyz",
+                b"\x01 E-mark 0\r\n",
+            ],
+        );
+        assert_eq!(out, b"a\x01bcdefghijklmnopqrstuvwxyz");
+        assert_eq!(code, Some(0));
+    }
+
+    #[test]
+    fn echoed_command_line_does_not_count_as_a_marker() {
+        let mut parser = MarkerParser::new("S", "E-mark");
+        let echoed =
+            b"echo -e \"\\001 S\"; source f; echo -e \"\\001 E-mark $AGENT_CMD_RESULT\"\r\n";
+        let (out, code) = feed_all(
+            &mut parser,
+            &[echoed, b"\x01 S\r\nout\r\n\x01 E-mark 3\r\n"],
+        );
+        assert_eq!(out, b"out\r\n");
+        assert_eq!(code, Some(3));
+    }
+
+    #[test]
+    fn shell_quote_matches_upstream() {
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("abc-1.2/x:y=z@%+,_"), "abc-1.2/x:y=z@%+,_");
+        assert_eq!(shell_quote("$PATH:/etc/a"), "'$PATH:/etc/a'");
+        assert_eq!(shell_quote("quotes ' quotes"), "'quotes '\"'\"' quotes'");
+    }
+}

@@ -1,0 +1,122 @@
+//! Job log events (spec §6.1): one JSON object per line, pushed to the log endpoint in batches.
+
+use crate::control::JobResult;
+use crate::gojson::write_go_json;
+use serde::{Deserialize, Serialize};
+
+/// One job log event. Key order on the wire is `event`, `timestamp`, then the variant's fields.
+/// All times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LogEvent {
+    JobStarted {
+        timestamp: i64,
+    },
+    CmdStarted {
+        timestamp: i64,
+        directive: String,
+    },
+    CmdOutput {
+        timestamp: i64,
+        output: String,
+    },
+    CmdFinished {
+        timestamp: i64,
+        directive: String,
+        exit_code: i32,
+        started_at: i64,
+        finished_at: i64,
+    },
+    JobFinished {
+        timestamp: i64,
+        result: JobResult,
+    },
+}
+
+impl LogEvent {
+    /// Appends the event as one Go-encoded JSON line (with its `\n`) to `out`.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        // Serializing these plain structs into a Vec cannot fail.
+        write_go_json(out, self).expect("log event serializes");
+        out.push(b'\n');
+    }
+
+    /// The event as one Go-encoded JSON line, `\n`-terminated.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        self.write_line(&mut out);
+        out
+    }
+
+    pub fn timestamp(&self) -> i64 {
+        match self {
+            LogEvent::JobStarted { timestamp }
+            | LogEvent::CmdStarted { timestamp, .. }
+            | LogEvent::CmdOutput { timestamp, .. }
+            | LogEvent::CmdFinished { timestamp, .. }
+            | LogEvent::JobFinished { timestamp, .. } => *timestamp,
+        }
+    }
+
+    /// The compact one-line form upstream's tests compare (spec §9.2 `SimplifiedEvents`).
+    pub fn simplified(&self) -> String {
+        match self {
+            LogEvent::JobStarted { .. } => "job_started".to_string(),
+            LogEvent::CmdStarted { directive, .. } => format!("directive: {directive}"),
+            LogEvent::CmdOutput { output, .. } => output.clone(),
+            LogEvent::CmdFinished { exit_code, .. } => format!("Exit Code: {exit_code}"),
+            LogEvent::JobFinished { result, .. } => format!("job_finished: {result}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_LINES: &str = r#"{"event":"job_started","timestamp":1700000000}
+{"event":"cmd_started","timestamp":1700000000,"directive":"echo hello"}
+{"event":"cmd_output","timestamp":1700000000,"output":"hello\n"}
+{"event":"cmd_finished","timestamp":1700000000,"directive":"echo hello","exit_code":0,"started_at":1700000000,"finished_at":1700000000}
+{"event":"job_finished","timestamp":1700000000,"result":"passed"}
+"#;
+
+    #[test]
+    fn spec_example_lines_round_trip_byte_for_byte() {
+        let mut encoded = Vec::new();
+        for line in SPEC_LINES.lines() {
+            let event: LogEvent = serde_json::from_str(line).unwrap();
+            event.write_line(&mut encoded);
+        }
+        assert_eq!(String::from_utf8(encoded).unwrap(), SPEC_LINES);
+    }
+
+    #[test]
+    fn output_is_html_escaped_like_go() {
+        let event = LogEvent::CmdOutput {
+            timestamp: 1,
+            output: "a<b>&\n".into(),
+        };
+        assert_eq!(
+            String::from_utf8(event.to_line()).unwrap(),
+            "{\"event\":\"cmd_output\",\"timestamp\":1,\"output\":\"a\\u003cb\\u003e\\u0026\\n\"}\n"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_when_decoding() {
+        let event: LogEvent = serde_json::from_str(
+            r#"{"event":"job_finished","timestamp":5,"result":"failed","x":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            event,
+            LogEvent::JobFinished {
+                timestamp: 5,
+                result: JobResult::Failed
+            }
+        );
+        assert_eq!(event.simplified(), "job_finished: failed");
+        assert_eq!(event.timestamp(), 5);
+    }
+}

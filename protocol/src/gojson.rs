@@ -1,0 +1,133 @@
+//! JSON encoding as Go's `encoding/json` produces it for job log events (spec §6.1).
+//!
+//! Log consumers parse the JSON, but the upstream agent is HTML-safe (`<`, `>`, `&`, U+2028 and
+//! U+2029 escaped) and turns every invalid UTF-8 byte into U+FFFD. Matching both keeps our logs
+//! indistinguishable from upstream's for anything that looks at bytes.
+
+use serde::Serialize;
+use serde_json::ser::Formatter;
+use std::io::{self, Write};
+
+/// Formatter that escapes the characters Go's encoder escapes on top of JSON's required ones.
+#[derive(Default)]
+pub struct GoFormatter;
+
+impl Formatter for GoFormatter {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let bytes = fragment.as_bytes();
+        let mut start = 0;
+        let mut index = 0;
+        while index < bytes.len() {
+            let escape: Option<&[u8]> = match bytes[index] {
+                b'<' => Some(b"\\u003c"),
+                b'>' => Some(b"\\u003e"),
+                b'&' => Some(b"\\u0026"),
+                // U+2028 and U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
+                0xE2 if bytes.get(index + 1) == Some(&0x80)
+                    && matches!(bytes.get(index + 2), Some(0xA8) | Some(0xA9)) =>
+                {
+                    Some(if bytes[index + 2] == 0xA8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    })
+                }
+                _ => None,
+            };
+            if let Some(escape) = escape {
+                writer.write_all(&bytes[start..index])?;
+                writer.write_all(escape)?;
+                index += if bytes[index] == 0xE2 { 3 } else { 1 };
+                start = index;
+            } else {
+                index += 1;
+            }
+        }
+        writer.write_all(&bytes[start..])
+    }
+}
+
+/// Serializes `value` as compact JSON with Go's escaping, appended to `out`.
+pub fn write_go_json<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+) -> serde_json::Result<()> {
+    let mut serializer = serde_json::Serializer::with_formatter(out, GoFormatter);
+    value.serialize(&mut serializer)
+}
+
+/// Serializes `value` as compact JSON with Go's escaping.
+pub fn to_go_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(128);
+    write_go_json(&mut out, value)?;
+    Ok(out)
+}
+
+/// Converts bytes to a string replacing **each** invalid byte with U+FFFD, as Go's JSON encoder
+/// does (Rust's `from_utf8_lossy` replaces a whole invalid sequence with one U+FFFD instead).
+pub fn utf8_lossy_per_byte(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => {
+            let mut out = String::with_capacity(bytes.len() + 8);
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                match std::str::from_utf8(rest) {
+                    Ok(text) => {
+                        out.push_str(text);
+                        break;
+                    }
+                    Err(error) => {
+                        let valid = error.valid_up_to();
+                        // SAFETY-free: the prefix was just validated.
+                        out.push_str(std::str::from_utf8(&rest[..valid]).unwrap_or_default());
+                        out.push('\u{FFFD}');
+                        rest = &rest[valid + 1..];
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_go() {
+        let out = to_go_json("a<b>&c\u{2028}\u{2029}\"\\\n\u{1}é").unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#""a\u003cb\u003e\u0026c\u2028\u2029\"\\\n\u0001é""#
+        );
+    }
+
+    #[test]
+    fn escaped_output_parses_back_to_the_same_text() {
+        let text = "<script>alert('x & y')</script>\u{2028}━特定";
+        let out = to_go_json(text).unwrap();
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, text);
+    }
+
+    #[test]
+    fn each_invalid_byte_becomes_one_replacement_character() {
+        assert_eq!(
+            utf8_lossy_per_byte(&[150, 150, 150, 150, 150]),
+            "\u{FFFD}".repeat(5)
+        );
+        // A truncated 3-byte sequence is two invalid bytes for Go, one replacement for Rust's lossy.
+        assert_eq!(
+            utf8_lossy_per_byte(&[b'a', 0xE6, 0x97, b'b']),
+            "a\u{FFFD}\u{FFFD}b"
+        );
+        assert_eq!(utf8_lossy_per_byte("ok ━".as_bytes()), "ok ━");
+        assert_eq!(utf8_lossy_per_byte(&[0xC2, 0x96]), "\u{96}");
+    }
+}
