@@ -158,6 +158,7 @@ pub fn run_job(
                     "Starting the job shell",
                     &format!("Failed to start bash: {error}"),
                 );
+                log.job_finished(JobResult::Failed);
                 JobResult::Failed
             }
         }

@@ -839,5 +839,5 @@ fn job_stopped_before_its_shell_starts_runs_nothing() {
     let result = run_job(&job(&["echo never"]), &h.options, &log, &control);
     assert_eq!(result, JobResult::Stopped);
     let names: Vec<String> = log.read_events().unwrap().iter().map(LogEvent::simplified).collect();
-    assert_eq!(names, vec!["job_started".to_string()]);
+    assert_eq!(names, vec!["job_started", "job_finished: stopped"]);
 }
