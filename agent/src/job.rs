@@ -134,6 +134,7 @@ pub fn run_job(
         }
     };
     let result = if control.is_stopped() {
+        log.job_finished(JobResult::Stopped);
         JobResult::Stopped
     } else {
         match Shell::start(&options.shell_env, &scratch) {
