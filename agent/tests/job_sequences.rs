@@ -23,11 +23,21 @@ impl Harness {
     fn new() -> Harness {
         let home = tempfile::tempdir().unwrap();
         let scratch = tempfile::tempdir().unwrap();
-        let mut env: Vec<(String, String)> =
-            job_environment(std::env::vars()).into_iter().filter(|(name, _)| name != "HOME").collect();
+        let mut env: Vec<(String, String)> = job_environment(std::env::vars())
+            .into_iter()
+            .filter(|(name, _)| name != "HOME")
+            .collect();
         env.push(("HOME".into(), home.path().display().to_string()));
-        let options = JobOptions { shell_env: env, scratch_root: scratch.path().to_path_buf(), ..JobOptions::default() };
-        Harness { home, scratch, options }
+        let options = JobOptions {
+            shell_env: env,
+            scratch_root: scratch.path().to_path_buf(),
+            ..JobOptions::default()
+        };
+        Harness {
+            home,
+            scratch,
+            options,
+        }
     }
 
     fn home(&self) -> String {
@@ -63,7 +73,10 @@ impl Harness {
         log.close();
         let from_file = log.read_events().unwrap();
         let observed = events.lock().unwrap().clone();
-        assert_eq!(from_file, observed, "the NDJSON file holds exactly the observed events");
+        assert_eq!(
+            from_file, observed,
+            "the NDJSON file holds exactly the observed events"
+        );
         (result, observed)
     }
 }
@@ -72,7 +85,10 @@ fn job(commands: &[&str]) -> JobRequest {
     JobRequest {
         job_id: "test-job".into(),
         commands: commands.iter().map(|c| Command::new(*c)).collect(),
-        logger: protocol::Logger { method: "push".into(), ..Default::default() },
+        logger: protocol::Logger {
+            method: "push".into(),
+            ..Default::default()
+        },
         ..JobRequest::default()
     }
 }
@@ -82,7 +98,10 @@ fn commands(list: &[&str]) -> Vec<Command> {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<EnvVar> {
-    pairs.iter().map(|(name, value)| EnvVar::plain(*name, value)).collect()
+    pairs
+        .iter()
+        .map(|(name, value)| EnvVar::plain(*name, value))
+        .collect()
 }
 
 fn simplified(events: &[LogEvent]) -> Vec<String> {
@@ -103,14 +122,21 @@ fn assert_log(events: &[LogEvent], expected: &[String]) {
             }
             IGNORE_ONE => a += 1,
             item => {
-                assert!(a < actual.len(), "log ended early; expected {item:?}\nactual: {actual:#?}");
+                assert!(
+                    a < actual.len(),
+                    "log ended early; expected {item:?}\nactual: {actual:#?}"
+                );
                 assert_eq!(actual[a], item, "item {a}\nactual: {actual:#?}");
                 a += 1;
             }
         }
         e += 1;
     }
-    assert_eq!(a, actual.len(), "unexpected trailing events\nactual: {actual:#?}");
+    assert_eq!(
+        a,
+        actual.len(),
+        "unexpected trailing events\nactual: {actual:#?}"
+    );
 }
 
 fn export(names: &[&str]) -> Vec<String> {
@@ -144,7 +170,10 @@ macro_rules! log {
 }
 
 /// Stops the job once a command with `directive` has started (after `delay`).
-fn stop_when_started(directive: &'static str, delay: Duration) -> impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync {
+fn stop_when_started(
+    directive: &'static str,
+    delay: Duration,
+) -> impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync {
     move |event, control| {
         if matches!(event, LogEvent::CmdStarted { directive: d, .. } if d == directive) {
             let control = control.clone();
@@ -163,8 +192,11 @@ fn processes_running(cmdline: &str) -> usize {
         .flatten()
         .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
         .filter(|raw| {
-            let text: Vec<String> =
-                raw.split(|&b| b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+            let text: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|p| !p.is_empty())
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
             text.join(" ") == cmdline
         })
         .count()
@@ -175,7 +207,11 @@ fn unique_sleep() -> String {
 }
 
 fn rand_u16() -> u16 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 60000) as u16
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 60000) as u16
 }
 
 #[test]
@@ -188,9 +224,14 @@ fn env_vars_are_available_to_commands() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B"]), inject(),
-            cmd("echo -n $A", &["VALUE_A"], 0), cmd("echo -n $B", &["VALUE_B"], 0), cmd("echo -n $C", &[], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&["A", "B"]),
+            inject(),
+            cmd("echo -n $A", &["VALUE_A"], 0),
+            cmd("echo -n $B", &["VALUE_B"], 0),
+            cmd("echo -n $C", &[], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -207,7 +248,13 @@ fn epilogue_block(label: &str, result: &str) -> Vec<String> {
 
 fn epilogue_commands(label: &str) -> Vec<Command> {
     let first = format!("echo -n '{label}'");
-    commands(&[&first, "echo -n $A", "echo -n $B", "echo -n $C", "echo -n $SEMAPHORE_JOB_RESULT"])
+    commands(&[
+        &first,
+        "echo -n $A",
+        "echo -n $B",
+        "echo -n $C",
+        "echo -n $SEMAPHORE_JOB_RESULT",
+    ])
 }
 
 #[test]
@@ -222,8 +269,12 @@ fn env_vars_are_available_to_epilogue_always_and_on_pass() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B"]), inject(), result_export(),
-            epilogue_block("On EpilogueAlways", "passed"), epilogue_block("On EpilogueOnPass", "passed"),
+            ["job_started"],
+            export(&["A", "B"]),
+            inject(),
+            result_export(),
+            epilogue_block("On EpilogueAlways", "passed"),
+            epilogue_block("On EpilogueOnPass", "passed"),
             ["job_finished: passed"],
         ],
     );
@@ -241,8 +292,13 @@ fn env_vars_are_available_to_epilogue_always_and_on_fail() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B"]), inject(), ["directive: badcommand", OUTPUT, "Exit Code: 127"],
-            result_export(), epilogue_block("On EpilogueAlways", "failed"), epilogue_block("On EpilogueOnFail", "failed"),
+            ["job_started"],
+            export(&["A", "B"]),
+            inject(),
+            ["directive: badcommand", OUTPUT, "Exit Code: 127"],
+            result_export(),
+            epilogue_block("On EpilogueAlways", "failed"),
+            epilogue_block("On EpilogueOnFail", "failed"),
             ["job_finished: failed"],
         ],
     );
@@ -264,7 +320,11 @@ fn epilogue_on_pass_only_executes_on_successful_job() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("echo -n 'hello'", &["hello"], 0), result_export(),
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
             cmd("echo -n 'On epilogue always'", &["On epilogue always"], 0),
             cmd("echo -n 'On epilogue on pass'", &["On epilogue on pass"], 0),
             ["job_finished: passed"],
@@ -283,7 +343,11 @@ fn epilogue_on_fail_only_executes_on_failed_job() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), ["directive: badcommand", OUTPUT, "Exit Code: 127"], result_export(),
+            ["job_started"],
+            export(&[]),
+            inject(),
+            ["directive: badcommand", OUTPUT, "Exit Code: 127"],
+            result_export(),
             cmd("echo -n 'On epilogue always'", &["On epilogue always"], 0),
             cmd("echo -n 'On epilogue on fail'", &["On epilogue on fail"], 0),
             ["job_finished: failed"],
@@ -295,15 +359,25 @@ fn epilogue_on_fail_only_executes_on_failed_job() {
 fn command_aliases_show_the_alias_and_a_running_line() {
     let h = Harness::new();
     let mut request = job(&[]);
-    request.commands = vec![Command { directive: "echo -n 'hello world'".into(), alias: "Display Hello World".into() }];
+    request.commands = vec![Command {
+        directive: "echo -n 'hello world'".into(),
+        alias: "Display Hello World".into(),
+    }];
     let (result, events) = h.run(&request);
     assert_eq!(result, JobResult::Passed);
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(),
-            cmd("Display Hello World", &["Running: echo -n 'hello world'\n", "hello world"], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(
+                "Display Hello World",
+                &["Running: echo -n 'hello world'\n", "hello world"],
+                0
+            ),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -313,10 +387,25 @@ fn stop_job_kills_the_command_and_skips_the_rest() {
     let h = Harness::new();
     let request = job(&["sleep 60", "echo -n 'hello'"]);
     let started = Instant::now();
-    let (result, events) = h.run_with(&request, stop_when_started("sleep 60", Duration::from_millis(300)));
-    assert!(started.elapsed() < Duration::from_secs(20), "the stop ended the sleep");
+    let (result, events) = h.run_with(
+        &request,
+        stop_when_started("sleep 60", Duration::from_millis(300)),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stop ended the sleep"
+    );
     assert_eq!(result, JobResult::Stopped);
-    assert_log(&events, &log![["job_started"], export(&[]), inject(), cmd("sleep 60", &[], 1), ["job_finished: stopped"]]);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("sleep 60", &[], 1),
+            ["job_finished: stopped"]
+        ],
+    );
 }
 
 #[test]
@@ -325,9 +414,16 @@ fn stop_job_kills_background_processes_too() {
     let background = unique_sleep();
     let first = format!("{background} &");
     let request = job(&[&first, "sleep 60"]);
-    let (result, _) = h.run_with(&request, stop_when_started("sleep 60", Duration::from_millis(300)));
+    let (result, _) = h.run_with(
+        &request,
+        stop_when_started("sleep 60", Duration::from_millis(300)),
+    );
     assert_eq!(result, JobResult::Stopped);
-    assert_eq!(processes_running(&background), 0, "the background process was killed with the job");
+    assert_eq!(
+        processes_running(&background),
+        0,
+        "the background process was killed with the job"
+    );
 }
 
 #[test]
@@ -338,8 +434,15 @@ fn exit_code_130_stops_the_job() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("echo 'exit 130' | sh", &[], 130),
-            cmd("Checking job result", &["SEMAPHORE_JOB_RESULT is set to '' - stopping job and marking it as stopped"], 0),
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("echo 'exit 130' | sh", &[], 130),
+            cmd(
+                "Checking job result",
+                &["SEMAPHORE_JOB_RESULT is set to '' - stopping job and marking it as stopped"],
+                0
+            ),
             ["job_finished: stopped"],
         ],
     );
@@ -352,12 +455,18 @@ fn exit_code_130_with_result_set_to_passed_or_failed() {
         let set = format!("export SEMAPHORE_JOB_RESULT={value}");
         let (result, events) = h.run(&job(&[&set, "echo 'exit 130' | sh", "echo -n 'hello'"]));
         assert_eq!(result, expected);
-        let message = format!("SEMAPHORE_JOB_RESULT={value} - stopping job and marking it as {value}");
+        let message =
+            format!("SEMAPHORE_JOB_RESULT={value} - stopping job and marking it as {value}");
         assert_log(
             &events,
             &log![
-                ["job_started"], export(&[]), inject(), cmd(&set, &[], 0), cmd("echo 'exit 130' | sh", &[], 130),
-                cmd("Checking job result", &[&message], 0), [format!("job_finished: {value}")],
+                ["job_started"],
+                export(&[]),
+                inject(),
+                cmd(&set, &[], 0),
+                cmd("echo 'exit 130' | sh", &[], 130),
+                cmd("Checking job result", &[&message], 0),
+                [format!("job_finished: {value}")],
             ],
         );
     }
@@ -368,13 +477,21 @@ fn stop_job_during_epilogue() {
     let h = Harness::new();
     let mut request = job(&["echo -n 'hello'"]);
     request.epilogue_always_commands = commands(&["sleep 60"]);
-    let (result, events) = h.run_with(&request, stop_when_started("sleep 60", Duration::from_millis(300)));
+    let (result, events) = h.run_with(
+        &request,
+        stop_when_started("sleep 60", Duration::from_millis(300)),
+    );
     assert_eq!(result, JobResult::Stopped);
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("echo -n 'hello'", &["hello"], 0), result_export(),
-            cmd("sleep 60", &[], 1), ["job_finished: stopped"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
+            cmd("sleep 60", &[], 1),
+            ["job_finished: stopped"],
         ],
     );
 }
@@ -387,8 +504,13 @@ fn stty_echo_does_not_leak_commands_into_the_log() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("stty echo", &[], 0), cmd("echo Hello World", &["Hello World\n"], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("stty echo", &[], 0),
+            cmd("echo Hello World", &["Hello World\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -404,12 +526,22 @@ fn background_job_is_killed_after_the_job_is_done() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd(&first, &[], 0), cmd("sleep 1", &[], 0), cmd(&check, &[], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(&first, &[], 0),
+            cmd("sleep 1", &[], 0),
+            cmd(&check, &[], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
     // Upstream's follow-up check is vacuous; this one is not.
-    assert_eq!(processes_running(&background), 0, "'{background}' outlived its job");
+    assert_eq!(
+        processes_running(&background),
+        0,
+        "'{background}' outlived its job"
+    );
 }
 
 #[test]
@@ -422,8 +554,17 @@ fn killing_the_root_bash_fails_every_later_command() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd(&first, &[], 0), cmd("exit 1", &[], 1),
-            cmd("Exporting environment variables", &["Exporting SEMAPHORE_JOB_RESULT\n"], 1), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(&first, &[], 0),
+            cmd("exit 1", &[], 1),
+            cmd(
+                "Exporting environment variables",
+                &["Exporting SEMAPHORE_JOB_RESULT\n"],
+                1
+            ),
+            ["job_finished: failed"],
         ],
     );
     assert_eq!(processes_running(&background), 0);
@@ -437,8 +578,18 @@ fn bash_set_e() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("sleep infinity &", &[], 0), cmd("set -e", &[], 0), cmd("false", &[], 1),
-            cmd("Exporting environment variables", &["Exporting SEMAPHORE_JOB_RESULT\n"], 1), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("sleep infinity &", &[], 0),
+            cmd("set -e", &[], 0),
+            cmd("false", &[], 1),
+            cmd(
+                "Exporting environment variables",
+                &["Exporting SEMAPHORE_JOB_RESULT\n"],
+                1
+            ),
+            ["job_finished: failed"],
         ],
     );
 }
@@ -446,19 +597,37 @@ fn bash_set_e() {
 #[test]
 fn bash_set_pipefail() {
     let h = Harness::new();
-    let (result, events) = h.run(&job(&["sleep infinity &", "set -eo pipefail", "cat non_existant | sort"]));
+    let (result, events) = h.run(&job(&[
+        "sleep infinity &",
+        "set -eo pipefail",
+        "cat non_existant | sort",
+    ]));
     assert_eq!(result, JobResult::Failed);
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("sleep infinity &", &[], 0), cmd("set -eo pipefail", &[], 0),
-            cmd("cat non_existant | sort", &["cat: non_existant: No such file or directory\n"], 1),
-            cmd("Exporting environment variables", &["Exporting SEMAPHORE_JOB_RESULT\n"], 1), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("sleep infinity &", &[], 0),
+            cmd("set -eo pipefail", &[], 0),
+            cmd(
+                "cat non_existant | sort",
+                &["cat: non_existant: No such file or directory\n"],
+                1
+            ),
+            cmd(
+                "Exporting environment variables",
+                &["Exporting SEMAPHORE_JOB_RESULT\n"],
+                1
+            ),
+            ["job_finished: failed"],
         ],
     );
 }
 
-const PROCEED: &str = "Warning: The agent is configured to proceed with the job even if the pre-job hook fails.\n";
+const PROCEED: &str =
+    "Warning: The agent is configured to proceed with the job even if the pre-job hook fails.\n";
 const PRE_HOOK: &str = "directive: Running the pre-job hook configured in the agent";
 const POST_HOOK: &str = "directive: Running the post-job hook configured in the agent";
 
@@ -472,9 +641,19 @@ fn pre_job_hook_runs_before_the_commands() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(),
-            [PRE_HOOK, running.as_str(), PROCEED, "hello from pre-job hook", "Exit Code: 0"],
-            cmd("echo -n 'hello'", &["hello"], 0), result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            [
+                PRE_HOOK,
+                running.as_str(),
+                PROCEED,
+                "hello from pre-job hook",
+                "Exit Code: 0"
+            ],
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -490,9 +669,19 @@ fn post_job_hook_runs_after_the_epilogues() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("echo -n 'hello'", &["hello"], 0), result_export(),
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
             cmd("echo -n 'On EpilogueAlways'", &["On EpilogueAlways"], 0),
-            [POST_HOOK, IGNORE_ONE, "hello from post-job hook\n", "Exit Code: 0"], ["job_finished: passed"],
+            [
+                POST_HOOK,
+                IGNORE_ONE,
+                "hello from post-job hook\n",
+                "Exit Code: 0"
+            ],
+            ["job_finished: passed"],
         ],
     );
 }
@@ -510,9 +699,19 @@ fn pre_job_hook_sees_job_env_vars_and_its_writes_merge_into_one_event() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B"]), inject(),
-            [PRE_HOOK, IGNORE_ONE, PROCEED, "VALUE_A - VALUE_B", "Exit Code: 0"],
-            cmd("echo -n 'hello'", &["hello"], 0), result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&["A", "B"]),
+            inject(),
+            [
+                PRE_HOOK,
+                IGNORE_ONE,
+                PROCEED,
+                "VALUE_A - VALUE_B",
+                "Exit Code: 0"
+            ],
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -528,8 +727,13 @@ fn post_job_hook_sees_job_env_vars() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B"]), inject(), cmd("echo -n 'hello'", &["hello"], 0), result_export(),
-            [POST_HOOK, IGNORE_ONE, "VALUE_A - VALUE_B", "Exit Code: 0"], ["job_finished: passed"],
+            ["job_started"],
+            export(&["A", "B"]),
+            inject(),
+            cmd("echo -n 'hello'", &["hello"], 0),
+            result_export(),
+            [POST_HOOK, IGNORE_ONE, "VALUE_A - VALUE_B", "Exit Code: 0"],
+            ["job_finished: passed"],
         ],
     );
 }
@@ -544,9 +748,18 @@ fn failing_pre_job_hook_fails_the_job_when_configured() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(),
-            [PRE_HOOK, IGNORE_ONE, "Warning: The agent is configured to fail the job if the pre-job hook fails.\n", OUTPUT, "Exit Code: 127"],
-            result_export(), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            [
+                PRE_HOOK,
+                IGNORE_ONE,
+                "Warning: The agent is configured to fail the job if the pre-job hook fails.\n",
+                OUTPUT,
+                "Exit Code: 127"
+            ],
+            result_export(),
+            ["job_finished: failed"],
         ],
     );
 }
@@ -562,8 +775,13 @@ fn sourced_pre_job_hook_changes_the_job_shell() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), [PRE_HOOK, running.as_str(), PROCEED, "Exit Code: 0"],
-            cmd("echo -n $FROM_HOOK", &["yes"], 0), result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            [PRE_HOOK, running.as_str(), PROCEED, "Exit Code: 0"],
+            cmd("echo -n $FROM_HOOK", &["yes"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -572,24 +790,53 @@ fn sourced_pre_job_hook_changes_the_job_shell() {
 fn agent_env_vars_override_job_vars_and_are_not_reexported_for_epilogues() {
     let mut h = Harness::new();
     h.options.agent_env_vars = vec![
-        ("IMPORTANT_HOST_VAR_A".into(), "IMPORTANT_HOST_VAR_A_VALUE".into()),
-        ("IMPORTANT_HOST_VAR_B".into(), "IMPORTANT_HOST_VAR_B_VALUE".into()),
+        (
+            "IMPORTANT_HOST_VAR_A".into(),
+            "IMPORTANT_HOST_VAR_A_VALUE".into(),
+        ),
+        (
+            "IMPORTANT_HOST_VAR_B".into(),
+            "IMPORTANT_HOST_VAR_B_VALUE".into(),
+        ),
     ];
-    let mut request = job(&["echo -n 'On regular commands'", "echo -n $IMPORTANT_HOST_VAR_A", "echo -n $IMPORTANT_HOST_VAR_B", "echo -n $IMPORTANT_HOST_VAR_C"]);
+    let mut request = job(&[
+        "echo -n 'On regular commands'",
+        "echo -n $IMPORTANT_HOST_VAR_A",
+        "echo -n $IMPORTANT_HOST_VAR_B",
+        "echo -n $IMPORTANT_HOST_VAR_C",
+    ]);
     request.env_vars = env(&[("IMPORTANT_HOST_VAR_A", "overridden")]);
-    request.epilogue_always_commands = commands(&["echo -n 'On epilogue always'", "echo -n $IMPORTANT_HOST_VAR_A"]);
+    request.epilogue_always_commands = commands(&[
+        "echo -n 'On epilogue always'",
+        "echo -n $IMPORTANT_HOST_VAR_A",
+    ]);
     let (result, events) = h.run(&request);
     assert_eq!(result, JobResult::Passed);
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["IMPORTANT_HOST_VAR_A", "IMPORTANT_HOST_VAR_B"]), inject(),
+            ["job_started"],
+            export(&["IMPORTANT_HOST_VAR_A", "IMPORTANT_HOST_VAR_B"]),
+            inject(),
             cmd("echo -n 'On regular commands'", &["On regular commands"], 0),
-            cmd("echo -n $IMPORTANT_HOST_VAR_A", &["IMPORTANT_HOST_VAR_A_VALUE"], 0),
-            cmd("echo -n $IMPORTANT_HOST_VAR_B", &["IMPORTANT_HOST_VAR_B_VALUE"], 0),
-            cmd("echo -n $IMPORTANT_HOST_VAR_C", &[], 0), result_export(),
+            cmd(
+                "echo -n $IMPORTANT_HOST_VAR_A",
+                &["IMPORTANT_HOST_VAR_A_VALUE"],
+                0
+            ),
+            cmd(
+                "echo -n $IMPORTANT_HOST_VAR_B",
+                &["IMPORTANT_HOST_VAR_B_VALUE"],
+                0
+            ),
+            cmd("echo -n $IMPORTANT_HOST_VAR_C", &[], 0),
+            result_export(),
             cmd("echo -n 'On epilogue always'", &["On epilogue always"], 0),
-            cmd("echo -n $IMPORTANT_HOST_VAR_A", &["IMPORTANT_HOST_VAR_A_VALUE"], 0),
+            cmd(
+                "echo -n $IMPORTANT_HOST_VAR_A",
+                &["IMPORTANT_HOST_VAR_A_VALUE"],
+                0
+            ),
             ["job_finished: passed"],
         ],
     );
@@ -599,17 +846,37 @@ fn agent_env_vars_override_job_vars_and_are_not_reexported_for_epilogues() {
 fn env_var_values_are_quoted_not_expanded() {
     let mut h = Harness::new();
     h.options.agent_env_vars = vec![("C".into(), "CCC".into()), ("D".into(), "DDD".into())];
-    let mut request = job(&["echo -n $A", "echo -n $B", "echo -n $VAR_WITH_QUOTES", "echo -n $VAR_WITH_ENV_VAR", "echo -n $C", "echo -n $D", "echo -n $E"]);
-    request.env_vars = env(&[("A", "AAA"), ("B", "BBB"), ("VAR_WITH_QUOTES", "quotes ' quotes"), ("VAR_WITH_ENV_VAR", "$PATH:/etc/a")]);
+    let mut request = job(&[
+        "echo -n $A",
+        "echo -n $B",
+        "echo -n $VAR_WITH_QUOTES",
+        "echo -n $VAR_WITH_ENV_VAR",
+        "echo -n $C",
+        "echo -n $D",
+        "echo -n $E",
+    ]);
+    request.env_vars = env(&[
+        ("A", "AAA"),
+        ("B", "BBB"),
+        ("VAR_WITH_QUOTES", "quotes ' quotes"),
+        ("VAR_WITH_ENV_VAR", "$PATH:/etc/a"),
+    ]);
     let (_, events) = h.run(&request);
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&["A", "B", "C", "D", "VAR_WITH_ENV_VAR", "VAR_WITH_QUOTES"]), inject(),
-            cmd("echo -n $A", &["AAA"], 0), cmd("echo -n $B", &["BBB"], 0),
-            cmd("echo -n $VAR_WITH_QUOTES", &["quotes ' quotes"], 0), cmd("echo -n $VAR_WITH_ENV_VAR", &["$PATH:/etc/a"], 0),
-            cmd("echo -n $C", &["CCC"], 0), cmd("echo -n $D", &["DDD"], 0), cmd("echo -n $E", &[], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&["A", "B", "C", "D", "VAR_WITH_ENV_VAR", "VAR_WITH_QUOTES"]),
+            inject(),
+            cmd("echo -n $A", &["AAA"], 0),
+            cmd("echo -n $B", &["BBB"], 0),
+            cmd("echo -n $VAR_WITH_QUOTES", &["quotes ' quotes"], 0),
+            cmd("echo -n $VAR_WITH_ENV_VAR", &["$PATH:/etc/a"], 0),
+            cmd("echo -n $C", &["CCC"], 0),
+            cmd("echo -n $D", &["DDD"], 0),
+            cmd("echo -n $E", &[], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -621,15 +888,46 @@ fn files_are_injected_with_their_modes() {
     let tmp_path = tmp.path().display().to_string();
     let home = h.home();
     let files = [
-        (format!("{tmp_path}/absolute-file.txt"), format!("{tmp_path}/absolute-file.txt"), "absolute\n", "0400"),
-        (format!("{tmp_path}/somedir/absolute-file-missing-dir.txt"), format!("{tmp_path}/somedir/absolute-file-missing-dir.txt"), "absolute-in-missing-dir\n", "0440"),
-        ("somedir/relative-file.txt".to_string(), format!("{home}/somedir/relative-file.txt"), "relative\n", "0600"),
-        ("somedir/relative-file-in-missing-dir.txt".to_string(), format!("{home}/somedir/relative-file-in-missing-dir.txt"), "relative-in-missing-dir\n", "0644"),
-        ("~/home-file.txt".to_string(), format!("{home}/home-file.txt"), "home\n", "0777"),
+        (
+            format!("{tmp_path}/absolute-file.txt"),
+            format!("{tmp_path}/absolute-file.txt"),
+            "absolute\n",
+            "0400",
+        ),
+        (
+            format!("{tmp_path}/somedir/absolute-file-missing-dir.txt"),
+            format!("{tmp_path}/somedir/absolute-file-missing-dir.txt"),
+            "absolute-in-missing-dir\n",
+            "0440",
+        ),
+        (
+            "somedir/relative-file.txt".to_string(),
+            format!("{home}/somedir/relative-file.txt"),
+            "relative\n",
+            "0600",
+        ),
+        (
+            "somedir/relative-file-in-missing-dir.txt".to_string(),
+            format!("{home}/somedir/relative-file-in-missing-dir.txt"),
+            "relative-in-missing-dir\n",
+            "0644",
+        ),
+        (
+            "~/home-file.txt".to_string(),
+            format!("{home}/home-file.txt"),
+            "home\n",
+            "0777",
+        ),
     ];
     let mut request = job(&[]);
-    request.files = files.iter().map(|(path, _, content, mode)| File::plain(path.clone(), content, *mode)).collect();
-    request.commands = files.iter().map(|(_, resolved, _, _)| Command::new(format!("cat {resolved}"))).collect();
+    request.files = files
+        .iter()
+        .map(|(path, _, content, mode)| File::plain(path.clone(), content, *mode))
+        .collect();
+    request.commands = files
+        .iter()
+        .map(|(_, resolved, _, _)| Command::new(format!("cat {resolved}")))
+        .collect();
     let (result, events) = h.run(&request);
     assert_eq!(result, JobResult::Passed);
     let mut expected = log![["job_started"], export(&[]), ["directive: Injecting Files"]];
@@ -653,16 +951,27 @@ fn files_are_injected_with_their_modes() {
 fn bad_file_content_and_modes_fail_the_job_with_a_message() {
     let h = Harness::new();
     let mut request = job(&["echo never"]);
-    request.files = vec![File { path: "a.txt".into(), content: "%%% not base64".into(), mode: "0644".into() }];
+    request.files = vec![File {
+        path: "a.txt".into(),
+        content: "%%% not base64".into(),
+        mode: "0644".into(),
+    }];
     let (result, events) = h.run(&request);
     assert_eq!(result, JobResult::Failed);
     let injecting = format!("Injecting {}/a.txt with file mode 0644\n", h.home());
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]),
-            ["directive: Injecting Files", injecting.as_str(), "Failed to decode the content of the file.\n", "Exit Code: 1"],
-            result_export(), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            [
+                "directive: Injecting Files",
+                injecting.as_str(),
+                "Failed to decode the content of the file.\n",
+                "Exit Code: 1"
+            ],
+            result_export(),
+            ["job_finished: failed"],
         ],
     );
 
@@ -674,9 +983,16 @@ fn bad_file_content_and_modes_fail_the_job_with_a_message() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]),
-            ["directive: Injecting Files", injecting.as_str(), "bad file permission '+x'\n", "Exit Code: 1"],
-            result_export(), ["job_finished: failed"],
+            ["job_started"],
+            export(&[]),
+            [
+                "directive: Injecting Files",
+                injecting.as_str(),
+                "bad file permission '+x'\n",
+                "Exit Code: 1"
+            ],
+            result_export(),
+            ["job_finished: failed"],
         ],
     );
 }
@@ -685,13 +1001,18 @@ fn bad_file_content_and_modes_fail_the_job_with_a_message() {
 fn bad_env_var_encoding_fails_the_export() {
     let h = Harness::new();
     let mut request = job(&["echo never"]);
-    request.env_vars = vec![EnvVar { name: "A".into(), value: "not-base64!".into() }];
+    request.env_vars = vec![EnvVar {
+        name: "A".into(),
+        value: "not-base64!".into(),
+    }];
     let (result, events) = h.run(&request);
     assert_eq!(result, JobResult::Failed);
     assert_log(
         &events,
         &log![
-            ["job_started"], ["directive: Exporting environment variables", "Exit Code: 1"], result_export(),
+            ["job_started"],
+            ["directive: Exporting environment variables", "Exit Code: 1"],
+            result_export(),
             ["job_finished: failed"],
         ],
     );
@@ -715,13 +1036,18 @@ fn unsupported_executor_fails_with_a_job_log_message() {
 #[test]
 fn multiline_command() {
     let h = Harness::new();
-    let multiline = "\n\t\tif [ -d /etc ]; then\n\t\t\techo 'etc exists, multiline huzzahh!'\n\t\tfi\n\t";
+    let multiline =
+        "\n\t\tif [ -d /etc ]; then\n\t\t\techo 'etc exists, multiline huzzahh!'\n\t\tfi\n\t";
     let (_, events) = h.run(&job(&[multiline]));
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd(multiline, &["etc exists, multiline huzzahh!\n"], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(multiline, &["etc exists, multiline huzzahh!\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -748,10 +1074,19 @@ fn shell_state_persists_between_commands() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd(probe, &["missing"], 0), cmd(&cd, &[], 0), cmd(probe, &["found"], 0),
-            cmd("echo -n $IMPORTANT_VAR", &[], 0), cmd("export IMPORTANT_VAR=IMPORTANT_VAR_VALUE", &[], 0),
-            cmd("echo -n $IMPORTANT_VAR", &["IMPORTANT_VAR_VALUE"], 0), cmd("unset IMPORTANT_VAR", &[], 0),
-            cmd("echo -n $IMPORTANT_VAR", &[], 0), result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(probe, &["missing"], 0),
+            cmd(&cd, &[], 0),
+            cmd(probe, &["found"], 0),
+            cmd("echo -n $IMPORTANT_VAR", &[], 0),
+            cmd("export IMPORTANT_VAR=IMPORTANT_VAR_VALUE", &[], 0),
+            cmd("echo -n $IMPORTANT_VAR", &["IMPORTANT_VAR_VALUE"], 0),
+            cmd("unset IMPORTANT_VAR", &[], 0),
+            cmd("echo -n $IMPORTANT_VAR", &[], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -759,18 +1094,39 @@ fn shell_state_persists_between_commands() {
 #[test]
 fn large_output_is_cut_into_events_of_at_most_1000_bytes_and_arrives_whole() {
     let h = Harness::new();
-    let (_, events) = h.run(&job(&["for i in {1..100}; { printf 'hello'; }", "head -c 250000 /dev/zero | tr '\\0' 'x'"]));
+    let (_, events) = h.run(&job(&[
+        "for i in {1..100}; { printf 'hello'; }",
+        "head -c 250000 /dev/zero | tr '\\0' 'x'",
+    ]));
     let outputs: Vec<&String> = events
         .iter()
-        .filter_map(|e| if let LogEvent::CmdOutput { output, .. } = e { Some(output) } else { None })
+        .filter_map(|e| {
+            if let LogEvent::CmdOutput { output, .. } = e {
+                Some(output)
+            } else {
+                None
+            }
+        })
         .filter(|output| !output.starts_with("Exporting "))
         .collect();
     let joined: String = outputs.iter().map(|s| s.as_str()).collect();
     let expected = format!("{}{}", "hello".repeat(100), "x".repeat(250_000));
-    assert_eq!(joined.len(), expected.len(), "{:?}", &joined[joined.len().saturating_sub(200)..]);
+    assert_eq!(
+        joined.len(),
+        expected.len(),
+        "{:?}",
+        &joined[joined.len().saturating_sub(200)..]
+    );
     assert!(joined == expected);
-    assert!(outputs.iter().all(|o| o.len() <= 1000), "no event exceeds 1000 bytes");
-    assert!(outputs.len() >= 250, "long output is cut into many events ({})", outputs.len());
+    assert!(
+        outputs.iter().all(|o| o.len() <= 1000),
+        "no event exceeds 1000 bytes"
+    );
+    assert!(
+        outputs.len() >= 250,
+        "long output is cut into many events ({})",
+        outputs.len()
+    );
 }
 
 #[test]
@@ -780,8 +1136,12 @@ fn output_written_apart_becomes_separate_events() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd("echo one; sleep 0.5; echo two", &["one\n", "two\n"], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd("echo one; sleep 0.5; echo two", &["one\n", "two\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
 }
@@ -794,9 +1154,20 @@ fn unicode_output_is_never_split_inside_a_character() {
     let first = format!("echo -n '{japanese}'");
     let second = format!("echo -n '{line}'");
     let (_, events) = h.run(&job(&[&first, &second]));
-    let outputs: Vec<&String> =
-        events.iter().filter_map(|e| if let LogEvent::CmdOutput { output, .. } = e { Some(output) } else { None }).collect();
-    assert!(outputs.iter().all(|o| !o.contains('\u{FFFD}')), "{outputs:?}");
+    let outputs: Vec<&String> = events
+        .iter()
+        .filter_map(|e| {
+            if let LogEvent::CmdOutput { output, .. } = e {
+                Some(output)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        outputs.iter().all(|o| !o.contains('\u{FFFD}')),
+        "{outputs:?}"
+    );
     let joined: String = outputs.iter().map(|s| s.as_str()).collect();
     assert!(joined.contains(&japanese) && joined.contains(&line));
 }
@@ -809,12 +1180,22 @@ fn broken_unicode_becomes_one_replacement_character_per_byte() {
     assert_log(
         &events,
         &log![
-            ["job_started"], export(&[]), inject(), cmd(command, &["\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"], 0),
-            result_export(), ["job_finished: passed"],
+            ["job_started"],
+            export(&[]),
+            inject(),
+            cmd(command, &["\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"], 0),
+            result_export(),
+            ["job_finished: passed"],
         ],
     );
-    let line = events.iter().find(|e| matches!(e, LogEvent::CmdOutput { .. } if e.simplified().starts_with('\u{FFFD}'))).unwrap().to_line();
-    assert!(String::from_utf8(line).unwrap().contains(r#""output":"�����""#));
+    let line = events
+        .iter()
+        .find(|e| matches!(e, LogEvent::CmdOutput { .. } if e.simplified().starts_with('\u{FFFD}')))
+        .unwrap()
+        .to_line();
+    assert!(String::from_utf8(line)
+        .unwrap()
+        .contains(r#""output":"�����""#));
 }
 
 #[test]
@@ -824,7 +1205,10 @@ fn job_shell_does_not_inherit_agent_secrets() {
     agent_env.push(("SEMAPHORE_AGENT_TOKEN".into(), "registration-secret".into()));
     agent_env.push(("SEMAPHORE_AGENT_ENDPOINT".into(), "org.example.com".into()));
     h.options.shell_env = job_environment(agent_env);
-    let (_, events) = h.run(&job(&["echo -n \"${SEMAPHORE_AGENT_TOKEN:-unset} ${SEMAPHORE_AGENT_ENDPOINT:-unset}\"", "env | grep -c SEMAPHORE_AGENT_ || true"]));
+    let (_, events) = h.run(&job(&[
+        "echo -n \"${SEMAPHORE_AGENT_TOKEN:-unset} ${SEMAPHORE_AGENT_ENDPOINT:-unset}\"",
+        "env | grep -c SEMAPHORE_AGENT_ || true",
+    ]));
     let outputs = simplified(&events);
     assert!(outputs.contains(&"unset unset".to_string()), "{outputs:?}");
     assert!(outputs.contains(&"0\n".to_string()), "{outputs:?}");
@@ -838,6 +1222,11 @@ fn job_stopped_before_its_shell_starts_runs_nothing() {
     let log = JobLog::create(h.scratch.path().join("early.json"), None).unwrap();
     let result = run_job(&job(&["echo never"]), &h.options, &log, &control);
     assert_eq!(result, JobResult::Stopped);
-    let names: Vec<String> = log.read_events().unwrap().iter().map(LogEvent::simplified).collect();
+    let names: Vec<String> = log
+        .read_events()
+        .unwrap()
+        .iter()
+        .map(LogEvent::simplified)
+        .collect();
     assert_eq!(names, vec!["job_started", "job_finished: stopped"]);
 }

@@ -1,0 +1,352 @@
+//! A small in-process control plane and log sink for the agent's end-to-end tests: it speaks
+//! spec §2 (register, sync, jobs, refresh, disconnect) and §6.2 (log push) with the server-side
+//! rules of upstream's Go mock hub (§9.1), and records everything it is sent. It is a test
+//! fixture; the real control plane is the hub.
+#![allow(dead_code)]
+
+use protocol::{JobRequest, RegisterRequest, SyncRequest, SyncResponse};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct HubState {
+    pub register_rejections: u32,
+    pub register_attempts: u32,
+    pub registered: Option<RegisterRequest>,
+    /// (Authorization, User-Agent) of every request, by path prefix.
+    pub headers: Vec<(String, String, String)>,
+    pub syncs: Vec<SyncRequest>,
+    pub jobs: HashMap<String, JobRequest>,
+    pub queue: VecDeque<String>,
+    pub get_job_rejections: u32,
+    pub get_job_attempts: u32,
+    pub get_job_delay: Duration,
+    pub job_fetches: Vec<String>,
+    pub shutdown_scheduled: bool,
+    pub stop_requested: bool,
+    /// Also answer stop-job while the agent reports starting-job (upstream's mock never does).
+    pub stop_while_starting: bool,
+    /// Misbehave: never send shutdown(job-finished) to a single-job agent.
+    pub ignore_single_job: bool,
+    pub last_state: String,
+    pub last_state_change: Option<Instant>,
+    pub finished: Vec<(String, String)>,
+    pub disconnected: bool,
+    pub next_sync_after: i64,
+    pub logs: HashMap<String, Vec<String>>,
+    pub log_batches: Vec<(String, u64, usize)>,
+    pub log_max_events: Option<usize>,
+    pub token_refreshed: bool,
+    pub unexpected: Vec<String>,
+}
+
+pub struct FakeHub {
+    pub address: String,
+    state: Arc<Mutex<HubState>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl Drop for FakeHub {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+fn respond(request: tiny_http::Request, status: u16, body: &str) {
+    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+}
+
+impl FakeHub {
+    pub fn start() -> FakeHub {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake hub"));
+        let address = server
+            .server_addr()
+            .to_ip()
+            .expect("ip address")
+            .to_string();
+        let state = Arc::new(Mutex::new(HubState {
+            next_sync_after: 100,
+            ..HubState::default()
+        }));
+        let (serving, shared) = (server.clone(), state.clone());
+        std::thread::spawn(move || {
+            for request in serving.incoming_requests() {
+                let shared = shared.clone();
+                std::thread::spawn(move || handle(request, &shared));
+            }
+        });
+        FakeHub {
+            address,
+            state,
+            server,
+        }
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap()
+    }
+
+    pub fn log_url(&self, job_id: &str) -> String {
+        format!("http://{}/api/v1/logs/{job_id}", self.address)
+    }
+
+    /// Queues a job for the next agent that waits for one.
+    pub fn assign(&self, mut job: JobRequest, log_token: &str) {
+        job.logger = protocol::Logger {
+            method: "push".into(),
+            url: self.log_url(&job.job_id),
+            token: log_token.into(),
+            max_size_in_bytes: 0,
+        };
+        let mut state = self.state();
+        state.queue.push_back(job.job_id.clone());
+        state.jobs.insert(job.job_id.clone(), job);
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, condition: impl Fn(&HubState) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if condition(&self.state()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out after {timeout:?} waiting for {what}; syncs: {:?}",
+            self.state().syncs.iter().rev().take(5).collect::<Vec<_>>()
+        );
+    }
+
+    /// The job's log as upstream's simplified strings.
+    pub fn simplified_log(&self, job_id: &str) -> Vec<String> {
+        self.state()
+            .logs
+            .get(job_id)
+            .map(|lines| {
+                lines
+                    .iter()
+                    .map(|line| {
+                        serde_json::from_str::<protocol::LogEvent>(line)
+                            .expect("valid event")
+                            .simplified()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn states_reported(&self) -> Vec<String> {
+        let mut states: Vec<String> = Vec::new();
+        for sync in &self.state().syncs {
+            let state = sync.state.as_str().to_string();
+            if states.last() != Some(&state) {
+                states.push(state);
+            }
+        }
+        states
+    }
+}
+
+fn header(request: &tiny_http::Request, name: &'static str) -> String {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.to_string())
+        .unwrap_or_default()
+}
+
+fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
+    let url = request.url().to_string();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (path, query) = (path.to_string(), query.to_string());
+    let mut body = Vec::new();
+    let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+    let user_agent = header(&request, "User-Agent");
+    let authorization = header(&request, "Authorization");
+    let mut state = shared.lock().unwrap();
+    state
+        .headers
+        .push((path.clone(), authorization.clone(), user_agent.clone()));
+    if !user_agent.starts_with("SemaphoreAgent/v") {
+        drop(state);
+        return respond(request, 500, "missing User-Agent");
+    }
+    const API: &str = "/api/v1/self_hosted_agents";
+    if path == format!("{API}/register") {
+        state.register_attempts += 1;
+        if state.register_attempts <= state.register_rejections {
+            drop(state);
+            return respond(request, 500, "rejected");
+        }
+        let register: RegisterRequest = serde_json::from_slice(&body).expect("register body");
+        let name = register.name.clone();
+        state.registered = Some(register);
+        state.last_state_change = Some(Instant::now());
+        drop(state);
+        return respond(
+            request,
+            201,
+            &format!(r#"{{"name":"{name}","token":"access-token"}}"#),
+        );
+    }
+    if path == format!("{API}/sync") {
+        let sync: SyncRequest = serde_json::from_slice(&body).expect("sync body");
+        let response = decide(&mut state, &sync);
+        state.syncs.push(sync);
+        drop(state);
+        return respond(request, 200, &serde_json::to_string(&response).unwrap());
+    }
+    if let Some(job_id) = path.strip_prefix(&format!("{API}/jobs/")) {
+        state.get_job_attempts += 1;
+        state.job_fetches.push(job_id.to_string());
+        let delay = state.get_job_delay;
+        if state.get_job_attempts <= state.get_job_rejections {
+            drop(state);
+            return respond(request, 500, "rejected");
+        }
+        let job = state.jobs.get(job_id).cloned();
+        drop(state);
+        std::thread::sleep(delay);
+        return match job {
+            Some(job) => respond(request, 200, &serde_json::to_string(&job).unwrap()),
+            None => respond(request, 404, "no such job"),
+        };
+    }
+    if path == format!("{API}/refresh") {
+        state.token_refreshed = true;
+        drop(state);
+        return respond(request, 200, r#"{"token":"new-token"}"#);
+    }
+    if path == format!("{API}/disconnect") {
+        state.disconnected = true;
+        drop(state);
+        return respond(request, 200, "");
+    }
+    if let Some(job_id) = path.strip_prefix("/api/v1/logs/") {
+        let token = authorization.strip_prefix("Bearer ").unwrap_or("");
+        if token.is_empty() || token == "expired-token" {
+            drop(state);
+            return respond(request, 401, "expired");
+        }
+        let start_from: u64 = query
+            .strip_prefix("start_from=")
+            .and_then(|n| n.parse().ok())
+            .expect("start_from");
+        let lines: Vec<String> = String::from_utf8(body)
+            .expect("utf-8 body")
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let max = state.log_max_events;
+        let stored = state.logs.entry(job_id.to_string()).or_default();
+        if max.is_some_and(|max| stored.len() >= max) {
+            drop(state);
+            return respond(request, 422, "no more space");
+        }
+        if start_from as usize > stored.len() {
+            let message = format!(
+                "gap in log: start_from {start_from} but {} stored",
+                stored.len()
+            );
+            state.unexpected.push(message.clone());
+            drop(state);
+            return respond(request, 400, &message);
+        }
+        stored.truncate(start_from as usize);
+        let count = lines.len();
+        stored.extend(lines);
+        state
+            .log_batches
+            .push((job_id.to_string(), start_from, count));
+        drop(state);
+        return respond(request, 200, "");
+    }
+    state
+        .unexpected
+        .push(format!("{} {path}", request.method()));
+    drop(state);
+    respond(request, 404, "unknown path")
+}
+
+/// The Go mock hub's sync rules (spec §9.1).
+fn decide(state: &mut HubState, sync: &SyncRequest) -> SyncResponse {
+    let now = Instant::now();
+    let reported = sync.state.as_str().to_string();
+    if reported != state.last_state {
+        state.last_state = reported.clone();
+        state.last_state_change = Some(now);
+    }
+    let registered = state.registered.clone().unwrap_or_default();
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let shutdown = |reason: &str| SyncResponse {
+        action: protocol::SyncAction::Shutdown,
+        shutdown_reason: protocol::ShutdownReason::from_api(reason),
+        ..SyncResponse::default()
+    };
+    let action = |action: protocol::SyncAction, job_id: &str| SyncResponse {
+        action,
+        job_id: job_id.to_string(),
+        ..SyncResponse::default()
+    };
+    let mut response = match reported.as_str() {
+        "waiting-for-jobs" => {
+            let idle_for = state
+                .last_state_change
+                .map(|at| now.duration_since(at))
+                .unwrap_or_default();
+            if sync.interrupted_at > 0 {
+                shutdown("interrupted")
+            } else if state.shutdown_scheduled {
+                shutdown("requested")
+            } else if registered.idle_timeout > 0
+                && idle_for > Duration::from_secs(registered.idle_timeout as u64)
+            {
+                shutdown("idle")
+            } else if let Some(job_id) = state.queue.pop_front() {
+                action(protocol::SyncAction::RunJob, &job_id)
+            } else {
+                action(protocol::SyncAction::Continue, "")
+            }
+        }
+        "running-job" => {
+            let grace_over = sync.interrupted_at > 0
+                && unix_now > sync.interrupted_at + registered.interruption_grace_period;
+            if grace_over || state.shutdown_scheduled || state.stop_requested {
+                action(protocol::SyncAction::StopJob, &sync.job_id)
+            } else {
+                action(protocol::SyncAction::Continue, "")
+            }
+        }
+        "starting-job" if state.stop_while_starting && state.stop_requested => {
+            action(protocol::SyncAction::StopJob, &sync.job_id)
+        }
+        "finished-job" => {
+            let result = sync
+                .job_result
+                .map(|r| r.as_str().to_string())
+                .unwrap_or_default();
+            if !state.finished.iter().any(|(id, _)| id == &sync.job_id) {
+                state.finished.push((sync.job_id.clone(), result));
+            }
+            state.stop_requested = false;
+            if state.shutdown_scheduled {
+                shutdown("requested")
+            } else if sync.interrupted_at > 0 {
+                shutdown("interrupted")
+            } else if registered.single_job && !state.ignore_single_job {
+                shutdown("job-finished")
+            } else {
+                action(protocol::SyncAction::WaitForJobs, "")
+            }
+        }
+        _ => action(protocol::SyncAction::Continue, ""),
+    };
+    response.next_sync_after = state.next_sync_after;
+    response
+}
