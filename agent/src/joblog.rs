@@ -25,17 +25,38 @@ struct Inner {
     writer: BufWriter<File>,
     /// Complete lines appended so far.
     lines: u64,
+    /// `cmd_started` events so far.
+    commands_started: u64,
     /// No more events will come.
     closed: bool,
     line_buffer: Vec<u8>,
     write_failed: bool,
+    /// What the waiting pusher wants to be woken for (so a busy job does not wake it per event).
+    wake: WakeWhen,
 }
 
 /// What the pusher sees when it looks at the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogProgress {
     pub lines: u64,
+    pub commands_started: u64,
     pub closed: bool,
+}
+
+/// A waiter's wake-up condition; closing the log always wakes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WakeWhen {
+    /// Wake once the log has at least this many lines.
+    pub lines_at_least: u64,
+    /// Wake on the next `cmd_started`.
+    pub on_command_started: bool,
+}
+
+impl WakeWhen {
+    const NEVER: WakeWhen = WakeWhen {
+        lines_at_least: u64::MAX,
+        on_command_started: false,
+    };
 }
 
 impl JobLog {
@@ -46,9 +67,11 @@ impl JobLog {
             inner: Mutex::new(Inner {
                 writer: BufWriter::with_capacity(256 * 1024, file),
                 lines: 0,
+                commands_started: 0,
                 closed: false,
                 line_buffer: Vec::with_capacity(256),
                 write_failed: false,
+                wake: WakeWhen::NEVER,
             }),
             changed: Condvar::new(),
             path,
@@ -71,20 +94,34 @@ impl JobLog {
         if let Some(observer) = &self.observer {
             observer(&event);
         }
+        let command_started = matches!(event, LogEvent::CmdStarted { .. });
+        self.append(command_started, |line| event.write_line(line));
+    }
+
+    /// Writes one line built by `encode` under the lock, and wakes the pusher if it waits for it.
+    fn append(&self, command_started: bool, encode: impl FnOnce(&mut Vec<u8>)) {
         let mut inner = self.lock();
         if inner.closed {
             return;
         }
         let mut line = std::mem::take(&mut inner.line_buffer);
         line.clear();
-        event.write_line(&mut line);
+        encode(&mut line);
         let result = inner.writer.write_all(&line);
         inner.line_buffer = line;
         match result {
             Ok(()) => {
                 inner.lines += 1;
-                drop(inner);
-                self.changed.notify_all();
+                if command_started {
+                    inner.commands_started += 1;
+                }
+                let wake = inner.lines >= inner.wake.lines_at_least
+                    || (command_started && inner.wake.on_command_started);
+                if wake {
+                    inner.wake = WakeWhen::NEVER;
+                    drop(inner);
+                    self.changed.notify_all();
+                }
             }
             Err(error) => {
                 if !inner.write_failed {
@@ -111,14 +148,20 @@ impl JobLog {
         });
     }
 
-    /// Output bytes become a string with each invalid UTF-8 byte replaced by U+FFFD.
+    /// Output bytes are encoded straight into the line, each invalid UTF-8 byte as U+FFFD.
     pub fn cmd_output(&self, output: &[u8]) {
         if output.is_empty() {
             return;
         }
-        self.log(LogEvent::CmdOutput {
-            timestamp: unix_now(),
-            output: utf8_lossy_per_byte(output),
+        let timestamp = unix_now();
+        if let Some(observer) = &self.observer {
+            observer(&LogEvent::CmdOutput {
+                timestamp,
+                output: utf8_lossy_per_byte(output),
+            });
+        }
+        self.append(false, |line| {
+            LogEvent::write_output_line(line, timestamp, output)
         });
     }
 
@@ -157,19 +200,18 @@ impl JobLog {
                 log::error!("Error writing job log {}: {error}", self.path.display());
             }
         }
-        LogProgress {
-            lines: inner.lines,
-            closed: inner.closed,
-        }
+        progress(&inner)
     }
 
-    /// Waits until more than `seen` lines exist, the log is closed, or `deadline` passes.
-    pub fn wait_for_more(&self, seen: u64, deadline: Option<Instant>) -> LogProgress {
+    /// Waits until `wake` holds, the log is closed, or `deadline` passes.
+    pub fn wait(&self, wake: WakeWhen, deadline: Option<Instant>) -> LogProgress {
         let mut inner = self.lock();
         loop {
-            if inner.lines > seen || inner.closed {
+            let satisfied = inner.closed || inner.lines >= wake.lines_at_least;
+            if satisfied {
                 break;
             }
+            inner.wake = wake;
             match deadline {
                 None => inner = self.changed.wait(inner).unwrap_or_else(|p| p.into_inner()),
                 Some(at) => {
@@ -184,11 +226,12 @@ impl JobLog {
                         .0;
                 }
             }
+            if wake.on_command_started && inner.wake == WakeWhen::NEVER {
+                break; // woken by a cmd_started
+            }
         }
-        LogProgress {
-            lines: inner.lines,
-            closed: inner.closed,
-        }
+        inner.wake = WakeWhen::NEVER;
+        progress(&inner)
     }
 
     /// Every event in the file (for `agent run` summaries and tests).
@@ -204,5 +247,13 @@ impl JobLog {
     /// Deletes the local file (after delivery).
     pub fn remove_file(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn progress(inner: &Inner) -> LogProgress {
+    LogProgress {
+        lines: inner.lines,
+        commands_started: inner.commands_started,
+        closed: inner.closed,
     }
 }

@@ -3,15 +3,16 @@
 //! 200 advances the index; 401 refreshes the token and retries; 422 means the server's log space
 //! is full (trimmed): stop pushing; anything else is retried with the same `start_from`.
 //!
-//! Timing departs from upstream where it only cost latency: a full batch is pushed at once, and
-//! the first batch of a job goes out as soon as it exists; partial batches go at most once per
-//! `partial_batch_interval` (upstream sleeps 1.5–3 s before every push, which caps throughput at
-//! ~1000 lines/s and delays the first log line by seconds).
+//! Timing departs from upstream where it only cost latency: a full batch is pushed at once, the
+//! first batch goes out as soon as the job's first command has started (so a viewer sees the job
+//! begin without delay), and partial batches go at most once per `partial_batch_interval`
+//! (upstream sleeps 1.5–3 s before every push, which caps throughput at ~1000 lines/s and delays
+//! the first log line by seconds).
 
-use crate::joblog::JobLog;
+use crate::joblog::{JobLog, WakeWhen};
 use rand::Rng;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -117,21 +118,30 @@ fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOu
     let lines_per_request = config.lines_per_request.clamp(1, MAX_LINES_PER_REQUEST);
     let mut outcome = PushOutcome::default();
     let mut start_from: u64 = 0;
-    let mut reader: Option<BufReader<File>> = None;
-    let mut offset: u64 = 0;
+    let mut reader: Option<File> = None;
+    // Bytes read from the file but not yet accepted by the server; they start at line
+    // `start_from`. A batch is a prefix of it, so a retry re-sends the very same bytes.
+    let mut unsent = UnsentLines::default();
     let mut last_push: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
-    let mut body = Vec::with_capacity(512 * 1024);
 
+    let started = Instant::now();
     while !abort.load(Ordering::SeqCst) {
         let progress = log.flush();
         let pending = progress.lines - start_from;
+        let full_batch_at = start_from + lines_per_request as u64;
         if pending == 0 {
             if progress.closed {
                 outcome.complete = true;
                 return outcome;
             }
-            log.wait_for_more(start_from, None);
+            log.wait(
+                WakeWhen {
+                    lines_at_least: start_from + 1,
+                    on_command_started: false,
+                },
+                None,
+            );
             continue;
         }
         let now = Instant::now();
@@ -141,20 +151,27 @@ fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOu
                 continue;
             }
         }
-        let full_batch = pending >= lines_per_request as u64;
-        let partial_due =
-            last_push.is_none_or(|at| now.duration_since(at) >= config.partial_batch_interval);
-        if !(progress.closed || full_batch || partial_due) {
-            let due = last_push.map(|at| at + config.partial_batch_interval);
-            // Wake early when a full batch accumulates or the log closes.
-            log.wait_for_more(start_from + lines_per_request as u64 - 1, due);
+        let interval = config.partial_batch_interval;
+        let (ready, due) = match last_push {
+            None => (
+                progress.commands_started > 0 || now >= started + interval,
+                started + interval,
+            ),
+            Some(at) => (now >= at + interval, at + interval),
+        };
+        if !(progress.closed || pending >= lines_per_request as u64 || ready) {
+            let wake = WakeWhen {
+                lines_at_least: full_batch_at,
+                on_command_started: last_push.is_none(),
+            };
+            log.wait(wake, Some(due));
             continue;
         }
 
         let count = pending.min(lines_per_request as u64) as usize;
         if reader.is_none() {
             match File::open(log.path()) {
-                Ok(file) => reader = Some(BufReader::with_capacity(256 * 1024, file)),
+                Ok(file) => reader = Some(file),
                 Err(error) => {
                     log::error!("Error reading job log {}: {error}", log.path().display());
                     retry_at = Some(Instant::now() + retry_delay(progress.closed));
@@ -165,13 +182,17 @@ fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOu
         let Some(file) = reader.as_mut() else {
             continue;
         };
-        body.clear();
-        if let Err(error) = read_lines(file, offset, count, &mut body) {
-            log::error!("Error reading job log {}: {error}", log.path().display());
-            reader = None;
-            retry_at = Some(Instant::now() + retry_delay(progress.closed));
-            continue;
-        }
+        let batch_length = match unsent.batch(file, count) {
+            Ok(length) => length,
+            Err(error) => {
+                log::error!("Error reading job log {}: {error}", log.path().display());
+                reader = None;
+                unsent = UnsentLines::default_at(unsent.file_offset_of_start());
+                retry_at = Some(Instant::now() + retry_delay(progress.closed));
+                continue;
+            }
+        };
+        let body = unsent.front_bytes(batch_length);
 
         let url = format!("{}?start_from={start_from}", config.url);
         outcome.requests += 1;
@@ -180,13 +201,13 @@ fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOu
             .set("Content-Type", "text/plain")
             .set("Authorization", &format!("Bearer {}", config.token))
             .set("User-Agent", &config.user_agent)
-            .send_bytes(&body);
+            .send_bytes(body);
         last_push = Some(Instant::now());
         match response {
             Ok(response) if response.status() == 200 => {
                 let _ = response.into_string();
                 start_from += count as u64;
-                offset += body.len() as u64;
+                unsent.consume(batch_length, count);
                 outcome.lines_pushed = start_from;
                 retry_at = None;
             }
@@ -230,27 +251,88 @@ fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOu
     outcome
 }
 
-/// Reads `count` complete lines starting at byte `offset` into `body`.
-fn read_lines(
-    file: &mut BufReader<File>,
-    offset: u64,
-    count: usize,
-    body: &mut Vec<u8>,
-) -> std::io::Result<()> {
-    if file.stream_position()? != offset {
-        file.seek(SeekFrom::Start(offset))?;
-    }
-    for _ in 0..count {
-        let before = body.len();
-        let read = file.read_until(b'\n', body)?;
-        if read == 0 || body.last() != Some(&b'\n') {
-            body.truncate(before);
-            file.seek(SeekFrom::Start(offset))?;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "job log line is incomplete",
-            ));
+/// The not-yet-accepted tail of the log file, read in large blocks; batches are cut from its
+/// front at line boundaries without copying line by line.
+#[derive(Default)]
+struct UnsentLines {
+    bytes: Vec<u8>,
+    /// Index in `bytes` of the first unsent byte (consumed bytes are dropped lazily).
+    front: usize,
+    /// File offset of `bytes[0]`.
+    base_offset: u64,
+    /// Complete lines counted from `front`, and where the last of them ends (index in `bytes`).
+    lines_scanned: usize,
+    scanned_end: usize,
+}
+
+impl UnsentLines {
+    fn default_at(offset: u64) -> UnsentLines {
+        UnsentLines {
+            base_offset: offset,
+            ..UnsentLines::default()
         }
     }
-    Ok(())
+
+    fn file_offset_of_start(&self) -> u64 {
+        self.base_offset + self.front as u64
+    }
+
+    /// The unsent bytes from the front.
+    fn front_bytes(&self, length: usize) -> &[u8] {
+        &self.bytes[self.front..self.front + length]
+    }
+
+    /// The byte length of the first `count` unsent lines, reading more of the file as needed.
+    /// `count` never shrinks between calls for the same front (the log only grows).
+    fn batch(&mut self, file: &mut File, count: usize) -> std::io::Result<usize> {
+        if self.scanned_end < self.front {
+            self.scanned_end = self.front;
+        }
+        while self.lines_scanned < count {
+            let scan_from = self.scanned_end;
+            for at in memchr::memchr_iter(b'\n', &self.bytes[scan_from..]) {
+                self.lines_scanned += 1;
+                self.scanned_end = scan_from + at + 1;
+                if self.lines_scanned == count {
+                    break;
+                }
+            }
+            if self.lines_scanned == count {
+                break;
+            }
+            // Read the next block: lines the log has counted are flushed, so they are there.
+            let end = self.base_offset + self.bytes.len() as u64;
+            file.seek(SeekFrom::Start(end))?;
+            let old_length = self.bytes.len();
+            self.bytes.resize(old_length + 1024 * 1024, 0);
+            let read = file.read(&mut self.bytes[old_length..]);
+            let read = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    self.bytes.truncate(old_length);
+                    return Err(error);
+                }
+            };
+            self.bytes.truncate(old_length + read);
+            if read == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "job log is shorter than its line count",
+                ));
+            }
+        }
+        Ok(self.scanned_end - self.front)
+    }
+
+    /// The server accepted the first `length` bytes (`lines` lines).
+    fn consume(&mut self, length: usize, lines: usize) {
+        self.front += length;
+        self.lines_scanned -= lines;
+        if self.front * 2 > self.bytes.len() {
+            self.bytes.drain(..self.front);
+            self.base_offset += self.front as u64;
+            self.scanned_end -= self.front;
+            self.front = 0;
+        }
+    }
 }

@@ -41,6 +41,16 @@ impl LogEvent {
         out.push(b'\n');
     }
 
+    /// Appends a `cmd_output` line for raw output bytes without building the event: the same
+    /// bytes Go's agent writes (invalid UTF-8 bytes as `\ufffd`). The hot path of job logging.
+    pub fn write_output_line(out: &mut Vec<u8>, timestamp: i64, output: &[u8]) {
+        out.extend_from_slice(b"{\"event\":\"cmd_output\",\"timestamp\":");
+        out.extend_from_slice(timestamp.to_string().as_bytes());
+        out.extend_from_slice(b",\"output\":");
+        crate::gojson::write_go_string_bytes(out, output);
+        out.extend_from_slice(b"}\n");
+    }
+
     /// The event as one Go-encoded JSON line, `\n`-terminated.
     pub fn to_line(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(96);
@@ -101,6 +111,22 @@ mod tests {
             String::from_utf8(event.to_line()).unwrap(),
             "{\"event\":\"cmd_output\",\"timestamp\":1,\"output\":\"a\\u003cb\\u003e\\u0026\\n\"}\n"
         );
+    }
+
+    #[test]
+    fn raw_output_lines_equal_serialized_events() {
+        for output in ["hello\n", "a<b>&\"q\"", "━特定\r\n"] {
+            let mut fast = Vec::new();
+            LogEvent::write_output_line(&mut fast, 1_700_000_000, output.as_bytes());
+            let event = LogEvent::CmdOutput {
+                timestamp: 1_700_000_000,
+                output: output.to_string(),
+            };
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(event.to_line()).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -67,6 +67,89 @@ pub fn to_go_json<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8
     Ok(out)
 }
 
+/// Appends `bytes` as a quoted JSON string exactly as Go's encoder writes a Go string holding
+/// them: HTML-safe, `\u2028`/`\u2029` escaped, and each invalid UTF-8 byte written as `\ufffd`.
+/// This is the hot path of job logging (one call per output chunk), so it works on bytes with
+/// no intermediate string.
+pub fn write_go_string_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (valid, invalid_byte) = match std::str::from_utf8(rest) {
+            Ok(text) => (text, false),
+            Err(error) => {
+                let valid = error.valid_up_to();
+                // The prefix was just validated, so this cannot fail.
+                (
+                    std::str::from_utf8(&rest[..valid]).unwrap_or_default(),
+                    true,
+                )
+            }
+        };
+        write_escaped_text(out, valid.as_bytes());
+        rest = &rest[valid.len()..];
+        if invalid_byte {
+            out.extend_from_slice(b"\\ufffd");
+            rest = &rest[1..];
+        }
+    }
+    out.push(b'"');
+}
+
+/// Escapes valid UTF-8 text the way Go does, copying safe runs in bulk.
+fn write_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    let mut index = 0;
+    while index < text.len() {
+        let byte = text[index];
+        let escape: Option<&[u8]> = match byte {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0x08 => Some(b"\\b"),
+            0x0c => Some(b"\\f"),
+            b'<' => Some(b"\\u003c"),
+            b'>' => Some(b"\\u003e"),
+            b'&' => Some(b"\\u0026"),
+            0xE2 if text.get(index + 1) == Some(&0x80)
+                && matches!(text.get(index + 2), Some(0xA8) | Some(0xA9)) =>
+            {
+                Some(if text[index + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                })
+            }
+            _ => None,
+        };
+        if let Some(escape) = escape {
+            out.extend_from_slice(&text[start..index]);
+            out.extend_from_slice(escape);
+            index += if byte == 0xE2 { 3 } else { 1 };
+            start = index;
+        } else if byte < 0x20 {
+            out.extend_from_slice(&text[start..index]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(byte >> 4) as usize],
+                HEX[(byte & 0xf) as usize],
+            ]);
+            index += 1;
+            start = index;
+        } else {
+            index += 1;
+        }
+    }
+    out.extend_from_slice(&text[start..]);
+}
+
 /// Converts bytes to a string replacing **each** invalid byte with U+FFFD, as Go's JSON encoder
 /// does (Rust's `from_utf8_lossy` replaces a whole invalid sequence with one U+FFFD instead).
 pub fn utf8_lossy_per_byte(bytes: &[u8]) -> String {
@@ -114,6 +197,40 @@ mod tests {
         let out = to_go_json(text).unwrap();
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, text);
+    }
+
+    #[test]
+    fn byte_writer_matches_the_serde_path_on_valid_text() {
+        let samples = [
+            "plain ascii",
+            "a<b>&c\u{2028}\u{2029}\"\\\n\r\t\u{1}\u{8}\u{c}\u{1f}é━特定",
+            "",
+            "\u{7f} del and \u{FFFD} a real replacement character",
+        ];
+        for sample in samples {
+            let mut fast = Vec::new();
+            write_go_string_bytes(&mut fast, sample.as_bytes());
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(to_go_json(sample).unwrap()).unwrap(),
+                "{sample:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn byte_writer_escapes_invalid_bytes_as_go_does() {
+        let mut out = Vec::new();
+        write_go_string_bytes(&mut out, &[b'a', 150, 150, b'<', 0xE6, 0x97]);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#""a\ufffd\ufffd\u003c\ufffd\ufffd""#
+        );
+        let decoded: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            decoded,
+            utf8_lossy_per_byte(&[b'a', 150, 150, b'<', 0xE6, 0x97])
+        );
     }
 
     #[test]

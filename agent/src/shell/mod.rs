@@ -13,6 +13,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Exit code reported when the shell died or the command was stopped (upstream's default).
@@ -30,7 +32,18 @@ pub struct CommandOutcome {
     pub finished_at: i64,
 }
 
+/// Unix seconds from the coarse real-time clock: log events carry whole seconds and are stamped
+/// millions of times in a chatty job, so the cheaper clock is worth it.
 pub fn unix_now() -> i64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) } == 0 {
+        #[allow(clippy::unnecessary_cast)] // time_t is not i64 on every target
+        return now.tv_sec as i64;
+    }
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -42,12 +55,81 @@ type OutputCallback<'a> = &'a mut dyn FnMut(&[u8]);
 
 pub struct Shell {
     master: File,
+    /// What the PTY reader thread has read, in order.
+    output: mpsc::Receiver<PtyRead>,
+    reader_stop: Arc<AtomicBool>,
     child: Child,
     pid: i32,
     command_file: PathBuf,
     dead: bool,
     closed: bool,
-    read_buffer: Vec<u8>,
+}
+
+/// A message from the PTY reader thread.
+enum PtyRead {
+    Data(Vec<u8>),
+    /// Every slave fd is closed (EIO) or reading failed: nothing more will come.
+    Closed,
+}
+
+/// How many reads may wait for the command loop before the reader stops reading (and the job's
+/// writes block on the terminal): bounds memory when output outpaces logging.
+const READ_QUEUE_DEPTH: usize = 256;
+/// Largest batch the reader hands over at once.
+const READ_BATCH: usize = 64 * 1024;
+
+/// Reads the PTY master as fast as the job writes, so the job is never held up while the command
+/// loop cuts and logs output; the loop runs on its own thread and core.
+fn spawn_reader(
+    mut master: File,
+    sender: mpsc::SyncSender<PtyRead>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("pty-reader".into())
+        .spawn(move || {
+            let fd = master.as_raw_fd();
+            let mut buffer = vec![0u8; READ_BATCH];
+            while !stop.load(Ordering::Relaxed) {
+                match pty::wait_readable(fd, Duration::from_millis(100)) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(_) => {
+                        let _ = sender.send(PtyRead::Closed);
+                        return;
+                    }
+                }
+                // Take everything that is there now, up to one batch.
+                let mut filled = 0;
+                let mut closed = false;
+                loop {
+                    match pty::read_master(&mut master, &mut buffer[filled..]) {
+                        Ok(0) | Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                        Ok(n) => filled += n,
+                    }
+                    if filled + 4096 > buffer.len()
+                        || !matches!(pty::wait_readable(fd, Duration::ZERO), Ok(true))
+                    {
+                        break;
+                    }
+                }
+                if filled > 0
+                    && sender
+                        .send(PtyRead::Data(buffer[..filled].to_vec()))
+                        .is_err()
+                {
+                    return;
+                }
+                if closed {
+                    let _ = sender.send(PtyRead::Closed);
+                    return;
+                }
+            }
+        })?;
+    Ok(())
 }
 
 impl Shell {
@@ -56,17 +138,21 @@ impl Shell {
     /// private to this job.
     pub fn start(env: &[(String, String)], scratch_dir: &Path) -> std::io::Result<Shell> {
         let pty = pty::open_pty()?;
-        let child = pty::spawn_bash(&pty, env, None)?;
+        let child = pty::spawn_bash(&pty, env)?;
         drop(pty.slave);
         let pid = child.id() as i32;
+        let (sender, output) = mpsc::sync_channel(READ_QUEUE_DEPTH);
+        let reader_stop = Arc::new(AtomicBool::new(false));
+        spawn_reader(pty.master.try_clone()?, sender, reader_stop.clone())?;
         let mut shell = Shell {
             master: pty.master,
+            output,
+            reader_stop,
             child,
             pid,
             command_file: scratch_dir.join("current-agent-cmd"),
             dead: false,
             closed: false,
-            read_buffer: vec![0; 64 * 1024],
         };
         let setup = format!(
             "export PS1=''\nstty -echo\ncd ~\necho '{}'\n",
@@ -80,8 +166,8 @@ impl Shell {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             match shell.read_some(Duration::from_millis(50)) {
-                ReadResult::Data(n) => {
-                    pending.extend_from_slice(&shell.read_buffer[..n]);
+                ReadResult::Data(data) => {
+                    pending.extend_from_slice(&data);
                     let mut ready = false;
                     while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
                         let line = String::from_utf8_lossy(&pending[..newline]).into_owned();
@@ -115,27 +201,20 @@ impl Shell {
     }
 
     fn read_some(&mut self, timeout: Duration) -> ReadResult {
-        match pty::wait_readable(self.master.as_raw_fd(), timeout) {
-            Ok(true) => match pty::read_master(&mut self.master, &mut self.read_buffer) {
-                Ok(0) | Err(_) => ReadResult::Closed,
-                Ok(n) => ReadResult::Data(n),
-            },
-            Ok(false) => {
+        match self.output.recv_timeout(timeout) {
+            Ok(PtyRead::Data(data)) => ReadResult::Data(data),
+            Ok(PtyRead::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => ReadResult::Closed,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 if self.child_exited() {
                     // Bash is gone but something else holds the terminal: take what is left.
-                    match pty::wait_readable(self.master.as_raw_fd(), Duration::ZERO) {
-                        Ok(true) => match pty::read_master(&mut self.master, &mut self.read_buffer)
-                        {
-                            Ok(n) if n > 0 => ReadResult::Data(n),
-                            _ => ReadResult::Closed,
-                        },
+                    match self.output.recv_timeout(Duration::from_millis(5)) {
+                        Ok(PtyRead::Data(data)) => ReadResult::Data(data),
                         _ => ReadResult::Closed,
                     }
                 } else {
                     ReadResult::Nothing
                 }
             }
-            Err(_) => ReadResult::Closed,
         }
     }
 
@@ -191,12 +270,13 @@ impl Shell {
 
         let mut parser = MarkerParser::new(&start_mark, &end_mark);
         let mut buffer = OutputBuffer::new();
+        let mut chunk = Vec::with_capacity(output::CUT_LENGTH_CLOSED);
         let mut exit_code = None;
         let mut last_liveness_check = Instant::now();
         while exit_code.is_none() {
             let now = Instant::now();
             if let Some(emit) = on_output.as_mut() {
-                while let Some(chunk) = buffer.next_chunk(now, false) {
+                while buffer.next_chunk_into(now, false, &mut chunk) {
                     emit(&chunk);
                 }
             }
@@ -209,9 +289,8 @@ impl Shell {
                 .unwrap_or(LIVENESS_INTERVAL)
                 .min(LIVENESS_INTERVAL);
             match self.read_some(wait) {
-                ReadResult::Data(n) => {
-                    let data = &self.read_buffer[..n];
-                    exit_code = parser.feed(data, &mut |output| {
+                ReadResult::Data(data) => {
+                    exit_code = parser.feed(&data, &mut |output| {
                         if on_output.is_some() {
                             buffer.append(output, Instant::now());
                         } else {
@@ -235,7 +314,7 @@ impl Shell {
             }
         }
         if let Some(emit) = on_output.as_mut() {
-            while let Some(chunk) = buffer.next_chunk(Instant::now(), true) {
+            while buffer.next_chunk_into(Instant::now(), true, &mut chunk) {
                 emit(&chunk);
             }
         }
@@ -253,6 +332,7 @@ impl Shell {
         }
         pty::kill_session(self.pid);
         let _ = self.child.wait();
+        self.reader_stop.store(true, Ordering::Relaxed);
         self.dead = true;
         self.closed = true;
     }
@@ -265,7 +345,7 @@ impl Drop for Shell {
 }
 
 enum ReadResult {
-    Data(usize),
+    Data(Vec<u8>),
     Nothing,
     Closed,
 }

@@ -58,8 +58,16 @@ impl OutputBuffer {
     }
 
     /// The next chunk to emit at `now`, or `None` when nothing is due yet. `closed` is true once
-    /// the command has finished; call until `None` (and, when closed, until empty).
+    /// the command has finished; call until `None`.
     pub fn next_chunk(&mut self, now: Instant, closed: bool) -> Option<Vec<u8>> {
+        let mut chunk = Vec::new();
+        self.next_chunk_into(now, closed, &mut chunk)
+            .then_some(chunk)
+    }
+
+    /// [`OutputBuffer::next_chunk`] into a reusable buffer (cleared first); false when nothing is due.
+    pub fn next_chunk_into(&mut self, now: Instant, closed: bool, chunk: &mut Vec<u8>) -> bool {
+        chunk.clear();
         let pending = &self.bytes[self.start..];
         let chunk_length = if closed {
             CUT_LENGTH_CLOSED
@@ -67,7 +75,7 @@ impl OutputBuffer {
             CUT_LENGTH_RUNNING
         };
         if pending.is_empty() {
-            return None;
+            return false;
         }
         // Once closed nothing more can arrive, so waiting out the merge window (as upstream does)
         // would only delay the same cut: emit at once.
@@ -76,7 +84,7 @@ impl OutputBuffer {
                 .last_append
                 .is_none_or(|at| now.saturating_duration_since(at) >= MERGE_WINDOW);
         if pending.len() < chunk_length && !quiet_long_enough {
-            return None;
+            return false;
         }
         let mut cut = pending.len().min(chunk_length);
         if !closed || cut == chunk_length {
@@ -90,36 +98,43 @@ impl OutputBuffer {
             }
         }
         if cut == 0 {
-            return None;
+            return false;
         }
         if pending[cut - 1] == b'\r' && pending.get(cut) == Some(&b'\n') {
             cut -= 1;
             if cut == 0 {
-                return None;
+                return false;
             }
         }
-        let chunk = crlf_to_lf(&pending[..cut]);
+        append_crlf_to_lf(chunk, &pending[..cut]);
         self.start += cut;
         if self.is_empty() {
             self.bytes.clear();
             self.start = 0;
         }
-        Some(chunk)
+        true
     }
 }
 
 pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
-    let mut index = 0;
-    while index < data.len() {
-        if data[index] == b'\r' && data.get(index + 1) == Some(&b'\n') {
-            index += 1;
-            continue;
-        }
-        out.push(data[index]);
-        index += 1;
-    }
+    append_crlf_to_lf(&mut out, data);
     out
+}
+
+/// Appends `data` to `out` with every `\r\n` turned into `\n`, copying runs in bulk.
+fn append_crlf_to_lf(out: &mut Vec<u8>, data: &[u8]) {
+    let mut start = 0;
+    let mut index = 0;
+    while let Some(offset) = data[index..].iter().position(|&b| b == b'\r') {
+        let at = index + offset;
+        if data.get(at + 1) == Some(&b'\n') {
+            out.extend_from_slice(&data[start..at]);
+            start = at + 1;
+        }
+        index = at + 1;
+    }
+    out.extend_from_slice(&data[start..]);
 }
 
 #[cfg(test)]

@@ -55,18 +55,22 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Starts `bash --login` on the slave side of `pty`, in its own session, with exactly `env`.
-pub fn spawn_bash(
+pub fn spawn_bash(pty: &Pty, env: &[(String, String)]) -> io::Result<Child> {
+    spawn_in_pty(pty, "bash", &["--login"], env)
+}
+
+/// Starts `program` on the slave side of `pty` as a session leader with the PTY as its
+/// controlling terminal and stdin/stdout/stderr, with exactly `env`.
+pub fn spawn_in_pty(
     pty: &Pty,
+    program: &str,
+    args: &[&str],
     env: &[(String, String)],
-    cwd: Option<&std::path::Path>,
 ) -> io::Result<Child> {
-    let mut command = Command::new("bash");
-    command.arg("--login");
+    let mut command = Command::new(program);
+    command.args(args);
     command.env_clear();
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    if let Some(dir) = cwd {
-        command.current_dir(dir);
-    }
     command
         .stdin(Stdio::from(pty.slave.try_clone()?))
         .stdout(Stdio::from(pty.slave.try_clone()?))

@@ -39,6 +39,14 @@ pub struct HubState {
     pub log_max_events: Option<usize>,
     pub token_refreshed: bool,
     pub unexpected: Vec<String>,
+    /// When each job's run-job answer was sent, and when its first `cmd_started` arrived.
+    pub run_job_sent: HashMap<String, Instant>,
+    pub first_command_pushed: HashMap<String, Instant>,
+    /// Lines and bytes received by the log sink.
+    pub log_lines_received: u64,
+    pub log_bytes_received: u64,
+    /// Keep only counts, not the lines (benchmarks push hundreds of MB).
+    pub count_logs_only: bool,
 }
 
 pub struct FakeHub {
@@ -234,6 +242,19 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
             .strip_prefix("start_from=")
             .and_then(|n| n.parse().ok())
             .expect("start_from");
+        if !state.first_command_pushed.contains_key(job_id)
+            && find_bytes(&body, b"\"event\":\"cmd_started\"")
+        {
+            state
+                .first_command_pushed
+                .insert(job_id.to_string(), Instant::now());
+        }
+        if state.count_logs_only {
+            state.log_bytes_received += body.len() as u64;
+            state.log_lines_received += body.iter().filter(|&&b| b == b'\n').count() as u64;
+            drop(state);
+            return respond(request, 200, "");
+        }
         let lines: Vec<String> = String::from_utf8(body)
             .expect("utf-8 body")
             .split('\n')
@@ -309,6 +330,7 @@ fn decide(state: &mut HubState, sync: &SyncRequest) -> SyncResponse {
             {
                 shutdown("idle")
             } else if let Some(job_id) = state.queue.pop_front() {
+                state.run_job_sent.insert(job_id.clone(), Instant::now());
                 action(protocol::SyncAction::RunJob, &job_id)
             } else {
                 action(protocol::SyncAction::Continue, "")
@@ -349,4 +371,10 @@ fn decide(state: &mut HubState, sync: &SyncRequest) -> SyncResponse {
     };
     response.next_sync_after = state.next_sync_after;
     response
+}
+
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }

@@ -1,0 +1,359 @@
+//! Agent benchmarks (run by `bench/agent.sh`; figures, not assertions):
+//! (a) log throughput of a job that prints ~200 MB, end to end into a local HTTP log sink, as a
+//!     ratio to raw PTY throughput (`cat` of the same file through a PTY) measured in the same run;
+//! (b) job start overhead: run-job answered → first `cmd_started` received by the log sink,
+//!     minus the time bash takes to start;
+//! (c) idle RSS of `agent start` (the release binary) registered and syncing.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use agent::config::Config;
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use agent::listener::{Listener, Timings};
+use agent::pusher::{LogPusher, PushConfig};
+use agent::shell::{pty, Shell};
+use protocol::{Command, JobRequest, JobResult};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::FakeHub;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// A file of printable lines (100 bytes each with the newline), `megabytes` MB in all.
+fn make_data(path: &std::path::Path, megabytes: usize) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let alphabet =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/()[]{}";
+    let mut line = [0u8; 100];
+    for index in 0..megabytes * 10_000 {
+        for (offset, byte) in line[..99].iter_mut().enumerate() {
+            *byte = alphabet[(index * 7 + offset * 13) % alphabet.len()];
+        }
+        line[99] = b'\n';
+        file.write_all(&line).unwrap();
+    }
+    file.flush().unwrap();
+}
+
+/// Seconds to read all of `cat file` from a PTY master (the raw baseline).
+fn raw_pty_seconds(file: &std::path::Path) -> (f64, u64) {
+    let pty = pty::open_pty().unwrap();
+    let env: Vec<(String, String)> =
+        vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())];
+    let started = Instant::now();
+    let mut child = pty::spawn_in_pty(&pty, "cat", &[&file.display().to_string()], &env).unwrap();
+    drop(pty.slave);
+    let mut master = pty.master;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match pty::read_master(&mut master, &mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    let _ = child.wait();
+    (started.elapsed().as_secs_f64(), total)
+}
+
+/// A minimal HTTP/1.1 log sink: reads each request's body (Content-Length), counts its lines,
+/// answers 200 with keep-alive. Lean on purpose, so the benchmark measures the agent, not the
+/// sink (a real log server runs elsewhere).
+struct LeanSink {
+    address: String,
+    lines: Arc<std::sync::atomic::AtomicU64>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LeanSink {
+    fn start() -> LeanSink {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (line_count, byte_count) = (lines.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (line_count, byte_count) = (line_count.clone(), byte_count.clone());
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::with_capacity(1 << 20, stream);
+                    let mut body = Vec::new();
+                    loop {
+                        let mut length = 0usize;
+                        let mut header = String::new();
+                        loop {
+                            header.clear();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            let lower = header.to_ascii_lowercase();
+                            if let Some(value) = lower.strip_prefix("content-length:") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        body.resize(length, 0);
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        byte_count.fetch_add(length as u64, Ordering::Relaxed);
+                        line_count.fetch_add(
+                            body.iter().filter(|&&b| b == b'\n').count() as u64,
+                            Ordering::Relaxed,
+                        );
+                        if writer
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        LeanSink {
+            address,
+            lines,
+            bytes,
+        }
+    }
+}
+
+/// Seconds for a job that `cat`s the file, from job start until every event is accepted by the
+/// sink; plus the number of events and bytes the sink received.
+fn agent_seconds(
+    file: &std::path::Path,
+    sink: &LeanSink,
+    scratch: &std::path::Path,
+) -> (f64, u64, u64) {
+    use std::sync::atomic::Ordering;
+    sink.lines.store(0, Ordering::SeqCst);
+    sink.bytes.store(0, Ordering::SeqCst);
+    let request = JobRequest {
+        job_id: "throughput".into(),
+        commands: vec![Command::new(format!("cat {}", file.display()))],
+        ..JobRequest::default()
+    };
+    let options = JobOptions {
+        shell_env: job_environment(std::env::vars()),
+        scratch_root: scratch.to_path_buf(),
+        ..JobOptions::default()
+    };
+    let started = Instant::now();
+    // The command's start, as the log records it: the end-to-end figure excludes bash's login
+    // start-up (measured by the start benchmark), which does not depend on how much is logged.
+    let command_started: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let seen = command_started.clone();
+    let observer: agent::joblog::Observer = Box::new(move |event| {
+        if matches!(event, protocol::LogEvent::CmdStarted { directive, .. } if directive.starts_with("cat "))
+        {
+            *seen.lock().unwrap() = Some(Instant::now());
+        }
+    });
+    let log = Arc::new(JobLog::create(scratch.join("throughput.json"), Some(observer)).unwrap());
+    let pusher = LogPusher::spawn(
+        log.clone(),
+        PushConfig {
+            url: format!("http://{}/api/v1/logs/throughput", sink.address),
+            token: "jwt".into(),
+            user_agent: agent::listener::user_agent(),
+            refresh_token: Box::new(|| Err("no refresh in the benchmark".into())),
+            partial_batch_interval: Duration::from_secs(1),
+            lines_per_request: agent::pusher::MAX_LINES_PER_REQUEST,
+        },
+    )
+    .unwrap();
+    let result = run_job(&request, &options, &log, &JobControl::new());
+    let job_done = started.elapsed().as_secs_f64();
+    let pushed_then = sink.lines.load(Ordering::SeqCst);
+    let outcome = pusher.close(Duration::from_secs(600));
+    if std::env::var("BENCH_VERBOSE").is_ok() {
+        println!(
+            "  job done after {job_done:.2} s with {pushed_then} events pushed; {} requests",
+            outcome.requests
+        );
+    }
+    let command_started = command_started
+        .lock()
+        .unwrap()
+        .expect("the cat command started");
+    let seconds = command_started.elapsed().as_secs_f64();
+    assert_eq!(result, JobResult::Passed);
+    assert!(outcome.complete, "every event delivered");
+    (
+        seconds,
+        sink.lines.load(Ordering::SeqCst),
+        sink.bytes.load(Ordering::SeqCst),
+    )
+}
+
+fn throughput() {
+    let megabytes = env_usize("BENCH_LOG_MB", 200);
+    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("data.txt");
+    make_data(&file, megabytes);
+    let sink = LeanSink::start();
+    let (mut raw, mut ours) = (Vec::new(), Vec::new());
+    let mut events = 0;
+    for _ in 0..rounds {
+        let (seconds, bytes) = raw_pty_seconds(&file);
+        raw.push(seconds);
+        let (seconds, lines, pushed) = agent_seconds(&file, &sink, scratch.path());
+        ours.push(seconds);
+        events = lines;
+        println!(
+            "  round: raw PTY {:.2} s ({} bytes read) | agent {:.2} s ({} events, {:.0} MB of JSON pushed)",
+            raw.last().unwrap(),
+            bytes,
+            seconds,
+            lines,
+            pushed as f64 / 1e6
+        );
+    }
+    let (raw, ours) = (median(raw), median(ours));
+    let mb = megabytes as f64;
+    println!("(a) log throughput, {megabytes} MB job output, median of {rounds}:");
+    println!(
+        "    raw PTY (cat through a PTY)       {:8.1} MB/s",
+        mb / raw
+    );
+    println!(
+        "    agent end to end into HTTP sink   {:8.1} MB/s  ({events} events)",
+        mb / ours
+    );
+    println!(
+        "    ratio agent / raw PTY             {:8.2}x   (target >= 0.8x)",
+        raw / ours
+    );
+}
+
+fn start_overhead() {
+    let jobs = env_usize("BENCH_START_JOBS", 15);
+    let scratch = tempfile::tempdir().unwrap();
+    let env = job_environment(std::env::vars());
+    // Bash start: spawn `bash --login` in a PTY until it is ready for commands.
+    let mut bash = Vec::new();
+    for _ in 0..jobs {
+        let started = Instant::now();
+        let mut shell = Shell::start(&env, scratch.path()).unwrap();
+        bash.push(started.elapsed().as_secs_f64() * 1000.0);
+        shell.close();
+    }
+    let hub = FakeHub::start();
+    hub.state().next_sync_after = 50;
+    let config = Config {
+        endpoint: hub.address.clone(),
+        token: "t".into(),
+        no_https: true,
+        ..Config::default()
+    };
+    let options = JobOptions {
+        shell_env: env.clone(),
+        scratch_root: scratch.path().to_path_buf(),
+        ..JobOptions::default()
+    };
+    let listener = Listener::new(config, options, Timings::default());
+    let agent = std::thread::spawn(move || listener.run("bench-agent-1".into()));
+    let mut end_to_end = Vec::new();
+    for index in 0..jobs {
+        let id = format!("start-{index}");
+        let request = JobRequest {
+            job_id: id.clone(),
+            commands: vec![Command::new("true")],
+            ..JobRequest::default()
+        };
+        hub.assign(request, "jwt");
+        hub.wait_until("the job to finish", Duration::from_secs(60), |s| {
+            s.finished.iter().any(|(j, _)| j == &id)
+        });
+        let state = hub.state();
+        let elapsed = state.first_command_pushed[&id].duration_since(state.run_job_sent[&id]);
+        end_to_end.push(elapsed.as_secs_f64() * 1000.0);
+    }
+    hub.state().shutdown_scheduled = true;
+    let _ = agent.join();
+    let (bash, total) = (median(bash), median(end_to_end));
+    println!("(b) job start, median of {jobs} jobs:");
+    println!("    run-job answered -> first cmd_started at the sink   {total:6.1} ms");
+    println!("    bash --login start in a PTY                          {bash:6.1} ms");
+    println!(
+        "    overhead (difference)                                {:6.1} ms   (target <= 20 ms)",
+        total - bash
+    );
+}
+
+fn idle_rss() {
+    let hub = FakeHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args([
+            "start",
+            "--endpoint",
+            &hub.address,
+            "--token",
+            "t",
+            "--no-https",
+            "--name",
+            "idle-rss-agent",
+        ])
+        .env(
+            "SEMAPHORE_AGENT_LOG_FILE_PATH",
+            dir.path().join("agent.log"),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    hub.wait_until("a few syncs", Duration::from_secs(30), |s| {
+        s.syncs.len() >= 10
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!("(c) idle agent (registered, 10 syncs done):");
+    println!(
+        "    VmRSS {:6.2} MiB   (target <= 10 MiB)",
+        field("VmRSS:") / 1024.0
+    );
+    println!("    VmHWM {:6.2} MiB   (peak)", field("VmHWM:") / 1024.0);
+}
+
+fn main() {
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wants("throughput") {
+        throughput();
+    }
+    if wants("start") {
+        start_overhead();
+    }
+    if wants("rss") {
+        idle_rss();
+    }
+}
