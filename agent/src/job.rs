@@ -23,6 +23,8 @@ pub const INJECT_DIRECTIVE: &str = "Injecting Files";
 pub const PRE_HOOK_ALIAS: &str = "Running the pre-job hook configured in the agent";
 pub const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the agent";
 pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
+/// Agent log line (followed by the duration) once the job's bash is ready for commands.
+pub const SHELL_READY_LOG: &str = "Job shell (bash --login in a PTY) ready in";
 /// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (spec §5.6b).
 pub const MANUAL_STOP_EXIT_CODE: i32 = 130;
 
@@ -137,8 +139,13 @@ pub fn run_job(
         log.job_finished(JobResult::Stopped);
         JobResult::Stopped
     } else {
+        let shell_starting = std::time::Instant::now();
         match Shell::start(&options.shell_env, &scratch) {
             Ok(shell) => {
+                log::info!(
+                    "{SHELL_READY_LOG} {:.1} ms",
+                    shell_starting.elapsed().as_secs_f64() * 1000.0
+                );
                 control.attach(shell.session_id());
                 let mut runner = Runner {
                     request,

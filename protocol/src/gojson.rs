@@ -97,6 +97,24 @@ pub fn write_go_string_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+/// Bytes that need a look in [`write_escaped_text`]: control characters, `"`, `\\`, `<`, `>`,
+/// `&`, and 0xE2 (the lead byte of U+2028/U+2029). Everything else is copied as is.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[b'<' as usize] = true;
+    table[b'>' as usize] = true;
+    table[b'&' as usize] = true;
+    table[0xE2] = true;
+    table
+};
+
 /// Escapes valid UTF-8 text the way Go does, copying safe runs in bulk.
 fn write_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -104,6 +122,10 @@ fn write_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
     let mut index = 0;
     while index < text.len() {
         let byte = text[index];
+        if !NEEDS_ESCAPE[byte as usize] {
+            index += 1;
+            continue;
+        }
         let escape: Option<&[u8]> = match byte {
             b'"' => Some(b"\\\""),
             b'\\' => Some(b"\\\\"),
@@ -124,28 +146,31 @@ fn write_escaped_text(out: &mut Vec<u8>, text: &[u8]) {
                     b"\\u2029"
                 })
             }
+            0xE2 => {
+                index += 1;
+                continue;
+            }
             _ => None,
         };
-        if let Some(escape) = escape {
-            out.extend_from_slice(&text[start..index]);
-            out.extend_from_slice(escape);
-            index += if byte == 0xE2 { 3 } else { 1 };
-            start = index;
-        } else if byte < 0x20 {
-            out.extend_from_slice(&text[start..index]);
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(byte >> 4) as usize],
-                HEX[(byte & 0xf) as usize],
-            ]);
-            index += 1;
-            start = index;
-        } else {
-            index += 1;
+        out.extend_from_slice(&text[start..index]);
+        match escape {
+            Some(escape) => {
+                out.extend_from_slice(escape);
+                index += if byte == 0xE2 { 3 } else { 1 };
+            }
+            None => {
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(byte >> 4) as usize],
+                    HEX[(byte & 0xf) as usize],
+                ]);
+                index += 1;
+            }
         }
+        start = index;
     }
     out.extend_from_slice(&text[start..]);
 }

@@ -7,14 +7,12 @@
 
 pub mod output;
 pub mod pty;
+pub mod reader;
 
 use output::OutputBuffer;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// Exit code reported when the shell died or the command was stopped (upstream's default).
@@ -55,81 +53,14 @@ type OutputCallback<'a> = &'a mut dyn FnMut(&[u8]);
 
 pub struct Shell {
     master: File,
-    /// What the PTY reader thread has read, in order.
-    output: mpsc::Receiver<PtyRead>,
-    reader_stop: Arc<AtomicBool>,
+    reader: reader::PtyReader,
+    /// The buffer the last hand-over from the reader landed in (reused).
+    read_data: Vec<u8>,
     child: Child,
     pid: i32,
     command_file: PathBuf,
     dead: bool,
     closed: bool,
-}
-
-/// A message from the PTY reader thread.
-enum PtyRead {
-    Data(Vec<u8>),
-    /// Every slave fd is closed (EIO) or reading failed: nothing more will come.
-    Closed,
-}
-
-/// How many reads may wait for the command loop before the reader stops reading (and the job's
-/// writes block on the terminal): bounds memory when output outpaces logging.
-const READ_QUEUE_DEPTH: usize = 256;
-/// Largest batch the reader hands over at once.
-const READ_BATCH: usize = 64 * 1024;
-
-/// Reads the PTY master as fast as the job writes, so the job is never held up while the command
-/// loop cuts and logs output; the loop runs on its own thread and core.
-fn spawn_reader(
-    mut master: File,
-    sender: mpsc::SyncSender<PtyRead>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("pty-reader".into())
-        .spawn(move || {
-            let fd = master.as_raw_fd();
-            let mut buffer = vec![0u8; READ_BATCH];
-            while !stop.load(Ordering::Relaxed) {
-                match pty::wait_readable(fd, Duration::from_millis(100)) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(_) => {
-                        let _ = sender.send(PtyRead::Closed);
-                        return;
-                    }
-                }
-                // Take everything that is there now, up to one batch.
-                let mut filled = 0;
-                let mut closed = false;
-                loop {
-                    match pty::read_master(&mut master, &mut buffer[filled..]) {
-                        Ok(0) | Err(_) => {
-                            closed = true;
-                            break;
-                        }
-                        Ok(n) => filled += n,
-                    }
-                    if filled + 4096 > buffer.len()
-                        || !matches!(pty::wait_readable(fd, Duration::ZERO), Ok(true))
-                    {
-                        break;
-                    }
-                }
-                if filled > 0
-                    && sender
-                        .send(PtyRead::Data(buffer[..filled].to_vec()))
-                        .is_err()
-                {
-                    return;
-                }
-                if closed {
-                    let _ = sender.send(PtyRead::Closed);
-                    return;
-                }
-            }
-        })?;
-    Ok(())
 }
 
 impl Shell {
@@ -141,13 +72,11 @@ impl Shell {
         let child = pty::spawn_bash(&pty, env)?;
         drop(pty.slave);
         let pid = child.id() as i32;
-        let (sender, output) = mpsc::sync_channel(READ_QUEUE_DEPTH);
-        let reader_stop = Arc::new(AtomicBool::new(false));
-        spawn_reader(pty.master.try_clone()?, sender, reader_stop.clone())?;
+        let reader = reader::PtyReader::spawn(pty.master.try_clone()?)?;
         let mut shell = Shell {
             master: pty.master,
-            output,
-            reader_stop,
+            reader,
+            read_data: Vec::new(),
             child,
             pid,
             command_file: scratch_dir.join("current-agent-cmd"),
@@ -166,8 +95,8 @@ impl Shell {
         let mut pending: Vec<u8> = Vec::new();
         loop {
             match shell.read_some(Duration::from_millis(50)) {
-                ReadResult::Data(data) => {
-                    pending.extend_from_slice(&data);
+                ReadResult::Data => {
+                    pending.extend_from_slice(&shell.read_data);
                     let mut ready = false;
                     while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
                         let line = String::from_utf8_lossy(&pending[..newline]).into_owned();
@@ -200,15 +129,19 @@ impl Shell {
         self.dead
     }
 
+    /// Waits up to `timeout` for output, which lands in `self.read_data`.
     fn read_some(&mut self, timeout: Duration) -> ReadResult {
-        match self.output.recv_timeout(timeout) {
-            Ok(PtyRead::Data(data)) => ReadResult::Data(data),
-            Ok(PtyRead::Closed) | Err(mpsc::RecvTimeoutError::Disconnected) => ReadResult::Closed,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        match self.reader.take(timeout, &mut self.read_data) {
+            reader::Taken::Data => ReadResult::Data,
+            reader::Taken::Closed => ReadResult::Closed,
+            reader::Taken::Nothing => {
                 if self.child_exited() {
                     // Bash is gone but something else holds the terminal: take what is left.
-                    match self.output.recv_timeout(Duration::from_millis(5)) {
-                        Ok(PtyRead::Data(data)) => ReadResult::Data(data),
+                    match self
+                        .reader
+                        .take(Duration::from_millis(5), &mut self.read_data)
+                    {
+                        reader::Taken::Data => ReadResult::Data,
                         _ => ReadResult::Closed,
                     }
                 } else {
@@ -289,8 +222,8 @@ impl Shell {
                 .unwrap_or(LIVENESS_INTERVAL)
                 .min(LIVENESS_INTERVAL);
             match self.read_some(wait) {
-                ReadResult::Data(data) => {
-                    exit_code = parser.feed(&data, &mut |output| {
+                ReadResult::Data => {
+                    exit_code = parser.feed(&self.read_data, &mut |output| {
                         if on_output.is_some() {
                             buffer.append(output, Instant::now());
                         } else {
@@ -332,7 +265,7 @@ impl Shell {
         }
         pty::kill_session(self.pid);
         let _ = self.child.wait();
-        self.reader_stop.store(true, Ordering::Relaxed);
+        self.reader.stop();
         self.dead = true;
         self.closed = true;
     }
@@ -345,7 +278,8 @@ impl Drop for Shell {
 }
 
 enum ReadResult {
-    Data(Vec<u8>),
+    /// New output is in `Shell::read_data`.
+    Data,
     Nothing,
     Closed,
 }

@@ -126,7 +126,7 @@ pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
 fn append_crlf_to_lf(out: &mut Vec<u8>, data: &[u8]) {
     let mut start = 0;
     let mut index = 0;
-    while let Some(offset) = data[index..].iter().position(|&b| b == b'\r') {
+    while let Some(offset) = memchr::memchr(b'\r', &data[index..]) {
         let at = index + offset;
         if data.get(at + 1) == Some(&b'\n') {
             out.extend_from_slice(&data[start..at]);
