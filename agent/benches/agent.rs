@@ -13,7 +13,7 @@ use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
 use agent::listener::{Listener, Timings};
 use agent::pusher::{LogPusher, PushConfig};
-use agent::shell::{pty, Shell};
+use agent::shell::pty;
 use protocol::{Command, JobRequest, JobResult};
 use std::io::Write;
 use std::sync::Arc;
