@@ -1188,14 +1188,12 @@ fn broken_unicode_becomes_one_replacement_character_per_byte() {
             ["job_finished: passed"],
         ],
     );
-    let line = events
-        .iter()
-        .find(|e| matches!(e, LogEvent::CmdOutput { .. } if e.simplified().starts_with('\u{FFFD}')))
-        .unwrap()
-        .to_line();
-    assert!(String::from_utf8(line)
-        .unwrap()
-        .contains(r#""output":"�����""#));
+    // On the wire each invalid byte is the escape `\ufffd`, exactly as Go's encoder writes it.
+    let file = std::fs::read_to_string(h.scratch.path().join("job_log.json")).unwrap();
+    assert!(
+        file.contains(r#""output":"\ufffd\ufffd\ufffd\ufffd\ufffd""#),
+        "{file}"
+    );
 }
 
 #[test]

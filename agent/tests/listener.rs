@@ -595,3 +595,26 @@ fn an_unknown_executor_is_reported_failed_with_a_log_message() {
         "{log:?}"
     );
 }
+
+#[test]
+fn a_malformed_job_request_is_reported_failed() {
+    let hub = FakeHub::start();
+    {
+        let mut state = hub.state();
+        state.queue.push_back("job-bad".into());
+        state.raw_job_bodies.insert(
+            "job-bad".into(),
+            r#"{"job_id": "job-bad", "commands": "not a list""#.into(),
+        );
+    }
+    assert_eq!(in_process(&hub.address, fast_timings()).join().unwrap(), 0);
+    assert_eq!(
+        hub.state().get_job_attempts,
+        5,
+        "a bad body is retried like any failed fetch"
+    );
+    assert_eq!(
+        hub.state().finished,
+        vec![("job-bad".to_string(), "failed".to_string())]
+    );
+}

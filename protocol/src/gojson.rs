@@ -13,41 +13,16 @@ use std::io::{self, Write};
 pub struct GoFormatter;
 
 impl Formatter for GoFormatter {
+    /// serde_json has already escaped quotes, backslashes and control characters around these
+    /// fragments; what is left for Go's rules are `<`, `>`, `&`, U+2028 and U+2029.
     fn write_string_fragment<W: ?Sized + Write>(
         &mut self,
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        let bytes = fragment.as_bytes();
-        let mut start = 0;
-        let mut index = 0;
-        while index < bytes.len() {
-            let escape: Option<&[u8]> = match bytes[index] {
-                b'<' => Some(b"\\u003c"),
-                b'>' => Some(b"\\u003e"),
-                b'&' => Some(b"\\u0026"),
-                // U+2028 and U+2029 are E2 80 A8 / E2 80 A9 in UTF-8.
-                0xE2 if bytes.get(index + 1) == Some(&0x80)
-                    && matches!(bytes.get(index + 2), Some(0xA8) | Some(0xA9)) =>
-                {
-                    Some(if bytes[index + 2] == 0xA8 {
-                        b"\\u2028"
-                    } else {
-                        b"\\u2029"
-                    })
-                }
-                _ => None,
-            };
-            if let Some(escape) = escape {
-                writer.write_all(&bytes[start..index])?;
-                writer.write_all(escape)?;
-                index += if bytes[index] == 0xE2 { 3 } else { 1 };
-                start = index;
-            } else {
-                index += 1;
-            }
-        }
-        writer.write_all(&bytes[start..])
+        let mut escaped = Vec::with_capacity(fragment.len() + 8);
+        write_escaped_text(&mut escaped, fragment.as_bytes());
+        writer.write_all(&escaped)
     }
 }
 

@@ -22,6 +22,8 @@ pub struct HubState {
     pub get_job_rejections: u32,
     pub get_job_attempts: u32,
     pub get_job_delay: Duration,
+    /// Bodies served as-is for these job ids (malformed job requests).
+    pub raw_job_bodies: HashMap<String, String>,
     pub job_fetches: Vec<String>,
     pub shutdown_scheduled: bool,
     pub stop_requested: bool,
@@ -213,6 +215,10 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
         if state.get_job_attempts <= state.get_job_rejections {
             drop(state);
             return respond(request, 500, "rejected");
+        }
+        if let Some(body) = state.raw_job_bodies.get(job_id).cloned() {
+            drop(state);
+            return respond(request, 200, &body);
         }
         let job = state.jobs.get(job_id).cloned();
         drop(state);
