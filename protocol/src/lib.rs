@@ -8,6 +8,8 @@ pub mod control;
 pub mod events;
 pub mod gojson;
 pub mod job;
+pub mod metrics;
+pub mod spec;
 
 pub use control::{
     AgentState, JobResult, RefreshResponse, RegisterRequest, RegisterResponse, ShutdownReason,
@@ -15,3 +17,5 @@ pub use control::{
 };
 pub use events::LogEvent;
 pub use job::{Callbacks, Command, Compose, Container, EnvVar, File, JobRequest, Logger};
+pub use metrics::{AgentCounts, JobCounts, QueueMetrics};
+pub use spec::{JobSpec, RetryPolicy};
