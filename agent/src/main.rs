@@ -150,35 +150,6 @@ fn parse_job_file(path: &Path, text: &str) -> Result<JobRequest> {
     Ok(request)
 }
 
-/// Prints an event as plain text; `at_line_start` tracks whether output ended with a newline.
-fn print_text(event: &LogEvent, at_line_start: &mut bool, out: &mut impl Write) {
-    let newline = if *at_line_start { "" } else { "\n" };
-    let _ = match event {
-        LogEvent::JobStarted { .. } => writeln!(out, "== job started"),
-        LogEvent::CmdStarted { directive, .. } => writeln!(out, "$ {directive}"),
-        LogEvent::CmdOutput { output, .. } => write!(out, "{output}"),
-        LogEvent::CmdFinished {
-            exit_code,
-            started_at,
-            finished_at,
-            ..
-        } => {
-            writeln!(
-                out,
-                "{newline}-- exit code {exit_code} ({}s)",
-                finished_at - started_at
-            )
-        }
-        LogEvent::JobFinished { result, .. } => writeln!(out, "{newline}== job finished: {result}"),
-    };
-    if let LogEvent::CmdOutput { output, .. } = event {
-        *at_line_start = output.ends_with('\n');
-    } else {
-        *at_line_start = true;
-    }
-    let _ = out.flush();
-}
-
 fn run(path: &Path, format: Format) -> Result<i32> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -194,10 +165,12 @@ fn run(path: &Path, format: Format) -> Result<i32> {
             let _ = stdout.flush();
         }),
         Format::Text => {
-            let at_line_start = std::sync::Mutex::new(true);
+            let renderer = std::sync::Mutex::new(protocol::events::TextRenderer::default());
             Box::new(move |event: &LogEvent| {
-                let mut at_line_start = at_line_start.lock().unwrap_or_else(|p| p.into_inner());
-                print_text(event, &mut at_line_start, &mut std::io::stdout().lock())
+                let text = renderer.lock().unwrap_or_else(|p| p.into_inner()).render(event);
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
             })
         }
     };

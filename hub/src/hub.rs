@@ -633,6 +633,16 @@ impl Hub {
         let (count, bytes) = store.append_log(job_id, start_from, &lines)?;
         memory.row.log_lines = count;
         memory.row.log_bytes = bytes;
+        // The first log push is the job starting, even if no sync reported it yet.
+        if job_state(&memory.row) == JobState::Assigned {
+            let mut job = memory.row.clone();
+            job.state = JobState::Running.as_str().to_string();
+            job.started_at = Some(now);
+            store.commit(&[&job], &[])?;
+            core.counters.time_to_start.observe((now - job.queued_at).max(0) as f64);
+            Self::apply_jobs(core, vec![job]);
+            self.bump(core);
+        }
         drop(guard);
         self.logs_changed.notify_waiters();
         Ok(())

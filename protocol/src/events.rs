@@ -80,6 +80,34 @@ impl LogEvent {
     }
 }
 
+/// Renders events as a terminal transcript: `$ directive`, output as is, a footer per command.
+/// Tracks whether the output so far ended a line, so footers start on a line of their own.
+#[derive(Debug, Default)]
+pub struct TextRenderer {
+    mid_line: bool,
+}
+
+impl TextRenderer {
+    pub fn render(&mut self, event: &LogEvent) -> String {
+        let newline = if self.mid_line { "\n" } else { "" };
+        let text = match event {
+            LogEvent::JobStarted { .. } => "== job started\n".to_string(),
+            LogEvent::CmdStarted { directive, .. } => format!("{newline}$ {directive}\n"),
+            LogEvent::CmdOutput { output, .. } => output.clone(),
+            LogEvent::CmdFinished { exit_code, started_at, finished_at, .. } => {
+                format!("{newline}-- exit code {exit_code} ({}s)\n", finished_at - started_at)
+            }
+            LogEvent::JobFinished { result, .. } => format!("{newline}== job finished: {result}\n"),
+        };
+        self.mid_line = match event {
+            LogEvent::CmdOutput { output, .. } if output.is_empty() => self.mid_line,
+            LogEvent::CmdOutput { output, .. } => !output.ends_with('\n'),
+            _ => false,
+        };
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +155,20 @@ mod tests {
                 String::from_utf8(event.to_line()).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn text_rendering_keeps_footers_on_their_own_line() {
+        let mut renderer = TextRenderer::default();
+        let events = [
+            LogEvent::JobStarted { timestamp: 0 },
+            LogEvent::CmdStarted { timestamp: 0, directive: "echo -n hi".into() },
+            LogEvent::CmdOutput { timestamp: 0, output: "hi".into() },
+            LogEvent::CmdFinished { timestamp: 2, directive: "echo -n hi".into(), exit_code: 0, started_at: 0, finished_at: 2 },
+            LogEvent::JobFinished { timestamp: 2, result: JobResult::Passed },
+        ];
+        let text: String = events.iter().map(|e| renderer.render(e)).collect();
+        assert_eq!(text, "== job started\n$ echo -n hi\nhi\n-- exit code 0 (2s)\n== job finished: passed\n");
     }
 
     #[test]
