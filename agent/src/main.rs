@@ -167,7 +167,10 @@ fn run(path: &Path, format: Format) -> Result<i32> {
         Format::Text => {
             let renderer = std::sync::Mutex::new(protocol::events::TextRenderer::default());
             Box::new(move |event: &LogEvent| {
-                let text = renderer.lock().unwrap_or_else(|p| p.into_inner()).render(event);
+                let text = renderer
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .render(event);
                 let mut stdout = std::io::stdout().lock();
                 let _ = stdout.write_all(text.as_bytes());
                 let _ = stdout.flush();

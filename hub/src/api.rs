@@ -23,7 +23,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl IntoResponse for HubError {
@@ -36,7 +39,10 @@ impl IntoResponse for HubError {
             HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             HubError::Store(error) => {
                 tracing::error!(%error, "store error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
             }
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
@@ -45,8 +51,14 @@ impl IntoResponse for HubError {
 
 /// The token after `Token ` or `Bearer ` in `Authorization`.
 fn token(headers: &HeaderMap) -> Result<String, HubError> {
-    let value = headers.get("authorization").and_then(|v| v.to_str().ok()).ok_or(HubError::Unauthorized)?;
-    let token = value.strip_prefix("Token ").or_else(|| value.strip_prefix("Bearer ")).ok_or(HubError::Unauthorized)?;
+    let value = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(HubError::Unauthorized)?;
+    let token = value
+        .strip_prefix("Token ")
+        .or_else(|| value.strip_prefix("Bearer "))
+        .ok_or(HubError::Unauthorized)?;
     if token.is_empty() {
         return Err(HubError::Unauthorized);
     }
@@ -62,7 +74,8 @@ fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), HubError> {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
-    serde_json::from_slice(body).map_err(|error| HubError::BadRequest(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(body)
+        .map_err(|error| HubError::BadRequest(format!("invalid JSON body: {error}")))
 }
 
 type Shared = State<Arc<Hub>>;
@@ -76,7 +89,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/disconnect", post(disconnect))
         .route("/metrics", get(queue_metrics));
     let user_api = Router::new()
-        .route("/agent_types", get(list_agent_types).post(create_agent_type))
+        .route(
+            "/agent_types",
+            get(list_agent_types).post(create_agent_type),
+        )
         .route("/jobs", get(list_jobs).post(submit_job))
         .route("/jobs/{id}", get(get_job))
         .route("/jobs/{id}/stop", post(stop_job))
@@ -87,7 +103,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .nest("/api/v1/self_hosted_agents", agent_api)
         .nest("/api/v1", user_api)
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(Router::new().route("/api/v1/logs/{id}", post(push_logs)).layer(DefaultBodyLimit::max(MAX_LOG_BODY)))
+        .merge(
+            Router::new()
+                .route("/api/v1/logs/{id}", post(push_logs))
+                .layer(DefaultBodyLimit::max(MAX_LOG_BODY)),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(prometheus))
         .with_state(hub)
@@ -95,7 +115,11 @@ pub fn router(hub: Arc<Hub>) -> Router {
 
 // ---------------------------------------------------------------- agent protocol
 
-async fn register(State(hub): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, HubError> {
+async fn register(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
     let token = token(&headers)?;
     let request: RegisterRequest = json_body(&body)?;
     Ok(Json(hub.register(&token, request, unix_now())?).into_response())
@@ -107,14 +131,21 @@ async fn sync(State(hub): Shared, headers: HeaderMap, body: Bytes) -> Result<Res
     Ok(Json(hub.sync(&token, &request, unix_now())?).into_response())
 }
 
-async fn job_request(State(hub): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, HubError> {
+async fn job_request(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
     let token = token(&headers)?;
     Ok(Json(hub.job_request(&token, &id, unix_now())?).into_response())
 }
 
 async fn refresh(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    Ok(Json(serde_json::json!({ "token": hub.refresh_log_token(&token, unix_now())? })).into_response())
+    Ok(
+        Json(serde_json::json!({ "token": hub.refresh_log_token(&token, unix_now())? }))
+            .into_response(),
+    )
 }
 
 async fn disconnect(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
@@ -130,15 +161,23 @@ struct MetricsQuery {
     wait: Option<u64>,
 }
 
-async fn queue_metrics(State(hub): Shared, headers: HeaderMap, Query(query): Query<MetricsQuery>) -> Result<Response, HubError> {
+async fn queue_metrics(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Query(query): Query<MetricsQuery>,
+) -> Result<Response, HubError> {
     let token = token(&headers)?;
     let mut metrics = hub.metrics(&token, unix_now())?;
     if let (Some(version), Some(wait)) = (query.version, query.wait) {
         if metrics.version == Some(version) && wait > 0 {
             let mut changes = hub.subscribe_version();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT_SECONDS));
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(wait.min(MAX_WAIT_SECONDS));
             while *changes.borrow_and_update() == version {
-                if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                if tokio::time::timeout_at(deadline, changes.changed())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -161,8 +200,11 @@ async fn push_logs(
     body: Bytes,
 ) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    let start_from = query.start_from.ok_or_else(|| HubError::BadRequest("start_from is required".into()))?;
-    let text = std::str::from_utf8(&body).map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
+    let start_from = query
+        .start_from
+        .ok_or_else(|| HubError::BadRequest("start_from is required".into()))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
     hub.push_logs(&id, &token, start_from, text, unix_now())?;
     Ok(StatusCode::OK.into_response())
 }
@@ -174,21 +216,36 @@ struct NewAgentType {
     name: String,
 }
 
-async fn create_agent_type(State(hub): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, HubError> {
+async fn create_agent_type(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let request: NewAgentType = json_body(&body)?;
     let token = hub.create_agent_type(&request.name, unix_now())?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "name": request.name, "registration_token": token }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "name": request.name, "registration_token": token })),
+    )
+        .into_response())
 }
 
 async fn list_agent_types(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let types: Vec<serde_json::Value> =
-        hub.agent_types().into_iter().map(|(name, created_at)| serde_json::json!({ "name": name, "created_at": created_at })).collect();
+    let types: Vec<serde_json::Value> = hub
+        .agent_types()
+        .into_iter()
+        .map(|(name, created_at)| serde_json::json!({ "name": name, "created_at": created_at }))
+        .collect();
     Ok(Json(types).into_response())
 }
 
-async fn submit_job(State(hub): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, HubError> {
+async fn submit_job(
+    State(hub): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let spec: JobSpec = json_body(&body)?;
     Ok((StatusCode::CREATED, Json(hub.submit(spec, unix_now())?)).into_response())
@@ -200,18 +257,33 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list_jobs(State(hub): Shared, headers: HeaderMap, Query(query): Query<ListQuery>) -> Result<Response, HubError> {
+async fn list_jobs(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let jobs: Vec<JobView> = hub.list_jobs(query.state.as_deref(), query.limit.unwrap_or(100).min(10_000))?;
+    let jobs: Vec<JobView> = hub.list_jobs(
+        query.state.as_deref(),
+        query.limit.unwrap_or(100).min(10_000),
+    )?;
     Ok(Json(jobs).into_response())
 }
 
-async fn get_job(State(hub): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, HubError> {
+async fn get_job(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     Ok(Json(hub.job(&id)?).into_response())
 }
 
-async fn stop_job(State(hub): Shared, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, HubError> {
+async fn stop_job(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     Ok(Json(hub.stop_job(&id, unix_now())?).into_response())
 }
@@ -224,7 +296,12 @@ struct LogQuery {
     wait: Option<u64>,
 }
 
-async fn job_logs(State(hub): Shared, headers: HeaderMap, Path(id): Path<String>, Query(query): Query<LogQuery>) -> Result<Response, HubError> {
+async fn job_logs(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let start_from = query.start_from.unwrap_or(0);
     let limit = query.limit.unwrap_or(5000).clamp(1, 50_000);
@@ -245,7 +322,11 @@ async fn list_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response,
     Ok(Json(hub.agents()).into_response())
 }
 
-async fn shutdown_agent(State(hub): Shared, headers: HeaderMap, Path(name): Path<String>) -> Result<Response, HubError> {
+async fn shutdown_agent(
+    State(hub): Shared,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     hub.request_agent_shutdown(&name)?;
     Ok(StatusCode::OK.into_response())
@@ -256,19 +337,36 @@ async fn shutdown_agent(State(hub): Shared, headers: HeaderMap, Path(name): Path
 async fn prometheus(State(hub): Shared) -> Response {
     let (types, counters) = hub.all_metrics(unix_now());
     let mut out = String::new();
-    out.push_str("# HELP flotilla_hub_jobs Jobs by agent type and state.\n# TYPE flotilla_hub_jobs gauge\n");
+    out.push_str(
+        "# HELP flotilla_hub_jobs Jobs by agent type and state.\n# TYPE flotilla_hub_jobs gauge\n",
+    );
     for (name, metrics) in &types {
-        out.push_str(&format!("flotilla_hub_jobs{{agent_type=\"{name}\",state=\"queued\"}} {}\n", metrics.jobs.queued));
-        out.push_str(&format!("flotilla_hub_jobs{{agent_type=\"{name}\",state=\"running\"}} {}\n", metrics.jobs.running));
+        out.push_str(&format!(
+            "flotilla_hub_jobs{{agent_type=\"{name}\",state=\"queued\"}} {}\n",
+            metrics.jobs.queued
+        ));
+        out.push_str(&format!(
+            "flotilla_hub_jobs{{agent_type=\"{name}\",state=\"running\"}} {}\n",
+            metrics.jobs.running
+        ));
     }
     out.push_str("# HELP flotilla_hub_agents Connected agents by agent type and state.\n# TYPE flotilla_hub_agents gauge\n");
     for (name, metrics) in &types {
-        out.push_str(&format!("flotilla_hub_agents{{agent_type=\"{name}\",state=\"idle\"}} {}\n", metrics.agents.idle));
-        out.push_str(&format!("flotilla_hub_agents{{agent_type=\"{name}\",state=\"occupied\"}} {}\n", metrics.agents.occupied));
+        out.push_str(&format!(
+            "flotilla_hub_agents{{agent_type=\"{name}\",state=\"idle\"}} {}\n",
+            metrics.agents.idle
+        ));
+        out.push_str(&format!(
+            "flotilla_hub_agents{{agent_type=\"{name}\",state=\"occupied\"}} {}\n",
+            metrics.agents.occupied
+        ));
     }
     out.push_str("# HELP flotilla_hub_oldest_queued_seconds Age of the oldest queued job.\n# TYPE flotilla_hub_oldest_queued_seconds gauge\n");
     for (name, metrics) in &types {
-        out.push_str(&format!("flotilla_hub_oldest_queued_seconds{{agent_type=\"{name}\"}} {}\n", metrics.oldest_queued_seconds.unwrap_or(0)));
+        out.push_str(&format!(
+            "flotilla_hub_oldest_queued_seconds{{agent_type=\"{name}\"}} {}\n",
+            metrics.oldest_queued_seconds.unwrap_or(0)
+        ));
     }
     out.push_str("# HELP flotilla_hub_jobs_finished_total Finished jobs by result.\n# TYPE flotilla_hub_jobs_finished_total counter\n");
     for ((name, result), count) in &counters.finished {
@@ -283,14 +381,27 @@ async fn prometheus(State(hub): Shared) -> Response {
         counters.lost_agents
     ));
     for (metric, help, histogram) in [
-        ("flotilla_hub_time_to_start_seconds", "Time from queued to started.", &counters.time_to_start),
-        ("flotilla_hub_job_duration_seconds", "Time from started to finished.", &counters.duration),
+        (
+            "flotilla_hub_time_to_start_seconds",
+            "Time from queued to started.",
+            &counters.time_to_start,
+        ),
+        (
+            "flotilla_hub_job_duration_seconds",
+            "Time from started to finished.",
+            &counters.duration,
+        ),
     ] {
-        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} histogram\n"));
+        out.push_str(&format!(
+            "# HELP {metric} {help}\n# TYPE {metric} histogram\n"
+        ));
         for (bound, count) in histogram.bounds.iter().zip(&histogram.counts) {
             out.push_str(&format!("{metric}_bucket{{le=\"{bound}\"}} {count}\n"));
         }
-        out.push_str(&format!("{metric}_bucket{{le=\"+Inf\"}} {}\n{metric}_sum {}\n{metric}_count {}\n", histogram.count, histogram.sum, histogram.count));
+        out.push_str(&format!(
+            "{metric}_bucket{{le=\"+Inf\"}} {}\n{metric}_sum {}\n{metric}_count {}\n",
+            histogram.count, histogram.sum, histogram.count
+        ));
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -8,8 +8,8 @@ use crate::rules::{self, AgentFacts, AssignedJob, JobChange, JobEvent, JobState,
 use crate::store::{AgentRow, Durability, JobRow, Store, StoreError};
 use crate::tokens;
 use protocol::{
-    AgentCounts, AgentState, JobCounts, JobRequest, JobResult, JobSpec, Logger, QueueMetrics, RegisterRequest,
-    RegisterResponse, ShutdownReason, SyncAction, SyncRequest, SyncResponse,
+    AgentCounts, AgentState, JobCounts, JobRequest, JobResult, JobSpec, Logger, QueueMetrics,
+    RegisterRequest, RegisterResponse, ShutdownReason, SyncAction, SyncRequest, SyncResponse,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -142,8 +142,15 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        let bounds = vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
-        Histogram { counts: vec![0; bounds.len()], bounds, sum: 0.0, count: 0 }
+        let bounds = vec![
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        ];
+        Histogram {
+            counts: vec![0; bounds.len()],
+            bounds,
+            sum: 0.0,
+            count: 0,
+        }
     }
 }
 
@@ -186,7 +193,9 @@ pub struct Hub {
 }
 
 fn job_view(row: &JobRow) -> JobView {
-    let name = serde_json::from_str::<JobSpec>(&row.spec).map(|spec| spec.display_name()).unwrap_or_default();
+    let name = serde_json::from_str::<JobSpec>(&row.spec)
+        .map(|spec| spec.display_name())
+        .unwrap_or_default();
     JobView {
         id: row.id.clone(),
         name,
@@ -246,20 +255,38 @@ impl Hub {
         for mut row in store.agents(false)? {
             row.last_sync_at = row.last_sync_at.max(now);
             let registration = serde_json::from_str(&row.registration).unwrap_or_default();
-            core.agent_by_token.insert(row.token_hash.clone(), row.name.clone());
+            core.agent_by_token
+                .insert(row.token_hash.clone(), row.name.clone());
             let idle_since = row.last_sync_at;
-            core.agents.insert(row.name.clone(), AgentMem { row, registration, idle_since, shutdown_requested: false, touched: false });
+            core.agents.insert(
+                row.name.clone(),
+                AgentMem {
+                    row,
+                    registration,
+                    idle_since,
+                    shutdown_requested: false,
+                    touched: false,
+                },
+            );
         }
         for row in store.unfinished_jobs()? {
             let spec: JobSpec = serde_json::from_str(&row.spec)
                 .map_err(|error| StoreError::Corrupt(format!("job {}: spec: {error}", row.id)))?;
             if job_state(&row) == JobState::Queued {
-                core.queues.entry(row.agent_type.clone()).or_default().insert(row.seq, row.id.clone());
+                core.queues
+                    .entry(row.agent_type.clone())
+                    .or_default()
+                    .insert(row.seq, row.id.clone());
             }
             core.jobs.insert(row.id.clone(), JobMem { row, spec });
         }
         let (version, _) = tokio::sync::watch::channel(0);
-        Ok(Hub { config, inner: Mutex::new(Inner { store, core }), version, logs_changed: tokio::sync::Notify::new() })
+        Ok(Hub {
+            config,
+            inner: Mutex::new(Inner { store, core }),
+            version,
+            logs_changed: tokio::sync::Notify::new(),
+        })
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -267,7 +294,9 @@ impl Hub {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn bump(&self, core: &mut Core) {
@@ -289,29 +318,50 @@ impl Hub {
 
     // ------------------------------------------------------------------ agent protocol
 
-    pub fn register(&self, registration_token: &str, request: RegisterRequest, now: i64) -> HubResult<RegisterResponse> {
+    pub fn register(
+        &self,
+        registration_token: &str,
+        request: RegisterRequest,
+        now: i64,
+    ) -> HubResult<RegisterResponse> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
-        let agent_type = core.type_by_token.get(&tokens::hash(registration_token)).cloned().ok_or(HubError::Unauthorized)?;
-        let name = if request.name.is_empty() { format!("agent-{}", &tokens::new_token()[..16]) } else { request.name.clone() };
+        let agent_type = core
+            .type_by_token
+            .get(&tokens::hash(registration_token))
+            .cloned()
+            .ok_or(HubError::Unauthorized)?;
+        let name = if request.name.is_empty() {
+            format!("agent-{}", &tokens::new_token()[..16])
+        } else {
+            request.name.clone()
+        };
         if name.contains("://") {
-            return Err(HubError::BadRequest("agent names that are URLs are not supported by this hub".into()));
+            return Err(HubError::BadRequest(
+                "agent names that are URLs are not supported by this hub".into(),
+            ));
         }
         if name.len() > 255 {
-            return Err(HubError::BadRequest("agent name is longer than 255 bytes".into()));
+            return Err(HubError::BadRequest(
+                "agent name is longer than 255 bytes".into(),
+            ));
         }
         // A re-registration under a live name replaces the old agent; its job is lost.
         let mut changed_jobs = Vec::new();
         if let Some(old) = core.agents.get(&name) {
             if let Some(job_id) = old.row.job_id.clone() {
-                if let Some(job) = Self::lose_job(core, &job_id, now, "its agent registered again")? {
+                if let Some(job) = Self::lose_job(core, &job_id, now, "its agent registered again")?
+                {
                     changed_jobs.push(job);
                 }
             }
         }
         let token = tokens::new_token();
         let token_hash = tokens::hash(&token);
-        let registration = RegisterRequest { name: name.clone(), ..request };
+        let registration = RegisterRequest {
+            name: name.clone(),
+            ..request
+        };
         let row = AgentRow {
             name: name.clone(),
             agent_type,
@@ -332,26 +382,48 @@ impl Hub {
             core.agent_by_token.remove(&old.row.token_hash);
         }
         core.agent_by_token.insert(token_hash, name.clone());
-        core.agents.insert(name.clone(), AgentMem { row, registration, idle_since: now, shutdown_requested: false, touched: false });
+        core.agents.insert(
+            name.clone(),
+            AgentMem {
+                row,
+                registration,
+                idle_since: now,
+                shutdown_requested: false,
+                touched: false,
+            },
+        );
         self.bump(core);
         Ok(RegisterResponse { name, token })
     }
 
     fn agent_name(core: &Core, access_token: &str) -> HubResult<String> {
-        core.agent_by_token.get(&tokens::hash(access_token)).cloned().ok_or(HubError::Unauthorized)
+        core.agent_by_token
+            .get(&tokens::hash(access_token))
+            .cloned()
+            .ok_or(HubError::Unauthorized)
     }
 
-    pub fn sync(&self, access_token: &str, request: &SyncRequest, now: i64) -> HubResult<SyncResponse> {
+    pub fn sync(
+        &self,
+        access_token: &str,
+        request: &SyncRequest,
+        now: i64,
+    ) -> HubResult<SyncResponse> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let name = Self::agent_name(core, access_token)?;
         let (facts, agent_type, requested_job) = {
             let agent = &core.agents[&name];
-            let job = agent.row.job_id.as_ref().and_then(|id| core.jobs.get(id)).map(|job| AssignedJob {
-                id: job.row.id.clone(),
-                state: job_state(&job.row),
-                stop_requested: job.row.stop_requested,
-            });
+            let job = agent
+                .row
+                .job_id
+                .as_ref()
+                .and_then(|id| core.jobs.get(id))
+                .map(|job| AssignedJob {
+                    id: job.row.id.clone(),
+                    state: job_state(&job.row),
+                    stop_requested: job.row.stop_requested,
+                });
             let facts = AgentFacts {
                 single_job: agent.registration.single_job,
                 idle_timeout: agent.registration.idle_timeout,
@@ -362,7 +434,11 @@ impl Hub {
                 shutdown_requested: agent.shutdown_requested,
                 job,
             };
-            (facts, agent.row.agent_type.clone(), agent.registration.job_id.clone())
+            (
+                facts,
+                agent.row.agent_type.clone(),
+                agent.registration.job_id.clone(),
+            )
         };
         let next_job = Self::next_job_for(core, &agent_type, &requested_job);
         let (reply, change) = rules::decide_sync(&facts, request, now, next_job.is_some());
@@ -377,7 +453,9 @@ impl Hub {
                     job.state = JobState::Running.as_str().to_string();
                     job.started_at = Some(now);
                     store.commit(&[&job], &[])?;
-                    core.counters.time_to_start.observe((now - job.queued_at).max(0) as f64);
+                    core.counters
+                        .time_to_start
+                        .observe((now - job.queued_at).max(0) as f64);
                     Self::apply_jobs(core, vec![job]);
                 }
                 JobChange::Finished { job_id, result } => {
@@ -395,7 +473,8 @@ impl Hub {
                     self.logs_changed.notify_waiters();
                 }
                 JobChange::Lost(job_id) => {
-                    let job = Self::lose_job(core, &job_id, now, "its agent reported it had no job")?;
+                    let job =
+                        Self::lose_job(core, &job_id, now, "its agent reported it had no job")?;
                     let mut agent = core.agents[&name].row.clone();
                     agent.job_id = None;
                     let jobs: Vec<&JobRow> = job.iter().collect();
@@ -411,7 +490,11 @@ impl Hub {
 
         let (action, job_id, shutdown_reason) = match reply {
             Reply::Continue => (SyncAction::Continue, String::new(), ShutdownReason::Unknown),
-            Reply::WaitForJobs => (SyncAction::WaitForJobs, String::new(), ShutdownReason::Unknown),
+            Reply::WaitForJobs => (
+                SyncAction::WaitForJobs,
+                String::new(),
+                ShutdownReason::Unknown,
+            ),
             Reply::RunJob(job_id) => (SyncAction::RunJob, job_id, ShutdownReason::Unknown),
             Reply::StopJob(job_id) => (SyncAction::StopJob, job_id, ShutdownReason::Unknown),
             Reply::Shutdown(reason) => (SyncAction::Shutdown, String::new(), reason),
@@ -445,7 +528,12 @@ impl Hub {
         if counts_changed {
             self.bump(core);
         }
-        Ok(SyncResponse { action, job_id, shutdown_reason, next_sync_after: self.config.sync_interval_ms })
+        Ok(SyncResponse {
+            action,
+            job_id,
+            shutdown_reason,
+            next_sync_after: self.config.sync_interval_ms,
+        })
     }
 
     /// The next queued job an agent of `agent_type` may take (only its requested job, if it
@@ -455,30 +543,56 @@ impl Hub {
             return core
                 .jobs
                 .get(requested_job)
-                .filter(|job| job.row.agent_type == agent_type && job_state(&job.row) == JobState::Queued)
+                .filter(|job| {
+                    job.row.agent_type == agent_type && job_state(&job.row) == JobState::Queued
+                })
                 .map(|job| job.row.id.clone());
         }
-        core.queues.get(agent_type).and_then(|queue| queue.values().next().cloned())
+        core.queues
+            .get(agent_type)
+            .and_then(|queue| queue.values().next().cloned())
     }
 
     /// The job row after it finished with `result` (or went back to the queue).
-    fn finish_job(core: &mut Core, job_id: &str, result: JobResult, agent_interrupted: bool, now: i64) -> HubResult<JobRow> {
-        let memory = core.jobs.get(job_id).ok_or_else(|| HubError::NotFound(format!("job {job_id} is not active")))?;
+    fn finish_job(
+        core: &mut Core,
+        job_id: &str,
+        result: JobResult,
+        agent_interrupted: bool,
+        now: i64,
+    ) -> HubResult<JobRow> {
+        let memory = core
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| HubError::NotFound(format!("job {job_id} is not active")))?;
         let mut job = memory.row.clone();
         let requeues_done = (job.attempts - 1).max(0) as u32;
-        if rules::requeue_after_finish(result, job.stop_requested, agent_interrupted, requeues_done, memory.spec.retry.agent_lost) {
+        if rules::requeue_after_finish(
+            result,
+            job.stop_requested,
+            agent_interrupted,
+            requeues_done,
+            memory.spec.retry.agent_lost,
+        ) {
             Self::requeue(&mut job, "its agent was interrupted");
             core.counters.requeued += 1;
             return Ok(job);
         }
-        let state = rules::next_job_state(job_state(&job), JobEvent::Finish).unwrap_or(JobState::Finished);
+        let state =
+            rules::next_job_state(job_state(&job), JobEvent::Finish).unwrap_or(JobState::Finished);
         job.state = state.as_str().to_string();
         job.result = Some(result.as_str().to_string());
         job.finished_at = Some(now);
         job.log_token_hash = None;
-        *core.counters.finished.entry((job.agent_type.clone(), result.as_str().to_string())).or_default() += 1;
+        *core
+            .counters
+            .finished
+            .entry((job.agent_type.clone(), result.as_str().to_string()))
+            .or_default() += 1;
         if let Some(started) = job.started_at {
-            core.counters.duration.observe((now - started).max(0) as f64);
+            core.counters
+                .duration
+                .observe((now - started).max(0) as f64);
         }
         Ok(job)
     }
@@ -495,7 +609,9 @@ impl Hub {
 
     /// A job whose agent is gone: re-queued if its retry policy allows, else failed.
     fn lose_job(core: &mut Core, job_id: &str, now: i64, why: &str) -> HubResult<Option<JobRow>> {
-        let Some(memory) = core.jobs.get(job_id) else { return Ok(None) };
+        let Some(memory) = core.jobs.get(job_id) else {
+            return Ok(None);
+        };
         let mut job = memory.row.clone();
         if !job_state(&job).is_active() {
             return Ok(None);
@@ -506,12 +622,27 @@ impl Hub {
             core.counters.requeued += 1;
         } else {
             job.state = JobState::Finished.as_str().to_string();
-            let result = if job.stop_requested { JobResult::Stopped } else { JobResult::Failed };
+            let result = if job.stop_requested {
+                JobResult::Stopped
+            } else {
+                JobResult::Failed
+            };
             job.result = Some(result.as_str().to_string());
-            job.reason = Some(format!("{} because {why}", if job.stop_requested { "stopped" } else { "failed" }));
+            job.reason = Some(format!(
+                "{} because {why}",
+                if job.stop_requested {
+                    "stopped"
+                } else {
+                    "failed"
+                }
+            ));
             job.finished_at = Some(now);
             job.log_token_hash = None;
-            *core.counters.finished.entry((job.agent_type.clone(), result.as_str().to_string())).or_default() += 1;
+            *core
+                .counters
+                .finished
+                .entry((job.agent_type.clone(), result.as_str().to_string()))
+                .or_default() += 1;
         }
         Ok(Some(job))
     }
@@ -521,7 +652,10 @@ impl Hub {
         for job in jobs {
             let state = job_state(&job);
             if state == JobState::Queued {
-                core.queues.entry(job.agent_type.clone()).or_default().insert(job.seq, job.id.clone());
+                core.queues
+                    .entry(job.agent_type.clone())
+                    .or_default()
+                    .insert(job.seq, job.id.clone());
             } else if let Some(queue) = core.queues.get_mut(&job.agent_type) {
                 queue.remove(&job.seq);
             }
@@ -541,8 +675,12 @@ impl Hub {
         let memory = core
             .jobs
             .get(job_id)
-            .filter(|job| job.row.agent.as_deref() == Some(name.as_str()) && job_state(&job.row).is_active())
-            .ok_or_else(|| HubError::NotFound(format!("job {job_id} is not assigned to this agent")))?;
+            .filter(|job| {
+                job.row.agent.as_deref() == Some(name.as_str()) && job_state(&job.row).is_active()
+            })
+            .ok_or_else(|| {
+                HubError::NotFound(format!("job {job_id} is not assigned to this agent"))
+            })?;
         let token = tokens::new_token();
         let mut job = memory.row.clone();
         job.log_token_hash = Some(tokens::hash(&token));
@@ -564,9 +702,17 @@ impl Hub {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let name = Self::agent_name(core, access_token)?;
-        let job_id = core.agents[&name].row.job_id.clone().ok_or_else(|| HubError::NotFound("the agent has no job".into()))?;
+        let job_id = core.agents[&name]
+            .row
+            .job_id
+            .clone()
+            .ok_or_else(|| HubError::NotFound("the agent has no job".into()))?;
         let token = tokens::new_token();
-        let mut job = core.jobs.get(&job_id).map(|job| job.row.clone()).ok_or_else(|| HubError::NotFound("the agent's job is not active".into()))?;
+        let mut job = core
+            .jobs
+            .get(&job_id)
+            .map(|job| job.row.clone())
+            .ok_or_else(|| HubError::NotFound("the agent's job is not active".into()))?;
         job.log_token_hash = Some(tokens::hash(&token));
         job.log_token_expires_at = Some(now + self.config.log_token_ttl_secs);
         store.commit(&[&job], &[])?;
@@ -578,10 +724,25 @@ impl Hub {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let name = Self::agent_name(core, access_token)?;
-        self.remove_agent(store, core, &name, "disconnected", now, "its agent disconnected")
+        self.remove_agent(
+            store,
+            core,
+            &name,
+            "disconnected",
+            now,
+            "its agent disconnected",
+        )
     }
 
-    fn remove_agent(&self, store: &mut Store, core: &mut Core, name: &str, state: &str, now: i64, why: &str) -> HubResult<()> {
+    fn remove_agent(
+        &self,
+        store: &mut Store,
+        core: &mut Core,
+        name: &str,
+        state: &str,
+        now: i64,
+        why: &str,
+    ) -> HubResult<()> {
         let mut agent = core.agents[name].row.clone();
         let job = match agent.job_id.clone() {
             Some(job_id) => Self::lose_job(core, &job_id, now, why)?,
@@ -602,13 +763,24 @@ impl Hub {
     }
 
     /// Stores pushed log lines (`start_from` semantics of spec §6.3).
-    pub fn push_logs(&self, job_id: &str, bearer: &str, start_from: i64, body: &str, now: i64) -> HubResult<()> {
+    pub fn push_logs(
+        &self,
+        job_id: &str,
+        bearer: &str,
+        start_from: i64,
+        body: &str,
+        now: i64,
+    ) -> HubResult<()> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let Some(memory) = core.jobs.get_mut(job_id) else {
             return Err(HubError::NotFound(format!("job {job_id} is not running")));
         };
-        let valid = memory.row.log_token_hash.as_deref().is_some_and(|hash| tokens::constant_time_eq(hash, &tokens::hash(bearer)))
+        let valid = memory
+            .row
+            .log_token_hash
+            .as_deref()
+            .is_some_and(|hash| tokens::constant_time_eq(hash, &tokens::hash(bearer)))
             && memory.row.log_token_expires_at.is_some_and(|at| at > now);
         if !valid {
             return Err(HubError::Unauthorized);
@@ -627,8 +799,14 @@ impl Hub {
             )));
         }
         let lines: Vec<&str> = body.split('\n').filter(|line| !line.is_empty()).collect();
-        if let Some(bad) = lines.iter().position(|line| serde_json::from_str::<serde::de::IgnoredAny>(line).is_err()) {
-            return Err(HubError::BadRequest(format!("line {} of the batch is not JSON", bad + 1)));
+        if let Some(bad) = lines
+            .iter()
+            .position(|line| serde_json::from_str::<serde::de::IgnoredAny>(line).is_err())
+        {
+            return Err(HubError::BadRequest(format!(
+                "line {} of the batch is not JSON",
+                bad + 1
+            )));
         }
         let (count, bytes) = store.append_log(job_id, start_from, &lines)?;
         memory.row.log_lines = count;
@@ -639,7 +817,9 @@ impl Hub {
             job.state = JobState::Running.as_str().to_string();
             job.started_at = Some(now);
             store.commit(&[&job], &[])?;
-            core.counters.time_to_start.observe((now - job.queued_at).max(0) as f64);
+            core.counters
+                .time_to_start
+                .observe((now - job.queued_at).max(0) as f64);
             Self::apply_jobs(core, vec![job]);
             self.bump(core);
         }
@@ -652,17 +832,31 @@ impl Hub {
     pub fn metrics(&self, registration_token: &str, now: i64) -> HubResult<QueueMetrics> {
         let guard = self.lock();
         let core = &guard.core;
-        let agent_type = core.type_by_token.get(&tokens::hash(registration_token)).ok_or(HubError::Unauthorized)?;
+        let agent_type = core
+            .type_by_token
+            .get(&tokens::hash(registration_token))
+            .ok_or(HubError::Unauthorized)?;
         Ok(Self::metrics_of(core, agent_type, now))
     }
 
     fn metrics_of(core: &Core, agent_type: &str, now: i64) -> QueueMetrics {
         let queue = core.queues.get(agent_type);
         let queued = queue.map(|q| q.len() as u64).unwrap_or(0);
-        let oldest = queue.and_then(|q| q.values().next()).and_then(|id| core.jobs.get(id)).map(|job| (now - job.row.queued_at).max(0) as u64);
-        let running = core.jobs.values().filter(|job| job.row.agent_type == agent_type && job_state(&job.row).is_active()).count() as u64;
+        let oldest = queue
+            .and_then(|q| q.values().next())
+            .and_then(|id| core.jobs.get(id))
+            .map(|job| (now - job.row.queued_at).max(0) as u64);
+        let running = core
+            .jobs
+            .values()
+            .filter(|job| job.row.agent_type == agent_type && job_state(&job.row).is_active())
+            .count() as u64;
         let (mut idle, mut occupied) = (0, 0);
-        for agent in core.agents.values().filter(|agent| agent.row.agent_type == agent_type) {
+        for agent in core
+            .agents
+            .values()
+            .filter(|agent| agent.row.agent_type == agent_type)
+        {
             if agent.row.job_id.is_some() {
                 occupied += 1;
             } else {
@@ -681,7 +875,11 @@ impl Hub {
     pub fn all_metrics(&self, now: i64) -> (Vec<(String, QueueMetrics)>, HubCounters) {
         let guard = self.lock();
         let core = &guard.core;
-        let types = core.types.keys().map(|name| (name.clone(), Self::metrics_of(core, name, now))).collect();
+        let types = core
+            .types
+            .keys()
+            .map(|name| (name.clone(), Self::metrics_of(core, name, now)))
+            .collect();
         (types, core.counters.clone())
     }
 
@@ -697,7 +895,9 @@ impl Hub {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         if core.types.contains_key(name) {
-            return Err(HubError::Conflict(format!("agent type '{name}' already exists")));
+            return Err(HubError::Conflict(format!(
+                "agent type '{name}' already exists"
+            )));
         }
         let token = tokens::new_token();
         let token_hash = tokens::hash(&token);
@@ -708,11 +908,17 @@ impl Hub {
     }
 
     pub fn agent_types(&self) -> Vec<(String, i64)> {
-        self.lock().core.types.iter().map(|(name, created)| (name.clone(), *created)).collect()
+        self.lock()
+            .core
+            .types
+            .iter()
+            .map(|(name, created)| (name.clone(), *created))
+            .collect()
     }
 
     pub fn submit(&self, spec: JobSpec, now: i64) -> HubResult<JobView> {
-        spec.validate().map_err(|error| HubError::BadRequest(error.to_string()))?;
+        spec.validate()
+            .map_err(|error| HubError::BadRequest(error.to_string()))?;
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         if !core.types.contains_key(&spec.agent_type) {
@@ -743,7 +949,10 @@ impl Hub {
             finished_at: None,
         };
         row.seq = store.insert_job(&row)?;
-        core.queues.entry(row.agent_type.clone()).or_default().insert(row.seq, row.id.clone());
+        core.queues
+            .entry(row.agent_type.clone())
+            .or_default()
+            .insert(row.seq, row.id.clone());
         let view = job_view(&row);
         core.jobs.insert(row.id.clone(), JobMem { row, spec });
         self.bump(core);
@@ -755,7 +964,11 @@ impl Hub {
         if let Some(job) = guard.core.jobs.get(job_id) {
             return Ok(job_view(&job.row));
         }
-        guard.store.job(job_id)?.map(|row| job_view(&row)).ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))
+        guard
+            .store
+            .job(job_id)?
+            .map(|row| job_view(&row))
+            .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))
     }
 
     pub fn list_jobs(&self, state: Option<&str>, limit: u32) -> HubResult<Vec<JobView>> {
@@ -766,7 +979,13 @@ impl Hub {
                 )));
             }
         }
-        Ok(self.lock().store.list_jobs(state, limit)?.iter().map(job_view).collect())
+        Ok(self
+            .lock()
+            .store
+            .list_jobs(state, limit)?
+            .iter()
+            .map(job_view)
+            .collect())
     }
 
     /// Stops a job: a queued one at once, a running one through its agent (`stop-job`).
@@ -780,14 +999,19 @@ impl Hub {
             };
         };
         let mut job = memory.row.clone();
-        let next = rules::next_job_state(job_state(&job), JobEvent::RequestStop).unwrap_or(job_state(&job));
+        let next = rules::next_job_state(job_state(&job), JobEvent::RequestStop)
+            .unwrap_or(job_state(&job));
         job.stop_requested = true;
         job.state = next.as_str().to_string();
         if next == JobState::Finished {
             job.result = Some(JobResult::Stopped.as_str().to_string());
             job.reason = Some("stopped before it started".into());
             job.finished_at = Some(now);
-            *core.counters.finished.entry((job.agent_type.clone(), "stopped".into())).or_default() += 1;
+            *core
+                .counters
+                .finished
+                .entry((job.agent_type.clone(), "stopped".into()))
+                .or_default() += 1;
         }
         store.commit(&[&job], &[])?;
         let view = job_view(&job);
@@ -799,7 +1023,12 @@ impl Hub {
 
     pub fn agents(&self) -> Vec<AgentView> {
         let guard = self.lock();
-        let mut agents: Vec<AgentView> = guard.core.agents.values().map(|agent| agent_view(&agent.row)).collect();
+        let mut agents: Vec<AgentView> = guard
+            .core
+            .agents
+            .values()
+            .map(|agent| agent_view(&agent.row))
+            .collect();
         agents.sort_by(|a, b| a.name.cmp(&b.name));
         agents
     }
@@ -810,13 +1039,20 @@ impl Hub {
         let finished = match guard.core.jobs.get(job_id) {
             Some(_) => false,
             None => {
-                guard.store.job(job_id)?.ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))?;
+                guard
+                    .store
+                    .job(job_id)?
+                    .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))?;
                 true
             }
         };
         let lines = guard.store.log_lines(job_id, start_from.max(0), limit)?;
         let next_start_from = start_from.max(0) + lines.len() as i64;
-        Ok(LogPage { lines, next_start_from, job_finished: finished })
+        Ok(LogPage {
+            lines,
+            next_start_from,
+            job_finished: finished,
+        })
     }
 
     // ------------------------------------------------------------------ housekeeping
@@ -843,7 +1079,12 @@ impl Hub {
             .filter(|agent| agent.touched)
             .map(|agent| {
                 agent.touched = false;
-                (agent.row.name.clone(), agent.row.last_sync_at, agent.row.state.clone(), agent.row.interrupted_at)
+                (
+                    agent.row.name.clone(),
+                    agent.row.last_sync_at,
+                    agent.row.state.clone(),
+                    agent.row.interrupted_at,
+                )
             })
             .collect();
         if !touched.is_empty() {
@@ -855,7 +1096,11 @@ impl Hub {
     /// Asks an agent to shut down at its next sync (after its job, if it has one).
     pub fn request_agent_shutdown(&self, name: &str) -> HubResult<()> {
         let mut guard = self.lock();
-        let agent = guard.core.agents.get_mut(name).ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
+        let agent = guard
+            .core
+            .agents
+            .get_mut(name)
+            .ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
         agent.shutdown_requested = true;
         Ok(())
     }

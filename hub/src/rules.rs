@@ -40,7 +40,10 @@ impl JobState {
 
     /// Occupies an agent (counts as running in metrics).
     pub fn is_active(self) -> bool {
-        matches!(self, JobState::Assigned | JobState::Running | JobState::Stopping)
+        matches!(
+            self,
+            JobState::Assigned | JobState::Running | JobState::Stopping
+        )
     }
 }
 
@@ -113,16 +116,28 @@ pub enum Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobChange {
     Started(String),
-    Finished { job_id: String, result: JobResult },
+    Finished {
+        job_id: String,
+        result: JobResult,
+    },
     /// The agent says it has no job, but it had one running: the job is lost.
     Lost(String),
 }
 
 /// Decides the answer to `report` from an agent described by `facts` at `now` (Unix seconds).
 /// `work_available`: a queued job exists that this agent may take.
-pub fn decide_sync(facts: &AgentFacts, report: &SyncRequest, now: i64, work_available: bool) -> (Reply, Option<JobChange>) {
+pub fn decide_sync(
+    facts: &AgentFacts,
+    report: &SyncRequest,
+    now: i64,
+    work_available: bool,
+) -> (Reply, Option<JobChange>) {
     let interrupted = facts.interrupted_at > 0 || report.interrupted_at > 0;
-    let interrupted_at = if facts.interrupted_at > 0 { facts.interrupted_at } else { report.interrupted_at };
+    let interrupted_at = if facts.interrupted_at > 0 {
+        facts.interrupted_at
+    } else {
+        report.interrupted_at
+    };
     match report.state {
         AgentState::WaitingForJobs => {
             let mut change = None;
@@ -157,7 +172,8 @@ pub fn decide_sync(facts: &AgentFacts, report: &SyncRequest, now: i64, work_avai
                 // A job this hub does not know this agent for: have it stopped.
                 return (Reply::StopJob(report.job_id.clone()), None);
             };
-            let change = (job.state == JobState::Assigned).then(|| JobChange::Started(job.id.clone()));
+            let change =
+                (job.state == JobState::Assigned).then(|| JobChange::Started(job.id.clone()));
             let grace_over = interrupted && now >= interrupted_at + facts.interruption_grace_period;
             if job.stop_requested || facts.shutdown_requested || grace_over {
                 (Reply::StopJob(job.id.clone()), change)
@@ -167,9 +183,14 @@ pub fn decide_sync(facts: &AgentFacts, report: &SyncRequest, now: i64, work_avai
         }
         AgentState::StoppingJob => (Reply::Continue, None),
         AgentState::FinishedJob => {
-            let change = facts.job.as_ref().filter(|job| job.id == report.job_id && job.state != JobState::Finished).map(|job| {
-                JobChange::Finished { job_id: job.id.clone(), result: report.job_result.unwrap_or(JobResult::Failed) }
-            });
+            let change = facts
+                .job
+                .as_ref()
+                .filter(|job| job.id == report.job_id && job.state != JobState::Finished)
+                .map(|job| JobChange::Finished {
+                    job_id: job.id.clone(),
+                    result: report.job_result.unwrap_or(JobResult::Failed),
+                });
             let finished_one = change.is_some() || facts.jobs_finished > 0;
             let reply = if facts.shutdown_requested {
                 Reply::Shutdown(ShutdownReason::Requested)
@@ -187,20 +208,43 @@ pub fn decide_sync(facts: &AgentFacts, report: &SyncRequest, now: i64, work_avai
 
 /// Whether a finished job goes back to the queue: stopped because its agent was interrupted (not
 /// by a user), with re-queues left.
-pub fn requeue_after_finish(result: JobResult, user_stopped: bool, agent_interrupted: bool, requeues_done: u32, requeues_allowed: u32) -> bool {
-    result == JobResult::Stopped && !user_stopped && agent_interrupted && requeues_done < requeues_allowed
+pub fn requeue_after_finish(
+    result: JobResult,
+    user_stopped: bool,
+    agent_interrupted: bool,
+    requeues_done: u32,
+    requeues_allowed: u32,
+) -> bool {
+    result == JobResult::Stopped
+        && !user_stopped
+        && agent_interrupted
+        && requeues_done < requeues_allowed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn report(state: AgentState, job_id: &str, result: Option<JobResult>, interrupted_at: i64) -> SyncRequest {
-        SyncRequest { state, job_id: job_id.into(), job_result: result, interrupted_at }
+    fn report(
+        state: AgentState,
+        job_id: &str,
+        result: Option<JobResult>,
+        interrupted_at: i64,
+    ) -> SyncRequest {
+        SyncRequest {
+            state,
+            job_id: job_id.into(),
+            job_result: result,
+            interrupted_at,
+        }
     }
 
     fn job(id: &str, state: JobState, stop_requested: bool) -> Option<AssignedJob> {
-        Some(AssignedJob { id: id.into(), state, stop_requested })
+        Some(AssignedJob {
+            id: id.into(),
+            state,
+            stop_requested,
+        })
     }
 
     #[test]
@@ -224,54 +268,288 @@ mod tests {
             (Running, Assign, None),
         ];
         for (state, event, expected) in table {
-            assert_eq!(next_job_state(state, event), expected, "{state:?} + {event:?}");
+            assert_eq!(
+                next_job_state(state, event),
+                expected,
+                "{state:?} + {event:?}"
+            );
         }
     }
 
     /// name, facts, report, work available, expected reply, expected job change
-    type DecisionRow = (&'static str, AgentFacts, SyncRequest, bool, Reply, Option<JobChange>);
+    type DecisionRow = (
+        &'static str,
+        AgentFacts,
+        SyncRequest,
+        bool,
+        Reply,
+        Option<JobChange>,
+    );
 
     #[test]
     fn sync_decisions() {
         use AgentState::*;
         let now = 1_000;
-        let idle = AgentFacts { idle_since: now - 5, ..AgentFacts::default() };
-        let running = AgentFacts { job: job("J", JobState::Running, false), ..idle.clone() };
+        let idle = AgentFacts {
+            idle_since: now - 5,
+            ..AgentFacts::default()
+        };
+        let running = AgentFacts {
+            job: job("J", JobState::Running, false),
+            ..idle.clone()
+        };
         let rows: Vec<DecisionRow> = vec![
-            ("idle, nothing queued", idle.clone(), report(WaitingForJobs, "", None, 0), false, Reply::Continue, None),
-            ("idle, work queued", idle.clone(), report(WaitingForJobs, "", None, 0), true, Reply::AssignNext, None),
-            ("interrupted while waiting", idle.clone(), report(WaitingForJobs, "", None, now), true, Reply::Shutdown(ShutdownReason::Interrupted), None),
-            ("operator shutdown", AgentFacts { shutdown_requested: true, ..idle.clone() }, report(WaitingForJobs, "", None, 0), true, Reply::Shutdown(ShutdownReason::Requested), None),
-            ("idle timeout not reached", AgentFacts { idle_timeout: 10, ..idle.clone() }, report(WaitingForJobs, "", None, 0), false, Reply::Continue, None),
-            ("idle timeout passed", AgentFacts { idle_timeout: 4, ..idle.clone() }, report(WaitingForJobs, "", None, 0), true, Reply::Shutdown(ShutdownReason::Idle), None),
-            ("single job already done", AgentFacts { single_job: true, jobs_finished: 1, ..idle.clone() }, report(WaitingForJobs, "", None, 0), true, Reply::Shutdown(ShutdownReason::JobFinished), None),
-            ("run-job answer was lost", AgentFacts { job: job("J", JobState::Assigned, false), ..idle.clone() }, report(WaitingForJobs, "", None, 0), true, Reply::RunJob("J".into()), None),
-            ("agent forgot a running job", running.clone(), report(WaitingForJobs, "", None, 0), true, Reply::Continue, Some(JobChange::Lost("J".into()))),
-            ("starting reported", AgentFacts { job: job("J", JobState::Assigned, false), ..idle.clone() }, report(StartingJob, "J", None, 0), false, Reply::Continue, Some(JobChange::Started("J".into()))),
-            ("running", running.clone(), report(RunningJob, "J", None, 0), false, Reply::Continue, None),
-            ("user stop", AgentFacts { job: job("J", JobState::Stopping, true), ..idle.clone() }, report(RunningJob, "J", None, 0), false, Reply::StopJob("J".into()), None),
-            ("unknown job", running.clone(), report(RunningJob, "X", None, 0), false, Reply::StopJob("X".into()), None),
-            ("interrupted, grace 0", running.clone(), report(RunningJob, "J", None, now), false, Reply::StopJob("J".into()), None),
-            ("interrupted, in grace", AgentFacts { interruption_grace_period: 30, ..running.clone() }, report(RunningJob, "J", None, now - 10), false, Reply::Continue, None),
-            ("interrupted, grace over", AgentFacts { interruption_grace_period: 30, ..running.clone() }, report(RunningJob, "J", None, now - 30), false, Reply::StopJob("J".into()), None),
-            ("stopping", running.clone(), report(StoppingJob, "J", None, 0), false, Reply::Continue, None),
-            ("finished", running.clone(), report(FinishedJob, "J", Some(JobResult::Passed), 0), true, Reply::WaitForJobs, Some(JobChange::Finished { job_id: "J".into(), result: JobResult::Passed })),
-            ("finished without a result", running.clone(), report(FinishedJob, "J", None, 0), true, Reply::WaitForJobs, Some(JobChange::Finished { job_id: "J".into(), result: JobResult::Failed })),
-            ("finished, single job", AgentFacts { single_job: true, ..running.clone() }, report(FinishedJob, "J", Some(JobResult::Failed), 0), true, Reply::Shutdown(ShutdownReason::JobFinished), Some(JobChange::Finished { job_id: "J".into(), result: JobResult::Failed })),
-            ("finished, interrupted", running.clone(), report(FinishedJob, "J", Some(JobResult::Stopped), now), true, Reply::Shutdown(ShutdownReason::Interrupted), Some(JobChange::Finished { job_id: "J".into(), result: JobResult::Stopped })),
-            ("finished reported again", AgentFacts { job: None, jobs_finished: 1, ..idle.clone() }, report(FinishedJob, "J", Some(JobResult::Passed), 0), true, Reply::WaitForJobs, None),
+            (
+                "idle, nothing queued",
+                idle.clone(),
+                report(WaitingForJobs, "", None, 0),
+                false,
+                Reply::Continue,
+                None,
+            ),
+            (
+                "idle, work queued",
+                idle.clone(),
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::AssignNext,
+                None,
+            ),
+            (
+                "interrupted while waiting",
+                idle.clone(),
+                report(WaitingForJobs, "", None, now),
+                true,
+                Reply::Shutdown(ShutdownReason::Interrupted),
+                None,
+            ),
+            (
+                "operator shutdown",
+                AgentFacts {
+                    shutdown_requested: true,
+                    ..idle.clone()
+                },
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::Shutdown(ShutdownReason::Requested),
+                None,
+            ),
+            (
+                "idle timeout not reached",
+                AgentFacts {
+                    idle_timeout: 10,
+                    ..idle.clone()
+                },
+                report(WaitingForJobs, "", None, 0),
+                false,
+                Reply::Continue,
+                None,
+            ),
+            (
+                "idle timeout passed",
+                AgentFacts {
+                    idle_timeout: 4,
+                    ..idle.clone()
+                },
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::Shutdown(ShutdownReason::Idle),
+                None,
+            ),
+            (
+                "single job already done",
+                AgentFacts {
+                    single_job: true,
+                    jobs_finished: 1,
+                    ..idle.clone()
+                },
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::Shutdown(ShutdownReason::JobFinished),
+                None,
+            ),
+            (
+                "run-job answer was lost",
+                AgentFacts {
+                    job: job("J", JobState::Assigned, false),
+                    ..idle.clone()
+                },
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::RunJob("J".into()),
+                None,
+            ),
+            (
+                "agent forgot a running job",
+                running.clone(),
+                report(WaitingForJobs, "", None, 0),
+                true,
+                Reply::Continue,
+                Some(JobChange::Lost("J".into())),
+            ),
+            (
+                "starting reported",
+                AgentFacts {
+                    job: job("J", JobState::Assigned, false),
+                    ..idle.clone()
+                },
+                report(StartingJob, "J", None, 0),
+                false,
+                Reply::Continue,
+                Some(JobChange::Started("J".into())),
+            ),
+            (
+                "running",
+                running.clone(),
+                report(RunningJob, "J", None, 0),
+                false,
+                Reply::Continue,
+                None,
+            ),
+            (
+                "user stop",
+                AgentFacts {
+                    job: job("J", JobState::Stopping, true),
+                    ..idle.clone()
+                },
+                report(RunningJob, "J", None, 0),
+                false,
+                Reply::StopJob("J".into()),
+                None,
+            ),
+            (
+                "unknown job",
+                running.clone(),
+                report(RunningJob, "X", None, 0),
+                false,
+                Reply::StopJob("X".into()),
+                None,
+            ),
+            (
+                "interrupted, grace 0",
+                running.clone(),
+                report(RunningJob, "J", None, now),
+                false,
+                Reply::StopJob("J".into()),
+                None,
+            ),
+            (
+                "interrupted, in grace",
+                AgentFacts {
+                    interruption_grace_period: 30,
+                    ..running.clone()
+                },
+                report(RunningJob, "J", None, now - 10),
+                false,
+                Reply::Continue,
+                None,
+            ),
+            (
+                "interrupted, grace over",
+                AgentFacts {
+                    interruption_grace_period: 30,
+                    ..running.clone()
+                },
+                report(RunningJob, "J", None, now - 30),
+                false,
+                Reply::StopJob("J".into()),
+                None,
+            ),
+            (
+                "stopping",
+                running.clone(),
+                report(StoppingJob, "J", None, 0),
+                false,
+                Reply::Continue,
+                None,
+            ),
+            (
+                "finished",
+                running.clone(),
+                report(FinishedJob, "J", Some(JobResult::Passed), 0),
+                true,
+                Reply::WaitForJobs,
+                Some(JobChange::Finished {
+                    job_id: "J".into(),
+                    result: JobResult::Passed,
+                }),
+            ),
+            (
+                "finished without a result",
+                running.clone(),
+                report(FinishedJob, "J", None, 0),
+                true,
+                Reply::WaitForJobs,
+                Some(JobChange::Finished {
+                    job_id: "J".into(),
+                    result: JobResult::Failed,
+                }),
+            ),
+            (
+                "finished, single job",
+                AgentFacts {
+                    single_job: true,
+                    ..running.clone()
+                },
+                report(FinishedJob, "J", Some(JobResult::Failed), 0),
+                true,
+                Reply::Shutdown(ShutdownReason::JobFinished),
+                Some(JobChange::Finished {
+                    job_id: "J".into(),
+                    result: JobResult::Failed,
+                }),
+            ),
+            (
+                "finished, interrupted",
+                running.clone(),
+                report(FinishedJob, "J", Some(JobResult::Stopped), now),
+                true,
+                Reply::Shutdown(ShutdownReason::Interrupted),
+                Some(JobChange::Finished {
+                    job_id: "J".into(),
+                    result: JobResult::Stopped,
+                }),
+            ),
+            (
+                "finished reported again",
+                AgentFacts {
+                    job: None,
+                    jobs_finished: 1,
+                    ..idle.clone()
+                },
+                report(FinishedJob, "J", Some(JobResult::Passed), 0),
+                true,
+                Reply::WaitForJobs,
+                None,
+            ),
         ];
         for (name, facts, request, work, reply, change) in rows {
-            assert_eq!(decide_sync(&facts, &request, now, work), (reply, change), "{name}");
+            assert_eq!(
+                decide_sync(&facts, &request, now, work),
+                (reply, change),
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn requeue_policy() {
         assert!(requeue_after_finish(JobResult::Stopped, false, true, 0, 1));
-        assert!(!requeue_after_finish(JobResult::Stopped, false, true, 1, 1), "re-queues used up");
-        assert!(!requeue_after_finish(JobResult::Stopped, true, true, 0, 1), "a user stop is final");
-        assert!(!requeue_after_finish(JobResult::Failed, false, true, 0, 1), "a failed job is never re-run");
-        assert!(!requeue_after_finish(JobResult::Stopped, false, false, 0, 1), "stopped, not interrupted");
+        assert!(
+            !requeue_after_finish(JobResult::Stopped, false, true, 1, 1),
+            "re-queues used up"
+        );
+        assert!(
+            !requeue_after_finish(JobResult::Stopped, true, true, 0, 1),
+            "a user stop is final"
+        );
+        assert!(
+            !requeue_after_finish(JobResult::Failed, false, true, 0, 1),
+            "a failed job is never re-run"
+        );
+        assert!(
+            !requeue_after_finish(JobResult::Stopped, false, false, 0, 1),
+            "stopped, not interrupted"
+        );
     }
 }

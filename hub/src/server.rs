@@ -34,7 +34,11 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
 }
 
 /// Binds `options.listen` and serves until `shutdown` completes.
-pub async fn serve(hub: Arc<Hub>, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    hub: Arc<Hub>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(options.listen).await?;
     serve_on(hub, listener, options.tls, shutdown).await
 }
@@ -49,7 +53,11 @@ pub async fn serve_on(
     let housekeeping = spawn_housekeeping(hub.clone());
     let app = router(hub.clone());
     let result = match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
         Some((cert, key)) => tls::serve(listener, app, &cert, &key, shutdown).await,
     };
     housekeeping.abort();
@@ -68,8 +76,10 @@ mod tls {
 
     fn load_config(cert: &Path, key: &Path) -> std::io::Result<tokio_rustls::rustls::ServerConfig> {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
-        let cert_pem = std::fs::read(cert).map_err(|e| invalid(format!("reading TLS certificate {}: {e}", cert.display())))?;
-        let key_pem = std::fs::read(key).map_err(|e| invalid(format!("reading TLS key {}: {e}", key.display())))?;
+        let cert_pem = std::fs::read(cert)
+            .map_err(|e| invalid(format!("reading TLS certificate {}: {e}", cert.display())))?;
+        let key_pem = std::fs::read(key)
+            .map_err(|e| invalid(format!("reading TLS key {}: {e}", key.display())))?;
         let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
             .collect::<Result<_, _>>()
             .map_err(|e| invalid(format!("TLS certificate {}: {e}", cert.display())))?;
@@ -104,7 +114,9 @@ mod tls {
             };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else { return };
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let service = TowerToHyperService::new(app);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

@@ -179,7 +179,15 @@ impl Store {
 
     fn configure(connection: Connection, durability: Durability) -> StoreResult<Store> {
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+        connection.pragma_update(
+            None,
+            "synchronous",
+            if durability == Durability::Full {
+                "FULL"
+            } else {
+                "NORMAL"
+            },
+        )?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { connection };
@@ -188,7 +196,9 @@ impl Store {
     }
 
     fn migrate(&mut self) -> StoreResult<()> {
-        let version: i64 = self.connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        let version: i64 = self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version as usize > MIGRATIONS.len() {
             return Err(StoreError::Corrupt(format!(
                 "the database has schema version {version}, newer than this hub knows ({}); upgrade the hub",
@@ -205,7 +215,9 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> StoreResult<i64> {
-        Ok(self.connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+        Ok(self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
     // --- agent types
@@ -219,7 +231,9 @@ impl Store {
     }
 
     pub fn agent_types(&self) -> StoreResult<Vec<(String, String, i64)>> {
-        let mut statement = self.connection.prepare("SELECT name, token_hash, created_at FROM agent_types ORDER BY name")?;
+        let mut statement = self
+            .connection
+            .prepare("SELECT name, token_hash, created_at FROM agent_types ORDER BY name")?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -241,8 +255,14 @@ impl Store {
     }
 
     pub fn agents(&self, include_disconnected: bool) -> StoreResult<Vec<AgentRow>> {
-        let filter = if include_disconnected { "" } else { "WHERE disconnected_at IS NULL" };
-        let mut statement = self.connection.prepare(&format!("SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name"))?;
+        let filter = if include_disconnected {
+            ""
+        } else {
+            "WHERE disconnected_at IS NULL"
+        };
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name"
+        ))?;
         let rows = statement.query_map([], agent_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -273,14 +293,19 @@ impl Store {
     pub fn job(&self, id: &str) -> StoreResult<Option<JobRow>> {
         Ok(self
             .connection
-            .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), params![id], job_from_row)
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![id],
+                job_from_row,
+            )
             .optional()?)
     }
 
     /// Jobs not in a final state, oldest first.
     pub fn unfinished_jobs(&self) -> StoreResult<Vec<JobRow>> {
-        let mut statement =
-            self.connection.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state != 'finished' ORDER BY seq"))?;
+        let mut statement = self.connection.prepare(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state != 'finished' ORDER BY seq"
+        ))?;
         let rows = statement.query_map([], job_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -298,7 +323,12 @@ impl Store {
 
     /// Stores lines at `start_from..`; lines already stored at those indices are kept (a retried
     /// batch is idempotent). Returns the job's line and byte counts afterwards.
-    pub fn append_log(&mut self, job_id: &str, start_from: i64, lines: &[&str]) -> StoreResult<(i64, i64)> {
+    pub fn append_log(
+        &mut self,
+        job_id: &str,
+        start_from: i64,
+        lines: &[&str],
+    ) -> StoreResult<(i64, i64)> {
         let transaction = self.connection.transaction()?;
         let (mut count, mut bytes): (i64, i64) = transaction.query_row(
             "SELECT log_lines, log_bytes FROM jobs WHERE id = ?1",
@@ -306,8 +336,9 @@ impl Store {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         {
-            let mut insert = transaction
-                .prepare_cached("INSERT OR IGNORE INTO job_logs (job_id, line_index, line) VALUES (?1, ?2, ?3)")?;
+            let mut insert = transaction.prepare_cached(
+                "INSERT OR IGNORE INTO job_logs (job_id, line_index, line) VALUES (?1, ?2, ?3)",
+            )?;
             for (offset, line) in lines.iter().enumerate() {
                 let index = start_from + offset as i64;
                 if index < count {
@@ -318,7 +349,10 @@ impl Store {
                 bytes += line.len() as i64 + 1;
             }
         }
-        transaction.execute("UPDATE jobs SET log_lines = ?2, log_bytes = ?3 WHERE id = ?1", params![job_id, count, bytes])?;
+        transaction.execute(
+            "UPDATE jobs SET log_lines = ?2, log_bytes = ?3 WHERE id = ?1",
+            params![job_id, count, bytes],
+        )?;
         transaction.commit()?;
         Ok((count, bytes))
     }

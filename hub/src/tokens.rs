@@ -18,7 +18,14 @@ pub fn new_job_id() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex = hex::encode(bytes);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 pub fn hash(token: &str) -> String {
@@ -40,10 +47,17 @@ mod tests {
         let (a, b) = (new_token(), new_token());
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
-        assert_eq!(hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let id = new_job_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
-        assert!(constant_time_eq("same", "same") && !constant_time_eq("same", "diff") && !constant_time_eq("a", "ab"));
+        assert!(
+            constant_time_eq("same", "same")
+                && !constant_time_eq("same", "diff")
+                && !constant_time_eq("a", "ab")
+        );
     }
 }

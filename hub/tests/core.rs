@@ -2,7 +2,9 @@
 //! intake, finishing, stops, lost agents and re-queues, and recovery from the database.
 
 use hub::hub::{Hub, HubConfig, HubError};
-use protocol::{AgentState, JobResult, JobSpec, RegisterRequest, ShutdownReason, SyncAction, SyncRequest};
+use protocol::{
+    AgentState, JobResult, JobSpec, RegisterRequest, ShutdownReason, SyncAction, SyncRequest,
+};
 
 const T0: i64 = 1_700_000_000;
 
@@ -11,15 +13,28 @@ fn config() -> HubConfig {
 }
 
 fn spec(commands: &[&str]) -> JobSpec {
-    JobSpec::from_commands("linux", &commands.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+    JobSpec::from_commands(
+        "linux",
+        &commands.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+    )
 }
 
 fn registration(name: &str, single_job: bool) -> RegisterRequest {
-    RegisterRequest { name: name.into(), version: "v0.1.0".into(), single_job, ..RegisterRequest::default() }
+    RegisterRequest {
+        name: name.into(),
+        version: "v0.1.0".into(),
+        single_job,
+        ..RegisterRequest::default()
+    }
 }
 
 fn report(state: AgentState, job_id: &str, result: Option<JobResult>) -> SyncRequest {
-    SyncRequest { state, job_id: job_id.into(), job_result: result, interrupted_at: 0 }
+    SyncRequest {
+        state,
+        job_id: job_id.into(),
+        job_result: result,
+        interrupted_at: 0,
+    }
 }
 
 struct Setup {
@@ -30,13 +45,26 @@ struct Setup {
 fn setup() -> Setup {
     let hub = Hub::in_memory(config(), T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
-    Setup { hub, registration_token }
+    Setup {
+        hub,
+        registration_token,
+    }
 }
 
 /// Registers an agent and syncs until it is told to run a job; returns (token, job id).
 fn take_job(s: &Setup, name: &str, single_job: bool, now: i64) -> (String, String) {
-    let agent = s.hub.register(&s.registration_token, registration(name, single_job), now).unwrap();
-    let response = s.hub.sync(&agent.token, &report(AgentState::WaitingForJobs, "", None), now).unwrap();
+    let agent = s
+        .hub
+        .register(&s.registration_token, registration(name, single_job), now)
+        .unwrap();
+    let response = s
+        .hub
+        .sync(
+            &agent.token,
+            &report(AgentState::WaitingForJobs, "", None),
+            now,
+        )
+        .unwrap();
     assert_eq!(response.action, SyncAction::RunJob);
     (agent.token, response.job_id)
 }
@@ -47,51 +75,152 @@ fn a_job_runs_from_queue_to_passed() {
     let submitted = s.hub.submit(spec(&["echo hi"]), T0).unwrap();
     assert_eq!(submitted.state, "queued");
     let metrics = s.hub.metrics(&s.registration_token, T0 + 5).unwrap();
-    assert_eq!((metrics.jobs.queued, metrics.jobs.running, metrics.oldest_queued_seconds), (1, 0, Some(5)));
+    assert_eq!(
+        (
+            metrics.jobs.queued,
+            metrics.jobs.running,
+            metrics.oldest_queued_seconds
+        ),
+        (1, 0, Some(5))
+    );
 
     let (token, job_id) = take_job(&s, "agent-0001", true, T0 + 1);
     assert_eq!(job_id, submitted.id);
     assert_eq!(s.hub.job(&job_id).unwrap().state, "assigned");
     let metrics = s.hub.metrics(&s.registration_token, T0 + 1).unwrap();
-    assert_eq!((metrics.jobs.queued, metrics.jobs.running, metrics.agents.occupied), (0, 1, 1));
+    assert_eq!(
+        (
+            metrics.jobs.queued,
+            metrics.jobs.running,
+            metrics.agents.occupied
+        ),
+        (0, 1, 1)
+    );
 
     let request = s.hub.job_request(&token, &job_id, T0 + 1).unwrap();
     assert_eq!(request.commands[0].directive, "echo hi");
     assert_eq!(request.logger.method, "push");
-    assert_eq!(request.logger.url, format!("http://hub.test/api/v1/logs/{job_id}"));
+    assert_eq!(
+        request.logger.url,
+        format!("http://hub.test/api/v1/logs/{job_id}")
+    );
 
-    s.hub.sync(&token, &report(AgentState::RunningJob, &job_id, None), T0 + 2).unwrap();
+    s.hub
+        .sync(
+            &token,
+            &report(AgentState::RunningJob, &job_id, None),
+            T0 + 2,
+        )
+        .unwrap();
     assert_eq!(s.hub.job(&job_id).unwrap().started_at, Some(T0 + 2));
     let line = r#"{"event":"job_started","timestamp":1}"#;
-    s.hub.push_logs(&job_id, &request.logger.token, 0, &format!("{line}\n{line}\n"), T0 + 2).unwrap();
+    s.hub
+        .push_logs(
+            &job_id,
+            &request.logger.token,
+            0,
+            &format!("{line}\n{line}\n"),
+            T0 + 2,
+        )
+        .unwrap();
     // A retried batch with the same start_from is idempotent; an overlapping one appends only new lines.
-    s.hub.push_logs(&job_id, &request.logger.token, 0, &format!("{line}\n{line}\n"), T0 + 2).unwrap();
-    s.hub.push_logs(&job_id, &request.logger.token, 1, &format!("{line}\n{line}\n"), T0 + 2).unwrap();
+    s.hub
+        .push_logs(
+            &job_id,
+            &request.logger.token,
+            0,
+            &format!("{line}\n{line}\n"),
+            T0 + 2,
+        )
+        .unwrap();
+    s.hub
+        .push_logs(
+            &job_id,
+            &request.logger.token,
+            1,
+            &format!("{line}\n{line}\n"),
+            T0 + 2,
+        )
+        .unwrap();
     assert_eq!(s.hub.logs(&job_id, 0, 100).unwrap().lines.len(), 3);
-    assert!(matches!(s.hub.push_logs(&job_id, &request.logger.token, 9, line, T0 + 2), Err(HubError::Conflict(_))));
-    assert!(matches!(s.hub.push_logs(&job_id, "wrong", 3, line, T0 + 2), Err(HubError::Unauthorized)));
-    assert!(matches!(s.hub.push_logs(&job_id, &request.logger.token, 3, "not json", T0 + 2), Err(HubError::BadRequest(_))));
+    assert!(matches!(
+        s.hub
+            .push_logs(&job_id, &request.logger.token, 9, line, T0 + 2),
+        Err(HubError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.hub.push_logs(&job_id, "wrong", 3, line, T0 + 2),
+        Err(HubError::Unauthorized)
+    ));
+    assert!(matches!(
+        s.hub
+            .push_logs(&job_id, &request.logger.token, 3, "not json", T0 + 2),
+        Err(HubError::BadRequest(_))
+    ));
 
-    let response = s.hub.sync(&token, &report(AgentState::FinishedJob, &job_id, Some(JobResult::Passed)), T0 + 3).unwrap();
+    let response = s
+        .hub
+        .sync(
+            &token,
+            &report(AgentState::FinishedJob, &job_id, Some(JobResult::Passed)),
+            T0 + 3,
+        )
+        .unwrap();
     assert_eq!(response.action, SyncAction::Shutdown);
     assert_eq!(response.shutdown_reason, ShutdownReason::JobFinished);
     let job = s.hub.job(&job_id).unwrap();
-    assert_eq!((job.state.as_str(), job.result.as_deref(), job.finished_at), ("finished", Some("passed"), Some(T0 + 3)));
+    assert_eq!(
+        (job.state.as_str(), job.result.as_deref(), job.finished_at),
+        ("finished", Some("passed"), Some(T0 + 3))
+    );
     assert!(s.hub.logs(&job_id, 0, 100).unwrap().job_finished);
     s.hub.disconnect(&token, T0 + 4).unwrap();
-    assert!(matches!(s.hub.sync(&token, &report(AgentState::WaitingForJobs, "", None), T0 + 5), Err(HubError::Unauthorized)));
+    assert!(matches!(
+        s.hub.sync(
+            &token,
+            &report(AgentState::WaitingForJobs, "", None),
+            T0 + 5
+        ),
+        Err(HubError::Unauthorized)
+    ));
 }
 
 #[test]
 fn bad_tokens_are_refused() {
     let s = setup();
-    assert!(matches!(s.hub.register("nope", registration("agent-0001", false), T0), Err(HubError::Unauthorized)));
-    assert!(matches!(s.hub.metrics("nope", T0), Err(HubError::Unauthorized)));
-    assert!(matches!(s.hub.sync("nope", &report(AgentState::WaitingForJobs, "", None), T0), Err(HubError::Unauthorized)));
+    assert!(matches!(
+        s.hub
+            .register("nope", registration("agent-0001", false), T0),
+        Err(HubError::Unauthorized)
+    ));
+    assert!(matches!(
+        s.hub.metrics("nope", T0),
+        Err(HubError::Unauthorized)
+    ));
+    assert!(matches!(
+        s.hub
+            .sync("nope", &report(AgentState::WaitingForJobs, "", None), T0),
+        Err(HubError::Unauthorized)
+    ));
     assert!(!s.hub.is_admin("nope") && s.hub.is_admin("admin-secret"));
-    assert!(matches!(s.hub.submit(JobSpec { agent_type: "gpu".into(), ..spec(&["x"]) }, T0), Err(HubError::BadRequest(_))));
-    assert!(matches!(s.hub.create_agent_type("linux", T0), Err(HubError::Conflict(_))));
-    assert!(matches!(s.hub.create_agent_type("bad name", T0), Err(HubError::BadRequest(_))));
+    assert!(matches!(
+        s.hub.submit(
+            JobSpec {
+                agent_type: "gpu".into(),
+                ..spec(&["x"])
+            },
+            T0
+        ),
+        Err(HubError::BadRequest(_))
+    ));
+    assert!(matches!(
+        s.hub.create_agent_type("linux", T0),
+        Err(HubError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.hub.create_agent_type("bad name", T0),
+        Err(HubError::BadRequest(_))
+    ));
 }
 
 #[test]
@@ -102,13 +231,36 @@ fn a_user_stop_reaches_the_agent_and_a_queued_stop_is_immediate() {
     let (token, job_id) = take_job(&s, "agent-0001", false, T0);
     assert_eq!(job_id, queued.id, "oldest first");
     let stopped = s.hub.stop_job(&later.id, T0 + 1).unwrap();
-    assert_eq!((stopped.state.as_str(), stopped.result.as_deref()), ("finished", Some("stopped")));
+    assert_eq!(
+        (stopped.state.as_str(), stopped.result.as_deref()),
+        ("finished", Some("stopped"))
+    );
     assert_eq!(s.hub.stop_job(&job_id, T0 + 1).unwrap().state, "stopping");
-    let response = s.hub.sync(&token, &report(AgentState::RunningJob, &job_id, None), T0 + 2).unwrap();
-    assert_eq!((response.action, response.job_id.as_str()), (SyncAction::StopJob, job_id.as_str()));
-    let response = s.hub.sync(&token, &report(AgentState::FinishedJob, &job_id, Some(JobResult::Stopped)), T0 + 3).unwrap();
+    let response = s
+        .hub
+        .sync(
+            &token,
+            &report(AgentState::RunningJob, &job_id, None),
+            T0 + 2,
+        )
+        .unwrap();
+    assert_eq!(
+        (response.action, response.job_id.as_str()),
+        (SyncAction::StopJob, job_id.as_str())
+    );
+    let response = s
+        .hub
+        .sync(
+            &token,
+            &report(AgentState::FinishedJob, &job_id, Some(JobResult::Stopped)),
+            T0 + 3,
+        )
+        .unwrap();
     assert_eq!(response.action, SyncAction::WaitForJobs);
-    assert_eq!(s.hub.job(&job_id).unwrap().result.as_deref(), Some("stopped"));
+    assert_eq!(
+        s.hub.job(&job_id).unwrap().result.as_deref(),
+        Some("stopped")
+    );
 }
 
 #[test]
@@ -118,7 +270,11 @@ fn a_lost_agents_job_is_requeued_once_then_failed() {
     let (_, first) = take_job(&s, "agent-0001", false, T0);
     assert_eq!(first, job.id);
     assert_eq!(s.hub.maintain(T0 + 30).unwrap(), 0);
-    assert_eq!(s.hub.maintain(T0 + 61).unwrap(), 1, "no sync for over 60 s: lost");
+    assert_eq!(
+        s.hub.maintain(T0 + 61).unwrap(),
+        1,
+        "no sync for over 60 s: lost"
+    );
     let requeued = s.hub.job(&job.id).unwrap();
     assert_eq!((requeued.state.as_str(), requeued.attempts), ("queued", 1));
     assert!(requeued.reason.unwrap().contains("lost"));
@@ -127,7 +283,14 @@ fn a_lost_agents_job_is_requeued_once_then_failed() {
     assert_eq!(second, job.id);
     assert_eq!(s.hub.maintain(T0 + 200).unwrap(), 1);
     let failed = s.hub.job(&job.id).unwrap();
-    assert_eq!((failed.state.as_str(), failed.result.as_deref(), failed.attempts), ("finished", Some("failed"), 2));
+    assert_eq!(
+        (
+            failed.state.as_str(),
+            failed.result.as_deref(),
+            failed.attempts
+        ),
+        ("finished", Some("failed"), 2)
+    );
 }
 
 #[test]
@@ -135,26 +298,64 @@ fn an_interrupted_agents_stopped_job_is_requeued_but_a_failed_job_never_is() {
     let s = setup();
     let job = s.hub.submit(spec(&["train"]), T0).unwrap();
     let (token, job_id) = take_job(&s, "agent-0001", false, T0);
-    let interrupted = SyncRequest { interrupted_at: T0 + 1, ..report(AgentState::RunningJob, &job_id, None) };
-    assert_eq!(s.hub.sync(&token, &interrupted, T0 + 1).unwrap().action, SyncAction::StopJob, "grace period 0");
-    let finished = SyncRequest { interrupted_at: T0 + 1, ..report(AgentState::FinishedJob, &job_id, Some(JobResult::Stopped)) };
+    let interrupted = SyncRequest {
+        interrupted_at: T0 + 1,
+        ..report(AgentState::RunningJob, &job_id, None)
+    };
+    assert_eq!(
+        s.hub.sync(&token, &interrupted, T0 + 1).unwrap().action,
+        SyncAction::StopJob,
+        "grace period 0"
+    );
+    let finished = SyncRequest {
+        interrupted_at: T0 + 1,
+        ..report(AgentState::FinishedJob, &job_id, Some(JobResult::Stopped))
+    };
     let response = s.hub.sync(&token, &finished, T0 + 2).unwrap();
-    assert_eq!((response.action, response.shutdown_reason), (SyncAction::Shutdown, ShutdownReason::Interrupted));
+    assert_eq!(
+        (response.action, response.shutdown_reason),
+        (SyncAction::Shutdown, ShutdownReason::Interrupted)
+    );
     assert_eq!(s.hub.job(&job.id).unwrap().state, "queued");
 
     let (token, job_id) = take_job(&s, "agent-0002", false, T0 + 3);
-    s.hub.sync(&token, &report(AgentState::FinishedJob, &job_id, Some(JobResult::Failed)), T0 + 4).unwrap();
-    assert_eq!(s.hub.job(&job.id).unwrap().result.as_deref(), Some("failed"));
+    s.hub
+        .sync(
+            &token,
+            &report(AgentState::FinishedJob, &job_id, Some(JobResult::Failed)),
+            T0 + 4,
+        )
+        .unwrap();
+    assert_eq!(
+        s.hub.job(&job.id).unwrap().result.as_deref(),
+        Some("failed")
+    );
 }
 
 #[test]
 fn idle_agents_are_shut_down_after_their_idle_timeout() {
     let s = setup();
-    let agent = s.hub.register(&s.registration_token, RegisterRequest { idle_timeout: 30, ..registration("agent-0001", false) }, T0).unwrap();
+    let agent = s
+        .hub
+        .register(
+            &s.registration_token,
+            RegisterRequest {
+                idle_timeout: 30,
+                ..registration("agent-0001", false)
+            },
+            T0,
+        )
+        .unwrap();
     let waiting = report(AgentState::WaitingForJobs, "", None);
-    assert_eq!(s.hub.sync(&agent.token, &waiting, T0 + 30).unwrap().action, SyncAction::Continue);
+    assert_eq!(
+        s.hub.sync(&agent.token, &waiting, T0 + 30).unwrap().action,
+        SyncAction::Continue
+    );
     let response = s.hub.sync(&agent.token, &waiting, T0 + 31).unwrap();
-    assert_eq!((response.action, response.shutdown_reason), (SyncAction::Shutdown, ShutdownReason::Idle));
+    assert_eq!(
+        (response.action, response.shutdown_reason),
+        (SyncAction::Shutdown, ShutdownReason::Idle)
+    );
 }
 
 #[test]
@@ -163,19 +364,53 @@ fn state_survives_a_restart() {
     let (registration_token, agent_token, running, queued, done) = {
         let hub = Hub::open(dir.path(), config(), T0).unwrap();
         let registration_token = hub.create_agent_type("linux", T0).unwrap();
-        let s = Setup { hub, registration_token: registration_token.clone() };
+        let s = Setup {
+            hub,
+            registration_token: registration_token.clone(),
+        };
         let done_job = s.hub.submit(spec(&["a"]), T0).unwrap();
         let (token, first) = take_job(&s, "agent-0001", false, T0);
         assert_eq!(first, done_job.id);
-        s.hub.sync(&token, &report(AgentState::FinishedJob, &first, Some(JobResult::Passed)), T0 + 1).unwrap();
-        s.hub.sync(&token, &report(AgentState::WaitingForJobs, "", None), T0 + 1).unwrap();
+        s.hub
+            .sync(
+                &token,
+                &report(AgentState::FinishedJob, &first, Some(JobResult::Passed)),
+                T0 + 1,
+            )
+            .unwrap();
+        s.hub
+            .sync(
+                &token,
+                &report(AgentState::WaitingForJobs, "", None),
+                T0 + 1,
+            )
+            .unwrap();
         let running = s.hub.submit(spec(&["b"]), T0 + 2).unwrap();
         let queued = s.hub.submit(spec(&["c"]), T0 + 2).unwrap();
-        let response = s.hub.sync(&token, &report(AgentState::WaitingForJobs, "", None), T0 + 3).unwrap();
+        let response = s
+            .hub
+            .sync(
+                &token,
+                &report(AgentState::WaitingForJobs, "", None),
+                T0 + 3,
+            )
+            .unwrap();
         assert_eq!(response.job_id, running.id);
-        s.hub.sync(&token, &report(AgentState::RunningJob, &running.id, None), T0 + 4).unwrap();
+        s.hub
+            .sync(
+                &token,
+                &report(AgentState::RunningJob, &running.id, None),
+                T0 + 4,
+            )
+            .unwrap();
         s.hub.maintain(T0 + 4).unwrap();
-        (registration_token, token, running.id, queued.id, done_job.id)
+        (
+            registration_token,
+            token,
+            running.id,
+            queued.id,
+            done_job.id,
+        )
     };
     // The process is gone; a new hub on the same data directory carries on.
     let hub = Hub::open(dir.path(), config(), T0 + 100).unwrap();
@@ -183,13 +418,40 @@ fn state_survives_a_restart() {
     assert_eq!(hub.job(&running).unwrap().state, "running");
     assert_eq!(hub.job(&queued).unwrap().state, "queued");
     let metrics = hub.metrics(&registration_token, T0 + 100).unwrap();
-    assert_eq!((metrics.jobs.queued, metrics.jobs.running, metrics.agents.occupied), (1, 1, 1));
+    assert_eq!(
+        (
+            metrics.jobs.queued,
+            metrics.jobs.running,
+            metrics.agents.occupied
+        ),
+        (1, 1, 1)
+    );
     // The agent resumes with its old token and finishes its job; nothing was lost or duplicated.
-    hub.sync(&agent_token, &report(AgentState::RunningJob, &running, None), T0 + 101).unwrap();
-    let response = hub.sync(&agent_token, &report(AgentState::FinishedJob, &running, Some(JobResult::Passed)), T0 + 102).unwrap();
+    hub.sync(
+        &agent_token,
+        &report(AgentState::RunningJob, &running, None),
+        T0 + 101,
+    )
+    .unwrap();
+    let response = hub
+        .sync(
+            &agent_token,
+            &report(AgentState::FinishedJob, &running, Some(JobResult::Passed)),
+            T0 + 102,
+        )
+        .unwrap();
     assert_eq!(response.action, SyncAction::WaitForJobs);
-    let response = hub.sync(&agent_token, &report(AgentState::WaitingForJobs, "", None), T0 + 103).unwrap();
-    assert_eq!((response.action, response.job_id), (SyncAction::RunJob, queued.clone()));
+    let response = hub
+        .sync(
+            &agent_token,
+            &report(AgentState::WaitingForJobs, "", None),
+            T0 + 103,
+        )
+        .unwrap();
+    assert_eq!(
+        (response.action, response.job_id),
+        (SyncAction::RunJob, queued.clone())
+    );
     assert_eq!(hub.list_jobs(None, 10).unwrap().len(), 3);
 }
 
@@ -199,17 +461,38 @@ fn full_logs_answer_422() {
     config.max_log_bytes = 100;
     let hub = Hub::in_memory(config, T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
-    let s = Setup { hub, registration_token };
+    let s = Setup {
+        hub,
+        registration_token,
+    };
     s.hub.submit(spec(&["x"]), T0).unwrap();
     let (token, job_id) = take_job(&s, "agent-0001", false, T0);
     let request = s.hub.job_request(&token, &job_id, T0).unwrap();
     let line = r#"{"event":"cmd_output","timestamp":1,"output":"0123456789012345678901234567890123456789"}"#;
-    s.hub.push_logs(&job_id, &request.logger.token, 0, &format!("{line}\n{line}\n"), T0).unwrap();
-    assert!(matches!(s.hub.push_logs(&job_id, &request.logger.token, 2, line, T0), Err(HubError::LogFull)));
+    s.hub
+        .push_logs(
+            &job_id,
+            &request.logger.token,
+            0,
+            &format!("{line}\n{line}\n"),
+            T0,
+        )
+        .unwrap();
+    assert!(matches!(
+        s.hub.push_logs(&job_id, &request.logger.token, 2, line, T0),
+        Err(HubError::LogFull)
+    ));
     assert!(s.hub.job(&job_id).unwrap().log_trimmed);
     // Expired log tokens are refused until the agent refreshes.
     let later = T0 + s.hub.config().log_token_ttl_secs + 1;
-    assert!(matches!(s.hub.push_logs(&job_id, &request.logger.token, 2, line, later), Err(HubError::Unauthorized)));
+    assert!(matches!(
+        s.hub
+            .push_logs(&job_id, &request.logger.token, 2, line, later),
+        Err(HubError::Unauthorized)
+    ));
     let fresh = s.hub.refresh_log_token(&token, later).unwrap();
-    assert!(matches!(s.hub.push_logs(&job_id, &fresh, 2, line, later), Err(HubError::LogFull)));
+    assert!(matches!(
+        s.hub.push_logs(&job_id, &fresh, 2, line, later),
+        Err(HubError::LogFull)
+    ));
 }

@@ -94,8 +94,16 @@ impl TextRenderer {
             LogEvent::JobStarted { .. } => "== job started\n".to_string(),
             LogEvent::CmdStarted { directive, .. } => format!("{newline}$ {directive}\n"),
             LogEvent::CmdOutput { output, .. } => output.clone(),
-            LogEvent::CmdFinished { exit_code, started_at, finished_at, .. } => {
-                format!("{newline}-- exit code {exit_code} ({}s)\n", finished_at - started_at)
+            LogEvent::CmdFinished {
+                exit_code,
+                started_at,
+                finished_at,
+                ..
+            } => {
+                format!(
+                    "{newline}-- exit code {exit_code} ({}s)\n",
+                    finished_at - started_at
+                )
             }
             LogEvent::JobFinished { result, .. } => format!("{newline}== job finished: {result}\n"),
         };
@@ -162,13 +170,31 @@ mod tests {
         let mut renderer = TextRenderer::default();
         let events = [
             LogEvent::JobStarted { timestamp: 0 },
-            LogEvent::CmdStarted { timestamp: 0, directive: "echo -n hi".into() },
-            LogEvent::CmdOutput { timestamp: 0, output: "hi".into() },
-            LogEvent::CmdFinished { timestamp: 2, directive: "echo -n hi".into(), exit_code: 0, started_at: 0, finished_at: 2 },
-            LogEvent::JobFinished { timestamp: 2, result: JobResult::Passed },
+            LogEvent::CmdStarted {
+                timestamp: 0,
+                directive: "echo -n hi".into(),
+            },
+            LogEvent::CmdOutput {
+                timestamp: 0,
+                output: "hi".into(),
+            },
+            LogEvent::CmdFinished {
+                timestamp: 2,
+                directive: "echo -n hi".into(),
+                exit_code: 0,
+                started_at: 0,
+                finished_at: 2,
+            },
+            LogEvent::JobFinished {
+                timestamp: 2,
+                result: JobResult::Passed,
+            },
         ];
         let text: String = events.iter().map(|e| renderer.render(e)).collect();
-        assert_eq!(text, "== job started\n$ echo -n hi\nhi\n-- exit code 0 (2s)\n== job finished: passed\n");
+        assert_eq!(
+            text,
+            "== job started\n$ echo -n hi\nhi\n-- exit code 0 (2s)\n== job finished: passed\n"
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ mod tests {
         assert_eq!(metrics.jobs.queued, 3);
         assert_eq!(metrics.agents.occupied, 2);
         assert_eq!(serde_json::to_string(&metrics).unwrap(), literal);
-        let extended = QueueMetrics { version: Some(7), ..metrics };
+        let extended = QueueMetrics {
+            version: Some(7),
+            ..metrics
+        };
         let text = serde_json::to_string(&extended).unwrap();
         assert!(text.ends_with(r#","version":7}"#), "{text}");
     }

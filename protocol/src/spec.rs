@@ -49,7 +49,10 @@ impl CommandSpec {
     fn to_command(&self) -> Command {
         match self {
             CommandSpec::Plain(directive) => Command::new(directive.clone()),
-            CommandSpec::Aliased { directive, alias } => Command { directive: directive.clone(), alias: alias.clone() },
+            CommandSpec::Aliased { directive, alias } => Command {
+                directive: directive.clone(),
+                alias: alias.clone(),
+            },
         }
     }
 
@@ -103,7 +106,9 @@ fn default_agent_lost_retries() -> u32 {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { agent_lost: default_agent_lost_retries() }
+        RetryPolicy {
+            agent_lost: default_agent_lost_retries(),
+        }
     }
 }
 
@@ -131,12 +136,17 @@ pub enum SpecError {
 pub fn valid_agent_type(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 impl JobSpec {
@@ -145,7 +155,10 @@ impl JobSpec {
         JobSpec {
             name: String::new(),
             agent_type: agent_type.to_string(),
-            commands: commands.iter().map(|c| CommandSpec::Plain(c.clone())).collect(),
+            commands: commands
+                .iter()
+                .map(|c| CommandSpec::Plain(c.clone()))
+                .collect(),
             env: BTreeMap::new(),
             files: Vec::new(),
             epilogue: EpilogueSpec::default(),
@@ -157,7 +170,11 @@ impl JobSpec {
         if self.commands.is_empty() {
             return Err(SpecError::NoCommands);
         }
-        if let Some(index) = self.commands.iter().position(|c| c.directive().trim().is_empty()) {
+        if let Some(index) = self
+            .commands
+            .iter()
+            .position(|c| c.directive().trim().is_empty())
+        {
             return Err(SpecError::EmptyCommand(index + 1));
         }
         if !valid_agent_type(&self.agent_type) {
@@ -174,15 +191,25 @@ impl JobSpec {
                 (Some(_), None) => {}
                 (None, Some(encoded)) => {
                     use base64::Engine;
-                    if base64::engine::general_purpose::STANDARD.decode(encoded).is_err() {
+                    if base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .is_err()
+                    {
                         return Err(SpecError::FileBase64(file.path.clone()));
                     }
                 }
                 _ => return Err(SpecError::FileContent(file.path.clone())),
             }
-            let probe = File { path: file.path.clone(), content: String::new(), mode: file.mode.clone() };
+            let probe = File {
+                path: file.path.clone(),
+                content: String::new(),
+                mode: file.mode.clone(),
+            };
             if probe.parse_mode().is_none() {
-                return Err(SpecError::FileMode { path: file.path.clone(), mode: file.mode.clone() });
+                return Err(SpecError::FileMode {
+                    path: file.path.clone(),
+                    mode: file.mode.clone(),
+                });
             }
         }
         Ok(())
@@ -193,12 +220,16 @@ impl JobSpec {
         if !self.name.is_empty() {
             return self.name.clone();
         }
-        self.commands.first().map(|c| c.directive().lines().next().unwrap_or("").to_string()).unwrap_or_default()
+        self.commands
+            .first()
+            .map(|c| c.directive().lines().next().unwrap_or("").to_string())
+            .unwrap_or_default()
     }
 
     /// The wire job request for an agent, pushing its log to `logger`.
     pub fn to_job_request(&self, job_id: &str, logger: Logger) -> JobRequest {
-        let commands = |list: &[CommandSpec]| list.iter().map(CommandSpec::to_command).collect::<Vec<_>>();
+        let commands =
+            |list: &[CommandSpec]| list.iter().map(CommandSpec::to_command).collect::<Vec<_>>();
         JobRequest {
             job_id: job_id.to_string(),
             executor: "shell".to_string(),
@@ -206,13 +237,21 @@ impl JobSpec {
             epilogue_always_commands: commands(&self.epilogue.always),
             epilogue_on_pass_commands: commands(&self.epilogue.on_pass),
             epilogue_on_fail_commands: commands(&self.epilogue.on_fail),
-            env_vars: self.env.iter().map(|(name, value)| EnvVar::plain(name.clone(), value)).collect(),
+            env_vars: self
+                .env
+                .iter()
+                .map(|(name, value)| EnvVar::plain(name.clone(), value))
+                .collect(),
             files: self
                 .files
                 .iter()
                 .map(|file| match (&file.content, &file.content_base64) {
                     (Some(text), _) => File::plain(file.path.clone(), text, file.mode.clone()),
-                    (None, Some(encoded)) => File { path: file.path.clone(), content: encoded.clone(), mode: file.mode.clone() },
+                    (None, Some(encoded)) => File {
+                        path: file.path.clone(),
+                        content: encoded.clone(),
+                        mode: file.mode.clone(),
+                    },
                     (None, None) => File::plain(file.path.clone(), "", file.mode.clone()),
                 })
                 .collect(),
@@ -250,8 +289,22 @@ retry:
         let spec: JobSpec = serde_yaml::from_str(YAML).unwrap();
         spec.validate().unwrap();
         assert_eq!(spec.retry.agent_lost, 2);
-        let request = spec.to_job_request("j1", Logger { method: "push".into(), url: "u".into(), token: "t".into(), max_size_in_bytes: 0 });
-        assert_eq!(request.commands[1], Command { directive: "make test".into(), alias: "Tests".into() });
+        let request = spec.to_job_request(
+            "j1",
+            Logger {
+                method: "push".into(),
+                url: "u".into(),
+                token: "t".into(),
+                max_size_in_bytes: 0,
+            },
+        );
+        assert_eq!(
+            request.commands[1],
+            Command {
+                directive: "make test".into(),
+                alias: "Tests".into()
+            }
+        );
         assert_eq!(request.env_vars[0].decode_value().unwrap(), b"0");
         assert_eq!(request.files[0].decode_content().unwrap(), b"a = 1\n");
         assert_eq!(request.epilogue_always_commands[0].directive, "echo done");
@@ -268,16 +321,37 @@ retry:
         let table: &[(&str, SpecError)] = &[
             (r#"{"commands":[]}"#, SpecError::NoCommands),
             (r#"{"commands":["  "]}"#, SpecError::EmptyCommand(1)),
-            (r#"{"commands":["x"],"agent_type":"a b"}"#, SpecError::BadAgentType("a b".into())),
-            (r#"{"commands":["x"],"env":{"1X":"v"}}"#, SpecError::BadEnvName("1X".into())),
-            (r#"{"commands":["x"],"files":[{"path":"p"}]}"#, SpecError::FileContent("p".into())),
-            (r#"{"commands":["x"],"files":[{"path":"p","content_base64":"%%"}]}"#, SpecError::FileBase64("p".into())),
-            (r#"{"commands":["x"],"files":[{"path":"p","content":"","mode":"+x"}]}"#, SpecError::FileMode { path: "p".into(), mode: "+x".into() }),
+            (
+                r#"{"commands":["x"],"agent_type":"a b"}"#,
+                SpecError::BadAgentType("a b".into()),
+            ),
+            (
+                r#"{"commands":["x"],"env":{"1X":"v"}}"#,
+                SpecError::BadEnvName("1X".into()),
+            ),
+            (
+                r#"{"commands":["x"],"files":[{"path":"p"}]}"#,
+                SpecError::FileContent("p".into()),
+            ),
+            (
+                r#"{"commands":["x"],"files":[{"path":"p","content_base64":"%%"}]}"#,
+                SpecError::FileBase64("p".into()),
+            ),
+            (
+                r#"{"commands":["x"],"files":[{"path":"p","content":"","mode":"+x"}]}"#,
+                SpecError::FileMode {
+                    path: "p".into(),
+                    mode: "+x".into(),
+                },
+            ),
         ];
         for (json, expected) in table {
             let spec: JobSpec = serde_json::from_str(json).unwrap();
             assert_eq!(spec.validate().unwrap_err(), *expected, "{json}");
         }
-        assert!(serde_json::from_str::<JobSpec>(r#"{"commands":["x"],"comands":[]}"#).is_err(), "unknown keys are rejected");
+        assert!(
+            serde_json::from_str::<JobSpec>(r#"{"commands":["x"],"comands":[]}"#).is_err(),
+            "unknown keys are rejected"
+        );
     }
 }

@@ -51,7 +51,9 @@ pub enum JobsCommand {
 #[derive(Subcommand)]
 pub enum AgentTypesCommand {
     /// Create an agent type and print its registration token (shown only once).
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
 }
 
@@ -59,7 +61,9 @@ pub enum AgentTypesCommand {
 pub enum AgentsCommand {
     List,
     /// Ask an agent to shut down at its next sync (after its current job).
-    Shutdown { name: String },
+    Shutdown {
+        name: String,
+    },
 }
 
 struct Client {
@@ -79,13 +83,27 @@ impl Client {
                     .with_context(|| format!("no admin token: pass --token, set FLOTILLA_ADMIN_TOKEN, or point --data-dir at the hub's data directory ({} is unreadable)", path.display()))?
             }
         };
-        let http = ureq::AgentBuilder::new().timeout(Duration::from_secs(90)).build();
-        Ok(Client { base: access.hub.trim_end_matches('/').to_string(), token, http })
+        let http = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(90))
+            .build();
+        Ok(Client {
+            base: access.hub.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let url = format!("{}/api/v1{path}", self.base);
-        let request = self.http.request(method, &url).set("Authorization", &format!("Bearer {}", self.token));
+        let request = self
+            .http
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
         let response = match body {
             Some(body) => request.send_json(body),
             None => request.call(),
@@ -96,7 +114,8 @@ impl Client {
                 if text.is_empty() {
                     return Ok(serde_json::Value::Null);
                 }
-                serde_json::from_str(&text).with_context(|| format!("the hub answered {url} with invalid JSON"))
+                serde_json::from_str(&text)
+                    .with_context(|| format!("the hub answered {url} with invalid JSON"))
             }
             Err(ureq::Error::Status(code, response)) => {
                 let text = response.into_string().unwrap_or_default();
@@ -104,7 +123,9 @@ impl Client {
                     .ok()
                     .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                     .unwrap_or(text);
-                Err(anyhow!("the hub refused {method} {path} (HTTP {code}): {message}"))
+                Err(anyhow!(
+                    "the hub refused {method} {path} (HTTP {code}): {message}"
+                ))
             }
             Err(error) => Err(anyhow!("cannot reach the hub at {}: {error}", self.base)),
         }
@@ -116,13 +137,17 @@ impl Client {
 }
 
 fn parse_spec(file: &PathBuf) -> Result<JobSpec> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let spec: JobSpec = if file.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid job spec", file.display()))?
     } else {
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid job spec", file.display()))?
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a valid job spec", file.display()))?
     };
-    spec.validate().with_context(|| format!("{} is not a valid job spec", file.display()))?;
+    spec.validate()
+        .with_context(|| format!("{} is not a valid job spec", file.display()))?;
     Ok(spec)
 }
 
@@ -131,7 +156,10 @@ fn time(value: Option<i64>) -> String {
 }
 
 fn print_jobs(jobs: &[JobView]) {
-    println!("{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  NAME", "ID", "STATE", "RESULT", "TYPE", "ATTEMPTS");
+    println!(
+        "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  NAME",
+        "ID", "STATE", "RESULT", "TYPE", "ATTEMPTS"
+    );
     for job in jobs {
         println!(
             "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  {}",
@@ -152,7 +180,9 @@ fn print_logs(client: &Client, id: &str, follow: bool, raw: bool) -> Result<()> 
     let mut stdout = std::io::stdout().lock();
     loop {
         let wait = if follow { 20 } else { 0 };
-        let page: LogPage = client.get(&format!("/jobs/{id}/logs?start_from={start_from}&wait={wait}"))?;
+        let page: LogPage = client.get(&format!(
+            "/jobs/{id}/logs?start_from={start_from}&wait={wait}"
+        ))?;
         for line in &page.lines {
             if raw {
                 writeln!(stdout, "{line}")?;
@@ -171,13 +201,22 @@ fn print_logs(client: &Client, id: &str, follow: bool, raw: bool) -> Result<()> 
 pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
-        JobsCommand::Submit { file, commands, agent_type, follow } => {
+        JobsCommand::Submit {
+            file,
+            commands,
+            agent_type,
+            follow,
+        } => {
             let spec = match (file, commands.is_empty()) {
                 (Some(file), _) => parse_spec(&file)?,
                 (None, false) => JobSpec::from_commands(&agent_type, &commands),
                 (None, true) => bail!("give a job spec file or at least one --command"),
             };
-            let job: JobView = serde_json::from_value(client.call("POST", "/jobs", Some(serde_json::to_value(&spec)?))?)?;
+            let job: JobView = serde_json::from_value(client.call(
+                "POST",
+                "/jobs",
+                Some(serde_json::to_value(&spec)?),
+            )?)?;
             if !follow {
                 println!("{}", job.id);
                 return Ok(0);
@@ -185,7 +224,11 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
             eprintln!("job {} queued", job.id);
             print_logs(&client, &job.id, true, false)?;
             let job: JobView = client.get(&format!("/jobs/{}", job.id))?;
-            Ok(if job.result.as_deref() == Some("passed") { 0 } else { 1 })
+            Ok(if job.result.as_deref() == Some("passed") {
+                0
+            } else {
+                1
+            })
         }
         JobsCommand::List { state, limit } => {
             let query = match state {
@@ -198,9 +241,24 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
         JobsCommand::Show { id } => {
             let job: JobView = client.get(&format!("/jobs/{id}"))?;
             println!("id:          {}\nname:        {}\nagent type:  {}\nstate:       {}\nresult:      {}", job.id, job.name, job.agent_type, job.state, job.result.as_deref().unwrap_or("-"));
-            println!("reason:      {}\nattempts:    {}\nagent:       {}", job.reason.as_deref().unwrap_or("-"), job.attempts, job.agent.as_deref().unwrap_or("-"));
-            println!("queued at:   {}\nassigned at: {}\nstarted at:  {}\nfinished at: {}", job.queued_at, time(job.assigned_at), time(job.started_at), time(job.finished_at));
-            println!("log lines:   {}{}", job.log_lines, if job.log_trimmed { " (trimmed)" } else { "" });
+            println!(
+                "reason:      {}\nattempts:    {}\nagent:       {}",
+                job.reason.as_deref().unwrap_or("-"),
+                job.attempts,
+                job.agent.as_deref().unwrap_or("-")
+            );
+            println!(
+                "queued at:   {}\nassigned at: {}\nstarted at:  {}\nfinished at: {}",
+                job.queued_at,
+                time(job.assigned_at),
+                time(job.started_at),
+                time(job.finished_at)
+            );
+            println!(
+                "log lines:   {}{}",
+                job.log_lines,
+                if job.log_trimmed { " (trimmed)" } else { "" }
+            );
             Ok(0)
         }
         JobsCommand::Logs { id, follow, raw } => {
@@ -208,7 +266,8 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
             Ok(0)
         }
         JobsCommand::Stop { id } => {
-            let job: JobView = serde_json::from_value(client.call("POST", &format!("/jobs/{id}/stop"), None)?)?;
+            let job: JobView =
+                serde_json::from_value(client.call("POST", &format!("/jobs/{id}/stop"), None)?)?;
             println!("{} {}", job.id, job.state);
             Ok(0)
         }
@@ -219,9 +278,18 @@ pub fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32
     let client = Client::new(access)?;
     match command {
         AgentTypesCommand::Create { name } => {
-            let created = client.call("POST", "/agent_types", Some(serde_json::json!({ "name": name })))?;
-            println!("{}", created["registration_token"].as_str().unwrap_or_default());
-            eprintln!("agent type '{name}' created; the registration token above is shown only once");
+            let created = client.call(
+                "POST",
+                "/agent_types",
+                Some(serde_json::json!({ "name": name })),
+            )?;
+            println!(
+                "{}",
+                created["registration_token"].as_str().unwrap_or_default()
+            );
+            eprintln!(
+                "agent type '{name}' created; the registration token above is shown only once"
+            );
         }
         AgentTypesCommand::List => {
             let types: Vec<serde_json::Value> = client.get("/agent_types")?;
@@ -238,7 +306,10 @@ pub fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {
     match command {
         AgentsCommand::List => {
             let agents: Vec<AgentView> = client.get("/agents")?;
-            println!("{:<32}  {:<10}  {:<18}  {:<36}  HOST", "NAME", "TYPE", "STATE", "JOB");
+            println!(
+                "{:<32}  {:<10}  {:<18}  {:<36}  HOST",
+                "NAME", "TYPE", "STATE", "JOB"
+            );
             for agent in agents {
                 println!(
                     "{:<32}  {:<10}  {:<18}  {:<36}  {}",

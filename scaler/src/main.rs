@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "scaler", version, about = "Flotilla: a self-hosted CI queue and the autoscaler for its fleets")]
+#[command(
+    name = "scaler",
+    version,
+    about = "Flotilla: a self-hosted CI queue and the autoscaler for its fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -20,13 +24,28 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct HubAccess {
     /// The hub's URL.
-    #[arg(long, env = "FLOTILLA_HUB_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_HUB_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub hub: String,
     /// The admin token (else read from <data-dir>/admin-token).
-    #[arg(long, env = "FLOTILLA_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// The hub's data directory, to read the admin token from.
-    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "flotilla-data", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_DATA_DIR",
+        default_value = "flotilla-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 }
 

@@ -73,7 +73,10 @@ fn admin_token(args: &HubArgs) -> Result<String> {
     let path = args.data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
-        Ok(_) => bail!("{} is empty: delete it to have a new admin token made", path.display()),
+        Ok(_) => bail!(
+            "{} is empty: delete it to have a new admin token made",
+            path.display()
+        ),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = hub::tokens::new_token();
             write_secret(&path, &token)?;
@@ -85,36 +88,68 @@ fn admin_token(args: &HubArgs) -> Result<String> {
 }
 
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 pub fn run(args: HubArgs) -> Result<i32> {
     init_logging(&args.log_format);
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let token = admin_token(&args)?;
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{}", args.listen));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
     let mut config = HubConfig::new(&public_url, &token);
     config.lost_after_secs = args.lost_after;
     config.max_log_bytes = args.max_log_bytes;
     config.sync_interval_ms = args.sync_interval_ms;
-    config.durability = if args.durability == "full" { Durability::Full } else { Durability::Normal };
+    config.durability = if args.durability == "full" {
+        Durability::Full
+    } else {
+        Durability::Normal
+    };
     if args.lost_after < 1 || args.max_log_bytes < 1 || args.sync_interval_ms < 1 {
         bail!("--lost-after, --max-log-bytes and --sync-interval-ms must be positive");
     }
     let now = hub::api::unix_now();
-    let hub = Hub::open(&args.data_dir, config, now).with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
+    let hub = Hub::open(&args.data_dir, config, now)
+        .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
     if hub.agent_types().is_empty() {
         let registration = hub.create_agent_type(&args.default_agent_type, now)?;
-        let path = args.data_dir.join(format!("{}.token", args.default_agent_type));
+        let path = args
+            .data_dir
+            .join(format!("{}.token", args.default_agent_type));
         write_secret(&path, &registration)?;
-        eprintln!("scaler hub: created agent type '{}'; its registration token is in {}", args.default_agent_type, path.display());
+        eprintln!(
+            "scaler hub: created agent type '{}'; its registration token is in {}",
+            args.default_agent_type,
+            path.display()
+        );
     }
-    let options = ServeOptions { listen: args.listen, tls: args.tls_cert.clone().zip(args.tls_key.clone()) };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = ServeOptions {
+        listen: args.listen,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         tracing::info!(listen = %options.listen, public_url = %public_url, data_dir = %args.data_dir.display(), "hub serving");
         serve(Arc::new(hub), options, shutdown_signal()).await.context("the hub server failed")
@@ -124,7 +159,8 @@ pub fn run(args: HubArgs) -> Result<i32> {
 }
 
 async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}

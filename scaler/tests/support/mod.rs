@@ -1,0 +1,251 @@
+//! Processes for the end-to-end tests: a real `scaler hub` on a free port with its own data
+//! directory, real `agent` processes, and a small HTTP client for the hub's APIs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn scaler_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_scaler"))
+}
+
+/// The agent binary is built beside the scaler when the workspace's tests are built.
+pub fn agent_binary() -> PathBuf {
+    let path = scaler_binary().with_file_name("agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p agent` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub struct HubProcess {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub extra_args: Vec<String>,
+}
+
+impl HubProcess {
+    pub fn start(extra_args: &[&str]) -> HubProcess {
+        let mut hub = HubProcess {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        hub.launch();
+        hub
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hub.log"))
+            .unwrap();
+        let child = Command::new(scaler_binary())
+            .args([
+                "hub",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--data-dir",
+            ])
+            .arg(self.dir.path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start scaler hub");
+        self.child = Some(child);
+        let url = format!("{}/healthz", self.url());
+        wait_for("the hub to serve", Duration::from_secs(20), || {
+            ureq::get(&url).call().is_ok()
+        });
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn registration_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("default.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Runs `scaler <args>` against this hub; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(scaler_binary())
+            .args(args)
+            .env("FLOTILLA_HUB_URL", self.url())
+            .env("FLOTILLA_DATA_DIR", self.dir.path())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    pub fn submit(&self, commands: &[&str]) -> String {
+        let mut args = vec!["jobs", "submit"];
+        for command in commands {
+            args.extend(["--command", command]);
+        }
+        let (code, stdout, stderr) = self.cli(&args);
+        assert_eq!(code, 0, "{stderr}");
+        stdout.trim().to_string()
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        self.admin_get(&format!("/api/v1/jobs/{id}"))
+    }
+
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{path}", self.url()))
+            .set("Authorization", &format!("Bearer {}", self.admin_token()))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+pub struct AgentProcess {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    pub fn start(hub: &HubProcess, extra_args: &[&str]) -> AgentProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(
+            &hook,
+            format!(
+                "echo \"$SEMAPHORE_AGENT_SHUTDOWN_REASON\" > {}/reason\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let (home, tmp) = (dir.path().join("home"), dir.path().join("tmp"));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&tmp).unwrap();
+        let out = std::fs::File::create(dir.path().join("out")).unwrap();
+        let child = Command::new(agent_binary())
+            .args([
+                "start",
+                "--endpoint",
+                &format!("127.0.0.1:{}", hub.port),
+                "--no-https",
+            ])
+            .args(["--shutdown-hook-path", &hook.display().to_string()])
+            .args(extra_args)
+            .env("SEMAPHORE_AGENT_TOKEN", hub.registration_token())
+            .env(
+                "SEMAPHORE_AGENT_LOG_FILE_PATH",
+                dir.path().join("agent.log"),
+            )
+            .env("HOME", &home)
+            .env("TMPDIR", &tmp)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start agent");
+        AgentProcess { child, dir }
+    }
+
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not exit within {timeout:?}:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
+    }
+
+    pub fn shutdown_reason(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("reason"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
