@@ -185,6 +185,8 @@ struct Inner {
 
 pub struct Hub {
     config: HubConfig,
+    /// Where the database lives (None: in memory).
+    data_dir: Option<std::path::PathBuf>,
     inner: Mutex<Inner>,
     /// Bumped whenever queue or agent counts change (metrics long-poll).
     version: tokio::sync::watch::Sender<u64>,
@@ -239,7 +241,9 @@ impl Hub {
     /// connected get a fresh `lost_after` grace period to resume syncing.
     pub fn open(data_dir: &Path, config: HubConfig, now: i64) -> HubResult<Hub> {
         let store = Store::open(data_dir, config.durability)?;
-        Hub::with_store(store, config, now)
+        let mut hub = Hub::with_store(store, config, now)?;
+        hub.data_dir = Some(data_dir.to_path_buf());
+        Ok(hub)
     }
 
     pub fn in_memory(config: HubConfig, now: i64) -> HubResult<Hub> {
@@ -283,6 +287,7 @@ impl Hub {
         let (version, _) = tokio::sync::watch::channel(0);
         Ok(Hub {
             config,
+            data_dir: None,
             inner: Mutex::new(Inner { store, core }),
             version,
             logs_changed: tokio::sync::Notify::new(),
@@ -1060,37 +1065,50 @@ impl Hub {
     /// Marks agents silent for longer than `lost_after` as lost (their jobs re-queued or failed)
     /// and writes agents' last-sync times. Returns how many agents were lost.
     pub fn maintain(&self, now: i64) -> HubResult<usize> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        let lost: Vec<String> = core
-            .agents
-            .values()
-            .filter(|agent| now - agent.row.last_sync_at > self.config.lost_after_secs)
-            .map(|agent| agent.row.name.clone())
-            .collect();
-        for name in &lost {
-            tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
-            self.remove_agent(store, core, name, "lost", now, "its agent was lost")?;
-            core.counters.lost_agents += 1;
+        let (lost_count, touched) = {
+            let mut guard = self.lock();
+            let Inner { store, core } = &mut *guard;
+            let lost: Vec<String> = core
+                .agents
+                .values()
+                .filter(|agent| now - agent.row.last_sync_at > self.config.lost_after_secs)
+                .map(|agent| agent.row.name.clone())
+                .collect();
+            for name in &lost {
+                tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
+                self.remove_agent(store, core, name, "lost", now, "its agent was lost")?;
+                core.counters.lost_agents += 1;
+            }
+            let touched: Vec<(String, i64, String, i64)> = core
+                .agents
+                .values_mut()
+                .filter(|agent| agent.touched)
+                .map(|agent| {
+                    agent.touched = false;
+                    (
+                        agent.row.name.clone(),
+                        agent.row.last_sync_at,
+                        agent.row.state.clone(),
+                        agent.row.interrupted_at,
+                    )
+                })
+                .collect();
+            (lost.len(), touched)
+        };
+        // Last-sync times are not job state: write them in small batches, releasing the lock in
+        // between, so thousands of agents do not stall syncs.
+        for batch in touched.chunks(256) {
+            self.lock().store.touch_agents(batch)?;
         }
-        let touched: Vec<(String, i64, String, i64)> = core
-            .agents
-            .values_mut()
-            .filter(|agent| agent.touched)
-            .map(|agent| {
-                agent.touched = false;
-                (
-                    agent.row.name.clone(),
-                    agent.row.last_sync_at,
-                    agent.row.state.clone(),
-                    agent.row.interrupted_at,
-                )
-            })
-            .collect();
-        if !touched.is_empty() {
-            store.touch_agents(&touched)?;
+        Ok(lost_count)
+    }
+
+    /// Moves committed WAL pages into the database file (off the request path).
+    pub fn checkpoint(&self) -> HubResult<()> {
+        if let Some(dir) = &self.data_dir {
+            Store::checkpoint(dir)?;
         }
-        Ok(lost.len())
+        Ok(())
     }
 
     /// Asks an agent to shut down at its next sync (after its job, if it has one).

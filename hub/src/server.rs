@@ -20,10 +20,19 @@ pub struct ServeOptions {
 pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tick.tick().await;
+            ticks += 1;
             let hub = hub.clone();
-            let result = tokio::task::spawn_blocking(move || hub.maintain(unix_now())).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let lost = hub.maintain(unix_now())?;
+                if ticks % 5 == 0 {
+                    hub.checkpoint()?;
+                }
+                Ok::<_, crate::hub::HubError>(lost)
+            })
+            .await;
             match result {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::error!(%error, "housekeeping failed"),
