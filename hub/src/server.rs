@@ -27,7 +27,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
             let hub = hub.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let lost = hub.maintain(unix_now())?;
-                if ticks % 5 == 0 {
+                if ticks.is_multiple_of(5) {
                     hub.checkpoint()?;
                 }
                 Ok::<_, crate::hub::HubError>(lost)
