@@ -425,7 +425,17 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let generated = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
         .args(["-addext", "subjectAltName=IP:127.0.0.1"])
         .arg("-keyout")
         .arg(&key)
@@ -433,11 +443,20 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
         .arg(&cert)
         .output()
         .expect("openssl is required by this test (.ci/run installs it)");
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
     let port = support::free_port();
     let data = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(support::scaler_binary())
-        .args(["hub", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "hub",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data.path())
         .arg("--tls-cert")
         .arg(&cert)
@@ -454,17 +473,37 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
             .output()
             .expect("curl is required by this test (.ci/run installs it)")
     };
-    support::wait_for("the HTTPS hub", Duration::from_secs(20), || curl(&["--cacert", &cert.display().to_string()]).status.success());
+    support::wait_for("the HTTPS hub", Duration::from_secs(20), || {
+        curl(&["--cacert", &cert.display().to_string()])
+            .status
+            .success()
+    });
     let output = curl(&["--cacert", &cert.display().to_string()]);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
-    assert!(!curl(&[]).status.success(), "an untrusted certificate is refused by default");
+    assert!(
+        !curl(&[]).status.success(),
+        "an untrusted certificate is refused by default"
+    );
     let _ = child.kill();
     let _ = child.wait();
 
     // A key that does not match is a clear start-up error.
-    let (other_cert, other_key) = (dir.path().join("other.pem"), dir.path().join("other-key.pem"));
+    let (other_cert, other_key) = (
+        dir.path().join("other.pem"),
+        dir.path().join("other-key.pem"),
+    );
     std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
         .arg("-keyout")
         .arg(&other_key)
         .arg("-out")
@@ -472,7 +511,12 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
         .output()
         .unwrap();
     let output = std::process::Command::new(support::scaler_binary())
-        .args(["hub", "--listen", &format!("127.0.0.1:{}", support::free_port()), "--data-dir"])
+        .args([
+            "hub",
+            "--listen",
+            &format!("127.0.0.1:{}", support::free_port()),
+            "--data-dir",
+        ])
         .arg(data.path())
         .arg("--tls-cert")
         .arg(&cert)
@@ -481,5 +525,9 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("do not match"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("do not match"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
