@@ -1,13 +1,11 @@
-//! The `scaler` command. This issue's part: `scaler hub` serves the hub; `scaler jobs`,
-//! `scaler agent-types` and `scaler agents` drive its user API. (The control loop, fleets,
-//! deploy and simulate come with their issues.)
+//! The `scaler` command: `up` (hub + local fleet + control loop on one machine), `run` (the
+//! scaling service), `hub` (serve the hub), and `jobs` / `agent-types` / `agents` (its user API).
+//! AWS fleets, deploy and simulate come with their issues.
 
-mod client;
-mod serve;
+use scaler::{client, run, serve, up};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -20,39 +18,16 @@ struct Cli {
     command: Commands,
 }
 
-/// How a client command reaches the hub.
-#[derive(clap::Args, Clone)]
-pub struct HubAccess {
-    /// The hub's URL.
-    #[arg(
-        long,
-        env = "FLOTILLA_HUB_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub hub: String,
-    /// The admin token (else read from <data-dir>/admin-token).
-    #[arg(
-        long,
-        env = "FLOTILLA_ADMIN_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    pub token: Option<String>,
-    /// The hub's data directory, to read the admin token from.
-    #[arg(
-        long,
-        env = "FLOTILLA_DATA_DIR",
-        default_value = "flotilla-data",
-        global = true
-    )]
-    pub data_dir: PathBuf,
-}
+use scaler::HubAccess;
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Run everything on this machine: the hub, a local fleet of agents and the control loop.
+    Up(up::UpArgs),
     /// Serve the hub: the agent protocol, log intake, metrics and the user API.
     Hub(serve::HubArgs),
+    /// Run the scaling service from a config file (one control loop per fleet).
+    Run(run::RunArgs),
     /// Submit, list, follow and stop jobs.
     Jobs {
         #[command(flatten)]
@@ -79,7 +54,9 @@ enum Commands {
 fn main() {
     let cli = Cli::parse();
     let result: Result<i32> = match cli.command {
+        Commands::Up(args) => up::run(args),
         Commands::Hub(args) => serve::run(args),
+        Commands::Run(args) => run::run(args),
         Commands::Jobs { access, command } => client::jobs(&access, command),
         Commands::AgentTypes { access, command } => client::agent_types(&access, command),
         Commands::Agents { access, command } => client::agents(&access, command),

@@ -1,0 +1,248 @@
+//! The control loop: for one fleet (agent type), read the queue, describe the fleet, decide with
+//! the policy, raise desired capacity, and log one structured line per decision. Its gauges feed
+//! the scaler's Prometheus `/metrics`.
+
+use crate::fleet::Fleet;
+use crate::policy::{decide, PolicyConfig, QueueSnapshot, TokenBucket};
+use crate::queue::Queue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the loop last saw and did, for `/metrics` and progress displays.
+#[derive(Debug, Clone, Default)]
+pub struct LoopStatus {
+    pub agent_type: String,
+    pub queue: QueueSnapshot,
+    pub desired: u32,
+    pub in_service: u32,
+    pub pending: u32,
+    pub decisions: u64,
+    pub raises: u64,
+    pub errors: u64,
+    pub completed_instances: u64,
+    pub replaced_instances: u64,
+    /// Time from the poll that saw more demand to the raise call returning, last one (ms).
+    pub last_reaction_ms: f64,
+}
+
+pub struct FleetLoop {
+    pub agent_type: String,
+    pub queue: Box<dyn Queue>,
+    pub fleet: Box<dyn Fleet>,
+    pub policy: PolicyConfig,
+    pub bucket: TokenBucket,
+    pub dry_run: bool,
+    pub poll_interval: Duration,
+    pub status: Arc<Mutex<LoopStatus>>,
+    started: Instant,
+}
+
+impl FleetLoop {
+    pub fn new(
+        agent_type: &str,
+        queue: Box<dyn Queue>,
+        fleet: Box<dyn Fleet>,
+        policy: PolicyConfig,
+        dry_run: bool,
+        poll_interval: Duration,
+    ) -> FleetLoop {
+        let bucket = TokenBucket::new(policy.rise_burst, policy.rise_per_minute);
+        let status = Arc::new(Mutex::new(LoopStatus {
+            agent_type: agent_type.to_string(),
+            ..LoopStatus::default()
+        }));
+        FleetLoop {
+            agent_type: agent_type.to_string(),
+            queue,
+            fleet,
+            policy,
+            bucket,
+            dry_run,
+            poll_interval,
+            status,
+            started: Instant::now(),
+        }
+    }
+
+    /// One round: poll (waiting up to the poll interval for a change), describe, decide, act.
+    pub fn tick(&mut self) {
+        let snapshot = match self.queue.poll(self.poll_interval) {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                self.status.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
+                tracing::warn!(agent_type = %self.agent_type, %error, "no queue metrics yet");
+                // Keep the fleet reaped and at its minimum even without metrics.
+                let _ = self.fleet.describe();
+                return;
+            }
+        };
+        let observed = Instant::now();
+        let pools = match self.fleet.describe() {
+            Ok(pools) => pools,
+            Err(error) => {
+                self.status.lock().unwrap_or_else(|p| p.into_inner()).errors += 1;
+                tracing::error!(agent_type = %self.agent_type, %error, "describing the fleet failed");
+                return;
+            }
+        };
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let decision = decide(
+            &snapshot,
+            &pools,
+            &self.policy,
+            &mut self.bucket,
+            now_ms,
+            hub::api::unix_now(),
+        );
+        let mut raised = 0;
+        let mut errors = 0;
+        if !decision.raises.is_empty() {
+            tracing::info!(
+                agent_type = %self.agent_type,
+                queued = snapshot.queued,
+                running = snapshot.running,
+                idle = snapshot.idle,
+                occupied = snapshot.occupied,
+                metrics_age_ms = snapshot.age_ms,
+                desired = pools.iter().map(|p| p.desired).sum::<u32>(),
+                raises = ?decision.raises,
+                dry_run = self.dry_run,
+                reason = %decision.reason,
+                "decision"
+            );
+            if !self.dry_run {
+                for (pool, desired) in &decision.raises {
+                    match self.fleet.raise_desired(pool, *desired) {
+                        Ok(()) => raised += 1,
+                        Err(error) => {
+                            errors += 1;
+                            tracing::error!(agent_type = %self.agent_type, %pool, %error, "raising desired capacity failed");
+                        }
+                    }
+                }
+            }
+        } else {
+            tracing::debug!(agent_type = %self.agent_type, reason = %decision.reason, "decision");
+        }
+        let (completed, replaced) = self.fleet.counts();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.queue = snapshot;
+        status.desired = pools
+            .iter()
+            .map(|p| p.desired)
+            .sum::<u32>()
+            .max(decision.raises.iter().map(|r| r.1).sum());
+        status.in_service = pools.iter().map(|p| p.in_service).sum();
+        status.pending = pools.iter().map(|p| p.pending).sum();
+        status.decisions += 1;
+        status.raises += raised;
+        status.errors += errors;
+        status.completed_instances = completed;
+        status.replaced_instances = replaced;
+        if raised > 0 {
+            status.last_reaction_ms = observed.elapsed().as_secs_f64() * 1000.0;
+        }
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(&mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.tick();
+        }
+    }
+}
+
+/// A metric: name, help, how to read it from a status.
+type Metric<T> = (&'static str, &'static str, fn(&LoopStatus) -> T);
+
+/// Prometheus text for the loops' statuses.
+pub fn render_metrics(statuses: &[LoopStatus]) -> String {
+    let mut out = String::new();
+    let gauges: [Metric<f64>; 8] = [
+        (
+            "flotilla_scaler_desired",
+            "Desired capacity of the fleet.",
+            |s| s.desired as f64,
+        ),
+        ("flotilla_scaler_in_service", "Instances in service.", |s| {
+            s.in_service as f64
+        }),
+        ("flotilla_scaler_pending", "Instances launching.", |s| {
+            s.pending as f64
+        }),
+        (
+            "flotilla_scaler_queue_queued",
+            "Queued jobs last seen.",
+            |s| s.queue.queued as f64,
+        ),
+        (
+            "flotilla_scaler_queue_running",
+            "Running jobs last seen.",
+            |s| s.queue.running as f64,
+        ),
+        (
+            "flotilla_scaler_metrics_age_milliseconds",
+            "Age of the queue metrics last used.",
+            |s| s.queue.age_ms as f64,
+        ),
+        (
+            "flotilla_scaler_reaction_milliseconds",
+            "From seeing more demand to the raise call returning (last raise).",
+            |s| s.last_reaction_ms,
+        ),
+        (
+            "flotilla_scaler_oldest_queued_seconds",
+            "Wait of the oldest queued job.",
+            |s| s.queue.oldest_queued_seconds.unwrap_or(0) as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for status in statuses {
+            out.push_str(&format!(
+                "{name}{{agent_type=\"{}\"}} {}\n",
+                status.agent_type,
+                value(status)
+            ));
+        }
+    }
+    let counters: [Metric<u64>; 5] = [
+        (
+            "flotilla_scaler_decisions_total",
+            "Policy decisions made.",
+            |s| s.decisions,
+        ),
+        (
+            "flotilla_scaler_raises_total",
+            "Desired-capacity raises applied.",
+            |s| s.raises,
+        ),
+        (
+            "flotilla_scaler_errors_total",
+            "Failed queue reads, describes or raises.",
+            |s| s.errors,
+        ),
+        (
+            "flotilla_scaler_instances_completed_total",
+            "Instances that removed themselves after their job.",
+            |s| s.completed_instances,
+        ),
+        (
+            "flotilla_scaler_instances_replaced_total",
+            "Unhealthy instances replaced.",
+            |s| s.replaced_instances,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for status in statuses {
+            out.push_str(&format!(
+                "{name}{{agent_type=\"{}\"}} {}\n",
+                status.agent_type,
+                value(status)
+            ));
+        }
+    }
+    out
+}

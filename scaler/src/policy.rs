@@ -1,0 +1,396 @@
+//! The scaling decision, pure and table-tested (DESIGN decisions 4–5): raise only; desired =
+//! clamp(queued + running + spare, min, max), at least any scheduled minimum; no scale-out
+//! cooldown; a token bucket bounds how fast desired rises; stale metrics never raise; capacity
+//! pools are filled in priority order and a pool that cannot launch spills its share to the next.
+
+use crate::schedule::{minimum_at, ScheduledMinimum};
+
+/// The queue as last observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueSnapshot {
+    pub queued: u32,
+    pub running: u32,
+    pub idle: u32,
+    pub occupied: u32,
+    /// Seconds the oldest queued job has waited (when the source says).
+    pub oldest_queued_seconds: Option<u64>,
+    /// How old the observation is, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// One capacity pool (an Auto Scaling group, or the local fleet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolState {
+    pub name: String,
+    pub desired: u32,
+    pub min: u32,
+    pub max: u32,
+    pub in_service: u32,
+    pub pending: u32,
+    /// The pool failed to launch recently (no capacity, spot limits, ...): give its share to the
+    /// next pool until it recovers.
+    pub short: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Instances kept beyond what the queue needs.
+    pub spare: u32,
+    /// Token bucket: desired may rise by at most `rise_burst` at once, refilled at
+    /// `rise_per_minute`.
+    pub rise_per_minute: u32,
+    pub rise_burst: u32,
+    /// Metrics older than this never raise capacity.
+    pub stale_after_ms: u64,
+    pub scheduled_minimums: Vec<ScheduledMinimum>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            spare: 0,
+            rise_per_minute: 120,
+            rise_burst: 20,
+            stale_after_ms: 30_000,
+            scheduled_minimums: Vec::new(),
+        }
+    }
+}
+
+/// How fast desired may rise: `capacity` tokens, refilled at `per_minute`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last_ms: Option<u64>,
+}
+
+impl TokenBucket {
+    pub fn new(capacity: u32, per_minute: u32) -> TokenBucket {
+        TokenBucket {
+            tokens: capacity as f64,
+            capacity: capacity as f64,
+            per_second: per_minute as f64 / 60.0,
+            last_ms: None,
+        }
+    }
+
+    fn refill(&mut self, now_ms: u64) {
+        if let Some(last) = self.last_ms {
+            let elapsed = now_ms.saturating_sub(last) as f64 / 1000.0;
+            self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        }
+        self.last_ms = Some(now_ms);
+    }
+
+    /// How many of `wanted` may be taken at `now_ms`.
+    pub fn available(&mut self, now_ms: u64, wanted: u32) -> u32 {
+        self.refill(now_ms);
+        (self.tokens.floor() as u32).min(wanted)
+    }
+
+    pub fn take(&mut self, count: u32) {
+        self.tokens = (self.tokens - count as f64).max(0.0);
+    }
+}
+
+/// What the policy decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The capacity the queue asks for (before limits), if the metrics could be trusted.
+    pub wanted: Option<u32>,
+    /// New desired per pool, for pools whose desired rises.
+    pub raises: Vec<(String, u32)>,
+    pub reason: String,
+}
+
+/// Decides new desired capacities. `bucket` carries the rise rate between calls.
+pub fn decide(
+    queue: &QueueSnapshot,
+    pools: &[PoolState],
+    config: &PolicyConfig,
+    bucket: &mut TokenBucket,
+    now_ms: u64,
+    unix_now: i64,
+) -> Decision {
+    let current: u32 = pools.iter().map(|p| p.desired).sum();
+    let floor: u32 = pools.iter().map(|p| p.min).sum();
+    let ceiling: u32 = pools.iter().map(|p| p.max).sum();
+    let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
+    if queue.age_ms > config.stale_after_ms {
+        return Decision {
+            wanted: None,
+            raises: raise_to_minimums(pools),
+            reason: format!(
+                "metrics are {} ms old (> {} ms): not raising for the queue",
+                queue.age_ms, config.stale_after_ms
+            ),
+        };
+    }
+    let from_queue = queue.queued + queue.running + config.spare;
+    let wanted = from_queue.max(scheduled);
+    let target = wanted.clamp(floor, ceiling.max(floor));
+    let mut reason = format!(
+        "queued {} + running {} + spare {} = {from_queue}{}; clamp({}, {floor}, {ceiling}) = {target}; desired now {current}",
+        queue.queued,
+        queue.running,
+        config.spare,
+        if scheduled > from_queue { format!(", scheduled minimum {scheduled}") } else { String::new() },
+        wanted
+    );
+    let mut raises = raise_to_minimums(pools);
+    let after_minimums: u32 = pools.iter().map(|p| p.desired.max(p.min)).sum();
+    if target <= after_minimums {
+        reason.push_str(": no raise");
+        return Decision {
+            wanted: Some(wanted),
+            raises,
+            reason,
+        };
+    }
+    let granted = bucket.available(now_ms, target - after_minimums);
+    if granted < target - after_minimums {
+        reason.push_str(&format!("; rise limited to {granted} by the rate limit"));
+    }
+    // Fill pools in priority order; short pools and full pools pass their share on.
+    let mut remaining = granted;
+    let mut spilled = Vec::new();
+    for pool in pools {
+        if remaining == 0 {
+            break;
+        }
+        let base = pool.desired.max(pool.min);
+        if pool.short {
+            spilled.push(pool.name.clone());
+            continue;
+        }
+        let room = pool.max.saturating_sub(base);
+        let add = room.min(remaining);
+        if add > 0 {
+            remaining -= add;
+            match raises.iter_mut().find(|(name, _)| name == &pool.name) {
+                Some(entry) => entry.1 = base + add,
+                None => raises.push((pool.name.clone(), base + add)),
+            }
+        }
+    }
+    bucket.take(granted - remaining);
+    if !spilled.is_empty() {
+        reason.push_str(&format!(
+            "; short of capacity: {} (share spilled to the next pool)",
+            spilled.join(", ")
+        ));
+    }
+    if remaining > 0 {
+        reason.push_str(&format!(
+            "; {remaining} more wanted but no pool can launch them"
+        ));
+    }
+    Decision {
+        wanted: Some(wanted),
+        raises,
+        reason,
+    }
+}
+
+/// Pools below their minimum are raised to it regardless of the queue.
+fn raise_to_minimums(pools: &[PoolState]) -> Vec<(String, u32)> {
+    pools
+        .iter()
+        .filter(|p| p.desired < p.min)
+        .map(|p| (p.name.clone(), p.min))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, desired: u32, min: u32, max: u32, short: bool) -> PoolState {
+        PoolState {
+            name: name.into(),
+            desired,
+            min,
+            max,
+            in_service: desired,
+            pending: 0,
+            short,
+        }
+    }
+
+    fn queue(queued: u32, running: u32, age_ms: u64) -> QueueSnapshot {
+        QueueSnapshot {
+            queued,
+            running,
+            idle: 0,
+            occupied: running,
+            oldest_queued_seconds: None,
+            age_ms,
+        }
+    }
+
+    fn raises(list: &[(&str, u32)]) -> Vec<(String, u32)> {
+        list.iter().map(|(n, d)| (n.to_string(), *d)).collect()
+    }
+
+    /// name, queue, pools, config, expected raises
+    type DecisionRow<'a> = (
+        &'static str,
+        QueueSnapshot,
+        Vec<PoolState>,
+        &'a PolicyConfig,
+        Vec<(String, u32)>,
+    );
+
+    #[test]
+    fn decision_table() {
+        let config = PolicyConfig {
+            spare: 1,
+            ..PolicyConfig::default()
+        };
+        let no_spare = PolicyConfig::default();
+        let rows: Vec<DecisionRow> = vec![
+            (
+                "empty queue, spare 1",
+                queue(0, 0, 0),
+                vec![pool("a", 0, 0, 10, false)],
+                &config,
+                raises(&[("a", 1)]),
+            ),
+            (
+                "queued + running + spare",
+                queue(3, 2, 0),
+                vec![pool("a", 2, 0, 10, false)],
+                &config,
+                raises(&[("a", 6)]),
+            ),
+            (
+                "clamped to max",
+                queue(30, 0, 0),
+                vec![pool("a", 2, 0, 10, false)],
+                &no_spare,
+                raises(&[("a", 10)]),
+            ),
+            (
+                "raise only: never lowers",
+                queue(0, 1, 0),
+                vec![pool("a", 5, 0, 10, false)],
+                &no_spare,
+                vec![],
+            ),
+            (
+                "below min is raised to min",
+                queue(0, 0, 0),
+                vec![pool("a", 0, 2, 10, false)],
+                &no_spare,
+                raises(&[("a", 2)]),
+            ),
+            (
+                "stale metrics do not raise",
+                queue(8, 0, 60_000),
+                vec![pool("a", 1, 0, 10, false)],
+                &no_spare,
+                vec![],
+            ),
+            (
+                "stale metrics still honour min",
+                queue(8, 0, 60_000),
+                vec![pool("a", 0, 1, 10, false)],
+                &no_spare,
+                raises(&[("a", 1)]),
+            ),
+            (
+                "pools in priority order",
+                queue(6, 0, 0),
+                vec![
+                    pool("spot", 0, 0, 4, false),
+                    pool("ondemand", 0, 0, 10, false),
+                ],
+                &no_spare,
+                raises(&[("spot", 4), ("ondemand", 2)]),
+            ),
+            (
+                "a short pool spills to the next",
+                queue(3, 0, 0),
+                vec![
+                    pool("spot", 1, 0, 4, true),
+                    pool("ondemand", 0, 0, 10, false),
+                ],
+                &no_spare,
+                raises(&[("ondemand", 2)]),
+            ),
+            (
+                "nowhere to launch",
+                queue(3, 0, 0),
+                vec![pool("spot", 0, 0, 4, true)],
+                &no_spare,
+                vec![],
+            ),
+        ];
+        for (name, queue, pools, config, expected) in rows {
+            let mut bucket = TokenBucket::new(100, 600);
+            let decision = decide(&queue, &pools, config, &mut bucket, 0, 0);
+            assert_eq!(decision.raises, expected, "{name}: {}", decision.reason);
+        }
+    }
+
+    #[test]
+    fn the_token_bucket_bounds_the_rise_rate() {
+        let config = PolicyConfig {
+            rise_per_minute: 60,
+            rise_burst: 5,
+            ..PolicyConfig::default()
+        };
+        let mut bucket = TokenBucket::new(config.rise_burst, config.rise_per_minute);
+        let pools = vec![pool("a", 0, 0, 100, false)];
+        let first = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 0, 0);
+        assert_eq!(first.raises, raises(&[("a", 5)]));
+        assert!(first.reason.contains("rate limit"), "{}", first.reason);
+        let pools = vec![pool("a", 5, 0, 100, false)];
+        let same_instant = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 0, 0);
+        assert!(same_instant.raises.is_empty());
+        let three_seconds_later = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 3_000, 0);
+        assert_eq!(
+            three_seconds_later.raises,
+            raises(&[("a", 8)]),
+            "1 per second refill"
+        );
+    }
+
+    #[test]
+    fn scheduled_minimums_apply_in_their_window() {
+        let berlin_office =
+            ScheduledMinimum::new("* 8-18 * * MON-FRI", "Europe/Berlin", 4).unwrap();
+        let config = PolicyConfig {
+            scheduled_minimums: vec![berlin_office],
+            ..PolicyConfig::default()
+        };
+        let monday_0830_berlin = 1_795_419_000;
+        let pools = vec![pool("a", 0, 0, 10, false)];
+        let mut bucket = TokenBucket::new(100, 600);
+        let decision = decide(
+            &queue(1, 0, 0),
+            &pools,
+            &config,
+            &mut bucket,
+            0,
+            monday_0830_berlin,
+        );
+        assert_eq!(decision.raises, raises(&[("a", 4)]));
+        assert!(
+            decision.reason.contains("scheduled minimum 4"),
+            "{}",
+            decision.reason
+        );
+        let night = decide(
+            &queue(1, 0, 0),
+            &pools,
+            &config,
+            &mut bucket,
+            0,
+            monday_0830_berlin + 12 * 3600,
+        );
+        assert_eq!(night.raises, raises(&[("a", 1)]));
+    }
+}

@@ -1,0 +1,369 @@
+//! `scaler run`: the scaling service. Reads a YAML config (one entry per fleet: the agent type's
+//! queue, its fleet, its policy), validates all of it before starting anything, runs one control
+//! loop per fleet, serves Prometheus `/metrics`, and stops cleanly on SIGINT/SIGTERM.
+
+use crate::control::{render_metrics, FleetLoop, LoopStatus};
+use crate::fleet::{LocalFleet, LocalFleetConfig};
+use crate::policy::PolicyConfig;
+use crate::queue::MetricsQueue;
+use crate::schedule::ScheduledMinimum;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The scaler's YAML config (see examples/scaler.yaml).
+    #[arg(long, env = "FLOTILLA_SCALER_CONFIG")]
+    pub config: PathBuf,
+    /// Decide and log, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Log format.
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalerConfig {
+    /// Where to serve Prometheus /metrics (none: not served).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long one round waits for a queue change (long-poll) or between polls, in ms.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    pub fleets: Vec<FleetConfig>,
+}
+
+fn default_poll_interval_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    pub agent_type: String,
+    pub queue: QueueConfig,
+    pub local: LocalConfig,
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The control plane's base URL: the hub (`http://127.0.0.1:8080`) or Semaphore.
+    pub endpoint: String,
+    /// A file holding the agent type's registration token ...
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// ... or an environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default = "yes")]
+    pub long_poll: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    /// The agent binary [default: `agent` beside `scaler`].
+    #[serde(default)]
+    pub agent_binary: Option<PathBuf>,
+    /// Where instances get their working directories.
+    #[serde(default = "default_work_dir")]
+    pub work_dir: PathBuf,
+}
+
+fn default_work_dir() -> PathBuf {
+    PathBuf::from("flotilla-fleet")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    #[serde(default)]
+    pub spare: u32,
+    #[serde(default = "default_rise_per_minute")]
+    pub rise_per_minute: u32,
+    #[serde(default = "default_rise_burst")]
+    pub rise_burst: u32,
+    #[serde(default = "default_stale_after_ms")]
+    pub stale_after_ms: u64,
+    #[serde(default)]
+    pub scheduled_minimums: Vec<ScheduleSection>,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            spare: 0,
+            rise_per_minute: default_rise_per_minute(),
+            rise_burst: default_rise_burst(),
+            stale_after_ms: default_stale_after_ms(),
+            scheduled_minimums: Vec::new(),
+        }
+    }
+}
+
+fn default_rise_per_minute() -> u32 {
+    PolicyConfig::default().rise_per_minute
+}
+fn default_rise_burst() -> u32 {
+    PolicyConfig::default().rise_burst
+}
+fn default_stale_after_ms() -> u64 {
+    PolicyConfig::default().stale_after_ms
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSection {
+    pub cron: String,
+    #[serde(default = "utc")]
+    pub time_zone: String,
+    pub minimum: u32,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// A fleet's settings, checked and resolved.
+pub struct ResolvedFleet {
+    pub agent_type: String,
+    pub endpoint: String,
+    pub token: String,
+    pub long_poll: bool,
+    pub local: LocalFleetConfig,
+    pub policy: PolicyConfig,
+}
+
+/// The agent binary shipped beside this `scaler`.
+pub fn default_agent_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("agent")))
+        .unwrap_or_else(|| PathBuf::from("agent"))
+}
+
+/// `http://host:port` → (`host:port`, plain HTTP?).
+pub fn agent_endpoint(url: &str) -> Result<(String, bool)> {
+    let (no_https, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (false, rest)
+    } else {
+        bail!("endpoint '{url}' must start with http:// or https://");
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        bail!("endpoint '{url}' must be a base URL such as http://127.0.0.1:8080");
+    }
+    Ok((host.to_string(), no_https))
+}
+
+pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyConfig> {
+    let mut scheduled = Vec::new();
+    for entry in &section.scheduled_minimums {
+        scheduled.push(
+            ScheduledMinimum::new(&entry.cron, &entry.time_zone, entry.minimum)
+                .with_context(|| format!("fleet '{agent_type}': scheduled minimum"))?,
+        );
+    }
+    if section.rise_burst == 0 || section.rise_per_minute == 0 {
+        bail!("fleet '{agent_type}': rise_burst and rise_per_minute must be positive");
+    }
+    Ok(PolicyConfig {
+        spare: section.spare,
+        rise_per_minute: section.rise_per_minute,
+        rise_burst: section.rise_burst,
+        stale_after_ms: section.stale_after_ms,
+        scheduled_minimums: scheduled,
+    })
+}
+
+/// Parses and validates the whole config; nothing starts if anything is wrong.
+pub fn load_config(path: &Path) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: ScalerConfig = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a valid scaler config", path.display()))?;
+    if config.fleets.is_empty() {
+        bail!("{}: no fleets configured", path.display());
+    }
+    if config.poll_interval_ms < 100 {
+        bail!("poll_interval_ms must be at least 100");
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut resolved = Vec::new();
+    for fleet in &config.fleets {
+        let name = &fleet.agent_type;
+        if !protocol::spec::valid_agent_type(name) {
+            bail!("fleet '{name}': not a valid agent type name");
+        }
+        if resolved
+            .iter()
+            .any(|r: &ResolvedFleet| &r.agent_type == name)
+        {
+            bail!("fleet '{name}' is configured twice");
+        }
+        if fleet.local.min > fleet.local.max {
+            bail!(
+                "fleet '{name}': min ({}) is greater than max ({})",
+                fleet.local.min,
+                fleet.local.max
+            );
+        }
+        let token = match (&fleet.queue.token_file, &fleet.queue.token_env) {
+            (Some(file), None) => {
+                let file = if file.is_absolute() {
+                    file.clone()
+                } else {
+                    base.join(file)
+                };
+                std::fs::read_to_string(&file)
+                    .with_context(|| {
+                        format!("fleet '{name}': cannot read token_file {}", file.display())
+                    })?
+                    .trim()
+                    .to_string()
+            }
+            (None, Some(variable)) => std::env::var(variable)
+                .with_context(|| format!("fleet '{name}': token_env {variable} is not set"))?,
+            _ => bail!("fleet '{name}': give exactly one of queue.token_file and queue.token_env"),
+        };
+        if token.is_empty() {
+            bail!("fleet '{name}': the registration token is empty");
+        }
+        let (endpoint, no_https) =
+            agent_endpoint(&fleet.queue.endpoint).with_context(|| format!("fleet '{name}'"))?;
+        let agent_binary = fleet
+            .local
+            .agent_binary
+            .clone()
+            .unwrap_or_else(default_agent_binary);
+        let work_dir = if fleet.local.work_dir.is_absolute() {
+            fleet.local.work_dir.clone()
+        } else {
+            base.join(&fleet.local.work_dir)
+        };
+        resolved.push(ResolvedFleet {
+            agent_type: name.clone(),
+            endpoint: fleet.queue.endpoint.clone(),
+            token: token.clone(),
+            long_poll: fleet.queue.long_poll,
+            local: LocalFleetConfig {
+                pool: format!("{name}-local"),
+                min: fleet.local.min,
+                max: fleet.local.max,
+                agent_binary,
+                endpoint,
+                no_https,
+                registration_token: token,
+                work_dir: work_dir.join(name),
+            },
+            policy: policy_from(&fleet.policy, name)?,
+        });
+    }
+    Ok((config, resolved))
+}
+
+/// Serves `/metrics` from the loops' statuses on a plain thread.
+pub fn serve_metrics(
+    listen: std::net::SocketAddr,
+    statuses: Vec<Arc<Mutex<LoopStatus>>>,
+) -> Result<()> {
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(match stream.try_clone() {
+                Ok(stream) => stream,
+                Err(_) => continue,
+            });
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let (status, body) = if request_line.starts_with("GET /metrics ") {
+                let snapshot: Vec<LoopStatus> = statuses.iter().map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone()).collect();
+                ("200 OK", render_metrics(&snapshot))
+            } else if request_line.starts_with("GET /healthz ") {
+                ("200 OK", "ok\n".to_string())
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let mut stream = stream;
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    })?;
+    Ok(())
+}
+
+/// Sets `stop` on SIGINT/SIGTERM.
+pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("cannot watch for signals")?;
+    }
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    crate::serve::init_logging(&args.log_format);
+    let (config, fleets) = load_config(&args.config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    stop_on_signals(stop.clone())?;
+    let poll_interval = Duration::from_millis(config.poll_interval_ms);
+    let mut loops = Vec::new();
+    for fleet in fleets {
+        let queue = MetricsQueue::new(&fleet.endpoint, &fleet.token, fleet.long_poll);
+        let local = LocalFleet::new(fleet.local).map_err(anyhow::Error::msg)?;
+        loops.push(FleetLoop::new(
+            &fleet.agent_type,
+            Box::new(queue),
+            Box::new(local),
+            fleet.policy,
+            args.dry_run,
+            poll_interval,
+        ));
+    }
+    if let Some(listen) = config.metrics_listen {
+        serve_metrics(listen, loops.iter().map(|l| l.status.clone()).collect())?;
+        tracing::info!(%listen, "serving /metrics");
+    }
+    tracing::info!(
+        fleets = loops.len(),
+        dry_run = args.dry_run,
+        "scaler running"
+    );
+    let threads: Vec<_> = loops
+        .into_iter()
+        .map(|mut fleet_loop| {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("loop-{}", fleet_loop.agent_type))
+                .spawn(move || fleet_loop.run(&stop))
+                .expect("spawn a control loop thread")
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    tracing::info!("scaler stopped; local instances were asked to stop");
+    Ok(0)
+}
