@@ -98,6 +98,7 @@ pub struct AgentView {
     pub interrupted_at: i64,
     pub hostname: String,
     pub version: String,
+    pub pid: i64,
 }
 
 /// New log lines and whether more can come.
@@ -229,6 +230,7 @@ fn agent_view(row: &AgentRow) -> AgentView {
         interrupted_at: row.interrupted_at,
         hostname: registration.hostname,
         version: registration.version,
+        pid: registration.pid,
     }
 }
 

@@ -367,3 +367,57 @@ pub fn run(args: RunArgs) -> Result<i32> {
     tracing::info!("scaler stopped; local instances were asked to stop");
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "registration-token\n").unwrap();
+        std::fs::write(dir.path().join("agent"), "").unwrap();
+        let path = dir.path().join("scaler.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        load_config(&path)
+    }
+
+    const GOOD: &str = "fleets:\n  - agent_type: default\n    queue: {endpoint: 'http://127.0.0.1:8080', token_file: token}\n    local: {max: 4, agent_binary: agent}\n";
+
+    #[test]
+    fn a_good_config_resolves() {
+        let (config, fleets) = load(GOOD).unwrap();
+        assert_eq!(config.poll_interval_ms, 1000);
+        assert_eq!(fleets[0].token, "registration-token");
+        assert_eq!(
+            (fleets[0].local.endpoint.as_str(), fleets[0].local.no_https),
+            ("127.0.0.1:8080", true)
+        );
+        assert_eq!(
+            fleets[0].policy.rise_burst,
+            PolicyConfig::default().rise_burst
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_before_anything_starts() {
+        let table = [
+            (GOOD.replace("max: 4", "max: 4, maxx: 5"), "unknown field `maxx`"),
+            (GOOD.replace("max: 4", "min: 5, max: 4"), "min (5) is greater than max (4)"),
+            (GOOD.to_string() + "    policy: {scheduled_minimums: [{cron: '* 25 * * *', minimum: 1}]}\n", "cron field '25'"),
+            (GOOD.to_string() + "    policy: {scheduled_minimums: [{cron: '* * * * *', time_zone: Nowhere/City, minimum: 1}]}\n", "unknown time zone"),
+            (GOOD.replace("token_file: token", "token_file: missing"), "cannot read token_file"),
+            (GOOD.replace("http://127.0.0.1:8080", "127.0.0.1:8080"), "must start with http:// or https://"),
+            ("fleets: []\n".to_string(), "no fleets configured"),
+            (GOOD.to_string() + "extra: 1\n", "unknown field `extra`"),
+        ];
+        for (yaml, expected) in table {
+            let error = format!(
+                "{:#}",
+                load(&yaml)
+                    .err()
+                    .unwrap_or_else(|| panic!("accepted: {yaml}"))
+            );
+            assert!(error.contains(expected), "{expected:?} not in {error:?}");
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The control loop end to end: a real hub, `scaler run` (or `scaler up`) with a local fleet of real
+//! agents. The fleet rises to at most its max, every job passes exactly once, the fleet returns to
+//! zero; a killed agent's job is re-queued and its instance replaced; a hub restarted mid-run is
+//! ridden out; bad config stops nothing from starting because nothing starts.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::HubProcess;
+
+const LONG: Duration = Duration::from_secs(120);
+
+struct ScalerRun {
+    child: Child,
+    metrics_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ScalerRun {
+    fn start(hub: &HubProcess, max: u32, extra_args: &[&str]) -> ScalerRun {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics_port = support::free_port();
+        let config = format!(
+            "metrics_listen: 127.0.0.1:{metrics_port}\npoll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_file: {}\n    local:\n      max: {max}\n      agent_binary: {}\n      work_dir: {}\n",
+            hub.url(),
+            hub.data_dir().join("default.token").display(),
+            support::agent_binary().display(),
+            dir.path().join("fleet").display(),
+        );
+        let path = dir.path().join("scaler.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("scaler.log")).unwrap();
+        let child = Command::new(support::scaler_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ScalerRun {
+            child,
+            metrics_port,
+            dir,
+        }
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scaler.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ScalerRun {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it stop its agents.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn job_state(hub: &HubProcess, id: &str) -> serde_json::Value {
+    hub.job(id)
+}
+
+fn agents_connected(hub: &HubProcess) -> usize {
+    hub.admin_get("/api/v1/agents")
+        .as_array()
+        .map(|a| a.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn twenty_jobs_rise_to_max_pass_once_and_the_fleet_returns_to_zero() {
+    let hub = HubProcess::start(&["--sync-interval-ms", "250"]);
+    let ids: Vec<String> = (0..20)
+        .map(|i| hub.submit(&[&format!("sleep 0.3; echo job {i}")]))
+        .collect();
+    let scaler = ScalerRun::start(&hub, 4, &[]);
+    let mut most_agents = 0;
+    support::wait_for("every job to finish", LONG, || {
+        most_agents = most_agents.max(agents_connected(&hub));
+        ids.iter()
+            .all(|id| job_state(&hub, id)["state"] == "finished")
+    });
+    for id in &ids {
+        let job = job_state(&hub, id);
+        assert_eq!(job["result"], "passed", "{job}");
+        assert_eq!(job["attempts"], 1, "ran exactly once: {job}");
+    }
+    assert!(
+        most_agents <= 4,
+        "never more than max agents ({most_agents})"
+    );
+    assert!(most_agents >= 2, "the fleet rose ({most_agents})");
+    support::wait_for("the fleet to return to zero", LONG, || {
+        scaler.metric("flotilla_scaler_desired") == Some(0.0)
+            && scaler.metric("flotilla_scaler_in_service") == Some(0.0)
+    });
+    assert!(
+        scaler
+            .metric("flotilla_scaler_instances_completed_total")
+            .unwrap()
+            >= 20.0,
+        "one instance per job"
+    );
+    assert!(
+        scaler.log().contains("decision"),
+        "one log line per decision"
+    );
+}
+
+#[test]
+fn a_killed_agents_job_is_requeued_and_its_instance_replaced() {
+    let hub = HubProcess::start(&["--sync-interval-ms", "250", "--lost-after", "2"]);
+    let marker = tempfile::tempdir().unwrap();
+    let flag = marker.path().join("first-attempt");
+    let id = hub.submit(&[&format!(
+        "if [ ! -f {0} ]; then touch {0}; sleep 60; fi; echo recovered",
+        flag.display()
+    )]);
+    let scaler = ScalerRun::start(&hub, 2, &[]);
+    support::wait_for("the first attempt to run", LONG, || {
+        flag.exists() && job_state(&hub, &id)["state"] == "running"
+    });
+    let agents = hub.admin_get("/api/v1/agents");
+    let pid = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["job_id"] == id.as_str())
+        .expect("the agent running the job")["pid"]
+        .as_i64()
+        .unwrap();
+    // SAFETY: a process of this test's fleet.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    support::wait_for("the job to pass on its second attempt", LONG, || {
+        job_state(&hub, &id)["state"] == "finished"
+    });
+    let job = job_state(&hub, &id);
+    assert_eq!(job["result"], "passed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(
+        scaler
+            .metric("flotilla_scaler_instances_replaced_total")
+            .unwrap()
+            >= 1.0
+    );
+    support::wait_for("the fleet to return to zero", LONG, || {
+        scaler.metric("flotilla_scaler_in_service") == Some(0.0)
+    });
+}
+
+#[test]
+fn the_loop_converges_after_the_hub_restarts() {
+    let mut hub = HubProcess::start(&["--sync-interval-ms", "250"]);
+    let ids: Vec<String> = (0..8)
+        .map(|i| hub.submit(&[&format!("sleep 1; echo job {i}")]))
+        .collect();
+    let scaler = ScalerRun::start(&hub, 3, &[]);
+    support::wait_for("two jobs to finish", LONG, || {
+        ids.iter()
+            .filter(|id| job_state(&hub, id)["state"] == "finished")
+            .count()
+            >= 2
+    });
+    hub.kill_9();
+    std::thread::sleep(Duration::from_secs(1));
+    hub.launch();
+    support::wait_for("every job to finish", LONG, || {
+        ids.iter()
+            .all(|id| job_state(&hub, id)["state"] == "finished")
+    });
+    for id in &ids {
+        assert_eq!(job_state(&hub, id)["result"], "passed");
+    }
+    support::wait_for("the fleet to return to zero", LONG, || {
+        scaler.metric("flotilla_scaler_in_service") == Some(0.0)
+    });
+}
+
+#[test]
+fn dry_run_decides_and_logs_but_launches_nothing() {
+    let hub = HubProcess::start(&[]);
+    hub.submit(&["true"]);
+    let scaler = ScalerRun::start(&hub, 2, &["--dry-run"]);
+    support::wait_for("a decision", Duration::from_secs(30), || {
+        scaler.log().contains("dry_run=true")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(agents_connected(&hub), 0);
+    assert_eq!(scaler.metric("flotilla_scaler_in_service"), Some(0.0));
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scaler.yaml");
+    std::fs::write(&path, "fleets:\n  - agent_type: default\n    queue: {endpoint: 'http://127.0.0.1:1', token_env: NOPE_NOT_SET}\n    local: {min: 3, max: 1}\n").unwrap();
+    let output = Command::new(support::scaler_binary())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("min (3) is greater than max (1)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scaler_up_runs_the_examples_end_to_end() {
+    let data = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let output = Command::new(support::scaler_binary())
+        .args(["up", "--examples", "--max-agents", "3", "--agent-binary"])
+        .arg(support::agent_binary())
+        .arg("--data-dir")
+        .arg(data.path())
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let examples = std::fs::read_dir(root.join("examples/jobs"))
+        .unwrap()
+        .count();
+    assert!(
+        stdout.contains(&format!("{examples} passed, 0 failed")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("JOB")
+            && stdout.contains("FINISHED")
+            && stdout.contains("fleet back to 0 agents"),
+        "{stdout}"
+    );
+}
