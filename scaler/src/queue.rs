@@ -21,6 +21,8 @@ pub struct MetricsQueue {
     version: Option<u64>,
     last: Option<(QueueSnapshot, Instant)>,
     backoff: Duration,
+    /// When the last request went out (plain polling paces itself from here).
+    last_request: Option<Instant>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -42,6 +44,7 @@ impl MetricsQueue {
             version: None,
             last: None,
             backoff: Duration::ZERO,
+            last_request: None,
         }
     }
 
@@ -88,17 +91,19 @@ fn snapshot(metrics: &QueueMetrics, age_ms: u64) -> QueueSnapshot {
 
 impl Queue for MetricsQueue {
     fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, String> {
-        let started = Instant::now();
+        if !(self.long_poll && self.version.is_some()) {
+            // Plain polling: wait out the interval first, so the counts returned are fresh.
+            if let Some(at) = self.last_request {
+                std::thread::sleep(wait.saturating_sub(at.elapsed()));
+            }
+        }
+        self.last_request = Some(Instant::now());
         match self.fetch(wait) {
             Ok(metrics) => {
                 self.backoff = Duration::ZERO;
                 self.version = metrics.version;
                 let now = snapshot(&metrics, 0);
                 self.last = Some((now, Instant::now()));
-                if !(self.long_poll && self.version.is_some()) {
-                    // Plain polling: wait out the interval ourselves.
-                    std::thread::sleep(wait.saturating_sub(started.elapsed()));
-                }
                 Ok(now)
             }
             Err(error) => {
