@@ -59,6 +59,16 @@ impl LocalFleet {
         }
         std::fs::create_dir_all(&config.work_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.work_dir.display()))?;
+        // Instances run inside their own directories: every path handed to them must be absolute.
+        let mut config = config;
+        config.work_dir = config
+            .work_dir
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", config.work_dir.display()))?;
+        config.agent_binary = config
+            .agent_binary
+            .canonicalize()
+            .map_err(|e| format!("cannot resolve {}: {e}", config.agent_binary.display()))?;
         Ok(LocalFleet {
             desired: config.min,
             config,

@@ -234,18 +234,19 @@ fn bad_config_is_a_clear_error() {
 
 #[test]
 fn scaler_up_runs_the_examples_end_to_end() {
-    let data = tempfile::tempdir().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
+    // A relative data directory, as the README's command uses (paths handed to agents must work).
+    let relative = format!("target/test-scaler-up-{}", std::process::id());
     let output = Command::new(support::scaler_binary())
         .args(["up", "--examples", "--max-agents", "3", "--agent-binary"])
         .arg(support::agent_binary())
-        .arg("--data-dir")
-        .arg(data.path())
+        .args(["--data-dir", &relative])
         .current_dir(root)
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(root.join(&relative));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
