@@ -455,16 +455,7 @@ impl Hub {
         if let Some(change) = change {
             counts_changed = true;
             match change {
-                JobChange::Started(job_id) => {
-                    let mut job = core.jobs[&job_id].row.clone();
-                    job.state = JobState::Running.as_str().to_string();
-                    job.started_at = Some(now);
-                    store.commit(&[&job], &[])?;
-                    core.counters
-                        .time_to_start
-                        .observe((now - job.queued_at).max(0) as f64);
-                    Self::apply_jobs(core, vec![job]);
-                }
+                JobChange::Started(job_id) => Self::mark_started(store, core, &job_id, now)?,
                 JobChange::Finished { job_id, result } => {
                     let agent_interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
                     let job = Self::finish_job(core, &job_id, result, agent_interrupted, now)?;
@@ -541,6 +532,19 @@ impl Hub {
             shutdown_reason,
             next_sync_after: self.config.sync_interval_ms,
         })
+    }
+
+    /// An assigned job has started running (its agent said so, or its log began).
+    fn mark_started(store: &mut Store, core: &mut Core, job_id: &str, now: i64) -> HubResult<()> {
+        let mut job = core.jobs[job_id].row.clone();
+        job.state = JobState::Running.as_str().to_string();
+        job.started_at = Some(now);
+        store.commit(&[&job], &[])?;
+        core.counters
+            .time_to_start
+            .observe((now - job.queued_at).max(0) as f64);
+        Self::apply_jobs(core, vec![job]);
+        Ok(())
     }
 
     /// The next queued job an agent of `agent_type` may take (only its requested job, if it
@@ -820,14 +824,7 @@ impl Hub {
         memory.row.log_bytes = bytes;
         // The first log push is the job starting, even if no sync reported it yet.
         if job_state(&memory.row) == JobState::Assigned {
-            let mut job = memory.row.clone();
-            job.state = JobState::Running.as_str().to_string();
-            job.started_at = Some(now);
-            store.commit(&[&job], &[])?;
-            core.counters
-                .time_to_start
-                .observe((now - job.queued_at).max(0) as f64);
-            Self::apply_jobs(core, vec![job]);
+            Self::mark_started(store, core, job_id, now)?;
             self.bump(core);
         }
         drop(guard);
