@@ -3,7 +3,7 @@
 //! the scaler's Prometheus `/metrics`.
 
 use crate::fleet::Fleet;
-use crate::policy::{decide, PolicyConfig, QueueSnapshot, TokenBucket};
+use crate::policy::{decide, PolicyConfig, PolicyState, QueueSnapshot};
 use crate::queue::Queue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ pub struct FleetLoop {
     pub queue: Box<dyn Queue>,
     pub fleet: Box<dyn Fleet>,
     pub policy: PolicyConfig,
-    pub bucket: TokenBucket,
+    pub state: PolicyState,
     pub dry_run: bool,
     pub poll_interval: Duration,
     pub status: Arc<Mutex<LoopStatus>>,
@@ -47,7 +47,7 @@ impl FleetLoop {
         dry_run: bool,
         poll_interval: Duration,
     ) -> FleetLoop {
-        let bucket = TokenBucket::new(policy.rise_burst, policy.rise_per_minute);
+        let state = PolicyState::new(&policy);
         let status = Arc::new(Mutex::new(LoopStatus {
             agent_type: agent_type.to_string(),
             ..LoopStatus::default()
@@ -57,7 +57,7 @@ impl FleetLoop {
             queue,
             fleet,
             policy,
-            bucket,
+            state,
             dry_run,
             poll_interval,
             status,
@@ -65,8 +65,15 @@ impl FleetLoop {
         }
     }
 
-    /// One round: poll (waiting up to the poll interval for a change), describe, decide, act.
+    /// One round on the real clock.
     pub fn tick(&mut self) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        self.tick_at(now_ms, hub::api::unix_now());
+    }
+
+    /// One round at a given time (the simulator drives it on a virtual clock): poll (waiting up
+    /// to the poll interval for a change, where the queue can), describe, decide, act.
+    pub fn tick_at(&mut self, now_ms: u64, unix_now: i64) {
         let snapshot = match self.queue.poll(self.poll_interval) {
             Ok(snapshot) => snapshot,
             Err(error) => {
@@ -86,14 +93,13 @@ impl FleetLoop {
                 return;
             }
         };
-        let now_ms = self.started.elapsed().as_millis() as u64;
         let decision = decide(
             &snapshot,
             &pools,
             &self.policy,
-            &mut self.bucket,
+            &mut self.state,
             now_ms,
-            hub::api::unix_now(),
+            unix_now,
         );
         let mut raised = 0;
         let mut errors = 0;

@@ -9,6 +9,8 @@ pub mod queue;
 pub mod run;
 pub mod schedule;
 pub mod serve;
+pub mod sim;
+pub mod simulate;
 pub mod up;
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! scaling service), `hub` (serve the hub), and `jobs` / `agent-types` / `agents` (its user API).
 //! AWS fleets, deploy and simulate come with their issues.
 
-use scaler::{client, run, serve, up};
+use scaler::{client, run, serve, simulate, up};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +28,8 @@ enum Commands {
     Hub(serve::HubArgs),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
+    /// Replay a job trace against the policy and the baselines on a virtual clock.
+    Simulate(simulate::SimulateArgs),
     /// Submit, list, follow and stop jobs.
     Jobs {
         #[command(flatten)]
@@ -57,6 +59,7 @@ fn main() {
         Commands::Up(args) => up::run(args),
         Commands::Hub(args) => serve::run(args),
         Commands::Run(args) => run::run(args),
+        Commands::Simulate(args) => simulate::run(args),
         Commands::Jobs { access, command } => client::jobs(&access, command),
         Commands::AgentTypes { access, command } => client::agent_types(&access, command),
         Commands::Agents { access, command } => client::agents(&access, command),

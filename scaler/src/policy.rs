@@ -43,6 +43,13 @@ pub struct PolicyConfig {
     /// Metrics older than this never raise capacity.
     pub stale_after_ms: u64,
     pub scheduled_minimums: Vec<ScheduledMinimum>,
+    /// Warm capacity that follows demand: keep `warm_fraction` × the peak demand (queued +
+    /// running) of the last `warm_window_ms` as spare, at most `warm_max` (0 = off). CI traffic
+    /// comes in bursts (pipelines fan out): this keeps agents ready while a team is busy and
+    /// none at night, where a constant `spare` would cost all day.
+    pub warm_fraction: f64,
+    pub warm_window_ms: u64,
+    pub warm_max: u32,
 }
 
 impl Default for PolicyConfig {
@@ -53,7 +60,48 @@ impl Default for PolicyConfig {
             rise_burst: 20,
             stale_after_ms: 30_000,
             scheduled_minimums: Vec::new(),
+            warm_fraction: 0.0,
+            warm_window_ms: 15 * 60 * 1000,
+            warm_max: 0,
         }
+    }
+}
+
+/// What the policy remembers between decisions: the rise-rate bucket and recent demand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyState {
+    pub bucket: TokenBucket,
+    /// (time ms, queued + running), oldest first, within the warm window.
+    demand: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl PolicyState {
+    pub fn new(config: &PolicyConfig) -> PolicyState {
+        PolicyState {
+            bucket: TokenBucket::new(config.rise_burst, config.rise_per_minute),
+            demand: Default::default(),
+        }
+    }
+
+    /// Records demand at `now_ms` and returns the peak over the window.
+    fn peak_demand(&mut self, now_ms: u64, demand: u32, window_ms: u64) -> u32 {
+        while self
+            .demand
+            .front()
+            .is_some_and(|(at, _)| now_ms.saturating_sub(*at) > window_ms)
+        {
+            self.demand.pop_front();
+        }
+        // Keep the deque small: a sample only when demand changes.
+        if self.demand.back().is_none_or(|(_, last)| *last != demand) {
+            self.demand.push_back((now_ms, demand));
+        }
+        self.demand
+            .iter()
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(0)
+            .max(demand)
     }
 }
 
@@ -110,7 +158,7 @@ pub fn decide(
     queue: &QueueSnapshot,
     pools: &[PoolState],
     config: &PolicyConfig,
-    bucket: &mut TokenBucket,
+    state: &mut PolicyState,
     now_ms: u64,
     unix_now: i64,
 ) -> Decision {
@@ -128,14 +176,22 @@ pub fn decide(
             ),
         };
     }
-    let from_queue = queue.queued + queue.running + config.spare;
+    let demand = queue.queued + queue.running;
+    let warm = if config.warm_fraction > 0.0 && config.warm_max > 0 {
+        let peak = state.peak_demand(now_ms, demand, config.warm_window_ms);
+        ((peak as f64 * config.warm_fraction).ceil() as u32).min(config.warm_max)
+    } else {
+        0
+    };
+    let bucket = &mut state.bucket;
+    let from_queue = demand + config.spare.max(warm);
     let wanted = from_queue.max(scheduled);
     let target = wanted.clamp(floor, ceiling.max(floor));
     let mut reason = format!(
         "queued {} + running {} + spare {} = {from_queue}{}; clamp({}, {floor}, {ceiling}) = {target}; desired now {current}",
         queue.queued,
         queue.running,
-        config.spare,
+        config.spare.max(warm),
         if scheduled > from_queue { format!(", scheduled minimum {scheduled}") } else { String::new() },
         wanted
     );
@@ -329,8 +385,11 @@ mod tests {
             ),
         ];
         for (name, queue, pools, config, expected) in rows {
-            let mut bucket = TokenBucket::new(100, 600);
-            let decision = decide(&queue, &pools, config, &mut bucket, 0, 0);
+            let mut state = PolicyState {
+                bucket: TokenBucket::new(100, 600),
+                demand: Default::default(),
+            };
+            let decision = decide(&queue, &pools, config, &mut state, 0, 0);
             assert_eq!(decision.raises, expected, "{name}: {}", decision.reason);
         }
     }
@@ -342,20 +401,75 @@ mod tests {
             rise_burst: 5,
             ..PolicyConfig::default()
         };
-        let mut bucket = TokenBucket::new(config.rise_burst, config.rise_per_minute);
+        let mut state = PolicyState::new(&config);
         let pools = vec![pool("a", 0, 0, 100, false)];
-        let first = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 0, 0);
+        let first = decide(&queue(50, 0, 0), &pools, &config, &mut state, 0, 0);
         assert_eq!(first.raises, raises(&[("a", 5)]));
         assert!(first.reason.contains("rate limit"), "{}", first.reason);
         let pools = vec![pool("a", 5, 0, 100, false)];
-        let same_instant = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 0, 0);
+        let same_instant = decide(&queue(50, 0, 0), &pools, &config, &mut state, 0, 0);
         assert!(same_instant.raises.is_empty());
-        let three_seconds_later = decide(&queue(50, 0, 0), &pools, &config, &mut bucket, 3_000, 0);
+        let three_seconds_later = decide(&queue(50, 0, 0), &pools, &config, &mut state, 3_000, 0);
         assert_eq!(
             three_seconds_later.raises,
             raises(&[("a", 8)]),
             "1 per second refill"
         );
+    }
+
+    #[test]
+    fn warm_capacity_follows_recent_demand() {
+        let config = PolicyConfig {
+            warm_fraction: 0.5,
+            warm_max: 3,
+            warm_window_ms: 60_000,
+            ..PolicyConfig::default()
+        };
+        let mut state = PolicyState::new(&config);
+        let idle_pool = |desired| vec![pool("a", desired, 0, 100, false)];
+        assert!(
+            decide(&queue(0, 0, 0), &idle_pool(0), &config, &mut state, 0, 0)
+                .raises
+                .is_empty(),
+            "no demand yet: no warm capacity"
+        );
+        let burst = decide(
+            &queue(8, 0, 0),
+            &idle_pool(0),
+            &config,
+            &mut state,
+            1_000,
+            0,
+        );
+        assert_eq!(
+            burst.raises,
+            raises(&[("a", 11)]),
+            "8 + min(ceil(8 x 0.5), 3)"
+        );
+        // The burst is done; within the window the warm capacity stays.
+        assert_eq!(
+            decide(
+                &queue(0, 0, 0),
+                &idle_pool(0),
+                &config,
+                &mut state,
+                30_000,
+                0
+            )
+            .raises,
+            raises(&[("a", 3)])
+        );
+        // After the window it is gone.
+        assert!(decide(
+            &queue(0, 0, 0),
+            &idle_pool(0),
+            &config,
+            &mut state,
+            62_000,
+            0
+        )
+        .raises
+        .is_empty());
     }
 
     #[test]
@@ -368,12 +482,16 @@ mod tests {
         };
         let monday_0830_berlin = 1_795_419_000;
         let pools = vec![pool("a", 0, 0, 10, false)];
-        let mut bucket = TokenBucket::new(100, 600);
+        let mut state = PolicyState::new(&PolicyConfig {
+            rise_burst: 100,
+            rise_per_minute: 600,
+            ..PolicyConfig::default()
+        });
         let decision = decide(
             &queue(1, 0, 0),
             &pools,
             &config,
-            &mut bucket,
+            &mut state,
             0,
             monday_0830_berlin,
         );
@@ -387,7 +505,7 @@ mod tests {
             &queue(1, 0, 0),
             &pools,
             &config,
-            &mut bucket,
+            &mut state,
             0,
             monday_0830_berlin + 12 * 3600,
         );

@@ -104,6 +104,17 @@ pub struct PolicySection {
     pub stale_after_ms: u64,
     #[serde(default)]
     pub scheduled_minimums: Vec<ScheduleSection>,
+    /// Warm capacity following recent demand (off while warm_max is 0).
+    #[serde(default)]
+    pub warm_fraction: f64,
+    #[serde(default = "default_warm_window_ms")]
+    pub warm_window_ms: u64,
+    #[serde(default)]
+    pub warm_max: u32,
+}
+
+fn default_warm_window_ms() -> u64 {
+    PolicyConfig::default().warm_window_ms
 }
 
 impl Default for PolicySection {
@@ -114,6 +125,9 @@ impl Default for PolicySection {
             rise_burst: default_rise_burst(),
             stale_after_ms: default_stale_after_ms(),
             scheduled_minimums: Vec::new(),
+            warm_fraction: 0.0,
+            warm_window_ms: default_warm_window_ms(),
+            warm_max: 0,
         }
     }
 }
@@ -183,6 +197,9 @@ pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyCo
                 .with_context(|| format!("fleet '{agent_type}': scheduled minimum"))?,
         );
     }
+    if !(0.0..=4.0).contains(&section.warm_fraction) {
+        bail!("fleet '{agent_type}': warm_fraction must be between 0 and 4");
+    }
     if section.rise_burst == 0 || section.rise_per_minute == 0 {
         bail!("fleet '{agent_type}': rise_burst and rise_per_minute must be positive");
     }
@@ -192,6 +209,9 @@ pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyCo
         rise_burst: section.rise_burst,
         stale_after_ms: section.stale_after_ms,
         scheduled_minimums: scheduled,
+        warm_fraction: section.warm_fraction,
+        warm_window_ms: section.warm_window_ms,
+        warm_max: section.warm_max,
     })
 }
 
