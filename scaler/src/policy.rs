@@ -196,7 +196,18 @@ pub fn decide(
         wanted
     );
     let mut raises = raise_to_minimums(pools);
-    let after_minimums: u32 = pools.iter().map(|p| p.desired.max(p.min)).sum();
+    // Capacity that exists or is coming. A short pool's desired beyond what it has actually
+    // launched is unmet: that share must come from the next pools.
+    let after_minimums: u32 = pools
+        .iter()
+        .map(|p| {
+            if p.short {
+                p.desired.min(p.in_service + p.pending)
+            } else {
+                p.desired.max(p.min)
+            }
+        })
+        .sum();
     if target <= after_minimums {
         reason.push_str(": no raise");
         return Decision {
