@@ -371,16 +371,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
         dry_run = args.dry_run,
         "scaler running"
     );
-    let threads: Vec<_> = loops
-        .into_iter()
-        .map(|mut fleet_loop| {
-            let stop = stop.clone();
+    let mut threads = Vec::new();
+    for mut fleet_loop in loops {
+        let stop = stop.clone();
+        let name = format!("loop-{}", fleet_loop.agent_type);
+        threads.push(
             std::thread::Builder::new()
-                .name(format!("loop-{}", fleet_loop.agent_type))
+                .name(name)
                 .spawn(move || fleet_loop.run(&stop))
-                .expect("spawn a control loop thread")
-        })
-        .collect();
+                .context("cannot start a control loop thread")?,
+        );
+    }
     for thread in threads {
         let _ = thread.join();
     }
