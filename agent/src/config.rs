@@ -34,6 +34,8 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("kubernetes-labels", Kind::List),
     ("kubernetes-pod-start-timeout", Kind::Int),
     ("kubernetes-default-image", Kind::Text),
+    // Flotilla's own options, under the same scheme.
+    ("report-gpus", Kind::Flag),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct Config {
     pub upload_job_logs: UploadJobLogs,
     pub fail_on_pre_job_hook_error: bool,
     pub source_pre_job_hook: bool,
+    /// Report GPUs at registration (a Flotilla extension: only for a Flotilla hub).
+    pub report_gpus: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -411,6 +415,7 @@ fn build(
         upload_job_logs,
         fail_on_pre_job_hook_error: flag(values, "fail-on-pre-job-hook-error")?,
         source_pre_job_hook: flag(values, "source-pre-job-hook")?,
+        report_gpus: flag(values, "report-gpus")?,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod gpu;
 pub mod host;
 pub mod job;
 pub mod joblog;

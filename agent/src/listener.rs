@@ -102,6 +102,7 @@ pub struct Listener {
     messages_tx: mpsc::Sender<Message>,
     messages: mpsc::Receiver<Message>,
     job: Option<RunningJob>,
+    gpus: Vec<protocol::GpuInfo>,
 }
 
 impl Listener {
@@ -119,7 +120,14 @@ impl Listener {
             messages_tx,
             messages,
             job: None,
+            gpus: Vec::new(),
         }
+    }
+
+    /// The GPUs to report at registration (sent only with `report-gpus`).
+    pub fn with_gpus(mut self, gpus: Vec<protocol::GpuInfo>) -> Listener {
+        self.gpus = gpus;
+        self
     }
 
     fn now_ms(&self) -> u64 {
@@ -140,6 +148,11 @@ impl Listener {
             idle_timeout: self.config.disconnect_after_idle_timeout,
             interruption_grace_period: self.config.interruption_grace_period,
             job_id: self.config.job_id.clone(),
+            flotilla_gpus: if self.config.report_gpus {
+                self.gpus.clone()
+            } else {
+                Vec::new()
+            },
         };
         let client = self.client.clone();
         let registered = with_constant_wait(

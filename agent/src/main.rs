@@ -124,16 +124,22 @@ fn start(options: &[String]) -> i32 {
         log::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
     }
     let name = resolve_name(&config, &env);
+    let gpus = agent::gpu::detect();
+    log::info!("{}", agent::gpu::describe(&gpus));
+    let mut shell_env = job_environment(std::env::vars());
+    agent::gpu::add_to_environment(&mut shell_env, &gpus);
     let job_options = JobOptions {
         agent_env_vars: config.env_vars.clone(),
         pre_job_hook_path: config.pre_job_hook_path.clone(),
         post_job_hook_path: config.post_job_hook_path.clone(),
         fail_on_pre_job_hook_error: config.fail_on_pre_job_hook_error,
         source_pre_job_hook: config.source_pre_job_hook,
-        shell_env: job_environment(std::env::vars()),
+        shell_env,
         scratch_root: std::env::temp_dir(),
     };
-    Listener::new(config, job_options, Timings::default()).run(name)
+    Listener::new(config, job_options, Timings::default())
+        .with_gpus(gpus)
+        .run(name)
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.
@@ -199,8 +205,10 @@ fn run(path: &Path, format: Format) -> Result<i32> {
             stopper.stop();
         }
     });
+    let mut shell_env = job_environment(std::env::vars());
+    agent::gpu::add_to_environment(&mut shell_env, &agent::gpu::detect());
     let options = JobOptions {
-        shell_env: job_environment(std::env::vars()),
+        shell_env,
         scratch_root,
         ..JobOptions::default()
     };

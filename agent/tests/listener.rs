@@ -22,6 +22,15 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn spawn(hub: &FakeHub, extra_args: &[&str]) -> AgentProcess {
+        AgentProcess::spawn_with_path(hub, extra_args, None)
+    }
+
+    /// `path_prefix`: a directory put first on PATH (fake tools such as `nvidia-smi`).
+    fn spawn_with_path(
+        hub: &FakeHub,
+        extra_args: &[&str],
+        path_prefix: Option<&std::path::Path>,
+    ) -> AgentProcess {
         let dir = tempfile::tempdir().unwrap();
         let hook = dir.path().join("shutdown-hook.sh");
         std::fs::write(
@@ -37,7 +46,18 @@ impl AgentProcess {
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&tmp).unwrap();
         let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent"));
+        if let Some(prefix) = path_prefix {
+            command.env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    prefix.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        }
+        let child = command
             .arg("start")
             .args([
                 "--endpoint",
@@ -617,4 +637,72 @@ fn a_malformed_job_request_is_reported_failed() {
         hub.state().finished,
         vec![("job-bad".to_string(), "failed".to_string())]
     );
+}
+
+/// A fake `nvidia-smi` answering the agent's query for two A10G GPUs.
+fn fake_nvidia_smi() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in --query-gpu=*) printf '0, NVIDIA A10G, GPU-aaaa, 23028, 550.54.15\\n1, NVIDIA A10G, GPU-bbbb, 23028, 550.54.15\\n';; *) exit 9;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn gpus_are_exported_to_jobs_and_reported_only_when_asked() {
+    let tools = fake_nvidia_smi();
+    let hub = FakeHub::start();
+    hub.assign(
+        job(
+            "job-gpu",
+            &["echo -n \"$FLOTILLA_GPU_COUNT|$FLOTILLA_GPU_MODEL|$NVIDIA_VISIBLE_DEVICES\""],
+        ),
+        "jwt",
+    );
+    let mut agent = AgentProcess::spawn_with_path(
+        &hub,
+        &["--disconnect-after-job", "--report-gpus"],
+        Some(tools.path()),
+    );
+    assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
+    assert!(
+        hub.simplified_log("job-gpu")
+            .contains(&"2|NVIDIA A10G|0,1".to_string()),
+        "{:?}",
+        hub.simplified_log("job-gpu")
+    );
+    let reported = hub.state().registered.clone().unwrap().flotilla_gpus;
+    assert_eq!(reported.len(), 2);
+    assert_eq!(
+        (
+            reported[1].index,
+            reported[1].uuid.as_str(),
+            reported[1].memory_mib
+        ),
+        (1, "GPU-bbbb", 23028)
+    );
+    assert!(
+        agent
+            .output()
+            .contains("2 NVIDIA GPU(s): NVIDIA A10G (23028 MiB), driver 550.54.15"),
+        "{}",
+        agent.output()
+    );
+
+    // Without --report-gpus the registration is upstream's, byte for byte.
+    let hub = FakeHub::start();
+    hub.state().shutdown_scheduled = true;
+    let mut agent = AgentProcess::spawn_with_path(&hub, &[], Some(tools.path()));
+    assert_eq!(agent.wait(LONG), 0);
+    assert!(hub
+        .state()
+        .registered
+        .clone()
+        .unwrap()
+        .flotilla_gpus
+        .is_empty());
 }

@@ -99,6 +99,9 @@ pub struct AgentView {
     pub hostname: String,
     pub version: String,
     pub pid: i64,
+    /// GPUs the agent reported (Flotilla extension).
+    #[serde(default)]
+    pub gpus: Vec<protocol::GpuInfo>,
 }
 
 /// New log lines and whether more can come.
@@ -231,6 +234,7 @@ fn agent_view(row: &AgentRow) -> AgentView {
         hostname: registration.hostname,
         version: registration.version,
         pid: registration.pid,
+        gpus: registration.flotilla_gpus,
     }
 }
 

@@ -20,6 +20,21 @@ pub struct RegisterRequest {
     pub idle_timeout: i64,
     pub interruption_grace_period: i64,
     pub job_id: String,
+    /// Flotilla extension, sent only when the agent is told to report its GPUs (Semaphore's
+    /// servers never see it; absent when empty, so the body is upstream's byte for byte).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub flotilla_gpus: Vec<GpuInfo>,
+}
+
+/// An NVIDIA GPU as the agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub memory_mib: u64,
+    pub driver: String,
 }
 
 /// Register answer. Servers may omit either field (the Ruby reference hub does); the agent then
@@ -278,6 +293,7 @@ mod tests {
             idle_timeout: 0,
             interruption_grace_period: 0,
             job_id: String::new(),
+            flotilla_gpus: Vec::new(),
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),
@@ -286,6 +302,33 @@ mod tests {
         let back: RegisterRequest =
             serde_json::from_str(&serde_json::to_string(&request).unwrap()).unwrap();
         assert_eq!(back, request);
+    }
+
+    #[test]
+    fn gpu_extension_is_sent_only_when_there_are_gpus() {
+        let gpu = GpuInfo {
+            index: 0,
+            name: "NVIDIA H100".into(),
+            uuid: "GPU-1".into(),
+            memory_mib: 81559,
+            driver: "550".into(),
+        };
+        let request = RegisterRequest {
+            name: "a".into(),
+            flotilla_gpus: vec![gpu.clone()],
+            ..RegisterRequest::default()
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(text.ends_with(r#","job_id":"","flotilla_gpus":[{"index":0,"name":"NVIDIA H100","uuid":"GPU-1","memory_mib":81559,"driver":"550"}]}"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<RegisterRequest>(&text)
+                .unwrap()
+                .flotilla_gpus,
+            vec![gpu]
+        );
+        assert!(!serde_json::to_string(&RegisterRequest::default())
+            .unwrap()
+            .contains("flotilla"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod metrics;
 pub mod spec;
 
 pub use control::{
-    AgentState, JobResult, RefreshResponse, RegisterRequest, RegisterResponse, ShutdownReason,
-    SyncAction, SyncRequest, SyncResponse,
+    AgentState, GpuInfo, JobResult, RefreshResponse, RegisterRequest, RegisterResponse,
+    ShutdownReason, SyncAction, SyncRequest, SyncResponse,
 };
 pub use events::LogEvent;
 pub use job::{Callbacks, Command, Compose, Container, EnvVar, File, JobRequest, Logger};

@@ -311,12 +311,17 @@ pub fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {
                 "NAME", "TYPE", "STATE", "JOB"
             );
             for agent in agents {
+                let gpus = match agent.gpus.first() {
+                    Some(first) => format!("{} x {}", agent.gpus.len(), first.name),
+                    None => "-".to_string(),
+                };
                 println!(
-                    "{:<32}  {:<10}  {:<18}  {:<36}  {}",
+                    "{:<32}  {:<10}  {:<18}  {:<36}  {:<24}  {}",
                     agent.name,
                     agent.agent_type,
                     agent.state,
                     agent.job_id.as_deref().unwrap_or("-"),
+                    gpus,
                     agent.hostname
                 );
             }
