@@ -36,6 +36,9 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("kubernetes-default-image", Kind::Text),
     // Flotilla's own options, under the same scheme.
     ("report-gpus", Kind::Flag),
+    ("ec2", Kind::Flag),
+    ("imds-endpoint", Kind::Text),
+    ("ec2-poll-seconds", Kind::Int),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +74,12 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Report GPUs at registration (a Flotilla extension: only for a Flotilla hub).
     pub report_gpus: bool,
+    /// Running on EC2: name = instance id, wait out warm pools, spot notices interrupt.
+    pub ec2: bool,
+    /// Instance metadata service base URL ("" = the standard address).
+    pub imds_endpoint: String,
+    /// How often to look at instance metadata (warm-pool state, spot notices), seconds.
+    pub ec2_poll_seconds: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -416,6 +425,15 @@ fn build(
         fail_on_pre_job_hook_error: flag(values, "fail-on-pre-job-hook-error")?,
         source_pre_job_hook: flag(values, "source-pre-job-hook")?,
         report_gpus: flag(values, "report-gpus")?,
+        ec2: flag(values, "ec2")?,
+        imds_endpoint: text(values, "imds-endpoint")?,
+        ec2_poll_seconds: {
+            let seconds = int(values, "ec2-poll-seconds", 5)?;
+            if seconds < 1 {
+                return Err(invalid("ec2-poll-seconds must be at least 1. Exiting..."));
+            }
+            seconds
+        },
     })
 }
 

@@ -2,6 +2,7 @@
 //! tests and benchmarks drive them directly.
 
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod gpu;
 pub mod host;

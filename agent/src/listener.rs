@@ -87,6 +87,16 @@ enum Message {
     Interrupted,
 }
 
+/// Reports an interruption to a running listener, as SIGTERM does (used for spot notices).
+#[derive(Clone)]
+pub struct Interrupter(mpsc::Sender<Message>);
+
+impl Interrupter {
+    pub fn interrupt(&self) {
+        let _ = self.0.send(Message::Interrupted);
+    }
+}
+
 struct RunningJob {
     control: Arc<JobControl>,
     thread: JoinHandle<()>,
@@ -122,6 +132,11 @@ impl Listener {
             job: None,
             gpus: Vec::new(),
         }
+    }
+
+    /// A handle that interrupts this listener from another thread.
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.messages_tx.clone())
     }
 
     /// The GPUs to report at registration (sent only with `report-gpus`).

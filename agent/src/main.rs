@@ -123,7 +123,38 @@ fn start(options: &[String]) -> i32 {
     if !config.files.is_empty() || config.fail_on_missing_files {
         log::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
     }
-    let name = resolve_name(&config, &env);
+    let mut imds = None;
+    let mut name = String::new();
+    if config.ec2 {
+        let endpoint = if config.imds_endpoint.is_empty() {
+            agent::cloud::imds::DEFAULT_ENDPOINT
+        } else {
+            config.imds_endpoint.as_str()
+        };
+        let mut client = agent::cloud::imds::Imds::new(endpoint);
+        let poll = std::time::Duration::from_secs(config.ec2_poll_seconds as u64);
+        if let Err(error) = agent::cloud::wait_until_in_service(
+            &mut client,
+            poll,
+            std::time::Duration::from_secs(7 * 24 * 3600),
+        ) {
+            log::error!("Could not read the instance's lifecycle state: {error}. Exiting...");
+            return 1;
+        }
+        if config.name.is_empty() && config.name_from_env.is_empty() {
+            match client.instance_id() {
+                Ok(id) => name = id,
+                Err(error) => {
+                    log::error!("Could not read the instance id: {error}. Exiting...");
+                    return 1;
+                }
+            }
+        }
+        imds = Some((endpoint.to_string(), poll));
+    }
+    if name.is_empty() {
+        name = resolve_name(&config, &env);
+    }
     let gpus = agent::gpu::detect();
     log::info!("{}", agent::gpu::describe(&gpus));
     let mut shell_env = job_environment(std::env::vars());
@@ -137,9 +168,19 @@ fn start(options: &[String]) -> i32 {
         shell_env,
         scratch_root: std::env::temp_dir(),
     };
-    Listener::new(config, job_options, Timings::default())
-        .with_gpus(gpus)
-        .run(name)
+    let listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
+    if let Some((endpoint, poll)) = imds {
+        let interrupter = listener.interrupter();
+        let watcher = agent::cloud::watch_spot_notices(
+            agent::cloud::imds::Imds::new(&endpoint),
+            poll,
+            move |_| interrupter.interrupt(),
+        );
+        if let Err(error) = watcher {
+            log::error!("Could not watch for spot interruption notices: {error}");
+        }
+    }
+    listener.run(name)
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.

@@ -1,0 +1,80 @@
+//! The agent as a citizen of an EC2 instance (`--ec2`): its name is the instance id, it waits while
+//! its Auto Scaling lifecycle state is `Warmed:*` (warm pools), and a spot interruption notice is
+//! treated like SIGTERM (reported as `interrupted_at`, so the server applies the grace period).
+//! Everything comes from instance metadata through IMDSv2 ([`imds`]).
+
+pub mod imds;
+
+use imds::Imds;
+use std::time::Duration;
+
+/// The spot notice, as `spot/instance-action` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SpotNotice {
+    pub action: String,
+    pub time: String,
+}
+
+/// Waits until the instance's Auto Scaling lifecycle state is no longer `Warmed:*` (an instance
+/// outside an ASG, which has no such state, goes on at once). Returns the last state seen.
+pub fn wait_until_in_service(
+    imds: &mut Imds,
+    poll: Duration,
+    give_up_after: Duration,
+) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + give_up_after;
+    let mut announced = false;
+    loop {
+        let state = imds
+            .get("autoscaling/target-lifecycle-state")?
+            .unwrap_or_default();
+        if !state.starts_with("Warmed:") {
+            return Ok(state);
+        }
+        if !announced {
+            log::info!("Instance is in a warm pool ({state}): waiting until it is put in service");
+            announced = true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("still {state} after {give_up_after:?}"));
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// The current spot interruption notice, if any.
+pub fn spot_notice(imds: &mut Imds) -> Result<Option<SpotNotice>, String> {
+    match imds.get("spot/instance-action")? {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("spot/instance-action: {e}: {text}")),
+    }
+}
+
+/// Polls for a spot notice every `poll` on a thread; calls `on_notice` once when one appears.
+pub fn watch_spot_notices(
+    mut imds: Imds,
+    poll: Duration,
+    on_notice: impl FnOnce(SpotNotice) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("spot-watch".into())
+        .spawn(move || loop {
+            match spot_notice(&mut imds) {
+                Ok(Some(notice)) => {
+                    log::warn!(
+                        "Spot interruption notice: {} at {}",
+                        notice.action,
+                        notice.time
+                    );
+                    on_notice(notice);
+                    return;
+                }
+                Ok(None) => {}
+                Err(error) => log::warn!("Checking for a spot interruption notice failed: {error}"),
+            }
+            std::thread::sleep(poll);
+        })?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The agent on EC2 against a fake instance metadata service: IMDSv2 only, the warm-pool wait,
+//! spot notices, naming by instance id — and end to end, a spot notice stopping the running job.
+
+mod support;
+
+use agent::cloud::imds::Imds;
+use std::time::Duration;
+use support::{FakeHub, FakeImds};
+
+#[test]
+fn imdsv2_tokens_are_always_used_and_renewed_when_refused() {
+    let imds = FakeImds::start("i-0123456789abcdef0");
+    let mut client = Imds::new(&imds.address);
+    assert_eq!(client.instance_id().unwrap(), "i-0123456789abcdef0");
+    assert_eq!(client.get("no/such/item").unwrap(), None);
+    assert_eq!(
+        imds.state.lock().unwrap().tokens_issued,
+        1,
+        "one token for both requests"
+    );
+    // The service forgets the token (as after a restart): the client gets a new one, once.
+    imds.state.lock().unwrap().current_token = "rotated".into();
+    assert_eq!(client.instance_id().unwrap(), "i-0123456789abcdef0");
+    assert_eq!(imds.state.lock().unwrap().tokens_issued, 2);
+    // IMDSv1 (no token) is refused by the fake, as by an instance requiring IMDSv2.
+    let v1 = ureq::get(&format!("{}/latest/meta-data/instance-id", imds.address)).call();
+    assert!(matches!(v1, Err(ureq::Error::Status(401, _))));
+}
+
+#[test]
+fn an_unreachable_metadata_service_is_a_clear_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let error = Imds::new(&address).instance_id().unwrap_err();
+    assert!(error.contains("IMDSv2 token request"), "{error}");
+}
+
+#[test]
+fn warm_pool_instances_wait_until_in_service() {
+    let imds = FakeImds::start("i-warm");
+    imds.state.lock().unwrap().lifecycle_state = Some("Warmed:Running".into());
+    let state = imds.state.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        state.lock().unwrap().lifecycle_state = Some("InService".into());
+    });
+    let mut client = Imds::new(&imds.address);
+    let started = std::time::Instant::now();
+    let state = agent::cloud::wait_until_in_service(
+        &mut client,
+        Duration::from_millis(50),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(state, "InService");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Outside an Auto Scaling group there is no lifecycle state: go on at once.
+    let plain = FakeImds::start("i-plain");
+    assert_eq!(
+        agent::cloud::wait_until_in_service(
+            &mut Imds::new(&plain.address),
+            Duration::from_millis(50),
+            Duration::from_secs(1)
+        )
+        .unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn spot_notices_are_parsed() {
+    let imds = FakeImds::start("i-spot");
+    let mut client = Imds::new(&imds.address);
+    assert_eq!(agent::cloud::spot_notice(&mut client).unwrap(), None);
+    imds.state.lock().unwrap().spot_action =
+        Some(r#"{"action": "terminate", "time": "2026-11-23T12:00:00Z"}"#.into());
+    let notice = agent::cloud::spot_notice(&mut client).unwrap().unwrap();
+    assert_eq!(
+        (notice.action.as_str(), notice.time.as_str()),
+        ("terminate", "2026-11-23T12:00:00Z")
+    );
+    imds.state.lock().unwrap().spot_action = Some("not json".into());
+    assert!(agent::cloud::spot_notice(&mut client).is_err());
+}
+
+#[test]
+fn on_ec2_the_agent_is_named_by_instance_id_and_a_spot_notice_stops_its_job() {
+    let imds = FakeImds::start("i-0feedfacecafebeef");
+    let hub = FakeHub::start();
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "job-spot".into(),
+            commands: vec![protocol::Command::new("sleep 60")],
+            ..protocol::JobRequest::default()
+        },
+        "jwt",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::fs::File::create(dir.path().join("out")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args([
+            "start",
+            "--endpoint",
+            &hub.address,
+            "--no-https",
+            "--token",
+            "t",
+            "--ec2",
+            "--ec2-poll-seconds",
+            "1",
+        ])
+        .args([
+            "--imds-endpoint",
+            &imds.address,
+            "--interruption-grace-period",
+            "0",
+            "--disconnect-after-job",
+        ])
+        .env(
+            "SEMAPHORE_AGENT_LOG_FILE_PATH",
+            dir.path().join("agent.log"),
+        )
+        .env("HOME", dir.path())
+        .env("TMPDIR", dir.path())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    hub.wait_until("the job to run", Duration::from_secs(30), |s| {
+        s.syncs.iter().any(|x| x.state.as_str() == "running-job")
+    });
+    assert_eq!(
+        hub.state().registered.clone().unwrap().name,
+        "i-0feedfacecafebeef"
+    );
+    imds.state.lock().unwrap().spot_action =
+        Some(r#"{"action":"terminate","time":"2026-11-23T12:02:00Z"}"#.into());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not stop: {}",
+            std::fs::read_to_string(dir.path().join("out")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    let state = hub.state();
+    assert!(
+        state.syncs.iter().any(|s| s.interrupted_at > 0),
+        "the notice was reported as an interruption"
+    );
+    assert_eq!(
+        state.finished,
+        vec![("job-spot".to_string(), "stopped".to_string())]
+    );
+    assert_eq!(
+        imds.state.lock().unwrap().refused_without_token,
+        0,
+        "no IMDSv1 request was ever made"
+    );
+}
