@@ -336,3 +336,56 @@ impl UnsentLines {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn batches_are_whole_lines_across_block_boundaries_and_retries_resend_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.json");
+        let mut expected = Vec::new();
+        for index in 0..30_000 {
+            // Lines of varying length, ~3 MB in all: several 1 MiB blocks.
+            expected.extend_from_slice(
+                format!(
+                    "{{\"line\":{index},\"pad\":\"{}\"}}\n",
+                    "x".repeat(index % 150)
+                )
+                .as_bytes(),
+            );
+        }
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&expected)
+            .unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut unsent = UnsentLines::default();
+        let mut received = Vec::new();
+        let mut lines_left = 30_000usize;
+        let mut round = 0;
+        while lines_left > 0 {
+            let count = lines_left.min(MAX_LINES_PER_REQUEST);
+            let length = unsent.batch(&mut file, count).unwrap();
+            let batch = unsent.front_bytes(length).to_vec();
+            assert_eq!(batch.iter().filter(|&&b| b == b'\n').count(), count);
+            assert_eq!(batch.last(), Some(&b'\n'));
+            if round % 3 == 1 {
+                // A failed push: the retry must send exactly the same bytes.
+                let again = unsent.batch(&mut file, count).unwrap();
+                assert_eq!(unsent.front_bytes(again), &batch[..]);
+            }
+            received.extend_from_slice(&batch);
+            unsent.consume(length, count);
+            lines_left -= count;
+            round += 1;
+        }
+        assert_eq!(received, expected);
+        assert!(
+            unsent.batch(&mut file, 1).is_err(),
+            "no more lines than the file holds"
+        );
+    }
+}
