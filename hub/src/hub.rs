@@ -593,17 +593,7 @@ impl Hub {
             core.counters.requeued += 1;
             return Ok(job);
         }
-        let state =
-            rules::next_job_state(job_state(&job), JobEvent::Finish).unwrap_or(JobState::Finished);
-        job.state = state.as_str().to_string();
-        job.result = Some(result.as_str().to_string());
-        job.finished_at = Some(now);
-        job.log_token_hash = None;
-        *core
-            .counters
-            .finished
-            .entry((job.agent_type.clone(), result.as_str().to_string()))
-            .or_default() += 1;
+        Self::close_job(core, &mut job, result, None, now);
         if let Some(started) = job.started_at {
             core.counters
                 .duration
@@ -636,30 +626,44 @@ impl Hub {
             Self::requeue(&mut job, why);
             core.counters.requeued += 1;
         } else {
-            job.state = JobState::Finished.as_str().to_string();
             let result = if job.stop_requested {
                 JobResult::Stopped
             } else {
                 JobResult::Failed
             };
-            job.result = Some(result.as_str().to_string());
-            job.reason = Some(format!(
-                "{} because {why}",
-                if job.stop_requested {
-                    "stopped"
-                } else {
-                    "failed"
-                }
-            ));
-            job.finished_at = Some(now);
-            job.log_token_hash = None;
-            *core
-                .counters
-                .finished
-                .entry((job.agent_type.clone(), result.as_str().to_string()))
-                .or_default() += 1;
+            Self::close_job(
+                core,
+                &mut job,
+                result,
+                Some(format!("{result} because {why}")),
+                now,
+            );
         }
         Ok(Some(job))
+    }
+
+    /// A job reaches its final state with `result` (counted for `/metrics`).
+    fn close_job(
+        core: &mut Core,
+        job: &mut JobRow,
+        result: JobResult,
+        reason: Option<String>,
+        now: i64,
+    ) {
+        let state =
+            rules::next_job_state(job_state(job), JobEvent::Finish).unwrap_or(JobState::Finished);
+        job.state = state.as_str().to_string();
+        job.result = Some(result.as_str().to_string());
+        if reason.is_some() {
+            job.reason = reason;
+        }
+        job.finished_at = Some(now);
+        job.log_token_hash = None;
+        *core
+            .counters
+            .finished
+            .entry((job.agent_type.clone(), result.as_str().to_string()))
+            .or_default() += 1;
     }
 
     /// Puts committed job rows into memory: queues and the active set follow the state.

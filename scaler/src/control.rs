@@ -159,6 +159,25 @@ impl FleetLoop {
     }
 }
 
+/// One metric family, a sample per fleet.
+fn write_family<T: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    statuses: &[LoopStatus],
+    value: fn(&LoopStatus) -> T,
+) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for status in statuses {
+        out.push_str(&format!(
+            "{name}{{agent_type=\"{}\"}} {}\n",
+            status.agent_type,
+            value(status)
+        ));
+    }
+}
+
 /// A metric: name, help, how to read it from a status.
 type Metric<T> = (&'static str, &'static str, fn(&LoopStatus) -> T);
 
@@ -204,14 +223,7 @@ pub fn render_metrics(statuses: &[LoopStatus]) -> String {
         ),
     ];
     for (name, help, value) in gauges {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for status in statuses {
-            out.push_str(&format!(
-                "{name}{{agent_type=\"{}\"}} {}\n",
-                status.agent_type,
-                value(status)
-            ));
-        }
+        write_family(&mut out, name, help, "gauge", statuses, value);
     }
     let counters: [Metric<u64>; 5] = [
         (
@@ -241,14 +253,7 @@ pub fn render_metrics(statuses: &[LoopStatus]) -> String {
         ),
     ];
     for (name, help, value) in counters {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
-        for status in statuses {
-            out.push_str(&format!(
-                "{name}{{agent_type=\"{}\"}} {}\n",
-                status.agent_type,
-                value(status)
-            ));
-        }
+        write_family(&mut out, name, help, "counter", statuses, value);
     }
     out
 }
