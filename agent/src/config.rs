@@ -39,6 +39,10 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("ec2", Kind::Flag),
     ("imds-endpoint", Kind::Text),
     ("ec2-poll-seconds", Kind::Int),
+    ("ec2-keep-instance", Kind::Flag),
+    ("ec2-poweroff-command", Kind::Text),
+    ("token-ssm-parameter", Kind::Text),
+    ("aws-region", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +84,13 @@ pub struct Config {
     pub imds_endpoint: String,
     /// How often to look at instance metadata (warm-pool state, spot notices), seconds.
     pub ec2_poll_seconds: i64,
+    /// On EC2, leave the instance running when the agent exits (default: remove it).
+    pub ec2_keep_instance: bool,
+    /// Last resort when the instance cannot be removed from its group.
+    pub ec2_poweroff_command: String,
+    /// Read the registration token from this SSM parameter (SecureString) instead of `token`.
+    pub token_ssm_parameter: String,
+    pub aws_region: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -333,7 +344,8 @@ fn build(
         return Err(invalid("Semaphore endpoint was not specified. Exiting..."));
     }
     let token = text(values, "token")?;
-    if token.is_empty() {
+    let token_ssm_parameter = text(values, "token-ssm-parameter")?;
+    if token.is_empty() && token_ssm_parameter.is_empty() {
         return Err(invalid(
             "Agent registration token was not specified. Exiting...",
         ));
@@ -426,6 +438,13 @@ fn build(
         source_pre_job_hook: flag(values, "source-pre-job-hook")?,
         report_gpus: flag(values, "report-gpus")?,
         ec2: flag(values, "ec2")?,
+        ec2_keep_instance: flag(values, "ec2-keep-instance")?,
+        ec2_poweroff_command: match values.get("ec2-poweroff-command") {
+            None => "poweroff".to_string(),
+            Some(_) => text(values, "ec2-poweroff-command")?,
+        },
+        token_ssm_parameter,
+        aws_region: text(values, "aws-region")?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: {
             let seconds = int(values, "ec2-poll-seconds", 5)?;

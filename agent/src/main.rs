@@ -123,7 +123,31 @@ fn start(options: &[String]) -> i32 {
     if !config.files.is_empty() || config.fail_on_missing_files {
         log::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
     }
+    let mut config = config;
+    let needs_aws =
+        !config.token_ssm_parameter.is_empty() || (config.ec2 && !config.ec2_keep_instance);
+    let aws = if needs_aws {
+        match agent::cloud::aws::Aws::load(&config.aws_region) {
+            Ok(aws) => Some(aws),
+            Err(error) => {
+                log::error!("{error}. Exiting...");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    if let (Some(aws), false) = (&aws, config.token_ssm_parameter.is_empty()) {
+        match aws.ssm_parameter(&config.token_ssm_parameter) {
+            Ok(token) => config.token = token,
+            Err(error) => {
+                log::error!("Could not read the registration token: {error}. Exiting...");
+                return 1;
+            }
+        }
+    }
     let mut imds = None;
+    let mut instance_id = String::new();
     let mut name = String::new();
     if config.ec2 {
         let endpoint = if config.imds_endpoint.is_empty() {
@@ -141,14 +165,15 @@ fn start(options: &[String]) -> i32 {
             log::error!("Could not read the instance's lifecycle state: {error}. Exiting...");
             return 1;
         }
-        if config.name.is_empty() && config.name_from_env.is_empty() {
-            match client.instance_id() {
-                Ok(id) => name = id,
-                Err(error) => {
-                    log::error!("Could not read the instance id: {error}. Exiting...");
-                    return 1;
-                }
+        match client.instance_id() {
+            Ok(id) => instance_id = id,
+            Err(error) => {
+                log::error!("Could not read the instance id: {error}. Exiting...");
+                return 1;
             }
+        }
+        if config.name.is_empty() && config.name_from_env.is_empty() {
+            name = instance_id.clone();
         }
         imds = Some((endpoint.to_string(), poll));
     }
@@ -168,6 +193,9 @@ fn start(options: &[String]) -> i32 {
         shell_env,
         scratch_root: std::env::temp_dir(),
     };
+    // On EC2 the agent removes its own instance when it exits, unless told to keep it.
+    let remove_instance = config.ec2 && !config.ec2_keep_instance;
+    let poweroff_command = config.ec2_poweroff_command.clone();
     let listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
     if let Some((endpoint, poll)) = imds {
         let interrupter = listener.interrupter();
@@ -180,7 +208,14 @@ fn start(options: &[String]) -> i32 {
             log::error!("Could not watch for spot interruption notices: {error}");
         }
     }
-    listener.run(name)
+    let code = listener.run(name);
+    if let (Some(aws), true) = (&aws, remove_instance) {
+        // Logs are flushed: the job's teardown delivered them before the last sync.
+        for step in aws.remove_instance(&instance_id, &poweroff_command) {
+            log::info!("Instance removal: {step}");
+        }
+    }
+    code
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.

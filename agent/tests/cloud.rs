@@ -116,6 +116,7 @@ fn on_ec2_the_agent_is_named_by_instance_id_and_a_spot_notice_stops_its_job() {
             "--interruption-grace-period",
             "0",
             "--disconnect-after-job",
+            "--ec2-keep-instance",
         ])
         .env(
             "SEMAPHORE_AGENT_LOG_FILE_PATH",
@@ -163,4 +164,186 @@ fn on_ec2_the_agent_is_named_by_instance_id_and_a_spot_notice_stops_its_job() {
         0,
         "no IMDSv1 request was ever made"
     );
+}
+
+#[path = "support/moto.rs"]
+mod moto;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts `agent start --ec2 ...` against the fake IMDS and moto; returns (exit code, output).
+fn run_ec2_agent(
+    hub: &FakeHub,
+    imds: &FakeImds,
+    moto: &moto::MotoServer,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String) {
+    let out = std::fs::File::create(dir.join("out")).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent"));
+    command
+        .args([
+            "start",
+            "--endpoint",
+            &hub.address,
+            "--no-https",
+            "--ec2",
+            "--ec2-poll-seconds",
+            "1",
+        ])
+        .args([
+            "--imds-endpoint",
+            &imds.address,
+            "--token-ssm-parameter",
+            "/flotilla/agent-token",
+        ])
+        .args(extra)
+        .env("SEMAPHORE_AGENT_LOG_FILE_PATH", dir.join("agent.log"))
+        .env("HOME", dir)
+        .env("TMPDIR", dir)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    for (name, value) in moto.env() {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not exit: {}",
+            std::fs::read_to_string(dir.join("out")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(dir.join("out")).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "agents", 0, 3, 2);
+    moto.put_secret(
+        &runtime,
+        "/flotilla/agent-token",
+        "registration-token-from-ssm",
+    );
+    let (_, instances, _) = moto.group(&runtime, "agents");
+    assert_eq!(instances.len(), 2);
+    let imds = FakeImds::start(&instances[0]);
+    let hub = FakeHub::start();
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "job-1".into(),
+            commands: vec![protocol::Command::new("echo hi")],
+            ..Default::default()
+        },
+        "jwt",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("powered-off");
+    let poweroff = format!("touch {}", marker.display());
+    let (code, output) = run_ec2_agent(
+        &hub,
+        &imds,
+        &moto,
+        dir.path(),
+        &[
+            "--disconnect-after-job",
+            "--ec2-poweroff-command",
+            &poweroff,
+        ],
+    );
+    assert_eq!(code, 0, "{output}");
+    let registration = hub
+        .state()
+        .headers
+        .iter()
+        .find(|(p, _, _)| p.ends_with("/register"))
+        .unwrap()
+        .1
+        .clone();
+    assert_eq!(
+        registration, "Token registration-token-from-ssm",
+        "the token came from SSM"
+    );
+    assert_eq!(hub.state().registered.clone().unwrap().name, instances[0]);
+    let (desired, remaining, _) = moto.group(&runtime, "agents");
+    assert_eq!(desired, 1, "decremented: {output}");
+    assert!(!remaining.contains(&instances[0]), "{remaining:?}");
+    assert!(
+        !marker.exists(),
+        "no power-off needed when the group removed the instance"
+    );
+    assert!(
+        output.contains("terminated") && output.contains("(decrement: true)"),
+        "{output}"
+    );
+}
+
+#[test]
+fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.put_secret(&runtime, "/flotilla/agent-token", "t");
+    // An instance id no group knows: both terminate calls fail; power-off is the last resort.
+    let imds = FakeImds::start("i-00000000000000000");
+    let hub = FakeHub::start();
+    hub.state().shutdown_scheduled = true;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("powered-off");
+    let poweroff = format!("touch {}", marker.display());
+    let (code, output) = run_ec2_agent(
+        &hub,
+        &imds,
+        &moto,
+        dir.path(),
+        &["--ec2-poweroff-command", &poweroff],
+    );
+    assert_eq!(code, 0, "{output}");
+    let order: Vec<usize> = [
+        "terminate (decrement: true) failed",
+        "terminate (decrement: false) failed",
+        "unhealthy",
+        "ran 'touch",
+    ]
+    .iter()
+    .map(|step| {
+        output
+            .find(step)
+            .unwrap_or_else(|| panic!("missing '{step}' in {output}"))
+    })
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "fallbacks in order: {output}"
+    );
+    assert!(marker.exists());
+}
+
+#[test]
+fn a_missing_ssm_parameter_is_a_clear_error() {
+    let moto = moto::MotoServer::start();
+    let imds = FakeImds::start("i-1");
+    let hub = FakeHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, output) = run_ec2_agent(&hub, &imds, &moto, dir.path(), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        output.contains("SSM parameter '/flotilla/agent-token' does not exist"),
+        "{output}"
+    );
+    assert!(hub.state().registered.is_none());
 }

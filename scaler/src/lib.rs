@@ -4,6 +4,7 @@
 pub mod client;
 pub mod control;
 pub mod fleet;
+pub mod fleet_aws;
 pub mod policy;
 pub mod queue;
 pub mod run;

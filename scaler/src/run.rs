@@ -49,9 +49,27 @@ fn default_poll_interval_ms() -> u64 {
 pub struct FleetConfig {
     pub agent_type: String,
     pub queue: QueueConfig,
-    pub local: LocalConfig,
+    /// Agents as local processes ...
+    #[serde(default)]
+    pub local: Option<LocalConfig>,
+    /// ... or Auto Scaling groups.
+    #[serde(default)]
+    pub aws: Option<AwsSection>,
     #[serde(default)]
     pub policy: PolicySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSection {
+    /// Default: AWS_REGION / the standard chain.
+    #[serde(default)]
+    pub region: String,
+    /// Another endpoint for every AWS API (an emulator); default: AWS's.
+    #[serde(default)]
+    pub endpoint_url: String,
+    /// Auto Scaling group names, in priority order (e.g. spot first, on-demand last).
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,9 +80,12 @@ pub struct QueueConfig {
     /// A file holding the agent type's registration token ...
     #[serde(default)]
     pub token_file: Option<PathBuf>,
-    /// ... or an environment variable holding it.
+    /// ... or an environment variable holding it ...
     #[serde(default)]
     pub token_env: Option<String>,
+    /// ... or an SSM parameter (SecureString) holding it.
+    #[serde(default)]
+    pub token_ssm_parameter: Option<String>,
     #[serde(default = "yes")]
     pub long_poll: bool,
 }
@@ -155,13 +176,23 @@ fn utc() -> String {
     "UTC".into()
 }
 
+/// Where a fleet's instances come from.
+pub enum FleetKind {
+    Local(LocalFleetConfig),
+    Aws {
+        region: String,
+        endpoint_url: String,
+        groups: Vec<String>,
+    },
+}
+
 /// A fleet's settings, checked and resolved.
 pub struct ResolvedFleet {
     pub agent_type: String,
     pub endpoint: String,
     pub token: String,
     pub long_poll: bool,
-    pub local: LocalFleetConfig,
+    pub fleet: FleetKind,
     pub policy: PolicyConfig,
 }
 
@@ -240,61 +271,77 @@ pub fn load_config(path: &Path) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
         {
             bail!("fleet '{name}' is configured twice");
         }
-        if fleet.local.min > fleet.local.max {
-            bail!(
-                "fleet '{name}': min ({}) is greater than max ({})",
-                fleet.local.min,
-                fleet.local.max
-            );
-        }
-        let token = match (&fleet.queue.token_file, &fleet.queue.token_env) {
-            (Some(file), None) => {
-                let file = if file.is_absolute() {
-                    file.clone()
-                } else {
-                    base.join(file)
-                };
-                std::fs::read_to_string(&file)
-                    .with_context(|| {
-                        format!("fleet '{name}': cannot read token_file {}", file.display())
-                    })?
-                    .trim()
-                    .to_string()
+        let (aws_region, aws_endpoint) = fleet
+            .aws
+            .as_ref()
+            .map(|a| (a.region.as_str(), a.endpoint_url.as_str()))
+            .unwrap_or(("", ""));
+        let token = match (&fleet.queue.token_file, &fleet.queue.token_env, &fleet.queue.token_ssm_parameter) {
+            (Some(file), None, None) => {
+                let file = if file.is_absolute() { file.clone() } else { base.join(file) };
+                std::fs::read_to_string(&file).with_context(|| format!("fleet '{name}': cannot read token_file {}", file.display()))?.trim().to_string()
             }
-            (None, Some(variable)) => std::env::var(variable)
-                .with_context(|| format!("fleet '{name}': token_env {variable} is not set"))?,
-            _ => bail!("fleet '{name}': give exactly one of queue.token_file and queue.token_env"),
+            (None, Some(variable), None) => std::env::var(variable).with_context(|| format!("fleet '{name}': token_env {variable} is not set"))?,
+            (None, None, Some(parameter)) => {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let sdk = crate::fleet_aws::sdk_config(&runtime, aws_region, aws_endpoint).map_err(anyhow::Error::msg).with_context(|| format!("fleet '{name}'"))?;
+                crate::fleet_aws::ssm_parameter(&runtime, &sdk, parameter).map_err(anyhow::Error::msg).with_context(|| format!("fleet '{name}'"))?
+            }
+            _ => bail!("fleet '{name}': give exactly one of queue.token_file, queue.token_env and queue.token_ssm_parameter"),
         };
         if token.is_empty() {
             bail!("fleet '{name}': the registration token is empty");
         }
-        let (endpoint, no_https) =
-            agent_endpoint(&fleet.queue.endpoint).with_context(|| format!("fleet '{name}'"))?;
-        let agent_binary = fleet
-            .local
-            .agent_binary
-            .clone()
-            .unwrap_or_else(default_agent_binary);
-        let work_dir = if fleet.local.work_dir.is_absolute() {
-            fleet.local.work_dir.clone()
-        } else {
-            base.join(&fleet.local.work_dir)
+        let kind = match (&fleet.local, &fleet.aws) {
+            (Some(local), None) => {
+                if local.min > local.max {
+                    bail!(
+                        "fleet '{name}': min ({}) is greater than max ({})",
+                        local.min,
+                        local.max
+                    );
+                }
+                let (endpoint, no_https) = agent_endpoint(&fleet.queue.endpoint)
+                    .with_context(|| format!("fleet '{name}'"))?;
+                let agent_binary = local
+                    .agent_binary
+                    .clone()
+                    .unwrap_or_else(default_agent_binary);
+                let work_dir = if local.work_dir.is_absolute() {
+                    local.work_dir.clone()
+                } else {
+                    base.join(&local.work_dir)
+                };
+                FleetKind::Local(LocalFleetConfig {
+                    pool: format!("{name}-local"),
+                    min: local.min,
+                    max: local.max,
+                    agent_binary,
+                    endpoint,
+                    no_https,
+                    registration_token: token.clone(),
+                    work_dir: work_dir.join(name),
+                })
+            }
+            (None, Some(aws)) => {
+                if aws.groups.is_empty() || aws.groups.iter().any(|g| g.is_empty()) {
+                    bail!("fleet '{name}': aws.groups must name at least one Auto Scaling group");
+                }
+                agent_endpoint(&fleet.queue.endpoint).with_context(|| format!("fleet '{name}'"))?;
+                FleetKind::Aws {
+                    region: aws.region.clone(),
+                    endpoint_url: aws.endpoint_url.clone(),
+                    groups: aws.groups.clone(),
+                }
+            }
+            _ => bail!("fleet '{name}': give exactly one of `local` and `aws`"),
         };
         resolved.push(ResolvedFleet {
             agent_type: name.clone(),
             endpoint: fleet.queue.endpoint.clone(),
-            token: token.clone(),
+            token,
             long_poll: fleet.queue.long_poll,
-            local: LocalFleetConfig {
-                pool: format!("{name}-local"),
-                min: fleet.local.min,
-                max: fleet.local.max,
-                agent_binary,
-                endpoint,
-                no_https,
-                registration_token: token,
-                work_dir: work_dir.join(name),
-            },
+            fleet: kind,
             policy: policy_from(&fleet.policy, name)?,
         });
     }
@@ -352,11 +399,24 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let mut loops = Vec::new();
     for fleet in fleets {
         let queue = MetricsQueue::new(&fleet.endpoint, &fleet.token, fleet.long_poll);
-        let local = LocalFleet::new(fleet.local).map_err(anyhow::Error::msg)?;
+        let instances: Box<dyn crate::fleet::Fleet> = match fleet.fleet {
+            FleetKind::Local(local) => {
+                Box::new(LocalFleet::new(local).map_err(anyhow::Error::msg)?)
+            }
+            FleetKind::Aws {
+                region,
+                endpoint_url,
+                groups,
+            } => Box::new(
+                crate::fleet_aws::AwsFleet::new(&region, &endpoint_url, groups)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("fleet '{}'", fleet.agent_type))?,
+            ),
+        };
         loops.push(FleetLoop::new(
             &fleet.agent_type,
             Box::new(queue),
-            Box::new(local),
+            instances,
             fleet.policy,
             args.dry_run,
             poll_interval,
@@ -409,8 +469,11 @@ mod tests {
         let (config, fleets) = load(GOOD).unwrap();
         assert_eq!(config.poll_interval_ms, 1000);
         assert_eq!(fleets[0].token, "registration-token");
+        let FleetKind::Local(local) = &fleets[0].fleet else {
+            panic!("a local fleet")
+        };
         assert_eq!(
-            (fleets[0].local.endpoint.as_str(), fleets[0].local.no_https),
+            (local.endpoint.as_str(), local.no_https),
             ("127.0.0.1:8080", true)
         );
         assert_eq!(
@@ -427,6 +490,8 @@ mod tests {
             (GOOD.to_string() + "    policy: {scheduled_minimums: [{cron: '* 25 * * *', minimum: 1}]}\n", "cron field '25'"),
             (GOOD.to_string() + "    policy: {scheduled_minimums: [{cron: '* * * * *', time_zone: Nowhere/City, minimum: 1}]}\n", "unknown time zone"),
             (GOOD.replace("token_file: token", "token_file: missing"), "cannot read token_file"),
+            (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", ""), "give exactly one of `local` and `aws`"),
+            (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", "    aws: {groups: []}\n"), "aws.groups must name"),
             (GOOD.replace("http://127.0.0.1:8080", "127.0.0.1:8080"), "must start with http:// or https://"),
             ("fleets: []\n".to_string(), "no fleets configured"),
             (GOOD.to_string() + "extra: 1\n", "unknown field `extra`"),

@@ -3,6 +3,7 @@
 //! treated like SIGTERM (reported as `interrupted_at`, so the server applies the grace period).
 //! Everything comes from instance metadata through IMDSv2 ([`imds`]).
 
+pub mod aws;
 pub mod imds;
 
 use imds::Imds;

@@ -1,0 +1,116 @@
+//! The AWS calls an agent makes: its registration token from an SSM SecureString, and removing its
+//! own instance after its last job — `TerminateInstanceInAutoScalingGroup` with decrement, then
+//! without (at MinSize the first is refused), then `SetInstanceHealth(Unhealthy)` and a power-off,
+//! so a one-job machine never lingers. Credentials and region come from the standard chain (on EC2:
+//! the instance profile and IMDS); `AWS_ENDPOINT_URL` points the SDK elsewhere (tests use moto).
+
+use aws_config::BehaviorVersion;
+use aws_sdk_autoscaling::error::DisplayErrorContext;
+
+pub struct Aws {
+    runtime: tokio::runtime::Runtime,
+    config: aws_config::SdkConfig,
+}
+
+impl Aws {
+    /// Loads the SDK configuration (credentials, region, endpoint) from the environment.
+    pub fn load(region: &str) -> Result<Aws, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio: {e}"))?;
+        let retry = aws_config::retry::RetryConfig::adaptive().with_max_attempts(5);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        if !region.is_empty() {
+            loader = loader.region(aws_config::Region::new(region.to_string()));
+        }
+        let config = runtime.block_on(loader.load());
+        if config.region().is_none() {
+            return Err("no AWS region: set --aws-region or AWS_REGION (on EC2 it comes from instance metadata)".into());
+        }
+        Ok(Aws { runtime, config })
+    }
+
+    /// The decrypted value of an SSM parameter.
+    pub fn ssm_parameter(&self, name: &str) -> Result<String, String> {
+        let client = aws_sdk_ssm::Client::new(&self.config);
+        let result = self.runtime.block_on(
+            client
+                .get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send(),
+        );
+        match result {
+            Ok(output) => output
+                .parameter()
+                .and_then(|p| p.value())
+                .map(str::to_string)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("SSM parameter '{name}' has no value")),
+            Err(error) => {
+                let not_found = error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_parameter_not_found());
+                if not_found {
+                    Err(format!("SSM parameter '{name}' does not exist"))
+                } else {
+                    Err(format!(
+                        "reading SSM parameter '{name}': {}",
+                        DisplayErrorContext(&error)
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Removes `instance_id` from its group and ends it; returns what was done, step by step.
+    pub fn remove_instance(&self, instance_id: &str, poweroff_command: &str) -> Vec<String> {
+        let client = aws_sdk_autoscaling::Client::new(&self.config);
+        let mut steps = Vec::new();
+        for decrement in [true, false] {
+            let result = self.runtime.block_on(
+                client
+                    .terminate_instance_in_auto_scaling_group()
+                    .instance_id(instance_id)
+                    .should_decrement_desired_capacity(decrement)
+                    .send(),
+            );
+            match result {
+                Ok(_) => {
+                    steps.push(format!("terminated {instance_id} in its Auto Scaling group (decrement: {decrement})"));
+                    return steps;
+                }
+                Err(error) => steps.push(format!(
+                    "terminate (decrement: {decrement}) failed: {}",
+                    DisplayErrorContext(&error)
+                )),
+            }
+        }
+        let health = self.runtime.block_on(
+            client
+                .set_instance_health()
+                .instance_id(instance_id)
+                .health_status("Unhealthy")
+                .should_respect_grace_period(false)
+                .send(),
+        );
+        match health {
+            Ok(_) => steps.push(format!("marked {instance_id} unhealthy")),
+            Err(error) => steps.push(format!(
+                "marking unhealthy failed: {}",
+                DisplayErrorContext(&error)
+            )),
+        }
+        if !poweroff_command.is_empty() {
+            match std::process::Command::new("bash")
+                .args(["-c", poweroff_command])
+                .status()
+            {
+                Ok(status) => steps.push(format!("ran '{poweroff_command}': {status}")),
+                Err(error) => steps.push(format!("running '{poweroff_command}' failed: {error}")),
+            }
+        }
+        steps
+    }
+}
