@@ -218,7 +218,7 @@ fn dry_run_decides_and_logs_but_launches_nothing() {
 fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scaler.yaml");
-    std::fs::write(&path, "fleets:\n  - agent_type: default\n    queue: {endpoint: 'http://127.0.0.1:1', token_env: NOPE_NOT_SET}\n    local: {min: 3, max: 1}\n").unwrap();
+    std::fs::write(&path, "fleets:\n  - agent_type: default\n    queue: {endpoint: 'http://127.0.0.1:1', token_env: PATH}\n    local: {min: 3, max: 1}\n").unwrap();
     let output = Command::new(support::scaler_binary())
         .args(["run", "--config"])
         .arg(&path)
