@@ -347,3 +347,47 @@ fn a_missing_ssm_parameter_is_a_clear_error() {
     );
     assert!(hub.state().registered.is_none());
 }
+
+#[test]
+fn no_aws_credentials_is_a_clear_error() {
+    let imds = FakeImds::start("i-1");
+    let hub = FakeHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args([
+            "start",
+            "--endpoint",
+            &hub.address,
+            "--no-https",
+            "--ec2",
+            "--imds-endpoint",
+            &imds.address,
+        ])
+        .args([
+            "--token-ssm-parameter",
+            "/flotilla/agent-token",
+            "--aws-region",
+            "us-east-1",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env(
+            "SEMAPHORE_AGENT_LOG_FILE_PATH",
+            dir.path().join("agent.log"),
+        )
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Could not read the registration token")
+            && text.to_lowercase().contains("credentials"),
+        "{text}"
+    );
+    assert!(hub.state().registered.is_none());
+}
