@@ -3,6 +3,9 @@
 
 mod support;
 
+#[path = "support/agent_process.rs"]
+mod agent_process;
+
 use agent::cloud::imds::Imds;
 use std::time::Duration;
 use support::{FakeHub, FakeImds};
@@ -137,19 +140,11 @@ fn on_ec2_the_agent_is_named_by_instance_id_and_a_spot_notice_stops_its_job() {
     );
     imds.state.lock().unwrap().spot_action =
         Some(r#"{"action":"terminate","time":"2026-11-23T12:02:00Z"}"#.into());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent did not stop: {}",
-            std::fs::read_to_string(dir.path().join("out")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(0));
+    let out_file = dir.path().join("out");
+    let code = agent_process::wait_for_exit(&mut child, Duration::from_secs(30), || {
+        std::fs::read_to_string(&out_file).unwrap_or_default()
+    });
+    assert_eq!(code, 0);
     let state = hub.state();
     assert!(
         state.syncs.iter().any(|s| s.interrupted_at > 0),
@@ -212,20 +207,12 @@ fn run_ec2_agent(
         command.env(name, value);
     }
     let mut child = command.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "agent did not exit: {}",
-            std::fs::read_to_string(dir.join("out")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let out_file = dir.join("out");
+    let code = agent_process::wait_for_exit(&mut child, Duration::from_secs(60), || {
+        std::fs::read_to_string(&out_file).unwrap_or_default()
+    });
     (
-        status.code().unwrap_or(-1),
+        code,
         std::fs::read_to_string(dir.join("out")).unwrap_or_default(),
     )
 }

@@ -9,125 +9,34 @@ use agent::config::Config;
 use agent::job::{job_environment, JobOptions};
 use agent::listener::{Listener, Timings};
 use protocol::{Command, JobRequest};
-use std::process::{Child, Stdio};
+
 use std::time::Duration;
 use support::FakeHub;
 
 const LONG: Duration = Duration::from_secs(30);
 
-struct AgentProcess {
-    child: Child,
-    dir: tempfile::TempDir,
+#[path = "support/agent_process.rs"]
+mod agent_process;
+use agent_process::AgentProcess;
+
+/// The agent binary against `hub`, named `test-agent-1`.
+fn spawn_agent(hub: &FakeHub, extra_args: &[&str]) -> AgentProcess {
+    spawn_agent_with_path(hub, extra_args, None)
 }
 
-impl AgentProcess {
-    fn spawn(hub: &FakeHub, extra_args: &[&str]) -> AgentProcess {
-        AgentProcess::spawn_with_path(hub, extra_args, None)
-    }
-
-    /// `path_prefix`: a directory put first on PATH (fake tools such as `nvidia-smi`).
-    fn spawn_with_path(
-        hub: &FakeHub,
-        extra_args: &[&str],
-        path_prefix: Option<&std::path::Path>,
-    ) -> AgentProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let hook = dir.path().join("shutdown-hook.sh");
-        std::fs::write(
-            &hook,
-            format!(
-                "echo \"$SEMAPHORE_AGENT_SHUTDOWN_REASON\" > {}/reason\necho hook-ran\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let home = dir.path().join("home");
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::create_dir_all(&tmp).unwrap();
-        let stdout = std::fs::File::create(dir.path().join("stdout")).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent"));
-        if let Some(prefix) = path_prefix {
-            command.env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    prefix.display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            );
-        }
-        let child = command
-            .arg("start")
-            .args([
-                "--endpoint",
-                &hub.address,
-                "--no-https",
-                "--name",
-                "test-agent-1",
-            ])
-            .args(["--shutdown-hook-path", &hook.display().to_string()])
-            .args(extra_args)
-            .env("SEMAPHORE_AGENT_TOKEN", "registration-token")
-            .env(
-                "SEMAPHORE_AGENT_LOG_FILE_PATH",
-                dir.path().join("agent.log"),
-            )
-            .env("HOME", &home)
-            .env("TMPDIR", &tmp)
-            .stdin(Stdio::null())
-            .stdout(stdout.try_clone().unwrap())
-            .stderr(stdout)
-            .spawn()
-            .expect("start the agent binary");
-        AgentProcess { child, dir }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.pid(), signal);
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> i32 {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "agent did not exit within {timeout:?}; output:\n{}",
-                    self.output()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
-    }
-
-    fn shutdown_reason(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("reason"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn spawn_agent_with_path(
+    hub: &FakeHub,
+    extra_args: &[&str],
+    path_prefix: Option<&std::path::Path>,
+) -> AgentProcess {
+    let args = [&["--name", "test-agent-1"][..], extra_args].concat();
+    AgentProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_agent")),
+        &hub.address,
+        "registration-token",
+        &args,
+        path_prefix,
+    )
 }
 
 fn job(id: &str, commands: &[&str]) -> JobRequest {
@@ -163,7 +72,7 @@ fn runs_one_job_end_to_end_and_shuts_down_after_it() {
     let hub = FakeHub::start();
     hub.assign(job("job-1", &["echo -n 'hello'"]), "jwt");
     hub.assign(job("job-2", &["echo -n 'second'"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     let code = agent.wait(LONG);
     assert_eq!(code, 0, "{}", agent.output());
 
@@ -226,7 +135,7 @@ fn the_job_shell_does_not_see_the_registration_token() {
         ),
         "jwt",
     );
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0);
     let log = hub.simplified_log("job-env");
     assert!(log.contains(&"token=unset".to_string()), "{log:?}");
@@ -236,7 +145,7 @@ fn the_job_shell_does_not_see_the_registration_token() {
 fn expired_log_token_is_refreshed() {
     let hub = FakeHub::start();
     hub.assign(job("job-1", &["echo -n 'hello'"]), "expired-token");
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert!(hub.state().token_refreshed);
     assert_eq!(hub.simplified_log("job-1"), hello_log());
@@ -258,7 +167,7 @@ fn a_full_log_server_trims_the_log_but_the_job_still_passes() {
         ),
         "jwt",
     );
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     let state = hub.state();
     assert_eq!(
@@ -292,7 +201,7 @@ fn log_batches_are_contiguous_and_at_most_2000_lines() {
         ),
         "jwt",
     );
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     let state = hub.state();
     assert!(state.unexpected.is_empty(), "{:?}", state.unexpected);
@@ -326,7 +235,7 @@ fn register_is_retried_until_it_succeeds() {
     let hub = FakeHub::start();
     hub.state().register_rejections = 2;
     hub.state().shutdown_scheduled = true;
-    let mut agent = AgentProcess::spawn(&hub, &[]);
+    let mut agent = spawn_agent(&hub, &[]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert_eq!(hub.state().register_attempts, 3);
     assert_eq!(agent.shutdown_reason(), "REQUESTED");
@@ -336,7 +245,7 @@ fn register_is_retried_until_it_succeeds() {
 fn sigterm_while_running_reports_interruption_and_the_server_stops_the_job() {
     let hub = FakeHub::start();
     hub.assign(job("job-1", &["sleep 60"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &["--interruption-grace-period", "0"]);
+    let mut agent = spawn_agent(&hub, &["--interruption-grace-period", "0"]);
     hub.wait_until("the job to run", LONG, |s| {
         s.syncs.iter().any(|x| x.state.as_str() == "running-job")
     });
@@ -367,7 +276,7 @@ fn sigterm_while_running_reports_interruption_and_the_server_stops_the_job() {
 fn grace_period_lets_the_job_finish_before_the_interrupted_shutdown() {
     let hub = FakeHub::start();
     hub.assign(job("job-1", &["sleep 2"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &["--interruption-grace-period", "60"]);
+    let mut agent = spawn_agent(&hub, &["--interruption-grace-period", "60"]);
     hub.wait_until("the job to run", LONG, |s| {
         s.syncs.iter().any(|x| x.state.as_str() == "running-job")
     });
@@ -383,7 +292,7 @@ fn grace_period_lets_the_job_finish_before_the_interrupted_shutdown() {
 #[test]
 fn idle_timeout_shuts_down_an_idle_agent() {
     let hub = FakeHub::start();
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-idle-timeout", "1"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-idle-timeout", "1"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert_eq!(hub.state().registered.as_ref().unwrap().idle_timeout, 1);
     assert_eq!(agent.shutdown_reason(), "IDLE");
@@ -393,7 +302,7 @@ fn idle_timeout_shuts_down_an_idle_agent() {
 fn server_stop_then_shutdown_while_running_a_job() {
     let hub = FakeHub::start();
     hub.assign(job("job-1", &["sleep 60", "echo never"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &[]);
+    let mut agent = spawn_agent(&hub, &[]);
     hub.wait_until("the job to run", LONG, |s| {
         s.syncs.iter().any(|x| x.state.as_str() == "running-job")
     });
@@ -424,7 +333,7 @@ fn stop_job_while_the_job_is_starting_does_not_crash_the_agent() {
         state.stop_requested = true;
     }
     hub.assign(job("job-1", &["sleep 60"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert_eq!(
         hub.state().finished,
@@ -442,7 +351,7 @@ fn a_single_job_agent_never_takes_a_second_job_even_when_offered() {
     hub.state().ignore_single_job = true;
     hub.assign(job("job-1", &["echo -n 'hello'"]), "jwt");
     hub.assign(job("job-2", &["echo -n 'second'"]), "jwt");
-    let mut agent = AgentProcess::spawn(&hub, &["--disconnect-after-job"]);
+    let mut agent = spawn_agent(&hub, &["--disconnect-after-job"]);
     hub.wait_until("the first job to finish", LONG, |s| !s.finished.is_empty());
     hub.wait_until("job-2 to be offered", LONG, |s| s.queue.is_empty());
     std::thread::sleep(Duration::from_millis(500));
@@ -663,7 +572,7 @@ fn gpus_are_exported_to_jobs_and_reported_only_when_asked() {
         ),
         "jwt",
     );
-    let mut agent = AgentProcess::spawn_with_path(
+    let mut agent = spawn_agent_with_path(
         &hub,
         &["--disconnect-after-job", "--report-gpus"],
         Some(tools.path()),
@@ -696,7 +605,7 @@ fn gpus_are_exported_to_jobs_and_reported_only_when_asked() {
     // Without --report-gpus the registration is upstream's, byte for byte.
     let hub = FakeHub::start();
     hub.state().shutdown_scheduled = true;
-    let mut agent = AgentProcess::spawn_with_path(&hub, &[], Some(tools.path()));
+    let mut agent = spawn_agent_with_path(&hub, &[], Some(tools.path()));
     assert_eq!(agent.wait(LONG), 0);
     assert!(hub
         .state()

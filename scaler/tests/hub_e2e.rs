@@ -21,7 +21,7 @@ fn state(hub: &HubProcess, id: &str) -> (String, Option<String>) {
 fn submit_run_follow_and_read_the_result() {
     let hub = HubProcess::start(&[]);
     let id = hub.submit(&["echo hello from flotilla", "echo -n second; sh -c 'exit 3'"]);
-    let mut agent = AgentProcess::start(&hub, &["--disconnect-after-job"]);
+    let mut agent = support::start_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert_eq!(agent.shutdown_reason(), "JOB_FINISHED");
     assert_eq!(state(&hub, &id), ("finished".into(), Some("failed".into())));
@@ -59,7 +59,7 @@ fn submit_run_follow_and_read_the_result() {
 #[test]
 fn follow_prints_the_log_while_the_job_runs_and_exits_with_the_result() {
     let hub = HubProcess::start(&[]);
-    let _agent = AgentProcess::start(&hub, &[]);
+    let _agent = support::start_agent(&hub, &[]);
     let (code, stdout, stderr) = hub.cli(&[
         "jobs",
         "submit",
@@ -79,7 +79,7 @@ fn follow_prints_the_log_while_the_job_runs_and_exits_with_the_result() {
 #[test]
 fn idle_agents_shut_down_with_idle() {
     let hub = HubProcess::start(&[]);
-    let mut agent = AgentProcess::start(&hub, &["--disconnect-after-idle-timeout", "1"]);
+    let mut agent = support::start_agent(&hub, &["--disconnect-after-idle-timeout", "1"]);
     assert_eq!(agent.wait(LONG), 0, "{}", agent.output());
     assert_eq!(agent.shutdown_reason(), "IDLE");
 }
@@ -88,7 +88,7 @@ fn idle_agents_shut_down_with_idle() {
 fn a_user_stop_stops_the_running_job() {
     let hub = HubProcess::start(&[]);
     let id = hub.submit(&["sleep 60", "echo never"]);
-    let mut agent = AgentProcess::start(&hub, &["--disconnect-after-job"]);
+    let mut agent = support::start_agent(&hub, &["--disconnect-after-job"]);
     support::wait_for("the job to run", LONG, || state(&hub, &id).0 == "running");
     let (code, stdout, stderr) = hub.cli(&["jobs", "stop", &id]);
     assert_eq!(code, 0, "{stderr}");
@@ -104,7 +104,7 @@ fn a_user_stop_stops_the_running_job() {
 fn an_interrupted_agents_job_is_requeued_and_finished_by_another() {
     let hub = HubProcess::start(&[]);
     let id = hub.submit(&["sleep 3; echo done"]);
-    let mut first = AgentProcess::start(
+    let mut first = support::start_agent(
         &hub,
         &["--disconnect-after-job", "--interruption-grace-period", "0"],
     );
@@ -117,7 +117,7 @@ fn an_interrupted_agents_job_is_requeued_and_finished_by_another() {
         "queued",
         "re-queued once by the default retry policy"
     );
-    let mut second = AgentProcess::start(&hub, &["--disconnect-after-job"]);
+    let mut second = support::start_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(second.wait(LONG), 0, "{}", second.output());
     assert_eq!(state(&hub, &id), ("finished".into(), Some("passed".into())));
     assert_eq!(hub.job(&id)["attempts"], 2);
@@ -129,7 +129,7 @@ fn the_hub_survives_kill_9_mid_run() {
     let ids: Vec<String> = (0..6)
         .map(|i| hub.submit(&[&format!("sleep 1; echo job {i}")]))
         .collect();
-    let mut agents: Vec<AgentProcess> = (0..2).map(|_| AgentProcess::start(&hub, &[])).collect();
+    let mut agents: Vec<AgentProcess> = (0..2).map(|_| support::start_agent(&hub, &[])).collect();
     support::wait_for("two jobs to finish", LONG, || {
         ids.iter()
             .filter(|id| state(&hub, id).0 == "finished")

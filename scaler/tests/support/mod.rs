@@ -165,87 +165,17 @@ impl Drop for HubProcess {
     }
 }
 
-pub struct AgentProcess {
-    pub child: Child,
-    pub dir: tempfile::TempDir,
-}
+#[path = "../../../agent/tests/support/agent_process.rs"]
+mod agent_process;
+pub use agent_process::AgentProcess;
 
-impl AgentProcess {
-    pub fn start(hub: &HubProcess, extra_args: &[&str]) -> AgentProcess {
-        let dir = tempfile::tempdir().unwrap();
-        let hook = dir.path().join("hook.sh");
-        std::fs::write(
-            &hook,
-            format!(
-                "echo \"$SEMAPHORE_AGENT_SHUTDOWN_REASON\" > {}/reason\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let (home, tmp) = (dir.path().join("home"), dir.path().join("tmp"));
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::create_dir_all(&tmp).unwrap();
-        let out = std::fs::File::create(dir.path().join("out")).unwrap();
-        let child = Command::new(agent_binary())
-            .args([
-                "start",
-                "--endpoint",
-                &format!("127.0.0.1:{}", hub.port),
-                "--no-https",
-            ])
-            .args(["--shutdown-hook-path", &hook.display().to_string()])
-            .args(extra_args)
-            .env("SEMAPHORE_AGENT_TOKEN", hub.registration_token())
-            .env(
-                "SEMAPHORE_AGENT_LOG_FILE_PATH",
-                dir.path().join("agent.log"),
-            )
-            .env("HOME", &home)
-            .env("TMPDIR", &tmp)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start agent");
-        AgentProcess { child, dir }
-    }
-
-    pub fn wait(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("agent did not exit within {timeout:?}:\n{}", self.output());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    pub fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
-    }
-
-    pub fn shutdown_reason(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("reason"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A real agent against `hub`, with the hub's registration token.
+pub fn start_agent(hub: &HubProcess, extra_args: &[&str]) -> AgentProcess {
+    AgentProcess::start(
+        &agent_binary(),
+        &format!("127.0.0.1:{}", hub.port),
+        &hub.registration_token(),
+        extra_args,
+        None,
+    )
 }
