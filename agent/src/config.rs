@@ -43,6 +43,8 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("ec2-poweroff-command", Kind::Text),
     ("token-ssm-parameter", Kind::Text),
     ("aws-region", Kind::Text),
+    ("config-ssm-parameter", Kind::Text),
+    ("registered-file", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct Config {
     /// Read the registration token from this SSM parameter (SecureString) instead of `token`.
     pub token_ssm_parameter: String,
     pub aws_region: String,
+    /// Touched once registered (an instance's boot-deadline watchdog looks for it).
+    pub registered_file: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,17 +137,36 @@ pub fn load(
     let flags = parse_flags(args)?;
     let mut values: BTreeMap<&'static str, Raw> = BTreeMap::new();
 
-    if let Some(Raw::Flag(paths)) = flags.get("config-file") {
-        let path = paths.last().cloned().unwrap_or_default();
-        if !path.is_empty() {
-            let text = read_file(&path).map_err(|error| {
-                invalid(format!(
-                    "Error reading config file '{path}': {error}. Exiting..."
-                ))
-            })?;
-            for (key, value) in parse_yaml(&text, &path)? {
-                values.insert(key, Raw::Yaml(value));
-            }
+    // The config file's YAML may instead come from an SSM parameter (a booting EC2 instance's
+    // user data names only that parameter); `read_file` is asked for `ssm:<name>` then.
+    let ssm_parameter = match flags.get("config-ssm-parameter") {
+        Some(Raw::Flag(values)) => values.last().cloned(),
+        _ => env.get("SEMAPHORE_AGENT_CONFIG_SSM_PARAMETER").cloned(),
+    }
+    .filter(|name| !name.is_empty());
+    let config_file = match flags.get("config-file") {
+        Some(Raw::Flag(paths)) => paths.last().cloned(),
+        _ => None,
+    }
+    .filter(|path| !path.is_empty());
+    let source = match (config_file, ssm_parameter) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "Give config-file or config-ssm-parameter, not both. Exiting...",
+            ))
+        }
+        (Some(path), None) => Some(path),
+        (None, Some(name)) => Some(format!("ssm:{name}")),
+        (None, None) => None,
+    };
+    if let Some(path) = source {
+        let text = read_file(&path).map_err(|error| {
+            invalid(format!(
+                "Error reading config file '{path}': {error}. Exiting..."
+            ))
+        })?;
+        for (key, value) in parse_yaml(&text, &path)? {
+            values.insert(key, Raw::Yaml(value));
         }
     }
     for (key, _) in OPTIONS {
@@ -231,7 +254,7 @@ fn parse_yaml(
                 .to_string(),
         };
         match option_kind(&key_text) {
-            Some(("config-file", _)) | None => {
+            Some(("config-file", _)) | Some(("config-ssm-parameter", _)) | None => {
                 return Err(invalid(format!(
                     "Unrecognized option '{key_text}'. Exiting..."
                 )));
@@ -445,6 +468,7 @@ fn build(
         },
         token_ssm_parameter,
         aws_region: text(values, "aws-region")?,
+        registered_file: text(values, "registered-file")?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: {
             let seconds = int(values, "ec2-poll-seconds", 5)?;
@@ -652,6 +676,66 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "Unrecognized option 'config-file'. Exiting..."
+        );
+    }
+
+    #[test]
+    fn the_config_yaml_can_come_from_an_ssm_parameter_below_env_and_flags() {
+        let read = |path: &str| {
+            match path {
+            "ssm:/flotilla/fleet/agent-config" => Ok("endpoint: from-ssm.example.com\ntoken: ssm-token\ndisconnect-after-idle-timeout: 30\n".to_string()),
+            other => Err(std::io::Error::other(format!("unexpected read of {other}"))),
+        }
+        };
+        let config = load(
+            &args(&["--disconnect-after-idle-timeout", "60"]),
+            &env(&[
+                (
+                    "SEMAPHORE_AGENT_CONFIG_SSM_PARAMETER",
+                    "/flotilla/fleet/agent-config",
+                ),
+                ("SEMAPHORE_AGENT_TOKEN", "env-token"),
+            ]),
+            &read,
+        )
+        .unwrap();
+        assert_eq!(config.endpoint, "from-ssm.example.com");
+        assert_eq!(config.token, "env-token", "env beats the parameter's YAML");
+        assert_eq!(
+            config.disconnect_after_idle_timeout, 60,
+            "flags beat it too"
+        );
+        let both = load(
+            &args(&["--config-file", "c.yaml", "--config-ssm-parameter", "/p"]),
+            &env(&[]),
+            &read,
+        )
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let nested = load(
+            &args(&["--config-ssm-parameter", "/nested"]),
+            &env(&[]),
+            &|_: &str| Ok("config-ssm-parameter: /other\n".to_string()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            nested.to_string(),
+            "Unrecognized option 'config-ssm-parameter'. Exiting..."
+        );
+        let missing = load(
+            &args(&["--config-ssm-parameter", "/missing"]),
+            &env(&[]),
+            &|_: &str| {
+                Err(std::io::Error::other(
+                    "SSM parameter '/missing' does not exist",
+                ))
+            },
+        )
+        .unwrap_err();
+        assert!(
+            missing.to_string().contains("'ssm:/missing'")
+                && missing.to_string().contains("does not exist"),
+            "{missing}"
         );
     }
 

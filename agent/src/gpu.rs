@@ -105,6 +105,11 @@ fn from_proc(root: &Path) -> Vec<Gpu> {
         .collect()
 }
 
+/// The GPUs `nvidia-smi` (on PATH) reports, or why it could not tell (the self-test's driver check).
+pub fn nvidia_smi() -> Result<Vec<Gpu>, String> {
+    from_nvidia_smi("nvidia-smi")
+}
+
 /// The GPUs of this machine (empty when there are none or nothing can tell).
 pub fn detect() -> Vec<Gpu> {
     match from_nvidia_smi("nvidia-smi") {

@@ -12,5 +12,6 @@ pub mod listener;
 pub mod logging;
 pub mod pusher;
 pub mod retry;
+pub mod selftest;
 pub mod shell;
 pub mod state;

@@ -184,6 +184,15 @@ impl Listener {
                     response.name,
                     self.client.base_url()
                 );
+                if !self.config.registered_file.is_empty() {
+                    if let Err(error) = std::fs::write(&self.config.registered_file, &response.name)
+                    {
+                        log::warn!(
+                            "could not write the registered file {}: {error}",
+                            self.config.registered_file
+                        );
+                    }
+                }
             }
             Err(error) => {
                 log::error!("failed to register agent: {error}");

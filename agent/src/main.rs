@@ -39,6 +39,39 @@ enum Commands {
     },
     /// Print the agent's version.
     Version,
+    /// Remove this EC2 instance: terminate it in its Auto Scaling group with decrement, else
+    /// without, else mark it unhealthy, else power it off (the units' OnFailure= and boot deadline).
+    RemoveInstance {
+        /// Why, for the log.
+        #[arg(long, default_value = "requested")]
+        reason: String,
+        /// Instance metadata endpoint.
+        #[arg(long, env = "FLOTILLA_IMDS_ENDPOINT", default_value = agent::cloud::imds::DEFAULT_ENDPOINT)]
+        imds_endpoint: String,
+        /// AWS region [default: AWS_REGION, else instance metadata].
+        #[arg(long, default_value = "")]
+        aws_region: String,
+        /// Last resort when the group cannot remove the instance.
+        #[arg(long, default_value = "poweroff")]
+        poweroff_command: String,
+    },
+    /// Check that this machine can run jobs: units, boot scripts, IMDSv2, and with --gpu the
+    /// NVIDIA driver and Docker's GPU runtime. Exits 1 if any check fails.
+    SelfTest {
+        /// Also check the NVIDIA driver and Docker's nvidia runtime.
+        #[arg(long)]
+        gpu: bool,
+        /// With --gpu: run `nvidia-smi -L` in this image with `docker run --gpus all`.
+        #[arg(long, default_value = "")]
+        docker_image: String,
+        #[arg(long, default_value = "/etc/systemd/system")]
+        units_dir: PathBuf,
+        #[arg(long, default_value = "/usr/local/lib/flotilla")]
+        scripts_dir: PathBuf,
+        /// Instance metadata endpoint ("" skips the check, e.g. off EC2).
+        #[arg(long, env = "FLOTILLA_IMDS_ENDPOINT", default_value = agent::cloud::imds::DEFAULT_ENDPOINT)]
+        imds_endpoint: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +90,35 @@ fn main() {
             0
         }
         Commands::Start { options } => start(&options),
+        Commands::RemoveInstance {
+            reason,
+            imds_endpoint,
+            aws_region,
+            poweroff_command,
+        } => remove_instance(&reason, &imds_endpoint, &aws_region, &poweroff_command),
+        Commands::SelfTest {
+            gpu,
+            docker_image,
+            units_dir,
+            scripts_dir,
+            imds_endpoint,
+        } => {
+            let checks = agent::selftest::run_checks(&agent::selftest::SelfTestOptions {
+                units_dir,
+                scripts_dir,
+                imds_endpoint,
+                gpu,
+                docker_image,
+            });
+            print!("{}", agent::selftest::render(&checks));
+            if checks.iter().all(|c| c.ok) {
+                println!("self-test passed");
+                0
+            } else {
+                println!("self-test FAILED");
+                1
+            }
+        }
         Commands::Run { file, format } => match run(&file, format) {
             Ok(code) => code,
             Err(error) => {
@@ -66,6 +128,35 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn remove_instance(reason: &str, imds_endpoint: &str, region: &str, poweroff: &str) -> i32 {
+    let mut imds = agent::cloud::imds::Imds::new(imds_endpoint);
+    let instance_id = match imds.instance_id() {
+        Ok(id) => id,
+        Err(error) => {
+            eprintln!("agent remove-instance: cannot read the instance id: {error}");
+            return 1;
+        }
+    };
+    let aws = match agent::cloud::aws::Aws::load(region) {
+        Ok(aws) => aws,
+        Err(error) => {
+            eprintln!("agent remove-instance: {error}");
+            return 1;
+        }
+    };
+    println!("removing instance {instance_id} ({reason})");
+    let (steps, leaving) = aws.remove_instance(&instance_id, poweroff);
+    for step in steps {
+        println!("  {step}");
+    }
+    if leaving {
+        0
+    } else {
+        eprintln!("agent remove-instance: every way of removing {instance_id} failed");
+        1
+    }
 }
 
 fn start_help() -> String {
@@ -109,7 +200,13 @@ fn start(options: &[String]) -> i32 {
         );
         return 1;
     }
-    let read_file = |path: &str| std::fs::read_to_string(path);
+    // `ssm:<name>`: the config YAML from an SSM parameter (region from AWS_REGION or IMDS).
+    let read_file = |path: &str| match path.strip_prefix("ssm:") {
+        Some(name) => agent::cloud::aws::Aws::load("")
+            .and_then(|aws| aws.ssm_parameter(name))
+            .map_err(std::io::Error::other),
+        None => std::fs::read_to_string(path),
+    };
     let config = match config::load(options, &env, &read_file) {
         Ok(config) => config,
         Err(error) => {
@@ -211,7 +308,7 @@ fn start(options: &[String]) -> i32 {
     let code = listener.run(name);
     if let (Some(aws), true) = (&aws, remove_instance) {
         // Logs are flushed: the job's teardown delivered them before the last sync.
-        for step in aws.remove_instance(&instance_id, &poweroff_command) {
+        for step in aws.remove_instance(&instance_id, &poweroff_command).0 {
             log::info!("Instance removal: {step}");
         }
     }

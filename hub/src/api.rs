@@ -87,7 +87,8 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/jobs/{id}", get(job_request))
         .route("/refresh", post(refresh))
         .route("/disconnect", post(disconnect))
-        .route("/metrics", get(queue_metrics));
+        .route("/metrics", get(queue_metrics))
+        .route("/agents", get(type_agents));
     let user_api = Router::new()
         .route(
             "/agent_types",
@@ -185,6 +186,12 @@ async fn queue_metrics(
         }
     }
     Ok(Json(metrics).into_response())
+}
+
+/// Flotilla extension: the agents of the asking token's type (names and whether busy).
+async fn type_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
+    let token = token(&headers)?;
+    Ok(Json(hub.agents_of_type(&token)?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -844,11 +844,36 @@ impl Hub {
     pub fn metrics(&self, registration_token: &str, now: i64) -> HubResult<QueueMetrics> {
         let guard = self.lock();
         let core = &guard.core;
-        let agent_type = core
-            .type_by_token
-            .get(&tokens::hash(registration_token))
-            .ok_or(HubError::Unauthorized)?;
+        let agent_type = Self::type_of_token(core, registration_token)?;
         Ok(Self::metrics_of(core, agent_type, now))
+    }
+
+    /// The agent type a registration token belongs to.
+    fn type_of_token<'a>(core: &'a Core, registration_token: &str) -> HubResult<&'a String> {
+        core.type_by_token
+            .get(&tokens::hash(registration_token))
+            .ok_or(HubError::Unauthorized)
+    }
+
+    /// The agents registered under the agent type whose registration token asks (reaper input).
+    pub fn agents_of_type(
+        &self,
+        registration_token: &str,
+    ) -> HubResult<protocol::metrics::AgentList> {
+        let guard = self.lock();
+        let core = &guard.core;
+        let agent_type = Self::type_of_token(core, registration_token)?;
+        let mut agents: Vec<protocol::metrics::AgentSummary> = core
+            .agents
+            .values()
+            .filter(|agent| &agent.row.agent_type == agent_type)
+            .map(|agent| protocol::metrics::AgentSummary {
+                name: agent.row.name.clone(),
+                busy: agent.row.job_id.is_some(),
+            })
+            .collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(protocol::metrics::AgentList { agents })
     }
 
     fn metrics_of(core: &Core, agent_type: &str, now: i64) -> QueueMetrics {

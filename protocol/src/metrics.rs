@@ -31,6 +31,22 @@ pub struct AgentCounts {
     pub occupied: u64,
 }
 
+/// Extension (`GET /api/v1/self_hosted_agents/agents`, registration token): the agent type's
+/// registered agents, so a scaler's reaper can match instances to agents by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AgentSummary {
+    pub name: String,
+    /// Whether the agent holds a job (assigned, starting, running or stopping).
+    pub busy: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 //! The control loop: for one fleet (agent type), read the queue, describe the fleet, decide with
 //! the policy, raise desired capacity, and log one structured line per decision. Its gauges feed
-//! the scaler's Prometheus `/metrics`.
+//! the scaler's Prometheus `/metrics`. Every reaper interval it also runs a reaper pass (see
+//! [`crate::reaper`]) when the queue can list agents.
 
 use crate::fleet::Fleet;
 use crate::policy::{decide, PolicyConfig, PolicyState, QueueSnapshot};
 use crate::queue::Queue;
+use crate::reaper::{self, ReapAction, ReaperConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +26,9 @@ pub struct LoopStatus {
     pub replaced_instances: u64,
     /// Time from the poll that saw more demand to the raise call returning, last one (ms).
     pub last_reaction_ms: f64,
+    /// Reaper marks set, and instances it terminated.
+    pub reaper_marked: u64,
+    pub reaper_terminated: u64,
 }
 
 pub struct FleetLoop {
@@ -36,6 +41,9 @@ pub struct FleetLoop {
     pub poll_interval: Duration,
     pub status: Arc<Mutex<LoopStatus>>,
     started: Instant,
+    reaper: Option<ReaperConfig>,
+    last_reap: Option<Instant>,
+    reaper_off_logged: bool,
 }
 
 impl FleetLoop {
@@ -62,7 +70,73 @@ impl FleetLoop {
             poll_interval,
             status,
             started: Instant::now(),
+            reaper: None,
+            last_reap: None,
+            reaper_off_logged: false,
         }
+    }
+
+    /// Runs a reaper pass every `config.interval_seconds`.
+    pub fn with_reaper(mut self, config: ReaperConfig) -> FleetLoop {
+        self.reaper = Some(config);
+        self
+    }
+
+    /// One reaper pass: never acts when the agent list or the instances cannot be read.
+    fn reap(&mut self, unix_now: i64) {
+        let Some(config) = self.reaper else { return };
+        if self
+            .last_reap
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(config.interval_seconds))
+        {
+            return;
+        }
+        self.last_reap = Some(Instant::now());
+        let agents = match self.queue.agents() {
+            Ok(Some(agents)) => agents,
+            Ok(None) => {
+                if !self.reaper_off_logged {
+                    self.reaper_off_logged = true;
+                    tracing::info!(agent_type = %self.agent_type, "the control plane does not list agents: the reaper is off (instances still enforce their own boot deadline)");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(agent_type = %self.agent_type, %error, "reaper pass skipped: no agent list");
+                return;
+            }
+        };
+        let instances = match self.fleet.instances() {
+            Ok(instances) => instances,
+            Err(error) => {
+                tracing::warn!(agent_type = %self.agent_type, %error, "reaper pass skipped: no instance list");
+                return;
+            }
+        };
+        let (mut marked, mut terminated) = (0, 0);
+        for action in reaper::decide(&instances, &agents, &config, unix_now) {
+            tracing::info!(agent_type = %self.agent_type, action = ?action, dry_run = self.dry_run, "reaper");
+            if self.dry_run {
+                continue;
+            }
+            let result = match &action {
+                ReapAction::Mark { instance, mark } => self
+                    .fleet
+                    .set_mark(instance, Some(mark))
+                    .map(|()| marked += 1),
+                ReapAction::Unmark { instance } => self.fleet.set_mark(instance, None),
+                ReapAction::Terminate { instance, .. } => self
+                    .fleet
+                    .terminate(instance, true)
+                    .map(|()| terminated += 1),
+            };
+            if let Err(error) = result {
+                tracing::error!(agent_type = %self.agent_type, %error, "reaper action failed");
+            }
+        }
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.reaper_marked += marked;
+        status.reaper_terminated += terminated;
     }
 
     /// One round on the real clock.
@@ -149,6 +223,8 @@ impl FleetLoop {
         if raised > 0 {
             status.last_reaction_ms = observed.elapsed().as_secs_f64() * 1000.0;
         }
+        drop(status);
+        self.reap(unix_now);
     }
 
     /// Runs until `stop` is set.
@@ -225,7 +301,17 @@ pub fn render_metrics(statuses: &[LoopStatus]) -> String {
     for (name, help, value) in gauges {
         write_family(&mut out, name, help, "gauge", statuses, value);
     }
-    let counters: [Metric<u64>; 5] = [
+    let counters: [Metric<u64>; 7] = [
+        (
+            "flotilla_scaler_reaper_marked_total",
+            "Stuck instances the reaper marked.",
+            |s| s.reaper_marked,
+        ),
+        (
+            "flotilla_scaler_reaper_terminated_total",
+            "Stuck instances the reaper terminated (a mark confirmed on a later pass).",
+            |s| s.reaper_terminated,
+        ),
         (
             "flotilla_scaler_decisions_total",
             "Policy decisions made.",

@@ -5,6 +5,7 @@
 //! with decrement; one that dies otherwise is unhealthy and is replaced. Never more than `max` run.
 
 use crate::policy::PoolState;
+use crate::reaper::{InstanceFacts, Mark};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,16 @@ pub trait Fleet: Send {
     /// Instances that removed themselves after their job, and unhealthy ones replaced, so far.
     fn counts(&self) -> (u64, u64) {
         (0, 0)
+    }
+    /// Instances for the reaper to judge. A fleet that replaces dead instances itself (the local
+    /// one) has none to offer.
+    fn instances(&mut self) -> Result<Vec<InstanceFacts>, String> {
+        Ok(Vec::new())
+    }
+    /// Records or clears a reaper mark on an instance (only asked of instances `instances` gave).
+    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), String> {
+        let _ = mark;
+        Err(format!("this fleet cannot mark instance {instance}"))
     }
 }
 

@@ -3,11 +3,13 @@
 //! scaling activities failed for lack of capacity (InsufficientInstanceCapacity,
 //! UnfulfillableCapacity, spot limits) is `short` for a while, so the policy spills its share to the
 //! next pool; `raise_desired` is `SetDesiredCapacity(HonorCooldown=false)`, clamped to MaxSize;
-//! `AZRebalance` is suspended at start (it would terminate busy instances). The SDK retries in
-//! adaptive mode, so throttling slows the loop instead of breaking it.
+//! `AZRebalance` is suspended at start (it would terminate busy instances). For the reaper it lists
+//! in-service instances with their launch times (`DescribeInstances`) and keeps its marks as an EC2
+//! tag. The SDK retries in adaptive mode, so throttling slows the loop instead of breaking it.
 
 use crate::fleet::Fleet;
 use crate::policy::PoolState;
+use crate::reaper::{InstanceFacts, Mark, MARK_TAG};
 use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use std::collections::HashMap;
@@ -27,19 +29,26 @@ const CAPACITY_ERRORS: &[&str] = &[
 pub struct AwsFleet {
     runtime: tokio::runtime::Runtime,
     client: aws_sdk_autoscaling::Client,
+    ec2: aws_sdk_ec2::Client,
     groups: Vec<String>,
     short_since: HashMap<String, Instant>,
 }
 
 /// Loads SDK configuration: credentials and region from the standard chain, `endpoint_url`
-/// when given (moto in tests), adaptive retries.
+/// when given (moto in tests), adaptive retries with short back-offs.
 pub fn sdk_config(
     runtime: &tokio::runtime::Runtime,
     region: &str,
     endpoint_url: &str,
 ) -> Result<aws_config::SdkConfig, String> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(5));
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
+        // The control loop is the outer retry: short SDK back-offs keep a throttled round
+        // from holding up the next one for long.
+        aws_config::retry::RetryConfig::adaptive()
+            .with_max_attempts(3)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(5)),
+    );
     if !region.is_empty() {
         loader = loader.region(aws_config::Region::new(region.to_string()));
     }
@@ -95,9 +104,11 @@ impl AwsFleet {
             .map_err(|e| e.to_string())?;
         let config = sdk_config(&runtime, region, endpoint_url)?;
         let client = aws_sdk_autoscaling::Client::new(&config);
+        let ec2 = aws_sdk_ec2::Client::new(&config);
         let fleet = AwsFleet {
             runtime,
             client,
+            ec2,
             groups,
             short_since: HashMap::new(),
         };
@@ -245,5 +256,96 @@ impl Fleet for AwsFleet {
             )
             .map(|_| ())
             .map_err(|e| format!("terminating {instance}: {}", DisplayErrorContext(&e)))
+    }
+
+    fn instances(&mut self) -> Result<Vec<InstanceFacts>, String> {
+        let now = hub::api::unix_now();
+        let mut by_id: Vec<(String, String, bool)> = Vec::new();
+        for group in self.describe_groups()? {
+            let pool = group
+                .auto_scaling_group_name()
+                .unwrap_or_default()
+                .to_string();
+            for instance in group.instances() {
+                let in_service =
+                    instance.lifecycle_state().map(|s| s.as_str()) == Some("InService");
+                if let Some(id) = instance.instance_id() {
+                    by_id.push((id.to_string(), pool.clone(), in_service));
+                }
+            }
+        }
+        let mut facts = Vec::new();
+        for chunk in by_id.chunks(200) {
+            let ids: Vec<String> = chunk.iter().map(|(id, _, _)| id.clone()).collect();
+            let output = self
+                .runtime
+                .block_on(
+                    self.ec2
+                        .describe_instances()
+                        .set_instance_ids(Some(ids))
+                        .send(),
+                )
+                .map_err(|e| {
+                    format!(
+                        "describing instances: {}",
+                        aws_sdk_ec2::error::DisplayErrorContext(&e)
+                    )
+                })?;
+            for instance in output.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(id) = instance.instance_id() else {
+                    continue;
+                };
+                let Some((_, pool, in_service)) = chunk.iter().find(|(i, _, _)| i == id) else {
+                    continue;
+                };
+                let mark = instance
+                    .tags()
+                    .iter()
+                    .find(|tag| tag.key() == Some(MARK_TAG))
+                    .map(|tag| Mark::parse(tag.value().unwrap_or_default(), now));
+                facts.push(InstanceFacts {
+                    id: id.to_string(),
+                    pool: pool.clone(),
+                    in_service: *in_service,
+                    // An instance without a launch time is treated as launched now (never reaped early).
+                    launched_unix: instance.launch_time().map(|t| t.secs()).unwrap_or(now),
+                    mark,
+                });
+            }
+        }
+        Ok(facts)
+    }
+
+    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), String> {
+        let result = match mark {
+            Some(mark) => self
+                .runtime
+                .block_on(
+                    self.ec2
+                        .create_tags()
+                        .resources(instance)
+                        .tags(
+                            aws_sdk_ec2::types::Tag::builder()
+                                .key(MARK_TAG)
+                                .value(mark.tag_value())
+                                .build(),
+                        )
+                        .send(),
+                )
+                .map(|_| ())
+                .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string()),
+            None => self
+                .runtime
+                .block_on(
+                    self.ec2
+                        .delete_tags()
+                        .resources(instance)
+                        .tags(aws_sdk_ec2::types::Tag::builder().key(MARK_TAG).build())
+                        .send(),
+                )
+                .map(|_| ())
+                .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string()),
+        };
+        result.map_err(|e| format!("tagging {instance}: {e}"))
     }
 }

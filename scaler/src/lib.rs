@@ -3,10 +3,12 @@
 
 pub mod client;
 pub mod control;
+pub mod deploy;
 pub mod fleet;
 pub mod fleet_aws;
 pub mod policy;
 pub mod queue;
+pub mod reaper;
 pub mod run;
 pub mod schedule;
 pub mod serve;

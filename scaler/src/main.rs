@@ -1,8 +1,8 @@
 //! The `scaler` command: `up` (hub + local fleet + control loop on one machine), `run` (the
 //! scaling service), `hub` (serve the hub), and `jobs` / `agent-types` / `agents` (its user API).
-//! AWS fleets, deploy and simulate come with their issues.
+//! `deploy` / `status` / `destroy` (the fleet's CloudFormation stack) and `simulate`.
 
-use scaler::{client, run, serve, simulate, up};
+use scaler::{client, deploy, run, serve, simulate, up};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -28,6 +28,12 @@ enum Commands {
     Hub(serve::HubArgs),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
+    /// Create or update a fleet's CloudFormation stack (the template is built in).
+    Deploy(deploy::DeployArgs),
+    /// A deployed fleet: stack, pools, queue, recent scaling activity, outputs.
+    Status(deploy::StackArgs),
+    /// Delete a fleet's stack (and the token parameter deploy created).
+    Destroy(deploy::DestroyArgs),
     /// Replay a job trace against the policy and the baselines on a virtual clock.
     Simulate(simulate::SimulateArgs),
     /// Submit, list, follow and stop jobs.
@@ -60,6 +66,9 @@ fn main() {
         Commands::Hub(args) => serve::run(args),
         Commands::Run(args) => run::run(args),
         Commands::Simulate(args) => simulate::run(args),
+        Commands::Deploy(args) => deploy::deploy(args),
+        Commands::Status(args) => deploy::status(args),
+        Commands::Destroy(args) => deploy::destroy(args),
         Commands::Jobs { access, command } => client::jobs(&access, command),
         Commands::AgentTypes { access, command } => client::agent_types(&access, command),
         Commands::Agents { access, command } => client::agents(&access, command),

@@ -4,6 +4,7 @@
 //! otherwise it polls. Errors back off exponentially; the token never appears in a log line.
 
 use crate::policy::QueueSnapshot;
+use protocol::metrics::{AgentList, AgentSummary};
 use protocol::QueueMetrics;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,11 @@ pub trait Queue: Send {
     /// The queue's counts, waiting up to `wait` for a change where the source can tell one.
     /// After errors it returns the last counts with their age (so stale counts never raise).
     fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, String>;
+    /// The agent type's registered agents, where the control plane lists them (the hub);
+    /// `None` where it cannot (Semaphore), which turns the reaper off.
+    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, String> {
+        Ok(None)
+    }
 }
 
 pub struct MetricsQueue {
@@ -48,6 +54,22 @@ impl MetricsQueue {
         }
     }
 
+    /// A GET with the registration token (never logged). The error is ureq's own, as its calls return it.
+    #[allow(clippy::result_large_err)]
+    fn get(&self, url: &str, timeout: Duration) -> Result<ureq::Response, ureq::Error> {
+        self.http
+            .get(url)
+            .timeout(timeout)
+            .set("Authorization", &format!("Token {}", self.token))
+            .set("Agent", "flotilla-scaler")
+            .call()
+    }
+
+    fn agents_url(&self) -> String {
+        self.url
+            .replace("/self_hosted_agents/metrics", "/self_hosted_agents/agents")
+    }
+
     fn fetch(&mut self, wait: Duration) -> Result<QueueMetrics, String> {
         let (url, timeout) = match (self.long_poll, self.version) {
             (true, Some(version)) => {
@@ -59,13 +81,7 @@ impl MetricsQueue {
             }
             _ => (self.url.clone(), Duration::from_secs(10)),
         };
-        let response = self
-            .http
-            .get(&url)
-            .timeout(timeout)
-            .set("Authorization", &format!("Token {}", self.token))
-            .set("Agent", "flotilla-scaler")
-            .call();
+        let response = self.get(&url, timeout);
         match response {
             Ok(response) => response
                 .into_json::<QueueMetrics>()
@@ -90,6 +106,23 @@ fn snapshot(metrics: &QueueMetrics, age_ms: u64) -> QueueSnapshot {
 }
 
 impl Queue for MetricsQueue {
+    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, String> {
+        let url = self.agents_url();
+        let response = self.get(&url, Duration::from_secs(10));
+        match response {
+            Ok(response) => response
+                .into_json::<AgentList>()
+                .map(|list| Some(list.agents))
+                .map_err(|e| format!("agents from {url}: invalid JSON: {e}")),
+            // Semaphore has no such list for registration tokens.
+            Err(ureq::Error::Status(404, _)) => Ok(None),
+            Err(ureq::Error::Status(code, _)) => {
+                Err(format!("agents from {url} answered HTTP {code}"))
+            }
+            Err(error) => Err(format!("agents from {url}: {}", error.kind())),
+        }
+    }
+
     fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, String> {
         if !(self.long_poll && self.version.is_some()) {
             // Plain polling: wait out the interval first, so the counts returned are fresh.

@@ -6,6 +6,7 @@ use crate::control::{render_metrics, FleetLoop, LoopStatus};
 use crate::fleet::{LocalFleet, LocalFleetConfig};
 use crate::policy::PolicyConfig;
 use crate::queue::MetricsQueue;
+use crate::reaper::ReaperConfig;
 use crate::schedule::ScheduledMinimum;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -18,8 +19,17 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// The scaler's YAML config (see examples/scaler.yaml).
-    #[arg(long, env = "FLOTILLA_SCALER_CONFIG")]
-    pub config: PathBuf,
+    #[arg(
+        long,
+        env = "FLOTILLA_SCALER_CONFIG",
+        required_unless_present = "config_ssm_parameter",
+        conflicts_with = "config_ssm_parameter"
+    )]
+    pub config: Option<PathBuf>,
+    /// Read the YAML config from this SSM parameter instead (the scaler instance of a deployed
+    /// stack; region and credentials from the standard AWS chain).
+    #[arg(long, env = "FLOTILLA_CONFIG_SSM_PARAMETER")]
+    pub config_ssm_parameter: Option<String>,
     /// Decide and log, change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -57,6 +67,33 @@ pub struct FleetConfig {
     pub aws: Option<AwsSection>,
     #[serde(default)]
     pub policy: PolicySection,
+    /// The reaper (aws fleets; on by default there).
+    #[serde(default)]
+    pub reaper: Option<ReaperSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaperSection {
+    #[serde(default = "default_boot_deadline")]
+    pub boot_deadline_seconds: u64,
+    #[serde(default)]
+    pub max_lifetime_seconds: u64,
+    #[serde(default = "default_reaper_interval")]
+    pub interval_seconds: u64,
+    /// `false` turns the reaper off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn default_boot_deadline() -> u64 {
+    ReaperConfig::default().boot_deadline_seconds
+}
+fn default_reaper_interval() -> u64 {
+    ReaperConfig::default().interval_seconds
+}
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,10 +127,6 @@ pub struct QueueConfig {
     pub long_poll: bool,
 }
 
-fn yes() -> bool {
-    true
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
@@ -123,8 +156,10 @@ pub struct PolicySection {
     pub rise_burst: u32,
     #[serde(default = "default_stale_after_ms")]
     pub stale_after_ms: u64,
+    /// A list of {cron, time_zone, minimum}, or the compact string form
+    /// `CRON@TIME_ZONE=MINIMUM;…` (what the CloudFormation stack passes).
     #[serde(default)]
-    pub scheduled_minimums: Vec<ScheduleSection>,
+    pub scheduled_minimums: ScheduledMinimums,
     /// Warm capacity following recent demand (off while warm_max is 0).
     #[serde(default)]
     pub warm_fraction: f64,
@@ -145,7 +180,7 @@ impl Default for PolicySection {
             rise_per_minute: default_rise_per_minute(),
             rise_burst: default_rise_burst(),
             stale_after_ms: default_stale_after_ms(),
-            scheduled_minimums: Vec::new(),
+            scheduled_minimums: ScheduledMinimums::default(),
             warm_fraction: 0.0,
             warm_window_ms: default_warm_window_ms(),
             warm_max: 0,
@@ -161,6 +196,54 @@ fn default_rise_burst() -> u32 {
 }
 fn default_stale_after_ms() -> u64 {
     PolicyConfig::default().stale_after_ms
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ScheduledMinimums {
+    List(Vec<ScheduleSection>),
+    Compact(String),
+}
+
+impl Default for ScheduledMinimums {
+    fn default() -> Self {
+        ScheduledMinimums::List(Vec::new())
+    }
+}
+
+impl ScheduledMinimums {
+    /// The entries, the compact form parsed (`* 8-18 * * MON-FRI@Europe/Berlin=2;…`).
+    pub fn entries(&self) -> Result<Vec<ScheduleSection>> {
+        match self {
+            ScheduledMinimums::List(list) => Ok(list
+                .iter()
+                .map(|e| ScheduleSection {
+                    cron: e.cron.clone(),
+                    time_zone: e.time_zone.clone(),
+                    minimum: e.minimum,
+                })
+                .collect()),
+            ScheduledMinimums::Compact(text) => text
+                .split(';')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(|entry| {
+                    let (rest, minimum) = entry.rsplit_once('=').with_context(|| {
+                        format!("scheduled minimum '{entry}': expected CRON@TIME_ZONE=MINIMUM")
+                    })?;
+                    let (cron, time_zone) = rest.rsplit_once('@').unwrap_or((rest, "UTC"));
+                    let minimum = minimum.trim().parse().with_context(|| {
+                        format!("scheduled minimum '{entry}': '{minimum}' is not a whole number")
+                    })?;
+                    Ok(ScheduleSection {
+                        cron: cron.trim().to_string(),
+                        time_zone: time_zone.trim().to_string(),
+                        minimum,
+                    })
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +277,7 @@ pub struct ResolvedFleet {
     pub long_poll: bool,
     pub fleet: FleetKind,
     pub policy: PolicyConfig,
+    pub reaper: Option<ReaperConfig>,
 }
 
 /// The agent binary shipped beside this `scaler`.
@@ -222,7 +306,11 @@ pub fn agent_endpoint(url: &str) -> Result<(String, bool)> {
 
 pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyConfig> {
     let mut scheduled = Vec::new();
-    for entry in &section.scheduled_minimums {
+    let entries = section
+        .scheduled_minimums
+        .entries()
+        .with_context(|| format!("fleet '{agent_type}'"))?;
+    for entry in &entries {
         scheduled.push(
             ScheduledMinimum::new(&entry.cron, &entry.time_zone, entry.minimum)
                 .with_context(|| format!("fleet '{agent_type}': scheduled minimum"))?,
@@ -250,15 +338,39 @@ pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyCo
 pub fn load_config(path: &Path) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config: ScalerConfig = serde_yaml::from_str(&text)
-        .with_context(|| format!("{} is not a valid scaler config", path.display()))?;
+    load_config_text(
+        &text,
+        &path.display().to_string(),
+        path.parent().unwrap_or(Path::new(".")),
+    )
+}
+
+/// Reads the config from an SSM parameter (region/credentials/endpoint from the standard chain).
+pub fn load_config_from_ssm(parameter: &str) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sdk = crate::fleet_aws::sdk_config(&runtime, "", "").map_err(anyhow::Error::msg)?;
+    let text = crate::fleet_aws::ssm_parameter(&runtime, &sdk, parameter)
+        .map_err(anyhow::Error::msg)
+        .context("reading the scaler config")?;
+    load_config_text(&text, &format!("SSM parameter {parameter}"), Path::new("."))
+}
+
+/// Parses and validates a config's text; `origin` names it in errors, relative paths start at `base`.
+pub fn load_config_text(
+    text: &str,
+    origin: &str,
+    base: &Path,
+) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
+    let config: ScalerConfig = serde_yaml::from_str(text)
+        .with_context(|| format!("{origin} is not a valid scaler config"))?;
     if config.fleets.is_empty() {
-        bail!("{}: no fleets configured", path.display());
+        bail!("{origin}: no fleets configured");
     }
     if config.poll_interval_ms < 100 {
         bail!("poll_interval_ms must be at least 100");
     }
-    let base = path.parent().unwrap_or(Path::new("."));
     let mut resolved = Vec::new();
     for fleet in &config.fleets {
         let name = &fleet.agent_type;
@@ -341,6 +453,22 @@ pub fn load_config(path: &Path) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
             endpoint: fleet.queue.endpoint.clone(),
             token,
             long_poll: fleet.queue.long_poll,
+            reaper: match (&fleet.reaper, &fleet.aws) {
+                (Some(_), None) => bail!("fleet '{name}': the reaper applies to aws fleets (a local fleet replaces dead agents itself)"),
+                (Some(section), Some(_)) if !section.enabled => None,
+                (Some(section), Some(_)) => {
+                    if section.interval_seconds == 0 {
+                        bail!("fleet '{name}': reaper.interval_seconds must be positive");
+                    }
+                    Some(ReaperConfig {
+                        boot_deadline_seconds: section.boot_deadline_seconds,
+                        max_lifetime_seconds: section.max_lifetime_seconds,
+                        interval_seconds: section.interval_seconds,
+                    })
+                }
+                (None, Some(_)) => Some(ReaperConfig::default()),
+                (None, None) => None,
+            },
             fleet: kind,
             policy: policy_from(&fleet.policy, name)?,
         });
@@ -392,7 +520,11 @@ pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
 
 pub fn run(args: RunArgs) -> Result<i32> {
     crate::serve::init_logging(&args.log_format);
-    let (config, fleets) = load_config(&args.config)?;
+    let (config, fleets) = match (&args.config, &args.config_ssm_parameter) {
+        (Some(path), _) => load_config(path)?,
+        (None, Some(parameter)) => load_config_from_ssm(parameter)?,
+        (None, None) => bail!("give --config or --config-ssm-parameter"),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signals(stop.clone())?;
     let poll_interval = Duration::from_millis(config.poll_interval_ms);
@@ -413,14 +545,18 @@ pub fn run(args: RunArgs) -> Result<i32> {
                     .with_context(|| format!("fleet '{}'", fleet.agent_type))?,
             ),
         };
-        loops.push(FleetLoop::new(
+        let mut fleet_loop = FleetLoop::new(
             &fleet.agent_type,
             Box::new(queue),
             instances,
             fleet.policy,
             args.dry_run,
             poll_interval,
-        ));
+        );
+        if let Some(reaper) = fleet.reaper {
+            fleet_loop = fleet_loop.with_reaper(reaper);
+        }
+        loops.push(fleet_loop);
     }
     if let Some(listen) = config.metrics_listen {
         serve_metrics(listen, loops.iter().map(|l| l.status.clone()).collect())?;

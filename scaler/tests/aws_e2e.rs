@@ -1,12 +1,21 @@
 //! The scaler's AWS fleet against moto server: jobs queued on a real hub raise Auto Scaling groups'
 //! desired capacity through the real control loop (never past MaxSize; a full group's share goes
 //! to the next group), AZRebalance is suspended, the queue token comes from SSM, and a wrong group
-//! name stops the scaler before anything starts.
+//! name stops the scaler before anything starts. The instances moto launches get real agents
+//! (named by instance id through a fake IMDS) that run the jobs and remove themselves; the reaper
+//! marks then terminates an instance with no agent and never one whose agent is busy; through a
+//! fault-injecting proxy, a pool that cannot launch spills to the next and throttling or 503s only
+//! slow the loop down.
 
 mod support;
 
 #[path = "../../agent/tests/support/moto.rs"]
 mod moto;
+
+#[path = "../../agent/tests/support/imds.rs"]
+mod imds;
+
+use support::fault_proxy::FaultProxy;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -19,16 +28,38 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A hub whose agent type's registration token is stored in moto's SSM, where the scaler reads it.
+fn hub_with_token_in_ssm(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer) -> HubProcess {
+    let hub = HubProcess::start(&[]);
+    moto.put_secret(
+        runtime,
+        "/flotilla/default-token",
+        &hub.registration_token(),
+    );
+    hub
+}
+
 fn scaler_run(
     hub: &HubProcess,
     moto: &moto::MotoServer,
     groups: &[&str],
     dir: &std::path::Path,
 ) -> Child {
+    scaler_run_with(hub, &moto.env(), groups, "", dir)
+}
+
+/// `scaler run` with the AWS environment `aws_env` (moto's or the fault proxy's) and extra fleet
+/// settings (YAML at the fleet's indentation).
+fn scaler_run_with(
+    hub: &HubProcess,
+    aws_env: &[(&'static str, String)],
+    groups: &[&str],
+    fleet_extra: &str,
+    dir: &std::path::Path,
+) -> Child {
     let config = format!(
-        "poll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_ssm_parameter: /flotilla/default-token\n    aws:\n      region: us-east-1\n      endpoint_url: {}\n      groups: [{}]\n",
+        "poll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_ssm_parameter: /flotilla/default-token\n    aws:\n      region: us-east-1\n      groups: [{}]\n{fleet_extra}",
         hub.url(),
-        moto.url,
         groups.join(", ")
     );
     let path = dir.join("scaler.yaml");
@@ -41,7 +72,7 @@ fn scaler_run(
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
-    for (name, value) in moto.env() {
+    for (name, value) in aws_env {
         command.env(name, value);
     }
     command.spawn().unwrap()
@@ -53,12 +84,7 @@ fn queued_jobs_raise_the_groups_in_priority_order() {
     let moto = moto::MotoServer::start();
     moto.create_group(&runtime, "gpu-spot", 0, 2, 0);
     moto.create_group(&runtime, "gpu-ondemand", 0, 10, 0);
-    let hub = HubProcess::start(&[]);
-    moto.put_secret(
-        &runtime,
-        "/flotilla/default-token",
-        &hub.registration_token(),
-    );
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
     for index in 0..5 {
         hub.submit(&[&format!("echo {index}")]);
     }
@@ -94,12 +120,7 @@ fn queued_jobs_raise_the_groups_in_priority_order() {
 fn a_wrong_group_name_is_a_clear_error() {
     let runtime = runtime();
     let moto = moto::MotoServer::start();
-    let hub = HubProcess::start(&[]);
-    moto.put_secret(
-        &runtime,
-        "/flotilla/default-token",
-        &hub.registration_token(),
-    );
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
     let dir = tempfile::tempdir().unwrap();
     let mut scaler = scaler_run(&hub, &moto, &["no-such-group"], dir.path());
     let status = scaler.wait().unwrap();
@@ -109,4 +130,296 @@ fn a_wrong_group_name_is_a_clear_error() {
         log.contains("Auto Scaling group 'no-such-group' does not exist"),
         "{log}"
     );
+}
+
+/// Tags of an instance, from EC2 (moto).
+fn instance_tags(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    id: &str,
+) -> Vec<(String, String)> {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk(runtime));
+    let output = runtime
+        .block_on(ec2.describe_instances().instance_ids(id).send())
+        .expect("describe instances");
+    output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_reaper_marks_then_terminates_an_instance_with_no_agent_but_never_a_busy_one() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "gpu", 0, 4, 2);
+    let (_, instances, _) = moto.group(&runtime, "gpu");
+    assert_eq!(instances.len(), 2);
+    let (busy, stuck) = (instances[0].clone(), instances[1].clone());
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
+    // The first instance's agent (named by its instance id) runs a long job.
+    let _agent = support::start_agent(&hub, &["--name", &busy]);
+    hub.submit(&["sleep 60"]);
+    support::wait_for("the agent to be busy", Duration::from_secs(30), || {
+        hub.admin_get("/api/v1/agents")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == busy.as_str() && !a["job_id"].is_null())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(
+        &hub,
+        &moto.env(),
+        &["gpu"],
+        "    reaper: {boot_deadline_seconds: 0, max_lifetime_seconds: 1, interval_seconds: 3}\n",
+        dir.path(),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    // Phase one: a mark, kept as a tag on the instance.
+    support::wait_for(
+        "the stuck instance to be marked",
+        Duration::from_secs(30),
+        || {
+            instance_tags(&runtime, &moto, &stuck).iter().any(|(k, v)| {
+                k == "flotilla:reap" && (v.starts_with("no-agent@") || v.starts_with("lifetime@"))
+            })
+        },
+    );
+    assert!(
+        moto.group(&runtime, "gpu").1.contains(&stuck),
+        "marked, not yet terminated"
+    );
+    // Phase two: the next pass confirms and terminates it with decrement.
+    support::wait_for(
+        "the stuck instance to be terminated",
+        Duration::from_secs(30),
+        || !moto.group(&runtime, "gpu").1.contains(&stuck),
+    );
+    let (desired, remaining, _) = moto.group(&runtime, "gpu");
+    assert_eq!(desired, 1, "terminated with decrement: {}", log());
+    assert_eq!(remaining, vec![busy.clone()]);
+    // Past its maximum lifetime too, but busy: never marked, never touched.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(moto.group(&runtime, "gpu").1.contains(&busy));
+    assert!(
+        !instance_tags(&runtime, &moto, &busy)
+            .iter()
+            .any(|(k, _)| k == "flotilla:reap"),
+        "{}",
+        log()
+    );
+    let log = log();
+    assert!(!log.contains(&format!("instance: \"{busy}\"")), "{log}");
+    let mark_at = log
+        .find(&format!("Mark {{ instance: \"{stuck}\""))
+        .expect(&log);
+    let terminate_at = log
+        .find(&format!("Terminate {{ instance: \"{stuck}\""))
+        .expect(&log);
+    assert!(mark_at < terminate_at, "{log}");
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+}
+
+#[test]
+fn a_pool_that_cannot_launch_spills_its_share_to_the_next_pool() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "gpu-spot", 0, 10, 0);
+    moto.create_group(&runtime, "gpu-ondemand", 0, 10, 0);
+    let proxy = FaultProxy::start(&moto.url);
+    proxy.faults.lock().unwrap().failed_launches.insert(
+        "gpu-spot".into(),
+        "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that matches your request. Launching EC2 instance failed.".into(),
+    );
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
+    for index in 0..4 {
+        hub.submit(&[&format!("echo {index}")]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(
+        &hub,
+        &proxy.env(),
+        &["gpu-spot", "gpu-ondemand"],
+        "",
+        dir.path(),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    support::wait_for(
+        "the on-demand pool to take the demand",
+        Duration::from_secs(60),
+        || moto.group(&runtime, "gpu-ondemand").0 == 4,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        moto.group(&runtime, "gpu-spot").1.len(),
+        0,
+        "nothing launched in the short pool: {}",
+        log()
+    );
+    assert_eq!(moto.group(&runtime, "gpu-ondemand").0, 4, "{}", log());
+    assert!(log().contains("short of capacity: gpu-spot"), "{}", log());
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+}
+
+#[test]
+fn throttling_and_outages_slow_the_scaler_down_but_it_converges() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "gpu", 0, 10, 0);
+    let proxy = FaultProxy::start(&moto.url);
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(&hub, &proxy.env(), &["gpu"], "", dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    support::wait_for("the scaler to start", Duration::from_secs(30), || {
+        log().contains("scaler running")
+    });
+    {
+        let mut faults = proxy.faults.lock().unwrap();
+        faults.throttle_next = 8;
+        faults.unavailable_next = 4;
+    }
+    for index in 0..3 {
+        hub.submit(&[&format!("echo {index}")]);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while moto.group(&runtime, "gpu").0 != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "desired never reached the demand: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let faults = proxy.faults.lock().unwrap();
+    assert_eq!(
+        (faults.throttle_next, faults.unavailable_next),
+        (0, 0),
+        "every fault was served"
+    );
+    assert_eq!(faults.faults_answered, 12);
+    drop(faults);
+    assert!(
+        scaler.try_wait().unwrap().is_none(),
+        "the scaler is still running: {}",
+        log()
+    );
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+}
+
+#[test]
+fn the_groups_instances_become_agents_that_run_the_jobs_and_remove_themselves() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "gpu", 0, 4, 0);
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(
+        &hub,
+        &moto.env(),
+        &["gpu"],
+        "    reaper: {boot_deadline_seconds: 120, interval_seconds: 1}\n",
+        dir.path(),
+    );
+    let jobs: Vec<String> = (0..3)
+        .map(|index| hub.submit(&[&format!("echo job {index} on $SEMAPHORE_AGENT_NAME")]))
+        .collect();
+    // Play EC2: every instance moto launches boots an agent named by its instance id.
+    let mut booted: Vec<(String, Child, imds::FakeImds)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (desired, instances, _) = moto.group(&runtime, "gpu");
+        for id in instances {
+            if booted.iter().any(|(booted_id, _, _)| *booted_id == id) {
+                continue;
+            }
+            let fake_imds = imds::FakeImds::start(&id);
+            let instance_dir = dir.path().join(&id);
+            std::fs::create_dir_all(&instance_dir).unwrap();
+            let out = std::fs::File::create(instance_dir.join("out")).unwrap();
+            let mut command = Command::new(support::agent_binary());
+            command
+                .args(["start", "--endpoint", &format!("127.0.0.1:{}", hub.port)])
+                .args(["--no-https", "--ec2", "--ec2-poll-seconds", "1"])
+                .args(["--imds-endpoint", &fake_imds.address])
+                .args(["--token-ssm-parameter", "/flotilla/default-token"])
+                .args([
+                    "--disconnect-after-job",
+                    "--disconnect-after-idle-timeout",
+                    "20",
+                ])
+                .args([
+                    "--ec2-poweroff-command",
+                    &format!("touch {}", instance_dir.join("powered-off").display()),
+                ])
+                .env(
+                    "SEMAPHORE_AGENT_LOG_FILE_PATH",
+                    instance_dir.join("agent.log"),
+                )
+                .env("HOME", &instance_dir)
+                .env("TMPDIR", &instance_dir)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().unwrap())
+                .stderr(out);
+            for (name, value) in moto.env() {
+                command.env(name, value);
+            }
+            booted.push((id, command.spawn().unwrap(), fake_imds));
+        }
+        let finished = jobs.iter().all(|id| hub.job(id)["state"] == "finished");
+        if finished
+            && desired == 0
+            && booted
+                .iter_mut()
+                .all(|(_, child, _)| child.try_wait().unwrap().is_some())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fleet did not drain: desired {desired}, scaler: {}",
+            std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ids: Vec<String> = booted.iter().map(|(id, _, _)| id.clone()).collect();
+    for job in &jobs {
+        let view = hub.job(job);
+        assert_eq!(view["result"], "passed", "{view}");
+        let agent = view["agent"].as_str().unwrap_or_default().to_string();
+        assert!(
+            ids.contains(&agent),
+            "job ran on {agent}, an instance of the group: {ids:?}"
+        );
+    }
+    for (id, child, _) in &mut booted {
+        let status = child.wait().unwrap();
+        let out = std::fs::read_to_string(dir.path().join(&*id).join("out")).unwrap_or_default();
+        assert_eq!(status.code(), Some(0), "{id}: {out}");
+        assert!(
+            !dir.path().join(&*id).join("powered-off").exists(),
+            "{id} left through the group, not power-off"
+        );
+    }
+    let (desired, remaining, _) = moto.group(&runtime, "gpu");
+    assert_eq!((desired, remaining.len()), (0, 0));
+    let log = std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    assert!(
+        !log.contains("Terminate {"),
+        "the reaper left registered instances alone: {log}"
+    );
+    let _ = scaler.kill();
+    let _ = scaler.wait();
 }

@@ -64,8 +64,13 @@ impl Aws {
         }
     }
 
-    /// Removes `instance_id` from its group and ends it; returns what was done, step by step.
-    pub fn remove_instance(&self, instance_id: &str, poweroff_command: &str) -> Vec<String> {
+    /// Removes `instance_id` from its group and ends it; returns what was done, step by step, and
+    /// whether the instance is on its way out (terminated, marked unhealthy or powered off).
+    pub fn remove_instance(
+        &self,
+        instance_id: &str,
+        poweroff_command: &str,
+    ) -> (Vec<String>, bool) {
         let client = aws_sdk_autoscaling::Client::new(&self.config);
         let mut steps = Vec::new();
         for decrement in [true, false] {
@@ -79,7 +84,7 @@ impl Aws {
             match result {
                 Ok(_) => {
                     steps.push(format!("terminated {instance_id} in its Auto Scaling group (decrement: {decrement})"));
-                    return steps;
+                    return (steps, true);
                 }
                 Err(error) => steps.push(format!(
                     "terminate (decrement: {decrement}) failed: {}",
@@ -95,6 +100,7 @@ impl Aws {
                 .should_respect_grace_period(false)
                 .send(),
         );
+        let mut leaving = health.is_ok();
         match health {
             Ok(_) => steps.push(format!("marked {instance_id} unhealthy")),
             Err(error) => steps.push(format!(
@@ -107,10 +113,13 @@ impl Aws {
                 .args(["-c", poweroff_command])
                 .status()
             {
-                Ok(status) => steps.push(format!("ran '{poweroff_command}': {status}")),
+                Ok(status) => {
+                    leaving |= status.success();
+                    steps.push(format!("ran '{poweroff_command}': {status}"))
+                }
                 Err(error) => steps.push(format!("running '{poweroff_command}' failed: {error}")),
             }
         }
-        steps
+        (steps, leaving)
     }
 }

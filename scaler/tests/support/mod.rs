@@ -179,3 +179,4 @@ pub fn start_agent(hub: &HubProcess, extra_args: &[&str]) -> AgentProcess {
         None,
     )
 }
+pub mod fault_proxy;

@@ -1,0 +1,609 @@
+# Flotilla fleet: the Terraform twin of infra/cloudformation/fleet.yaml (same inputs, same
+# resources, same configuration YAML). See README.md.
+
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+# The default VPC's zones when no subnets are given.
+data "aws_availability_zones" "available" {
+  #checkov:skip=CKV_AWS_394:Without subnets the fleet uses every zone of the default VPC on purpose (CloudFormation's GetAZs ''): more zones mean more GPU capacity pools. Give subnets to pin zones.
+  count = length(var.subnets) == 0 ? 1 : 0
+  state = "available"
+}
+
+# image_id_parameter is read at plan/apply time (CloudFormation: a dynamic reference resolved on
+# each stack create/update).
+data "aws_ssm_parameter" "image" {
+  count = var.image_id_parameter != "" ? 1 : 0
+  name  = var.image_id_parameter
+}
+
+locals {
+  prefix          = "/flotilla/${var.stack_name}"
+  token_parameter = var.agent_token_parameter != "" ? var.agent_token_parameter : "${local.prefix}/agent-token"
+  image_id        = var.image_id_parameter != "" ? nonsensitive(data.aws_ssm_parameter.image[0].value) : var.image_id
+  fleet_name      = var.agent_type != "" ? var.agent_type : var.stack_name
+  use_fallback    = var.fallback_pools == "on-demand"
+
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+  account_id = data.aws_caller_identity.current.account_id
+  url_suffix = data.aws_partition.current.dns_suffix
+
+  ssm_arn_prefix   = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
+  token_arn        = "${local.ssm_arn_prefix}${local.token_parameter}"
+  groups_arn       = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/*"
+  kms_keys_arn     = "arn:${local.partition}:kms:${local.region}:${local.account_id}:key/*"
+  ssm_core_policy  = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+  zones            = length(var.subnets) == 0 ? data.aws_availability_zones.available[0].names : null
+  subnets          = length(var.subnets) == 0 ? null : var.subnets
+  agent_group_list = concat([aws_autoscaling_group.agent.name], aws_autoscaling_group.fallback[*].name)
+
+  tags = { "flotilla:stack" = var.stack_name }
+
+  group_metrics = [
+    "GroupMinSize",
+    "GroupMaxSize",
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupPendingInstances",
+    "GroupStandbyInstances",
+    "GroupTerminatingInstances",
+    "GroupTotalInstances",
+  ]
+
+  # The agent reads this YAML at boot (keys are Semaphore agent options); no secrets in it.
+  agent_config = <<-EOT
+    endpoint: ${split("://", var.queue_endpoint)[1]}
+    no-https: ${startswith(var.queue_endpoint, "http://")}
+    token-ssm-parameter: ${local.token_parameter}
+    disconnect-after-idle-timeout: ${var.idle_timeout}
+  EOT
+
+  # `scaler run` on the scaler instance reads this YAML.
+  scaler_config = <<-EOT
+    metrics_listen: 127.0.0.1:9091
+    fleets:
+      - agent_type: ${local.fleet_name}
+        queue:
+          endpoint: ${var.queue_endpoint}
+          token_ssm_parameter: ${local.token_parameter}
+        aws:
+          groups: [${join(", ", local.agent_group_list)}]
+        policy:
+          spare: ${var.spare_instances}
+          scheduled_minimums: "${var.scheduled_minimums}"
+        reaper:
+          boot_deadline_seconds: ${var.boot_deadline}
+          max_lifetime_seconds: ${var.max_instance_lifetime}
+  EOT
+}
+
+# ---------------------------------------------------------------- logs
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:Encrypted at rest with CloudWatch's own keys; a customer-managed KMS key would need a key policy for the logs service and adds cost. Job secrets never go to these logs.
+  #checkov:skip=CKV_AWS_338:Retention is an input (log_retention_days, default 30 like the CloudFormation stack); a year of CI logs is a cost most fleets do not want.
+  for_each = toset(["agent", "scaler", "system"])
+
+  name              = "${local.prefix}/${each.key}"
+  retention_in_days = var.log_retention_days
+  tags              = local.tags
+}
+
+# ---------------------------------------------------------------- configuration (SSM)
+
+resource "aws_ssm_parameter" "agent_config" {
+  #checkov:skip=CKV2_AWS_34:Plain configuration without secrets (the token lives in its own SecureString); the instance's boot reads it as a String parameter by contract.
+  name        = "${local.prefix}/agent-config"
+  description = "Flotilla agent configuration (YAML)"
+  type        = "String"
+  tier        = "Standard"
+  value       = local.agent_config
+  tags        = local.tags
+}
+
+resource "aws_ssm_parameter" "scaler_config" {
+  #checkov:skip=CKV2_AWS_34:Plain configuration without secrets (the token lives in its own SecureString); the scaler reads it as a String parameter by contract.
+  name        = "${local.prefix}/scaler-config"
+  description = "Flotilla scaler configuration (YAML)"
+  type        = "String"
+  tier        = "Standard"
+  value       = local.scaler_config
+  tags        = local.tags
+}
+
+# ---------------------------------------------------------------- network
+
+resource "aws_security_group" "instances" {
+  #checkov:skip=CKV_AWS_382:CI jobs reach arbitrary hosts (package mirrors, registries, git over SSH, the queue); outbound is open by design. There is no inbound rule at all.
+  name        = "flotilla-${var.stack_name}-instances"
+  description = "Flotilla ${var.stack_name} instances - no inbound, all outbound"
+  vpc_id      = var.vpc_id != "" ? var.vpc_id : null
+
+  egress {
+    description = "All outbound IPv4 (jobs, queue, AWS APIs)"
+    protocol    = "-1"
+    from_port   = 0
+    to_port     = 0
+    cidr_blocks = ["0.0.0.0/0"]
+  }
+
+  egress {
+    description      = "All outbound IPv6 (jobs, queue, AWS APIs)"
+    protocol         = "-1"
+    from_port        = 0
+    to_port          = 0
+    ipv6_cidr_blocks = ["::/0"]
+  }
+
+  tags = merge(local.tags, { Name = "${var.stack_name}-instances" })
+}
+
+# ---------------------------------------------------------------- IAM: agent instances
+
+resource "aws_iam_role" "instance" {
+  name                 = "flotilla-${var.stack_name}-agent"
+  description          = "Flotilla ${var.stack_name} agent instances"
+  permissions_boundary = var.permissions_boundary_arn != "" ? var.permissions_boundary_arn : null
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ec2.${local.url_suffix}" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+  tags = merge(local.tags, { "flotilla:role" = "agent" })
+}
+
+resource "aws_iam_role_policy" "agent" {
+  name = "flotilla-agent"
+  role = aws_iam_role.instance.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ReadConfigAndToken"
+        Effect   = "Allow"
+        Action   = "ssm:GetParameter"
+        Resource = ["${local.ssm_arn_prefix}${local.prefix}/agent-config", local.token_arn]
+      },
+      {
+        Sid      = "DecryptTokenThroughSsm"
+        Effect   = "Allow"
+        Action   = "kms:Decrypt"
+        Resource = local.kms_keys_arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = "ssm.${local.region}.${local.url_suffix}"
+            "kms:EncryptionContext:PARAMETER_ARN" = local.token_arn
+          }
+        }
+      },
+      {
+        Sid      = "RemoveOwnInstance"
+        Effect   = "Allow"
+        Action   = ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"]
+        Resource = local.groups_arn
+        Condition = {
+          StringEquals = {
+            "autoscaling:ResourceTag/flotilla:stack" = var.stack_name
+            "autoscaling:ResourceTag/flotilla:role"  = "agent"
+          }
+        }
+      },
+      {
+        Sid      = "WriteOwnLogs"
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+        Resource = ["${aws_cloudwatch_log_group.this["agent"].arn}:*", "${aws_cloudwatch_log_group.this["system"].arn}:*"]
+      },
+    ]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "instance" {
+  for_each = toset(concat(var.enable_session_manager ? [local.ssm_core_policy] : [], var.managed_policy_arns))
+
+  role       = aws_iam_role.instance.name
+  policy_arn = each.value
+}
+
+resource "aws_iam_instance_profile" "instance" {
+  name = "flotilla-${var.stack_name}-agent"
+  role = aws_iam_role.instance.name
+  tags = local.tags
+}
+
+# ---------------------------------------------------------------- IAM: scaler
+
+resource "aws_iam_role" "scaler" {
+  name                 = "flotilla-${var.stack_name}-scaler"
+  description          = "Flotilla ${var.stack_name} scaler instance"
+  permissions_boundary = var.permissions_boundary_arn != "" ? var.permissions_boundary_arn : null
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "ec2.${local.url_suffix}" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+  tags = merge(local.tags, { "flotilla:role" = "scaler" })
+}
+
+resource "aws_iam_role_policy" "scaler" {
+  name = "flotilla-scaler"
+  role = aws_iam_role.scaler.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "ReadConfigAndToken"
+        Effect   = "Allow"
+        Action   = "ssm:GetParameter"
+        Resource = ["${local.ssm_arn_prefix}${local.prefix}/scaler-config", local.token_arn]
+      },
+      {
+        Sid      = "DecryptTokenThroughSsm"
+        Effect   = "Allow"
+        Action   = "kms:Decrypt"
+        Resource = local.kms_keys_arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = "ssm.${local.region}.${local.url_suffix}"
+            "kms:EncryptionContext:PARAMETER_ARN" = local.token_arn
+          }
+        }
+      },
+      {
+        Sid      = "Observe"
+        Effect   = "Allow"
+        Action   = ["autoscaling:Describe*", "ec2:DescribeInstances"]
+        Resource = "*"
+      },
+      {
+        Sid      = "ScaleOwnAgentGroups"
+        Effect   = "Allow"
+        Action   = ["autoscaling:SetDesiredCapacity", "autoscaling:SuspendProcesses", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+        Resource = local.groups_arn
+        Condition = {
+          StringEquals = {
+            "autoscaling:ResourceTag/flotilla:stack" = var.stack_name
+            "autoscaling:ResourceTag/flotilla:role"  = "agent"
+          }
+        }
+      },
+      {
+        Sid      = "MarkOwnInstances"
+        Effect   = "Allow"
+        Action   = ["ec2:CreateTags", "ec2:DeleteTags"]
+        Resource = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+        Condition = {
+          StringEquals                   = { "aws:ResourceTag/flotilla:stack" = var.stack_name }
+          "ForAllValues:StringLike"      = { "aws:TagKeys" = ["flotilla:*"] }
+          "ForAllValues:StringNotEquals" = { "aws:TagKeys" = ["flotilla:stack", "flotilla:role", "flotilla:pool"] }
+        }
+      },
+      {
+        Sid      = "WriteOwnLogs"
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+        Resource = ["${aws_cloudwatch_log_group.this["scaler"].arn}:*", "${aws_cloudwatch_log_group.this["system"].arn}:*"]
+      },
+    ]
+  })
+}
+
+resource "aws_iam_role_policy_attachment" "scaler" {
+  for_each = toset(var.enable_session_manager ? [local.ssm_core_policy] : [])
+
+  role       = aws_iam_role.scaler.name
+  policy_arn = each.value
+}
+
+resource "aws_iam_instance_profile" "scaler" {
+  name = "flotilla-${var.stack_name}-scaler"
+  role = aws_iam_role.scaler.name
+  tags = local.tags
+}
+
+# ---------------------------------------------------------------- launch templates
+
+resource "aws_launch_template" "agent" {
+  #checkov:skip=CKV_AWS_341:Hop limit 2 lets containers on the instance (docker bridge) reach IMDSv2, as the contract requires; IMDSv2 tokens stay mandatory.
+  name        = "flotilla-${var.stack_name}-agent"
+  description = "Flotilla ${var.stack_name} agents"
+
+  image_id = local.image_id
+  # The default type; the groups' mixed instances policy overrides it with instance_types.
+  instance_type                        = var.instance_types[0]
+  key_name                             = var.key_name != "" ? var.key_name : null
+  vpc_security_group_ids               = concat([aws_security_group.instances.id], var.security_group_ids)
+  instance_initiated_shutdown_behavior = "terminate"
+  user_data                            = base64encode("FLOTILLA_AGENT_CONFIG_PARAMETER=${aws_ssm_parameter.agent_config.name}")
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.instance.arn
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 2
+    instance_metadata_tags      = "disabled"
+  }
+
+  block_device_mappings {
+    device_name = var.root_volume_name
+
+    ebs {
+      volume_size           = var.root_volume_size
+      volume_type           = var.root_volume_type
+      iops                  = var.root_volume_type != "gp2" ? var.root_volume_iops : null
+      throughput            = var.root_volume_type == "gp3" ? var.root_volume_throughput : null
+      encrypted             = true
+      delete_on_termination = true
+    }
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { "flotilla:role" = "agent" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(local.tags, { "flotilla:role" = "agent", Name = "${var.stack_name}-agent" })
+  }
+
+  tags = merge(local.tags, { "flotilla:role" = "agent" })
+
+  lifecycle {
+    precondition {
+      condition     = (var.image_id == "") != (var.image_id_parameter == "")
+      error_message = "Set exactly one of image_id and image_id_parameter."
+    }
+    precondition {
+      condition     = (var.vpc_id == "") == (length(var.subnets) == 0)
+      error_message = "Give vpc_id and subnets together, or neither (the default VPC)."
+    }
+    precondition {
+      condition     = !var.enable_warm_pool || var.on_demand_percentage == 100
+      error_message = "A warm pool needs on-demand instances (on_demand_percentage = 100)."
+    }
+  }
+}
+
+resource "aws_launch_template" "scaler" {
+  name        = "flotilla-${var.stack_name}-scaler"
+  description = "Flotilla ${var.stack_name} scaler"
+
+  image_id               = local.image_id
+  instance_type          = var.scaler_instance_type
+  key_name               = var.key_name != "" ? var.key_name : null
+  vpc_security_group_ids = [aws_security_group.instances.id]
+  user_data              = base64encode("FLOTILLA_SCALER_CONFIG_PARAMETER=${aws_ssm_parameter.scaler_config.name}")
+  # No block_device_mappings: the scaler keeps the image's root volume as it is (size, and
+  # encryption from the image's snapshot or the account's EBS default).
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.scaler.arn
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { "flotilla:role" = "scaler" })
+  }
+
+  tag_specifications {
+    resource_type = "volume"
+    tags          = merge(local.tags, { "flotilla:role" = "scaler", Name = "${var.stack_name}-scaler" })
+  }
+
+  tags = merge(local.tags, { "flotilla:role" = "scaler" })
+}
+
+# ---------------------------------------------------------------- Auto Scaling groups
+# The scaler only raises desired capacity; each agent removes its own instance (with decrement)
+# after its job. desired_capacity is left unset so applies never reset it.
+
+resource "aws_autoscaling_group" "agent" {
+  name                      = "flotilla-${var.stack_name}-agent"
+  min_size                  = var.min_size
+  max_size                  = var.max_size
+  availability_zones        = local.zones
+  vpc_zone_identifier       = local.subnets
+  health_check_type         = "EC2"
+  protect_from_scale_in     = true
+  capacity_rebalance        = false
+  metrics_granularity       = "1Minute"
+  enabled_metrics           = local.group_metrics
+  wait_for_capacity_timeout = "0"
+
+  # A warm pool cannot serve a mixed instances policy: then the group launches the launch
+  # template's type (the first of instance_types) on demand.
+  dynamic "launch_template" {
+    for_each = var.enable_warm_pool ? [1] : []
+    content {
+      id      = aws_launch_template.agent.id
+      version = aws_launch_template.agent.latest_version
+    }
+  }
+
+  dynamic "mixed_instances_policy" {
+    for_each = var.enable_warm_pool ? [] : [1]
+    content {
+      instances_distribution {
+        on_demand_allocation_strategy            = "prioritized"
+        on_demand_base_capacity                  = var.on_demand_base_capacity
+        on_demand_percentage_above_base_capacity = var.on_demand_percentage
+        spot_allocation_strategy                 = var.spot_allocation_strategy
+      }
+      launch_template {
+        launch_template_specification {
+          launch_template_id = aws_launch_template.agent.id
+          version            = aws_launch_template.agent.latest_version
+        }
+        dynamic "override" {
+          for_each = var.instance_types
+          content {
+            instance_type = override.value
+          }
+        }
+      }
+    }
+  }
+
+  dynamic "warm_pool" {
+    for_each = var.enable_warm_pool ? [1] : []
+    content {
+      # min_size = max_group_prepared_capacity: the pool holds warm_pool_size instances whatever
+      # the group's desired capacity.
+      pool_state                  = "Stopped"
+      min_size                    = var.warm_pool_size
+      max_group_prepared_capacity = var.warm_pool_size
+      # Instances run one job: never return one to the pool.
+      instance_reuse_policy {
+        reuse_on_scale_in = false
+      }
+    }
+  }
+
+  tag {
+    key                 = "flotilla:stack"
+    value               = var.stack_name
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "flotilla:role"
+    value               = "agent"
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "flotilla:pool"
+    value               = "primary"
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "Name"
+    value               = "${var.stack_name}-agent"
+    propagate_at_launch = true
+  }
+
+  depends_on = [aws_iam_role_policy.agent, aws_cloudwatch_log_group.this]
+}
+
+# Spill-over pool: 100% on-demand, same types. Only the scaler raises it, when the primary group
+# cannot launch (no spot capacity, insufficient capacity).
+resource "aws_autoscaling_group" "fallback" {
+  count = local.use_fallback ? 1 : 0
+
+  name                      = "flotilla-${var.stack_name}-agent-fallback"
+  min_size                  = 0
+  max_size                  = var.max_size
+  availability_zones        = local.zones
+  vpc_zone_identifier       = local.subnets
+  health_check_type         = "EC2"
+  protect_from_scale_in     = true
+  capacity_rebalance        = false
+  metrics_granularity       = "1Minute"
+  enabled_metrics           = local.group_metrics
+  wait_for_capacity_timeout = "0"
+
+  mixed_instances_policy {
+    instances_distribution {
+      on_demand_allocation_strategy            = "prioritized"
+      on_demand_base_capacity                  = 0
+      on_demand_percentage_above_base_capacity = 100
+    }
+    launch_template {
+      launch_template_specification {
+        launch_template_id = aws_launch_template.agent.id
+        version            = aws_launch_template.agent.latest_version
+      }
+      dynamic "override" {
+        for_each = var.instance_types
+        content {
+          instance_type = override.value
+        }
+      }
+    }
+  }
+
+  tag {
+    key                 = "flotilla:stack"
+    value               = var.stack_name
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "flotilla:role"
+    value               = "agent"
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "flotilla:pool"
+    value               = "fallback"
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "Name"
+    value               = "${var.stack_name}-agent"
+    propagate_at_launch = true
+  }
+
+  depends_on = [aws_iam_role_policy.agent, aws_cloudwatch_log_group.this]
+}
+
+# The scaler: one small on-demand instance from the same image running `scaler run`, which
+# long-polls the queue (a Lambda on a 1-minute schedule could not raise capacity within a second
+# of a job arriving). It rebuilds its state from the queue and the groups on start.
+resource "aws_autoscaling_group" "scaler" {
+  name                = "flotilla-${var.stack_name}-scaler"
+  min_size            = 1
+  max_size            = 1
+  desired_capacity    = 1
+  availability_zones  = local.zones
+  vpc_zone_identifier = local.subnets
+  health_check_type   = "EC2"
+
+  launch_template {
+    id      = aws_launch_template.scaler.id
+    version = aws_launch_template.scaler.latest_version
+  }
+
+  # A new image or type replaces the scaler instance (a short pause in scaling, no job lost).
+  instance_refresh {
+    strategy = "Rolling"
+    preferences {
+      min_healthy_percentage = 0
+    }
+  }
+
+  tag {
+    key                 = "flotilla:stack"
+    value               = var.stack_name
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "flotilla:role"
+    value               = "scaler"
+    propagate_at_launch = true
+  }
+  tag {
+    key                 = "Name"
+    value               = "${var.stack_name}-scaler"
+    propagate_at_launch = true
+  }
+
+  depends_on = [aws_iam_role_policy.scaler, aws_cloudwatch_log_group.this]
+}
