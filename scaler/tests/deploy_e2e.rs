@@ -85,6 +85,23 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         "QueueEndpoint=https://example.semaphoreci.com",
         "MaxSize=6",
     ];
+    // A dry run shows the plan and leaves nothing behind.
+    let dry_run: Vec<&str> = create.iter().copied().chain(["--dry-run"]).collect();
+    let (code, output) = scaler(&env, &dry_run);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Planning stack gpu-fleet"), "{output}");
+    assert!(
+        output.contains("AgentLaunchTemplate (AWS::EC2::LaunchTemplate)"),
+        "{output}"
+    );
+    assert!(output.contains("Dry run: nothing was changed."), "{output}");
+    let (code, output) = scaler(&env, &["status", "--stack", "gpu-fleet"]);
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("stack gpu-fleet does not exist"),
+        "{output}"
+    );
+
     let (code, output) = scaler(&env, &create);
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("Creating stack gpu-fleet"), "{output}");
