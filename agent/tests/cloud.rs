@@ -164,6 +164,9 @@ fn on_ec2_the_agent_is_named_by_instance_id_and_a_spot_notice_stops_its_job() {
 #[path = "support/moto.rs"]
 mod moto;
 
+#[path = "../../scaler/tests/support/fault_proxy.rs"]
+mod fault_proxy;
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -175,7 +178,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn run_ec2_agent(
     hub: &FakeHub,
     imds: &FakeImds,
-    moto: &moto::MotoServer,
+    aws_env: &[(&'static str, String)],
     dir: &std::path::Path,
     extra: &[&str],
 ) -> (i32, String) {
@@ -203,7 +206,7 @@ fn run_ec2_agent(
         .env("TMPDIR", dir)
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    for (name, value) in moto.env() {
+    for (name, value) in aws_env {
         command.env(name, value);
     }
     let mut child = command.spawn().unwrap();
@@ -245,7 +248,7 @@ fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
     let (code, output) = run_ec2_agent(
         &hub,
         &imds,
-        &moto,
+        &moto.env(),
         dir.path(),
         &[
             "--disconnect-after-job",
@@ -281,6 +284,54 @@ fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
 }
 
 #[test]
+fn self_removal_retries_through_throttling_and_outages() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "agents", 0, 3, 2);
+    moto.put_secret(&runtime, "/flotilla/agent-token", "t");
+    let (_, instances, _) = moto.group(&runtime, "agents");
+    let imds = FakeImds::start(&instances[0]);
+    let hub = FakeHub::start();
+    hub.state().shutdown_scheduled = true;
+    let proxy = fault_proxy::FaultProxy::start(&moto.url);
+    {
+        let mut faults = proxy.faults.lock().unwrap();
+        faults.only_action = Some("TerminateInstanceInAutoScalingGroup".into());
+        faults.throttle_next = 2;
+        faults.unavailable_next = 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("powered-off");
+    let poweroff = format!("touch {}", marker.display());
+    let (code, output) = run_ec2_agent(
+        &hub,
+        &imds,
+        &proxy.env(),
+        dir.path(),
+        &["--ec2-poweroff-command", &poweroff],
+    );
+    assert_eq!(code, 0, "{output}");
+    let faults = proxy.faults.lock().unwrap();
+    assert_eq!(faults.faults_answered, 3, "{output}");
+    let attempts = faults
+        .actions
+        .iter()
+        .filter(|a| *a == "TerminateInstanceInAutoScalingGroup")
+        .count();
+    assert_eq!(
+        attempts, 4,
+        "three faults, then success: {:?}",
+        faults.actions
+    );
+    drop(faults);
+    assert!(output.contains("(decrement: true)"), "{output}");
+    let (desired, remaining, _) = moto.group(&runtime, "agents");
+    assert_eq!(desired, 1);
+    assert!(!remaining.contains(&instances[0]));
+    assert!(!marker.exists(), "the retries made power-off unnecessary");
+}
+
+#[test]
 fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
     let runtime = runtime();
     let moto = moto::MotoServer::start();
@@ -295,7 +346,7 @@ fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
     let (code, output) = run_ec2_agent(
         &hub,
         &imds,
-        &moto,
+        &moto.env(),
         dir.path(),
         &["--ec2-poweroff-command", &poweroff],
     );
@@ -326,7 +377,7 @@ fn a_missing_ssm_parameter_is_a_clear_error() {
     let imds = FakeImds::start("i-1");
     let hub = FakeHub::start();
     let dir = tempfile::tempdir().unwrap();
-    let (code, output) = run_ec2_agent(&hub, &imds, &moto, dir.path(), &[]);
+    let (code, output) = run_ec2_agent(&hub, &imds, &moto.env(), dir.path(), &[]);
     assert_eq!(code, 1);
     assert!(
         output.contains("SSM parameter '/flotilla/agent-token' does not exist"),

@@ -19,7 +19,11 @@ impl Aws {
             .enable_all()
             .build()
             .map_err(|e| format!("tokio: {e}"))?;
-        let retry = aws_config::retry::RetryConfig::adaptive().with_max_attempts(5);
+        // Self-removal must get through throttling and brief outages: 5 attempts, adaptive.
+        let retry = aws_config::retry::RetryConfig::adaptive()
+            .with_max_attempts(5)
+            .with_initial_backoff(std::time::Duration::from_millis(200))
+            .with_max_backoff(std::time::Duration::from_secs(5));
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
         if !region.is_empty() {
             loader = loader.region(aws_config::Region::new(region.to_string()));

@@ -15,6 +15,8 @@ pub struct Faults {
     pub throttle_next: u32,
     /// The next this many requests (after throttling) get HTTP 503.
     pub unavailable_next: u32,
+    /// Only requests with this `Action` get the faults above (all requests when unset).
+    pub only_action: Option<String>,
     /// Group name → failure message for its newest scaling activity.
     pub failed_launches: HashMap<String, String>,
     /// Requests seen, faults answered.
@@ -128,7 +130,10 @@ fn serve(stream: TcpStream, upstream: &str, faults: &Mutex<Faults>) {
         let mut state = faults.lock().unwrap();
         state.requests += 1;
         state.actions.push(action.clone());
-        let fault = if state.throttle_next > 0 {
+        let targeted = state.only_action.as_ref().is_none_or(|a| *a == action);
+        let fault = if !targeted {
+            None
+        } else if state.throttle_next > 0 {
             state.throttle_next -= 1;
             Some(("400 Bad Request", "Sender", "Throttling", "Rate exceeded"))
         } else if state.unavailable_next > 0 {
