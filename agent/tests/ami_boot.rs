@@ -117,7 +117,7 @@ fn the_boot_path_starts_the_agent_from_user_data_and_ssm_and_the_instance_remove
     );
     let imds = FakeImds::start(&instance);
     imds.state.lock().unwrap().user_data =
-        Some(format!("FLOTILLA_AGENT_CONFIG_PARAMETER={AGENT_CONFIG}\n"));
+        Some(format!("FLOTILLA_AGENT_CONFIG_PARAMETER={AGENT_CONFIG}\n").into_bytes());
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
 
@@ -245,7 +245,7 @@ fn the_boot_deadline_removes_an_instance_whose_agent_never_registered() {
     let (_, instances, _) = moto.group(&runtime, "gpu-fleet");
     let imds = FakeImds::start(&instances[0]);
     imds.state.lock().unwrap().user_data =
-        Some(format!("FLOTILLA_AGENT_CONFIG_PARAMETER={AGENT_CONFIG}"));
+        Some(format!("FLOTILLA_AGENT_CONFIG_PARAMETER={AGENT_CONFIG}").into_bytes());
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     assert_eq!(boot_script(&imds, &run_dir).0, 0);

@@ -6,16 +6,17 @@
 //! The tools are required: a missing one fails the test with the command that installs it
 //! (`apt-get install -y packer shellcheck systemd curl`); nothing is skipped.
 
+#[path = "support/imds.rs"]
+mod imds;
+
+use imds::{FakeImds, ImdsState};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -547,118 +548,21 @@ fn systemd_units_verify() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// a fake instance metadata service (IMDSv2 only)
+// the shared fake instance metadata service (IMDSv2 only), in this suite's region
 
-#[derive(Default)]
-struct ImdsState {
-    user_data: Option<Vec<u8>>,
-    lifecycle_state: Option<String>,
-    refuse_tokens: bool,
-    /// (method, path, carried a valid token)
-    requests: Vec<(String, String, bool)>,
-}
-
-struct FakeImds {
-    endpoint: String,
-    state: Arc<Mutex<ImdsState>>,
-}
-
-const TOKEN: &str = "AQAEAFakeTokenForTests==";
 const REGION: &str = "eu-west-1";
 
-impl FakeImds {
-    fn start(state: ImdsState) -> FakeImds {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(state));
-        let shared = state.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let shared = shared.clone();
-                thread::spawn(move || serve(stream, &shared));
-            }
-        });
-        FakeImds { endpoint, state }
+/// The fake IMDS answering with `state`'s user data, lifecycle state and token refusal.
+fn start_imds(state: ImdsState) -> FakeImds {
+    let imds = FakeImds::start("i-0123456789abcdef0");
+    {
+        let mut shared = imds.state.lock().unwrap();
+        shared.user_data = state.user_data;
+        shared.lifecycle_state = state.lifecycle_state;
+        shared.refuse_tokens = state.refuse_tokens;
+        shared.region = REGION.into();
     }
-
-    fn requests(&self) -> Vec<(String, String, bool)> {
-        self.state.lock().unwrap().requests.clone()
-    }
-}
-
-fn serve(stream: TcpStream, state: &Mutex<ImdsState>) {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let path = parts.next().unwrap_or_default().to_string();
-    let mut headers = BTreeMap::new();
-    let mut content_length = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim().to_ascii_lowercase();
-            let value = value.trim().to_string();
-            if name == "content-length" {
-                content_length = value.parse().unwrap_or(0);
-            }
-            headers.insert(name, value);
-        }
-    }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body).ok();
-
-    let mut state = state.lock().unwrap();
-    let has_token = headers.get("x-aws-ec2-metadata-token").map(String::as_str) == Some(TOKEN);
-    state
-        .requests
-        .push((method.clone(), path.clone(), has_token));
-    let (status, reply): (&str, Vec<u8>) = if method == "PUT" && path == "/latest/api/token" {
-        if state.refuse_tokens {
-            ("403 Forbidden", b"".to_vec())
-        } else if headers.contains_key("x-aws-ec2-metadata-token-ttl-seconds") {
-            ("200 OK", TOKEN.as_bytes().to_vec())
-        } else {
-            ("400 Bad Request", b"".to_vec())
-        }
-    } else if method != "GET" {
-        ("405 Method Not Allowed", b"".to_vec())
-    } else if !has_token {
-        // IMDSv1 (no token) is refused, as on an instance that requires IMDSv2.
-        ("401 Unauthorized", b"".to_vec())
-    } else {
-        match path.as_str() {
-            "/latest/user-data" => match &state.user_data {
-                Some(data) => ("200 OK", data.clone()),
-                None => ("404 Not Found", b"".to_vec()),
-            },
-            "/latest/meta-data/placement/region" => ("200 OK", REGION.as_bytes().to_vec()),
-            "/latest/meta-data/autoscaling/target-lifecycle-state" => {
-                match &state.lifecycle_state {
-                    Some(s) => ("200 OK", s.as_bytes().to_vec()),
-                    None => ("404 Not Found", b"".to_vec()),
-                }
-            }
-            _ => ("404 Not Found", b"".to_vec()),
-        }
-    };
-    drop(state);
-    let mut stream = reader.into_inner();
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reply.len()
-    );
-    stream.write_all(head.as_bytes()).ok();
-    stream.write_all(&reply).ok();
-    stream.flush().ok();
+    imds
 }
 
 fn closed_endpoint() -> String {
@@ -719,12 +623,12 @@ impl Boot {
 }
 
 fn boot_with_user_data(user_data: &[u8]) -> (Boot, FakeImds, Output) {
-    let imds = FakeImds::start(ImdsState {
+    let imds = start_imds(ImdsState {
         user_data: Some(user_data.to_vec()),
         ..Default::default()
     });
     let boot = Boot::new();
-    let output = boot.run(&imds.endpoint);
+    let output = boot.run(&imds.address);
     (boot, imds, output)
 }
 
@@ -791,14 +695,14 @@ fn flotilla_boot_writes_the_agent_env_and_renders_log_shipping() {
 
 #[test]
 fn flotilla_boot_writes_the_scaler_env_and_drops_a_stale_agent_env() {
-    let imds = FakeImds::start(ImdsState {
+    let imds = start_imds(ImdsState {
         user_data: Some(b"FLOTILLA_SCALER_CONFIG_PARAMETER=/flotilla/S/scaler-config".to_vec()),
         ..Default::default()
     });
     let boot = Boot::new();
     fs::create_dir_all(boot.run_dir()).unwrap();
     fs::write(boot.run_dir().join("agent.env"), "stale").unwrap();
-    let output = boot.run(&imds.endpoint);
+    let output = boot.run(&imds.address);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(
         boot.read("scaler.env").as_deref(),
@@ -879,9 +783,9 @@ fn flotilla_boot_rejects_bad_user_data_without_echoing_it() {
 #[test]
 fn flotilla_boot_fails_loudly_without_imdsv2() {
     // No user data at all (404).
-    let imds = FakeImds::start(ImdsState::default());
+    let imds = start_imds(ImdsState::default());
     let boot = Boot::new();
-    let output = boot.run(&imds.endpoint);
+    let output = boot.run(&imds.address);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(
         text(&output).contains("could not read the user data"),
@@ -890,12 +794,12 @@ fn flotilla_boot_fails_loudly_without_imdsv2() {
     );
 
     // The token is refused: no fallback to IMDSv1.
-    let imds = FakeImds::start(ImdsState {
+    let imds = start_imds(ImdsState {
         user_data: Some(b"FLOTILLA_AGENT_CONFIG_PARAMETER=/flotilla/S/agent-config".to_vec()),
         refuse_tokens: true,
         ..Default::default()
     });
-    let output = boot.run(&imds.endpoint);
+    let output = boot.run(&imds.address);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("IMDSv2 token"), "{}", text(&output));
     assert_eq!(
@@ -955,7 +859,7 @@ impl Deadline {
 }
 
 fn imds_in_state(state: Option<&str>) -> FakeImds {
-    FakeImds::start(ImdsState {
+    start_imds(ImdsState {
         lifecycle_state: state.map(str::to_string),
         ..Default::default()
     })
@@ -968,7 +872,7 @@ fn boot_deadline_removes_an_instance_whose_agent_never_registered() {
     for state in [Some("InService"), None] {
         let deadline = Deadline::new();
         let imds = imds_in_state(state);
-        let output = deadline.run(&imds.endpoint);
+        let output = deadline.run(&imds.address);
         assert!(output.status.success(), "{state:?}: {}", text(&output));
         assert_eq!(deadline.agent_args().as_deref(), Some(REMOVE), "{state:?}");
         assert!(
@@ -988,18 +892,18 @@ fn boot_deadline_leaves_registered_warm_and_scaler_instances_alone() {
     // Registered.
     let deadline = Deadline::new();
     fs::write(deadline.dir.path().join("run/registered"), "").unwrap();
-    let output = deadline.run(&imds_in_state(Some("InService")).endpoint);
+    let output = deadline.run(&imds_in_state(Some("InService")).address);
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(deadline.agent_args(), None, "registered: agent called");
 
     // Warm pool: Warmed:Pending:Wait (and the other Warmed:* states).
     for state in ["Warmed:Pending:Wait", "Warmed:Running", "Warmed:Stopped"] {
         let deadline = Deadline::new();
-        let output = deadline.run(&imds_in_state(Some(state)).endpoint);
+        let output = deadline.run(&imds_in_state(Some(state)).address);
         assert!(output.status.success(), "{state}: {}", text(&output));
         assert_eq!(deadline.agent_args(), None, "{state}: agent called");
         // Just out of the warm pool: the deadline starts again.
-        let output = deadline.run(&imds_in_state(Some("InService")).endpoint);
+        let output = deadline.run(&imds_in_state(Some("InService")).address);
         assert!(output.status.success(), "{}", text(&output));
         assert_eq!(
             deadline.agent_args(),
@@ -1010,7 +914,7 @@ fn boot_deadline_leaves_registered_warm_and_scaler_instances_alone() {
         let output = run(Command::new(ami().join("scripts/flotilla-boot-deadline"))
             .env(
                 "FLOTILLA_IMDS_ENDPOINT",
-                imds_in_state(Some("InService")).endpoint,
+                &imds_in_state(Some("InService")).address,
             )
             .env("FLOTILLA_IMDS_RETRIES", "0")
             .env("FLOTILLA_RUN_DIR", deadline.dir.path().join("run"))
