@@ -220,6 +220,25 @@ fn run_ec2_agent(
     )
 }
 
+/// `run_ec2_agent` with a power-off command that only leaves a marker: (code, output, powered off?).
+fn run_ec2_agent_marking_power_off(
+    hub: &FakeHub,
+    imds: &FakeImds,
+    aws_env: &[(&'static str, String)],
+    extra: &[&str],
+) -> (i32, String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("powered-off");
+    let poweroff = format!("touch {}", marker.display());
+    let args: Vec<&str> = extra
+        .iter()
+        .copied()
+        .chain(["--ec2-poweroff-command", &poweroff])
+        .collect();
+    let (code, output) = run_ec2_agent(hub, imds, aws_env, dir.path(), &args);
+    (code, output, marker.exists())
+}
+
 #[test]
 fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
     let runtime = runtime();
@@ -242,20 +261,8 @@ fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
         },
         "jwt",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("powered-off");
-    let poweroff = format!("touch {}", marker.display());
-    let (code, output) = run_ec2_agent(
-        &hub,
-        &imds,
-        &moto.env(),
-        dir.path(),
-        &[
-            "--disconnect-after-job",
-            "--ec2-poweroff-command",
-            &poweroff,
-        ],
-    );
+    let (code, output, powered_off) =
+        run_ec2_agent_marking_power_off(&hub, &imds, &moto.env(), &["--disconnect-after-job"]);
     assert_eq!(code, 0, "{output}");
     let registration = hub
         .state()
@@ -274,7 +281,7 @@ fn after_its_job_the_agent_removes_its_own_instance_with_decrement() {
     assert_eq!(desired, 1, "decremented: {output}");
     assert!(!remaining.contains(&instances[0]), "{remaining:?}");
     assert!(
-        !marker.exists(),
+        !powered_off,
         "no power-off needed when the group removed the instance"
     );
     assert!(
@@ -300,16 +307,8 @@ fn self_removal_retries_through_throttling_and_outages() {
         faults.throttle_next = 2;
         faults.unavailable_next = 1;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("powered-off");
-    let poweroff = format!("touch {}", marker.display());
-    let (code, output) = run_ec2_agent(
-        &hub,
-        &imds,
-        &proxy.env(),
-        dir.path(),
-        &["--ec2-poweroff-command", &poweroff],
-    );
+    let (code, output, powered_off) =
+        run_ec2_agent_marking_power_off(&hub, &imds, &proxy.env(), &[]);
     assert_eq!(code, 0, "{output}");
     let faults = proxy.faults.lock().unwrap();
     assert_eq!(faults.faults_answered, 3, "{output}");
@@ -328,7 +327,7 @@ fn self_removal_retries_through_throttling_and_outages() {
     let (desired, remaining, _) = moto.group(&runtime, "agents");
     assert_eq!(desired, 1);
     assert!(!remaining.contains(&instances[0]));
-    assert!(!marker.exists(), "the retries made power-off unnecessary");
+    assert!(!powered_off, "the retries made power-off unnecessary");
 }
 
 #[test]
@@ -340,16 +339,8 @@ fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
     let imds = FakeImds::start("i-00000000000000000");
     let hub = FakeHub::start();
     hub.state().shutdown_scheduled = true;
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("powered-off");
-    let poweroff = format!("touch {}", marker.display());
-    let (code, output) = run_ec2_agent(
-        &hub,
-        &imds,
-        &moto.env(),
-        dir.path(),
-        &["--ec2-poweroff-command", &poweroff],
-    );
+    let (code, output, powered_off) =
+        run_ec2_agent_marking_power_off(&hub, &imds, &moto.env(), &[]);
     assert_eq!(code, 0, "{output}");
     let order: Vec<usize> = [
         "terminate (decrement: true) failed",
@@ -368,7 +359,7 @@ fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
         order.windows(2).all(|w| w[0] < w[1]),
         "fallbacks in order: {output}"
     );
-    assert!(marker.exists());
+    assert!(powered_off);
 }
 
 #[test]
