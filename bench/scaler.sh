@@ -3,4 +3,4 @@
 # Knob: BENCH_SAMPLES (20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench -p scaler --bench reaction -- "$@"
+cargo bench -p scaling --bench reaction -- "$@"

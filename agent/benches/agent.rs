@@ -177,7 +177,12 @@ fn agent_seconds(
             url: format!("http://{}/api/v1/logs/throughput", sink.address),
             token: "jwt".into(),
             user_agent: agent::listener::user_agent(),
-            refresh_token: Box::new(|| Err("no refresh in the benchmark".into())),
+            refresh_token: Box::new(|| {
+                Err(agent::client::ClientError::Status {
+                    what: "no refresh in the benchmark",
+                    status: 401,
+                })
+            }),
             partial_batch_interval: Duration::from_secs(1),
             lines_per_request: agent::pusher::MAX_LINES_PER_REQUEST,
         },
@@ -256,21 +261,27 @@ fn throughput() {
 /// Collects the agent's "job shell ready in N ms" log lines: bash's start time per job.
 struct ShellStartTimes(std::sync::Mutex<Vec<f64>>);
 
-impl log::Log for ShellStartTimes {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
+/// The message of a `tracing` event.
+struct Message(String);
 
-    fn log(&self, record: &log::Record) {
-        let text = record.args().to_string();
-        if let Some(rest) = text.strip_prefix(agent::job::SHELL_READY_LOG) {
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for &'static ShellStartTimes {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if let Some(rest) = message.0.strip_prefix(agent::job::SHELL_READY_LOG) {
             if let Ok(millis) = rest.trim().trim_end_matches("ms").trim().parse::<f64>() {
                 self.0.lock().unwrap().push(millis);
             }
         }
     }
-
-    fn flush(&self) {}
 }
 
 static SHELL_STARTS: ShellStartTimes = ShellStartTimes(std::sync::Mutex::new(Vec::new()));
@@ -278,8 +289,9 @@ static SHELL_STARTS: ShellStartTimes = ShellStartTimes(std::sync::Mutex::new(Vec
 fn start_overhead() {
     let jobs = env_usize("BENCH_START_JOBS", 15);
     let scratch = tempfile::tempdir().unwrap();
-    log::set_logger(&SHELL_STARTS).unwrap();
-    log::set_max_level(log::LevelFilter::Info);
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry().with(&SHELL_STARTS);
+    tracing::subscriber::set_global_default(subscriber).unwrap();
     let hub = FakeHub::start();
     hub.state().next_sync_after = 50;
     let config = Config {

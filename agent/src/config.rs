@@ -1,5 +1,5 @@
-//! `agent start` configuration (spec §1): flags, `SEMAPHORE_AGENT_*` env vars and a YAML file,
-//! with upstream's precedence (flag > env > file > default), validation and error texts.
+//! `agent start` configuration (docs/protocol.md §1): flags, `SEMAPHORE_AGENT_*` env vars and a
+//! YAML file, with upstream's precedence (flag > env > file > default), validation and error texts.
 //!
 //! Parsing is pure (argument list, environment and file text in; `Config` or an error out) so
 //! every rule is table-tested without touching the process environment.
@@ -384,54 +384,10 @@ fn build(
     if idle_timeout < 0 {
         return Err(invalid("Idle timeout can't be negative. Exiting..."));
     }
-    let upload_job_logs = match text(values, "upload-job-logs")?.as_str() {
-        "" | "never" => UploadJobLogs::Never,
-        "always" => UploadJobLogs::Always,
-        "when-trimmed" => UploadJobLogs::WhenTrimmed,
-        other => {
-            return Err(invalid(format!(
-                "Unsupported value '{other}' for upload-job-logs. Allowed values are: never, always, when-trimmed. Exiting..."
-            )))
-        }
-    };
-    let mut env_vars = Vec::new();
-    for entry in list(values, "env-vars")? {
-        let parts: Vec<&str> = entry.split('=').collect();
-        if parts.len() != 2 {
-            return Err(invalid(format!(
-                "Error parsing --env-vars: {entry} is not a valid environment variable. Exiting..."
-            )));
-        }
-        env_vars.push((parts[0].to_string(), parts[1].to_string()));
-    }
-    let mut files = Vec::new();
-    for entry in list(values, "files")? {
-        let parts: Vec<&str> = entry.split(':').collect();
-        if parts.len() != 2 {
-            return Err(invalid(format!(
-                "Error parsing --files: {entry} is not a valid file mapping. Exiting..."
-            )));
-        }
-        files.push((parts[0].to_string(), parts[1].to_string()));
-    }
-    for label in list(values, "kubernetes-labels")? {
-        if label.split('=').count() != 2 {
-            return Err(invalid(format!(
-                "Error parsing --kubernetes-labels: {label} is not a valid label. Exiting..."
-            )));
-        }
-    }
-    if int(values, "kubernetes-pod-start-timeout", 300)? < 0 {
-        return Err(invalid(
-            "Kubernetes pod start timeout can't be negative. Exiting...",
-        ));
-    }
-    if flag(values, "kubernetes-executor")? {
-        return Err(invalid(
-            "The Kubernetes executor is not supported by this agent; run jobs with the shell executor. Exiting...",
-        ));
-    }
-
+    let upload_job_logs = upload_job_logs(values)?;
+    let env_vars = pairs(values, "env-vars", '=', "environment variable")?;
+    let files = pairs(values, "files", ':', "file mapping")?;
+    check_kubernetes_options(values)?;
     let name = text(values, "name")?;
     let name_from_env = text(values, "name-from-env")?;
     if !name.is_empty() {
@@ -470,18 +426,69 @@ fn build(
         aws_region: text(values, "aws-region")?,
         registered_file: text(values, "registered-file")?,
         imds_endpoint: text(values, "imds-endpoint")?,
-        ec2_poll_seconds: {
-            let seconds = int(values, "ec2-poll-seconds", 5)?;
-            if seconds < 1 {
-                return Err(invalid("ec2-poll-seconds must be at least 1. Exiting..."));
-            }
-            seconds
-        },
+        ec2_poll_seconds: ec2_poll_seconds(values)?,
     })
 }
 
-/// Spec §2.8: a URL (Go's `url.ParseRequestURI`) has no length limit; any other name must have
-/// 8..=80 bytes.
+fn upload_job_logs(values: &BTreeMap<&'static str, Raw>) -> Result<UploadJobLogs, ConfigError> {
+    Ok(match text(values, "upload-job-logs")?.as_str() {
+        "" | "never" => UploadJobLogs::Never,
+        "always" => UploadJobLogs::Always,
+        "when-trimmed" => UploadJobLogs::WhenTrimmed,
+        other => {
+            return Err(invalid(format!(
+                "Unsupported value '{other}' for upload-job-logs. Allowed values are: never, always, when-trimmed. Exiting..."
+            )))
+        }
+    })
+}
+
+/// `key`'s entries as `a<separator>b` pairs; `what` names a bad entry in upstream's message.
+fn pairs(
+    values: &BTreeMap<&'static str, Raw>,
+    key: &str,
+    separator: char,
+    what: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    list(values, key)?
+        .into_iter()
+        .map(
+            |entry| match entry.split(separator).collect::<Vec<_>>()[..] {
+                [a, b] => Ok((a.to_string(), b.to_string())),
+                _ => Err(invalid(format!(
+                    "Error parsing --{key}: {entry} is not a valid {what}. Exiting..."
+                ))),
+            },
+        )
+        .collect()
+}
+
+/// The Kubernetes options are validated as upstream does, then refused: no such executor here.
+fn check_kubernetes_options(values: &BTreeMap<&'static str, Raw>) -> Result<(), ConfigError> {
+    pairs(values, "kubernetes-labels", '=', "label")?;
+    if int(values, "kubernetes-pod-start-timeout", 300)? < 0 {
+        return Err(invalid(
+            "Kubernetes pod start timeout can't be negative. Exiting...",
+        ));
+    }
+    if flag(values, "kubernetes-executor")? {
+        return Err(invalid(
+            "The Kubernetes executor is not supported by this agent; run jobs with the shell executor. Exiting...",
+        ));
+    }
+    Ok(())
+}
+
+fn ec2_poll_seconds(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigError> {
+    let seconds = int(values, "ec2-poll-seconds", 5)?;
+    if seconds < 1 {
+        return Err(invalid("ec2-poll-seconds must be at least 1. Exiting..."));
+    }
+    Ok(seconds)
+}
+
+/// docs/protocol.md §2.8: a URL (Go's `url.ParseRequestURI`) has no length limit; any other name
+/// must have 8..=80 bytes.
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
     if looks_like_request_uri(name) {
         return Ok(());

@@ -3,8 +3,20 @@
 //! start, exports them to every job (`FLOTILLA_GPU_COUNT`, `FLOTILLA_GPU_MODEL`, and
 //! `NVIDIA_VISIBLE_DEVICES` unless already set) and, when asked, reports them at registration.
 
+use crate::command::{run_with_timeout, CommandError};
 use std::path::Path;
 use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum GpuError {
+    #[error("unexpected nvidia-smi line '{0}'")]
+    BadLine(String),
+    #[error("bad GPU index in '{0}'")]
+    BadIndex(String),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
 
 /// The wire type the registration extension carries.
 pub type Gpu = protocol::GpuInfo;
@@ -13,17 +25,17 @@ const QUERY: &str = "--query-gpu=index,name,uuid,memory.total,driver_version";
 
 /// Parses `nvidia-smi --query-gpu=index,name,uuid,memory.total,driver_version
 /// --format=csv,noheader,nounits` output.
-pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, String> {
+pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuError> {
     let mut gpus = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() != 5 {
-            return Err(format!("unexpected nvidia-smi line '{line}'"));
+            return Err(GpuError::BadLine(line.to_string()));
         }
         gpus.push(Gpu {
             index: fields[0]
                 .parse()
-                .map_err(|_| format!("bad GPU index in '{line}'"))?,
+                .map_err(|_| GpuError::BadIndex(line.to_string()))?,
             name: fields[1].to_string(),
             uuid: fields[2].to_string(),
             memory_mib: fields[3].parse().unwrap_or(0),
@@ -50,34 +62,11 @@ pub fn parse_proc_information(text: &str, index: u32, driver: &str) -> Option<Gp
     })
 }
 
-fn from_nvidia_smi(program: &str) -> Result<Vec<Gpu>, String> {
-    let mut child = std::process::Command::new(program)
-        .args([QUERY, "--format=csv,noheader,nounits"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
+fn from_nvidia_smi(program: &str) -> Result<Vec<Gpu>, GpuError> {
     // nvidia-smi can hang on a wedged driver: give it ten seconds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{program} did not answer within 10 s"));
-            }
-        }
-    }
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !output.status.success() {
-        return Err(format!("{program} failed ({})", output.status));
-    }
-    parse_nvidia_smi(&String::from_utf8_lossy(&output.stdout))
+    let args = [QUERY, "--format=csv,noheader,nounits"];
+    let output = run_with_timeout(program, &args, Duration::from_secs(10))?;
+    parse_nvidia_smi(&output)
 }
 
 fn from_proc(root: &Path) -> Vec<Gpu> {
@@ -106,7 +95,7 @@ fn from_proc(root: &Path) -> Vec<Gpu> {
 }
 
 /// The GPUs `nvidia-smi` (on PATH) reports, or why it could not tell (the self-test's driver check).
-pub fn nvidia_smi() -> Result<Vec<Gpu>, String> {
+pub fn nvidia_smi() -> Result<Vec<Gpu>, GpuError> {
     from_nvidia_smi("nvidia-smi")
 }
 
@@ -117,7 +106,7 @@ pub fn detect() -> Vec<Gpu> {
         Err(error) => {
             let gpus = from_proc(Path::new("/proc/driver/nvidia"));
             if !gpus.is_empty() {
-                log::warn!("{error}; GPUs read from /proc/driver/nvidia instead");
+                tracing::warn!("{error}; GPUs read from /proc/driver/nvidia instead");
             }
             gpus
         }

@@ -1,5 +1,5 @@
-//! Facts about this machine that registration reports (spec §2.3): OS name, architecture,
-//! hostname. The OS name is read from `/etc/os-release` alone (upstream also requires
+//! Facts about this machine that registration reports (docs/protocol.md §2.3): OS name,
+//! architecture, hostname. The OS name is read from `/etc/os-release` alone (upstream also requires
 //! `/etc/lsb-release` and so reports `""` on Debian, Fedora and most images).
 
 /// `PRETTY_NAME`, else `NAME`, from os-release text; quotes removed.

@@ -1,5 +1,5 @@
-//! Runs one job with the shell executor, phase by phase as upstream does (spec §5.2–§5.6):
-//! export env vars → inject files → pre-job hook → commands → [SEMAPHORE_JOB_RESULT →
+//! Runs one job with the shell executor, phase by phase as upstream does (docs/protocol.md
+//! §5.2–§5.6): export env vars → inject files → pre-job hook → commands → [SEMAPHORE_JOB_RESULT →
 //! epilogues] → post-job hook → `job_finished`. Every event goes to the [`JobLog`].
 //!
 //! Departures from upstream, each fixing a documented bug without changing what a well-formed
@@ -25,7 +25,8 @@ pub const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the a
 pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
 /// Agent log line (followed by the duration) once the job's bash is ready for commands.
 pub const SHELL_READY_LOG: &str = "Job shell (bash --login in a PTY) ready in";
-/// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (spec §5.6b).
+/// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (docs/protocol.md
+/// §5.6b).
 pub const MANUAL_STOP_EXIT_CODE: i32 = 130;
 
 /// How the agent runs jobs (from its configuration).
@@ -44,7 +45,7 @@ pub struct JobOptions {
 }
 
 /// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
-/// variable is removed (upstream hands the registration token to every job, spec §1.4).
+/// variable is removed (upstream hands the registration token to every job, docs/protocol.md §1.4).
 pub fn job_environment(
     agent_env: impl IntoIterator<Item = (String, String)>,
 ) -> Vec<(String, String)> {
@@ -116,7 +117,7 @@ pub fn run_job(
 ) -> JobResult {
     log.job_started();
     if request.executor.is_empty() {
-        log::info!("No executor specified - using shell executor");
+        tracing::info!("No executor specified - using shell executor");
     }
     if let Some(message) = unsupported_executor(request) {
         fail_before_shell(log, "Preparing the job executor", &message);
@@ -142,7 +143,7 @@ pub fn run_job(
         let shell_starting = std::time::Instant::now();
         match Shell::start(&options.shell_env, &scratch) {
             Ok(shell) => {
-                log::info!(
+                tracing::info!(
                     "{SHELL_READY_LOG} {:.1} ms",
                     shell_starting.elapsed().as_secs_f64() * 1000.0
                 );
@@ -291,7 +292,7 @@ impl Runner<'_> {
             Ok(result.as_str().as_bytes().to_vec()),
         )]);
         if exit != 0 {
-            log::warn!("Error exporting SEMAPHORE_JOB_RESULT: exit code {exit}");
+            tracing::warn!("Error exporting SEMAPHORE_JOB_RESULT: exit code {exit}");
         }
         if self.control.is_stopped() {
             return;
@@ -356,8 +357,8 @@ impl Runner<'_> {
         outcome.exit_code
     }
 
-    /// Spec §5.3: values decoded, agent values override job values, names sorted by bytes, one
-    /// `Exporting NAME` line each, then the file is sourced silently.
+    /// docs/protocol.md §5.3: values decoded, agent values override job values, names sorted by
+    /// bytes, one `Exporting NAME` line each, then the file is sourced silently.
     fn export_env_vars(
         &mut self,
         vars: Vec<(String, Result<Vec<u8>, base64::DecodeError>)>,
@@ -371,7 +372,7 @@ impl Runner<'_> {
                     environment.insert(name, value);
                 }
                 Err(error) => {
-                    log::error!("Error decoding environment variable {name}: {error}");
+                    tracing::error!("Error decoding environment variable {name}: {error}");
                     self.log
                         .cmd_finished(EXPORT_DIRECTIVE, 1, started_at, unix_now());
                     return 1;
@@ -407,7 +408,7 @@ impl Runner<'_> {
                     .0
             }
             Err(error) => {
-                log::error!("Error writing environment file {}: {error}", path.display());
+                tracing::error!("Error writing environment file {}: {error}", path.display());
                 1
             }
         };
@@ -416,7 +417,7 @@ impl Runner<'_> {
         exit
     }
 
-    /// Spec §5.4, with upstream's path bugs fixed.
+    /// docs/protocol.md §5.4, with upstream's path bugs fixed.
     fn inject_files(&mut self) -> i32 {
         let started_at = unix_now();
         self.log.cmd_started(INJECT_DIRECTIVE);
@@ -516,7 +517,8 @@ impl Runner<'_> {
         0
     }
 
-    /// Spec §5.6b: a command exited 130; the job result comes from `$SEMAPHORE_JOB_RESULT`.
+    /// docs/protocol.md §5.6b: a command exited 130; the job result comes from
+    /// `$SEMAPHORE_JOB_RESULT`.
     fn check_job_result(&mut self) -> JobResult {
         let (_, output) = self.shell.run_silent("echo $SEMAPHORE_JOB_RESULT");
         let value = String::from_utf8_lossy(&output)
@@ -535,9 +537,17 @@ impl Runner<'_> {
     }
 }
 
+/// A job file's `~user/...` path names a user this machine does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("Failed to resolve '{path}': there is no user '{user}'.")]
+pub struct NoSuchUser {
+    pub path: String,
+    pub user: String,
+}
+
 /// Where a job file goes: absolute paths as given; `~` / `~/x` under the job's home; `~user/x`
 /// under that user's home; anything else relative to the home directory (not the cwd).
-pub fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, String> {
+pub fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, NoSuchUser> {
     if path.starts_with('/') {
         return Ok(PathBuf::from(path));
     }
@@ -549,8 +559,10 @@ pub fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, String> {
         let base = if user.is_empty() {
             home.to_path_buf()
         } else {
-            user_home(user)
-                .ok_or_else(|| format!("Failed to resolve '{path}': there is no user '{user}'."))?
+            user_home(user).ok_or_else(|| NoSuchUser {
+                path: path.to_string(),
+                user: user.to_string(),
+            })?
         };
         return Ok(if tail.is_empty() {
             base
@@ -606,6 +618,7 @@ mod tests {
         }
         assert!(normalize_path("~no-such-user-xyz/x", home)
             .unwrap_err()
+            .to_string()
             .contains("no user 'no-such-user-xyz'"));
     }
 

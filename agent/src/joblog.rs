@@ -1,6 +1,6 @@
 //! A job's event log: every event is appended as one Go-encoded JSON line to a local NDJSON file
-//! (spec §6.1), from which the pusher delivers batches. The file bounds memory however much a
-//! job prints and lets a slow log server lag behind without slowing the job.
+//! (docs/protocol.md §6.1), from which the pusher delivers batches. The file bounds memory however
+//! much a job prints and lets a slow log server lag behind without slowing the job.
 
 use crate::shell::unix_now;
 use protocol::gojson::utf8_lossy_per_byte;
@@ -89,7 +89,8 @@ impl JobLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one event. Logging errors are reported once and never fail the job (spec §6.1).
+    /// Appends one event. Logging errors are reported once and never fail the job (docs/protocol.md
+    /// §6.1).
     pub fn log(&self, event: LogEvent) {
         if let Some(observer) = &self.observer {
             observer(&event);
@@ -126,7 +127,7 @@ impl JobLog {
             Err(error) => {
                 if !inner.write_failed {
                     inner.write_failed = true;
-                    log::error!(
+                    tracing::error!(
                         "Error writing job log event to {}: {error}",
                         self.path.display()
                     );
@@ -197,7 +198,7 @@ impl JobLog {
         if let Err(error) = inner.writer.flush() {
             if !inner.write_failed {
                 inner.write_failed = true;
-                log::error!("Error writing job log {}: {error}", self.path.display());
+                tracing::error!("Error writing job log {}: {error}", self.path.display());
             }
         }
         progress(&inner)

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cloud;
+pub mod command;
 pub mod config;
 pub mod gpu;
 pub mod host;

@@ -25,7 +25,7 @@ pub fn user_agent() -> String {
     format!("SemaphoreAgent/{VERSION}")
 }
 
-/// Timings upstream hard-codes (spec §1.3); tests shorten them.
+/// Timings upstream hard-codes (docs/protocol.md §1.3); tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Timings {
     pub register_attempts: u32,
@@ -53,7 +53,8 @@ impl Default for Timings {
     }
 }
 
-/// The agent's name (spec §2.8): configured, from the named env var, or 20 random characters.
+/// The agent's name (docs/protocol.md §2.8): configured, from the named env var, or 20 random
+/// characters.
 pub fn resolve_name(config: &Config, env: &std::collections::BTreeMap<String, String>) -> String {
     if !config.name.is_empty() {
         return config.name.clone();
@@ -61,7 +62,7 @@ pub fn resolve_name(config: &Config, env: &std::collections::BTreeMap<String, St
     if !config.name_from_env.is_empty() {
         return env.get(&config.name_from_env).cloned().unwrap_or_default();
     }
-    log::info!("Agent name was not assigned - using a random one.");
+    tracing::info!("Agent name was not assigned - using a random one.");
     let bytes: [u8; 15] = rand::thread_rng().gen();
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -179,7 +180,7 @@ impl Listener {
         match registered {
             Ok(response) => {
                 crate::logging::set_name(&response.name);
-                log::info!(
+                tracing::info!(
                     "Agent registered as '{}' with {}",
                     response.name,
                     self.client.base_url()
@@ -187,7 +188,7 @@ impl Listener {
                 if !self.config.registered_file.is_empty() {
                     if let Err(error) = std::fs::write(&self.config.registered_file, &response.name)
                     {
-                        log::warn!(
+                        tracing::warn!(
                             "could not write the registered file {}: {error}",
                             self.config.registered_file
                         );
@@ -195,7 +196,7 @@ impl Listener {
                 }
             }
             Err(error) => {
-                log::error!("failed to register agent: {error}");
+                tracing::error!("failed to register agent: {error}");
                 return 1;
             }
         }
@@ -221,17 +222,17 @@ impl Listener {
                         }
                     });
                 if let Err(error) = spawned {
-                    log::error!("Could not watch for termination signals: {error}");
+                    tracing::error!("Could not watch for termination signals: {error}");
                 }
             }
-            Err(error) => log::error!("Could not watch for termination signals: {error}"),
+            Err(error) => tracing::error!("Could not watch for termination signals: {error}"),
         }
     }
 
     fn sync_loop(&mut self) -> i32 {
         loop {
             let request = self.state.sync_request();
-            log::info!(
+            tracing::info!(
                 "SYNC request (state: {}, job: {}, result: {})",
                 request.state.as_str(),
                 request.job_id,
@@ -239,14 +240,14 @@ impl Listener {
             );
             let event = match self.client.sync(&request) {
                 Ok(response) => {
-                    log::info!("SYNC response (action: {})", response.action.as_str());
+                    tracing::info!("SYNC response (action: {})", response.action.as_str());
                     Event::SyncSucceeded {
                         response,
                         now_ms: self.now_ms(),
                     }
                 }
                 Err(error) => {
-                    log::error!("[SYNC ERR] Failed to sync with API: {error}");
+                    tracing::error!("[SYNC ERR] Failed to sync with API: {error}");
                     Event::SyncFailed {
                         now_ms: self.now_ms(),
                     }
@@ -259,7 +260,7 @@ impl Listener {
                 Applied::Continue => {}
             }
             let interval = wait.unwrap_or_else(random_sync_delay);
-            log::debug!("Waiting {interval:?} for next sync...");
+            tracing::debug!("Waiting {interval:?} for next sync...");
             let deadline = Instant::now() + interval;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -288,11 +289,11 @@ impl Listener {
         let mut applied = Applied::Continue;
         for effect in effects {
             match effect {
-                Effect::Note(text) => log::info!("{text}"),
+                Effect::Note(text) => tracing::info!("{text}"),
                 Effect::StartJob { job_id } => self.start_job(job_id),
                 Effect::StopJob => {
                     if let Some(job) = &self.job {
-                        log::info!("Stopping job {}", self.state.job_id);
+                        tracing::info!("Stopping job {}", self.state.job_id);
                         job.control.stop();
                     }
                 }
@@ -320,7 +321,7 @@ impl Listener {
         {
             Ok(thread) => self.job = Some(RunningJob { control, thread }),
             Err(error) => {
-                log::error!("Could not start the job thread: {error}");
+                tracing::error!("Could not start the job thread: {error}");
                 let _ = self.messages_tx.send(Message::Job(Event::JobFinished {
                     result: JobResult::Failed,
                 }));
@@ -333,7 +334,7 @@ impl Listener {
             if !job.thread.is_finished() {
                 // Upstream orphans the job's shell here; stop it so nothing outlives the agent,
                 // and give its teardown the log flush time.
-                log::info!("Stopping the running job before shutting down");
+                tracing::info!("Stopping the running job before shutting down");
                 job.control.stop();
                 let deadline =
                     Instant::now() + self.timings.log_flush_timeout + Duration::from_secs(5);
@@ -342,7 +343,7 @@ impl Listener {
                 }
             }
         }
-        log::info!("Disconnecting the Agent from Semaphore");
+        tracing::info!("Disconnecting the Agent from Semaphore");
         let client = self.client.clone();
         let disconnected = with_constant_wait(
             "disconnect",
@@ -351,8 +352,8 @@ impl Listener {
             || client.disconnect(),
         );
         match disconnected {
-            Ok(()) => log::info!("Disconnected."),
-            Err(_) => log::error!(
+            Ok(()) => tracing::info!("Disconnected."),
+            Err(_) => tracing::error!(
                 "Failed to disconnect from Semaphore even after {} tries",
                 self.timings.disconnect_attempts
             ),
@@ -364,7 +365,7 @@ impl Listener {
                 &self.job_options.shell_env,
             );
         }
-        log::info!("Agent shutting down due to: {}", reason.env_value());
+        tracing::info!("Agent shutting down due to: {}", reason.env_value());
         reason.exit_code()
     }
 }
@@ -377,7 +378,7 @@ enum Applied {
 
 /// Runs `bash <path>` with `SEMAPHORE_AGENT_SHUTDOWN_REASON`; output is logged, failures too.
 pub fn run_shutdown_hook(path: &str, reason: ShutdownReason, env: &[(String, String)]) {
-    log::info!("Executing shutdown hook from {path}");
+    tracing::info!("Executing shutdown hook from {path}");
     let output = std::process::Command::new("bash")
         .arg(path)
         .env_clear()
@@ -390,16 +391,31 @@ pub fn run_shutdown_hook(path: &str, reason: ShutdownReason, env: &[(String, Str
             let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&output.stderr));
             if output.status.success() {
-                log::info!("Output: {text}");
+                tracing::info!("Output: {text}");
             } else {
-                log::error!(
+                tracing::error!(
                     "Error executing shutdown hook: {}. Output: {text}",
                     output.status
                 );
             }
         }
-        Err(error) => log::error!("Error executing shutdown hook: {error}"),
+        Err(error) => tracing::error!("Error executing shutdown hook: {error}"),
     }
+}
+
+/// Why a fetched job could not be set up (upstream: "Could not construct job").
+#[derive(Debug, thiserror::Error)]
+enum ConstructError {
+    #[error("HTTP logger needs a URL")]
+    NoLogUrl,
+    #[error("the pull logger method is not supported by a self-hosted agent")]
+    PullLogger,
+    #[error("unknown logger method '{0}'")]
+    UnknownLogger(String),
+    #[error("creating {path}: {error}")]
+    LogFile { path: String, error: std::io::Error },
+    #[error("starting the log pusher: {0}")]
+    Pusher(std::io::Error),
 }
 
 /// Everything the job thread needs.
@@ -419,6 +435,49 @@ impl JobContext {
             .send(Message::Job(Event::JobFinished { result }));
     }
 
+    /// The job's event log and the thread that pushes it to `logger`.
+    fn start_job_log(
+        &self,
+        logger: &protocol::Logger,
+    ) -> Result<(Arc<JobLog>, LogPusher), ConstructError> {
+        match logger.method.as_str() {
+            "push" if logger.url.is_empty() => return Err(ConstructError::NoLogUrl),
+            "push" => {}
+            "" | "pull" => return Err(ConstructError::PullLogger),
+            other => return Err(ConstructError::UnknownLogger(other.to_string())),
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let log_path = self
+            .options
+            .scratch_root
+            .join(format!("job_log_{nanos}.json"));
+        let job_log =
+            JobLog::create(log_path.clone(), None).map_err(|error| ConstructError::LogFile {
+                path: log_path.display().to_string(),
+                error,
+            })?;
+        let job_log = Arc::new(job_log);
+        let refresh_client = self.client.clone();
+        let push_config = PushConfig {
+            url: logger.url.clone(),
+            token: logger.token.clone(),
+            user_agent: user_agent(),
+            refresh_token: Box::new(move || refresh_client.refresh_log_token()),
+            partial_batch_interval: self.timings.partial_log_batch_interval,
+            lines_per_request: crate::pusher::MAX_LINES_PER_REQUEST,
+        };
+        match LogPusher::spawn(job_log.clone(), push_config) {
+            Ok(pusher) => Ok((job_log, pusher)),
+            Err(error) => {
+                job_log.remove_file();
+                Err(ConstructError::Pusher(error))
+            }
+        }
+    }
+
     fn run(self) {
         let client = self.client.clone();
         let fetched = with_constant_wait(
@@ -430,71 +489,22 @@ impl JobContext {
         let request = match fetched {
             Ok(request) => request,
             Err(error) => {
-                log::error!("Could not get job {}: {error}", self.job_id);
+                tracing::error!("Could not get job {}: {error}", self.job_id);
                 return self.finish(JobResult::Failed);
             }
         };
-        let logger = &request.logger;
-        let construct_error = match logger.method.as_str() {
-            "push" if logger.url.is_empty() => Some("HTTP logger needs a URL".to_string()),
-            "push" => None,
-            "" | "pull" => {
-                Some("the pull logger method is not supported by a self-hosted agent".to_string())
-            }
-            other => Some(format!("unknown logger method '{other}'")),
-        };
-        if let Some(error) = construct_error {
-            log::error!("Could not construct job {}: {error}", self.job_id);
-            return self.finish(JobResult::Failed);
-        }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let log_path = self
-            .options
-            .scratch_root
-            .join(format!("job_log_{nanos}.json"));
-        let job_log = match JobLog::create(log_path.clone(), None) {
-            Ok(job_log) => Arc::new(job_log),
+        let (job_log, pusher) = match self.start_job_log(&request.logger) {
+            Ok(started) => started,
             Err(error) => {
-                log::error!(
-                    "Could not construct job {}: creating {}: {error}",
-                    self.job_id,
-                    log_path.display()
-                );
-                return self.finish(JobResult::Failed);
-            }
-        };
-        let refresh_client = self.client.clone();
-        let push_config = PushConfig {
-            url: logger.url.clone(),
-            token: logger.token.clone(),
-            user_agent: user_agent(),
-            refresh_token: Box::new(move || {
-                refresh_client
-                    .refresh_log_token()
-                    .map_err(|e| e.to_string())
-            }),
-            partial_batch_interval: self.timings.partial_log_batch_interval,
-            lines_per_request: crate::pusher::MAX_LINES_PER_REQUEST,
-        };
-        let pusher = match LogPusher::spawn(job_log.clone(), push_config) {
-            Ok(pusher) => pusher,
-            Err(error) => {
-                log::error!(
-                    "Could not construct job {}: starting the log pusher: {error}",
-                    self.job_id
-                );
-                job_log.remove_file();
+                tracing::error!("Could not construct job {}: {error}", self.job_id);
                 return self.finish(JobResult::Failed);
             }
         };
         let _ = self.events.send(Message::Job(Event::JobRunning));
-        log::info!("Running job {}", self.job_id);
+        tracing::info!("Running job {}", self.job_id);
         let result = run_job(&request, &self.options, &job_log, &self.control);
         let outcome = pusher.close(self.timings.log_flush_timeout);
-        log::info!(
+        tracing::info!(
             "Job {} finished: {result} ({} log events pushed in {} requests{})",
             self.job_id,
             outcome.lines_pushed,

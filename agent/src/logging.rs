@@ -1,69 +1,101 @@
-//! The agent's own log (spec §0): to stdout and appended to `$SEMAPHORE_AGENT_LOG_FILE_PATH`
-//! (default `$TMPDIR/agent_log`), one line per message in upstream's format
-//! `Jan _2 15:04:05.000 [<agent name>] : <message>` (UTC). Level from `SEMAPHORE_AGENT_LOG_LEVEL`.
+//! The agent's own log (docs/protocol.md §0): to stdout and appended to
+//! `$SEMAPHORE_AGENT_LOG_FILE_PATH` (default `$TMPDIR/agent_log`), one line per message in
+//! upstream's format `Jan _2 15:04:05.000 [<agent name>] : <message>` (UTC). Level from
+//! `SEMAPHORE_AGENT_LOG_LEVEL`. The agent logs through `tracing`; this module is the subscriber:
+//! a `tracing_subscriber` fmt layer with upstream's line format, writing each line whole to both
+//! destinations. Only the agent's own events are shown (not those of the HTTP or AWS crates).
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 
-struct AgentLogger {
-    name: RwLock<String>,
-    file: Mutex<Option<File>>,
-    to_stdout: bool,
-    level: log::LevelFilter,
+/// The `[name]` of every line; empty until the listener knows it.
+static NAME: RwLock<String> = RwLock::new(String::new());
+
+/// Upstream's line: `<StampMilli> [<name>] : <message and fields>`.
+struct AgentFormat;
+
+impl<S, N> FormatEvent<S, N> for AgentFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let name = NAME.read().map(|n| n.clone()).unwrap_or_default();
+        write!(
+            writer,
+            "{} [{name}] : ",
+            stamp_milli(std::time::SystemTime::now())
+        )?;
+        context.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
-static LOGGER: std::sync::OnceLock<AgentLogger> = std::sync::OnceLock::new();
+/// Where lines go: stdout and/or the log file. The fmt layer writes each line with one
+/// `write_all`, so lines from different threads never interleave.
+#[derive(Clone)]
+struct Destinations {
+    stdout: bool,
+    file: Option<Arc<Mutex<File>>>,
+}
 
-impl log::Log for AgentLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level
-            && !metadata.target().starts_with("ureq")
-            && !metadata.target().starts_with("rustls")
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
+impl Write for Destinations {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if self.stdout {
+            let _ = std::io::stdout().lock().write_all(line);
         }
-        let name = self.name.read().map(|n| n.clone()).unwrap_or_default();
-        let line = format!(
-            "{} [{}] : {}\n",
-            stamp_milli(std::time::SystemTime::now()),
-            name,
-            record.args()
-        );
-        if self.to_stdout {
-            let _ = std::io::stdout().lock().write_all(line.as_bytes());
-        }
-        if let Ok(mut file) = self.file.lock() {
-            if let Some(file) = file.as_mut() {
-                let _ = file.write_all(line.as_bytes());
+        if let Some(file) = &self.file {
+            if let Ok(mut file) = file.lock() {
+                let _ = file.write_all(line);
             }
         }
+        Ok(line.len())
     }
 
-    fn flush(&self) {}
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Destinations {
+    type Writer = Destinations;
+
+    fn make_writer(&'a self) -> Destinations {
+        self.clone()
+    }
 }
 
 /// Parses a logrus level name.
-pub fn parse_level(text: &str) -> Option<log::LevelFilter> {
+pub fn parse_level(text: &str) -> Option<LevelFilter> {
     Some(match text.to_ascii_lowercase().as_str() {
-        "panic" | "fatal" | "error" => log::LevelFilter::Error,
-        "warn" | "warning" => log::LevelFilter::Warn,
-        "info" => log::LevelFilter::Info,
-        "debug" => log::LevelFilter::Debug,
-        "trace" => log::LevelFilter::Trace,
+        "panic" | "fatal" | "error" => LevelFilter::ERROR,
+        "warn" | "warning" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
         _ => return None,
     })
 }
 
-/// Installs the logger. `file_path` None means no file (used by `agent run`).
+/// Installs the agent's log as the global subscriber (once; later calls change nothing).
+/// `file_path` None means no file (used by `agent run`).
 pub fn init(
     name: &str,
     file_path: Option<&std::path::Path>,
     to_stdout: bool,
-    level: log::LevelFilter,
+    level: LevelFilter,
 ) -> std::io::Result<()> {
     let file = match file_path {
         Some(path) => {
@@ -72,32 +104,33 @@ pub fn init(
                     std::fs::create_dir_all(parent)?;
                 }
             }
-            Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            )
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            Some(Arc::new(Mutex::new(file)))
         }
         None => None,
     };
-    let logger = LOGGER.get_or_init(|| AgentLogger {
-        name: RwLock::new(name.to_string()),
-        file: Mutex::new(file),
-        to_stdout,
-        level,
-    });
-    let _ = log::set_logger(logger);
-    log::set_max_level(level);
+    set_name(name);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(AgentFormat)
+        .with_writer(Destinations {
+            stdout: to_stdout,
+            file,
+        });
+    let subscriber = tracing_subscriber::registry()
+        .with(layer)
+        .with(Targets::new().with_target(env!("CARGO_CRATE_NAME"), level));
+    let _ = tracing::subscriber::set_global_default(subscriber);
     Ok(())
 }
 
 /// Changes the `[name]` prefix (after registration returns the real name).
 pub fn set_name(name: &str) {
-    if let Some(logger) = LOGGER.get() {
-        if let Ok(mut current) = logger.name.write() {
-            *current = name.to_string();
-        }
+    if let Ok(mut current) = NAME.write() {
+        *current = name.to_string();
     }
 }
 
@@ -153,8 +186,8 @@ mod tests {
 
     #[test]
     fn levels_follow_logrus_names() {
-        assert_eq!(parse_level("info"), Some(log::LevelFilter::Info));
-        assert_eq!(parse_level("DEBUG"), Some(log::LevelFilter::Debug));
+        assert_eq!(parse_level("info"), Some(LevelFilter::INFO));
+        assert_eq!(parse_level("DEBUG"), Some(LevelFilter::DEBUG));
         assert_eq!(parse_level("loud"), None);
     }
 }

@@ -1,7 +1,10 @@
 //! The `agent` command: `start` (the self-hosted listener), `run <job file>` (run one job
 //! locally and print its event log) and `version`.
 
-use agent::config::{self, UploadJobLogs};
+use agent::cloud::aws::{Aws, AwsError};
+use agent::cloud::imds::{Imds, ImdsError};
+use agent::cloud::CloudError;
+use agent::config::{self, Config, ConfigError, UploadJobLogs};
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
 use agent::listener::{resolve_name, Listener, Timings, VERSION};
@@ -12,6 +15,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+use tracing::level_filters::LevelFilter;
 
 #[derive(Parser)]
 #[command(name = "agent", about = "Flotilla's one-job CI agent (Semaphore self-hosted agent protocol)", version = VERSION)]
@@ -31,7 +36,7 @@ enum Commands {
     },
     /// Run one job from a JSON or YAML job request and print its event log.
     Run {
-        /// The job request (spec §4.1), as .json or .yaml.
+        /// The job request (docs/protocol.md §4.1), as .json or .yaml.
         file: PathBuf,
         /// How to print the event log.
         #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -40,7 +45,8 @@ enum Commands {
     /// Print the agent's version.
     Version,
     /// Remove this EC2 instance: terminate it in its Auto Scaling group with decrement, else
-    /// without, else mark it unhealthy, else power it off (the units' OnFailure= and boot deadline).
+    /// without, else mark it unhealthy, else power it off (the units' OnFailure= and boot
+    /// deadline).
     RemoveInstance {
         /// Why, for the log.
         #[arg(long, default_value = "requested")]
@@ -84,18 +90,21 @@ enum Format {
 
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.command {
+    let (command, result) = match cli.command {
         Commands::Version => {
             println!("{VERSION}");
-            0
+            ("version", Ok(0))
         }
-        Commands::Start { options } => start(&options),
+        Commands::Start { options } => ("start", start(&options)),
         Commands::RemoveInstance {
             reason,
             imds_endpoint,
             aws_region,
             poweroff_command,
-        } => remove_instance(&reason, &imds_endpoint, &aws_region, &poweroff_command),
+        } => (
+            "remove-instance",
+            remove_instance(&reason, &imds_endpoint, &aws_region, &poweroff_command),
+        ),
         Commands::SelfTest {
             gpu,
             docker_image,
@@ -103,60 +112,55 @@ fn main() {
             scripts_dir,
             imds_endpoint,
         } => {
-            let checks = agent::selftest::run_checks(&agent::selftest::SelfTestOptions {
+            let options = agent::selftest::SelfTestOptions {
                 units_dir,
                 scripts_dir,
                 imds_endpoint,
                 gpu,
                 docker_image,
-            });
-            print!("{}", agent::selftest::render(&checks));
-            if checks.iter().all(|c| c.ok) {
-                println!("self-test passed");
-                0
-            } else {
-                println!("self-test FAILED");
-                1
-            }
+            };
+            ("self-test", Ok(self_test(&options)))
         }
-        Commands::Run { file, format } => match run(&file, format) {
-            Ok(code) => code,
-            Err(error) => {
-                eprintln!("agent run: {error:#}");
-                1
-            }
-        },
+        Commands::Run { file, format } => ("run", run(&file, format)),
     };
+    let code = result.unwrap_or_else(|error| {
+        // Once the agent's log is up (`start`), failures go there, in upstream's words.
+        match error.downcast_ref::<StartError>() {
+            Some(error) if tracing::dispatcher::has_been_set() => tracing::error!("{error}"),
+            Some(error) => eprintln!("{error}"),
+            None => eprintln!("agent {command}: {error:#}"),
+        }
+        1
+    });
     std::process::exit(code);
 }
 
-fn remove_instance(reason: &str, imds_endpoint: &str, region: &str, poweroff: &str) -> i32 {
-    let mut imds = agent::cloud::imds::Imds::new(imds_endpoint);
-    let instance_id = match imds.instance_id() {
-        Ok(id) => id,
-        Err(error) => {
-            eprintln!("agent remove-instance: cannot read the instance id: {error}");
-            return 1;
-        }
-    };
-    let aws = match agent::cloud::aws::Aws::load(region) {
-        Ok(aws) => aws,
-        Err(error) => {
-            eprintln!("agent remove-instance: {error}");
-            return 1;
-        }
-    };
+fn self_test(options: &agent::selftest::SelfTestOptions) -> i32 {
+    let checks = agent::selftest::run_checks(options);
+    print!("{}", agent::selftest::render(&checks));
+    if checks.iter().all(|c| c.ok) {
+        println!("self-test passed");
+        0
+    } else {
+        println!("self-test FAILED");
+        1
+    }
+}
+
+fn remove_instance(reason: &str, imds_endpoint: &str, region: &str, poweroff: &str) -> Result<i32> {
+    let instance_id = Imds::new(imds_endpoint)
+        .instance_id()
+        .context("cannot read the instance id")?;
+    let aws = Aws::load(region)?;
     println!("removing instance {instance_id} ({reason})");
     let (steps, leaving) = aws.remove_instance(&instance_id, poweroff);
     for step in steps {
         println!("  {step}");
     }
-    if leaving {
-        0
-    } else {
-        eprintln!("agent remove-instance: every way of removing {instance_id} failed");
-        1
+    if !leaving {
+        anyhow::bail!("every way of removing {instance_id} failed");
     }
+    Ok(0)
 }
 
 fn start_help() -> String {
@@ -173,115 +177,151 @@ fn start_help() -> String {
     text
 }
 
-fn start(options: &[String]) -> i32 {
+/// Why `agent start` gave up before serving, in upstream's words (printed once by `main`).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("Invalid SEMAPHORE_AGENT_LOG_LEVEL '{0}'. Exiting...")]
+    LogLevel(String),
+    #[error("Error opening the agent log {path}: {error}. Exiting...")]
+    LogFile { path: String, error: std::io::Error },
+    #[error("{0}")]
+    Config(ConfigError),
+    #[error("{0}. Exiting...")]
+    Aws(AwsError),
+    #[error("Could not read the registration token: {0}. Exiting...")]
+    Token(AwsError),
+    #[error("Could not read the instance's lifecycle state: {0}. Exiting...")]
+    Lifecycle(CloudError),
+    #[error("Could not read the instance id: {0}. Exiting...")]
+    InstanceId(ImdsError),
+}
+
+/// `agent start`: registers and serves until a shutdown; the exit code is the listener's.
+fn start(options: &[String]) -> Result<i32> {
     if options.iter().any(|o| o == "--help" || o == "-h") {
         print!("{}", start_help());
-        return 0;
+        return Ok(0);
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
+    init_agent_log(&env)?;
+    let mut config = load_config(options, &env)?;
+    let needs_aws =
+        !config.token_ssm_parameter.is_empty() || (config.ec2 && !config.ec2_keep_instance);
+    let aws = match needs_aws {
+        true => Some(Aws::load(&config.aws_region).map_err(StartError::Aws)?),
+        false => None,
+    };
+    if let (Some(aws), false) = (&aws, config.token_ssm_parameter.is_empty()) {
+        config.token = aws
+            .ssm_parameter(&config.token_ssm_parameter)
+            .map_err(StartError::Token)?;
+    }
+    let ec2 = match config.ec2 {
+        true => Some(Ec2::join(&config)?),
+        false => None,
+    };
+    let name = match &ec2 {
+        Some(ec2) if config.name.is_empty() && config.name_from_env.is_empty() => {
+            ec2.instance_id.clone()
+        }
+        _ => resolve_name(&config, &env),
+    };
+    let gpus = agent::gpu::detect();
+    tracing::info!("{}", agent::gpu::describe(&gpus));
+    // On EC2 the agent removes its own instance when it exits, unless told to keep it.
+    let remove_instance = config.ec2 && !config.ec2_keep_instance;
+    let poweroff_command = config.ec2_poweroff_command.clone();
+    let job_options = job_options(&config, &gpus);
+    let listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
+    if let Some(ec2) = &ec2 {
+        let interrupter = listener.interrupter();
+        let watcher = agent::cloud::watch_spot_notices(Imds::new(&ec2.endpoint), ec2.poll, {
+            move |_| interrupter.interrupt()
+        });
+        if let Err(error) = watcher {
+            tracing::error!("Could not watch for spot interruption notices: {error}");
+        }
+    }
+    let code = listener.run(name);
+    if let (Some(aws), Some(ec2), true) = (&aws, &ec2, remove_instance) {
+        // Logs are flushed: the job's teardown delivered them before the last sync.
+        for step in aws.remove_instance(&ec2.instance_id, &poweroff_command).0 {
+            tracing::info!("Instance removal: {step}");
+        }
+    }
+    Ok(code)
+}
+
+/// The agent's own log, at `SEMAPHORE_AGENT_LOG_LEVEL`, to stdout and the log file.
+fn init_agent_log(env: &BTreeMap<String, String>) -> Result<(), StartError> {
     let level = match env.get("SEMAPHORE_AGENT_LOG_LEVEL") {
-        None => log::LevelFilter::Info,
-        Some(text) => match agent::logging::parse_level(text) {
-            Some(level) => level,
-            None => {
-                eprintln!("Invalid SEMAPHORE_AGENT_LOG_LEVEL '{text}'. Exiting...");
-                return 1;
-            }
-        },
+        None => LevelFilter::INFO,
+        Some(text) => {
+            agent::logging::parse_level(text).ok_or_else(|| StartError::LogLevel(text.clone()))?
+        }
     };
     let log_path = env
         .get("SEMAPHORE_AGENT_LOG_FILE_PATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("agent_log"));
-    if let Err(error) = agent::logging::init("", Some(&log_path), true, level) {
-        eprintln!(
-            "Error opening the agent log {}: {error}. Exiting...",
-            log_path.display()
-        );
-        return 1;
-    }
+    agent::logging::init("", Some(&log_path), true, level).map_err(|error| StartError::LogFile {
+        path: log_path.display().to_string(),
+        error,
+    })
+}
+
+/// The validated configuration; warns about options this agent accepts but ignores.
+fn load_config(options: &[String], env: &BTreeMap<String, String>) -> Result<Config, StartError> {
     // `ssm:<name>`: the config YAML from an SSM parameter (region from AWS_REGION or IMDS).
     let read_file = |path: &str| match path.strip_prefix("ssm:") {
-        Some(name) => agent::cloud::aws::Aws::load("")
+        Some(name) => Aws::load("")
             .and_then(|aws| aws.ssm_parameter(name))
             .map_err(std::io::Error::other),
         None => std::fs::read_to_string(path),
     };
-    let config = match config::load(options, &env, &read_file) {
-        Ok(config) => config,
-        Err(error) => {
-            log::error!("{error}");
-            return 1;
-        }
-    };
+    let config = config::load(options, env, &read_file).map_err(StartError::Config)?;
     if config.upload_job_logs != UploadJobLogs::Never {
-        log::warn!("upload-job-logs is accepted for compatibility, but this agent does not upload job logs as artifacts: logs are pushed only");
+        tracing::warn!("upload-job-logs is accepted for compatibility, but this agent does not upload job logs as artifacts: logs are pushed only");
     }
     if !config.files.is_empty() || config.fail_on_missing_files {
-        log::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
+        tracing::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
     }
-    let mut config = config;
-    let needs_aws =
-        !config.token_ssm_parameter.is_empty() || (config.ec2 && !config.ec2_keep_instance);
-    let aws = if needs_aws {
-        match agent::cloud::aws::Aws::load(&config.aws_region) {
-            Ok(aws) => Some(aws),
-            Err(error) => {
-                log::error!("{error}. Exiting...");
-                return 1;
-            }
-        }
-    } else {
-        None
-    };
-    if let (Some(aws), false) = (&aws, config.token_ssm_parameter.is_empty()) {
-        match aws.ssm_parameter(&config.token_ssm_parameter) {
-            Ok(token) => config.token = token,
-            Err(error) => {
-                log::error!("Could not read the registration token: {error}. Exiting...");
-                return 1;
-            }
-        }
-    }
-    let mut imds = None;
-    let mut instance_id = String::new();
-    let mut name = String::new();
-    if config.ec2 {
-        let endpoint = if config.imds_endpoint.is_empty() {
-            agent::cloud::imds::DEFAULT_ENDPOINT
-        } else {
-            config.imds_endpoint.as_str()
+    Ok(config)
+}
+
+/// This agent as an EC2 citizen (`--ec2`): in service, and its instance id.
+struct Ec2 {
+    endpoint: String,
+    poll: Duration,
+    instance_id: String,
+}
+
+impl Ec2 {
+    /// Waits while the instance is in a warm pool, then reads its id.
+    fn join(config: &Config) -> Result<Ec2, StartError> {
+        let endpoint = match config.imds_endpoint.as_str() {
+            "" => agent::cloud::imds::DEFAULT_ENDPOINT,
+            endpoint => endpoint,
         };
-        let mut client = agent::cloud::imds::Imds::new(endpoint);
-        let poll = std::time::Duration::from_secs(config.ec2_poll_seconds as u64);
-        if let Err(error) = agent::cloud::wait_until_in_service(
-            &mut client,
+        let mut client = Imds::new(endpoint);
+        let poll = Duration::from_secs(config.ec2_poll_seconds as u64);
+        let a_week = Duration::from_secs(7 * 24 * 3600);
+        agent::cloud::wait_until_in_service(&mut client, poll, a_week)
+            .map_err(StartError::Lifecycle)?;
+        let instance_id = client.instance_id().map_err(StartError::InstanceId)?;
+        Ok(Ec2 {
+            endpoint: endpoint.to_string(),
             poll,
-            std::time::Duration::from_secs(7 * 24 * 3600),
-        ) {
-            log::error!("Could not read the instance's lifecycle state: {error}. Exiting...");
-            return 1;
-        }
-        match client.instance_id() {
-            Ok(id) => instance_id = id,
-            Err(error) => {
-                log::error!("Could not read the instance id: {error}. Exiting...");
-                return 1;
-            }
-        }
-        if config.name.is_empty() && config.name_from_env.is_empty() {
-            name = instance_id.clone();
-        }
-        imds = Some((endpoint.to_string(), poll));
+            instance_id,
+        })
     }
-    if name.is_empty() {
-        name = resolve_name(&config, &env);
-    }
-    let gpus = agent::gpu::detect();
-    log::info!("{}", agent::gpu::describe(&gpus));
+}
+
+/// What every job gets: the agent's hooks and env vars, and this machine's GPUs in its env.
+fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> JobOptions {
     let mut shell_env = job_environment(std::env::vars());
-    agent::gpu::add_to_environment(&mut shell_env, &gpus);
-    let job_options = JobOptions {
+    agent::gpu::add_to_environment(&mut shell_env, gpus);
+    JobOptions {
         agent_env_vars: config.env_vars.clone(),
         pre_job_hook_path: config.pre_job_hook_path.clone(),
         post_job_hook_path: config.post_job_hook_path.clone(),
@@ -289,30 +329,7 @@ fn start(options: &[String]) -> i32 {
         source_pre_job_hook: config.source_pre_job_hook,
         shell_env,
         scratch_root: std::env::temp_dir(),
-    };
-    // On EC2 the agent removes its own instance when it exits, unless told to keep it.
-    let remove_instance = config.ec2 && !config.ec2_keep_instance;
-    let poweroff_command = config.ec2_poweroff_command.clone();
-    let listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
-    if let Some((endpoint, poll)) = imds {
-        let interrupter = listener.interrupter();
-        let watcher = agent::cloud::watch_spot_notices(
-            agent::cloud::imds::Imds::new(&endpoint),
-            poll,
-            move |_| interrupter.interrupt(),
-        );
-        if let Err(error) = watcher {
-            log::error!("Could not watch for spot interruption notices: {error}");
-        }
     }
-    let code = listener.run(name);
-    if let (Some(aws), true) = (&aws, remove_instance) {
-        // Logs are flushed: the job's teardown delivered them before the last sync.
-        for step in aws.remove_instance(&instance_id, &poweroff_command).0 {
-            log::info!("Instance removal: {step}");
-        }
-    }
-    code
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.
@@ -336,7 +353,7 @@ fn run(path: &Path, format: Format) -> Result<i32> {
     if request.job_id.is_empty() {
         request.job_id = "local".to_string();
     }
-    let _ = agent::logging::init("agent run", None, false, log::LevelFilter::Warn);
+    let _ = agent::logging::init("agent run", None, false, LevelFilter::WARN);
     let observer: agent::joblog::Observer = match format {
         Format::Json => Box::new(|event: &LogEvent| {
             let mut stdout = std::io::stdout().lock();

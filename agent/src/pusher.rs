@@ -1,7 +1,7 @@
-//! Delivers a job's event log to the server (spec §6.2–§6.3): batches of at most 2000 lines
-//! read from the local NDJSON file, `POST <url>?start_from=<index>` with the job's bearer token.
-//! 200 advances the index; 401 refreshes the token and retries; 422 means the server's log space
-//! is full (trimmed): stop pushing; anything else is retried with the same `start_from`.
+//! Delivers a job's event log to the server (docs/protocol.md §6.2–§6.3): batches of at most 2000
+//! lines read from the local NDJSON file, `POST <url>?start_from=<index>` with the job's bearer
+//! token. 200 advances the index; 401 refreshes the token and retries; 422 means the server's log
+//! space is full (trimmed): stop pushing; anything else is retried with the same `start_from`.
 //!
 //! Timing departs from upstream where it only cost latency: a full batch is pushed at once, the
 //! first batch goes out as soon as the job's first command has started (so a viewer sees the job
@@ -9,10 +9,12 @@
 //! (upstream sleeps 1.5–3 s before every push, which caps throughput at ~1000 lines/s and delays
 //! the first log line by seconds).
 
-use crate::joblog::{JobLog, WakeWhen};
+use crate::client::{error_chain, http_client, ClientError};
+use crate::joblog::{JobLog, LogProgress, WakeWhen};
 use rand::Rng;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ pub const MAX_LINES_PER_REQUEST: usize = 2000;
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fetches a new log token (`POST .../refresh`).
-pub type RefreshToken = Box<dyn Fn() -> Result<String, String> + Send>;
+pub type RefreshToken = Box<dyn Fn() -> Result<String, ClientError> + Send>;
 
 pub struct PushConfig {
     pub url: String,
@@ -93,7 +95,7 @@ impl LogPusher {
             }
             Err(_) => {
                 self.abort.store(true, Ordering::SeqCst);
-                log::error!("Could not push all logs to {} - giving up", self.url);
+                tracing::error!("Could not push all logs to {} - giving up", self.url);
                 PushOutcome::default()
             }
         };
@@ -111,143 +113,261 @@ fn retry_delay(flushing: bool) -> Duration {
     }
 }
 
-fn push_loop(log: &JobLog, mut config: PushConfig, abort: &AtomicBool) -> PushOutcome {
-    let http = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
-    let lines_per_request = config.lines_per_request.clamp(1, MAX_LINES_PER_REQUEST);
-    let mut outcome = PushOutcome::default();
-    let mut start_from: u64 = 0;
-    let mut reader: Option<File> = None;
-    // Bytes read from the file but not yet accepted by the server; they start at line
-    // `start_from`. A batch is a prefix of it, so a retry re-sends the very same bytes.
-    let mut unsent = UnsentLines::default();
-    let mut last_push: Option<Instant> = None;
-    let mut retry_at: Option<Instant> = None;
+/// Where delivery stands: everything [`next_step`] decides from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The job log as last flushed.
+    pub log: LogProgress,
+    /// Lines the server has accepted: the next batch's `start_from`.
+    pub accepted: u64,
+    pub started: Instant,
+    /// When the last push (of any outcome) was answered.
+    pub last_push: Option<Instant>,
+    /// A failed push or refresh waits until then.
+    pub retry_at: Option<Instant>,
+    /// The server answered 401: the log token must be refreshed before the next push.
+    pub token_expired: bool,
+    pub lines_per_request: u64,
+    pub partial_batch_interval: Duration,
+}
 
-    let started = Instant::now();
-    while !abort.load(Ordering::SeqCst) {
-        let progress = log.flush();
-        let pending = progress.lines - start_from;
-        let full_batch_at = start_from + lines_per_request as u64;
-        if pending == 0 {
-            if progress.closed {
-                outcome.complete = true;
-                return outcome;
-            }
-            log.wait(
-                WakeWhen {
-                    lines_at_least: start_from + 1,
-                    on_command_started: false,
-                },
-                None,
-            );
-            continue;
-        }
-        let now = Instant::now();
-        if let Some(at) = retry_at {
-            if now < at {
-                std::thread::sleep((at - now).min(Duration::from_millis(200)));
-                continue;
-            }
-        }
-        let interval = config.partial_batch_interval;
-        let (ready, due) = match last_push {
-            None => (
-                progress.commands_started > 0 || now >= started + interval,
-                started + interval,
-            ),
-            Some(at) => (now >= at + interval, at + interval),
-        };
-        if !(progress.closed || pending >= lines_per_request as u64 || ready) {
-            let wake = WakeWhen {
-                lines_at_least: full_batch_at,
-                on_command_started: last_push.is_none(),
-            };
-            log.wait(wake, Some(due));
-            continue;
-        }
+/// What the push thread does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Every line is accepted and the log is closed.
+    Done,
+    /// Wait for the log to grow (or a command to start), at most until `until`.
+    WaitForLog {
+        wake: WakeWhen,
+        until: Option<Instant>,
+    },
+    /// Back off until then after a failure.
+    RetryAt(Instant),
+    RefreshToken,
+    /// POST the next `lines` lines now.
+    Push {
+        lines: usize,
+    },
+}
 
-        let count = pending.min(lines_per_request as u64) as usize;
-        if reader.is_none() {
-            match File::open(log.path()) {
-                Ok(file) => reader = Some(file),
-                Err(error) => {
-                    log::error!("Error reading job log {}: {error}", log.path().display());
-                    retry_at = Some(Instant::now() + retry_delay(progress.closed));
-                    continue;
-                }
-            }
+/// The push schedule: a full batch goes at once, the first batch as soon as a command has
+/// started, a partial batch at most once per `partial_batch_interval`, everything at once after
+/// the log is closed; failures back off until `retry_at`.
+pub fn next_step(progress: &Progress, now: Instant) -> Step {
+    let pending = progress.log.lines - progress.accepted;
+    if pending == 0 {
+        if progress.log.closed {
+            return Step::Done;
         }
-        let Some(file) = reader.as_mut() else {
-            continue;
+        let wake = WakeWhen {
+            lines_at_least: progress.accepted + 1,
+            on_command_started: false,
         };
-        let batch_length = match unsent.batch(file, count) {
-            Ok(length) => length,
-            Err(error) => {
-                log::error!("Error reading job log {}: {error}", log.path().display());
-                reader = None;
-                unsent = UnsentLines::default_at(unsent.file_offset_of_start());
-                retry_at = Some(Instant::now() + retry_delay(progress.closed));
-                continue;
-            }
+        return Step::WaitForLog { wake, until: None };
+    }
+    if let Some(at) = progress.retry_at.filter(|at| now < *at) {
+        return Step::RetryAt(at);
+    }
+    if progress.token_expired {
+        return Step::RefreshToken;
+    }
+    let interval = progress.partial_batch_interval;
+    let (ready, due) = match progress.last_push {
+        None => (
+            progress.log.commands_started > 0 || now >= progress.started + interval,
+            progress.started + interval,
+        ),
+        Some(at) => (now >= at + interval, at + interval),
+    };
+    if progress.log.closed || pending >= progress.lines_per_request || ready {
+        return Step::Push {
+            lines: pending.min(progress.lines_per_request) as usize,
         };
-        let body = unsent.front_bytes(batch_length);
+    }
+    let wake = WakeWhen {
+        lines_at_least: progress.accepted + progress.lines_per_request,
+        on_command_started: progress.last_push.is_none(),
+    };
+    Step::WaitForLog {
+        wake,
+        until: Some(due),
+    }
+}
 
-        let url = format!("{}?start_from={start_from}", config.url);
-        outcome.requests += 1;
-        let response = http
-            .post(&url)
-            .set("Content-Type", "text/plain")
-            .set("Authorization", &format!("Bearer {}", config.token))
-            .set("User-Agent", &config.user_agent)
-            .send_bytes(body);
-        last_push = Some(Instant::now());
-        match response {
-            Ok(response) if response.status() == 200 => {
-                let _ = response.into_string();
-                start_from += count as u64;
-                unsent.consume(batch_length, count);
-                outcome.lines_pushed = start_from;
-                retry_at = None;
-            }
-            Err(ureq::Error::Status(422, _)) => {
-                log::info!("Job log reached the server's size limit: later events are not pushed");
-                outcome.trimmed = true;
-                outcome.complete = true;
-                return outcome;
-            }
-            Err(ureq::Error::Status(401, _)) => match (config.refresh_token)() {
-                Ok(token) => {
-                    config.token = token;
-                    retry_at = None;
-                }
-                Err(error) => {
-                    log::error!("Error pushing logs: token refresh failed: {error}");
-                    retry_at = Some(Instant::now() + retry_delay(progress.closed));
-                }
-            },
-            Ok(response) => {
-                log::error!(
-                    "Error pushing logs: request to {} got HTTP {}",
-                    config.url,
-                    response.status()
-                );
-                retry_at = Some(Instant::now() + retry_delay(progress.closed));
-            }
-            Err(ureq::Error::Status(code, _)) => {
-                log::error!(
-                    "Error pushing logs: request to {} got HTTP {code}",
-                    config.url
-                );
-                retry_at = Some(Instant::now() + retry_delay(progress.closed));
+/// How the server answered one batch.
+#[derive(PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    Trimmed,
+    TokenExpired,
+    Failed,
+}
+
+/// The I/O half of the push thread: reads batches from the log file and POSTs them.
+struct Sender {
+    http: reqwest::blocking::Client,
+    url: String,
+    user_agent: String,
+    token: String,
+    refresh_token: RefreshToken,
+    /// POSTs made.
+    requests: u64,
+    reader: Option<File>,
+    /// Bytes read from the file but not yet accepted by the server; they start at the first
+    /// unaccepted line. A batch is a prefix of it, so a retry re-sends the very same bytes.
+    unsent: UnsentLines,
+}
+
+impl Sender {
+    fn new(config: PushConfig) -> Sender {
+        Sender {
+            http: http_client(None, Duration::from_secs(30)),
+            url: config.url,
+            user_agent: config.user_agent,
+            token: config.token,
+            refresh_token: config.refresh_token,
+            requests: 0,
+            reader: None,
+            unsent: UnsentLines::default(),
+        }
+    }
+
+    fn refresh(&mut self, progress: &mut Progress) {
+        match (self.refresh_token)() {
+            Ok(token) => {
+                self.token = token;
+                progress.token_expired = false;
             }
             Err(error) => {
-                log::error!("Error pushing logs: {error}");
-                retry_at = Some(Instant::now() + retry_delay(progress.closed));
+                tracing::error!("Error pushing logs: token refresh failed: {error}");
+                back_off(progress, Instant::now());
             }
         }
     }
+
+    /// Reads and POSTs the next `lines` lines, and records the answer in `progress`.
+    fn push(&mut self, path: &Path, lines: usize, progress: &mut Progress) -> Answer {
+        let length = match self.batch(path, lines) {
+            Ok(length) => length,
+            Err(error) => {
+                tracing::error!("Error reading job log {}: {error}", path.display());
+                back_off(progress, Instant::now());
+                return Answer::Failed;
+            }
+        };
+        let answer = self.post(progress.accepted, length, lines);
+        let now = Instant::now();
+        progress.last_push = Some(now);
+        progress.retry_at = None;
+        match answer {
+            Answer::Accepted => progress.accepted += lines as u64,
+            Answer::TokenExpired => progress.token_expired = true,
+            Answer::Failed => back_off(progress, now),
+            Answer::Trimmed => tracing::info!(
+                "Job log reached the server's size limit: later events are not pushed"
+            ),
+        }
+        answer
+    }
+
+    /// The bytes of the next `count` lines; on a read error the file is reopened next time.
+    fn batch(&mut self, path: &Path, count: usize) -> std::io::Result<usize> {
+        let file = match self.reader.as_mut() {
+            Some(file) => file,
+            None => self.reader.insert(File::open(path)?),
+        };
+        self.unsent.batch(file, count).inspect_err(|_| {
+            self.reader = None;
+            self.unsent = UnsentLines::default_at(self.unsent.file_offset_of_start());
+        })
+    }
+
+    /// POSTs the first `count` lines (`length` bytes) as `start_from`.
+    fn post(&mut self, start_from: u64, length: usize, count: usize) -> Answer {
+        self.requests += 1;
+        let response = self
+            .http
+            .post(format!("{}?start_from={start_from}", self.url))
+            .header("Content-Type", "text/plain")
+            .header("Authorization", format!("Bearer {}", self.token))
+            .header("User-Agent", &self.user_agent)
+            .body(self.unsent.front_bytes(length).to_vec())
+            .send();
+        let status = match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let _ = response.bytes();
+                status
+            }
+            Err(error) => {
+                tracing::error!("Error pushing logs: {}", error_chain(&error));
+                return Answer::Failed;
+            }
+        };
+        match status {
+            200 => {
+                self.unsent.consume(length, count);
+                Answer::Accepted
+            }
+            422 => Answer::Trimmed,
+            401 => Answer::TokenExpired,
+            status => {
+                tracing::error!(
+                    "Error pushing logs: request to {} got HTTP {status}",
+                    self.url
+                );
+                Answer::Failed
+            }
+        }
+    }
+}
+
+fn back_off(progress: &mut Progress, now: Instant) {
+    progress.retry_at = Some(now + retry_delay(progress.log.closed));
+}
+
+/// The push thread: carries out [`next_step`] until everything is delivered, the log is
+/// trimmed, or `abort`.
+fn push_loop(log: &JobLog, config: PushConfig, abort: &AtomicBool) -> PushOutcome {
+    let mut progress = Progress {
+        log: log.flush(),
+        accepted: 0,
+        started: Instant::now(),
+        last_push: None,
+        retry_at: None,
+        token_expired: false,
+        lines_per_request: config.lines_per_request.clamp(1, MAX_LINES_PER_REQUEST) as u64,
+        partial_batch_interval: config.partial_batch_interval,
+    };
+    let mut sender = Sender::new(config);
+    let mut outcome = PushOutcome::default();
+    while !abort.load(Ordering::SeqCst) {
+        progress.log = log.flush();
+        match next_step(&progress, Instant::now()) {
+            Step::Done => {
+                outcome.complete = true;
+                break;
+            }
+            Step::WaitForLog { wake, until } => {
+                log.wait(wake, until);
+            }
+            // Short sleeps, so that an abort is seen.
+            Step::RetryAt(at) => std::thread::sleep(
+                at.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200)),
+            ),
+            Step::RefreshToken => sender.refresh(&mut progress),
+            Step::Push { lines } => {
+                if sender.push(log.path(), lines, &mut progress) == Answer::Trimmed {
+                    outcome.trimmed = true;
+                    outcome.complete = true;
+                    break;
+                }
+            }
+        }
+    }
+    outcome.lines_pushed = progress.accepted;
+    outcome.requests = sender.requests;
     outcome
 }
 
@@ -341,6 +461,77 @@ impl UnsentLines {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Progress `lines` lines into the log, none accepted, pushes 1 s apart, batches of 10.
+    fn at(base: Instant, lines: u64) -> Progress {
+        Progress {
+            log: LogProgress {
+                lines,
+                commands_started: 0,
+                closed: false,
+            },
+            accepted: 0,
+            started: base,
+            last_push: None,
+            retry_at: None,
+            token_expired: false,
+            lines_per_request: 10,
+            partial_batch_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn schedule_table() {
+        let base = Instant::now();
+        let ms = |n: u64| base + Duration::from_millis(n);
+        let wait = |lines_at_least, on_command_started, until| Step::WaitForLog {
+            wake: WakeWhen {
+                lines_at_least,
+                on_command_started,
+            },
+            until,
+        };
+        #[rustfmt::skip]
+        let rows: Vec<(&str, Progress, Instant, Step)> = vec![
+            ("nothing to push: wait for a line", at(base, 0), ms(0), wait(1, false, None)),
+            ("nothing to push, log closed: done",
+                Progress { log: LogProgress { closed: true, ..at(base, 5).log }, accepted: 5, ..at(base, 5) },
+                ms(0), Step::Done),
+            ("first lines, no command yet: wait for one (or a batch, or the interval)",
+                at(base, 3), ms(10), wait(10, true, Some(ms(1000)))),
+            ("first lines and a command started: push at once",
+                Progress { log: LogProgress { commands_started: 1, ..at(base, 3).log }, ..at(base, 3) },
+                ms(10), Step::Push { lines: 3 }),
+            ("first lines, interval over: push", at(base, 3), ms(1000), Step::Push { lines: 3 }),
+            ("a partial batch within the interval after a push: wait",
+                Progress { last_push: Some(ms(500)), accepted: 2, ..at(base, 5) },
+                ms(900), wait(12, false, Some(ms(1500)))),
+            ("a partial batch after the interval: push",
+                Progress { last_push: Some(ms(500)), accepted: 2, ..at(base, 5) },
+                ms(1500), Step::Push { lines: 3 }),
+            ("a full batch goes at once, and no more than a batch",
+                Progress { last_push: Some(ms(500)), ..at(base, 25) },
+                ms(600), Step::Push { lines: 10 }),
+            ("log closed: the rest goes at once",
+                Progress { last_push: Some(ms(500)), log: LogProgress { closed: true, ..at(base, 4).log }, ..at(base, 4) },
+                ms(600), Step::Push { lines: 4 }),
+            ("a failure backs off", Progress { retry_at: Some(ms(2000)), ..at(base, 25) },
+                ms(600), Step::RetryAt(ms(2000))),
+            ("back-off over: push again", Progress { retry_at: Some(ms(2000)), ..at(base, 25) },
+                ms(2000), Step::Push { lines: 10 }),
+            ("401: refresh before the next push", Progress { token_expired: true, ..at(base, 25) },
+                ms(600), Step::RefreshToken),
+            ("401 and a failed refresh: back off first",
+                Progress { token_expired: true, retry_at: Some(ms(2000)), ..at(base, 25) },
+                ms(600), Step::RetryAt(ms(2000))),
+            ("401 but nothing left to push: no refresh",
+                Progress { token_expired: true, accepted: 25, ..at(base, 25) },
+                ms(600), wait(26, false, None)),
+        ];
+        for (name, progress, now, expected) in rows {
+            assert_eq!(next_step(&progress, now), expected, "{name}");
+        }
+    }
 
     #[test]
     fn batches_are_whole_lines_across_block_boundaries_and_retries_resend_the_same_bytes() {

@@ -1,26 +1,37 @@
-//! Upstream's `RetryWithConstantWait` (spec §2.9): N attempts, a fixed delay, no backoff.
+//! Upstream's `RetryWithConstantWait` (docs/protocol.md §2.9): N attempts, a fixed delay, no
+//! backoff.
 
 use std::time::Duration;
 
-/// Calls `attempt` up to `max_attempts` times with `delay` between failures. The error after the
-/// last attempt reads `[<task>] failed after [<n>] attempts - giving up: <err>`.
+/// Every attempt failed; `last` is the last attempt's error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("[{task}] failed after [{attempts}] attempts - giving up: {last}")]
+pub struct GaveUp<E: std::fmt::Display> {
+    pub task: String,
+    pub attempts: u32,
+    pub last: E,
+}
+
+/// Calls `attempt` up to `max_attempts` times with `delay` between failures.
 pub fn with_constant_wait<T, E: std::fmt::Display>(
     task: &str,
     max_attempts: u32,
     delay: Duration,
     mut attempt: impl FnMut() -> Result<T, E>,
-) -> Result<T, String> {
+) -> Result<T, GaveUp<E>> {
     let mut number = 1;
     loop {
         match attempt() {
             Ok(value) => return Ok(value),
             Err(error) if number >= max_attempts => {
-                return Err(format!(
-                    "[{task}] failed after [{number}] attempts - giving up: {error}"
-                ));
+                return Err(GaveUp {
+                    task: task.to_string(),
+                    attempts: number,
+                    last: error,
+                });
             }
             Err(error) => {
-                log::warn!(
+                tracing::warn!(
                     "[{task}] attempt [{number}] failed with [{error}] - retrying in {delay:?}"
                 );
                 if !delay.is_zero() {
@@ -39,13 +50,13 @@ mod tests {
     #[test]
     fn max_attempts_means_exactly_that_many_calls() {
         let mut calls = 0;
-        let result: Result<(), String> = with_constant_wait("t", 5, Duration::ZERO, || {
+        let result = with_constant_wait("t", 5, Duration::ZERO, || {
             calls += 1;
             Err::<(), _>("nope")
         });
         assert_eq!(calls, 5);
         assert_eq!(
-            result.unwrap_err(),
+            result.unwrap_err().to_string(),
             "[t] failed after [5] attempts - giving up: nope"
         );
 

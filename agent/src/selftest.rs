@@ -3,8 +3,9 @@
 //! metadata answers over IMDSv2, and on the GPU variant that the driver answers (`nvidia-smi`) and
 //! that Docker can hand GPUs to containers. Every check runs; any failure means a non-zero exit.
 
+use crate::command::{run_with_timeout, CommandError};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The units the AMI installs (ami/systemd).
 pub const UNITS: &[&str] = &[
@@ -37,22 +38,27 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(name: &str, result: Result<String, String>) -> Check {
+fn check<E: std::fmt::Display>(name: &str, result: Result<String, E>) -> Check {
     match result {
         Ok(detail) => Check {
             name: name.into(),
             ok: true,
             detail,
         },
-        Err(detail) => Check {
+        Err(error) => Check {
             name: name.into(),
             ok: false,
-            detail,
+            detail: error.to_string(),
         },
     }
 }
 
-fn files_present(dir: &Path, names: &[&str], executable: bool) -> Result<String, String> {
+/// A check's failure, as the self-test prints it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckFailed(String);
+
+fn files_present(dir: &Path, names: &[&str], executable: bool) -> Result<String, CheckFailed> {
     use std::os::unix::fs::PermissionsExt;
     let mut missing = Vec::new();
     for name in names {
@@ -66,44 +72,17 @@ fn files_present(dir: &Path, names: &[&str], executable: bool) -> Result<String,
     if missing.is_empty() {
         Ok(format!("{} in {}", names.len(), dir.display()))
     } else {
-        Err(format!(
+        Err(CheckFailed(format!(
             "missing in {}: {}",
             dir.display(),
             missing.join(", ")
-        ))
+        )))
     }
 }
 
-/// Runs a program with a time limit; its stdout when it exits 0.
-fn run(program: &str, args: &[&str], seconds: u64) -> Result<String, String> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{program}: {e}"))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{program} did not finish within {seconds} s"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
-    let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+/// `program args`, with a time limit of `seconds`.
+fn run(program: &str, args: &[&str], seconds: u64) -> Result<String, CommandError> {
+    run_with_timeout(program, args, Duration::from_secs(seconds))
 }
 
 pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
@@ -133,25 +112,23 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
     if options.gpu {
         checks.push(check(
             "NVIDIA driver (nvidia-smi)",
-            crate::gpu::nvidia_smi().and_then(|gpus| {
-                if gpus.is_empty() {
-                    Err("nvidia-smi lists no GPU".to_string())
-                } else {
-                    Ok(crate::gpu::describe(&gpus))
-                }
-            }),
+            match crate::gpu::nvidia_smi() {
+                Ok(gpus) if gpus.is_empty() => Err("nvidia-smi lists no GPU".to_string()),
+                Ok(gpus) => Ok(crate::gpu::describe(&gpus)),
+                Err(error) => Err(error.to_string()),
+            },
         ));
         checks.push(check(
             "Docker NVIDIA runtime",
-            run("docker", &["info", "--format", "{{json .Runtimes}}"], 30).and_then(|runtimes| {
-                if runtimes.contains("nvidia") {
+            match run("docker", &["info", "--format", "{{json .Runtimes}}"], 30) {
+                Ok(runtimes) if runtimes.contains("nvidia") => {
                     Ok("docker knows the nvidia runtime".to_string())
-                } else {
-                    Err(format!(
-                        "docker has no nvidia runtime (run `nvidia-ctk runtime configure --runtime=docker`): {runtimes}"
-                    ))
                 }
-            }),
+                Ok(runtimes) => Err(format!(
+                    "docker has no nvidia runtime (run `nvidia-ctk runtime configure --runtime=docker`): {runtimes}"
+                )),
+                Err(error) => Err(error.to_string()),
+            },
         ));
         if !options.docker_image.is_empty() {
             checks.push(check(

@@ -1,4 +1,4 @@
-//! The agent's control-plane state machine (spec §3), as a pure function
+//! The agent's control-plane state machine (docs/protocol.md §3), as a pure function
 //! `step(state, event) -> (state, effects)`. The listener feeds it sync answers, job progress and
 //! signals, and carries out the effects (start or stop the job, sync now, shut down); nothing
 //! here does I/O or reads a clock, so every rule is table-tested.

@@ -6,7 +6,7 @@ mod support;
 #[path = "support/agent_process.rs"]
 mod agent_process;
 
-use agent::cloud::imds::Imds;
+use agent::cloud::imds::{Imds, ImdsError};
 use std::time::Duration;
 use support::{FakeHub, FakeImds};
 
@@ -26,8 +26,8 @@ fn imdsv2_tokens_are_always_used_and_renewed_when_refused() {
     assert_eq!(client.instance_id().unwrap(), "i-0123456789abcdef0");
     assert_eq!(imds.state.lock().unwrap().tokens_issued, 2);
     // IMDSv1 (no token) is refused by the fake, as by an instance requiring IMDSv2.
-    let v1 = ureq::get(&format!("{}/latest/meta-data/instance-id", imds.address)).call();
-    assert!(matches!(v1, Err(ureq::Error::Status(401, _))));
+    let v1 = reqwest::blocking::get(format!("{}/latest/meta-data/instance-id", imds.address));
+    assert_eq!(v1.unwrap().status().as_u16(), 401);
 }
 
 #[test]
@@ -36,7 +36,14 @@ fn an_unreachable_metadata_service_is_a_clear_error() {
     let address = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let error = Imds::new(&address).instance_id().unwrap_err();
-    assert!(error.contains("IMDSv2 token request"), "{error}");
+    assert!(
+        matches!(error, ImdsError::TokenUnreachable { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("IMDSv2 token request"),
+        "{error}"
+    );
 }
 
 #[test]

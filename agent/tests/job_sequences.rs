@@ -1,7 +1,7 @@
 //! The shell executor's job log, event by event, for every upstream test sequence that applies to
-//! the shell executor (spec §9.4), run through a real PTY and bash. Lenient upstream checks are
-//! exact here, and the vacuous ones (background processes killed, the on-fail result) check
-//! what they claim to.
+//! the shell executor (docs/protocol.md §9.4), run through a real PTY and bash. Lenient upstream
+//! checks are exact here, and the vacuous ones (background processes killed, the on-fail result)
+//! check what they claim to.
 
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;

@@ -1,16 +1,17 @@
 //! The hub's HTTP API (axum): the agent protocol under `/api/v1/self_hosted_agents` exactly as
-//! spec §2 describes it, log intake under `/api/v1/logs`, the user API (admin token) under
-//! `/api/v1`, plus `/healthz` and Prometheus `/metrics`. Handlers only translate HTTP to [`Hub`]
-//! calls and [`HubError`]s to status codes; errors never echo secrets.
+//! docs/protocol.md §2 describes it, log intake under `/api/v1/logs`, the user API (admin token)
+//! under `/api/v1`, plus `/healthz` and Prometheus `/metrics`. Handlers only translate HTTP to
+//! [`Hub`] calls and [`HubError`]s to status codes; errors never echo secrets.
 
-use crate::hub::{Hub, HubError, JobView};
+use crate::hub::{Hub, HubError};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use protocol::{JobSpec, RegisterRequest, SyncRequest};
+use protocol::views::{AgentTypeView, CreatedAgentType, ErrorBody, NewAgentType};
+use protocol::{JobSpec, JobState, RefreshResponse, RegisterRequest, SyncRequest};
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ impl IntoResponse for HubError {
                 )
             }
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (status, Json(ErrorBody { error: message })).into_response()
     }
 }
 
@@ -143,10 +144,8 @@ async fn job_request(
 
 async fn refresh(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    Ok(
-        Json(serde_json::json!({ "token": hub.refresh_log_token(&token, unix_now())? }))
-            .into_response(),
-    )
+    let token = hub.refresh_log_token(&token, unix_now())?;
+    Ok(Json(RefreshResponse { token }).into_response())
 }
 
 async fn disconnect(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
@@ -218,11 +217,6 @@ async fn push_logs(
 
 // ---------------------------------------------------------------- user API
 
-#[derive(Deserialize)]
-struct NewAgentType {
-    name: String,
-}
-
 async fn create_agent_type(
     State(hub): Shared,
     headers: HeaderMap,
@@ -230,20 +224,20 @@ async fn create_agent_type(
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let request: NewAgentType = json_body(&body)?;
-    let token = hub.create_agent_type(&request.name, unix_now())?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "name": request.name, "registration_token": token })),
-    )
-        .into_response())
+    let registration_token = hub.create_agent_type(&request.name, unix_now())?;
+    let created = CreatedAgentType {
+        name: request.name,
+        registration_token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn list_agent_types(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let types: Vec<serde_json::Value> = hub
+    let types: Vec<AgentTypeView> = hub
         .agent_types()
         .into_iter()
-        .map(|(name, created_at)| serde_json::json!({ "name": name, "created_at": created_at }))
+        .map(|(name, created_at)| AgentTypeView { name, created_at })
         .collect();
     Ok(Json(types).into_response())
 }
@@ -270,11 +264,15 @@ async fn list_jobs(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let jobs: Vec<JobView> = hub.list_jobs(
-        query.state.as_deref(),
-        query.limit.unwrap_or(100).min(10_000),
-    )?;
-    Ok(Json(jobs).into_response())
+    let state = match query.state.as_deref() {
+        Some(text) => Some(
+            text.parse::<JobState>()
+                .map_err(|error| HubError::BadRequest(error.to_string()))?,
+        ),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(100).min(10_000);
+    Ok(Json(hub.list_jobs(state, limit)?).into_response())
 }
 
 async fn get_job(

@@ -1,12 +1,15 @@
 //! Flotilla's hub: a self-hosted, durable control plane that speaks Semaphore's self-hosted agent
 //! protocol, so the fleet runs without any SaaS and everything can be tested end to end.
-//! `scaler hub` serves it; the scaler reads its metrics.
+//! `scaler hub` serves it; the scaler reads its metrics. The user API's types live in
+//! `protocol::views`, so its clients need not depend on this crate.
 
 pub mod api;
+pub mod bootstrap;
 pub mod hub;
 pub mod rules;
 pub mod server;
 pub mod store;
 pub mod tokens;
 
-pub use hub::{Hub, HubConfig, HubError, JobView};
+pub use bootstrap::{bootstrap, bootstrap_with, Bootstrap, BootstrapError, BootstrapOptions};
+pub use hub::{Hub, HubConfig, HubError};

@@ -1,51 +1,8 @@
 //! The server side of the agent protocol as pure functions: what to answer an agent's sync
-//! (spec §3.7, §3.10, §9.1) and how a job's state may change. The hub feeds them facts and
-//! applies what they decide; nothing here does I/O or reads a clock.
+//! (docs/protocol.md §3.7, §3.10, §9.1) and how a job's state may change. The hub feeds them
+//! facts and applies what they decide; nothing here does I/O or reads a clock.
 
-use protocol::{AgentState, JobResult, ShutdownReason, SyncRequest};
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    Queued,
-    /// Handed to an agent (run-job sent); the agent has not reported it yet.
-    Assigned,
-    Running,
-    /// A stop was requested; the agent has not finished the job yet.
-    Stopping,
-    Finished,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Assigned => "assigned",
-            JobState::Running => "running",
-            JobState::Stopping => "stopping",
-            JobState::Finished => "finished",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<JobState> {
-        Some(match text {
-            "queued" => JobState::Queued,
-            "assigned" => JobState::Assigned,
-            "running" => JobState::Running,
-            "stopping" => JobState::Stopping,
-            "finished" => JobState::Finished,
-            _ => return None,
-        })
-    }
-
-    /// Occupies an agent (counts as running in metrics).
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            JobState::Assigned | JobState::Running | JobState::Stopping
-        )
-    }
-}
+use protocol::{AgentState, JobResult, JobState, ShutdownReason, SyncRequest};
 
 /// Something that happens to a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +60,8 @@ pub struct AgentFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Continue,
-    /// Take the next queued job of the agent's type and send run-job for it.
-    AssignNext,
+    /// Assign this queued job (the next one the agent may take) and send run-job for it.
+    Assign(String),
     /// Send run-job for this (already assigned) job again: the agent did not get it.
     RunJob(String),
     StopJob(String),
@@ -125,12 +82,12 @@ pub enum JobChange {
 }
 
 /// Decides the answer to `report` from an agent described by `facts` at `now` (Unix seconds).
-/// `work_available`: a queued job exists that this agent may take.
+/// `next_job`: the queued job this agent would take, if any.
 pub fn decide_sync(
     facts: &AgentFacts,
     report: &SyncRequest,
     now: i64,
-    work_available: bool,
+    next_job: Option<&str>,
 ) -> (Reply, Option<JobChange>) {
     let interrupted = facts.interrupted_at > 0 || report.interrupted_at > 0;
     let interrupted_at = if facts.interrupted_at > 0 {
@@ -139,34 +96,7 @@ pub fn decide_sync(
         report.interrupted_at
     };
     match report.state {
-        AgentState::WaitingForJobs => {
-            let mut change = None;
-            if let Some(job) = &facts.job {
-                match job.state {
-                    JobState::Assigned if !interrupted && !facts.shutdown_requested => {
-                        return (Reply::RunJob(job.id.clone()), None);
-                    }
-                    JobState::Assigned | JobState::Running | JobState::Stopping => {
-                        change = Some(JobChange::Lost(job.id.clone()));
-                    }
-                    _ => {}
-                }
-            }
-            let reply = if interrupted {
-                Reply::Shutdown(ShutdownReason::Interrupted)
-            } else if facts.shutdown_requested {
-                Reply::Shutdown(ShutdownReason::Requested)
-            } else if facts.single_job && facts.jobs_finished > 0 {
-                Reply::Shutdown(ShutdownReason::JobFinished)
-            } else if facts.idle_timeout > 0 && now - facts.idle_since > facts.idle_timeout {
-                Reply::Shutdown(ShutdownReason::Idle)
-            } else if work_available && change.is_none() {
-                Reply::AssignNext
-            } else {
-                Reply::Continue
-            };
-            (reply, change)
-        }
+        AgentState::WaitingForJobs => decide_waiting(facts, interrupted, now, next_job),
         AgentState::StartingJob | AgentState::RunningJob => {
             let Some(job) = facts.job.as_ref().filter(|job| job.id == report.job_id) else {
                 // A job this hub does not know this agent for: have it stopped.
@@ -204,6 +134,42 @@ pub fn decide_sync(
             (reply, change)
         }
     }
+}
+
+/// The answer to an agent waiting for jobs: run-job again if the last answer was lost, a
+/// shutdown if one is due, else the next job; a job the hub thought it had is lost.
+fn decide_waiting(
+    facts: &AgentFacts,
+    interrupted: bool,
+    now: i64,
+    next_job: Option<&str>,
+) -> (Reply, Option<JobChange>) {
+    let mut change = None;
+    if let Some(job) = &facts.job {
+        match job.state {
+            JobState::Assigned if !interrupted && !facts.shutdown_requested => {
+                return (Reply::RunJob(job.id.clone()), None);
+            }
+            JobState::Assigned | JobState::Running | JobState::Stopping => {
+                change = Some(JobChange::Lost(job.id.clone()));
+            }
+            _ => {}
+        }
+    }
+    let reply = if interrupted {
+        Reply::Shutdown(ShutdownReason::Interrupted)
+    } else if facts.shutdown_requested {
+        Reply::Shutdown(ShutdownReason::Requested)
+    } else if facts.single_job && facts.jobs_finished > 0 {
+        Reply::Shutdown(ShutdownReason::JobFinished)
+    } else if facts.idle_timeout > 0 && now - facts.idle_since > facts.idle_timeout {
+        Reply::Shutdown(ShutdownReason::Idle)
+    } else if let Some(job_id) = next_job.filter(|_| change.is_none()) {
+        Reply::Assign(job_id.to_string())
+    } else {
+        Reply::Continue
+    };
+    (reply, change)
 }
 
 /// Whether a finished job goes back to the queue: stopped because its agent was interrupted (not
@@ -276,12 +242,12 @@ mod tests {
         }
     }
 
-    /// name, facts, report, work available, expected reply, expected job change
+    /// name, facts, report, next queued job, expected reply, expected job change
     type DecisionRow = (
         &'static str,
         AgentFacts,
         SyncRequest,
-        bool,
+        Option<&'static str>,
         Reply,
         Option<JobChange>,
     );
@@ -303,7 +269,7 @@ mod tests {
                 "idle, nothing queued",
                 idle.clone(),
                 report(WaitingForJobs, "", None, 0),
-                false,
+                None,
                 Reply::Continue,
                 None,
             ),
@@ -311,15 +277,15 @@ mod tests {
                 "idle, work queued",
                 idle.clone(),
                 report(WaitingForJobs, "", None, 0),
-                true,
-                Reply::AssignNext,
+                Some("N"),
+                Reply::Assign("N".into()),
                 None,
             ),
             (
                 "interrupted while waiting",
                 idle.clone(),
                 report(WaitingForJobs, "", None, now),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::Interrupted),
                 None,
             ),
@@ -330,7 +296,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(WaitingForJobs, "", None, 0),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::Requested),
                 None,
             ),
@@ -341,7 +307,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(WaitingForJobs, "", None, 0),
-                false,
+                None,
                 Reply::Continue,
                 None,
             ),
@@ -352,7 +318,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(WaitingForJobs, "", None, 0),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::Idle),
                 None,
             ),
@@ -364,7 +330,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(WaitingForJobs, "", None, 0),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::JobFinished),
                 None,
             ),
@@ -375,7 +341,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(WaitingForJobs, "", None, 0),
-                true,
+                Some("N"),
                 Reply::RunJob("J".into()),
                 None,
             ),
@@ -383,7 +349,7 @@ mod tests {
                 "agent forgot a running job",
                 running.clone(),
                 report(WaitingForJobs, "", None, 0),
-                true,
+                Some("N"),
                 Reply::Continue,
                 Some(JobChange::Lost("J".into())),
             ),
@@ -394,7 +360,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(StartingJob, "J", None, 0),
-                false,
+                None,
                 Reply::Continue,
                 Some(JobChange::Started("J".into())),
             ),
@@ -402,7 +368,7 @@ mod tests {
                 "running",
                 running.clone(),
                 report(RunningJob, "J", None, 0),
-                false,
+                None,
                 Reply::Continue,
                 None,
             ),
@@ -413,7 +379,7 @@ mod tests {
                     ..idle.clone()
                 },
                 report(RunningJob, "J", None, 0),
-                false,
+                None,
                 Reply::StopJob("J".into()),
                 None,
             ),
@@ -421,7 +387,7 @@ mod tests {
                 "unknown job",
                 running.clone(),
                 report(RunningJob, "X", None, 0),
-                false,
+                None,
                 Reply::StopJob("X".into()),
                 None,
             ),
@@ -429,7 +395,7 @@ mod tests {
                 "interrupted, grace 0",
                 running.clone(),
                 report(RunningJob, "J", None, now),
-                false,
+                None,
                 Reply::StopJob("J".into()),
                 None,
             ),
@@ -440,7 +406,7 @@ mod tests {
                     ..running.clone()
                 },
                 report(RunningJob, "J", None, now - 10),
-                false,
+                None,
                 Reply::Continue,
                 None,
             ),
@@ -451,7 +417,7 @@ mod tests {
                     ..running.clone()
                 },
                 report(RunningJob, "J", None, now - 30),
-                false,
+                None,
                 Reply::StopJob("J".into()),
                 None,
             ),
@@ -459,7 +425,7 @@ mod tests {
                 "stopping",
                 running.clone(),
                 report(StoppingJob, "J", None, 0),
-                false,
+                None,
                 Reply::Continue,
                 None,
             ),
@@ -467,7 +433,7 @@ mod tests {
                 "finished",
                 running.clone(),
                 report(FinishedJob, "J", Some(JobResult::Passed), 0),
-                true,
+                Some("N"),
                 Reply::WaitForJobs,
                 Some(JobChange::Finished {
                     job_id: "J".into(),
@@ -478,7 +444,7 @@ mod tests {
                 "finished without a result",
                 running.clone(),
                 report(FinishedJob, "J", None, 0),
-                true,
+                Some("N"),
                 Reply::WaitForJobs,
                 Some(JobChange::Finished {
                     job_id: "J".into(),
@@ -492,7 +458,7 @@ mod tests {
                     ..running.clone()
                 },
                 report(FinishedJob, "J", Some(JobResult::Failed), 0),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::JobFinished),
                 Some(JobChange::Finished {
                     job_id: "J".into(),
@@ -503,7 +469,7 @@ mod tests {
                 "finished, interrupted",
                 running.clone(),
                 report(FinishedJob, "J", Some(JobResult::Stopped), now),
-                true,
+                Some("N"),
                 Reply::Shutdown(ShutdownReason::Interrupted),
                 Some(JobChange::Finished {
                     job_id: "J".into(),
@@ -518,14 +484,14 @@ mod tests {
                     ..idle.clone()
                 },
                 report(FinishedJob, "J", Some(JobResult::Passed), 0),
-                true,
+                Some("N"),
                 Reply::WaitForJobs,
                 None,
             ),
         ];
-        for (name, facts, request, work, reply, change) in rows {
+        for (name, facts, request, next_job, reply, change) in rows {
             assert_eq!(
-                decide_sync(&facts, &request, now, work),
+                decide_sync(&facts, &request, now, next_job),
                 (reply, change),
                 "{name}"
             );

@@ -2,6 +2,8 @@
 //! schema migrations applied at start. Every function here is one transaction, so a job state
 //! change is on disk (in the WAL) before the hub answers the request that caused it.
 
+use protocol::{JobResult, JobState};
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use thiserror::Error;
@@ -82,8 +84,8 @@ pub struct JobRow {
     pub id: String,
     pub agent_type: String,
     pub spec: String,
-    pub state: String,
-    pub result: Option<String>,
+    pub state: JobState,
+    pub result: Option<JobResult>,
     pub reason: Option<String>,
     pub attempts: i64,
     pub agent: Option<String>,
@@ -124,8 +126,11 @@ fn job_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRow> {
         id: row.get(1)?,
         agent_type: row.get(2)?,
         spec: row.get(3)?,
-        state: row.get(4)?,
-        result: row.get(5)?,
+        state: parsed(row, 4, |text| text.parse().ok())?,
+        result: match row.get::<_, Option<String>>(5)? {
+            Some(_) => Some(parsed(row, 5, JobResult::parse)?),
+            None => None,
+        },
         reason: row.get(6)?,
         attempts: row.get(7)?,
         agent: row.get(8)?,
@@ -139,6 +144,22 @@ fn job_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRow> {
         assigned_at: row.get(16)?,
         started_at: row.get(17)?,
         finished_at: row.get(18)?,
+    })
+}
+
+/// A text column holding one of an enum's wire strings.
+fn parsed<T>(
+    row: &rusqlite::Row,
+    index: usize,
+    parse: impl Fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            Type::Text,
+            format!("unknown value '{text}'").into(),
+        )
     })
 }
 
@@ -286,7 +307,14 @@ impl Store {
     pub fn insert_job(&self, job: &JobRow) -> StoreResult<i64> {
         self.connection.execute(
             "INSERT INTO jobs (id, agent_type, spec, state, attempts, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![job.id, job.agent_type, job.spec, job.state, job.attempts, job.queued_at],
+            params![
+                job.id,
+                job.agent_type,
+                job.spec,
+                job.state.as_str(),
+                job.attempts,
+                job.queued_at
+            ],
         )?;
         Ok(self.connection.last_insert_rowid())
     }
@@ -318,17 +346,18 @@ impl Store {
     /// Jobs not in a final state, oldest first.
     pub fn unfinished_jobs(&self) -> StoreResult<Vec<JobRow>> {
         let mut statement = self.connection.prepare(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state != 'finished' ORDER BY seq"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state != ?1 ORDER BY seq"
         ))?;
-        let rows = statement.query_map([], job_from_row)?;
+        let rows = statement.query_map(params![JobState::Finished.as_str()], job_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The newest jobs first, optionally in one state.
-    pub fn list_jobs(&self, state: Option<&str>, limit: u32) -> StoreResult<Vec<JobRow>> {
+    pub fn list_jobs(&self, state: Option<JobState>, limit: u32) -> StoreResult<Vec<JobRow>> {
         let mut statement = self.connection.prepare(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2"
         ))?;
+        let state = state.map(JobState::as_str);
         let rows = statement.query_map(params![state, limit], job_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -389,8 +418,8 @@ fn write_job(connection: &Connection, job: &JobRow) -> StoreResult<()> {
          WHERE id = ?1",
         params![
             job.id,
-            job.state,
-            job.result,
+            job.state.as_str(),
+            job.result.map(JobResult::as_str),
             job.reason,
             job.attempts,
             job.agent,

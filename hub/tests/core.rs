@@ -3,7 +3,8 @@
 
 use hub::hub::{Hub, HubConfig, HubError};
 use protocol::{
-    AgentState, JobResult, JobSpec, RegisterRequest, ShutdownReason, SyncAction, SyncRequest,
+    AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
+    SyncRequest,
 };
 
 const T0: i64 = 1_700_000_000;
@@ -73,7 +74,7 @@ fn take_job(s: &Setup, name: &str, single_job: bool, now: i64) -> (String, Strin
 fn a_job_runs_from_queue_to_passed() {
     let s = setup();
     let submitted = s.hub.submit(spec(&["echo hi"]), T0).unwrap();
-    assert_eq!(submitted.state, "queued");
+    assert_eq!(submitted.state, JobState::Queued);
     let metrics = s.hub.metrics(&s.registration_token, T0 + 5).unwrap();
     assert_eq!(
         (
@@ -86,7 +87,7 @@ fn a_job_runs_from_queue_to_passed() {
 
     let (token, job_id) = take_job(&s, "agent-0001", true, T0 + 1);
     assert_eq!(job_id, submitted.id);
-    assert_eq!(s.hub.job(&job_id).unwrap().state, "assigned");
+    assert_eq!(s.hub.job(&job_id).unwrap().state, JobState::Assigned);
     let metrics = s.hub.metrics(&s.registration_token, T0 + 1).unwrap();
     assert_eq!(
         (
@@ -170,8 +171,8 @@ fn a_job_runs_from_queue_to_passed() {
     assert_eq!(response.shutdown_reason, ShutdownReason::JobFinished);
     let job = s.hub.job(&job_id).unwrap();
     assert_eq!(
-        (job.state.as_str(), job.result.as_deref(), job.finished_at),
-        ("finished", Some("passed"), Some(T0 + 3))
+        (job.state, job.result, job.finished_at),
+        (JobState::Finished, Some(JobResult::Passed), Some(T0 + 3))
     );
     assert!(s.hub.logs(&job_id, 0, 100).unwrap().job_finished);
     s.hub.disconnect(&token, T0 + 4).unwrap();
@@ -232,10 +233,13 @@ fn a_user_stop_reaches_the_agent_and_a_queued_stop_is_immediate() {
     assert_eq!(job_id, queued.id, "oldest first");
     let stopped = s.hub.stop_job(&later.id, T0 + 1).unwrap();
     assert_eq!(
-        (stopped.state.as_str(), stopped.result.as_deref()),
-        ("finished", Some("stopped"))
+        (stopped.state, stopped.result),
+        (JobState::Finished, Some(JobResult::Stopped))
     );
-    assert_eq!(s.hub.stop_job(&job_id, T0 + 1).unwrap().state, "stopping");
+    assert_eq!(
+        s.hub.stop_job(&job_id, T0 + 1).unwrap().state,
+        JobState::Stopping
+    );
     let response = s
         .hub
         .sync(
@@ -257,10 +261,7 @@ fn a_user_stop_reaches_the_agent_and_a_queued_stop_is_immediate() {
         )
         .unwrap();
     assert_eq!(response.action, SyncAction::WaitForJobs);
-    assert_eq!(
-        s.hub.job(&job_id).unwrap().result.as_deref(),
-        Some("stopped")
-    );
+    assert_eq!(s.hub.job(&job_id).unwrap().result, Some(JobResult::Stopped));
 }
 
 #[test]
@@ -276,7 +277,7 @@ fn a_lost_agents_job_is_requeued_once_then_failed() {
         "no sync for over 60 s: lost"
     );
     let requeued = s.hub.job(&job.id).unwrap();
-    assert_eq!((requeued.state.as_str(), requeued.attempts), ("queued", 1));
+    assert_eq!((requeued.state, requeued.attempts), (JobState::Queued, 1));
     assert!(requeued.reason.unwrap().contains("lost"));
 
     let (_, second) = take_job(&s, "agent-0002", false, T0 + 62);
@@ -284,12 +285,8 @@ fn a_lost_agents_job_is_requeued_once_then_failed() {
     assert_eq!(s.hub.maintain(T0 + 200).unwrap(), 1);
     let failed = s.hub.job(&job.id).unwrap();
     assert_eq!(
-        (
-            failed.state.as_str(),
-            failed.result.as_deref(),
-            failed.attempts
-        ),
-        ("finished", Some("failed"), 2)
+        (failed.state, failed.result, failed.attempts),
+        (JobState::Finished, Some(JobResult::Failed), 2)
     );
 }
 
@@ -316,7 +313,7 @@ fn an_interrupted_agents_stopped_job_is_requeued_but_a_failed_job_never_is() {
         (response.action, response.shutdown_reason),
         (SyncAction::Shutdown, ShutdownReason::Interrupted)
     );
-    assert_eq!(s.hub.job(&job.id).unwrap().state, "queued");
+    assert_eq!(s.hub.job(&job.id).unwrap().state, JobState::Queued);
 
     let (token, job_id) = take_job(&s, "agent-0002", false, T0 + 3);
     s.hub
@@ -326,10 +323,7 @@ fn an_interrupted_agents_stopped_job_is_requeued_but_a_failed_job_never_is() {
             T0 + 4,
         )
         .unwrap();
-    assert_eq!(
-        s.hub.job(&job.id).unwrap().result.as_deref(),
-        Some("failed")
-    );
+    assert_eq!(s.hub.job(&job.id).unwrap().result, Some(JobResult::Failed));
 }
 
 #[test]
@@ -414,9 +408,9 @@ fn state_survives_a_restart() {
     };
     // The process is gone; a new hub on the same data directory carries on.
     let hub = Hub::open(dir.path(), config(), T0 + 100).unwrap();
-    assert_eq!(hub.job(&done).unwrap().result.as_deref(), Some("passed"));
-    assert_eq!(hub.job(&running).unwrap().state, "running");
-    assert_eq!(hub.job(&queued).unwrap().state, "queued");
+    assert_eq!(hub.job(&done).unwrap().result, Some(JobResult::Passed));
+    assert_eq!(hub.job(&running).unwrap().state, JobState::Running);
+    assert_eq!(hub.job(&queued).unwrap().state, JobState::Queued);
     let metrics = hub.metrics(&registration_token, T0 + 100).unwrap();
     assert_eq!(
         (
@@ -495,4 +489,32 @@ fn full_logs_answer_422() {
         s.hub.push_logs(&job_id, &fresh, 2, line, later),
         Err(HubError::LogFull)
     ));
+}
+
+#[test]
+fn counters_follow_committed_job_changes() {
+    let s = setup();
+    let job = s.hub.submit(spec(&["true"]), T0).unwrap();
+    let stopped = s.hub.submit(spec(&["true"]), T0).unwrap();
+    s.hub.stop_job(&stopped.id, T0 + 1).unwrap();
+    let (token, job_id) = take_job(&s, "agent-0001", true, T0 + 2);
+    assert_eq!(job_id, job.id);
+    let running = report(AgentState::RunningJob, &job_id, None);
+    s.hub.sync(&token, &running, T0 + 4).unwrap();
+    let finished = report(AgentState::FinishedJob, &job_id, Some(JobResult::Passed));
+    s.hub.sync(&token, &finished, T0 + 10).unwrap();
+    let (types, counters) = s.hub.all_metrics(T0 + 10);
+    assert_eq!(types.len(), 1);
+    let finished_by_result: Vec<(&str, u64)> = counters
+        .finished
+        .iter()
+        .map(|((_, result), count)| (result.as_str(), *count))
+        .collect();
+    assert_eq!(finished_by_result, [("passed", 1), ("stopped", 1)]);
+    assert_eq!(
+        (counters.time_to_start.count, counters.time_to_start.sum),
+        (1, 4.0)
+    );
+    assert_eq!((counters.duration.count, counters.duration.sum), (1, 6.0));
+    assert_eq!(counters.requeued, 0);
 }

@@ -1,4 +1,4 @@
-//! Control-plane messages (spec §2.3–§2.7): register, sync, refresh.
+//! Control-plane messages (docs/protocol.md §2.3–§2.7): register, sync, refresh.
 //!
 //! Field order matches the upstream Go structs because the JSON the agent sends is compact and
 //! ordered; decoding is tolerant (missing fields take zero values, unknown fields are ignored),
@@ -204,7 +204,7 @@ impl<'de> Deserialize<'de> for SyncAction {
     }
 }
 
-/// Why the server (or the agent itself) shuts the agent down (spec §3.8).
+/// Why the server (or the agent itself) shuts the agent down (docs/protocol.md §3.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ShutdownReason {
     Idle,

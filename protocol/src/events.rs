@@ -1,4 +1,5 @@
-//! Job log events (spec §6.1): one JSON object per line, pushed to the log endpoint in batches.
+//! Job log events (docs/protocol.md §6.1): one JSON object per line, pushed to the log endpoint in
+//! batches.
 
 use crate::control::JobResult;
 use crate::gojson::write_go_json;
@@ -68,7 +69,8 @@ impl LogEvent {
         }
     }
 
-    /// The compact one-line form upstream's tests compare (spec §9.2 `SimplifiedEvents`).
+    /// The compact one-line form upstream's tests compare (docs/protocol.md §9.2
+    /// `SimplifiedEvents`).
     pub fn simplified(&self) -> String {
         match self {
             LogEvent::JobStarted { .. } => "job_started".to_string(),

@@ -1,4 +1,4 @@
-//! JSON encoding as Go's `encoding/json` produces it for job log events (spec §6.1).
+//! JSON encoding as Go's `encoding/json` produces it for job log events (docs/protocol.md §6.1).
 //!
 //! Log consumers parse the JSON, but the upstream agent is HTML-safe (`<`, `>`, `&`, U+2028 and
 //! U+2029 escaped) and turns every invalid UTF-8 byte into U+FFFD. Matching both keeps our logs

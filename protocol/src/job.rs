@@ -1,8 +1,9 @@
-//! The job request (spec §4.1): the body of `GET .../jobs/<id>`, and of `agent run <file>`.
+//! The job request (docs/protocol.md §4.1): the body of `GET .../jobs/<id>`, and of
+//! `agent run <file>`.
 //!
 //! Base64 fields stay as the wire strings here: a bad encoding is a job failure with a job-log
-//! message (spec §5.3/§5.4), not a decoding error of the whole request, so decoding happens
-//! where the job runs, through the helpers below.
+//! message (docs/protocol.md §5.3/§5.4), not a decoding error of the whole request, so decoding
+//! happens where the job runs, through the helpers below.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -1,8 +1,9 @@
-//! Wire types of Semaphore's self-hosted agent protocol (spec `semaphore-agent-protocol.md` §2, §4, §6).
+//! Wire types of Semaphore's self-hosted agent protocol (docs/protocol.md §2, §4, §6), and the
+//! views of the hub's user API.
 //!
 //! Every part of Flotilla speaks through these types: the agent as a client, the hub as a server,
-//! the scaler as a metrics reader. The crate does no I/O, so each shape is tested in isolation
-//! against the spec's literal JSON.
+//! the scaler as a metrics reader and the CLI as a user-API client (`views`). The crate does no
+//! I/O, so each shape is tested in isolation against the literal JSON of docs/protocol.md.
 
 pub mod control;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod gojson;
 pub mod job;
 pub mod metrics;
 pub mod spec;
+pub mod views;
 
 pub use control::{
     AgentState, GpuInfo, JobResult, RefreshResponse, RegisterRequest, RegisterResponse,
@@ -19,3 +21,4 @@ pub use events::LogEvent;
 pub use job::{Callbacks, Command, Compose, Container, EnvVar, File, JobRequest, Logger};
 pub use metrics::{AgentCounts, JobCounts, QueueMetrics};
 pub use spec::{JobSpec, RetryPolicy};
+pub use views::{AgentView, JobState, JobView, LogPage};

@@ -2,7 +2,11 @@
 //! scaling service), `hub` (serve the hub), and `jobs` / `agent-types` / `agents` (its user API).
 //! `deploy` / `status` / `destroy` (the fleet's CloudFormation stack) and `simulate`.
 
-use scaler::{client, deploy, run, serve, simulate, up};
+mod aws;
+mod cmd;
+mod logging;
+
+use cmd::{client, deploy, hub, run, simulate, up, HubAccess};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -18,14 +22,12 @@ struct Cli {
     command: Commands,
 }
 
-use scaler::HubAccess;
-
 #[derive(Subcommand)]
 enum Commands {
     /// Run everything on this machine: the hub, a local fleet of agents and the control loop.
     Up(up::UpArgs),
     /// Serve the hub: the agent protocol, log intake, metrics and the user API.
-    Hub(serve::HubArgs),
+    Hub(hub::HubArgs),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
     /// Create or update a fleet's CloudFormation stack (the template is built in).
@@ -63,12 +65,12 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<i32> = match cli.command {
         Commands::Up(args) => up::run(args),
-        Commands::Hub(args) => serve::run(args),
+        Commands::Hub(args) => hub::run(args),
         Commands::Run(args) => run::run(args),
         Commands::Simulate(args) => simulate::run(args),
-        Commands::Deploy(args) => deploy::deploy(args),
-        Commands::Status(args) => deploy::status(args),
-        Commands::Destroy(args) => deploy::destroy(args),
+        Commands::Deploy(args) => deploy::run(args),
+        Commands::Status(args) => cmd::status::run(args),
+        Commands::Destroy(args) => cmd::destroy::run(args),
         Commands::Jobs { access, command } => client::jobs(&access, command),
         Commands::AgentTypes { access, command } => client::agent_types(&access, command),
         Commands::Agents { access, command } => client::agents(&access, command),

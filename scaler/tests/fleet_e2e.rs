@@ -48,11 +48,12 @@ impl ScalerRun {
     }
 
     fn metric(&self, name: &str) -> Option<f64> {
-        let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .call()
-            .ok()?
-            .into_string()
-            .ok()?;
+        let text = support::http::get(
+            &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
+            "",
+        )
+        .ok()?
+        .body;
         text.lines()
             .find(|l| l.starts_with(&format!("{name}{{")))
             .and_then(|l| l.rsplit(' ').next())
@@ -267,4 +268,77 @@ fn scaler_up_runs_the_examples_end_to_end() {
             && stdout.contains("fleet back to 0 agents"),
         "{stdout}"
     );
+}
+
+/// `scaler up --keep-running` records its URL in the data directory; the CLI finds the hub there
+/// without `--hub`, and `jobs show` prints local date-times.
+#[test]
+fn the_cli_finds_a_running_scaler_up_without_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut up = Command::new(support::scaler_binary())
+        .args([
+            "up",
+            "--keep-running",
+            "--max-agents",
+            "1",
+            "--agent-binary",
+        ])
+        .arg(support::agent_binary())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url_file = data_dir.join("hub-url");
+    support::wait_for(
+        "scaler up to record its URL",
+        Duration::from_secs(30),
+        || url_file.exists(),
+    );
+    let cli = |args: &[&str]| {
+        let output = Command::new(support::scaler_binary())
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("FLOTILLA_HUB_URL")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {stdout}\n{stderr}"
+        );
+        stdout
+    };
+    let followed = cli(&["jobs", "submit", "-c", "echo found-the-hub", "--follow"]);
+    assert!(followed.contains("found-the-hub"), "{followed}");
+    let listed = cli(&["jobs", "list"]);
+    let id = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let shown = cli(&["jobs", "show", &id]);
+    let queued = shown.lines().find(|l| l.starts_with("queued at:")).unwrap();
+    let year = jiff::Timestamp::now().strftime("%Y").to_string();
+    assert!(
+        queued.contains(&format!(" {year}-")),
+        "a local date-time: {queued}"
+    );
+    assert!(
+        shown.contains("finished at:") && shown.contains("(+"),
+        "{shown}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+    support::agent_process::wait_for_exit(&mut up, Duration::from_secs(30), || "scaler up".into());
+    assert!(!url_file.exists(), "the URL file goes when `up` stops");
 }

@@ -5,6 +5,7 @@
 mod support;
 
 use std::time::Duration;
+use support::http::{get, post};
 use support::{AgentProcess, HubProcess};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -182,28 +183,15 @@ fn many_agents_racing_for_few_jobs_run_each_job_once() {
                 let body = serde_json::json!({"name": format!("racer-{index:04}"), "version": "v0", "pid": index,
                     "os": "", "arch": "", "hostname": "", "single_job": true, "idle_timeout": 0,
                     "interruption_grace_period": 0, "job_id": ""});
-                let token: serde_json::Value = ureq::post(&format!("{url}/api/v1/self_hosted_agents/register"))
-                    .set("Authorization", &format!("Token {registration}"))
-                    .send_json(body)
-                    .unwrap()
-                    .into_json()
-                    .unwrap();
+                let token: serde_json::Value = post(&format!("{url}/api/v1/self_hosted_agents/register"), &format!("Token {registration}"), body.to_string()).unwrap().json();
                 let token = token["token"].as_str().unwrap().to_string();
                 for _ in 0..20 {
-                    let response: serde_json::Value = ureq::post(&format!("{url}/api/v1/self_hosted_agents/sync"))
-                        .set("Authorization", &format!("Token {token}"))
-                        .send_json(serde_json::json!({"state": "waiting-for-jobs", "job_id": "", "job_result": "", "interrupted_at": 0}))
-                        .unwrap()
-                        .into_json()
-                        .unwrap();
+                    let response: serde_json::Value = post(&format!("{url}/api/v1/self_hosted_agents/sync"), &format!("Token {token}"), serde_json::json!({"state": "waiting-for-jobs", "job_id": "", "job_result": "", "interrupted_at": 0}).to_string()).unwrap().json();
                     if response["action"] == "run-job" {
                         let job_id = response["job_id"].as_str().unwrap().to_string();
                         assigned.lock().unwrap().push(job_id.clone());
                         // Report it finished, as a single-job agent would.
-                        ureq::post(&format!("{url}/api/v1/self_hosted_agents/sync"))
-                            .set("Authorization", &format!("Token {token}"))
-                            .send_json(serde_json::json!({"state": "finished-job", "job_id": job_id, "job_result": "passed", "interrupted_at": 0}))
-                            .unwrap();
+                        post(&format!("{url}/api/v1/self_hosted_agents/sync"), &format!("Token {token}"), serde_json::json!({"state": "finished-job", "job_id": job_id, "job_result": "passed", "interrupted_at": 0}).to_string()).unwrap();
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -228,143 +216,108 @@ fn many_agents_racing_for_few_jobs_run_each_job_once() {
 fn bad_input_gets_clear_status_codes() {
     let hub = HubProcess::start(&["--max-log-bytes", "4000"]);
     let url = hub.url();
-    let status = |result: Result<ureq::Response, ureq::Error>| match result {
-        Ok(response) => (
-            response.status(),
-            response.into_string().unwrap_or_default(),
-        ),
-        Err(ureq::Error::Status(code, response)) => {
-            (code, response.into_string().unwrap_or_default())
-        }
+    let status = |result: reqwest::Result<support::http::Reply>| match result {
+        Ok(reply) => reply.pair(),
         Err(error) => panic!("{error}"),
     };
     let api = format!("{url}/api/v1/self_hosted_agents");
     // Wrong or missing tokens: 401 with no detail.
-    let (code, body) = status(
-        ureq::post(&format!("{api}/register"))
-            .set("Authorization", "Token wrong")
-            .send_string("{}"),
-    );
+    let (code, body) = status(post(&format!("{api}/register"), "Token wrong", "{}"));
     assert_eq!((code, body.as_str()), (401, r#"{"error":"unauthorized"}"#));
-    let (code, _) = status(ureq::post(&format!("{api}/sync")).send_string("{}"));
+    let (code, _) = status(post(&format!("{api}/sync"), "", "{}"));
     assert_eq!(code, 401);
-    let (code, _) = status(
-        ureq::get(&format!("{url}/api/v1/jobs"))
-            .set("Authorization", "Bearer nope")
-            .call(),
-    );
+    let (code, _) = status(get(&format!("{url}/api/v1/jobs"), "Bearer nope"));
     assert_eq!(code, 401);
-    let (code, _) = status(ureq::get(&format!("{api}/metrics")).call());
+    let (code, _) = status(get(&format!("{api}/metrics"), ""));
     assert_eq!(code, 401);
     // Malformed JSON: 400.
     let registration = hub.registration_token();
-    let (code, body) = status(
-        ureq::post(&format!("{api}/register"))
-            .set("Authorization", &format!("Token {registration}"))
-            .send_string("{not json"),
-    );
+    let (code, body) = status(post(
+        &format!("{api}/register"),
+        &format!("Token {registration}"),
+        "{not json",
+    ));
     assert_eq!(code, 400, "{body}");
     let admin = format!("Bearer {}", hub.admin_token());
-    let (code, body) = status(
-        ureq::post(&format!("{url}/api/v1/jobs"))
-            .set("Authorization", &admin)
-            .send_string(r#"{"commands": []}"#),
-    );
+    let (code, body) = status(post(
+        &format!("{url}/api/v1/jobs"),
+        &admin,
+        r#"{"commands": []}"#,
+    ));
     assert_eq!(code, 400);
     assert!(body.contains("at least one command"), "{body}");
     // Oversized bodies: 413.
-    let (code, _) = status(
-        ureq::post(&format!("{url}/api/v1/jobs"))
-            .set("Authorization", &admin)
-            .send_string(&"x".repeat(2 * 1024 * 1024)),
-    );
+    let (code, _) = status(post(
+        &format!("{url}/api/v1/jobs"),
+        &admin,
+        &"x".repeat(2 * 1024 * 1024),
+    ));
     assert_eq!(code, 413);
     // Unknown ids: 404.
-    let (code, _) = status(
-        ureq::get(&format!("{url}/api/v1/jobs/no-such-job"))
-            .set("Authorization", &admin)
-            .call(),
-    );
+    let (code, _) = status(get(&format!("{url}/api/v1/jobs/no-such-job"), &admin));
     assert_eq!(code, 404);
-    let (code, _) = status(
-        ureq::post(&format!("{url}/api/v1/logs/no-such-job?start_from=0"))
-            .set("Authorization", "Bearer x")
-            .send_string("{}\n"),
-    );
+    let (code, _) = status(post(
+        &format!("{url}/api/v1/logs/no-such-job?start_from=0"),
+        "Bearer x",
+        "{}\n",
+    ));
     assert_eq!(code, 404);
 
     // A real job: log pushes out of order are refused, nothing is corrupted.
     let id = hub.submit(&["echo ok"]);
-    let register: serde_json::Value = ureq::post(&format!("{api}/register"))
-        .set("Authorization", &format!("Token {registration}"))
-        .send_string(r#"{"name":"manual-agent-1"}"#)
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let register: serde_json::Value = post(
+        &format!("{api}/register"),
+        &format!("Token {registration}"),
+        r#"{"name":"manual-agent-1"}"#,
+    )
+    .unwrap()
+    .json();
     let token = format!("Token {}", register["token"].as_str().unwrap());
-    let sync: serde_json::Value = ureq::post(&format!("{api}/sync"))
-        .set("Authorization", &token)
-        .send_string(r#"{"state":"waiting-for-jobs"}"#)
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let sync: serde_json::Value = post(
+        &format!("{api}/sync"),
+        &token,
+        r#"{"state":"waiting-for-jobs"}"#,
+    )
+    .unwrap()
+    .json();
     assert_eq!(sync["job_id"], id.as_str());
-    let request: serde_json::Value = ureq::get(&format!("{api}/jobs/{id}"))
-        .set("Authorization", &token)
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let request: serde_json::Value = get(&format!("{api}/jobs/{id}"), &token).unwrap().json();
     let (log_url, log_token) = (
         request["logger"]["url"].as_str().unwrap().to_string(),
         request["logger"]["token"].as_str().unwrap().to_string(),
     );
     let bearer = format!("Bearer {log_token}");
     let line = r#"{"event":"job_started","timestamp":1}"#;
-    let (code, _) = status(
-        ureq::post(&format!("{log_url}?start_from=5"))
-            .set("Authorization", &bearer)
-            .send_string(line),
-    );
+    let (code, _) = status(post(&format!("{log_url}?start_from=5"), &bearer, line));
     assert_eq!(code, 409);
-    let (code, _) = status(
-        ureq::post(&format!("{log_url}?start_from=0"))
-            .set("Authorization", &bearer)
-            .send_string(&format!("{line}\n")),
-    );
+    let (code, _) = status(post(
+        &format!("{log_url}?start_from=0"),
+        &bearer,
+        &format!("{line}\n"),
+    ));
     assert_eq!(code, 200);
-    let (code, _) = status(
-        ureq::post(&format!("{log_url}?start_from=1"))
-            .set("Authorization", &bearer)
-            .send_string("garbage\n"),
-    );
+    let (code, _) = status(post(
+        &format!("{log_url}?start_from=1"),
+        &bearer,
+        "garbage\n",
+    ));
     assert_eq!(code, 400);
-    let (code, _) = status(
-        ureq::post(&format!("{log_url}?start_from=1"))
-            .set("Authorization", "Bearer stolen")
-            .send_string(&format!("{line}\n")),
-    );
+    let (code, _) = status(post(
+        &format!("{log_url}?start_from=1"),
+        "Bearer stolen",
+        &format!("{line}\n"),
+    ));
     assert_eq!(code, 401);
     let big = format!(
         "{{\"event\":\"cmd_output\",\"timestamp\":1,\"output\":\"{}\"}}\n",
         "y".repeat(5000)
     );
     assert_eq!(
-        status(
-            ureq::post(&format!("{log_url}?start_from=1"))
-                .set("Authorization", &bearer)
-                .send_string(&big)
-        )
-        .0,
+        status(post(&format!("{log_url}?start_from=1"), &bearer, &big)).0,
         200
     );
     assert_eq!(
-        status(
-            ureq::post(&format!("{log_url}?start_from=2"))
-                .set("Authorization", &bearer)
-                .send_string(&big)
-        )
-        .0,
+        status(post(&format!("{log_url}?start_from=2"), &bearer, &big)).0,
         422,
         "log full"
     );
@@ -372,12 +325,8 @@ fn bad_input_gets_clear_status_codes() {
     assert_eq!(logs["lines"].as_array().unwrap().len(), 2);
     assert_eq!(hub.job(&id)["log_trimmed"], true);
     // The hub is still healthy.
-    assert_eq!(status(ureq::get(&format!("{url}/healthz")).call()).0, 200);
-    let metrics = ureq::get(&format!("{url}/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    assert_eq!(status(get(&format!("{url}/healthz"), "")).0, 200);
+    let metrics = get(&format!("{url}/metrics"), "").unwrap().body;
     assert!(
         metrics.contains("flotilla_hub_jobs{agent_type=\"default\",state=\"running\"} 1"),
         "{metrics}"
@@ -389,24 +338,17 @@ fn metrics_long_poll_answers_when_the_queue_changes() {
     let hub = HubProcess::start(&[]);
     let url = format!("{}/api/v1/self_hosted_agents/metrics", hub.url());
     let token = format!("Token {}", hub.registration_token());
-    let first: serde_json::Value = ureq::get(&url)
-        .set("Authorization", &token)
-        .call()
-        .unwrap()
-        .into_json()
-        .unwrap();
+    let first: serde_json::Value = get(&url, &token).unwrap().json();
     assert_eq!(first["jobs"]["queued"], 0);
     let version = first["version"].as_u64().unwrap();
     let waiter = {
         let (url, token) = (url.clone(), token.clone());
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
-            let answer: serde_json::Value = ureq::get(&format!("{url}?version={version}&wait=30"))
-                .set("Authorization", &token)
-                .call()
-                .unwrap()
-                .into_json()
-                .unwrap();
+            let answer: serde_json::Value =
+                get(&format!("{url}?version={version}&wait=30"), &token)
+                    .unwrap()
+                    .json();
             (answer, started.elapsed())
         })
     };

@@ -875,9 +875,10 @@ fn scaler_config_follows_the_contract_and_parses_as_the_scalers_config() {
         }
         .to_string()
     });
-    let config: scaler::run::ScalerConfig = serde_yaml::from_str(&rendered).unwrap_or_else(|e| {
-        panic!("the scaler rejects the stack's scaler-config: {e}\n{rendered}")
-    });
+    let config: scaling::config::ScalerConfig =
+        serde_yaml::from_str(&rendered).unwrap_or_else(|e| {
+            panic!("the scaler rejects the stack's scaler-config: {e}\n{rendered}")
+        });
     let fleet = &config.fleets[0];
     assert_eq!(fleet.agent_type, "gpu-fleet");
     assert_eq!(

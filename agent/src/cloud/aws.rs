@@ -6,6 +6,23 @@
 
 use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::error::DisplayErrorContext;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum AwsError {
+    #[error("tokio: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error(
+        "no AWS region: set --aws-region or AWS_REGION (on EC2 it comes from instance metadata)"
+    )]
+    NoRegion,
+    #[error("SSM parameter '{name}' has no value")]
+    EmptyParameter { name: String },
+    #[error("SSM parameter '{name}' does not exist")]
+    NoSuchParameter { name: String },
+    #[error("reading SSM parameter '{name}': {message}")]
+    Ssm { name: String, message: String },
+}
 
 pub struct Aws {
     runtime: tokio::runtime::Runtime,
@@ -14,11 +31,10 @@ pub struct Aws {
 
 impl Aws {
     /// Loads the SDK configuration (credentials, region, endpoint) from the environment.
-    pub fn load(region: &str) -> Result<Aws, String> {
+    pub fn load(region: &str) -> Result<Aws, AwsError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| format!("tokio: {e}"))?;
+            .build()?;
         // Self-removal must get through throttling and brief outages: 5 attempts, adaptive.
         let retry = aws_config::retry::RetryConfig::adaptive()
             .with_max_attempts(5)
@@ -30,13 +46,13 @@ impl Aws {
         }
         let config = runtime.block_on(loader.load());
         if config.region().is_none() {
-            return Err("no AWS region: set --aws-region or AWS_REGION (on EC2 it comes from instance metadata)".into());
+            return Err(AwsError::NoRegion);
         }
         Ok(Aws { runtime, config })
     }
 
     /// The decrypted value of an SSM parameter.
-    pub fn ssm_parameter(&self, name: &str) -> Result<String, String> {
+    pub fn ssm_parameter(&self, name: &str) -> Result<String, AwsError> {
         let client = aws_sdk_ssm::Client::new(&self.config);
         let result = self.runtime.block_on(
             client
@@ -51,18 +67,21 @@ impl Aws {
                 .and_then(|p| p.value())
                 .map(str::to_string)
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("SSM parameter '{name}' has no value")),
+                .ok_or_else(|| AwsError::EmptyParameter {
+                    name: name.to_string(),
+                }),
             Err(error) => {
                 let not_found = error
                     .as_service_error()
                     .is_some_and(|e| e.is_parameter_not_found());
+                let name = name.to_string();
                 if not_found {
-                    Err(format!("SSM parameter '{name}' does not exist"))
+                    Err(AwsError::NoSuchParameter { name })
                 } else {
-                    Err(format!(
-                        "reading SSM parameter '{name}': {}",
-                        DisplayErrorContext(&error)
-                    ))
+                    Err(AwsError::Ssm {
+                        name,
+                        message: DisplayErrorContext(&error).to_string(),
+                    })
                 }
             }
         }

@@ -3,105 +3,131 @@
 //! must not hold up an agent; a token request that times out inside a container usually means the
 //! instance's hop limit is 1, and the error says so.
 
+use crate::client::{error_chain, http_client};
+use reqwest::blocking::Client;
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 const TOKEN_TTL_SECONDS: u64 = 21_600;
 
+#[derive(Debug, Error)]
+pub enum ImdsError {
+    #[error("IMDSv2 token request answered HTTP {status}")]
+    TokenRefused { status: u16 },
+    #[error("IMDSv2 token request timed out ({message}); in a container, the instance's metadata hop limit must be at least 2")]
+    TokenTimedOut { message: String },
+    #[error("IMDSv2 token request to {url} failed: {message}")]
+    TokenUnreachable { url: String, message: String },
+    #[error("instance metadata {path} answered HTTP {status}")]
+    Status { path: String, status: u16 },
+    #[error("instance metadata {path}: {message}")]
+    Transport { path: String, message: String },
+    #[error("instance metadata {path}: unauthorized")]
+    Unauthorized { path: String },
+    #[error("instance metadata has no instance-id")]
+    NoInstanceId,
+}
+
 pub struct Imds {
     endpoint: String,
-    http: ureq::Agent,
+    http: Client,
     token: Option<(String, Instant)>,
 }
 
 impl Imds {
     pub fn new(endpoint: &str) -> Imds {
-        let http = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(1))
-            .timeout(Duration::from_secs(3))
-            .build();
         Imds {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            http,
+            http: http_client(Some(Duration::from_secs(1)), Duration::from_secs(3)),
             token: None,
         }
     }
 
-    fn token(&mut self) -> Result<String, String> {
+    fn token(&mut self) -> Result<String, ImdsError> {
         if let Some((token, expires)) = &self.token {
             if Instant::now() < *expires {
                 return Ok(token.clone());
             }
         }
         let url = format!("{}/latest/api/token", self.endpoint);
-        let mut last_error = String::new();
-        for attempt in 1..=3 {
-            match self
+        let mut attempt = 1;
+        loop {
+            let answer = self
                 .http
                 .put(&url)
-                .set(
+                .header(
                     "X-aws-ec2-metadata-token-ttl-seconds",
-                    &TOKEN_TTL_SECONDS.to_string(),
+                    TOKEN_TTL_SECONDS.to_string(),
                 )
-                .call()
-            {
-                Ok(response) => {
-                    let token = response
-                        .into_string()
-                        .map_err(|e| format!("IMDSv2 token: {e}"))?;
+                .send()
+                .and_then(|response| {
+                    let status = response.status();
+                    response.text().map(|text| (status, text))
+                });
+            let error = match answer {
+                Ok((status, token)) if status.is_success() => {
                     let expires = Instant::now() + Duration::from_secs(TOKEN_TTL_SECONDS - 60);
                     self.token = Some((token.clone(), expires));
                     return Ok(token);
                 }
-                Err(ureq::Error::Status(code, _)) => {
-                    return Err(format!("IMDSv2 token request answered HTTP {code}"))
+                Ok((status, _)) => {
+                    return Err(ImdsError::TokenRefused {
+                        status: status.as_u16(),
+                    })
                 }
-                Err(error) => {
-                    last_error = match error.kind() {
-                        ureq::ErrorKind::Io if error.to_string().contains("timed out") => format!(
-                            "IMDSv2 token request timed out ({error}); in a container, the instance's metadata hop limit must be at least 2"
-                        ),
-                        _ => format!("IMDSv2 token request to {url} failed: {error}"),
-                    };
-                    std::thread::sleep(Duration::from_millis(200 * attempt));
-                }
+                Err(error) if error.is_timeout() => ImdsError::TokenTimedOut {
+                    message: error_chain(&error),
+                },
+                Err(error) => ImdsError::TokenUnreachable {
+                    url: url.clone(),
+                    message: error_chain(&error),
+                },
+            };
+            if attempt == 3 {
+                return Err(error);
             }
+            std::thread::sleep(Duration::from_millis(200 * attempt));
+            attempt += 1;
         }
-        Err(last_error)
     }
 
     /// `GET /latest/meta-data/<path>`: `Ok(None)` when the item does not exist (404).
-    pub fn get(&mut self, path: &str) -> Result<Option<String>, String> {
+    pub fn get(&mut self, path: &str) -> Result<Option<String>, ImdsError> {
         let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        let transport = |error: reqwest::Error| ImdsError::Transport {
+            path: path.to_string(),
+            message: error_chain(&error),
+        };
         for retry in [false, true] {
             let token = self.token()?;
-            match self
+            let response = self
                 .http
                 .get(&url)
-                .set("X-aws-ec2-metadata-token", &token)
-                .call()
-            {
-                Ok(response) => {
-                    return response
-                        .into_string()
-                        .map(Some)
-                        .map_err(|e| format!("{path}: {e}"))
-                }
-                Err(ureq::Error::Status(404, _)) => return Ok(None),
+                .header("X-aws-ec2-metadata-token", &token)
+                .send()
+                .map_err(transport)?;
+            match response.status().as_u16() {
+                200..=299 => return response.text().map(Some).map_err(transport),
+                404 => return Ok(None),
                 // An expired or revoked token: get a new one, once.
-                Err(ureq::Error::Status(401, _)) if !retry => self.token = None,
-                Err(ureq::Error::Status(code, _)) => {
-                    return Err(format!("instance metadata {path} answered HTTP {code}"))
+                401 if !retry => self.token = None,
+                status => {
+                    return Err(ImdsError::Status {
+                        path: path.to_string(),
+                        status,
+                    })
                 }
-                Err(error) => return Err(format!("instance metadata {path}: {error}")),
             }
         }
-        Err(format!("instance metadata {path}: unauthorized"))
+        Err(ImdsError::Unauthorized {
+            path: path.to_string(),
+        })
     }
 
-    pub fn instance_id(&mut self) -> Result<String, String> {
+    pub fn instance_id(&mut self) -> Result<String, ImdsError> {
         self.get("instance-id")?
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| "instance metadata has no instance-id".to_string())
+            .ok_or(ImdsError::NoInstanceId)
     }
 }

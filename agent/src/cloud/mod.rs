@@ -6,8 +6,23 @@
 pub mod aws;
 pub mod imds;
 
-use imds::Imds;
+use imds::{Imds, ImdsError};
 use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CloudError {
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    #[error("still {state} after {waited:?}")]
+    StillWarm { state: String, waited: Duration },
+    #[error("spot/instance-action: {source}: {text}")]
+    BadSpotNotice {
+        text: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// The spot notice, as `spot/instance-action` gives it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -22,7 +37,7 @@ pub fn wait_until_in_service(
     imds: &mut Imds,
     poll: Duration,
     give_up_after: Duration,
-) -> Result<String, String> {
+) -> Result<String, CloudError> {
     let deadline = std::time::Instant::now() + give_up_after;
     let mut announced = false;
     loop {
@@ -33,23 +48,28 @@ pub fn wait_until_in_service(
             return Ok(state);
         }
         if !announced {
-            log::info!("Instance is in a warm pool ({state}): waiting until it is put in service");
+            tracing::info!(
+                "Instance is in a warm pool ({state}): waiting until it is put in service"
+            );
             announced = true;
         }
         if std::time::Instant::now() >= deadline {
-            return Err(format!("still {state} after {give_up_after:?}"));
+            return Err(CloudError::StillWarm {
+                state,
+                waited: give_up_after,
+            });
         }
         std::thread::sleep(poll);
     }
 }
 
 /// The current spot interruption notice, if any.
-pub fn spot_notice(imds: &mut Imds) -> Result<Option<SpotNotice>, String> {
+pub fn spot_notice(imds: &mut Imds) -> Result<Option<SpotNotice>, CloudError> {
     match imds.get("spot/instance-action")? {
         None => Ok(None),
         Some(text) => serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| format!("spot/instance-action: {e}: {text}")),
+            .map_err(|source| CloudError::BadSpotNotice { text, source }),
     }
 }
 
@@ -64,7 +84,7 @@ pub fn watch_spot_notices(
         .spawn(move || loop {
             match spot_notice(&mut imds) {
                 Ok(Some(notice)) => {
-                    log::warn!(
+                    tracing::warn!(
                         "Spot interruption notice: {} at {}",
                         notice.action,
                         notice.time
@@ -73,7 +93,9 @@ pub fn watch_spot_notices(
                     return;
                 }
                 Ok(None) => {}
-                Err(error) => log::warn!("Checking for a spot interruption notice failed: {error}"),
+                Err(error) => {
+                    tracing::warn!("Checking for a spot interruption notice failed: {error}")
+                }
             }
             std::thread::sleep(poll);
         })?;

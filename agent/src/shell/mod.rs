@@ -1,5 +1,5 @@
 //! The job shell: one `bash --login` in a PTY that runs commands one at a time using upstream's
-//! marker protocol (spec §5.7 "Per command").
+//! marker protocol (docs/protocol.md §5.7 "Per command").
 //!
 //! Each command is written to a file and `source`d between two marker lines, so shell state
 //! persists and the exit status comes back in-band. Output between the markers goes through
@@ -170,7 +170,7 @@ impl Shell {
     fn run_inner(
         &mut self,
         command: &str,
-        mut on_output: Option<OutputCallback<'_>>,
+        on_output: Option<OutputCallback<'_>>,
         collected: &mut Vec<u8>,
     ) -> CommandOutcome {
         let started_at = unix_now();
@@ -202,18 +202,33 @@ impl Shell {
         }
 
         let mut parser = MarkerParser::new(&start_mark, &end_mark);
-        let mut buffer = OutputBuffer::new();
-        let mut chunk = Vec::with_capacity(output::CUT_LENGTH_CLOSED);
-        let mut exit_code = None;
+        let mut sink = OutputSink {
+            on_output,
+            buffer: OutputBuffer::new(),
+            chunk: Vec::with_capacity(output::CUT_LENGTH_CLOSED),
+            collected,
+        };
+        let exit_code = self.wait_for_end_mark(&mut parser, &mut sink);
+        sink.emit(Instant::now(), true);
+        CommandOutcome {
+            exit_code: exit_code.unwrap_or(DEAD_SHELL_EXIT_CODE),
+            started_at,
+            finished_at: unix_now(),
+        }
+    }
+
+    /// Reads the command's output until its end mark (its exit code), or until bash is gone.
+    fn wait_for_end_mark(
+        &mut self,
+        parser: &mut MarkerParser,
+        sink: &mut OutputSink<'_, '_>,
+    ) -> Option<i32> {
         let mut last_liveness_check = Instant::now();
-        while exit_code.is_none() {
+        loop {
             let now = Instant::now();
-            if let Some(emit) = on_output.as_mut() {
-                while buffer.next_chunk_into(now, false, &mut chunk) {
-                    emit(&chunk);
-                }
-            }
-            let wait = buffer
+            sink.emit(now, false);
+            let wait = sink
+                .buffer
                 .due_at()
                 .map(|at| {
                     at.saturating_duration_since(now)
@@ -223,38 +238,25 @@ impl Shell {
                 .min(LIVENESS_INTERVAL);
             match self.read_some(wait) {
                 ReadResult::Data => {
-                    exit_code = parser.feed(&self.read_data, &mut |output| {
-                        if on_output.is_some() {
-                            buffer.append(output, Instant::now());
-                        } else {
-                            collected.extend_from_slice(output);
-                        }
-                    });
+                    let exit_code = parser.feed(&self.read_data, &mut |output| sink.append(output));
+                    if exit_code.is_some() {
+                        return exit_code;
+                    }
                     // A process that keeps writing must not hide bash's death.
-                    if exit_code.is_none() && last_liveness_check.elapsed() >= LIVENESS_INTERVAL {
+                    if last_liveness_check.elapsed() >= LIVENESS_INTERVAL {
                         last_liveness_check = Instant::now();
                         if self.child_exited() {
                             self.dead = true;
-                            break;
+                            return None;
                         }
                     }
                 }
                 ReadResult::Nothing => {}
                 ReadResult::Closed => {
                     self.dead = true;
-                    break;
+                    return None;
                 }
             }
-        }
-        if let Some(emit) = on_output.as_mut() {
-            while buffer.next_chunk_into(Instant::now(), true, &mut chunk) {
-                emit(&chunk);
-            }
-        }
-        CommandOutcome {
-            exit_code: exit_code.unwrap_or(DEAD_SHELL_EXIT_CODE),
-            started_at,
-            finished_at: unix_now(),
         }
     }
 
@@ -274,6 +276,33 @@ impl Shell {
 impl Drop for Shell {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Where a command's output goes: cut into chunks for `on_output`, or collected whole.
+struct OutputSink<'a, 'c> {
+    on_output: Option<OutputCallback<'a>>,
+    buffer: OutputBuffer,
+    chunk: Vec<u8>,
+    collected: &'c mut Vec<u8>,
+}
+
+impl OutputSink<'_, '_> {
+    fn append(&mut self, output: &[u8]) {
+        if self.on_output.is_some() {
+            self.buffer.append(output, Instant::now());
+        } else {
+            self.collected.extend_from_slice(output);
+        }
+    }
+
+    /// Hands every chunk that is due (all of them when `closed`) to `on_output`.
+    fn emit(&mut self, now: Instant, closed: bool) {
+        if let Some(emit) = self.on_output.as_mut() {
+            while self.buffer.next_chunk_into(now, closed, &mut self.chunk) {
+                emit(&self.chunk);
+            }
+        }
     }
 }
 
@@ -369,8 +398,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// Upstream's `shellQuote` (spec §5.3): `''` for empty, unchanged when only safe characters
-/// (`[A-Za-z0-9_@%+=:,./-]`), else single-quoted with `'` written as `'"'"'`.
+/// Upstream's `shellQuote` (docs/protocol.md §5.3): `''` for empty, unchanged when only safe
+/// characters (`[A-Za-z0-9_@%+=:,./-]`), else single-quoted with `'` written as `'"'"'`.
 pub fn shell_quote(value: &str) -> String {
     String::from_utf8(shell_quote_bytes(value.as_bytes())).unwrap_or_default()
 }

@@ -1,4 +1,5 @@
-//! How a command's PTY output is cut into `cmd_output` events (spec §5.7 "Output buffer").
+//! How a command's PTY output is cut into `cmd_output` events (docs/protocol.md §5.7 "Output
+//! buffer").
 //!
 //! Log consumers see these cuts, so they follow upstream exactly: 100-byte chunks while the
 //! command runs, 1000-byte chunks once it has ended, short output held back until 100 ms have
@@ -65,7 +66,8 @@ impl OutputBuffer {
             .then_some(chunk)
     }
 
-    /// [`OutputBuffer::next_chunk`] into a reusable buffer (cleared first); false when nothing is due.
+    /// [`OutputBuffer::next_chunk`] into a reusable buffer (cleared first); false when nothing is
+    /// due.
     pub fn next_chunk_into(&mut self, now: Instant, closed: bool, chunk: &mut Vec<u8>) -> bool {
         chunk.clear();
         let pending = &self.bytes[self.start..];

@@ -1,4 +1,4 @@
-//! A bash login shell in a real pseudo-terminal (spec §5.7 "Shell start").
+//! A bash login shell in a real pseudo-terminal (docs/protocol.md §5.7 "Shell start").
 //!
 //! Jobs run in one long-lived `bash --login` whose stdin/stdout/stderr are the PTY's slave side,
 //! in a session of its own (`setsid` + controlling terminal), so `cd`, `export` and functions

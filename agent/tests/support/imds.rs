@@ -1,20 +1,99 @@
 //! A fake EC2 instance metadata service for tests (no emulator serves IMDS), shared by the
-//! agent's and the scaler's suites, plus the two tiny_http helpers the fakes use.
+//! agent's and the scaler's suites, plus the small HTTP server (axum) both fakes run on.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 
-pub fn respond(request: tiny_http::Request, status: u16, body: &str) {
-    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+/// One request as a test server's handler sees it.
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub url: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
 }
 
-pub fn header(request: &tiny_http::Request, name: &'static str) -> String {
+/// A handler's answer: status and body.
+pub type Reply = (u16, Vec<u8>);
+
+pub fn respond(status: u16, body: &str) -> Reply {
+    (status, body.as_bytes().to_vec())
+}
+
+pub fn header(request: &Request, name: &'static str) -> String {
     request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.to_string())
+        .headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
+        .to_string()
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 (axum, on its own runtime thread) that hands every
+/// request to a blocking handler on a thread of its own (handlers may sleep). Dropping it stops
+/// the server.
+pub struct TestServer {
+    pub address: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestServer {
+    pub fn start(handler: impl Fn(Request) -> Reply + Send + Sync + 'static) -> TestServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let address = listener.local_addr().expect("local address");
+        let handler = Arc::new(handler);
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let handler = handler.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX)
+                    .await
+                    .map(|bytes| bytes.to_vec())
+                    .unwrap_or_default();
+                let request = Request {
+                    method: parts.method.to_string(),
+                    url: parts.uri.to_string(),
+                    headers: parts.headers,
+                    body,
+                };
+                let (status, body) = tokio::task::spawn_blocking(move || handler(request))
+                    .await
+                    .unwrap_or_else(|_| respond(500, "handler panicked"));
+                let status = axum::http::StatusCode::from_u16(status).expect("status code");
+                (status, body)
+            }
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("test server runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        TestServer {
+            address,
+            stop: Some(stop),
+        }
+    }
 }
 
 /// A fake EC2 instance metadata service (no emulator serves IMDS): IMDSv2 only — metadata
@@ -22,7 +101,7 @@ pub fn header(request: &tiny_http::Request, name: &'static str) -> String {
 pub struct FakeImds {
     pub address: String,
     pub state: Arc<Mutex<ImdsState>>,
-    server: Arc<tiny_http::Server>,
+    server: TestServer,
 }
 
 #[derive(Default)]
@@ -42,12 +121,6 @@ pub struct ImdsState {
     pub current_token: String,
 }
 
-impl Drop for FakeImds {
-    fn drop(&mut self) {
-        self.server.unblock();
-    }
-}
-
 impl FakeImds {
     /// Every request so far: (method, path, carried the current token).
     pub fn requests(&self) -> Vec<(String, String, bool)> {
@@ -55,79 +128,60 @@ impl FakeImds {
     }
 
     pub fn start(instance_id: &str) -> FakeImds {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake IMDS"));
-        let address = format!("http://{}", server.server_addr().to_ip().expect("ip"));
         let state = Arc::new(Mutex::new(ImdsState {
             instance_id: instance_id.into(),
             region: "us-east-1".into(),
             ..ImdsState::default()
         }));
-        let (serving, shared) = (server.clone(), state.clone());
-        std::thread::spawn(move || {
-            for request in serving.incoming_requests() {
-                let mut state = shared.lock().unwrap();
-                let url = request.url().to_string();
-                let method = request.method().to_string();
-                let has_token = !state.current_token.is_empty()
-                    && header(&request, "X-aws-ec2-metadata-token") == state.current_token;
-                state
-                    .requests
-                    .push((method.clone(), url.clone(), has_token));
-                if method == "PUT" && url == "/latest/api/token" {
-                    if state.refuse_tokens {
-                        drop(state);
-                        respond(request, 403, "");
-                        continue;
-                    }
-                    if header(&request, "X-aws-ec2-metadata-token-ttl-seconds").is_empty() {
-                        drop(state);
-                        respond(request, 400, "missing ttl");
-                        continue;
-                    }
-                    state.tokens_issued += 1;
-                    state.current_token = format!("token-{}", state.tokens_issued);
-                    let token = state.current_token.clone();
-                    drop(state);
-                    respond(request, 200, &token);
-                    continue;
-                }
-                if method != "GET" {
-                    drop(state);
-                    respond(request, 405, "");
-                    continue;
-                }
-                if !has_token {
-                    // IMDSv1 (no token) is refused, as on an instance that requires IMDSv2.
-                    state.refused_without_token += 1;
-                    drop(state);
-                    respond(request, 401, "");
-                    continue;
-                }
-                let answer = match url.strip_prefix("/latest/meta-data/") {
-                    _ if url == "/latest/user-data" => state.user_data.clone(),
-                    Some("instance-id") => Some(state.instance_id.clone().into_bytes()),
-                    Some("placement/region") => Some(state.region.clone().into_bytes()),
-                    Some("autoscaling/target-lifecycle-state") => {
-                        state.lifecycle_state.clone().map(String::into_bytes)
-                    }
-                    Some("spot/instance-action") => {
-                        state.spot_action.clone().map(String::into_bytes)
-                    }
-                    _ => None,
-                };
-                drop(state);
-                match answer {
-                    Some(body) => {
-                        let _ = request.respond(tiny_http::Response::from_data(body));
-                    }
-                    None => respond(request, 404, "Not Found"),
-                }
-            }
-        });
+        let shared = state.clone();
+        let server =
+            TestServer::start(move |request| answer(&mut shared.lock().unwrap(), &request));
         FakeImds {
-            address,
+            address: format!("http://{}", server.address),
             state,
             server,
         }
+    }
+}
+
+fn answer(state: &mut ImdsState, request: &Request) -> Reply {
+    let (url, method) = (request.url.clone(), request.method.clone());
+    let has_token = !state.current_token.is_empty()
+        && header(request, "X-aws-ec2-metadata-token") == state.current_token;
+    state
+        .requests
+        .push((method.clone(), url.clone(), has_token));
+    if method == "PUT" && url == "/latest/api/token" {
+        if state.refuse_tokens {
+            return respond(403, "");
+        }
+        if header(request, "X-aws-ec2-metadata-token-ttl-seconds").is_empty() {
+            return respond(400, "missing ttl");
+        }
+        state.tokens_issued += 1;
+        state.current_token = format!("token-{}", state.tokens_issued);
+        return respond(200, &state.current_token);
+    }
+    if method != "GET" {
+        return respond(405, "");
+    }
+    if !has_token {
+        // IMDSv1 (no token) is refused, as on an instance that requires IMDSv2.
+        state.refused_without_token += 1;
+        return respond(401, "");
+    }
+    let answer = match url.strip_prefix("/latest/meta-data/") {
+        _ if url == "/latest/user-data" => state.user_data.clone(),
+        Some("instance-id") => Some(state.instance_id.clone().into_bytes()),
+        Some("placement/region") => Some(state.region.clone().into_bytes()),
+        Some("autoscaling/target-lifecycle-state") => {
+            state.lifecycle_state.clone().map(String::into_bytes)
+        }
+        Some("spot/instance-action") => state.spot_action.clone().map(String::into_bytes),
+        _ => None,
+    };
+    match answer {
+        Some(body) => (200, body),
+        None => respond(404, "Not Found"),
     }
 }

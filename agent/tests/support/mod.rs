@@ -1,7 +1,7 @@
 //! A small in-process control plane and log sink for the agent's end-to-end tests: it speaks
-//! spec §2 (register, sync, jobs, refresh, disconnect) and §6.2 (log push) with the server-side
-//! rules of upstream's Go mock hub (§9.1), and records everything it is sent. It is a test
-//! fixture; the real control plane is the hub.
+//! docs/protocol.md §2 (register, sync, jobs, refresh, disconnect) and §6.2 (log push) with the
+//! server-side rules of upstream's Go mock hub (§9.1), and records everything it is sent. It is a
+//! test fixture; the real control plane is the hub.
 #![allow(dead_code)]
 
 use protocol::{JobRequest, RegisterRequest, SyncRequest, SyncResponse};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod imds;
 #[allow(unused_imports)]
-pub use imds::{header, respond, FakeImds, ImdsState};
+pub use imds::{header, respond, FakeImds, ImdsState, Reply, Request, TestServer};
 
 #[derive(Default)]
 pub struct HubState {
@@ -58,36 +58,19 @@ pub struct HubState {
 pub struct FakeHub {
     pub address: String,
     state: Arc<Mutex<HubState>>,
-    server: Arc<tiny_http::Server>,
-}
-
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        self.server.unblock();
-    }
+    server: TestServer,
 }
 
 impl FakeHub {
     pub fn start() -> FakeHub {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind fake hub"));
-        let address = server
-            .server_addr()
-            .to_ip()
-            .expect("ip address")
-            .to_string();
         let state = Arc::new(Mutex::new(HubState {
             next_sync_after: 100,
             ..HubState::default()
         }));
-        let (serving, shared) = (server.clone(), state.clone());
-        std::thread::spawn(move || {
-            for request in serving.incoming_requests() {
-                let shared = shared.clone();
-                std::thread::spawn(move || handle(request, &shared));
-            }
-        });
+        let shared = state.clone();
+        let server = TestServer::start(move |request| handle(request, &shared));
         FakeHub {
-            address,
+            address: server.address.to_string(),
             state,
             server,
         }
@@ -158,12 +141,10 @@ impl FakeHub {
     }
 }
 
-fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
-    let url = request.url().to_string();
+fn handle(request: Request, shared: &Mutex<HubState>) -> Reply {
+    let url = request.url.clone();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let (path, query) = (path.to_string(), query.to_string());
-    let mut body = Vec::new();
-    let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
     let user_agent = header(&request, "User-Agent");
     let authorization = header(&request, "Authorization");
     let mut state = shared.lock().unwrap();
@@ -171,88 +152,78 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
         .headers
         .push((path.clone(), authorization.clone(), user_agent.clone()));
     if !user_agent.starts_with("SemaphoreAgent/v") {
-        drop(state);
-        return respond(request, 500, "missing User-Agent");
+        return respond(500, "missing User-Agent");
     }
     const API: &str = "/api/v1/self_hosted_agents";
     if path == format!("{API}/register") {
         state.register_attempts += 1;
         if state.register_attempts <= state.register_rejections {
-            drop(state);
-            return respond(request, 500, "rejected");
+            return respond(500, "rejected");
         }
-        let register: RegisterRequest = serde_json::from_slice(&body).expect("register body");
+        let register: RegisterRequest =
+            serde_json::from_slice(&request.body).expect("register body");
         let name = register.name.clone();
         state.registered = Some(register);
         state.last_state_change = Some(Instant::now());
-        drop(state);
         return respond(
-            request,
             201,
             &format!(r#"{{"name":"{name}","token":"access-token"}}"#),
         );
     }
     if path == format!("{API}/sync") {
-        let sync: SyncRequest = serde_json::from_slice(&body).expect("sync body");
+        let sync: SyncRequest = serde_json::from_slice(&request.body).expect("sync body");
         let response = decide(&mut state, &sync);
         state.syncs.push(sync);
-        drop(state);
-        return respond(request, 200, &serde_json::to_string(&response).unwrap());
+        return respond(200, &serde_json::to_string(&response).unwrap());
     }
     if let Some(job_id) = path.strip_prefix(&format!("{API}/jobs/")) {
         state.get_job_attempts += 1;
         state.job_fetches.push(job_id.to_string());
         let delay = state.get_job_delay;
         if state.get_job_attempts <= state.get_job_rejections {
-            drop(state);
-            return respond(request, 500, "rejected");
+            return respond(500, "rejected");
         }
         if let Some(body) = state.raw_job_bodies.get(job_id).cloned() {
-            drop(state);
-            return respond(request, 200, &body);
+            return respond(200, &body);
         }
         let job = state.jobs.get(job_id).cloned();
         drop(state);
         std::thread::sleep(delay);
         return match job {
-            Some(job) => respond(request, 200, &serde_json::to_string(&job).unwrap()),
-            None => respond(request, 404, "no such job"),
+            Some(job) => respond(200, &serde_json::to_string(&job).unwrap()),
+            None => respond(404, "no such job"),
         };
     }
     if path == format!("{API}/refresh") {
         state.token_refreshed = true;
-        drop(state);
-        return respond(request, 200, r#"{"token":"new-token"}"#);
+        return respond(200, r#"{"token":"new-token"}"#);
     }
     if path == format!("{API}/disconnect") {
         state.disconnected = true;
-        drop(state);
-        return respond(request, 200, "");
+        return respond(200, "");
     }
     if let Some(job_id) = path.strip_prefix("/api/v1/logs/") {
         let token = authorization.strip_prefix("Bearer ").unwrap_or("");
         if token.is_empty() || token == "expired-token" {
-            drop(state);
-            return respond(request, 401, "expired");
+            return respond(401, "expired");
         }
         let start_from: u64 = query
             .strip_prefix("start_from=")
             .and_then(|n| n.parse().ok())
             .expect("start_from");
         if !state.first_command_pushed.contains_key(job_id)
-            && find_bytes(&body, b"\"event\":\"cmd_started\"")
+            && find_bytes(&request.body, b"\"event\":\"cmd_started\"")
         {
             state
                 .first_command_pushed
                 .insert(job_id.to_string(), Instant::now());
         }
         if state.count_logs_only {
-            state.log_bytes_received += body.len() as u64;
-            state.log_lines_received += body.iter().filter(|&&b| b == b'\n').count() as u64;
-            drop(state);
-            return respond(request, 200, "");
+            state.log_bytes_received += request.body.len() as u64;
+            state.log_lines_received += request.body.iter().filter(|&&b| b == b'\n').count() as u64;
+            return respond(200, "");
         }
-        let lines: Vec<String> = String::from_utf8(body)
+        let lines: Vec<String> = String::from_utf8(request.body)
             .expect("utf-8 body")
             .split('\n')
             .filter(|l| !l.is_empty())
@@ -261,8 +232,7 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
         let max = state.log_max_events;
         let stored = state.logs.entry(job_id.to_string()).or_default();
         if max.is_some_and(|max| stored.len() >= max) {
-            drop(state);
-            return respond(request, 422, "no more space");
+            return respond(422, "no more space");
         }
         if start_from as usize > stored.len() {
             let message = format!(
@@ -270,8 +240,7 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
                 stored.len()
             );
             state.unexpected.push(message.clone());
-            drop(state);
-            return respond(request, 400, &message);
+            return respond(400, &message);
         }
         stored.truncate(start_from as usize);
         let count = lines.len();
@@ -279,17 +248,13 @@ fn handle(mut request: tiny_http::Request, shared: &Mutex<HubState>) {
         state
             .log_batches
             .push((job_id.to_string(), start_from, count));
-        drop(state);
-        return respond(request, 200, "");
+        return respond(200, "");
     }
-    state
-        .unexpected
-        .push(format!("{} {path}", request.method()));
-    drop(state);
-    respond(request, 404, "unknown path")
+    state.unexpected.push(format!("{} {path}", request.method));
+    respond(404, "unknown path")
 }
 
-/// The Go mock hub's sync rules (spec §9.1).
+/// The Go mock hub's sync rules (docs/protocol.md §9.1).
 fn decide(state: &mut HubState, sync: &SyncRequest) -> SyncResponse {
     let now = Instant::now();
     let reported = sync.state.as_str().to_string();

@@ -90,7 +90,7 @@ impl HubProcess {
         self.child = Some(child);
         let url = format!("{}/healthz", self.url());
         wait_for("the hub to serve", Duration::from_secs(20), || {
-            ureq::get(&url).call().is_ok()
+            http::get(&url, "").is_ok()
         });
     }
 
@@ -146,12 +146,12 @@ impl HubProcess {
     }
 
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
-        ureq::get(&format!("{}{path}", self.url()))
-            .set("Authorization", &format!("Bearer {}", self.admin_token()))
-            .call()
-            .unwrap()
-            .into_json()
-            .unwrap()
+        http::get(
+            &format!("{}{path}", self.url()),
+            &format!("Bearer {}", self.admin_token()),
+        )
+        .unwrap()
+        .json()
     }
 
     pub fn log(&self) -> String {
@@ -166,7 +166,8 @@ impl Drop for HubProcess {
 }
 
 #[path = "../../../agent/tests/support/agent_process.rs"]
-mod agent_process;
+pub mod agent_process;
+pub mod http;
 pub use agent_process::AgentProcess;
 
 /// A real agent against `hub`, with the hub's registration token.

@@ -2,18 +2,18 @@
 //! second) against a simulated Auto Scaling fleet — launches, boot times drawn from a distribution,
 //! one job per agent, capacity outages per pool, spot interruptions — driven by Flotilla's real
 //! policy and control loop ([`FleetLoop`] through the [`Queue`] and [`Fleet`] traits), or by the two
-//! baselines re-implemented from their public descriptions (`../shared/research/aws-stacks.md`):
+//! baselines re-implemented from their public descriptions (docs/ARCHITECTURE.md, "The simulator"):
 //! Semaphore's agent-aws-stack scaler and buildkite-agent-scaler.
 
 pub mod plot;
 pub mod trace;
 
-use crate::control::FleetLoop;
-use crate::fleet::Fleet;
-use crate::policy::{PolicyConfig, PoolState, QueueSnapshot};
-use crate::queue::Queue;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use scaling::control::FleetLoop;
+use scaling::fleet::{Fleet, FleetError};
+use scaling::policy::{PolicyConfig, PoolState, QueueSnapshot};
+use scaling::queue::Queue;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -381,7 +381,7 @@ impl World {
 struct SimQueue(Arc<Mutex<World>>);
 
 impl Queue for SimQueue {
-    fn poll(&mut self, _wait: Duration) -> Result<QueueSnapshot, String> {
+    fn poll(&mut self, _wait: Duration) -> Result<QueueSnapshot, scaling::queue::QueueError> {
         Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
     }
 }
@@ -390,7 +390,7 @@ impl Queue for SimQueue {
 struct SimFleet(Arc<Mutex<World>>);
 
 impl Fleet for SimFleet {
-    fn describe(&mut self) -> Result<Vec<PoolState>, String> {
+    fn describe(&mut self) -> Result<Vec<PoolState>, FleetError> {
         Ok(self
             .0
             .lock()
@@ -398,19 +398,20 @@ impl Fleet for SimFleet {
             .pool_states())
     }
 
-    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), String> {
+    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError> {
         let mut world = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let pool = world
             .pools
             .iter_mut()
             .find(|p| p.spec.name == pool)
-            .ok_or_else(|| format!("no pool {pool}"))?;
+            .ok_or_else(|| FleetError::UnknownPool(pool.to_string()))?;
         pool.desired = pool.desired.max(desired.min(pool.spec.max));
         Ok(())
     }
 
-    fn terminate(&mut self, _instance: &str, _decrement: bool) -> Result<(), String> {
-        Err("the simulated fleet does not terminate on request".into())
+    fn terminate(&mut self, instance: &str, _decrement: bool) -> Result<(), FleetError> {
+        // Simulated instances leave on their own after their job; none is known by name.
+        Err(FleetError::UnknownInstance(instance.to_string()))
     }
 }
 

@@ -9,27 +9,64 @@ use crate::reaper::{InstanceFacts, Mark};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use thiserror::Error;
+
+/// Why a fleet operation failed. The control loop logs it and tries again next round.
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error("no pool '{0}' in this fleet")]
+    UnknownPool(String),
+    #[error("no instance '{0}' in this fleet")]
+    UnknownInstance(String),
+    #[error("this fleet cannot mark instance {0}")]
+    CannotMark(String),
+    #[error("the agent binary {0} does not exist (build it with `cargo build -p agent`)")]
+    MissingAgentBinary(PathBuf),
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A cloud API call failed; `detail` is the SDK's full error chain.
+    #[error("{operation}: {detail}")]
+    Api { operation: String, detail: String },
+}
+
+impl FleetError {
+    fn io(
+        action: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> FleetError {
+        let path = path.to_path_buf();
+        move |source| FleetError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
 
 pub trait Fleet: Send {
     /// The pools of this fleet, in priority order (also where a local fleet reaps and replaces).
-    fn describe(&mut self) -> Result<Vec<PoolState>, String>;
+    fn describe(&mut self) -> Result<Vec<PoolState>, FleetError>;
     /// Raises a pool's desired capacity (never lowers it).
-    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), String>;
+    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError>;
     /// Removes an instance; `decrement` also lowers desired so it is not replaced.
-    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), String>;
+    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), FleetError>;
     /// Instances that removed themselves after their job, and unhealthy ones replaced, so far.
     fn counts(&self) -> (u64, u64) {
         (0, 0)
     }
     /// Instances for the reaper to judge. A fleet that replaces dead instances itself (the local
     /// one) has none to offer.
-    fn instances(&mut self) -> Result<Vec<InstanceFacts>, String> {
+    fn instances(&mut self) -> Result<Vec<InstanceFacts>, FleetError> {
         Ok(Vec::new())
     }
     /// Records or clears a reaper mark on an instance (only asked of instances `instances` gave).
-    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), String> {
+    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), FleetError> {
         let _ = mark;
-        Err(format!("this fleet cannot mark instance {instance}"))
+        Err(FleetError::CannotMark(instance.to_string()))
     }
 }
 
@@ -61,25 +98,22 @@ pub struct LocalFleet {
 }
 
 impl LocalFleet {
-    pub fn new(config: LocalFleetConfig) -> Result<LocalFleet, String> {
+    pub fn new(config: LocalFleetConfig) -> Result<LocalFleet, FleetError> {
         if !config.agent_binary.exists() {
-            return Err(format!(
-                "the agent binary {} does not exist (build it with `cargo build -p agent`)",
-                config.agent_binary.display()
-            ));
+            return Err(FleetError::MissingAgentBinary(config.agent_binary));
         }
         std::fs::create_dir_all(&config.work_dir)
-            .map_err(|e| format!("cannot create {}: {e}", config.work_dir.display()))?;
+            .map_err(FleetError::io("cannot create", &config.work_dir))?;
         // Instances run inside their own directories: every path handed to them must be absolute.
         let mut config = config;
         config.work_dir = config
             .work_dir
             .canonicalize()
-            .map_err(|e| format!("cannot resolve {}: {e}", config.work_dir.display()))?;
+            .map_err(FleetError::io("cannot resolve", &config.work_dir))?;
         config.agent_binary = config
             .agent_binary
             .canonicalize()
-            .map_err(|e| format!("cannot resolve {}: {e}", config.agent_binary.display()))?;
+            .map_err(FleetError::io("cannot resolve", &config.agent_binary))?;
         Ok(LocalFleet {
             desired: config.min,
             config,
@@ -90,16 +124,17 @@ impl LocalFleet {
         })
     }
 
-    fn launch(&mut self) -> Result<(), String> {
+    fn launch(&mut self) -> Result<(), FleetError> {
         let name = format!("local-{:06}-{:04}", std::process::id(), self.next_index);
         self.next_index += 1;
         let dir = self.config.work_dir.join(&name);
         let (home, tmp) = (dir.join("home"), dir.join("tmp"));
         for path in [&home, &tmp] {
-            std::fs::create_dir_all(path)
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            std::fs::create_dir_all(path).map_err(FleetError::io("cannot create", path))?;
         }
-        let output = std::fs::File::create(dir.join("agent.out")).map_err(|e| e.to_string())?;
+        let output_path = dir.join("agent.out");
+        let output = std::fs::File::create(&output_path)
+            .map_err(FleetError::io("cannot create", &output_path))?;
         let mut command = Command::new(&self.config.agent_binary);
         command.args([
             "start",
@@ -120,10 +155,14 @@ impl LocalFleet {
             .env("TMPDIR", &tmp)
             .current_dir(&dir)
             .stdin(Stdio::null())
-            .stdout(output.try_clone().map_err(|e| e.to_string())?)
+            .stdout(
+                output
+                    .try_clone()
+                    .map_err(FleetError::io("cannot duplicate", &output_path))?,
+            )
             .stderr(output)
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.config.agent_binary.display()))?;
+            .map_err(FleetError::io("cannot start", &self.config.agent_binary))?;
         tracing::info!(instance = %name, pid = child.id(), "instance launched");
         self.instances.insert(name, Instance { child, dir });
         Ok(())
@@ -178,7 +217,7 @@ impl LocalFleet {
 }
 
 impl Fleet for LocalFleet {
-    fn describe(&mut self) -> Result<Vec<PoolState>, String> {
+    fn describe(&mut self) -> Result<Vec<PoolState>, FleetError> {
         self.reap();
         let target = self.desired.min(self.config.max) as usize;
         while self.instances.len() < target {
@@ -195,9 +234,9 @@ impl Fleet for LocalFleet {
         }])
     }
 
-    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), String> {
+    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError> {
         if pool != self.config.pool {
-            return Err(format!("no pool '{pool}' in this local fleet"));
+            return Err(FleetError::UnknownPool(pool.to_string()));
         }
         self.desired = self.desired.max(desired.min(self.config.max));
         let target = self.desired as usize;
@@ -207,11 +246,11 @@ impl Fleet for LocalFleet {
         Ok(())
     }
 
-    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), String> {
+    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), FleetError> {
         let mut removed = self
             .instances
             .remove(instance)
-            .ok_or_else(|| format!("no instance '{instance}'"))?;
+            .ok_or_else(|| FleetError::UnknownInstance(instance.to_string()))?;
         let _ = removed.child.kill();
         let _ = removed.child.wait();
         let _ = std::fs::remove_dir_all(&removed.dir);

@@ -3,7 +3,30 @@
 //! default, or `FLOTILLA_PLOT_FONT`).
 
 use super::Outcome;
-use anyhow::{anyhow, Context, Result};
+use thiserror::Error;
+
+/// Why a plot could not be drawn.
+#[derive(Debug, Error)]
+pub enum PlotError {
+    #[error("--plot needs a TrueType font: install fonts-dejavu-core or set FLOTILLA_PLOT_FONT")]
+    NoFont,
+    #[error("cannot read font {path}: {source}")]
+    ReadFont {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a usable TrueType font")]
+    BadFont(String),
+    #[error("drawing: {0}")]
+    Drawing(String),
+}
+
+type Result<T> = std::result::Result<T, PlotError>;
+
+/// plotters' drawing errors are generic over the backend; their text is all they share.
+fn drawing<E: std::fmt::Display>(error: E) -> PlotError {
+    PlotError::Drawing(error.to_string())
+}
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -23,16 +46,15 @@ fn register_font() -> Result<()> {
                 .find(|p| Path::new(p).exists())
                 .map(|p| p.to_string())
         })
-        .ok_or_else(|| {
-            anyhow!(
-                "--plot needs a TrueType font: install fonts-dejavu-core or set FLOTILLA_PLOT_FONT"
-            )
-        })?;
-    let bytes = std::fs::read(&path).with_context(|| format!("cannot read font {path}"))?;
+        .ok_or(PlotError::NoFont)?;
+    let bytes = std::fs::read(&path).map_err(|source| PlotError::ReadFont {
+        path: path.clone(),
+        source,
+    })?;
     // plotters keeps fonts for the life of the process.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| anyhow!("{path} is not a usable TrueType font"))?;
+        .map_err(|_| PlotError::BadFont(path.clone()))?;
     Ok(())
 }
 
@@ -64,10 +86,8 @@ pub fn render(outcomes: &[Outcome], title: &str, path: &Path) -> Result<()> {
         .unwrap_or(1)
         .max(1) as f64;
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("drawing: {e}"))?;
-    let root = root
-        .titled(title, ("sans-serif", 24))
-        .map_err(|e| anyhow!("drawing: {e}"))?;
+    root.fill(&WHITE).map_err(drawing)?;
+    let root = root.titled(title, ("sans-serif", 24)).map_err(drawing)?;
     let panels = root.split_evenly((2, 1));
     for (panel, (label, max, pick)) in panels.iter().zip([
         (
@@ -87,13 +107,13 @@ pub fn render(outcomes: &[Outcome], title: &str, path: &Path) -> Result<()> {
             .y_label_area_size(50)
             .caption(label, ("sans-serif", 18))
             .build_cartesian_2d(0f64..hours, 0f64..max * 1.05)
-            .map_err(|e| anyhow!("drawing: {e}"))?;
+            .map_err(drawing)?;
         chart
             .configure_mesh()
             .x_desc("hours")
             .label_style(("sans-serif", 14))
             .draw()
-            .map_err(|e| anyhow!("drawing: {e}"))?;
+            .map_err(drawing)?;
         for (index, outcome) in outcomes.iter().enumerate() {
             let color = COLORS[index % COLORS.len()];
             chart
@@ -104,7 +124,7 @@ pub fn render(outcomes: &[Outcome], title: &str, path: &Path) -> Result<()> {
                         .map(|r| (r.time_s / 3600.0, pick(r) as f64)),
                     color.stroke_width(2),
                 ))
-                .map_err(|e| anyhow!("drawing: {e}"))?
+                .map_err(drawing)?
                 .label(outcome.policy.name())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
@@ -116,9 +136,9 @@ pub fn render(outcomes: &[Outcome], title: &str, path: &Path) -> Result<()> {
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
             .draw()
-            .map_err(|e| anyhow!("drawing: {e}"))?;
+            .map_err(drawing)?;
     }
     root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+        .map_err(|e| PlotError::Drawing(format!("writing {}: {e}", path.display())))?;
     Ok(())
 }

@@ -7,20 +7,38 @@ use crate::policy::QueueSnapshot;
 use protocol::metrics::{AgentList, AgentSummary};
 use protocol::QueueMetrics;
 use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why the queue could not be read. The token is never part of one.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("{what} from {url}: {source}")]
+    Http {
+        what: &'static str,
+        url: String,
+        source: reqwest::Error,
+    },
+    #[error("{what} from {url} answered HTTP {status}")]
+    Status {
+        what: &'static str,
+        url: String,
+        status: u16,
+    },
+}
 
 pub trait Queue: Send {
     /// The queue's counts, waiting up to `wait` for a change where the source can tell one.
     /// After errors it returns the last counts with their age (so stale counts never raise).
-    fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, String>;
+    fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, QueueError>;
     /// The agent type's registered agents, where the control plane lists them (the hub);
     /// `None` where it cannot (Semaphore), which turns the reaper off.
-    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, String> {
+    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, QueueError> {
         Ok(None)
     }
 }
 
 pub struct MetricsQueue {
-    http: ureq::Agent,
+    http: reqwest::blocking::Client,
     url: String,
     token: String,
     long_poll: bool,
@@ -38,9 +56,10 @@ impl MetricsQueue {
     /// `https://org.semaphoreci.com`).
     pub fn new(endpoint: &str, token: &str, long_poll: bool) -> MetricsQueue {
         MetricsQueue {
-            http: ureq::AgentBuilder::new()
-                .timeout_connect(Duration::from_secs(5))
-                .build(),
+            http: reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
             url: format!(
                 "{}/api/v1/self_hosted_agents/metrics",
                 endpoint.trim_end_matches('/')
@@ -54,15 +73,40 @@ impl MetricsQueue {
         }
     }
 
-    /// A GET with the registration token (never logged). The error is ureq's own, as its calls return it.
-    #[allow(clippy::result_large_err)]
-    fn get(&self, url: &str, timeout: Duration) -> Result<ureq::Response, ureq::Error> {
-        self.http
+    /// A GET with the registration token (never logged), its JSON body decoded. `Ok(None)` for
+    /// 404 when `missing_is_none` (Semaphore has no agent list for registration tokens).
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        url: &str,
+        timeout: Duration,
+        missing_is_none: bool,
+    ) -> Result<Option<T>, QueueError> {
+        let http_error = |source| QueueError::Http {
+            what,
+            url: url.to_string(),
+            source,
+        };
+        let response = self
+            .http
             .get(url)
             .timeout(timeout)
-            .set("Authorization", &format!("Token {}", self.token))
-            .set("Agent", "flotilla-scaler")
-            .call()
+            .header("Authorization", format!("Token {}", self.token))
+            .header("Agent", "flotilla-scaler")
+            .send()
+            .map_err(http_error)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND && missing_is_none {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(QueueError::Status {
+                what,
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        response.json::<T>().map(Some).map_err(http_error)
     }
 
     fn agents_url(&self) -> String {
@@ -70,7 +114,7 @@ impl MetricsQueue {
             .replace("/self_hosted_agents/metrics", "/self_hosted_agents/agents")
     }
 
-    fn fetch(&mut self, wait: Duration) -> Result<QueueMetrics, String> {
+    fn fetch(&mut self, wait: Duration) -> Result<QueueMetrics, QueueError> {
         let (url, timeout) = match (self.long_poll, self.version) {
             (true, Some(version)) => {
                 let seconds = wait.as_secs().max(1);
@@ -81,16 +125,12 @@ impl MetricsQueue {
             }
             _ => (self.url.clone(), Duration::from_secs(10)),
         };
-        let response = self.get(&url, timeout);
-        match response {
-            Ok(response) => response
-                .into_json::<QueueMetrics>()
-                .map_err(|e| format!("metrics from {}: invalid JSON: {e}", self.url)),
-            Err(ureq::Error::Status(code, _)) => {
-                Err(format!("metrics from {} answered HTTP {code}", self.url))
-            }
-            Err(error) => Err(format!("metrics from {}: {}", self.url, error.kind())),
-        }
+        let metrics = self.get_json::<QueueMetrics>("metrics", &url, timeout, false)?;
+        metrics.ok_or_else(|| QueueError::Status {
+            what: "metrics",
+            url: self.url.clone(),
+            status: 404,
+        })
     }
 }
 
@@ -106,24 +146,13 @@ fn snapshot(metrics: &QueueMetrics, age_ms: u64) -> QueueSnapshot {
 }
 
 impl Queue for MetricsQueue {
-    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, String> {
+    fn agents(&mut self) -> Result<Option<Vec<AgentSummary>>, QueueError> {
         let url = self.agents_url();
-        let response = self.get(&url, Duration::from_secs(10));
-        match response {
-            Ok(response) => response
-                .into_json::<AgentList>()
-                .map(|list| Some(list.agents))
-                .map_err(|e| format!("agents from {url}: invalid JSON: {e}")),
-            // Semaphore has no such list for registration tokens.
-            Err(ureq::Error::Status(404, _)) => Ok(None),
-            Err(ureq::Error::Status(code, _)) => {
-                Err(format!("agents from {url} answered HTTP {code}"))
-            }
-            Err(error) => Err(format!("agents from {url}: {}", error.kind())),
-        }
+        let list = self.get_json::<AgentList>("agents", &url, Duration::from_secs(10), true)?;
+        Ok(list.map(|list| list.agents))
     }
 
-    fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, String> {
+    fn poll(&mut self, wait: Duration) -> Result<QueueSnapshot, QueueError> {
         if !(self.long_poll && self.version.is_some()) {
             // Plain polling: wait out the interval first, so the counts returned are fresh.
             if let Some(at) = self.last_request {

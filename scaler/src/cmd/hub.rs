@@ -2,12 +2,11 @@
 //! agent type, and serves until SIGINT/SIGTERM.
 
 use anyhow::{bail, Context, Result};
-use hub::hub::{Hub, HubConfig};
+use hub::hub::Hub;
 use hub::server::{serve, ServeOptions};
 use hub::store::Durability;
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(clap::Args)]
@@ -50,63 +49,28 @@ pub struct HubArgs {
     pub log_format: String,
 }
 
-/// Writes a secret file readable by its owner only.
-pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())?;
-    Ok(())
-}
-
-fn admin_token(args: &HubArgs) -> Result<String> {
-    if let Some(token) = &args.admin_token {
-        if token.len() < 16 {
-            bail!("the admin token must be at least 16 characters");
-        }
-        return Ok(token.clone());
-    }
-    let path = args.data_dir.join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
-        Ok(_) => bail!(
-            "{} is empty: delete it to have a new admin token made",
-            path.display()
-        ),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let token = hub::tokens::new_token();
-            write_secret(&path, &token)?;
-            eprintln!("scaler hub: created an admin token in {}", path.display());
-            Ok(token)
-        }
-        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 pub fn run(args: HubArgs) -> Result<i32> {
-    init_logging(&args.log_format);
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let token = admin_token(&args)?;
+    crate::logging::init(&args.log_format);
+    let options = hub::BootstrapOptions {
+        admin_token: args.admin_token.clone(),
+        agent_type: args.default_agent_type.clone(),
+    };
+    let secrets = hub::bootstrap_with(&args.data_dir, &options)?;
+    if secrets.created_admin_token {
+        eprintln!(
+            "scaler hub: created an admin token in {}",
+            args.data_dir
+                .join(hub::bootstrap::ADMIN_TOKEN_FILE)
+                .display()
+        );
+    }
+    if secrets.created_agent_type {
+        eprintln!(
+            "scaler hub: created agent type '{}'; its registration token is in {}",
+            secrets.agent_type,
+            secrets.registration_token_file.display()
+        );
+    }
     let scheme = if args.tls_cert.is_some() {
         "https"
     } else {
@@ -116,7 +80,7 @@ pub fn run(args: HubArgs) -> Result<i32> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
-    let mut config = HubConfig::new(&public_url, &token);
+    let mut config = secrets.hub_config(&public_url);
     config.lost_after_secs = args.lost_after;
     config.max_log_bytes = args.max_log_bytes;
     config.sync_interval_ms = args.sync_interval_ms;
@@ -131,18 +95,6 @@ pub fn run(args: HubArgs) -> Result<i32> {
     let now = hub::api::unix_now();
     let hub = Hub::open(&args.data_dir, config, now)
         .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
-    if hub.agent_types().is_empty() {
-        let registration = hub.create_agent_type(&args.default_agent_type, now)?;
-        let path = args
-            .data_dir
-            .join(format!("{}.token", args.default_agent_type));
-        write_secret(&path, &registration)?;
-        eprintln!(
-            "scaler hub: created agent type '{}'; its registration token is in {}",
-            args.default_agent_type,
-            path.display()
-        );
-    }
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),

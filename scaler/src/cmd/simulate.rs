@@ -1,8 +1,8 @@
 //! `scaler simulate`: replay a built-in scenario or a CSV trace against Flotilla's policy and the
 //! baselines, print a table per policy, and write the time series as CSV.
 
-use crate::sim::{self, trace, PolicyKind};
 use anyhow::{bail, Context, Result};
+use sim::{trace, PolicyKind};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

@@ -1,9 +1,11 @@
 //! The hub's user API from the command line: `scaler jobs`, `scaler agent-types`, `scaler agents`.
+//! It depends on the wire types in `protocol::views` only, never on the hub server; times are shown
+//! as local date-times with the duration since the job was queued.
 
-use crate::HubAccess;
+use super::HubAccess;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use hub::hub::{AgentView, JobView, LogPage};
+use protocol::views::{AgentView, JobView, LogPage};
 use protocol::{JobSpec, LogEvent};
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,15 +29,21 @@ pub enum JobsCommand {
     },
     /// List jobs, newest first.
     List {
+        /// Only jobs in this state (queued, assigned, running, finished).
         #[arg(long)]
         state: Option<String>,
+        /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Show one job.
-    Show { id: String },
+    /// Show one job: state, result, agent, times.
+    Show {
+        /// The job's id.
+        id: String,
+    },
     /// Print a job's log.
     Logs {
+        /// The job's id.
         id: String,
         /// Keep printing until the job finishes.
         #[arg(long, short = 'f')]
@@ -45,23 +53,30 @@ pub enum JobsCommand {
         raw: bool,
     },
     /// Stop a job (queued: at once; running: its agent stops it).
-    Stop { id: String },
+    Stop {
+        /// The job's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum AgentTypesCommand {
     /// Create an agent type and print its registration token (shown only once).
     Create {
+        /// The new agent type's name (letters, digits, `-` and `_`).
         name: String,
     },
+    /// List the agent types.
     List,
 }
 
 #[derive(Subcommand)]
 pub enum AgentsCommand {
+    /// List connected agents: type, state, job, GPUs, host.
     List,
     /// Ask an agent to shut down at its next sync (after its current job).
     Shutdown {
+        /// The agent's name.
         name: String,
     },
 }
@@ -69,7 +84,7 @@ pub enum AgentsCommand {
 struct Client {
     base: String,
     token: String,
-    http: ureq::Agent,
+    http: reqwest::blocking::Client,
 }
 
 impl Client {
@@ -83,11 +98,12 @@ impl Client {
                     .with_context(|| format!("no admin token: pass --token, set FLOTILLA_ADMIN_TOKEN, or point --data-dir at the hub's data directory ({} is unreadable)", path.display()))?
             }
         };
-        let http = ureq::AgentBuilder::new()
+        let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(90))
-            .build();
+            .build()
+            .context("cannot set up the HTTP client")?;
         Ok(Client {
-            base: access.hub.trim_end_matches('/').to_string(),
+            base: access.hub_url().trim_end_matches('/').to_string(),
             token,
             http,
         })
@@ -95,44 +111,58 @@ impl Client {
 
     fn call(
         &self,
-        method: &str,
+        method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value> {
         let url = format!("{}/api/v1{path}", self.base);
-        let request = self
+        let mut request = self
             .http
-            .request(method, &url)
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let response = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
-        };
-        match response {
-            Ok(response) => {
-                let text = response.into_string()?;
-                if text.is_empty() {
-                    return Ok(serde_json::Value::Null);
-                }
-                serde_json::from_str(&text)
-                    .with_context(|| format!("the hub answered {url} with invalid JSON"))
-            }
-            Err(ureq::Error::Status(code, response)) => {
-                let text = response.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                    .unwrap_or(text);
-                Err(anyhow!(
-                    "the hub refused {method} {path} (HTTP {code}): {message}"
-                ))
-            }
-            Err(error) => Err(anyhow!("cannot reach the hub at {}: {error}", self.base)),
+            .request(method.clone(), &url)
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
         }
+        let response = request
+            .send()
+            .map_err(|error| anyhow!("cannot reach the hub at {}: {error}", self.base))?;
+        let status = response.status();
+        let text = response.text()?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(text);
+            bail!(
+                "the hub refused {method} {path} (HTTP {}): {message}",
+                status.as_u16()
+            );
+        }
+        if text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("the hub answered {url} with invalid JSON"))
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        Ok(serde_json::from_value(self.call("GET", path, None)?)?)
+        Ok(serde_json::from_value(self.call(
+            reqwest::Method::GET,
+            path,
+            None,
+        )?)?)
+    }
+
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        Ok(serde_json::from_value(self.call(
+            reqwest::Method::POST,
+            path,
+            body,
+        )?)?)
     }
 }
 
@@ -151,23 +181,86 @@ fn parse_spec(file: &PathBuf) -> Result<JobSpec> {
     Ok(spec)
 }
 
-fn time(value: Option<i64>) -> String {
-    value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+/// A Unix time as a local date-time (`2026-12-01 17:04:05 CET`).
+fn local_time(unix: i64) -> String {
+    match jiff::Timestamp::from_second(unix) {
+        Ok(at) => at
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => unix.to_string(),
+    }
+}
+
+/// A step of a job's timeline: its local time and how long after the job was queued.
+fn since_queued(queued_at: i64, at: Option<i64>) -> String {
+    match at {
+        Some(at) => format!(
+            "{}  (+{})",
+            local_time(at),
+            duration((at - queued_at).max(0))
+        ),
+        None => "-".into(),
+    }
+}
+
+/// Seconds as `45s`, `3m 05s`, `2h 01m`.
+fn duration(seconds: i64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn result_text(job: &JobView) -> &'static str {
+    job.result.map(|result| result.as_str()).unwrap_or("-")
+}
+
+fn print_job(job: &JobView) {
+    println!(
+        "id:          {}\nname:        {}\nagent type:  {}",
+        job.id, job.name, job.agent_type
+    );
+    println!(
+        "state:       {}\nresult:      {}",
+        job.state,
+        result_text(job)
+    );
+    println!(
+        "reason:      {}\nattempts:    {}\nagent:       {}",
+        job.reason.as_deref().unwrap_or("-"),
+        job.attempts,
+        job.agent.as_deref().unwrap_or("-")
+    );
+    println!(
+        "queued at:   {}\nassigned at: {}\nstarted at:  {}\nfinished at: {}",
+        local_time(job.queued_at),
+        since_queued(job.queued_at, job.assigned_at),
+        since_queued(job.queued_at, job.started_at),
+        since_queued(job.queued_at, job.finished_at)
+    );
+    println!(
+        "log lines:   {}{}",
+        job.log_lines,
+        if job.log_trimmed { " (trimmed)" } else { "" }
+    );
 }
 
 fn print_jobs(jobs: &[JobView]) {
     println!(
-        "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  NAME",
-        "ID", "STATE", "RESULT", "TYPE", "ATTEMPTS"
+        "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  {:<23}  NAME",
+        "ID", "STATE", "RESULT", "TYPE", "ATTEMPTS", "QUEUED"
     );
     for job in jobs {
         println!(
-            "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  {}",
+            "{:<36}  {:<10}  {:<8}  {:<10}  {:<8}  {:<23}  {}",
             job.id,
-            job.state,
-            job.result.as_deref().unwrap_or("-"),
+            job.state.to_string(),
+            result_text(job),
             job.agent_type,
             job.attempts,
+            local_time(job.queued_at),
             job.name
         );
     }
@@ -198,6 +291,23 @@ fn print_logs(client: &Client, id: &str, follow: bool, raw: bool) -> Result<()> 
     }
 }
 
+/// `jobs submit`: prints the id, or with `follow` the log, and exits 0 only if the job passed.
+fn submit(client: &Client, spec: JobSpec, follow: bool) -> Result<i32> {
+    let job: JobView = client.post("/jobs", Some(serde_json::to_value(&spec)?))?;
+    if !follow {
+        println!("{}", job.id);
+        return Ok(0);
+    }
+    eprintln!("job {} queued", job.id);
+    print_logs(client, &job.id, true, false)?;
+    let job: JobView = client.get(&format!("/jobs/{}", job.id))?;
+    Ok(if job.result == Some(protocol::JobResult::Passed) {
+        0
+    } else {
+        1
+    })
+}
+
 pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
@@ -212,23 +322,7 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
                 (None, false) => JobSpec::from_commands(&agent_type, &commands),
                 (None, true) => bail!("give a job spec file or at least one --command"),
             };
-            let job: JobView = serde_json::from_value(client.call(
-                "POST",
-                "/jobs",
-                Some(serde_json::to_value(&spec)?),
-            )?)?;
-            if !follow {
-                println!("{}", job.id);
-                return Ok(0);
-            }
-            eprintln!("job {} queued", job.id);
-            print_logs(&client, &job.id, true, false)?;
-            let job: JobView = client.get(&format!("/jobs/{}", job.id))?;
-            Ok(if job.result.as_deref() == Some("passed") {
-                0
-            } else {
-                1
-            })
+            submit(&client, spec, follow)
         }
         JobsCommand::List { state, limit } => {
             let query = match state {
@@ -239,26 +333,7 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
             Ok(0)
         }
         JobsCommand::Show { id } => {
-            let job: JobView = client.get(&format!("/jobs/{id}"))?;
-            println!("id:          {}\nname:        {}\nagent type:  {}\nstate:       {}\nresult:      {}", job.id, job.name, job.agent_type, job.state, job.result.as_deref().unwrap_or("-"));
-            println!(
-                "reason:      {}\nattempts:    {}\nagent:       {}",
-                job.reason.as_deref().unwrap_or("-"),
-                job.attempts,
-                job.agent.as_deref().unwrap_or("-")
-            );
-            println!(
-                "queued at:   {}\nassigned at: {}\nstarted at:  {}\nfinished at: {}",
-                job.queued_at,
-                time(job.assigned_at),
-                time(job.started_at),
-                time(job.finished_at)
-            );
-            println!(
-                "log lines:   {}{}",
-                job.log_lines,
-                if job.log_trimmed { " (trimmed)" } else { "" }
-            );
+            print_job(&client.get(&format!("/jobs/{id}"))?);
             Ok(0)
         }
         JobsCommand::Logs { id, follow, raw } => {
@@ -266,8 +341,7 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
             Ok(0)
         }
         JobsCommand::Stop { id } => {
-            let job: JobView =
-                serde_json::from_value(client.call("POST", &format!("/jobs/{id}/stop"), None)?)?;
+            let job: JobView = client.post(&format!("/jobs/{id}/stop"), None)?;
             println!("{} {}", job.id, job.state);
             Ok(0)
         }
@@ -278,11 +352,8 @@ pub fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32
     let client = Client::new(access)?;
     match command {
         AgentTypesCommand::Create { name } => {
-            let created = client.call(
-                "POST",
-                "/agent_types",
-                Some(serde_json::json!({ "name": name })),
-            )?;
+            let created: serde_json::Value =
+                client.post("/agent_types", Some(serde_json::json!({ "name": name })))?;
             println!(
                 "{}",
                 created["registration_token"].as_str().unwrap_or_default()
@@ -327,7 +398,11 @@ pub fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {
             }
         }
         AgentsCommand::Shutdown { name } => {
-            client.call("POST", &format!("/agents/{name}/shutdown"), None)?;
+            client.call(
+                reqwest::Method::POST,
+                &format!("/agents/{name}/shutdown"),
+                None,
+            )?;
             println!("{name} will shut down at its next sync");
         }
     }

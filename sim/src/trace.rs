@@ -8,7 +8,15 @@
 //!   first capacity pool has no capacity from 10:00 to 12:00 (the simulator's default scenario).
 //! - `steady`: a constant 20 jobs/h of 1–5 minutes for 8 h.
 
-use anyhow::{bail, Context, Result};
+use thiserror::Error;
+
+/// Why a CSV trace was refused; `line` counts from 1.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("line {line}: {problem}")]
+pub struct TraceError {
+    pub line: usize,
+    pub problem: String,
+}
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -20,7 +28,7 @@ pub struct TraceJob {
 }
 
 /// Reads `submit_time,duration,agent_type` rows (a header row is allowed).
-pub fn read_csv(text: &str) -> Result<Vec<TraceJob>> {
+pub fn read_csv(text: &str) -> Result<Vec<TraceJob>, TraceError> {
     let mut jobs = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -31,24 +39,24 @@ pub fn read_csv(text: &str) -> Result<Vec<TraceJob>> {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let refuse = |problem: String| TraceError {
+            line: number + 1,
+            problem,
+        };
         if fields.len() != 3 {
-            bail!(
-                "line {}: expected submit_time,duration,agent_type",
-                number + 1
-            );
+            return Err(refuse("expected submit_time,duration,agent_type".into()));
         }
         let submit_s: f64 = fields[0]
             .parse()
-            .with_context(|| format!("line {}: bad submit_time '{}'", number + 1, fields[0]))?;
+            .map_err(|_| refuse(format!("bad submit_time '{}'", fields[0])))?;
         let duration_s: f64 = fields[1]
             .parse()
-            .with_context(|| format!("line {}: bad duration '{}'", number + 1, fields[1]))?;
+            .map_err(|_| refuse(format!("bad duration '{}'", fields[1])))?;
         if !(submit_s >= 0.0 && duration_s >= 0.0 && submit_s.is_finite() && duration_s.is_finite())
         {
-            bail!(
-                "line {}: times must be non-negative numbers of seconds",
-                number + 1
-            );
+            return Err(refuse(
+                "times must be non-negative numbers of seconds".into(),
+            ));
         }
         jobs.push(TraceJob {
             submit_s,

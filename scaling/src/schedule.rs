@@ -2,6 +2,14 @@
 //! time zone" (e.g. `* 8-18 * * MON-FRI` in `Europe/Berlin`: warm capacity in office hours).
 //! A small five-field cron matcher (minute hour day-of-month month day-of-week; `*`, lists,
 //! ranges, steps, month and day names) evaluated in an IANA time zone.
+//!
+//! Kept hand-written on purpose (issue 12). `croner` 4.0 was tried and does the job with its jiff
+//! backend (Vixie day rule, `7` = Sunday, names), but only behind two guards written here anyway
+//! (it swaps names for numbers across the whole expression, so `JAN` in the day-of-week field
+//! quietly meant Monday; its errors do not name the field), and it measured worse in the same
+//! run: 1.1-1.6x the time per `applies_at` and ~30x per parse. `cron` needs a seconds field,
+//! always ANDs the two day fields, counts `1` as Sunday and takes zones from chrono-tz; `saffron`
+//! knows only UTC and has had no release since 0.1.0.
 
 use thiserror::Error;
 
@@ -15,10 +23,25 @@ pub enum ScheduleError {
     Field {
         expression: String,
         field: String,
-        why: String,
+        why: FieldError,
     },
     #[error("unknown time zone '{0}' (use an IANA name such as Europe/Berlin or UTC)")]
     TimeZone(String),
+}
+
+/// Why one field was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FieldError {
+    #[error("'{0}' is not a number")]
+    NotANumber(String),
+    #[error("{value} is outside {min}-{max}")]
+    OutOfRange { value: u32, min: u32, max: u32 },
+    #[error("step '{0}' is not a number")]
+    BadStep(String),
+    #[error("a step of 0")]
+    ZeroStep,
+    #[error("range {0}-{1} runs backwards")]
+    Backwards(u32, u32),
 }
 
 /// A parsed cron expression: for each field, which values match.
@@ -44,18 +67,18 @@ fn parse_value(
     max: u32,
     names: &[&str],
     names_start: u32,
-) -> Result<u32, String> {
+) -> Result<u32, FieldError> {
     let upper = text.to_ascii_uppercase();
     if let Some(index) = names.iter().position(|name| *name == upper) {
         return Ok(index as u32 + names_start);
     }
     let value: u32 = text
         .parse()
-        .map_err(|_| format!("'{text}' is not a number"))?;
+        .map_err(|_| FieldError::NotANumber(text.to_string()))?;
     // Day of week 7 is Sunday too.
     let value = if max == 6 && value == 7 { 0 } else { value };
     if value < min || value > max {
-        return Err(format!("{value} is outside {min}-{max}"));
+        return Err(FieldError::OutOfRange { value, min, max });
     }
     Ok(value)
 }
@@ -68,7 +91,7 @@ fn parse_field(
     names: &[&str],
     names_start: u32,
 ) -> Result<Vec<bool>, ScheduleError> {
-    let error = |why: String| ScheduleError::Field {
+    let error = |why: FieldError| ScheduleError::Field {
         expression: expression.to_string(),
         field: field.to_string(),
         why,
@@ -79,9 +102,9 @@ fn parse_field(
             Some((range, step)) => {
                 let step: u32 = step
                     .parse()
-                    .map_err(|_| error(format!("step '{step}' is not a number")))?;
+                    .map_err(|_| error(FieldError::BadStep(step.to_string())))?;
                 if step == 0 {
-                    return Err(error("a step of 0".into()));
+                    return Err(error(FieldError::ZeroStep));
                 }
                 (range, step)
             }
@@ -93,7 +116,7 @@ fn parse_field(
             let a = parse_value(a, min, max, names, names_start).map_err(&error)?;
             let b = parse_value(b, min, max, names, names_start).map_err(&error)?;
             if a > b {
-                return Err(error(format!("range {a}-{b} runs backwards")));
+                return Err(error(FieldError::Backwards(a, b)));
             }
             (a, b)
         } else {

@@ -7,11 +7,10 @@
 //! in-service instances with their launch times (`DescribeInstances`) and keeps its marks as an EC2
 //! tag. The SDK retries in adaptive mode, so throttling slows the loop instead of breaking it.
 
-use crate::fleet::Fleet;
-use crate::policy::PoolState;
-use crate::reaper::{InstanceFacts, Mark, MARK_TAG};
-use aws_config::BehaviorVersion;
 use aws_sdk_autoscaling::error::DisplayErrorContext;
+use scaling::fleet::{Fleet, FleetError};
+use scaling::policy::PoolState;
+use scaling::reaper::{InstanceFacts, Mark, MARK_TAG};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -34,75 +33,21 @@ pub struct AwsFleet {
     short_since: HashMap<String, Instant>,
 }
 
-/// Loads SDK configuration: credentials and region from the standard chain, `endpoint_url`
-/// when given (moto in tests), adaptive retries with short back-offs.
-pub fn sdk_config(
-    runtime: &tokio::runtime::Runtime,
-    region: &str,
-    endpoint_url: &str,
-) -> Result<aws_config::SdkConfig, String> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(
-        // The control loop is the outer retry: short SDK back-offs keep a throttled round
-        // from holding up the next one for long.
-        aws_config::retry::RetryConfig::adaptive()
-            .with_max_attempts(3)
-            .with_initial_backoff(Duration::from_millis(200))
-            .with_max_backoff(Duration::from_secs(5)),
-    );
-    if !region.is_empty() {
-        loader = loader.region(aws_config::Region::new(region.to_string()));
-    }
-    if !endpoint_url.is_empty() {
-        loader = loader.endpoint_url(endpoint_url);
-    }
-    let config = runtime.block_on(loader.load());
-    if config.region().is_none() {
-        return Err("no AWS region: set `region` in the fleet config or AWS_REGION".into());
-    }
-    Ok(config)
-}
-
-/// Reads an SSM parameter (decrypted).
-pub fn ssm_parameter(
-    runtime: &tokio::runtime::Runtime,
-    config: &aws_config::SdkConfig,
-    name: &str,
-) -> Result<String, String> {
-    let client = aws_sdk_ssm::Client::new(config);
-    match runtime.block_on(
-        client
-            .get_parameter()
-            .name(name)
-            .with_decryption(true)
-            .send(),
-    ) {
-        Ok(output) => output
-            .parameter()
-            .and_then(|p| p.value())
-            .map(str::to_string)
-            .ok_or_else(|| format!("SSM parameter '{name}' has no value")),
-        Err(error)
-            if error
-                .as_service_error()
-                .is_some_and(|e| e.is_parameter_not_found()) =>
-        {
-            Err(format!("SSM parameter '{name}' does not exist"))
-        }
-        Err(error) => Err(format!(
-            "reading SSM parameter '{name}': {}",
-            DisplayErrorContext(&error)
-        )),
+/// A failed SDK call as a [`FleetError`], with the SDK's whole error chain.
+fn api_error<E: std::error::Error>(operation: String) -> impl FnOnce(E) -> FleetError {
+    move |error| FleetError::Api {
+        operation,
+        detail: DisplayErrorContext(error).to_string(),
     }
 }
 
 impl AwsFleet {
     /// Connects, checks that every group exists, and suspends AZRebalance on them.
-    pub fn new(region: &str, endpoint_url: &str, groups: Vec<String>) -> Result<AwsFleet, String> {
+    pub fn new(region: &str, endpoint_url: &str, groups: Vec<String>) -> anyhow::Result<AwsFleet> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let config = sdk_config(&runtime, region, endpoint_url)?;
+            .build()?;
+        let config = super::sdk_config(&runtime, region, endpoint_url)?;
         let client = aws_sdk_autoscaling::Client::new(&config);
         let ec2 = aws_sdk_ec2::Client::new(&config);
         let fleet = AwsFleet {
@@ -118,7 +63,7 @@ impl AwsFleet {
                 .iter()
                 .any(|g| g.auto_scaling_group_name() == Some(name.as_str()))
             {
-                return Err(format!("Auto Scaling group '{name}' does not exist"));
+                anyhow::bail!("Auto Scaling group '{name}' does not exist");
             }
         }
         for name in &fleet.groups {
@@ -131,16 +76,18 @@ impl AwsFleet {
                     .send(),
             );
             if let Err(error) = suspended {
-                return Err(format!(
+                anyhow::bail!(
                     "suspending AZRebalance on '{name}': {}",
                     DisplayErrorContext(&error)
-                ));
+                );
             }
         }
         Ok(fleet)
     }
 
-    fn describe_groups(&self) -> Result<Vec<aws_sdk_autoscaling::types::AutoScalingGroup>, String> {
+    fn describe_groups(
+        &self,
+    ) -> Result<Vec<aws_sdk_autoscaling::types::AutoScalingGroup>, FleetError> {
         let output = self
             .runtime
             .block_on(
@@ -149,12 +96,7 @@ impl AwsFleet {
                     .set_auto_scaling_group_names(Some(self.groups.clone()))
                     .send(),
             )
-            .map_err(|e| {
-                format!(
-                    "describing Auto Scaling groups: {}",
-                    DisplayErrorContext(&e)
-                )
-            })?;
+            .map_err(api_error("describing Auto Scaling groups".into()))?;
         Ok(output.auto_scaling_groups().to_vec())
     }
 
@@ -181,14 +123,14 @@ impl AwsFleet {
 }
 
 impl Fleet for AwsFleet {
-    fn describe(&mut self) -> Result<Vec<PoolState>, String> {
+    fn describe(&mut self) -> Result<Vec<PoolState>, FleetError> {
         let groups = self.describe_groups()?;
         let mut pools = Vec::new();
         for name in self.groups.clone() {
             let group = groups
                 .iter()
                 .find(|g| g.auto_scaling_group_name() == Some(name.as_str()))
-                .ok_or_else(|| format!("Auto Scaling group '{name}' disappeared"))?;
+                .ok_or_else(|| FleetError::UnknownPool(name.clone()))?;
             let (mut in_service, mut pending) = (0, 0);
             for instance in group.instances() {
                 match instance
@@ -221,12 +163,12 @@ impl Fleet for AwsFleet {
         Ok(pools)
     }
 
-    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), String> {
+    fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError> {
         let pools = self.describe()?;
         let state = pools
             .iter()
             .find(|p| p.name == pool)
-            .ok_or_else(|| format!("no pool '{pool}'"))?;
+            .ok_or_else(|| FleetError::UnknownPool(pool.to_string()))?;
         // Raise only, and never past MaxSize (moto accepts more; AWS refuses it).
         let target = desired.min(state.max);
         if target <= state.desired {
@@ -242,10 +184,10 @@ impl Fleet for AwsFleet {
                     .send(),
             )
             .map(|_| ())
-            .map_err(|e| format!("raising '{pool}' to {target}: {}", DisplayErrorContext(&e)))
+            .map_err(api_error(format!("raising '{pool}' to {target}")))
     }
 
-    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), String> {
+    fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), FleetError> {
         self.runtime
             .block_on(
                 self.client
@@ -255,11 +197,11 @@ impl Fleet for AwsFleet {
                     .send(),
             )
             .map(|_| ())
-            .map_err(|e| format!("terminating {instance}: {}", DisplayErrorContext(&e)))
+            .map_err(api_error(format!("terminating {instance}")))
     }
 
-    fn instances(&mut self) -> Result<Vec<InstanceFacts>, String> {
-        let now = hub::api::unix_now();
+    fn instances(&mut self) -> Result<Vec<InstanceFacts>, FleetError> {
+        let now = scaling::unix_now();
         let mut by_id: Vec<(String, String, bool)> = Vec::new();
         for group in self.describe_groups()? {
             let pool = group
@@ -285,12 +227,7 @@ impl Fleet for AwsFleet {
                         .set_instance_ids(Some(ids))
                         .send(),
                 )
-                .map_err(|e| {
-                    format!(
-                        "describing instances: {}",
-                        aws_sdk_ec2::error::DisplayErrorContext(&e)
-                    )
-                })?;
+                .map_err(api_error("describing instances".into()))?;
             for instance in output.reservations().iter().flat_map(|r| r.instances()) {
                 let Some(id) = instance.instance_id() else {
                     continue;
@@ -316,8 +253,9 @@ impl Fleet for AwsFleet {
         Ok(facts)
     }
 
-    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), String> {
-        let result = match mark {
+    fn set_mark(&mut self, instance: &str, mark: Option<&Mark>) -> Result<(), FleetError> {
+        let operation = format!("tagging {instance}");
+        match mark {
             Some(mark) => self
                 .runtime
                 .block_on(
@@ -333,7 +271,7 @@ impl Fleet for AwsFleet {
                         .send(),
                 )
                 .map(|_| ())
-                .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string()),
+                .map_err(api_error(operation)),
             None => self
                 .runtime
                 .block_on(
@@ -344,8 +282,7 @@ impl Fleet for AwsFleet {
                         .send(),
                 )
                 .map(|_| ())
-                .map_err(|e| aws_sdk_ec2::error::DisplayErrorContext(e).to_string()),
-        };
-        result.map_err(|e| format!("tagging {instance}: {e}"))
+                .map_err(api_error(operation)),
+        }
     }
 }

@@ -1,12 +1,22 @@
 //! The control loop: for one fleet (agent type), read the queue, describe the fleet, decide with
 //! the policy, raise desired capacity, and log one structured line per decision. Its gauges feed
 //! the scaler's Prometheus `/metrics`. Every reaper interval it also runs a reaper pass (see
-//! [`crate::reaper`]) when the queue can list agents.
+//! [`crate::reaper`]) when the queue can list agents. The `/metrics` text is written by the
+//! official `prometheus-client` crate (its Prometheus 0.0.4 text encoder, fed each scrape's
+//! statuses as constant samples): same names, HELP and TYPE lines and `agent_type` label as the
+//! hand-written text it replaced, with label values escaped; `benches/swaps.rs` compares the two.
 
 use crate::fleet::Fleet;
 use crate::policy::{decide, PolicyConfig, PolicyState, QueueSnapshot};
 use crate::queue::Queue;
 use crate::reaper::{self, ReapAction, ReaperConfig};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::registry::Registry;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,7 +152,7 @@ impl FleetLoop {
     /// One round on the real clock.
     pub fn tick(&mut self) {
         let now_ms = self.started.elapsed().as_millis() as u64;
-        self.tick_at(now_ms, hub::api::unix_now());
+        self.tick_at(now_ms, crate::unix_now());
     }
 
     /// One round at a given time (the simulator drives it on a virtual clock): poll (waiting up
@@ -235,111 +245,167 @@ impl FleetLoop {
     }
 }
 
-/// One metric family, a sample per fleet.
-fn write_family<T: std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    kind: &str,
-    statuses: &[LoopStatus],
-    value: fn(&LoopStatus) -> T,
-) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    for status in statuses {
-        out.push_str(&format!(
-            "{name}{{agent_type=\"{}\"}} {}\n",
-            status.agent_type,
-            value(status)
-        ));
+/// A metric: name (counters without `_total`: the encoder adds it), help, how to read it.
+type Metric<T> = (&'static str, &'static str, fn(&LoopStatus) -> T);
+
+const GAUGES: [Metric<i64>; 7] = [
+    (
+        "flotilla_scaler_desired",
+        "Desired capacity of the fleet.",
+        |s| s.desired.into(),
+    ),
+    ("flotilla_scaler_in_service", "Instances in service.", |s| {
+        s.in_service.into()
+    }),
+    ("flotilla_scaler_pending", "Instances launching.", |s| {
+        s.pending.into()
+    }),
+    (
+        "flotilla_scaler_queue_queued",
+        "Queued jobs last seen.",
+        |s| s.queue.queued as i64,
+    ),
+    (
+        "flotilla_scaler_queue_running",
+        "Running jobs last seen.",
+        |s| s.queue.running as i64,
+    ),
+    (
+        "flotilla_scaler_metrics_age_milliseconds",
+        "Age of the queue metrics last used.",
+        |s| s.queue.age_ms as i64,
+    ),
+    (
+        "flotilla_scaler_oldest_queued_seconds",
+        "Wait of the oldest queued job.",
+        |s| s.queue.oldest_queued_seconds.unwrap_or(0) as i64,
+    ),
+];
+
+const REACTION: Metric<f64> = (
+    "flotilla_scaler_reaction_milliseconds",
+    "From seeing more demand to the raise call returning (last raise).",
+    |s| s.last_reaction_ms,
+);
+
+const COUNTERS: [Metric<u64>; 7] = [
+    (
+        "flotilla_scaler_reaper_marked",
+        "Stuck instances the reaper marked.",
+        |s| s.reaper_marked,
+    ),
+    (
+        "flotilla_scaler_reaper_terminated",
+        "Stuck instances the reaper terminated (a mark confirmed on a later pass).",
+        |s| s.reaper_terminated,
+    ),
+    ("flotilla_scaler_decisions", "Policy decisions made.", |s| {
+        s.decisions
+    }),
+    (
+        "flotilla_scaler_raises",
+        "Desired-capacity raises applied.",
+        |s| s.raises,
+    ),
+    (
+        "flotilla_scaler_errors",
+        "Failed queue reads, describes or raises.",
+        |s| s.errors,
+    ),
+    (
+        "flotilla_scaler_instances_completed",
+        "Instances that removed themselves after their job.",
+        |s| s.completed_instances,
+    ),
+    (
+        "flotilla_scaler_instances_replaced",
+        "Unhealthy instances replaced.",
+        |s| s.replaced_instances,
+    ),
+];
+
+/// One scrape's statuses, encoded by prometheus-client as constant samples (the loops own the
+/// numbers; the client only writes them).
+#[derive(Debug)]
+struct Scrape(Vec<LoopStatus>);
+
+impl Scrape {
+    /// One family: HELP and TYPE, then a sample per fleet labelled with its agent type.
+    fn family<T, M: EncodeMetric + TypedMetric>(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        (name, help, value): Metric<T>,
+        metric: fn(T) -> M,
+    ) -> fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, M::TYPE)?;
+        for status in &self.0 {
+            let labels = [("agent_type", status.agent_type.as_str())];
+            metric(value(status)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
-/// A metric: name, help, how to read it from a status.
-type Metric<T> = (&'static str, &'static str, fn(&LoopStatus) -> T);
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        // The order of the hand-written text: the reaction time before the oldest queued wait.
+        let (before, after) = GAUGES.split_at(6);
+        for &gauge in before {
+            self.family(&mut encoder, gauge, ConstGauge::new)?;
+        }
+        self.family(&mut encoder, REACTION, ConstGauge::new)?;
+        for &gauge in after {
+            self.family(&mut encoder, gauge, ConstGauge::new)?;
+        }
+        for counter in COUNTERS {
+            self.family(&mut encoder, counter, ConstCounter::new)?;
+        }
+        Ok(())
+    }
+}
 
-/// Prometheus text for the loops' statuses.
+/// Prometheus text (format 0.0.4) for the loops' statuses.
 pub fn render_metrics(statuses: &[LoopStatus]) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(statuses.to_vec())));
     let mut out = String::new();
-    let gauges: [Metric<f64>; 8] = [
-        (
-            "flotilla_scaler_desired",
-            "Desired capacity of the fleet.",
-            |s| s.desired as f64,
-        ),
-        ("flotilla_scaler_in_service", "Instances in service.", |s| {
-            s.in_service as f64
-        }),
-        ("flotilla_scaler_pending", "Instances launching.", |s| {
-            s.pending as f64
-        }),
-        (
-            "flotilla_scaler_queue_queued",
-            "Queued jobs last seen.",
-            |s| s.queue.queued as f64,
-        ),
-        (
-            "flotilla_scaler_queue_running",
-            "Running jobs last seen.",
-            |s| s.queue.running as f64,
-        ),
-        (
-            "flotilla_scaler_metrics_age_milliseconds",
-            "Age of the queue metrics last used.",
-            |s| s.queue.age_ms as f64,
-        ),
-        (
-            "flotilla_scaler_reaction_milliseconds",
-            "From seeing more demand to the raise call returning (last raise).",
-            |s| s.last_reaction_ms,
-        ),
-        (
-            "flotilla_scaler_oldest_queued_seconds",
-            "Wait of the oldest queued job.",
-            |s| s.queue.oldest_queued_seconds.unwrap_or(0) as f64,
-        ),
-    ];
-    for (name, help, value) in gauges {
-        write_family(&mut out, name, help, "gauge", statuses, value);
-    }
-    let counters: [Metric<u64>; 7] = [
-        (
-            "flotilla_scaler_reaper_marked_total",
-            "Stuck instances the reaper marked.",
-            |s| s.reaper_marked,
-        ),
-        (
-            "flotilla_scaler_reaper_terminated_total",
-            "Stuck instances the reaper terminated (a mark confirmed on a later pass).",
-            |s| s.reaper_terminated,
-        ),
-        (
-            "flotilla_scaler_decisions_total",
-            "Policy decisions made.",
-            |s| s.decisions,
-        ),
-        (
-            "flotilla_scaler_raises_total",
-            "Desired-capacity raises applied.",
-            |s| s.raises,
-        ),
-        (
-            "flotilla_scaler_errors_total",
-            "Failed queue reads, describes or raises.",
-            |s| s.errors,
-        ),
-        (
-            "flotilla_scaler_instances_completed_total",
-            "Instances that removed themselves after their job.",
-            |s| s.completed_instances,
-        ),
-        (
-            "flotilla_scaler_instances_replaced_total",
-            "Unhealthy instances replaced.",
-            |s| s.replaced_instances,
-        ),
-    ];
-    for (name, help, value) in counters {
-        write_family(&mut out, name, help, "counter", statuses, value);
-    }
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, &registry);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_keep_their_names_help_types_and_labels() {
+        let statuses = [
+            LoopStatus {
+                agent_type: "default".into(),
+                desired: 3,
+                decisions: 7,
+                last_reaction_ms: 12.5,
+                ..LoopStatus::default()
+            },
+            LoopStatus {
+                agent_type: "gpu \"big\"".into(),
+                ..LoopStatus::default()
+            },
+        ];
+        let text = render_metrics(&statuses);
+        for line in [
+            "# HELP flotilla_scaler_desired Desired capacity of the fleet.",
+            "# TYPE flotilla_scaler_desired gauge",
+            "flotilla_scaler_desired{agent_type=\"default\"} 3",
+            "flotilla_scaler_reaction_milliseconds{agent_type=\"default\"} 12.5",
+            "# TYPE flotilla_scaler_decisions_total counter",
+            "flotilla_scaler_decisions_total{agent_type=\"default\"} 7",
+            "flotilla_scaler_decisions_total{agent_type=\"gpu \\\"big\\\"\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE").count(), 15);
+        assert!(!text.contains("# EOF"));
+    }
 }

@@ -5,10 +5,10 @@
 
 use hub::hub::{Hub, HubConfig};
 use protocol::JobSpec;
-use scaler::control::FleetLoop;
-use scaler::fleet::Fleet;
-use scaler::policy::{PolicyConfig, PoolState};
-use scaler::queue::MetricsQueue;
+use scaling::control::FleetLoop;
+use scaling::fleet::Fleet;
+use scaling::policy::{PolicyConfig, PoolState};
+use scaling::queue::MetricsQueue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ struct RecordingFleet {
 }
 
 impl Fleet for RecordingFleet {
-    fn describe(&mut self) -> Result<Vec<PoolState>, String> {
+    fn describe(&mut self) -> Result<Vec<PoolState>, scaling::fleet::FleetError> {
         Ok(vec![PoolState {
             name: "pool".into(),
             desired: self.desired,
@@ -33,13 +33,21 @@ impl Fleet for RecordingFleet {
         }])
     }
 
-    fn raise_desired(&mut self, _pool: &str, desired: u32) -> Result<(), String> {
+    fn raise_desired(
+        &mut self,
+        _pool: &str,
+        desired: u32,
+    ) -> Result<(), scaling::fleet::FleetError> {
         self.desired = desired;
         let _ = self.raised.send(Instant::now());
         Ok(())
     }
 
-    fn terminate(&mut self, _instance: &str, _decrement: bool) -> Result<(), String> {
+    fn terminate(
+        &mut self,
+        _instance: &str,
+        _decrement: bool,
+    ) -> Result<(), scaling::fleet::FleetError> {
         Ok(())
     }
 }

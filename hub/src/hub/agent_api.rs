@@ -1,0 +1,271 @@
+//! The agent protocol's server side (docs/protocol.md §2): register, sync, the job request,
+//! log-token refresh and disconnect. Each call reads the facts from memory, lets `rules` decide,
+//! turns the decision into row [`Changes`] and hands them to `Hub::commit`.
+
+use super::memory::{AgentMem, Changes, Core};
+use super::{jobs, Hub, HubError, HubResult, Inner};
+use crate::rules::{self, AgentFacts, AssignedJob, JobChange, Reply};
+use crate::store::{AgentRow, JobRow, Store};
+use crate::tokens;
+use protocol::{
+    AgentState, JobRequest, Logger, RegisterRequest, RegisterResponse, ShutdownReason, SyncAction,
+    SyncRequest, SyncResponse,
+};
+
+impl Hub {
+    pub fn register(
+        &self,
+        registration_token: &str,
+        request: RegisterRequest,
+        now: i64,
+    ) -> HubResult<RegisterResponse> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let agent_type = core.type_of_token(registration_token)?.clone();
+        let name = agent_name(&request)?;
+        let mut changes = Changes::default();
+        // A re-registration under a live name replaces the old agent; its job is lost.
+        if let Some(old) = core.agents.get(&name) {
+            changes
+                .jobs
+                .extend(lost_job(core, old, now, "its agent registered again"));
+        }
+        let token = tokens::new_token();
+        let registration = RegisterRequest {
+            name: name.clone(),
+            ..request
+        };
+        changes.agents.push(AgentRow {
+            name: name.clone(),
+            agent_type,
+            token_hash: tokens::hash(&token),
+            state: AgentState::WaitingForJobs.as_str().to_string(),
+            job_id: None,
+            jobs_finished: 0,
+            registered_at: now,
+            last_sync_at: now,
+            interrupted_at: 0,
+            disconnected_at: None,
+            registration: serde_json::to_string(&registration).unwrap_or_default(),
+        });
+        self.commit(store, core, changes, now)?;
+        Ok(RegisterResponse { name, token })
+    }
+
+    pub fn sync(
+        &self,
+        access_token: &str,
+        request: &SyncRequest,
+        now: i64,
+    ) -> HubResult<SyncResponse> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let agent = core.agent(access_token)?;
+        let facts = agent_facts(core, agent);
+        let next_job = core.next_job_for(agent);
+        let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
+        let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
+        let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
+        let name = agent.row.name.clone();
+        self.commit(store, core, changes, now)?;
+        core.touch(&name, request, now);
+        let (action, job_id, shutdown_reason) = match reply {
+            Reply::Continue => (SyncAction::Continue, String::new(), ShutdownReason::Unknown),
+            Reply::WaitForJobs => (
+                SyncAction::WaitForJobs,
+                String::new(),
+                ShutdownReason::Unknown,
+            ),
+            Reply::Assign(job_id) | Reply::RunJob(job_id) => {
+                (SyncAction::RunJob, job_id, ShutdownReason::Unknown)
+            }
+            Reply::StopJob(job_id) => (SyncAction::StopJob, job_id, ShutdownReason::Unknown),
+            Reply::Shutdown(reason) => (SyncAction::Shutdown, String::new(), reason),
+        };
+        Ok(SyncResponse {
+            action,
+            job_id,
+            shutdown_reason,
+            next_sync_after: self.config.sync_interval_ms,
+        })
+    }
+
+    /// The job an agent was assigned, with a fresh log token (only the token's hash is kept).
+    pub fn job_request(&self, access_token: &str, job_id: &str, now: i64) -> HubResult<JobRequest> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let agent = core.agent(access_token)?;
+        let job = core
+            .jobs
+            .get(job_id)
+            .filter(|job| {
+                job.row.agent.as_ref() == Some(&agent.row.name) && job.row.state.is_active()
+            })
+            .ok_or_else(|| {
+                HubError::NotFound(format!("job {job_id} is not assigned to this agent"))
+            })?;
+        let token = tokens::new_token();
+        let logger = Logger {
+            method: "push".into(),
+            url: format!("{}/api/v1/logs/{job_id}", self.config.public_url),
+            token: token.clone(),
+            max_size_in_bytes: self.config.max_log_bytes,
+        };
+        let request = job.spec.to_job_request(job_id, logger);
+        let expires_at = now + self.config.log_token_ttl_secs;
+        let row = jobs::with_log_token(&job.row, &token, expires_at);
+        self.commit(store, core, Changes::job(row), now)?;
+        Ok(request)
+    }
+
+    /// A new log token for the agent's current job.
+    pub fn refresh_log_token(&self, access_token: &str, now: i64) -> HubResult<String> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let job_id = core
+            .agent(access_token)?
+            .row
+            .job_id
+            .as_deref()
+            .ok_or_else(|| HubError::NotFound("the agent has no job".into()))?;
+        let job = core
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| HubError::NotFound("the agent's job is not active".into()))?;
+        let token = tokens::new_token();
+        let expires_at = now + self.config.log_token_ttl_secs;
+        let row = jobs::with_log_token(&job.row, &token, expires_at);
+        self.commit(store, core, Changes::job(row), now)?;
+        Ok(token)
+    }
+
+    pub fn disconnect(&self, access_token: &str, now: i64) -> HubResult<()> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let name = core.agent(access_token)?.row.name.clone();
+        let why = "its agent disconnected";
+        self.remove_agent(store, core, &name, "disconnected", now, why)
+    }
+
+    /// Takes an agent out of service in state `state` (`disconnected`, `lost`); its job is lost
+    /// for the reason `why`.
+    pub(super) fn remove_agent(
+        &self,
+        store: &mut Store,
+        core: &mut Core,
+        name: &str,
+        state: &str,
+        now: i64,
+        why: &str,
+    ) -> HubResult<()> {
+        let Some(agent) = core.agents.get(name) else {
+            return Ok(());
+        };
+        let changes = Changes {
+            jobs: lost_job(core, agent, now, why).into_iter().collect(),
+            agents: vec![AgentRow {
+                state: state.to_string(),
+                job_id: None,
+                disconnected_at: Some(now),
+                ..agent.row.clone()
+            }],
+        };
+        self.commit(store, core, changes, now)
+    }
+}
+
+/// The name an agent registers under: its own, or a random one; never a URL.
+fn agent_name(request: &RegisterRequest) -> HubResult<String> {
+    if request.name.contains("://") {
+        return Err(HubError::BadRequest(
+            "agent names that are URLs are not supported by this hub".into(),
+        ));
+    }
+    if request.name.len() > 255 {
+        return Err(HubError::BadRequest(
+            "agent name is longer than 255 bytes".into(),
+        ));
+    }
+    if request.name.is_empty() {
+        return Ok(format!("agent-{}", &tokens::new_token()[..16]));
+    }
+    Ok(request.name.clone())
+}
+
+/// The row of `agent`'s job once the agent is gone, if it had one.
+fn lost_job(core: &Core, agent: &AgentMem, now: i64, why: &str) -> Option<JobRow> {
+    let job = core.jobs.get(agent.row.job_id.as_deref()?)?;
+    jobs::lost(job, now, why)
+}
+
+/// What the rules need to know about a syncing agent.
+fn agent_facts(core: &Core, agent: &AgentMem) -> AgentFacts {
+    let job = agent
+        .row
+        .job_id
+        .as_ref()
+        .and_then(|id| core.jobs.get(id))
+        .map(|job| AssignedJob {
+            id: job.row.id.clone(),
+            state: job.row.state,
+            stop_requested: job.row.stop_requested,
+        });
+    AgentFacts {
+        single_job: agent.registration.single_job,
+        idle_timeout: agent.registration.idle_timeout,
+        interruption_grace_period: agent.registration.interruption_grace_period,
+        interrupted_at: agent.row.interrupted_at,
+        idle_since: agent.idle_since,
+        jobs_finished: agent.row.jobs_finished,
+        shutdown_requested: agent.shutdown_requested,
+        job,
+    }
+}
+
+/// The rows a sync rewrites: the job change its report reveals, then the assignment its reply
+/// makes, and the agent's row when its job changed.
+fn sync_changes(
+    core: &Core,
+    agent: &AgentRow,
+    change: Option<JobChange>,
+    reply: &Reply,
+    agent_interrupted: bool,
+    now: i64,
+) -> HubResult<Changes> {
+    let mut changes = Changes::default();
+    let mut row = agent.clone();
+    match change {
+        None => {}
+        Some(JobChange::Started(job_id)) => {
+            changes
+                .jobs
+                .push(jobs::started(&core.job(&job_id)?.row, now));
+        }
+        Some(JobChange::Finished { job_id, result }) => {
+            let job = core.job(&job_id)?;
+            changes
+                .jobs
+                .push(jobs::finished(job, result, agent_interrupted, now));
+            row.job_id = None;
+            row.jobs_finished += 1;
+        }
+        Some(JobChange::Lost(job_id)) => {
+            let why = "its agent reported it had no job";
+            let job = core.jobs.get(&job_id);
+            changes
+                .jobs
+                .extend(job.and_then(|job| jobs::lost(job, now, why)));
+            row.job_id = None;
+        }
+    }
+    if let Reply::Assign(job_id) = reply {
+        changes
+            .jobs
+            .push(jobs::assigned(&core.job(job_id)?.row, &row.name, now));
+        row.job_id = Some(job_id.clone());
+    }
+    if row != *agent {
+        changes.agents.push(row);
+    }
+    Ok(changes)
+}

@@ -1,0 +1,57 @@
+//! Work off the request path, run every second by the server: agents that stopped syncing are
+//! lost (their jobs re-queued or failed), agents' last-sync times are flushed in small batches,
+//! and the WAL is checkpointed.
+
+use super::{Hub, HubResult, Inner};
+use crate::store::Store;
+
+impl Hub {
+    /// Marks agents silent for longer than `lost_after` as lost (their jobs re-queued or failed)
+    /// and writes agents' last-sync times. Returns how many agents were lost.
+    pub fn maintain(&self, now: i64) -> HubResult<usize> {
+        let (lost_count, touched) = {
+            let mut guard = self.lock();
+            let Inner { store, core } = &mut *guard;
+            let lost: Vec<String> = core
+                .agents
+                .values()
+                .filter(|agent| now - agent.row.last_sync_at > self.config.lost_after_secs)
+                .map(|agent| agent.row.name.clone())
+                .collect();
+            for name in &lost {
+                tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
+                self.remove_agent(store, core, name, "lost", now, "its agent was lost")?;
+                core.counters.lost_agents += 1;
+            }
+            let touched: Vec<(String, i64, String, i64)> = core
+                .agents
+                .values_mut()
+                .filter(|agent| agent.touched)
+                .map(|agent| {
+                    agent.touched = false;
+                    (
+                        agent.row.name.clone(),
+                        agent.row.last_sync_at,
+                        agent.row.state.clone(),
+                        agent.row.interrupted_at,
+                    )
+                })
+                .collect();
+            (lost.len(), touched)
+        };
+        // Last-sync times are not job state: write them in small batches, releasing the lock in
+        // between, so thousands of agents do not stall syncs.
+        for batch in touched.chunks(256) {
+            self.lock().store.touch_agents(batch)?;
+        }
+        Ok(lost_count)
+    }
+
+    /// Moves committed WAL pages into the database file (off the request path).
+    pub fn checkpoint(&self) -> HubResult<()> {
+        if let Some(dir) = &self.data_dir {
+            Store::checkpoint(dir)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The hub's in-memory view of the live state — agent types, connected agents, unfinished jobs
+//! and the queues — and the one way it changes: [`Changes`], the rows a call rewrites, are
+//! committed to the store first (`Hub::commit`) and only then applied here, so memory never runs
+//! ahead of the disk. The `/metrics` counters follow the same row transitions.
+
+use super::metrics::HubCounters;
+use super::{HubError, HubResult};
+use crate::store::{AgentRow, JobRow};
+use crate::tokens;
+use protocol::{JobSpec, JobState, RegisterRequest, SyncRequest};
+use std::collections::{BTreeMap, HashMap};
+
+pub(super) struct AgentMem {
+    pub row: AgentRow,
+    pub registration: RegisterRequest,
+    pub idle_since: i64,
+    pub shutdown_requested: bool,
+    /// last_sync/state changed since the last flush.
+    pub touched: bool,
+}
+
+impl AgentMem {
+    fn new(row: AgentRow, idle_since: i64) -> AgentMem {
+        AgentMem {
+            registration: serde_json::from_str(&row.registration).unwrap_or_default(),
+            row,
+            idle_since,
+            shutdown_requested: false,
+            touched: false,
+        }
+    }
+}
+
+pub(super) struct JobMem {
+    pub row: JobRow,
+    pub spec: JobSpec,
+}
+
+#[derive(Default)]
+pub(super) struct Core {
+    pub types: BTreeMap<String, i64>,
+    pub type_by_token: HashMap<String, String>,
+    pub agents: HashMap<String, AgentMem>,
+    pub agent_by_token: HashMap<String, String>,
+    pub jobs: HashMap<String, JobMem>,
+    pub queues: HashMap<String, BTreeMap<i64, String>>,
+    pub version: u64,
+    pub counters: HubCounters,
+}
+
+/// Rows one call rewrites: committed in one transaction, then applied to memory. An agent row
+/// with `disconnected_at` set leaves memory; one with a new token hash is a new registration.
+#[derive(Default)]
+pub(super) struct Changes {
+    pub jobs: Vec<JobRow>,
+    pub agents: Vec<AgentRow>,
+}
+
+impl Changes {
+    pub fn job(job: JobRow) -> Changes {
+        Changes {
+            jobs: vec![job],
+            agents: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.agents.is_empty()
+    }
+}
+
+/// What applying [`Changes`] moved, for the hub's notifications.
+#[derive(Default)]
+pub(super) struct Applied {
+    /// A job changed state or an agent took, dropped, joined or left (the metrics counts).
+    pub counts_changed: bool,
+    /// A job finished (log followers stop).
+    pub job_finished: bool,
+}
+
+impl Core {
+    /// The connected agent an access token belongs to.
+    pub fn agent(&self, access_token: &str) -> HubResult<&AgentMem> {
+        self.agent_by_token
+            .get(&tokens::hash(access_token))
+            .and_then(|name| self.agents.get(name))
+            .ok_or(HubError::Unauthorized)
+    }
+
+    /// The agent type a registration token belongs to.
+    pub fn type_of_token(&self, registration_token: &str) -> HubResult<&String> {
+        self.type_by_token
+            .get(&tokens::hash(registration_token))
+            .ok_or(HubError::Unauthorized)
+    }
+
+    /// A live (unfinished) job.
+    pub fn job(&self, job_id: &str) -> HubResult<&JobMem> {
+        self.jobs
+            .get(job_id)
+            .ok_or_else(|| HubError::NotFound(format!("job {job_id} is not active")))
+    }
+
+    /// The next queued job `agent` may take (only its requested job, if it registered with
+    /// `job_id`).
+    pub fn next_job_for(&self, agent: &AgentMem) -> Option<&str> {
+        let agent_type = &agent.row.agent_type;
+        let requested = &agent.registration.job_id;
+        if !requested.is_empty() {
+            return self
+                .jobs
+                .get(requested)
+                .filter(|job| {
+                    &job.row.agent_type == agent_type && job.row.state == JobState::Queued
+                })
+                .map(|job| job.row.id.as_str());
+        }
+        self.queues
+            .get(agent_type)
+            .and_then(|queue| queue.values().next())
+            .map(String::as_str)
+    }
+
+    /// Adds a connected agent read from the store (at start).
+    pub fn insert_agent(&mut self, row: AgentRow) {
+        self.agent_by_token
+            .insert(row.token_hash.clone(), row.name.clone());
+        let idle_since = row.last_sync_at;
+        self.agents
+            .insert(row.name.clone(), AgentMem::new(row, idle_since));
+    }
+
+    /// Adds an unfinished job (submitted, or read from the store at start), queued if it waits.
+    pub fn insert_job(&mut self, job: JobMem) {
+        if job.row.state == JobState::Queued {
+            self.queues
+                .entry(job.row.agent_type.clone())
+                .or_default()
+                .insert(job.row.seq, job.row.id.clone());
+        }
+        self.jobs.insert(job.row.id.clone(), job);
+    }
+
+    /// Records what a sync reported that is not job state (flushed in batches by `maintain`).
+    pub fn touch(&mut self, name: &str, report: &SyncRequest, now: i64) {
+        let Some(agent) = self.agents.get_mut(name) else {
+            return;
+        };
+        agent.row.state = report.state.as_str().to_string();
+        agent.row.last_sync_at = now;
+        if agent.row.interrupted_at == 0 && report.interrupted_at > 0 {
+            agent.row.interrupted_at = report.interrupted_at;
+        }
+        agent.touched = true;
+    }
+
+    /// Puts committed rows into memory: queues, the live set and the counters follow the rows.
+    pub fn apply(&mut self, changes: Changes, now: i64) -> Applied {
+        let mut applied = Applied::default();
+        for job in changes.jobs {
+            self.apply_job(job, &mut applied);
+        }
+        for agent in changes.agents {
+            self.apply_agent(agent, now, &mut applied);
+        }
+        applied
+    }
+
+    fn apply_job(&mut self, job: JobRow, applied: &mut Applied) {
+        let Some(memory) = self.jobs.get_mut(&job.id) else {
+            return;
+        };
+        if memory.row.state != job.state {
+            applied.counts_changed = true;
+            self.counters.record(&memory.row, &job);
+        }
+        let queue = self.queues.entry(job.agent_type.clone()).or_default();
+        if job.state == JobState::Queued {
+            queue.insert(job.seq, job.id.clone());
+        } else {
+            queue.remove(&job.seq);
+        }
+        if job.state.is_finished() {
+            applied.job_finished = true;
+            self.jobs.remove(&job.id);
+        } else {
+            memory.row = job;
+        }
+    }
+
+    fn apply_agent(&mut self, row: AgentRow, now: i64, applied: &mut Applied) {
+        match self.agents.get_mut(&row.name) {
+            Some(memory)
+                if memory.row.token_hash == row.token_hash && row.disconnected_at.is_none() =>
+            {
+                if memory.row.job_id != row.job_id {
+                    applied.counts_changed = true;
+                    if row.job_id.is_none() {
+                        memory.idle_since = now;
+                    }
+                }
+                memory.row = row;
+            }
+            _ => {
+                applied.counts_changed = true;
+                if let Some(old) = self.agents.remove(&row.name) {
+                    self.agent_by_token.remove(&old.row.token_hash);
+                }
+                if row.disconnected_at.is_none() {
+                    self.agent_by_token
+                        .insert(row.token_hash.clone(), row.name.clone());
+                    self.agents
+                        .insert(row.name.clone(), AgentMem::new(row, now));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The user operations behind the admin-token API: agent types, submitting, listing and stopping
+//! jobs, listing agents and asking one to shut down. Finished jobs are read from the store; live
+//! ones from memory. Answers are the `protocol::views` types the CLI reads.
+
+use super::memory::{AgentMem, Changes, JobMem};
+use super::{jobs, Hub, HubError, HubResult, Inner};
+use crate::store::JobRow;
+use crate::tokens;
+use protocol::views::{AgentView, JobView};
+use protocol::{JobSpec, JobState};
+
+impl Hub {
+    /// Creates an agent type; returns its registration token (shown once, stored hashed).
+    pub fn create_agent_type(&self, name: &str, now: i64) -> HubResult<String> {
+        if !protocol::spec::valid_agent_type(name) {
+            return Err(HubError::BadRequest(format!(
+                "agent type names are 1-64 characters of letters, digits, '-', '_' or '.'; got '{name}'"
+            )));
+        }
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        if core.types.contains_key(name) {
+            return Err(HubError::Conflict(format!(
+                "agent type '{name}' already exists"
+            )));
+        }
+        let token = tokens::new_token();
+        let token_hash = tokens::hash(&token);
+        store.insert_agent_type(name, &token_hash, now)?;
+        core.types.insert(name.to_string(), now);
+        core.type_by_token.insert(token_hash, name.to_string());
+        Ok(token)
+    }
+
+    pub fn agent_types(&self) -> Vec<(String, i64)> {
+        self.lock()
+            .core
+            .types
+            .iter()
+            .map(|(name, created)| (name.clone(), *created))
+            .collect()
+    }
+
+    pub fn submit(&self, spec: JobSpec, now: i64) -> HubResult<JobView> {
+        spec.validate()
+            .map_err(|error| HubError::BadRequest(error.to_string()))?;
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        if !core.types.contains_key(&spec.agent_type) {
+            return Err(HubError::BadRequest(format!(
+                "no agent type '{}': create it first (scaler agent-types create {})",
+                spec.agent_type, spec.agent_type
+            )));
+        }
+        let mut row = JobRow {
+            seq: 0,
+            id: tokens::new_job_id(),
+            agent_type: spec.agent_type.clone(),
+            spec: serde_json::to_string(&spec).map_err(|e| HubError::BadRequest(e.to_string()))?,
+            state: JobState::Queued,
+            result: None,
+            reason: None,
+            attempts: 0,
+            agent: None,
+            stop_requested: false,
+            log_token_hash: None,
+            log_token_expires_at: None,
+            log_lines: 0,
+            log_bytes: 0,
+            log_trimmed: false,
+            queued_at: now,
+            assigned_at: None,
+            started_at: None,
+            finished_at: None,
+        };
+        row.seq = store.insert_job(&row)?;
+        let view = job_view(&row);
+        core.insert_job(JobMem { row, spec });
+        self.bump(core);
+        Ok(view)
+    }
+
+    pub fn job(&self, job_id: &str) -> HubResult<JobView> {
+        let guard = self.lock();
+        if let Some(job) = guard.core.jobs.get(job_id) {
+            return Ok(job_view(&job.row));
+        }
+        guard
+            .store
+            .job(job_id)?
+            .map(|row| job_view(&row))
+            .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))
+    }
+
+    /// The newest jobs first, optionally only those in `state`.
+    pub fn list_jobs(&self, state: Option<JobState>, limit: u32) -> HubResult<Vec<JobView>> {
+        Ok(self
+            .lock()
+            .store
+            .list_jobs(state, limit)?
+            .iter()
+            .map(job_view)
+            .collect())
+    }
+
+    /// Stops a job: a queued one at once, a running one through its agent (`stop-job`).
+    pub fn stop_job(&self, job_id: &str, now: i64) -> HubResult<JobView> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let Some(memory) = core.jobs.get(job_id) else {
+            return match store.job(job_id)? {
+                Some(row) => Ok(job_view(&row)),
+                None => Err(HubError::NotFound(format!("no job {job_id}"))),
+            };
+        };
+        let job = jobs::stop_requested(&memory.row, now);
+        let view = job_view(&job);
+        self.commit(store, core, Changes::job(job), now)?;
+        Ok(view)
+    }
+
+    pub fn agents(&self) -> Vec<AgentView> {
+        let guard = self.lock();
+        let mut agents: Vec<AgentView> = guard.core.agents.values().map(agent_view).collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        agents
+    }
+
+    /// Asks an agent to shut down at its next sync (after its job, if it has one).
+    pub fn request_agent_shutdown(&self, name: &str) -> HubResult<()> {
+        let mut guard = self.lock();
+        let agent = guard
+            .core
+            .agents
+            .get_mut(name)
+            .ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
+        agent.shutdown_requested = true;
+        Ok(())
+    }
+}
+
+fn job_view(row: &JobRow) -> JobView {
+    let name = serde_json::from_str::<JobSpec>(&row.spec)
+        .map(|spec| spec.display_name())
+        .unwrap_or_default();
+    JobView {
+        id: row.id.clone(),
+        name,
+        agent_type: row.agent_type.clone(),
+        state: row.state,
+        result: row.result,
+        reason: row.reason.clone(),
+        attempts: row.attempts,
+        agent: row.agent.clone(),
+        queued_at: row.queued_at,
+        assigned_at: row.assigned_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+        log_lines: row.log_lines,
+        log_trimmed: row.log_trimmed,
+    }
+}
+
+fn agent_view(agent: &AgentMem) -> AgentView {
+    let (row, registration) = (&agent.row, &agent.registration);
+    AgentView {
+        name: row.name.clone(),
+        agent_type: row.agent_type.clone(),
+        state: row.state.clone(),
+        job_id: row.job_id.clone(),
+        jobs_finished: row.jobs_finished,
+        registered_at: row.registered_at,
+        last_sync_at: row.last_sync_at,
+        interrupted_at: row.interrupted_at,
+        hostname: registration.hostname.clone(),
+        version: registration.version.clone(),
+        pid: registration.pid,
+        gpus: registration.flotilla_gpus.clone(),
+    }
+}

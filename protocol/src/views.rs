@@ -1,0 +1,185 @@
+//! The hub's user API (`/api/v1/jobs`, `/agents`, `/agent_types`) as typed views: what the hub
+//! answers and what the CLI reads, declared once so a client depends on this crate, never on the
+//! hub server. These are Flotilla's own shapes, not Semaphore's; the field names and the job
+//! states' strings are the JSON on the wire and do not change.
+
+use crate::control::{GpuInfo, JobResult};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    /// Handed to an agent (run-job sent); the agent has not reported it yet.
+    Assigned,
+    Running,
+    /// A stop was requested; the agent has not finished the job yet.
+    Stopping,
+    Finished,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Stopping,
+        JobState::Finished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Stopping => "stopping",
+            JobState::Finished => "finished",
+        }
+    }
+
+    /// Occupies an agent (counts as running in metrics).
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            JobState::Assigned | JobState::Running | JobState::Stopping
+        )
+    }
+
+    pub fn is_finished(self) -> bool {
+        self == JobState::Finished
+    }
+}
+
+/// A job state name that is none of [`JobState::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown job state '{0}' (queued, assigned, running, stopping, finished)")]
+pub struct UnknownJobState(pub String);
+
+impl FromStr for JobState {
+    type Err = UnknownJobState;
+
+    fn from_str(text: &str) -> Result<JobState, UnknownJobState> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| UnknownJobState(text.to_string()))
+    }
+}
+
+/// Pads like a string, so `{:<10}` lines up tables.
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A job as the user API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    pub agent_type: String,
+    pub state: JobState,
+    /// Set once the job has finished.
+    pub result: Option<JobResult>,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub agent: Option<String>,
+    pub queued_at: i64,
+    pub assigned_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub log_lines: i64,
+    pub log_trimmed: bool,
+}
+
+/// An agent as the user API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    pub name: String,
+    pub agent_type: String,
+    /// The agent's last reported state (`waiting-for-jobs`, `running-job`, …).
+    pub state: String,
+    pub job_id: Option<String>,
+    pub jobs_finished: i64,
+    pub registered_at: i64,
+    pub last_sync_at: i64,
+    pub interrupted_at: i64,
+    pub hostname: String,
+    pub version: String,
+    pub pid: i64,
+    /// GPUs the agent reported (Flotilla extension).
+    #[serde(default)]
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// New log lines of a job (`GET /api/v1/jobs/<id>/logs`) and whether more can come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub lines: Vec<String>,
+    pub next_start_from: i64,
+    pub job_finished: bool,
+}
+
+/// The body of `POST /api/v1/agent_types`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAgentType {
+    pub name: String,
+}
+
+/// The answer to `POST /api/v1/agent_types`: the registration token, shown only this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAgentType {
+    pub name: String,
+    pub registration_token: String,
+}
+
+/// One entry of `GET /api/v1/agent_types`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentTypeView {
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// The body of every error answer of the hub (any status ≥ 400).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_states_keep_their_wire_strings() {
+        for state in JobState::ALL {
+            let json = serde_json::to_string(&state).unwrap();
+            assert_eq!(json, format!("\"{}\"", state.as_str()));
+            assert_eq!(serde_json::from_str::<JobState>(&json).unwrap(), state);
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        assert!("done".parse::<JobState>().is_err());
+        assert_eq!(format!("[{:<8}]", JobState::Queued), "[queued  ]");
+    }
+
+    #[test]
+    fn a_job_view_reads_the_hubs_json() {
+        let json = r#"{"id":"j1","name":"build","agent_type":"default","state":"finished",
+            "result":"passed","reason":null,"attempts":1,"agent":"a1","queued_at":10,
+            "assigned_at":11,"started_at":12,"finished_at":20,"log_lines":3,"log_trimmed":false}"#;
+        let view: JobView = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (view.state, view.result),
+            (JobState::Finished, Some(JobResult::Passed))
+        );
+        let back: serde_json::Value = serde_json::to_value(&view).unwrap();
+        assert_eq!(back["state"], "finished");
+        assert_eq!(back["result"], "passed");
+    }
+}

@@ -1,0 +1,58 @@
+//! One module per `scaler` subcommand; each exposes its clap arguments and a `run`-style entry
+//! point returning the process exit code. [`HubAccess`] is shared by the hub's client commands.
+
+pub mod client;
+pub mod deploy;
+pub mod destroy;
+pub mod hub;
+pub mod run;
+pub mod simulate;
+pub mod status;
+pub mod up;
+pub mod watch;
+
+use std::path::PathBuf;
+
+/// Where `scaler up` records the URL its hub serves on, inside the data directory.
+pub const HUB_URL_FILE: &str = "hub-url";
+/// The hub's address when nothing else says where it is (`scaler hub`'s default).
+pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:8080";
+
+/// How a client command reaches the hub.
+#[derive(clap::Args, Clone)]
+pub struct HubAccess {
+    /// The hub's URL [default: the one a running `scaler up` recorded in <data-dir>/hub-url,
+    /// else http://127.0.0.1:8080].
+    #[arg(long, env = "FLOTILLA_HUB_URL", global = true)]
+    pub hub: Option<String>,
+    /// The admin token (else read from <data-dir>/admin-token).
+    #[arg(
+        long,
+        env = "FLOTILLA_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// The hub's data directory, to read the admin token from.
+    #[arg(
+        long,
+        env = "FLOTILLA_DATA_DIR",
+        default_value = "flotilla-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+}
+
+impl HubAccess {
+    /// `--hub` / `FLOTILLA_HUB_URL`, else the URL a running `scaler up` recorded, else the default.
+    pub fn hub_url(&self) -> String {
+        if let Some(url) = &self.hub {
+            return url.clone();
+        }
+        std::fs::read_to_string(self.data_dir.join(HUB_URL_FILE))
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|url| !url.is_empty())
+            .unwrap_or_else(|| DEFAULT_HUB_URL.to_string())
+    }
+}
