@@ -250,7 +250,7 @@ fn bad_input_gets_clear_status_codes() {
     let (code, _) = status(post(
         &format!("{url}/api/v1/jobs"),
         &admin,
-        &"x".repeat(2 * 1024 * 1024),
+        "x".repeat(2 * 1024 * 1024),
     ));
     assert_eq!(code, 413);
     // Unknown ids: 404.
@@ -293,7 +293,7 @@ fn bad_input_gets_clear_status_codes() {
     let (code, _) = status(post(
         &format!("{log_url}?start_from=0"),
         &bearer,
-        &format!("{line}\n"),
+        format!("{line}\n"),
     ));
     assert_eq!(code, 200);
     let (code, _) = status(post(
@@ -305,7 +305,7 @@ fn bad_input_gets_clear_status_codes() {
     let (code, _) = status(post(
         &format!("{log_url}?start_from=1"),
         "Bearer stolen",
-        &format!("{line}\n"),
+        format!("{line}\n"),
     ));
     assert_eq!(code, 401);
     let big = format!(

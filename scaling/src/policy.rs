@@ -153,7 +153,12 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// Decides new desired capacities. `bucket` carries the rise rate between calls.
+/// Decides new desired capacities. `state` carries the rise rate and recent demand between calls.
+///
+/// The steps, in order: stale metrics raise only to minimums; the target is the queue plus spare
+/// (or warm capacity), at least the scheduled minimum, clamped to the pools' bounds; capacity that
+/// exists or is coming is subtracted; the token bucket bounds the rise; what is granted fills the
+/// pools in priority order, short pools spilling their share to the next.
 pub fn decide(
     queue: &QueueSnapshot,
     pools: &[PoolState],
@@ -162,43 +167,133 @@ pub fn decide(
     now_ms: u64,
     unix_now: i64,
 ) -> Decision {
-    let current: u32 = pools.iter().map(|p| p.desired).sum();
-    let floor: u32 = pools.iter().map(|p| p.min).sum();
-    let ceiling: u32 = pools.iter().map(|p| p.max).sum();
-    let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
     if queue.age_ms > config.stale_after_ms {
+        return stale_decision(queue, pools, config);
+    }
+    let target = Target::new(queue, pools, config, state, now_ms, unix_now);
+    let mut reason = target.explain(queue, pools);
+    let mut raises = raise_to_minimums(pools);
+    let committed = committed_capacity(pools);
+    if target.target <= committed {
+        reason.push_str(": no raise");
         return Decision {
-            wanted: None,
-            raises: raise_to_minimums(pools),
-            reason: format!(
-                "metrics are {} ms old (> {} ms): not raising for the queue",
-                queue.age_ms, config.stale_after_ms
-            ),
+            wanted: Some(target.wanted),
+            raises,
+            reason,
         };
     }
-    let demand = queue.queued + queue.running;
-    let warm = if config.warm_fraction > 0.0 && config.warm_max > 0 {
+    let granted = rate_limit(
+        &mut state.bucket,
+        now_ms,
+        target.target - committed,
+        &mut reason,
+    );
+    let fill = fill_in_priority_order(pools, granted, &mut raises);
+    state.bucket.take(granted - fill.remaining);
+    fill.explain(&mut reason);
+    Decision {
+        wanted: Some(target.wanted),
+        raises,
+        reason,
+    }
+}
+
+/// Metrics too old to trust: pools are raised to their minimums, never for the queue.
+fn stale_decision(queue: &QueueSnapshot, pools: &[PoolState], config: &PolicyConfig) -> Decision {
+    Decision {
+        wanted: None,
+        raises: raise_to_minimums(pools),
+        reason: format!(
+            "metrics are {} ms old (> {} ms): not raising for the queue",
+            queue.age_ms, config.stale_after_ms
+        ),
+    }
+}
+
+/// The capacity the queue asks for, and the schedule and pool bounds that shape it.
+struct Target {
+    /// Spare beyond the queue: the configured spare or the warm capacity, whichever is larger.
+    spare: u32,
+    /// Queued + running + spare.
+    from_queue: u32,
+    /// The scheduled minimum in force now (0 when none).
+    scheduled: u32,
+    /// `from_queue`, at least `scheduled`.
+    wanted: u32,
+    /// `wanted` clamped to the pools' summed minimums and maximums.
+    target: u32,
+}
+
+impl Target {
+    fn new(
+        queue: &QueueSnapshot,
+        pools: &[PoolState],
+        config: &PolicyConfig,
+        state: &mut PolicyState,
+        now_ms: u64,
+        unix_now: i64,
+    ) -> Target {
+        let (floor, ceiling) = bounds(pools);
+        let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
+        let demand = queue.queued + queue.running;
+        let spare = config.spare.max(warm_spare(demand, config, state, now_ms));
+        let from_queue = demand + spare;
+        let wanted = from_queue.max(scheduled);
+        Target {
+            spare,
+            from_queue,
+            scheduled,
+            wanted,
+            target: wanted.clamp(floor, ceiling.max(floor)),
+        }
+    }
+
+    /// The arithmetic, for the decision's reason.
+    fn explain(&self, queue: &QueueSnapshot, pools: &[PoolState]) -> String {
+        let (floor, ceiling) = bounds(pools);
+        let current: u32 = pools.iter().map(|p| p.desired).sum();
+        let Target {
+            spare,
+            from_queue,
+            scheduled,
+            wanted,
+            target,
+        } = *self;
+        let scheduled_note = if scheduled > from_queue {
+            format!(", scheduled minimum {scheduled}")
+        } else {
+            String::new()
+        };
+        format!(
+            "queued {} + running {} + spare {spare} = {from_queue}{scheduled_note}; clamp({wanted}, {floor}, {ceiling}) = {target}; desired now {current}",
+            queue.queued, queue.running,
+        )
+    }
+}
+
+/// The pools' summed minimums and maximums.
+fn bounds(pools: &[PoolState]) -> (u32, u32) {
+    (
+        pools.iter().map(|p| p.min).sum(),
+        pools.iter().map(|p| p.max).sum(),
+    )
+}
+
+/// Warm capacity: `warm_fraction` of the peak demand over the warm window, at most `warm_max`;
+/// 0 when off. Records `demand` in `state` only when on.
+fn warm_spare(demand: u32, config: &PolicyConfig, state: &mut PolicyState, now_ms: u64) -> u32 {
+    if config.warm_fraction > 0.0 && config.warm_max > 0 {
         let peak = state.peak_demand(now_ms, demand, config.warm_window_ms);
         ((peak as f64 * config.warm_fraction).ceil() as u32).min(config.warm_max)
     } else {
         0
-    };
-    let bucket = &mut state.bucket;
-    let from_queue = demand + config.spare.max(warm);
-    let wanted = from_queue.max(scheduled);
-    let target = wanted.clamp(floor, ceiling.max(floor));
-    let mut reason = format!(
-        "queued {} + running {} + spare {} = {from_queue}{}; clamp({}, {floor}, {ceiling}) = {target}; desired now {current}",
-        queue.queued,
-        queue.running,
-        config.spare.max(warm),
-        if scheduled > from_queue { format!(", scheduled minimum {scheduled}") } else { String::new() },
-        wanted
-    );
-    let mut raises = raise_to_minimums(pools);
-    // Capacity that exists or is coming. A short pool's desired beyond what it has actually
-    // launched is unmet: that share must come from the next pools.
-    let after_minimums: u32 = pools
+    }
+}
+
+/// Capacity that exists or is coming, once minimums are honoured. A short pool's desired beyond
+/// what it has actually launched is unmet: that share must come from the next pools.
+fn committed_capacity(pools: &[PoolState]) -> u32 {
+    pools
         .iter()
         .map(|p| {
             if p.short {
@@ -207,20 +302,52 @@ pub fn decide(
                 p.desired.max(p.min)
             }
         })
-        .sum();
-    if target <= after_minimums {
-        reason.push_str(": no raise");
-        return Decision {
-            wanted: Some(wanted),
-            raises,
-            reason,
-        };
-    }
-    let granted = bucket.available(now_ms, target - after_minimums);
-    if granted < target - after_minimums {
+        .sum()
+}
+
+/// The token bucket: how many of `wanted` more instances may be asked for now. Takes no tokens
+/// (the caller takes what the pools actually accepted); notes a limited rise in `reason`.
+fn rate_limit(bucket: &mut TokenBucket, now_ms: u64, wanted: u32, reason: &mut String) -> u32 {
+    let granted = bucket.available(now_ms, wanted);
+    if granted < wanted {
         reason.push_str(&format!("; rise limited to {granted} by the rate limit"));
     }
-    // Fill pools in priority order; short pools and full pools pass their share on.
+    granted
+}
+
+/// What filling the pools left over.
+struct Fill {
+    /// Granted instances no pool could take.
+    remaining: u32,
+    /// Short pools passed over, in priority order.
+    spilled: Vec<String>,
+}
+
+impl Fill {
+    fn explain(&self, reason: &mut String) {
+        if !self.spilled.is_empty() {
+            reason.push_str(&format!(
+                "; short of capacity: {} (share spilled to the next pool)",
+                self.spilled.join(", ")
+            ));
+        }
+        if self.remaining > 0 {
+            reason.push_str(&format!(
+                "; {} more wanted but no pool can launch them",
+                self.remaining
+            ));
+        }
+    }
+}
+
+/// Fills pools in priority order with `granted` more instances, each up to its max; short pools
+/// and full pools pass their share on. Raises land in `raises` (an existing entry for a pool,
+/// from its minimum, is updated in place).
+fn fill_in_priority_order(
+    pools: &[PoolState],
+    granted: u32,
+    raises: &mut Vec<(String, u32)>,
+) -> Fill {
     let mut remaining = granted;
     let mut spilled = Vec::new();
     for pool in pools {
@@ -232,8 +359,7 @@ pub fn decide(
             spilled.push(pool.name.clone());
             continue;
         }
-        let room = pool.max.saturating_sub(base);
-        let add = room.min(remaining);
+        let add = pool.max.saturating_sub(base).min(remaining);
         if add > 0 {
             remaining -= add;
             match raises.iter_mut().find(|(name, _)| name == &pool.name) {
@@ -242,23 +368,7 @@ pub fn decide(
             }
         }
     }
-    bucket.take(granted - remaining);
-    if !spilled.is_empty() {
-        reason.push_str(&format!(
-            "; short of capacity: {} (share spilled to the next pool)",
-            spilled.join(", ")
-        ));
-    }
-    if remaining > 0 {
-        reason.push_str(&format!(
-            "; {remaining} more wanted but no pool can launch them"
-        ));
-    }
-    Decision {
-        wanted: Some(wanted),
-        raises,
-        reason,
-    }
+    Fill { remaining, spilled }
 }
 
 /// Pools below their minimum are raised to it regardless of the queue.

@@ -1,5 +1,6 @@
 //! One module per `scaler` subcommand; each exposes its clap arguments and a `run`-style entry
-//! point returning the process exit code. [`HubAccess`] is shared by the hub's client commands.
+//! point returning the process exit code. [`HubAccess`] is shared by the hub's client commands,
+//! `watch` (stack event progress) by `deploy` and `destroy`.
 
 pub mod client;
 pub mod deploy;
