@@ -45,6 +45,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("aws-region", Kind::Text),
     ("config-ssm-parameter", Kind::Text),
     ("registered-file", Kind::Text),
+    ("job-record-file", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +96,10 @@ pub struct Config {
     pub aws_region: String,
     /// Touched once registered (an instance's boot-deadline watchdog looks for it).
     pub registered_file: String,
+    /// With `disconnect_after_job`: where the agent records, before it runs anything of its job,
+    /// that this machine took one (default `$HOME/.flotilla-agent/job-taken`); an agent started
+    /// where a record exists does not register ([`crate::job_record`]). Empty otherwise.
+    pub job_record_file: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -396,6 +401,8 @@ fn build(
         validate_name(env.get(&name_from_env).map(String::as_str).unwrap_or(""))?;
     }
 
+    let job_record_file = job_record_file(values, env, disconnect_after_job)?;
+
     Ok(Config {
         name,
         name_from_env,
@@ -425,6 +432,7 @@ fn build(
         token_ssm_parameter,
         aws_region: text(values, "aws-region")?,
         registered_file: text(values, "registered-file")?,
+        job_record_file,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
     })
@@ -477,6 +485,23 @@ fn check_kubernetes_options(values: &BTreeMap<&'static str, Raw>) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// The job record's path for a single-job agent (given, else under `$HOME`); empty for an agent
+/// that takes many jobs, which keeps no record.
+fn job_record_file(
+    values: &BTreeMap<&'static str, Raw>,
+    env: &BTreeMap<String, String>,
+    disconnect_after_job: bool,
+) -> Result<String, ConfigError> {
+    let configured = text(values, "job-record-file")?;
+    if !disconnect_after_job {
+        return Ok(String::new());
+    }
+    let home = env.get("HOME").map(String::as_str);
+    crate::job_record::default_path(&configured, home).ok_or_else(|| {
+        invalid("HOME is not set and job-record-file was not given: a single-job agent (disconnect-after-job) needs a place to record that this machine took its job. Exiting...")
+    })
 }
 
 fn ec2_poll_seconds(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigError> {
@@ -653,6 +678,7 @@ mod tests {
                 ("SEMAPHORE_AGENT_DISCONNECT_AFTER_JOB", "true"),
                 ("SEMAPHORE_AGENT_JOB_ID", "job-1"),
                 ("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "30"),
+                ("HOME", "/home/agent"),
             ],
             "",
         )
@@ -777,7 +803,7 @@ mod tests {
                 ],
             ]
             .concat(),
-            &[],
+            &[("HOME", "/home/agent")],
             "",
         )
         .unwrap();
@@ -787,6 +813,28 @@ mod tests {
             error.to_string(),
             "Invalid value 'maybe' for 'no-https': expected true or false. Exiting..."
         );
+    }
+
+    #[test]
+    fn only_a_single_job_agent_has_a_job_record_under_home_unless_told_where() {
+        let home = [("HOME", "/home/agent")];
+        let config = load_with(BASE, &home, "").unwrap();
+        assert_eq!(config.job_record_file, "", "many jobs: no record");
+        let single = [BASE, &["--disconnect-after-job"]].concat();
+        let config = load_with(&single, &home, "").unwrap();
+        assert_eq!(
+            config.job_record_file,
+            "/home/agent/.flotilla-agent/job-taken"
+        );
+        let given = [
+            &single[..],
+            &["--job-record-file", "/var/lib/flotilla/job-taken"],
+        ]
+        .concat();
+        let config = load_with(&given, &[], "").unwrap();
+        assert_eq!(config.job_record_file, "/var/lib/flotilla/job-taken");
+        let error = load_with(&single, &[], "").unwrap_err();
+        assert!(error.to_string().contains("HOME is not set"), "{error}");
     }
 
     #[test]

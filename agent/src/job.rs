@@ -396,9 +396,9 @@ impl Runner<'_> {
         let path = self.scratch.join(format!(".env-{nanos}"));
         let written = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .and_then(|mut file| file.write_all(&content));
         let exit = match written {
@@ -458,60 +458,15 @@ impl Runner<'_> {
                     .cmd_output(b"Failed to decode the content of the file.\n");
                 return 1;
             };
-            if let Some(parent) = destination.parent() {
-                if let Err(error) = std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o750)
-                    .create(parent)
-                {
-                    let message = format!(
-                        "Failed to create directory '{}': {}\n",
-                        parent.display(),
-                        go_error(&error)
-                    );
-                    self.log.cmd_output(message.as_bytes());
-                    return 1;
-                }
-            }
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&destination);
-            let mut handle = match opened {
-                Ok(handle) => handle,
-                Err(error) => {
-                    let message = format!(
-                        "Failed to create destination path '{shown}': open {shown}: {}\n",
-                        go_error(&error)
-                    );
-                    self.log.cmd_output(message.as_bytes());
-                    return 1;
-                }
-            };
-            if let Err(error) = handle.write_all(&content) {
-                self.log
-                    .cmd_output(format!("write {shown}: {}\n", go_error(&error)).as_bytes());
-                return 255;
-            }
-            drop(handle);
             let Some(mode) = file.parse_mode() else {
                 self.log
                     .cmd_output(format!("bad file permission '{}'\n", file.mode).as_bytes());
                 return 1;
             };
-            if let Err(error) =
-                std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(mode))
-            {
-                let message = format!(
-                    "Failed to set file mode '{}' for '{shown}': {}\n",
-                    file.mode,
-                    go_error(&error)
-                );
-                self.log.cmd_output(message.as_bytes());
-                return 1;
+            if let Err(failure) = write_job_file(&destination, &content, mode) {
+                self.log
+                    .cmd_output(failure.message(&shown, &file.mode).as_bytes());
+                return failure.exit_code();
             }
         }
         0
@@ -535,6 +490,79 @@ impl Runner<'_> {
         self.log.cmd_finished(CHECK_RESULT_DIRECTIVE, 0, now, now);
         result
     }
+}
+
+/// Where writing an injected file failed; each has upstream's message and exit code.
+#[derive(Debug)]
+enum WriteFileError {
+    Directory {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Open(std::io::Error),
+    Mode(std::io::Error),
+    Write(std::io::Error),
+}
+
+impl WriteFileError {
+    fn message(&self, shown: &str, mode: &str) -> String {
+        match self {
+            WriteFileError::Directory { path, error } => format!(
+                "Failed to create directory '{}': {}\n",
+                path.display(),
+                go_error(error)
+            ),
+            WriteFileError::Open(error) => format!(
+                "Failed to create destination path '{shown}': open {shown}: {}\n",
+                go_error(error)
+            ),
+            WriteFileError::Mode(error) => format!(
+                "Failed to set file mode '{mode}' for '{shown}': {}\n",
+                go_error(error)
+            ),
+            WriteFileError::Write(error) => format!("write {shown}: {}\n", go_error(error)),
+        }
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self {
+            WriteFileError::Write(_) => 255,
+            _ => 1,
+        }
+    }
+}
+
+/// Writes an injected file so that its content is never readable beyond `mode`: missing parents
+/// are created 0700, the file is opened with `O_NOFOLLOW` (a symbolic link planted at the path
+/// makes the open fail instead of writing through it) and created with its final mode; a file
+/// that already existed gets its mode (through the open descriptor) before it is emptied and
+/// written.
+fn write_job_file(destination: &Path, content: &[u8], mode: u32) -> Result<(), WriteFileError> {
+    let mode = mode & 0o7777;
+    if let Some(parent) = destination.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|error| WriteFileError::Directory {
+                path: parent.to_path_buf(),
+                error,
+            })?;
+    }
+    let mut handle = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(destination)
+        .map_err(WriteFileError::Open)?;
+    handle
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(WriteFileError::Mode)?;
+    handle
+        .set_len(0)
+        .and_then(|()| handle.write_all(content))
+        .map_err(WriteFileError::Write)
 }
 
 /// A job file's `~user/...` path names a user this machine does not have.

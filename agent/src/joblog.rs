@@ -7,6 +7,7 @@ use protocol::gojson::utf8_lossy_per_byte;
 use protocol::{JobResult, LogEvent};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -60,9 +61,18 @@ impl WakeWhen {
 }
 
 impl JobLog {
-    /// Creates the NDJSON file at `path` (truncating it).
+    /// Creates the NDJSON file at `path` (truncating it), 0600 from the start: the log can hold
+    /// the job's secrets as it printed them. A file already there gets 0600 before anything is
+    /// written; a symbolic link there is an error, not followed.
     pub fn create(path: PathBuf, observer: Option<Observer>) -> std::io::Result<JobLog> {
-        let file = File::create(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(JobLog {
             inner: Mutex::new(Inner {
                 writer: BufWriter::with_capacity(256 * 1024, file),

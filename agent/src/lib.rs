@@ -8,6 +8,7 @@ pub mod config;
 pub mod gpu;
 pub mod host;
 pub mod job;
+pub mod job_record;
 pub mod joblog;
 pub mod listener;
 pub mod logging;

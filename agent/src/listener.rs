@@ -5,6 +5,7 @@
 use crate::client::ControlPlane;
 use crate::config::Config;
 use crate::job::{run_job, JobControl, JobOptions};
+use crate::job_record::{JobRecord, JobRecordError};
 use crate::joblog::JobLog;
 use crate::pusher::{LogPusher, PushConfig, DEFAULT_FLUSH_TIMEOUT};
 use crate::retry::with_constant_wait;
@@ -114,6 +115,10 @@ pub struct Listener {
     messages: mpsc::Receiver<Message>,
     job: Option<RunningJob>,
     gpus: Vec<protocol::GpuInfo>,
+    /// A single-job agent's record of the job this machine took (`job-record-file`).
+    job_record: Option<JobRecord>,
+    /// The EC2 instance identity sent at registration (a Flotilla extension; `--ec2` only).
+    instance_identity: Option<protocol::InstanceIdentity>,
 }
 
 impl Listener {
@@ -121,7 +126,10 @@ impl Listener {
         let client = Arc::new(ControlPlane::new(config.base_url(), user_agent()));
         let (messages_tx, messages) = mpsc::channel();
         let started = Instant::now();
+        let job_record = (config.disconnect_after_job && !config.job_record_file.is_empty())
+            .then(|| JobRecord::new(&config.job_record_file));
         Listener {
+            job_record,
             state: State::new(config.disconnect_after_job, 0),
             config,
             timings,
@@ -132,6 +140,7 @@ impl Listener {
             messages,
             job: None,
             gpus: Vec::new(),
+            instance_identity: None,
         }
     }
 
@@ -146,6 +155,17 @@ impl Listener {
         self
     }
 
+    /// The signed instance identity to send at registration (on EC2).
+    pub fn with_instance_identity(mut self, identity: protocol::InstanceIdentity) -> Listener {
+        self.instance_identity = Some(identity);
+        self
+    }
+
+    /// Ok unless this single-job agent's machine already took a job (then it must not register).
+    pub fn check_job_record(&self) -> Result<(), JobRecordError> {
+        self.job_record.as_ref().map_or(Ok(()), JobRecord::check)
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -153,6 +173,10 @@ impl Listener {
     /// Registers and serves until a shutdown; returns the process exit code.
     pub fn run(mut self, name: String) -> i32 {
         crate::logging::set_name(&log_prefix(&name));
+        if let Err(error) = self.check_job_record() {
+            tracing::error!("{error}");
+            return 1;
+        }
         let request = RegisterRequest {
             name,
             version: VERSION.to_string(),
@@ -169,6 +193,7 @@ impl Listener {
             } else {
                 Vec::new()
             },
+            flotilla_instance_identity: self.instance_identity.clone(),
         };
         let client = self.client.clone();
         let registered = with_constant_wait(
@@ -306,6 +331,17 @@ impl Listener {
     }
 
     fn start_job(&mut self, job_id: String) {
+        // On disk before anything of the job runs (it is not even fetched without it).
+        if let Some(record) = &self.job_record {
+            if let Err(error) = record.record(&job_id, unix_now()) {
+                tracing::error!("Not running job {job_id}: {error}");
+                let _ = self.messages_tx.send(Message::Job(Event::JobFinished {
+                    result: JobResult::Failed,
+                }));
+                return;
+            }
+            tracing::info!("Recorded job {job_id} in {}", record.path().display());
+        }
         let control = Arc::new(JobControl::new());
         let context = JobContext {
             job_id,

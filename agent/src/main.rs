@@ -232,7 +232,10 @@ fn start(options: &[String]) -> Result<i32> {
     let remove_instance = config.ec2 && !config.ec2_keep_instance;
     let poweroff_command = config.ec2_poweroff_command.clone();
     let job_options = job_options(&config, &gpus);
-    let listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
+    let mut listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
+    if let Some(identity) = ec2.as_ref().and_then(|ec2| ec2.identity.clone()) {
+        listener = listener.with_instance_identity(identity);
+    }
     if let Some(ec2) = &ec2 {
         let interrupter = listener.interrupter();
         let watcher = agent::cloud::watch_spot_notices(Imds::new(&ec2.endpoint), ec2.poll, {
@@ -294,6 +297,8 @@ struct Ec2 {
     endpoint: String,
     poll: Duration,
     instance_id: String,
+    /// The signed instance identity, for a hub that binds registration to the instance.
+    identity: Option<protocol::InstanceIdentity>,
 }
 
 impl Ec2 {
@@ -309,10 +314,17 @@ impl Ec2 {
         agent::cloud::wait_until_in_service(&mut client, poll, a_week)
             .map_err(StartError::Lifecycle)?;
         let instance_id = client.instance_id().map_err(StartError::InstanceId)?;
+        let identity = client
+            .instance_identity()
+            .inspect_err(|error| {
+                tracing::warn!("Registering without an instance identity: {error}")
+            })
+            .ok();
         Ok(Ec2 {
             endpoint: endpoint.to_string(),
             poll,
             instance_id,
+            identity,
         })
     }
 }

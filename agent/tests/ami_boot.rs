@@ -135,8 +135,11 @@ fn the_boot_path_starts_the_agent_from_user_data_and_ssm_and_the_instance_remove
     assert_eq!(words[0], "/usr/local/bin/agent");
     words[0] = env!("CARGO_BIN_EXE_agent").to_string();
     let marker = dir.path().join("powered-off");
+    let state_dir = dir.path().join("var-lib-flotilla");
     for index in 1..words.len() {
-        words[index] = words[index].replace("/run/flotilla", &run_dir.display().to_string());
+        words[index] = words[index]
+            .replace("/run/flotilla", &run_dir.display().to_string())
+            .replace("/var/lib/flotilla", &state_dir.display().to_string());
         if words[index - 1] == "--ec2-poweroff-command" {
             words[index] = format!("touch {}", marker.display());
         }
@@ -146,6 +149,7 @@ fn the_boot_path_starts_the_agent_from_user_data_and_ssm_and_the_instance_remove
         "--ec2",
         "--disconnect-after-job",
         "--registered-file",
+        "--job-record-file",
     ] {
         assert!(
             words.iter().any(|w| w == expected),
@@ -208,6 +212,11 @@ fn the_boot_path_starts_the_agent_from_user_data_and_ssm_and_the_instance_remove
     let (desired, remaining, _) = moto.group(&runtime, "gpu-fleet");
     assert_eq!((desired, remaining.len()), (0, 0), "{output}");
     assert!(!marker.exists());
+    let record = std::fs::read_to_string(state_dir.join("job-taken")).unwrap();
+    assert!(
+        record.starts_with("job_id=job-boot\n"),
+        "the job record a restarted agent would find: {record}"
+    );
 }
 
 /// Runs ami/scripts/flotilla-boot-deadline as its unit does, with the real agent binary.

@@ -376,7 +376,7 @@ fn shellcheck_every_script() {
 
 const AGENT_EXEC_START: &str = "ExecStart=/usr/local/bin/agent start --ec2 --report-gpus \
     --disconnect-after-job --registered-file /run/flotilla/registered \
-    --ec2-poweroff-command \"sudo /usr/bin/systemctl poweroff\"";
+    --job-record-file /var/lib/flotilla/job-taken --ec2-poweroff-command \"sudo /usr/bin/systemctl poweroff\"";
 
 fn unit_settings(body: &str) -> BTreeMap<String, Vec<String>> {
     let mut settings: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -501,7 +501,7 @@ fn systemd_units_verify() {
             "OnFailure",
             "flotilla-remove-instance.service",
         ),
-        ("flotilla-agent.service", "Restart", "on-failure"),
+        ("flotilla-agent.service", "Restart", "no"),
         ("flotilla-agent.service", "KillMode", "mixed"),
         ("flotilla-agent.service", "TimeoutStopSec", "120s"),
         ("flotilla-boot.service", "Type", "oneshot"),
@@ -538,13 +538,52 @@ fn systemd_units_verify() {
     ] {
         assert_eq!(setting(&units, unit, key), value, "{unit} {key}=");
     }
-    for key in ["StartLimitIntervalSec", "StartLimitBurst", "RestartSec"] {
-        setting(&units, "flotilla-agent.service", key);
+    // One job per machine: the agent unit is never restarted (a restart after a job was taken
+    // would run a second job on a used machine); every failure goes to OnFailure= removal. A
+    // Condition*= would skip the unit without failing it, and so without removal.
+    let agent_settings = unit_settings(agent);
+    for key in [
+        "RestartSec",
+        "StartLimitIntervalSec",
+        "StartLimitBurst",
+        "RestartPreventExitStatus",
+        "RestartForceExitStatus",
+        "SuccessExitStatus",
+    ] {
+        assert!(
+            !agent_settings.contains_key(key),
+            "flotilla-agent.service must not set {key}="
+        );
     }
+    for key in agent_settings.keys() {
+        assert!(
+            !key.starts_with("Condition") || key == "ConditionPathExists",
+            "flotilla-agent.service: {key}= would skip the unit instead of failing it"
+        );
+    }
+    assert_eq!(
+        agent_settings["ConditionPathExists"],
+        vec!["/run/flotilla/agent.env".to_string()],
+        "the only condition: this is an agent instance"
+    );
     assert!(setting(&units, "flotilla-boot.service", "After").contains("network-online.target"));
     assert!(setting(&units, "flotilla-boot.service", "After").contains("cloud-init.service"));
     // The deadline's default must match the timer's first run (15 min).
     assert!(units["flotilla-boot-deadline.service"].contains("FLOTILLA_BOOT_DEADLINE_SECONDS=900"));
+}
+
+#[test]
+fn the_image_has_a_root_owned_job_record_directory_and_no_record() {
+    let install = fs::read_to_string(ami().join("scripts/install.sh")).unwrap();
+    assert!(
+        install.contains("install -d -o root -g flotilla -m 1770 /var/lib/flotilla\n"),
+        "install.sh creates the job record's directory"
+    );
+    let cleanup = fs::read_to_string(ami().join("scripts/cleanup.sh")).unwrap();
+    assert!(
+        cleanup.contains("rm -f /var/lib/flotilla/job-taken\n"),
+        "cleanup.sh leaves no job record in the image"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,35 @@ fn imdsv2_tokens_are_always_used_and_renewed_when_refused() {
 }
 
 #[test]
+fn the_signed_instance_identity_is_read_through_imdsv2() {
+    let imds = FakeImds::start("i-0identity00000001");
+    let mut client = Imds::new(&imds.address);
+    assert!(matches!(
+        client.instance_identity(),
+        Err(ImdsError::NoIdentity { .. })
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _cert) = support::signing_key(dir.path(), "aws-test");
+    imds.sign_identity("111122223333", &key);
+    let identity = client.instance_identity().unwrap();
+    let state = imds.state.lock().unwrap();
+    assert_eq!(Some(&identity.document), state.identity_document.as_ref());
+    assert_eq!(Some(&identity.signature), state.identity_signature.as_ref());
+    assert!(identity
+        .document
+        .contains(r#""instanceId" : "i-0identity00000001""#));
+    let dynamic: Vec<_> = state
+        .requests
+        .iter()
+        .filter(|(_, path, _)| path.starts_with("/latest/dynamic/"))
+        .collect();
+    assert!(
+        dynamic.iter().all(|(_, _, with_token)| *with_token),
+        "{dynamic:?}"
+    );
+}
+
+#[test]
 fn an_unreachable_metadata_service_is_a_clear_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = format!("http://{}", closed.local_addr().unwrap());

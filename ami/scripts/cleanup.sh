@@ -20,6 +20,9 @@ rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
 truncate -s 0 /etc/machine-id
 rm -f /var/lib/systemd/random-seed
 
+# No job record in the image: an instance with one would never register.
+rm -f /var/lib/flotilla/job-taken
+
 # Packages' caches.
 if command -v apt-get >/dev/null 2>&1; then
   apt-get clean

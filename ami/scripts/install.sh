@@ -91,6 +91,12 @@ SUDO
 chmod 0440 /etc/sudoers.d/90-flotilla
 visudo -cf /etc/sudoers.d/90-flotilla >/dev/null
 
+# The agent's job record (--job-record-file /var/lib/flotilla/job-taken, docs/aws-contract.md):
+# a root-owned directory in which the flotilla group may create files; the sticky bit keeps it
+# from removing or replacing files it did not create. It persists across reboots, so an agent
+# started after a reboot still finds the record and does not register.
+install -d -o root -g flotilla -m 1770 /var/lib/flotilla
+
 # --- binaries, scripts, units ---------------------------------------------------------------
 install -m 0755 "$STAGING/agent" /usr/local/bin/agent
 install -m 0755 "$STAGING/scaler" /usr/local/bin/scaler

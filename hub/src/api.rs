@@ -37,6 +37,7 @@ impl IntoResponse for HubError {
             HubError::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
             HubError::BadRequest(message) => (StatusCode::BAD_REQUEST, message.clone()),
             HubError::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
+            HubError::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
             HubError::Store(error) => {
                 tracing::error!(%error, "store error");
@@ -224,7 +225,16 @@ async fn create_agent_type(
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let request: NewAgentType = json_body(&body)?;
-    let registration_token = hub.create_agent_type(&request.name, unix_now())?;
+    if request.execution_time_limit == Some(0) {
+        return Err(HubError::BadRequest(
+            "execution_time_limit must be more than 0 seconds".into(),
+        ));
+    }
+    let registration_token =
+        hub.create_agent_type_with(&request.name, &request.identity, unix_now())?;
+    if request.execution_time_limit.is_some() {
+        hub.set_agent_type_time_limit(&request.name, request.execution_time_limit)?;
+    }
     let created = CreatedAgentType {
         name: request.name,
         registration_token,
@@ -235,9 +245,13 @@ async fn create_agent_type(
 async fn list_agent_types(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     let types: Vec<AgentTypeView> = hub
-        .agent_types()
+        .agent_types()?
         .into_iter()
-        .map(|(name, created_at)| AgentTypeView { name, created_at })
+        .map(|(name, created_at, identity)| AgentTypeView {
+            name,
+            created_at,
+            identity,
+        })
         .collect();
     Ok(Json(types).into_response())
 }

@@ -1,8 +1,10 @@
 //! A hub's data directory made ready to serve, the same way for `scaler hub` and `scaler up`:
 //! the directory, the admin token, and an agent type with its registration token in
 //! `<data-dir>/<type>.token`. It promises that an existing token file is never replaced: a token
-//! is read when its file exists and made only when it does not, and token files are created
-//! readable by their owner only (0600).
+//! is read when its file exists and made only when it does not. Everything in it is its owner's
+//! only, set when created rather than left to the process umask: a new data directory is 0700,
+//! and token files and the database (which holds jobs' environment secrets) are 0600 (SQLite
+//! gives its WAL and shared-memory files the database file's mode).
 
 use crate::api::unix_now;
 use crate::hub::HubConfig;
@@ -115,10 +117,11 @@ pub fn bootstrap_with(
     data_dir: &Path,
     options: &BootstrapOptions,
 ) -> Result<Bootstrap, BootstrapError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| BootstrapError::CreateDir {
+    create_private_dir(data_dir).map_err(|source| BootstrapError::CreateDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
+    create_private_database(data_dir)?;
     let (admin_token, created_admin_token) = match &options.admin_token {
         Some(token) if token.len() < MIN_ADMIN_TOKEN_LEN => {
             return Err(BootstrapError::AdminTokenTooShort)
@@ -202,6 +205,43 @@ fn read_token(path: &Path) -> Result<Option<String>, BootstrapError> {
     }
 }
 
+/// Creates `dir` (and missing parents) accessible by its owner only; an existing one is kept as
+/// it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Creates the database file 0600 before SQLite opens it (SQLite would create it 0644 less the
+/// umask); an existing one is made 0600, with its WAL and shared-memory files.
+fn create_private_database(data_dir: &Path) -> Result<(), BootstrapError> {
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["hub.db", "hub.db-wal", "hub.db-shm"] {
+        let path = data_dir.join(name);
+        let write_error = |source| BootstrapError::Write {
+            path: path.clone(),
+            source,
+        };
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(name == "hub.db")
+            .truncate(false)
+            .mode(0o600)
+            .open(&path);
+        match opened {
+            Ok(file) => file
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(write_error)?,
+            Err(error) if error.kind() == ErrorKind::NotFound => {}
+            Err(error) => return Err(write_error(error)),
+        }
+    }
+    Ok(())
+}
+
 /// Writes a new secret file readable by its owner only; never replaces an existing file.
 fn write_secret(path: &Path, secret: &str) -> Result<(), BootstrapError> {
     let write_error = |source| BootstrapError::Write {
@@ -242,6 +282,26 @@ mod tests {
             again.registration_token().unwrap(),
             first.registration_token().unwrap()
         );
+    }
+
+    #[test]
+    fn the_data_directory_and_database_are_the_owners_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("new").join("data");
+        let first = bootstrap(&data).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        let hub = crate::Hub::open(&data, first.hub_config("http://hub"), 1).unwrap();
+        hub.create_agent_type("more", 1).unwrap();
+        for name in ["hub.db", "hub.db-wal", "hub.db-shm"] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
+        drop(hub);
+        // A database made by an older hub with the umask's modes is tightened.
+        let loose = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(data.join("hub.db"), loose).unwrap();
+        bootstrap(&data).unwrap();
+        assert_eq!(mode(&data.join("hub.db")), 0o600);
     }
 
     #[test]

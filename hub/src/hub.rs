@@ -10,6 +10,7 @@
 mod agent_api;
 mod housekeeping;
 mod jobs;
+mod limits;
 mod logs;
 mod memory;
 mod metrics;
@@ -40,6 +41,12 @@ pub struct HubConfig {
     /// `next_sync_after` hint (ms).
     pub sync_interval_ms: i64,
     pub durability: Durability,
+    /// The certificates that sign EC2 instance identity documents (None: AWS's, shipped).
+    pub identity_certificates: Option<std::sync::Arc<crate::identity::Certificates>>,
+    /// A job's time limit when neither its spec nor its agent type sets one (seconds).
+    pub default_time_limit_secs: i64,
+    /// Finished jobs' environment values and file contents are purged after this long.
+    pub secret_retention_secs: i64,
 }
 
 impl HubConfig {
@@ -52,6 +59,9 @@ impl HubConfig {
             log_token_ttl_secs: 3600,
             sync_interval_ms: 1000,
             durability: Durability::Normal,
+            identity_certificates: None,
+            default_time_limit_secs: 3600,
+            secret_retention_secs: 3600,
         }
     }
 }
@@ -66,6 +76,9 @@ pub enum HubError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    /// Refused for who the caller is (an instance identity that does not check out).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the job's log is full")]
     LogFull,
     #[error(transparent)]
@@ -110,6 +123,7 @@ impl Hub {
             core.type_by_token.insert(token_hash, name.clone());
             core.types.insert(name, created_at);
         }
+        core.type_time_limits = store.agent_type_time_limits()?.into_iter().collect();
         for mut row in store.agents(false)? {
             row.last_sync_at = row.last_sync_at.max(now);
             core.insert_agent(row);
@@ -171,6 +185,7 @@ impl Hub {
         let jobs: Vec<&JobRow> = changes.jobs.iter().collect();
         let agents: Vec<_> = changes.agents.iter().collect();
         store.commit(&jobs, &agents)?;
+        limits::log_stop_notes(store, core, &changes.jobs, now);
         let applied = core.apply(changes, now);
         if applied.counts_changed {
             self.bump(core);

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod bootstrap;
 pub mod hub;
+pub mod identity;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The server side of the agent protocol as pure functions: what to answer an agent's sync
 //! (docs/protocol.md §3.7, §3.10, §9.1) and how a job's state may change. The hub feeds them
-//! facts and applies what they decide; nothing here does I/O or reads a clock.
+//! facts and applies what they decide; nothing here does I/O or reads a clock. Registration is
+//! here too: who may take a name (tenancy, one job per machine, one registration per instance).
 
 use protocol::{AgentState, JobResult, JobState, ShutdownReason, SyncRequest};
 
@@ -185,6 +186,65 @@ pub fn requeue_after_finish(
         && !user_stopped
         && agent_interrupted
         && requeues_done < requeues_allowed
+}
+
+/// What the hub knows when an agent asks to register under a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterFacts<'a> {
+    /// The agent type of the token presented (a registration token, or a live agent's own
+    /// access token).
+    pub agent_type: &'a str,
+    /// The registering agent says it takes one job only (`single_job`).
+    pub single_job: bool,
+    /// The agent type of the live agent that holds the name, if one does.
+    pub live_holder: Option<&'a str>,
+    /// The token presented is that live agent's own access token.
+    pub holders_own_token: bool,
+    /// An agent of this name (of any type) was assigned a job before.
+    pub name_held_a_job: bool,
+    /// The instance this registration is bound to has registered before.
+    pub instance_registered_before: bool,
+}
+
+/// Why a registration is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegisterRefusal {
+    /// One registration per instance, ever.
+    InstanceRegisteredBefore,
+    /// Names are held per agent type: a live agent of another type has this one.
+    HeldByAnotherType(String),
+    /// A live agent of this type has the name; only its own access token may replace it.
+    HeldByLiveAgent,
+    /// A single-job agent under a name that already held a job: its machine is used.
+    NameHeldAJob,
+}
+
+impl std::fmt::Display for RegisterRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegisterRefusal::InstanceRegisteredBefore => write!(f, "this instance has registered before; an instance registers once"),
+            RegisterRefusal::HeldByAnotherType(agent_type) => write!(f, "the name is held by a live agent of agent type '{agent_type}'"),
+            RegisterRefusal::HeldByLiveAgent => write!(f, "the name is held by a live agent; only its own access token may register it again (or wait until it is lost)"),
+            RegisterRefusal::NameHeldAJob => write!(f, "a single-job agent of this name has already held a job: this machine is used and takes no other job"),
+        }
+    }
+}
+
+/// Whether an agent may register under a name: the name is not another type's live agent's,
+/// a live agent is replaced only by itself, and a single-job agent never registers again under
+/// a name that held a job, whatever token it presents.
+pub fn decide_register(facts: &RegisterFacts) -> Result<(), RegisterRefusal> {
+    if facts.instance_registered_before {
+        return Err(RegisterRefusal::InstanceRegisteredBefore);
+    }
+    match facts.live_holder {
+        Some(holder) if holder != facts.agent_type => {
+            Err(RegisterRefusal::HeldByAnotherType(holder.to_string()))
+        }
+        _ if facts.single_job && facts.name_held_a_job => Err(RegisterRefusal::NameHeldAJob),
+        Some(_) if !facts.holders_own_token => Err(RegisterRefusal::HeldByLiveAgent),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +555,85 @@ mod tests {
                 (reply, change),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn register_decisions() {
+        use RegisterRefusal::*;
+        let fresh = RegisterFacts {
+            agent_type: "a",
+            single_job: true,
+            live_holder: None,
+            holders_own_token: false,
+            name_held_a_job: false,
+            instance_registered_before: false,
+        };
+        let cases: Vec<(&str, RegisterFacts, Result<(), RegisterRefusal>)> = vec![
+            ("a new name", fresh, Ok(())),
+            (
+                "a name that held a job, single job",
+                RegisterFacts {
+                    name_held_a_job: true,
+                    ..fresh
+                },
+                Err(NameHeldAJob),
+            ),
+            (
+                "a name that held a job, many jobs",
+                RegisterFacts {
+                    name_held_a_job: true,
+                    single_job: false,
+                    ..fresh
+                },
+                Ok(()),
+            ),
+            (
+                "the holder's own token, after its job",
+                RegisterFacts {
+                    name_held_a_job: true,
+                    live_holder: Some("a"),
+                    holders_own_token: true,
+                    ..fresh
+                },
+                Err(NameHeldAJob),
+            ),
+            (
+                "the holder's own token, no job yet",
+                RegisterFacts {
+                    live_holder: Some("a"),
+                    holders_own_token: true,
+                    ..fresh
+                },
+                Ok(()),
+            ),
+            (
+                "a live agent of the same type",
+                RegisterFacts {
+                    live_holder: Some("a"),
+                    ..fresh
+                },
+                Err(HeldByLiveAgent),
+            ),
+            (
+                "a live agent of another type",
+                RegisterFacts {
+                    live_holder: Some("b"),
+                    ..fresh
+                },
+                Err(HeldByAnotherType("b".into())),
+            ),
+            (
+                "a replayed instance",
+                RegisterFacts {
+                    instance_registered_before: true,
+                    ..fresh
+                },
+                Err(InstanceRegisteredBefore),
+            ),
+        ];
+        for (case, facts, expected) in cases {
+            assert_eq!(decide_register(&facts), expected, "{case}");
         }
     }
 

@@ -75,6 +75,31 @@ const MIGRATIONS: &[&str] = &[
         line TEXT NOT NULL,
         PRIMARY KEY (job_id, line_index)
      ) WITHOUT ROWID;",
+    // 2: job time limits per agent type; finished jobs' secrets purged after a retention period
+    "ALTER TABLE agent_types ADD COLUMN execution_time_limit INTEGER;
+     ALTER TABLE jobs ADD COLUMN secrets_purged INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX jobs_to_purge ON jobs(finished_at) WHERE secrets_purged = 0;",
+    // 3: registration: agent types' instance-identity rule, instances that registered (once,
+    // ever), and agent names that held a job (a single-job agent never registers under one again)
+    "CREATE TABLE agent_type_identity (
+        agent_type TEXT PRIMARY KEY,
+        policy TEXT NOT NULL
+     );
+     CREATE TABLE registered_instances (
+        instance_id TEXT PRIMARY KEY,
+        agent_type TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        registered_at INTEGER NOT NULL
+     );
+     CREATE TABLE job_holders (
+        name TEXT PRIMARY KEY,
+        agent_type TEXT NOT NULL,
+        job_id TEXT NOT NULL
+     );
+     INSERT OR IGNORE INTO job_holders SELECT agent, agent_type, id FROM jobs WHERE agent IS NOT NULL;
+     INSERT OR IGNORE INTO job_holders SELECT name, agent_type, COALESCE(job_id, '')
+        FROM agents WHERE jobs_finished > 0 OR job_id IS NOT NULL;",
 ];
 
 /// A job row, as stored.
@@ -212,6 +237,8 @@ impl Store {
             },
         )?;
         connection.pragma_update(None, "foreign_keys", "ON")?;
+        // Purged secrets are overwritten with zeros, not left in free pages.
+        connection.pragma_update(None, "secure_delete", "ON")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { connection };
         store.migrate()?;
@@ -273,6 +300,88 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    // --- registration (agent types' identity rule, instances, names that held a job)
+
+    /// Creates an agent type and, when given, its instance-identity rule (JSON), in one
+    /// transaction: a type never exists without the rule it was created with.
+    pub fn insert_agent_type_with_identity(
+        &mut self,
+        name: &str,
+        token_hash: &str,
+        now: i64,
+        identity_policy: &str,
+    ) -> StoreResult<bool> {
+        let transaction = self.connection.transaction()?;
+        let inserted = transaction.execute(
+            "INSERT OR IGNORE INTO agent_types (name, token_hash, created_at) VALUES (?1, ?2, ?3)",
+            params![name, token_hash, now],
+        )? == 1;
+        if inserted {
+            transaction.execute(
+                "INSERT INTO agent_type_identity (agent_type, policy) VALUES (?1, ?2)",
+                params![name, identity_policy],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(inserted)
+    }
+
+    /// The instance-identity rule (JSON) of each agent type that has one.
+    pub fn identity_policies(&self) -> StoreResult<Vec<(String, String)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT agent_type, policy FROM agent_type_identity")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The instance-identity rule (JSON) of one agent type, if it has one.
+    pub fn identity_policy(&self, agent_type: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .connection
+            .query_row(
+                "SELECT policy FROM agent_type_identity WHERE agent_type = ?1",
+                params![agent_type],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records that an instance registered; false if it had registered before (nothing written).
+    pub fn record_instance(
+        &self,
+        instance_id: &str,
+        agent_type: &str,
+        account_id: &str,
+        region: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let inserted = self.connection.execute(
+            "INSERT OR IGNORE INTO registered_instances (instance_id, agent_type, account_id, region, registered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![instance_id, agent_type, account_id, region, now],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    pub fn instance_registered(&self, instance_id: &str) -> StoreResult<bool> {
+        self.exists("registered_instances WHERE instance_id = ?1", instance_id)
+    }
+
+    /// Whether an agent of this name (of any type) was ever assigned a job.
+    pub fn name_held_a_job(&self, name: &str) -> StoreResult<bool> {
+        self.exists("job_holders WHERE name = ?1", name)
+    }
+
+    /// Whether `SELECT 1 FROM <from_where>` with `?1 = key` finds a row.
+    fn exists(&self, from_where: &str, key: &str) -> StoreResult<bool> {
+        let sql = format!("SELECT EXISTS(SELECT 1 FROM {from_where})");
+        let found = self
+            .connection
+            .query_row(&sql, params![key], |row| row.get(0))?;
+        Ok(found)
+    }
+
     // --- agents
 
     /// Records when each agent last synced (batched; not a job state change).
@@ -324,6 +433,7 @@ impl Store {
         let transaction = self.connection.transaction()?;
         for job in jobs {
             write_job(&transaction, job)?;
+            record_job_holder(&transaction, job)?;
         }
         for agent in agents {
             write_agent(&transaction, agent)?;
@@ -400,6 +510,53 @@ impl Store {
         Ok((count, bytes))
     }
 
+    // --- limits and retention
+
+    /// Sets an agent type's default job time limit (`None`: the hub's default).
+    pub fn set_agent_type_time_limit(&self, name: &str, seconds: Option<i64>) -> StoreResult<()> {
+        self.connection.execute(
+            "UPDATE agent_types SET execution_time_limit = ?2 WHERE name = ?1",
+            params![name, seconds],
+        )?;
+        Ok(())
+    }
+
+    /// The agent types that have their own default job time limit.
+    pub fn agent_type_time_limits(&self) -> StoreResult<Vec<(String, i64)>> {
+        let mut statement = self.connection.prepare(
+            "SELECT name, execution_time_limit FROM agent_types WHERE execution_time_limit IS NOT NULL",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Rewrites the spec of each job finished before `finished_before` whose secrets are still
+    /// there with `redact(spec)`, in one transaction. Returns how many jobs were purged.
+    pub fn purge_job_secrets(
+        &mut self,
+        finished_before: i64,
+        redact: &dyn Fn(&str) -> String,
+    ) -> StoreResult<usize> {
+        let transaction = self.connection.transaction()?;
+        let due: Vec<(String, String)> = {
+            let mut statement = transaction.prepare(
+                "SELECT id, spec FROM jobs WHERE secrets_purged = 0 AND finished_at < ?1",
+            )?;
+            let rows = statement.query_map(params![finished_before], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (id, spec) in &due {
+            transaction.execute(
+                "UPDATE jobs SET spec = ?2, secrets_purged = 1 WHERE id = ?1",
+                params![id, redact(spec)],
+            )?;
+        }
+        transaction.commit()?;
+        Ok(due.len())
+    }
+
     /// Up to `limit` log lines from `start_from`.
     pub fn log_lines(&self, job_id: &str, start_from: i64, limit: i64) -> StoreResult<Vec<String>> {
         let mut statement = self.connection.prepare_cached(
@@ -432,6 +589,18 @@ fn write_job(connection: &Connection, job: &JobRow) -> StoreResult<()> {
             job.finished_at
         ],
     )?;
+    Ok(())
+}
+
+/// Remembers, for good, that the agent a job was assigned to held a job (same transaction as the
+/// assignment, so no crash can forget it).
+fn record_job_holder(connection: &Connection, job: &JobRow) -> StoreResult<()> {
+    if let (JobState::Assigned, Some(agent)) = (job.state, &job.agent) {
+        connection.execute(
+            "INSERT OR IGNORE INTO job_holders (name, agent_type, job_id) VALUES (?1, ?2, ?3)",
+            params![agent, job.agent_type, job.id],
+        )?;
+    }
     Ok(())
 }
 

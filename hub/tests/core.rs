@@ -452,7 +452,8 @@ fn state_survives_a_restart() {
 #[test]
 fn full_logs_answer_422() {
     let mut config = config();
-    config.max_log_bytes = 100;
+    // Two lines fit; a third would overshoot the cap, so it is refused before it is stored.
+    config.max_log_bytes = 200;
     let hub = Hub::in_memory(config, T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
     let s = Setup {

@@ -275,9 +275,9 @@ variable "boot_deadline" {
 }
 
 variable "max_instance_lifetime" {
-  description = "Seconds after which the scaler's reaper retires an instance once it is not running a job (0 = never). Not the Auto Scaling group property, which would also kill busy machines."
+  description = "Seconds after which the scaler's reaper retires an instance, busy or not: a hard cap above every job's time limit (default 6 h; 0 = never). The reaper marks the instance, then terminates it a pass later."
   type        = number
-  default     = 0
+  default     = 21600
 
   validation {
     condition     = var.max_instance_lifetime >= 0

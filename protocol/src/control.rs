@@ -24,6 +24,21 @@ pub struct RegisterRequest {
     /// servers never see it; absent when empty, so the body is upstream's byte for byte).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub flotilla_gpus: Vec<GpuInfo>,
+    /// Flotilla extension, sent only by an agent started with `--ec2`: the instance's signed
+    /// identity, which a hub agent type may require (absent otherwise, so the body stays
+    /// upstream's byte for byte).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flotilla_instance_identity: Option<InstanceIdentity>,
+}
+
+/// An EC2 instance identity document exactly as IMDS serves it
+/// (`/latest/dynamic/instance-identity/document`) and its base64 RSA-SHA256 signature
+/// (`/latest/dynamic/instance-identity/signature`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct InstanceIdentity {
+    pub document: String,
+    pub signature: String,
 }
 
 /// An NVIDIA GPU as the agent reports it.
@@ -294,6 +309,7 @@ mod tests {
             interruption_grace_period: 0,
             job_id: String::new(),
             flotilla_gpus: Vec::new(),
+            flotilla_instance_identity: None,
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),
@@ -329,6 +345,25 @@ mod tests {
         assert!(!serde_json::to_string(&RegisterRequest::default())
             .unwrap()
             .contains("flotilla"));
+    }
+
+    #[test]
+    fn instance_identity_extension_is_sent_only_when_present() {
+        let identity = InstanceIdentity {
+            document: "{\"instanceId\":\"i-1\"}".into(),
+            signature: "c2ln".into(),
+        };
+        let request = RegisterRequest {
+            name: "a".into(),
+            flotilla_instance_identity: Some(identity.clone()),
+            ..RegisterRequest::default()
+        };
+        let text = serde_json::to_string(&request).unwrap();
+        assert!(text.ends_with(r#","job_id":"","flotilla_instance_identity":{"document":"{\"instanceId\":\"i-1\"}","signature":"c2ln"}}"#), "{text}");
+        let back: RegisterRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.flotilla_instance_identity, Some(identity));
+        let plain = serde_json::to_string(&RegisterRequest::default()).unwrap();
+        assert!(!plain.contains("identity"), "{plain}");
     }
 
     #[test]

@@ -31,6 +31,61 @@ pub struct JobSpec {
     pub epilogue: EpilogueSpec,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// How long the job may run once an agent has it; absent: its agent type's default. Past it
+    /// the hub stops the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_time_limit: Option<TimeLimit>,
+}
+
+/// Semaphore's `execution_time_limit`: `{hours: 2}` or `{minutes: 30}`; Flotilla also takes
+/// `{seconds: 90}` and a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TimeLimit {
+    Seconds(u64),
+    Parts(TimeLimitParts),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeLimitParts {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hours: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub minutes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seconds: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
+}
+
+impl TimeLimit {
+    /// The limit in seconds (saturating).
+    pub fn seconds(&self) -> u64 {
+        match *self {
+            TimeLimit::Seconds(seconds) => seconds,
+            TimeLimit::Parts(parts) => parts
+                .hours
+                .saturating_mul(3600)
+                .saturating_add(parts.minutes.saturating_mul(60))
+                .saturating_add(parts.seconds),
+        }
+    }
+}
+
+/// A duration the way a person writes it: `2s`, `1m`, `1h30m`, `1h0m5s`.
+pub fn human_duration(seconds: u64) -> String {
+    let (hours, minutes, rest) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (hours, minutes, rest) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, 0) => format!("{h}h{m}m"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// A command: a plain string, or a directive with a display alias.
@@ -130,6 +185,8 @@ pub enum SpecError {
     FileBase64(String),
     #[error("file '{path}': mode '{mode}' is not an octal file mode such as 0644")]
     FileMode { path: String, mode: String },
+    #[error("execution_time_limit must be more than 0 seconds")]
+    ZeroTimeLimit,
 }
 
 /// Agent type names: used in URLs and metrics labels.
@@ -163,10 +220,29 @@ impl JobSpec {
             files: Vec::new(),
             epilogue: EpilogueSpec::default(),
             retry: RetryPolicy::default(),
+            execution_time_limit: None,
         }
     }
 
+    /// The spec with its secrets gone: environment values and file contents emptied (what the
+    /// hub keeps of a job once its retention period is over).
+    pub fn without_secrets(&self) -> JobSpec {
+        let mut spec = self.clone();
+        spec.env.values_mut().for_each(String::clear);
+        for file in &mut spec.files {
+            file.content = Some(String::new());
+            file.content_base64 = None;
+        }
+        spec
+    }
+
     pub fn validate(&self) -> Result<(), SpecError> {
+        if self
+            .execution_time_limit
+            .is_some_and(|limit| limit.seconds() == 0)
+        {
+            return Err(SpecError::ZeroTimeLimit);
+        }
         if self.commands.is_empty() {
             return Err(SpecError::NoCommands);
         }
@@ -353,5 +429,65 @@ retry:
             serde_json::from_str::<JobSpec>(r#"{"commands":["x"],"comands":[]}"#).is_err(),
             "unknown keys are rejected"
         );
+    }
+
+    #[test]
+    fn execution_time_limit_in_semaphore_and_flotilla_forms() {
+        let table: &[(&str, Option<u64>)] = &[
+            ("commands: [x]\n", None),
+            (
+                "commands: [x]\nexecution_time_limit:\n  hours: 2\n",
+                Some(7200),
+            ),
+            (
+                "commands: [x]\nexecution_time_limit:\n  minutes: 30\n",
+                Some(1800),
+            ),
+            (
+                "commands: [x]\nexecution_time_limit:\n  seconds: 2\n",
+                Some(2),
+            ),
+            ("commands: [x]\nexecution_time_limit: 90\n", Some(90)),
+        ];
+        for (yaml, seconds) in table {
+            let spec: JobSpec = serde_yaml::from_str(yaml).unwrap();
+            spec.validate().unwrap();
+            assert_eq!(
+                spec.execution_time_limit.map(|l| l.seconds()),
+                *seconds,
+                "{yaml}"
+            );
+            let json = serde_json::to_string(&spec).unwrap();
+            assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), spec);
+            assert_eq!(json.contains("execution_time_limit"), seconds.is_some());
+        }
+        let zero: JobSpec =
+            serde_yaml::from_str("commands: [x]\nexecution_time_limit:\n  minutes: 0\n").unwrap();
+        assert_eq!(zero.validate(), Err(SpecError::ZeroTimeLimit));
+        assert!(serde_yaml::from_str::<JobSpec>(
+            "commands: [x]\nexecution_time_limit:\n  days: 1\n"
+        )
+        .is_err());
+        for (seconds, text) in [
+            (2, "2s"),
+            (60, "1m"),
+            (3600, "1h"),
+            (5400, "1h30m"),
+            (3605, "1h0m5s"),
+            (61, "1m1s"),
+        ] {
+            assert_eq!(human_duration(seconds), text);
+        }
+    }
+
+    #[test]
+    fn without_secrets_empties_env_values_and_file_contents() {
+        let spec: JobSpec = serde_yaml::from_str(YAML).unwrap();
+        let purged = spec.without_secrets();
+        assert_eq!(purged.env["CUDA_VISIBLE_DEVICES"], "");
+        assert_eq!(purged.files[0].content.as_deref(), Some(""));
+        assert_eq!(purged.files[0].path, spec.files[0].path);
+        assert_eq!(purged.commands, spec.commands);
+        purged.validate().unwrap();
     }
 }

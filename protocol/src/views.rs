@@ -129,6 +129,28 @@ pub struct LogPage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewAgentType {
     pub name: String,
+    /// Whether (and from where) its agents must prove the EC2 instance they run on.
+    #[serde(flatten, default)]
+    pub identity: IdentityPolicy,
+    /// The default time limit, in seconds, of this type's jobs that set none (absent: the hub's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_time_limit: Option<u64>,
+}
+
+/// An agent type's instance-identity rule (a Flotilla extension): with
+/// `require_instance_identity`, an agent registers only with an AWS-signed instance identity
+/// document from one of `allowed_accounts` (at least one) and, if any are listed, one of
+/// `allowed_regions`; it is named by the document's instance id, and each instance registers
+/// once. Absent fields are the default: not required, so the JSON is unchanged for old clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct IdentityPolicy {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub require_instance_identity: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_accounts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_regions: Vec<String>,
 }
 
 /// The answer to `POST /api/v1/agent_types`: the registration token, shown only this once.
@@ -144,6 +166,8 @@ pub struct AgentTypeView {
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
+    #[serde(flatten, default)]
+    pub identity: IdentityPolicy,
 }
 
 /// The body of every error answer of the hub (any status ≥ 400).
@@ -155,6 +179,21 @@ pub struct ErrorBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_types_without_identity_keep_their_json() {
+        let plain: NewAgentType = serde_json::from_str(r#"{"name":"linux"}"#).unwrap();
+        assert_eq!(plain.identity, IdentityPolicy::default());
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"name":"linux"}"#
+        );
+        let text = r#"{"name":"gpu","require_instance_identity":true,"allowed_accounts":["123456789012"],"allowed_regions":["us-east-1"]}"#;
+        let strict: NewAgentType = serde_json::from_str(text).unwrap();
+        assert!(strict.identity.require_instance_identity);
+        assert_eq!(strict.identity.allowed_accounts, ["123456789012"]);
+        assert_eq!(serde_json::to_string(&strict).unwrap(), text);
+    }
 
     #[test]
     fn job_states_keep_their_wire_strings() {

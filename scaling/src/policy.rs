@@ -170,7 +170,10 @@ pub fn decide(
     if queue.age_ms > config.stale_after_ms {
         return stale_decision(queue, pools, config);
     }
-    let target = Target::new(queue, pools, config, state, now_ms, unix_now);
+    let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
+    let demand = queue.queued + queue.running;
+    let spare = config.spare.max(warm_spare(demand, config, state, now_ms));
+    let target = Target::new(demand, spare, scheduled, pools);
     let mut reason = target.explain(queue, pools);
     let mut raises = raise_to_minimums(pools);
     let committed = committed_capacity(pools);
@@ -225,18 +228,9 @@ struct Target {
 }
 
 impl Target {
-    fn new(
-        queue: &QueueSnapshot,
-        pools: &[PoolState],
-        config: &PolicyConfig,
-        state: &mut PolicyState,
-        now_ms: u64,
-        unix_now: i64,
-    ) -> Target {
+    /// `demand` (queued + running) plus `spare`, at least `scheduled`, within the pools' bounds.
+    fn new(demand: u32, spare: u32, scheduled: u32, pools: &[PoolState]) -> Target {
         let (floor, ceiling) = bounds(pools);
-        let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
-        let demand = queue.queued + queue.running;
-        let spare = config.spare.max(warm_spare(demand, config, state, now_ms));
         let from_queue = demand + spare;
         let wanted = from_queue.max(scheduled);
         Target {

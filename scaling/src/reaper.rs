@@ -2,7 +2,9 @@
 //! deadline with no agent registered under their name (the instance id), or past the maximum
 //! lifetime. It is two-phase: a pass first marks an instance (a tag that survives scaler restarts);
 //! a later pass that still finds it stuck, at least `confirm_after` after the mark, terminates it
-//! with decrement. An instance whose agent holds a job is never touched (and loses its mark).
+//! with decrement. An instance whose agent holds a job is left alone (and loses a stale mark) until
+//! it passes the maximum lifetime: that is a hard cap, so a job that never ends (`sleep infinity`
+//! on a GPU machine) cannot hold its instance forever.
 
 use protocol::metrics::AgentSummary;
 
@@ -13,7 +15,7 @@ pub const MARK_TAG: &str = "flotilla:reap";
 pub struct ReaperConfig {
     /// An in-service instance with no registered agent this long after launch is stuck.
     pub boot_deadline_seconds: u64,
-    /// Instances older than this are retired once idle (0 = no limit).
+    /// Instances older than this are retired, busy or not: a hard cap (0 = no limit).
     pub max_lifetime_seconds: u64,
     /// Time between passes; also the least time between a mark and the termination it confirms.
     pub interval_seconds: u64,
@@ -113,14 +115,6 @@ pub fn decide(
     let mut actions = Vec::new();
     for instance in instances.iter().filter(|i| i.in_service) {
         let agent = agents.iter().find(|a| a.name == instance.id);
-        if agent.is_some_and(|a| a.busy) {
-            if instance.mark.is_some() {
-                actions.push(ReapAction::Unmark {
-                    instance: instance.id.clone(),
-                });
-            }
-            continue;
-        }
         let age = (now_unix - instance.launched_unix).max(0) as u64;
         let reason = if config.max_lifetime_seconds > 0 && age >= config.max_lifetime_seconds {
             Some(ReapReason::Lifetime)
@@ -216,8 +210,11 @@ mod tests {
             ("marked, then its agent registered: unmark", instance("i-1", 700, true, Some((NoAgent, 120))), vec![agent("i-1", false)], vec![unmark.clone()]),
             ("idle agent registered: keep", instance("i-1", 5_000, true, None), vec![agent("i-1", false)], vec![]),
             ("another instance's agent does not count", instance("i-1", 700, true, None), vec![agent("i-2", false)], vec![mark(NoAgent)]),
-            ("busy agent: never touched", instance("i-1", 90_000, true, None), vec![agent("i-1", true)], vec![]),
-            ("busy agent with an old mark: unmarked, never terminated", instance("i-1", 90_000, true, Some((Lifetime, 600))), vec![agent("i-1", true)], vec![unmark.clone()]),
+            ("busy agent, young: not touched", instance("i-1", 5_000, true, None), vec![agent("i-1", true)], vec![]),
+            ("busy agent with a stale mark, young: unmarked", instance("i-1", 5_000, true, Some((NoAgent, 600))), vec![agent("i-1", true)], vec![unmark.clone()]),
+            ("busy agent past max lifetime: marked (the hard cap)", instance("i-1", 90_000, true, None), vec![agent("i-1", true)], vec![mark(Lifetime)]),
+            ("busy agent past max lifetime, marked a pass ago: terminated", instance("i-1", 90_000, true, Some((Lifetime, 600))), vec![agent("i-1", true)], vec![terminate(Lifetime)]),
+            ("busy agent past max lifetime, marked just now: wait for the confirming pass", instance("i-1", 90_000, true, Some((Lifetime, 30))), vec![agent("i-1", true)], vec![]),
             ("past max lifetime, idle: mark", instance("i-1", 86_400, true, None), vec![agent("i-1", false)], vec![mark(Lifetime)]),
             ("past max lifetime, marked: terminate", instance("i-1", 90_000, true, Some((Lifetime, 61))), vec![agent("i-1", false)], vec![terminate(Lifetime)]),
             ("pending (still launching): not judged", instance("i-1", 5_000, false, None), vec![], vec![]),

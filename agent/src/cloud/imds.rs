@@ -1,9 +1,11 @@
 //! An IMDSv2 client: a session token from `PUT /latest/api/token`, then `GET /latest/meta-data/...`
-//! with it. IMDSv1 (no token) is never used. Short timeouts, because a missing metadata service
+//! with it (and `/latest/dynamic/...` for the signed instance identity). IMDSv1 (no token) is
+//! never used. Short timeouts, because a missing metadata service
 //! must not hold up an agent; a token request that times out inside a container usually means the
 //! instance's hop limit is 1, and the error says so.
 
 use crate::client::{error_chain, http_client};
+use protocol::InstanceIdentity;
 use reqwest::blocking::Client;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -27,6 +29,8 @@ pub enum ImdsError {
     Unauthorized { path: String },
     #[error("instance metadata has no instance-id")]
     NoInstanceId,
+    #[error("instance metadata has no {path}")]
+    NoIdentity { path: String },
 }
 
 pub struct Imds {
@@ -94,7 +98,12 @@ impl Imds {
 
     /// `GET /latest/meta-data/<path>`: `Ok(None)` when the item does not exist (404).
     pub fn get(&mut self, path: &str) -> Result<Option<String>, ImdsError> {
-        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        self.fetch(&format!("meta-data/{path}"))
+    }
+
+    /// `GET /latest/<path>` with the session token, renewed once if refused.
+    fn fetch(&mut self, path: &str) -> Result<Option<String>, ImdsError> {
+        let url = format!("{}/latest/{path}", self.endpoint);
         let transport = |error: reqwest::Error| ImdsError::Transport {
             path: path.to_string(),
             message: error_chain(&error),
@@ -122,6 +131,24 @@ impl Imds {
         }
         Err(ImdsError::Unauthorized {
             path: path.to_string(),
+        })
+    }
+
+    /// The instance identity document, byte for byte, and its base64 RSA-SHA256 signature
+    /// (`/latest/dynamic/instance-identity/{document,signature}`), for a hub that binds
+    /// registration to the instance.
+    pub fn instance_identity(&mut self) -> Result<InstanceIdentity, ImdsError> {
+        let mut item = |name: &str| {
+            let path = format!("dynamic/instance-identity/{name}");
+            self.fetch(&path)?
+                .filter(|text| !text.is_empty())
+                .ok_or(ImdsError::NoIdentity { path })
+        };
+        let document = item("document")?;
+        let signature = item("signature")?;
+        Ok(InstanceIdentity {
+            document,
+            signature,
         })
     }
 

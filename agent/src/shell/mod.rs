@@ -182,7 +182,7 @@ impl Shell {
         if self.dead {
             return dead(started_at);
         }
-        if std::fs::write(&self.command_file, command).is_err() {
+        if write_private(&self.command_file, command.as_bytes()).is_err() {
             return CommandOutcome {
                 exit_code: DEAD_SHELL_EXIT_CODE,
                 started_at: 0,
@@ -430,6 +430,21 @@ pub fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
     }
     out.push(b'\'');
     out
+}
+
+/// Writes an agent scratch file 0600 (the command file holds the job's commands, secrets
+/// included), never through a symbolic link at `path`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?
+        .write_all(bytes)
 }
 
 #[cfg(test)]

@@ -112,6 +112,10 @@ pub struct ImdsState {
     /// `/latest/user-data` (404 when unset; any bytes) and the placement region.
     pub user_data: Option<Vec<u8>>,
     pub region: String,
+    /// `/latest/dynamic/instance-identity/document` and `/signature` (404 when unset): set by
+    /// [`FakeImds::sign_identity`], or by hand for forged ones.
+    pub identity_document: Option<String>,
+    pub identity_signature: Option<String>,
     /// Token requests get 403 (IMDSv2 unavailable).
     pub refuse_tokens: bool,
     /// Every request: (method, path, carried the current token).
@@ -125,6 +129,15 @@ impl FakeImds {
     /// Every request so far: (method, path, carried the current token).
     pub fn requests(&self) -> Vec<(String, String, bool)> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Serves an instance identity document for `account_id`, signed (base64 RSA-SHA256, as
+    /// AWS's `signature`) with the PEM private key at `key`, through the `openssl` CLI.
+    pub fn sign_identity(&self, account_id: &str, key: &std::path::Path) {
+        let mut state = self.state.lock().unwrap();
+        let document = identity_document(&state.instance_id, account_id, &state.region);
+        state.identity_signature = Some(sign(&document, key));
+        state.identity_document = Some(document);
     }
 
     pub fn start(instance_id: &str) -> FakeImds {
@@ -178,10 +191,71 @@ fn answer(state: &mut ImdsState, request: &Request) -> Reply {
             state.lifecycle_state.clone().map(String::into_bytes)
         }
         Some("spot/instance-action") => state.spot_action.clone().map(String::into_bytes),
+        _ if url == "/latest/dynamic/instance-identity/document" => {
+            state.identity_document.clone().map(String::into_bytes)
+        }
+        _ if url == "/latest/dynamic/instance-identity/signature" => {
+            state.identity_signature.clone().map(String::into_bytes)
+        }
         _ => None,
     };
     match answer {
         Some(body) => (200, body),
         None => respond(404, "Not Found"),
     }
+}
+
+/// An instance identity document shaped like AWS's (pretty-printed JSON, camelCase keys).
+pub fn identity_document(instance_id: &str, account_id: &str, region: &str) -> String {
+    format!(
+        "{{\n  \"accountId\" : \"{account_id}\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"{region}a\",\n  \"imageId\" : \"ami-0123456789abcdef0\",\n  \"instanceId\" : \"{instance_id}\",\n  \"instanceType\" : \"g5.xlarge\",\n  \"pendingTime\" : \"2026-01-01T00:00:00Z\",\n  \"privateIp\" : \"10.0.0.1\",\n  \"region\" : \"{region}\",\n  \"version\" : \"2017-09-30\"\n}}"
+    )
+}
+
+/// `document`'s base64 RSA-SHA256 signature (PKCS#1 v1.5) with the PEM private key at `key`,
+/// wrapped at 64 columns as IMDS serves it (`openssl dgst -sign | openssl base64`).
+pub fn sign(document: &str, key: &std::path::Path) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("set -o pipefail; openssl dgst -sha256 -sign \"$1\" | openssl base64")
+        .arg("sign")
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("bash runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(document.as_bytes()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "openssl dgst -sign failed (apt-get install openssl)"
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// A new RSA key and a self-signed certificate for it in `dir` (`key.pem`, `cert.pem`), made
+/// with the `openssl` CLI; returns their paths.
+pub fn signing_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = dir.join(format!("{name}-key.pem"));
+    let cert = dir.join(format!("{name}-cert.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed (apt-get install openssl)");
+    assert!(status.success(), "openssl req -x509 failed");
+    (key, cert)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod imds;
 #[allow(unused_imports)]
-pub use imds::{header, respond, FakeImds, ImdsState, Reply, Request, TestServer};
+pub use imds::{header, respond, signing_key, FakeImds, ImdsState, Reply, Request, TestServer};
 
 #[derive(Default)]
 pub struct HubState {

@@ -1,31 +1,65 @@
 //! The agent protocol's server side (docs/protocol.md §2): register, sync, the job request,
 //! log-token refresh and disconnect. Each call reads the facts from memory, lets `rules` decide,
-//! turns the decision into row [`Changes`] and hands them to `Hub::commit`.
+//! turns the decision into row [`Changes`] and hands them to `Hub::commit`. Registration also
+//! checks who may take a name (`rules::decide_register`) and, for agent types that require it,
+//! the instance the agent runs on (`crate::identity`).
 
 use super::memory::{AgentMem, Changes, Core};
 use super::{jobs, Hub, HubError, HubResult, Inner};
-use crate::rules::{self, AgentFacts, AssignedJob, JobChange, Reply};
-use crate::store::{AgentRow, JobRow, Store};
+use crate::identity::{self, Certificates, IdentityDocument};
+use crate::rules::{self, AgentFacts, AssignedJob, JobChange, RegisterFacts, Reply};
+use crate::store::{AgentRow, JobRow, Store, StoreError};
 use crate::tokens;
+use protocol::views::IdentityPolicy;
 use protocol::{
     AgentState, JobRequest, Logger, RegisterRequest, RegisterResponse, ShutdownReason, SyncAction,
     SyncRequest, SyncResponse,
 };
 
 impl Hub {
+    /// Registers an agent (docs/protocol.md §2.3) under the rules of `rules::decide_register`;
+    /// with an agent type that requires it, bound to a verified EC2 instance and named by it.
     pub fn register(
         &self,
-        registration_token: &str,
+        presented_token: &str,
         request: RegisterRequest,
         now: i64,
     ) -> HubResult<RegisterResponse> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
-        let agent_type = core.type_of_token(registration_token)?.clone();
-        let name = agent_name(&request)?;
+        let (agent_type, presenter) = presenter(core, presented_token)?;
+        let instance = self.verified_instance(store, &agent_type, &request)?;
+        let name = match &instance {
+            Some(document) => document.instance_id.clone(),
+            None => agent_name(&request)?,
+        };
+        let live = core.agents.get(&name);
+        let facts = RegisterFacts {
+            agent_type: &agent_type,
+            single_job: request.single_job,
+            live_holder: live.map(|agent| agent.row.agent_type.as_str()),
+            holders_own_token: presenter.as_deref() == Some(name.as_str()),
+            name_held_a_job: store.name_held_a_job(&name)?,
+            instance_registered_before: match &instance {
+                Some(document) => store.instance_registered(&document.instance_id)?,
+                None => false,
+            },
+        };
+        rules::decide_register(&facts)
+            .map_err(|refusal| HubError::Conflict(format!("agent '{name}': {refusal}")))?;
+        if let Some(document) = &instance {
+            // Recorded before the agent row: a crash in between leaves the instance spent, never
+            // registrable twice.
+            let (id, account, region) = (
+                &document.instance_id,
+                &document.account_id,
+                &document.region,
+            );
+            store.record_instance(id, &agent_type, account, region, now)?;
+        }
         let mut changes = Changes::default();
         // A re-registration under a live name replaces the old agent; its job is lost.
-        if let Some(old) = core.agents.get(&name) {
+        if let Some(old) = live {
             changes
                 .jobs
                 .extend(lost_job(core, old, now, "its agent registered again"));
@@ -33,6 +67,7 @@ impl Hub {
         let token = tokens::new_token();
         let registration = RegisterRequest {
             name: name.clone(),
+            flotilla_instance_identity: None,
             ..request
         };
         changes.agents.push(AgentRow {
@@ -50,6 +85,28 @@ impl Hub {
         });
         self.commit(store, core, changes, now)?;
         Ok(RegisterResponse { name, token })
+    }
+
+    /// The instance a registration is bound to, when its agent type requires one; refused
+    /// (403) when the identity does not check out.
+    fn verified_instance(
+        &self,
+        store: &Store,
+        agent_type: &str,
+        request: &RegisterRequest,
+    ) -> HubResult<Option<IdentityDocument>> {
+        let Some(policy) = store.identity_policy(agent_type)? else {
+            return Ok(None);
+        };
+        let policy = identity_policy(&policy)?;
+        let certificates = match &self.config.identity_certificates {
+            Some(certificates) => certificates.as_ref(),
+            None => Certificates::aws(),
+        };
+        let identity = request.flotilla_instance_identity.as_ref();
+        identity::verify(certificates, &policy, identity)
+            .map(Some)
+            .map_err(|error| HubError::Forbidden(format!("registration refused: {error}")))
     }
 
     pub fn sync(
@@ -99,7 +156,9 @@ impl Hub {
             .jobs
             .get(job_id)
             .filter(|job| {
-                job.row.agent.as_ref() == Some(&agent.row.name) && job.row.state.is_active()
+                job.row.agent.as_ref() == Some(&agent.row.name)
+                    && job.row.agent_type == agent.row.agent_type
+                    && job.row.state.is_active()
             })
             .ok_or_else(|| {
                 HubError::NotFound(format!("job {job_id} is not assigned to this agent"))
@@ -172,6 +231,25 @@ impl Hub {
         };
         self.commit(store, core, changes, now)
     }
+}
+
+/// The agent type a presented token registers for, and the name of the live agent it belongs
+/// to when it is an access token (an agent registering itself again).
+fn presenter(core: &Core, token: &str) -> HubResult<(String, Option<String>)> {
+    if let Ok(agent_type) = core.type_of_token(token) {
+        return Ok((agent_type.clone(), None));
+    }
+    let agent = core.agent(token)?;
+    Ok((agent.row.agent_type.clone(), Some(agent.row.name.clone())))
+}
+
+/// An agent type's stored instance-identity rule.
+pub(super) fn identity_policy(json: &str) -> HubResult<IdentityPolicy> {
+    serde_json::from_str(json).map_err(|error| {
+        HubError::Store(StoreError::Corrupt(format!(
+            "an agent type's identity rule: {error}"
+        )))
+    })
 }
 
 /// The name an agent registers under: its own, or a random one; never a URL.

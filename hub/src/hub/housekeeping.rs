@@ -1,13 +1,16 @@
 //! Work off the request path, run every second by the server: agents that stopped syncing are
-//! lost (their jobs re-queued or failed), agents' last-sync times are flushed in small batches,
-//! and the WAL is checkpointed.
+//! lost (their jobs re-queued or failed), jobs past their time limit are stopped, agents'
+//! last-sync times are flushed in small batches, the WAL is checkpointed, and finished jobs'
+//! secrets (environment values, file contents) are purged once their retention period is over.
 
 use super::{Hub, HubResult, Inner};
 use crate::store::Store;
+use protocol::JobSpec;
 
 impl Hub {
-    /// Marks agents silent for longer than `lost_after` as lost (their jobs re-queued or failed)
-    /// and writes agents' last-sync times. Returns how many agents were lost.
+    /// Marks agents silent for longer than `lost_after` as lost (their jobs re-queued or failed),
+    /// stops jobs past their time limit and writes agents' last-sync times. Returns how many
+    /// agents were lost.
     pub fn maintain(&self, now: i64) -> HubResult<usize> {
         let (lost_count, touched) = {
             let mut guard = self.lock();
@@ -23,6 +26,7 @@ impl Hub {
                 self.remove_agent(store, core, name, "lost", now, "its agent was lost")?;
                 core.counters.lost_agents += 1;
             }
+            self.enforce_time_limits(store, core, now)?;
             let touched: Vec<(String, i64, String, i64)> = core
                 .agents
                 .values_mut()
@@ -45,6 +49,22 @@ impl Hub {
             self.lock().store.touch_agents(batch)?;
         }
         Ok(lost_count)
+    }
+
+    /// Empties the environment values and file contents of jobs that finished more than the
+    /// retention period ago (the job row and its log stay). Returns how many jobs were purged.
+    pub fn purge_secrets(&self, now: i64) -> HubResult<usize> {
+        let before = now.saturating_sub(self.config.secret_retention_secs);
+        let redact = |text: &str| match serde_json::from_str::<JobSpec>(text) {
+            Ok(spec) => serde_json::to_string(&spec.without_secrets()).unwrap_or_default(),
+            // Not a spec this hub can read: keep nothing of it.
+            Err(_) => String::new(),
+        };
+        let purged = self.lock().store.purge_job_secrets(before, &redact)?;
+        if purged > 0 {
+            tracing::info!(jobs = purged, "purged finished jobs' secrets");
+        }
+        Ok(purged)
     }
 
     /// Moves committed WAL pages into the database file (off the request path).

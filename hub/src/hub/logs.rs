@@ -1,16 +1,18 @@
 //! Job logs: intake of the agent's pushes (docs/protocol.md §6.3: a log token per job, batches
-//! placed by `start_from`, a size cap) and pages of lines for the user API. The lines go straight
+//! placed by `start_from`, a size cap counted before a batch is stored) and pages of lines for the user API. The lines go straight
 //! to the store; memory keeps only each live job's line and byte counts.
 
-use super::memory::Changes;
+use super::memory::{Changes, Core};
 use super::{jobs, Hub, HubError, HubResult, Inner};
-use crate::store::JobRow;
+use crate::store::{JobRow, Store};
 use crate::tokens;
 use protocol::views::LogPage;
 use protocol::JobState;
 
 impl Hub {
-    /// Stores pushed log lines (`start_from` semantics of docs/protocol.md §6.3).
+    /// Stores pushed log lines (`start_from` semantics of docs/protocol.md §6.3). The size cap
+    /// is counted before a batch is stored: the lines that fit are kept and the push gets 422
+    /// (the agent then stops pushing and marks its log trimmed, §6.2), so no push overshoots it.
     pub fn push_logs(
         &self,
         job_id: &str,
@@ -28,14 +30,7 @@ impl Hub {
             return Err(HubError::Unauthorized);
         }
         if job.log_bytes >= self.config.max_log_bytes {
-            if !job.log_trimmed {
-                let trimmed = JobRow {
-                    log_trimmed: true,
-                    ..job.clone()
-                };
-                self.commit(store, core, Changes::job(trimmed), now)?;
-            }
-            return Err(HubError::LogFull);
+            return self.log_full(store, core, job_id, now);
         }
         if start_from < 0 || start_from > job.log_lines {
             return Err(HubError::Conflict(format!(
@@ -44,9 +39,13 @@ impl Hub {
             )));
         }
         let lines = json_lines(body)?;
+        // Lines before the log's end are already stored (a retried batch): only the rest counts.
+        let stored = usize::try_from(job.log_lines - start_from).unwrap_or(0);
+        let new = &lines[stored.min(lines.len())..];
+        let fitting = lines_that_fit(new, self.config.max_log_bytes - job.log_bytes);
         // The first log push is the job starting, even if no sync reported it yet.
         let starts = job.state == JobState::Assigned;
-        let (count, bytes) = store.append_log(job_id, start_from, &lines)?;
+        let (count, bytes) = store.append_log(job_id, job.log_lines, &new[..fitting])?;
         if let Some(memory) = core.jobs.get_mut(job_id) {
             memory.row.log_lines = count;
             memory.row.log_bytes = bytes;
@@ -55,9 +54,31 @@ impl Hub {
                 self.commit(store, core, Changes::job(started), now)?;
             }
         }
+        if fitting < new.len() {
+            return self.log_full(store, core, job_id, now);
+        }
         drop(guard);
         self.logs_changed.notify_waiters();
         Ok(())
+    }
+
+    /// Marks a job's log trimmed (once) and answers 422.
+    fn log_full(
+        &self,
+        store: &mut Store,
+        core: &mut Core,
+        job_id: &str,
+        now: i64,
+    ) -> HubResult<()> {
+        if let Some(job) = core.jobs.get(job_id).filter(|job| !job.row.log_trimmed) {
+            let trimmed = JobRow {
+                log_trimmed: true,
+                ..job.row.clone()
+            };
+            self.commit(store, core, Changes::job(trimmed), now)?;
+        }
+        self.logs_changed.notify_waiters();
+        Err(HubError::LogFull)
     }
 
     /// Log lines of a job from `start_from`, at most `limit`.
@@ -83,6 +104,18 @@ impl Hub {
     }
 }
 
+/// How many of `lines`, from the first, fit in `room` bytes (each stored with its newline).
+fn lines_that_fit(lines: &[&str], room: i64) -> usize {
+    let mut used: i64 = 0;
+    lines
+        .iter()
+        .take_while(|line| {
+            used = used.saturating_add(line.len() as i64 + 1);
+            used <= room
+        })
+        .count()
+}
+
 /// `bearer` is the job's current, unexpired log token.
 fn log_token_valid(job: &JobRow, bearer: &str, now: i64) -> bool {
     job.log_token_hash
@@ -103,5 +136,18 @@ fn json_lines(body: &str) -> HubResult<Vec<&str>> {
             bad + 1
         ))),
         None => Ok(lines),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines_that_fit;
+
+    #[test]
+    fn lines_that_fit_count_their_newlines() {
+        let lines = ["abc", "de", "f"];
+        for (room, expected) in [(0, 0), (3, 0), (4, 1), (6, 1), (7, 2), (9, 3), (100, 3)] {
+            assert_eq!(lines_that_fit(&lines, room), expected, "room {room}");
+        }
     }
 }

@@ -46,6 +46,10 @@ pub(super) struct Core {
     pub queues: HashMap<String, BTreeMap<i64, String>>,
     pub version: u64,
     pub counters: HubCounters,
+    /// Agent types with their own default job time limit (seconds).
+    pub type_time_limits: HashMap<String, i64>,
+    /// Jobs the hub stopped itself, with the line their log ends with once they finish.
+    pub stop_notes: HashMap<String, String>,
 }
 
 /// Rows one call rewrites: committed in one transaction, then applied to memory. An agent row

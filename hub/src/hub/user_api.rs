@@ -6,16 +6,30 @@ use super::memory::{AgentMem, Changes, JobMem};
 use super::{jobs, Hub, HubError, HubResult, Inner};
 use crate::store::JobRow;
 use crate::tokens;
-use protocol::views::{AgentView, JobView};
+use protocol::views::{AgentView, IdentityPolicy, JobView};
 use protocol::{JobSpec, JobState};
+use std::collections::HashMap;
 
 impl Hub {
     /// Creates an agent type; returns its registration token (shown once, stored hashed).
     pub fn create_agent_type(&self, name: &str, now: i64) -> HubResult<String> {
+        self.create_agent_type_with(name, &IdentityPolicy::default(), now)
+    }
+
+    /// Creates an agent type with its instance-identity rule (`identity::check_policy`).
+    pub fn create_agent_type_with(
+        &self,
+        name: &str,
+        identity: &IdentityPolicy,
+        now: i64,
+    ) -> HubResult<String> {
         if !protocol::spec::valid_agent_type(name) {
             return Err(HubError::BadRequest(format!(
                 "agent type names are 1-64 characters of letters, digits, '-', '_' or '.'; got '{name}'"
             )));
+        }
+        if let Some(why) = crate::identity::check_policy(identity) {
+            return Err(HubError::BadRequest(why));
         }
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
@@ -26,19 +40,29 @@ impl Hub {
         }
         let token = tokens::new_token();
         let token_hash = tokens::hash(&token);
-        store.insert_agent_type(name, &token_hash, now)?;
+        if identity.require_instance_identity {
+            let policy = serde_json::to_string(identity).unwrap_or_default();
+            store.insert_agent_type_with_identity(name, &token_hash, now, &policy)?;
+        } else {
+            store.insert_agent_type(name, &token_hash, now)?;
+        }
         core.types.insert(name.to_string(), now);
         core.type_by_token.insert(token_hash, name.to_string());
         Ok(token)
     }
 
-    pub fn agent_types(&self) -> Vec<(String, i64)> {
-        self.lock()
-            .core
-            .types
-            .iter()
-            .map(|(name, created)| (name.clone(), *created))
-            .collect()
+    /// Every agent type: its name, when it was created, and its instance-identity rule.
+    pub fn agent_types(&self) -> HubResult<Vec<(String, i64, IdentityPolicy)>> {
+        let guard = self.lock();
+        let mut policies: HashMap<String, IdentityPolicy> = HashMap::new();
+        for (name, policy) in guard.store.identity_policies()? {
+            policies.insert(name, super::agent_api::identity_policy(&policy)?);
+        }
+        let types = guard.core.types.iter().map(|(name, created)| {
+            let policy = policies.remove(name).unwrap_or_default();
+            (name.clone(), *created, policy)
+        });
+        Ok(types.collect())
     }
 
     pub fn submit(&self, spec: JobSpec, now: i64) -> HubResult<JobView> {

@@ -5,7 +5,9 @@
 use super::HubAccess;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use protocol::views::{AgentView, JobView, LogPage};
+use protocol::views::{
+    AgentView, CreatedAgentType, IdentityPolicy, JobView, LogPage, NewAgentType,
+};
 use protocol::{JobSpec, LogEvent};
 use std::io::Write;
 use std::path::PathBuf;
@@ -65,6 +67,20 @@ pub enum AgentTypesCommand {
     Create {
         /// The new agent type's name (letters, digits, `-` and `_`).
         name: String,
+        /// Agents must send an AWS-signed instance identity document (`agent --ec2`); each is
+        /// named by its instance id, and an instance registers once, ever.
+        #[arg(long, requires = "allowed_accounts")]
+        require_instance_identity: bool,
+        /// An AWS account allowed to register (repeat; needed with --require-instance-identity).
+        #[arg(long = "allowed-account")]
+        allowed_accounts: Vec<String>,
+        /// A region allowed to register (repeat; none: any).
+        #[arg(long = "allowed-region")]
+        allowed_regions: Vec<String>,
+        /// Default time limit, in seconds, of this type's jobs that set none [default: the hub's
+        /// --job-time-limit].
+        #[arg(long)]
+        execution_time_limit: Option<u64>,
     },
     /// List the agent types.
     List,
@@ -164,21 +180,6 @@ impl Client {
             body,
         )?)?)
     }
-}
-
-fn parse_spec(file: &PathBuf) -> Result<JobSpec> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let spec: JobSpec = if file.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid job spec", file.display()))?
-    } else {
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("{} is not a valid job spec", file.display()))?
-    };
-    spec.validate()
-        .with_context(|| format!("{} is not a valid job spec", file.display()))?;
-    Ok(spec)
 }
 
 /// A Unix time as a local date-time (`2026-12-01 17:04:05 CET`).
@@ -318,7 +319,7 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
             follow,
         } => {
             let spec = match (file, commands.is_empty()) {
-                (Some(file), _) => parse_spec(&file)?,
+                (Some(file), _) => super::load_job_spec(&file)?,
                 (None, false) => JobSpec::from_commands(&agent_type, &commands),
                 (None, true) => bail!("give a job spec file or at least one --command"),
             };
@@ -351,13 +352,25 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
 pub fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
-        AgentTypesCommand::Create { name } => {
-            let created: serde_json::Value =
-                client.post("/agent_types", Some(serde_json::json!({ "name": name })))?;
-            println!(
-                "{}",
-                created["registration_token"].as_str().unwrap_or_default()
-            );
+        AgentTypesCommand::Create {
+            name,
+            require_instance_identity,
+            allowed_accounts,
+            allowed_regions,
+            execution_time_limit,
+        } => {
+            let request = NewAgentType {
+                name: name.clone(),
+                identity: IdentityPolicy {
+                    require_instance_identity,
+                    allowed_accounts,
+                    allowed_regions,
+                },
+                execution_time_limit,
+            };
+            let created: CreatedAgentType =
+                client.post("/agent_types", Some(serde_json::to_value(&request)?))?;
+            println!("{}", created.registration_token);
             eprintln!(
                 "agent type '{name}' created; the registration token above is shown only once"
             );

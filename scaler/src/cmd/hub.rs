@@ -1,13 +1,16 @@
 //! `scaler hub`: opens the hub's data directory, makes sure there is an admin token and a default
-//! agent type, and serves until SIGINT/SIGTERM.
+//! agent type, and serves until SIGINT/SIGTERM. What it writes is its user's only (umask 077),
+//! and it will not send tokens and job secrets in clear text over a network: on an address other
+//! than loopback it needs TLS, or an explicit `--plain-http-behind-proxy`.
 
 use anyhow::{bail, Context, Result};
-use hub::hub::Hub;
-use hub::server::{serve, ServeOptions};
+use hub::hub::{Hub, HubConfig};
+use hub::server::{serve, ConnectionLimits, ServeOptions};
 use hub::store::Durability;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct HubArgs {
@@ -47,10 +50,58 @@ pub struct HubArgs {
     /// Log format.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// A job's time limit in seconds when neither its spec nor its agent type sets one.
+    #[arg(long, env = "FLOTILLA_JOB_TIME_LIMIT", default_value_t = 3600)]
+    pub job_time_limit: i64,
+    /// Seconds after a job finishes when its environment values and file contents are purged
+    /// from the database (the job and its log stay).
+    #[arg(long, env = "FLOTILLA_SECRET_RETENTION", default_value_t = 3600)]
+    pub secret_retention: i64,
+    /// Connections served at once; more wait in the listen backlog. Every agent keeps one open:
+    /// set it above the fleet's size (and the open-files limit above it).
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a TLS client has to finish its handshake.
+    #[arg(long, env = "FLOTILLA_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub tls_handshake_timeout: u64,
+    /// PEM certificates for instance identity documents (`region: NAME` lines before each),
+    /// instead of the AWS certificates shipped with the hub (tests, other partitions).
+    #[arg(long, env = "FLOTILLA_IDENTITY_CERTIFICATES")]
+    pub identity_certificates: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address because a TLS-terminating proxy is in front.
+    #[arg(long, env = "FLOTILLA_PLAIN_HTTP_BEHIND_PROXY")]
+    pub plain_http_behind_proxy: bool,
+}
+
+/// Files and directories the process creates are its user's only. `scaler hub` and `scaler up`
+/// call this first: the hub's database holds jobs' secrets.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Refuses plain HTTP on an address other than loopback unless a proxy terminates TLS.
+fn check_plain_http(listen: SocketAddr, tls: bool, behind_proxy: bool) -> Result<()> {
+    if tls || behind_proxy || listen.ip().is_loopback() {
+        return Ok(());
+    }
+    bail!(
+        "refusing to serve plain HTTP on {listen}: agents' tokens and jobs' secrets would cross \
+         the network in clear text. Give --tls-cert and --tls-key, listen on 127.0.0.1, or pass \
+         --plain-http-behind-proxy if a TLS-terminating proxy is in front of the hub"
+    )
 }
 
 pub fn run(args: HubArgs) -> Result<i32> {
+    private_umask();
     crate::logging::init(&args.log_format);
+    check_plain_http(
+        args.listen,
+        args.tls_cert.is_some(),
+        args.plain_http_behind_proxy,
+    )?;
     let options = hub::BootstrapOptions {
         admin_token: args.admin_token.clone(),
         agent_type: args.default_agent_type.clone(),
@@ -80,24 +131,17 @@ pub fn run(args: HubArgs) -> Result<i32> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
-    let mut config = secrets.hub_config(&public_url);
-    config.lost_after_secs = args.lost_after;
-    config.max_log_bytes = args.max_log_bytes;
-    config.sync_interval_ms = args.sync_interval_ms;
-    config.durability = if args.durability == "full" {
-        Durability::Full
-    } else {
-        Durability::Normal
-    };
-    if args.lost_after < 1 || args.max_log_bytes < 1 || args.sync_interval_ms < 1 {
-        bail!("--lost-after, --max-log-bytes and --sync-interval-ms must be positive");
-    }
+    let config = hub_config(&args, secrets.hub_config(&public_url))?;
     let now = hub::api::unix_now();
     let hub = Hub::open(&args.data_dir, config, now)
         .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        limits: ConnectionLimits {
+            max_connections: args.max_connections,
+            tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,11 +154,64 @@ pub fn run(args: HubArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// The hub's configuration from the flags, over `config`'s defaults.
+fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
+    config.lost_after_secs = args.lost_after;
+    config.max_log_bytes = args.max_log_bytes;
+    config.sync_interval_ms = args.sync_interval_ms;
+    config.default_time_limit_secs = args.job_time_limit;
+    config.secret_retention_secs = args.secret_retention;
+    if let Some(path) = &args.identity_certificates {
+        let certificates = hub::identity::Certificates::from_file(path)
+            .with_context(|| format!("cannot use {}", path.display()))?;
+        config.identity_certificates = Some(std::sync::Arc::new(certificates));
+    }
+    config.durability = if args.durability == "full" {
+        Durability::Full
+    } else {
+        Durability::Normal
+    };
+    let durations = [args.lost_after, args.max_log_bytes, args.sync_interval_ms];
+    if durations.iter().any(|value| *value < 1) {
+        bail!("--lost-after, --max-log-bytes and --sync-interval-ms must be positive");
+    }
+    if args.job_time_limit < 1 || args.secret_retention < 0 || args.max_connections < 1 {
+        bail!(
+            "--job-time-limit and --max-connections must be positive, --secret-retention 0 or more"
+        );
+    }
+    Ok(config)
+}
+
 async fn shutdown_signal() {
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_plain_http;
+
+    #[test]
+    fn plain_http_only_on_loopback_or_behind_a_proxy() {
+        let table = [
+            ("127.0.0.1:8080", false, false, true),
+            ("[::1]:8080", false, false, true),
+            ("0.0.0.0:8080", false, false, false),
+            ("10.0.0.5:8080", false, false, false),
+            ("[::]:8080", false, false, false),
+            ("0.0.0.0:8080", true, false, true),
+            ("0.0.0.0:8080", false, true, true),
+        ];
+        for (listen, tls, proxy, allowed) in table {
+            let result = check_plain_http(listen.parse().unwrap(), tls, proxy);
+            assert_eq!(result.is_ok(), allowed, "{listen} tls={tls} proxy={proxy}");
+        }
+        let error = check_plain_http("0.0.0.0:1".parse().unwrap(), false, false).unwrap_err();
+        assert!(error.to_string().contains("--plain-http-behind-proxy"));
     }
 }

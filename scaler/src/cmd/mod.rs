@@ -12,7 +12,9 @@ pub mod status;
 pub mod up;
 pub mod watch;
 
-use std::path::PathBuf;
+use anyhow::{Context, Result};
+use protocol::JobSpec;
+use std::path::{Path, PathBuf};
 
 /// Where `scaler up` records the URL its hub serves on, inside the data directory.
 pub const HUB_URL_FILE: &str = "hub-url";
@@ -56,4 +58,18 @@ impl HubAccess {
             .filter(|url| !url.is_empty())
             .unwrap_or_else(|| DEFAULT_HUB_URL.to_string())
     }
+}
+
+/// Reads and checks a job spec file: JSON by its extension, else YAML.
+pub fn load_job_spec(path: &Path) -> Result<JobSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let invalid = || format!("{} is not a valid job spec", path.display());
+    let spec: JobSpec = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(invalid)?
+    } else {
+        serde_yaml::from_str(&text).with_context(invalid)?
+    };
+    spec.validate().with_context(invalid)?;
+    Ok(spec)
 }

@@ -55,33 +55,71 @@ pub struct SimulateArgs {
 }
 
 pub fn run(args: SimulateArgs) -> Result<i32> {
-    let (jobs, mut config) = match sim::scenario(&args.trace, args.seed) {
-        Some(scenario) => scenario,
-        None => {
-            let text = std::fs::read_to_string(&args.trace)
-                .with_context(|| format!("'{}' is neither a built-in scenario (bursty-day, gpu-shortage, steady) nor a readable CSV file", args.trace))?;
-            let jobs = trace::read_csv(&text).with_context(|| format!("reading {}", args.trace))?;
-            (
-                jobs,
-                sim::SimConfig {
-                    seed: args.seed,
-                    ..sim::SimConfig::single_pool(50, args.price)
-                },
-            )
-        }
-    };
+    let (jobs, mut config) = load_trace(&args)?;
     if jobs.is_empty() {
         bail!("the trace has no jobs");
     }
-    let policies: Vec<PolicyKind> = args
-        .policy
+    let policies = parse_policies(&args.policy)?;
+    apply_overrides(&args, &mut config)?;
+    if let Some(path) = &args.save_trace {
+        std::fs::write(path, trace::to_csv(&jobs))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let started = std::time::Instant::now();
+    let outcomes: Vec<sim::Outcome> = policies
+        .iter()
+        .map(|&policy| sim::simulate(&jobs, &config, policy))
+        .collect();
+    println!(
+        "trace {}: {} jobs; pools in priority order: {} (baselines use the first); seed {}",
+        args.trace,
+        jobs.len(),
+        describe_pools(&config),
+        args.seed
+    );
+    print!("{}", sim::table(&outcomes));
+    println!(
+        "(waits: queued -> started; inst-min: instance-minutes launched; simulated in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    write_outputs(&args, &outcomes)?;
+    Ok(0)
+}
+
+/// The jobs and the fleet they run on: a built-in scenario by name, or else a CSV trace on a
+/// single pool of 50 at `--price`.
+fn load_trace(args: &SimulateArgs) -> Result<(Vec<trace::TraceJob>, sim::SimConfig)> {
+    if let Some(scenario) = sim::scenario(&args.trace, args.seed) {
+        return Ok(scenario);
+    }
+    let text = std::fs::read_to_string(&args.trace).with_context(|| {
+        format!(
+            "'{}' is neither a built-in scenario (bursty-day, gpu-shortage, steady) nor a readable CSV file",
+            args.trace
+        )
+    })?;
+    let jobs = trace::read_csv(&text).with_context(|| format!("reading {}", args.trace))?;
+    let config = sim::SimConfig {
+        seed: args.seed,
+        ..sim::SimConfig::single_pool(50, args.price)
+    };
+    Ok((jobs, config))
+}
+
+fn parse_policies(names: &[String]) -> Result<Vec<PolicyKind>> {
+    names
         .iter()
         .map(|name| {
             PolicyKind::parse(name.trim()).with_context(|| {
                 format!("unknown policy '{name}' (flotilla, semaphore, buildkite)")
             })
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The command line's settings over the scenario's: spare and warm capacity, idle timeout, spot
+/// interruptions, and `--max` on every pool.
+fn apply_overrides(args: &SimulateArgs, config: &mut sim::SimConfig) -> Result<()> {
     config.spare = args.spare;
     config.warm_fraction = args.warm_fraction;
     config.warm_max = args.warm_max;
@@ -95,46 +133,33 @@ pub fn run(args: SimulateArgs) -> Result<i32> {
             pool.max = max;
         }
     }
-    if let Some(path) = &args.save_trace {
-        std::fs::write(path, trace::to_csv(&jobs))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let started = std::time::Instant::now();
-    let outcomes: Vec<sim::Outcome> = policies
-        .iter()
-        .map(|&policy| sim::simulate(&jobs, &config, policy))
-        .collect();
+    Ok(())
+}
+
+/// The pools for the header line, in priority order: "name (max N, $P/h[, outages])".
+fn describe_pools(config: &sim::SimConfig) -> String {
     let pools: Vec<String> = config
         .pools
         .iter()
         .map(|p| {
+            let outages = if p.outages.is_empty() {
+                ""
+            } else {
+                ", outages"
+            };
             format!(
-                "{} (max {}, ${}/h{})",
-                p.name,
-                p.max,
-                p.price_per_hour,
-                if p.outages.is_empty() {
-                    ""
-                } else {
-                    ", outages"
-                }
+                "{} (max {}, ${}/h{outages})",
+                p.name, p.max, p.price_per_hour
             )
         })
         .collect();
-    println!(
-        "trace {}: {} jobs; pools in priority order: {} (baselines use the first); seed {}",
-        args.trace,
-        jobs.len(),
-        pools.join(", "),
-        args.seed
-    );
-    print!("{}", sim::table(&outcomes));
-    println!(
-        "(waits: queued -> started; inst-min: instance-minutes launched; simulated in {:.1} s)",
-        started.elapsed().as_secs_f64()
-    );
+    pools.join(", ")
+}
+
+/// The time series CSV and the plot, where asked for.
+fn write_outputs(args: &SimulateArgs, outcomes: &[sim::Outcome]) -> Result<()> {
     if let Some(path) = &args.csv {
-        std::fs::write(path, sim::series_csv(&outcomes))
+        std::fs::write(path, sim::series_csv(outcomes))
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("time series written to {}", path.display());
     }
@@ -143,8 +168,8 @@ pub fn run(args: SimulateArgs) -> Result<i32> {
             "{} (seed {}): queue and fleet per policy",
             args.trace, args.seed
         );
-        sim::plot::render(&outcomes, &title, path)?;
+        sim::plot::render(outcomes, &title, path)?;
         println!("plot written to {}", path.display());
     }
-    Ok(0)
+    Ok(())
 }

@@ -73,20 +73,6 @@ fn example_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load_spec(path: &Path) -> Result<JobSpec> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let spec: JobSpec = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)?
-    } else {
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("{} is not a valid job spec", path.display()))?
-    };
-    spec.validate()
-        .with_context(|| format!("{} is not a valid job spec", path.display()))?;
-    Ok(spec)
-}
-
 fn seconds(from: i64, to: Option<i64>) -> String {
     to.map(|to| format!("{}s", (to - from).max(0)))
         .unwrap_or_else(|| "-".into())
@@ -300,6 +286,7 @@ fn follow_progress(
 }
 
 pub fn run(args: UpArgs) -> Result<i32> {
+    super::hub::private_umask();
     if args.max_agents == 0 {
         bail!("--max-agents must be at least 1");
     }
@@ -312,7 +299,7 @@ pub fn run(args: UpArgs) -> Result<i32> {
     }
     let specs: Vec<(PathBuf, JobSpec)> = files
         .iter()
-        .map(|f| load_spec(f).map(|s| (f.clone(), s)))
+        .map(|f| super::load_job_spec(f).map(|s| (f.clone(), s)))
         .collect::<Result<_>>()?;
     let running = start_hub(&args)?;
     let submitted = submit_all(&running.hub, specs)?;

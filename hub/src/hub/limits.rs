@@ -1,0 +1,181 @@
+//! Job time limits. Every job an agent holds has one: its spec's `execution_time_limit`, else its
+//! agent type's default, else the hub's (`--job-time-limit`, 60 min). It counts from the moment
+//! the job started (or, before that, was handed to an agent): a job that only waits in the queue
+//! is not timed. Past it the hub asks for the job to be stopped, so its agent gets `stop-job` at
+//! its next sync; the job ends `stopped` with the reason on the job and as the last line of its
+//! log. Whether a job is over its limit is a pure function of its row, its limit and the time.
+
+use super::memory::{Changes, Core, JobMem};
+use super::{jobs, Hub, HubConfig, HubError, HubResult, Inner};
+use crate::store::{JobRow, Store};
+use protocol::spec::human_duration;
+use protocol::{JobState, LogEvent};
+
+impl Hub {
+    /// Sets an agent type's default job time limit (`None`: the hub's default).
+    pub fn set_agent_type_time_limit(&self, name: &str, seconds: Option<u64>) -> HubResult<()> {
+        let seconds = match seconds {
+            Some(0) => {
+                return Err(HubError::BadRequest(
+                    "execution_time_limit must be more than 0 seconds".into(),
+                ))
+            }
+            Some(seconds) => Some(i64::try_from(seconds).unwrap_or(i64::MAX)),
+            None => None,
+        };
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        if !core.types.contains_key(name) {
+            return Err(HubError::NotFound(format!("no agent type '{name}'")));
+        }
+        store.set_agent_type_time_limit(name, seconds)?;
+        match seconds {
+            Some(seconds) => core.type_time_limits.insert(name.to_string(), seconds),
+            None => core.type_time_limits.remove(name),
+        };
+        Ok(())
+    }
+
+    /// Asks for every job past its time limit to be stopped (its agent gets `stop-job` at its
+    /// next sync). Returns how many were.
+    pub(super) fn enforce_time_limits(
+        &self,
+        store: &mut Store,
+        core: &mut Core,
+        now: i64,
+    ) -> HubResult<usize> {
+        let due: Vec<(JobRow, String)> = core
+            .jobs
+            .values()
+            .filter_map(|job| {
+                let limit = time_limit(job, core, &self.config);
+                let reason = over_time_limit(&job.row, limit, now)?;
+                let row = JobRow {
+                    reason: Some(reason.clone()),
+                    ..jobs::stop_requested(&job.row, now)
+                };
+                Some((row, reason))
+            })
+            .collect();
+        let count = due.len();
+        let mut changes = Changes::default();
+        let mut notes = Vec::new();
+        for (row, reason) in due {
+            tracing::warn!(job = %row.id, agent = ?row.agent, "{reason}: stopping the job");
+            notes.push((row.id.clone(), stop_note(&reason, now)));
+            changes.jobs.push(row);
+        }
+        self.commit(store, core, changes, now)?;
+        core.stop_notes.extend(notes);
+        Ok(count)
+    }
+}
+
+/// The time limit of a job, in seconds: its spec's, its agent type's or the hub's.
+fn time_limit(job: &JobMem, core: &Core, config: &HubConfig) -> i64 {
+    job.spec
+        .execution_time_limit
+        .map(|limit| i64::try_from(limit.seconds()).unwrap_or(i64::MAX))
+        .or_else(|| core.type_time_limits.get(&job.row.agent_type).copied())
+        .unwrap_or(config.default_time_limit_secs)
+}
+
+/// Why a job an agent holds must be stopped now, or `None` while it may run on (or is already
+/// being stopped, or only waits in the queue).
+pub(super) fn over_time_limit(row: &JobRow, limit_secs: i64, now: i64) -> Option<String> {
+    let held = matches!(row.state, JobState::Assigned | JobState::Running);
+    if !held || row.stop_requested {
+        return None;
+    }
+    let since = row.started_at.or(row.assigned_at)?;
+    (now.saturating_sub(since) > limit_secs).then(|| {
+        let limit = human_duration(u64::try_from(limit_secs).unwrap_or(0));
+        format!("execution time limit of {limit} exceeded")
+    })
+}
+
+/// The log line that tells the user why the hub stopped a job (a `cmd_output` event, so every
+/// log reader shows it).
+fn stop_note(reason: &str, now: i64) -> String {
+    let event = LogEvent::CmdOutput {
+        timestamp: now,
+        output: format!("\nFlotilla: {reason}: the hub stopped the job\n"),
+    };
+    let mut line = Vec::new();
+    event.write_line(&mut line);
+    String::from_utf8_lossy(&line).trim_end().to_string()
+}
+
+/// Ends the log of each finished job the hub stopped itself with the note saying why. The
+/// agent's log is complete by then (it flushes before it reports the job finished).
+pub(super) fn log_stop_notes(store: &mut Store, core: &mut Core, jobs: &[JobRow], now: i64) {
+    for job in jobs.iter().filter(|job| job.state.is_finished()) {
+        let Some(note) = core.stop_notes.remove(&job.id) else {
+            continue;
+        };
+        if let Err(error) = store.append_log(&job.id, job.log_lines, &[&note]) {
+            tracing::error!(job = %job.id, %error, now, "cannot log why the job was stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(state: JobState, assigned: Option<i64>, started: Option<i64>, stop: bool) -> JobRow {
+        JobRow {
+            seq: 1,
+            id: "J".into(),
+            agent_type: "t".into(),
+            spec: "{}".into(),
+            state,
+            result: None,
+            reason: None,
+            attempts: 1,
+            agent: Some("a".into()),
+            stop_requested: stop,
+            log_token_hash: None,
+            log_token_expires_at: None,
+            log_lines: 0,
+            log_bytes: 0,
+            log_trimmed: false,
+            queued_at: 0,
+            assigned_at: assigned,
+            started_at: started,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_time_limit_table() {
+        use JobState::*;
+        let over = Some("execution time limit of 1m exceeded".to_string());
+        #[rustfmt::skip]
+        let table: Vec<(&str, JobRow, Option<String>)> = vec![
+            ("queued for hours: not timed", row(Queued, None, None, false), None),
+            ("running, within the limit", row(Running, Some(0), Some(50), false), None),
+            ("running, exactly at the limit", row(Running, Some(0), Some(40), false), None),
+            ("running, past the limit", row(Running, Some(0), Some(39), false), over.clone()),
+            ("assigned, never started, past the limit", row(Assigned, Some(39), None, false), over.clone()),
+            ("counted from the start, not the assignment", row(Running, Some(0), Some(41), false), None),
+            ("already being stopped", row(Stopping, Some(0), Some(0), true), None),
+            ("stop already asked for", row(Running, Some(0), Some(0), true), None),
+            ("finished", row(Finished, Some(0), Some(0), false), None),
+        ];
+        for (case, job, expected) in table {
+            assert_eq!(over_time_limit(&job, 60, 100), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_stop_note_is_a_log_event() {
+        let note = stop_note("execution time limit of 2s exceeded", 7);
+        let event: LogEvent = serde_json::from_str(&note).unwrap();
+        assert!(
+            matches!(event, LogEvent::CmdOutput { timestamp: 7, ref output }
+            if output.contains("execution time limit of 2s exceeded"))
+        );
+        assert!(!note.contains('\n'));
+    }
+}

@@ -1,0 +1,124 @@
+//! What a run produced: the per-policy [`Outcome`] (waits, instance time, cost, the per-minute
+//! series) gathered from the world once the clock stops, and its two renderings, the table
+//! `scaler simulate` prints and the CSV it writes. Formatting only here: the numbers are
+//! computed once, in [`outcome`].
+
+use crate::world::World;
+use crate::PolicyKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SeriesRow {
+    pub time_s: f64,
+    pub queued: u32,
+    pub running: u32,
+    pub instances: u32,
+    pub desired: u32,
+}
+
+/// A policy's results on a trace.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub policy: PolicyKind,
+    /// Queued → first started, seconds, for jobs that started.
+    pub waits: Vec<f64>,
+    pub never_started: usize,
+    pub started_more_than_once: usize,
+    pub finished: usize,
+    pub instance_seconds: f64,
+    pub idle_instance_seconds: f64,
+    pub cost: f64,
+    pub launches: u64,
+    pub series: Vec<SeriesRow>,
+}
+
+impl Outcome {
+    pub fn wait_percentile(&self, p: f64) -> f64 {
+        if self.waits.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.waits.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+/// The outcome of `policy` from the world as the clock stopped; instances still alive count
+/// until then.
+pub(crate) fn outcome(world: &World, policy: PolicyKind, series: Vec<SeriesRow>) -> Outcome {
+    let end_time = world.now;
+    let mut instance_seconds = 0.0;
+    let mut idle_seconds = 0.0;
+    let mut cost = 0.0;
+    for instance in &world.instances {
+        let lived = instance.gone_at.unwrap_or(end_time) - instance.launched;
+        instance_seconds += lived;
+        idle_seconds += instance.idle_seconds;
+        cost += lived / 3600.0 * world.pools[instance.pool].spec.price_per_hour;
+    }
+    let jobs = &world.jobs;
+    Outcome {
+        policy,
+        waits: jobs
+            .iter()
+            .filter_map(|j| j.started.map(|s| s - j.submit))
+            .collect(),
+        never_started: jobs.iter().filter(|j| j.started.is_none()).count(),
+        started_more_than_once: jobs.iter().filter(|j| j.starts > 1).count(),
+        finished: jobs.iter().filter(|j| j.finished.is_some()).count(),
+        instance_seconds,
+        idle_instance_seconds: idle_seconds,
+        cost,
+        launches: world.launches,
+        series,
+    }
+}
+
+/// The results as a table.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut out = format!(
+        "{:<10} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>8} {:>9}\n",
+        "policy",
+        "p50 wait",
+        "p95 wait",
+        "p99 wait",
+        "inst-min",
+        "idle inst-min",
+        "cost $",
+        "never",
+        "launches"
+    );
+    for o in outcomes {
+        out.push_str(&format!(
+            "{:<10} {:>8.0}s {:>8.0}s {:>8.0}s {:>12.0} {:>12.0} {:>9.2} {:>8} {:>9}\n",
+            o.policy.name(),
+            o.wait_percentile(0.5),
+            o.wait_percentile(0.95),
+            o.wait_percentile(0.99),
+            o.instance_seconds / 60.0,
+            o.idle_instance_seconds / 60.0,
+            o.cost,
+            o.never_started,
+            o.launches
+        ));
+    }
+    out
+}
+
+/// The time series of every policy as one CSV.
+pub fn series_csv(outcomes: &[Outcome]) -> String {
+    let mut out = String::from("policy,time_s,queued,running,instances,desired\n");
+    for o in outcomes {
+        for row in &o.series {
+            out.push_str(&format!(
+                "{},{},{},{},{},{}\n",
+                o.policy.name(),
+                row.time_s,
+                row.queued,
+                row.running,
+                row.instances,
+                row.desired
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,356 @@
+//! The simulated world: the job queue, each pool's instances and the virtual clock. [`World::step`]
+//! advances it one tick: submissions arrive; instances are interrupted, finish booting, finish
+//! their job or idle out; idle agents take queued jobs; each pool converges on its desired
+//! capacity. Every random draw comes from the world's one seeded generator in that fixed order,
+//! so the same seed replays the same day.
+
+use crate::config::{PoolSpec, SimConfig};
+use crate::report::SeriesRow;
+use crate::trace::TraceJob;
+use crate::PolicyKind;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use scaling::policy::{PoolState, QueueSnapshot};
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum InstanceState {
+    Booting,
+    Idle { since: f64 },
+    Busy { job: usize, until: f64 },
+    Gone,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Instance {
+    pub(crate) pool: usize,
+    pub(crate) launched: f64,
+    ready: f64,
+    state: InstanceState,
+    pub(crate) gone_at: Option<f64>,
+    pub(crate) idle_seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SimJob {
+    pub(crate) submit: f64,
+    duration: f64,
+    pub(crate) started: Option<f64>,
+    pub(crate) starts: u32,
+    pub(crate) finished: Option<f64>,
+}
+
+pub(crate) struct PoolRuntime {
+    pub(crate) spec: PoolSpec,
+    pub(crate) desired: u32,
+    last_failure: Option<f64>,
+}
+
+/// The simulated world: queue, fleet and clock.
+pub(crate) struct World {
+    pub(crate) now: f64,
+    pub(crate) jobs: Vec<SimJob>,
+    next_submission: usize,
+    queue: VecDeque<usize>,
+    pub(crate) instances: Vec<Instance>,
+    pub(crate) pools: Vec<PoolRuntime>,
+    rng: StdRng,
+    pub(crate) launches: u64,
+    boot_fixed_s: f64,
+    boot_agent_s: (f64, f64),
+    spot_rate_per_s: f64,
+    idle_timeout_s: f64,
+    /// Instances leave after one job (Flotilla, Semaphore) or stay (Buildkite).
+    one_job_per_instance: bool,
+    /// Leaving after the job lowers desired (Flotilla) or the ASG replaces it (Semaphore).
+    decrement_after_job: bool,
+}
+
+/// The world behind its lock, whether or not a holder panicked.
+pub(crate) fn lock(world: &Mutex<World>) -> MutexGuard<'_, World> {
+    world.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl World {
+    /// The world at time 0 for `trace` under `policy`: how its agents leave, and its pools (all
+    /// of them for Flotilla, the first for the baselines) at their minimums.
+    pub(crate) fn new(trace: &[TraceJob], config: &SimConfig, policy: PolicyKind) -> World {
+        let (one_job, decrement, idle_timeout) = match policy {
+            PolicyKind::Flotilla => (true, true, config.flotilla_idle_timeout_s),
+            PolicyKind::Semaphore => (true, false, config.idle_timeout_s),
+            PolicyKind::Buildkite => (false, true, 600.0),
+        };
+        let pools: Vec<PoolRuntime> = match policy {
+            PolicyKind::Flotilla => config.pools.clone(),
+            _ => config.pools.iter().take(1).cloned().collect(),
+        }
+        .into_iter()
+        .map(|spec| PoolRuntime {
+            desired: spec.min,
+            spec,
+            last_failure: None,
+        })
+        .collect();
+        World {
+            now: 0.0,
+            jobs: trace
+                .iter()
+                .map(|j| SimJob {
+                    submit: j.submit_s,
+                    duration: j.duration_s,
+                    started: None,
+                    starts: 0,
+                    finished: None,
+                })
+                .collect(),
+            next_submission: 0,
+            queue: VecDeque::new(),
+            instances: Vec::new(),
+            pools,
+            rng: StdRng::seed_from_u64(config.seed),
+            launches: 0,
+            boot_fixed_s: config.boot_fixed_s,
+            boot_agent_s: config.boot_agent_s,
+            spot_rate_per_s: config.spot_interruptions_per_hour / 3600.0,
+            idle_timeout_s: idle_timeout,
+            one_job_per_instance: one_job,
+            decrement_after_job: decrement,
+        }
+    }
+
+    pub(crate) fn live(&self, pool: usize) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.pool == pool && i.state != InstanceState::Gone)
+            .count()
+    }
+
+    /// Every job submitted and finished, none queued.
+    pub(crate) fn all_done(&self) -> bool {
+        self.next_submission == self.jobs.len()
+            && self.queue.is_empty()
+            && self.jobs.iter().all(|j| j.finished.is_some())
+    }
+
+    /// No pool has a live instance.
+    pub(crate) fn fleet_empty(&self) -> bool {
+        (0..self.pools.len()).all(|p| self.live(p) == 0)
+    }
+
+    /// Queue and fleet now, for the time series.
+    pub(crate) fn series_row(&self) -> SeriesRow {
+        let snapshot = self.snapshot();
+        SeriesRow {
+            time_s: self.now,
+            queued: snapshot.queued,
+            running: snapshot.running,
+            instances: (0..self.pools.len()).map(|p| self.live(p) as u32).sum(),
+            desired: self.pools.iter().map(|p| p.desired).sum(),
+        }
+    }
+
+    fn remove(&mut self, index: usize, decrement: bool) {
+        let now = self.now;
+        let instance = &mut self.instances[index];
+        instance.state = InstanceState::Gone;
+        instance.gone_at = Some(now);
+        if decrement {
+            let pool = &mut self.pools[instance.pool];
+            pool.desired = pool.desired.saturating_sub(1).max(pool.spec.min);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> QueueSnapshot {
+        let running = self
+            .instances
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Busy { .. }))
+            .count() as u32;
+        let idle = self
+            .instances
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Idle { .. }))
+            .count() as u32;
+        let oldest = self
+            .queue
+            .front()
+            .map(|&j| (self.now - self.jobs[j].submit).max(0.0) as u64);
+        QueueSnapshot {
+            queued: self.queue.len() as u32,
+            running,
+            idle,
+            occupied: running,
+            oldest_queued_seconds: oldest,
+            age_ms: 0,
+        }
+    }
+
+    pub(crate) fn pool_states(&self) -> Vec<PoolState> {
+        self.pools
+            .iter()
+            .enumerate()
+            .map(|(index, pool)| {
+                let booting = self
+                    .instances
+                    .iter()
+                    .filter(|i| i.pool == index && i.state == InstanceState::Booting)
+                    .count() as u32;
+                PoolState {
+                    name: pool.spec.name.clone(),
+                    desired: pool.desired,
+                    min: pool.spec.min,
+                    max: pool.spec.max,
+                    in_service: self.live(index) as u32 - booting,
+                    pending: booting,
+                    short: pool.last_failure.is_some_and(|at| self.now - at < 60.0),
+                }
+            })
+            .collect()
+    }
+
+    /// One tick of `dt` seconds at `self.now`, its phases in a fixed order (see the module).
+    pub(crate) fn step(&mut self, dt: f64) {
+        let now = self.now;
+        self.submit_due(now);
+        for index in 0..self.instances.len() {
+            self.advance_instance(index, now, dt);
+        }
+        self.assign_queued(now);
+        for pool in 0..self.pools.len() {
+            self.converge_pool(pool, now);
+        }
+    }
+
+    /// Jobs whose submit time has come join the back of the queue.
+    fn submit_due(&mut self, now: f64) {
+        while self.next_submission < self.jobs.len()
+            && self.jobs[self.next_submission].submit <= now
+        {
+            self.queue.push_back(self.next_submission);
+            self.next_submission += 1;
+        }
+    }
+
+    /// One instance's tick: a spot interruption, or the end of its boot, of its job (it leaves or
+    /// idles) or of its idle timeout.
+    fn advance_instance(&mut self, index: usize, now: f64, dt: f64) {
+        let state = self.instances[index].state;
+        if self.interrupt(index, state, dt) {
+            return;
+        }
+        match state {
+            InstanceState::Booting if now >= self.instances[index].ready => {
+                self.instances[index].state = InstanceState::Idle { since: now };
+            }
+            InstanceState::Busy { job, until } if now >= until => {
+                self.jobs[job].finished = Some(now);
+                if self.one_job_per_instance {
+                    let decrement = self.decrement_after_job;
+                    self.remove(index, decrement);
+                } else {
+                    self.instances[index].state = InstanceState::Idle { since: now };
+                }
+            }
+            InstanceState::Idle { since } => {
+                self.instances[index].idle_seconds += dt;
+                if now - since >= self.idle_timeout_s {
+                    self.remove(index, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Spot interruptions: the job goes back to the front of the queue; the ASG replaces the
+    /// instance. Draws from the generator only for live spot instances when the rate is positive.
+    fn interrupt(&mut self, index: usize, state: InstanceState, dt: f64) -> bool {
+        let pool = self.instances[index].pool;
+        let interrupted = state != InstanceState::Gone
+            && self.pools[pool].spec.spot
+            && self.spot_rate_per_s > 0.0
+            && self.rng.gen::<f64>() < self.spot_rate_per_s * dt;
+        if interrupted {
+            if let InstanceState::Busy { job, .. } = state {
+                self.queue.push_front(job);
+            }
+            self.remove(index, false);
+        }
+        interrupted
+    }
+
+    /// Idle agents take queued jobs, oldest job first, longest-idle agent first.
+    fn assign_queued(&mut self, now: f64) {
+        for index in 0..self.instances.len() {
+            if self.queue.is_empty() {
+                break;
+            }
+            if let InstanceState::Idle { .. } = self.instances[index].state {
+                let job = self.queue.pop_front().expect("not empty");
+                let until = now + self.jobs[job].duration;
+                self.jobs[job].starts += 1;
+                self.jobs[job].started.get_or_insert(now);
+                self.instances[index].state = InstanceState::Busy { job, until };
+            }
+        }
+    }
+
+    /// The ASG converges on desired: launch (unless in an outage), or shed idle instances.
+    fn converge_pool(&mut self, pool: usize, now: f64) {
+        let live = self.live(pool) as u32;
+        let desired = self.pools[pool].desired;
+        if live < desired {
+            let in_outage = self.pools[pool]
+                .spec
+                .outages
+                .iter()
+                .any(|(from, to)| (*from..*to).contains(&now));
+            if in_outage {
+                self.pools[pool].last_failure = Some(now);
+                return;
+            }
+            for _ in live..desired {
+                self.launch(pool, now);
+            }
+        } else if live > desired {
+            self.shed(pool, live - desired);
+        }
+    }
+
+    /// A new instance in `pool`, ready after a drawn boot time.
+    fn launch(&mut self, pool: usize, now: f64) {
+        let boot = self.boot_fixed_s
+            + self
+                .rng
+                .gen_range(self.boot_agent_s.0..=self.boot_agent_s.1)
+            + self.pools[pool].spec.extra_boot_s;
+        self.instances.push(Instance {
+            pool,
+            launched: now,
+            ready: now + boot,
+            state: InstanceState::Booting,
+            gone_at: None,
+            idle_seconds: 0.0,
+        });
+        self.launches += 1;
+    }
+
+    /// Removes `excess` idle or booting instances of `pool`, newest first.
+    fn shed(&mut self, pool: usize, mut excess: u32) {
+        for index in (0..self.instances.len()).rev() {
+            if excess == 0 {
+                break;
+            }
+            let instance = &self.instances[index];
+            if instance.pool == pool
+                && matches!(
+                    instance.state,
+                    InstanceState::Idle { .. } | InstanceState::Booting
+                )
+            {
+                self.remove(index, false);
+                excess -= 1;
+            }
+        }
+    }
+}
