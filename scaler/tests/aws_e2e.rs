@@ -156,8 +156,36 @@ fn instance_tags(
         .collect()
 }
 
+/// Waits until the reaper has marked `instance` (the EC2 tag), checks it is still there, then
+/// waits until it is terminated.
+fn wait_for_mark_then_termination(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    instance: &str,
+    reasons: &[&str],
+) {
+    support::wait_for(
+        &format!("{instance} to be marked"),
+        Duration::from_secs(30),
+        || {
+            instance_tags(runtime, moto, instance).iter().any(|(k, v)| {
+                k == "flotilla:reap" && reasons.iter().any(|r| v.starts_with(&format!("{r}@")))
+            })
+        },
+    );
+    assert!(
+        moto.group(runtime, "gpu").1.iter().any(|i| i == instance),
+        "marked, not yet terminated"
+    );
+    support::wait_for(
+        &format!("{instance} to be terminated"),
+        Duration::from_secs(30),
+        || !moto.group(runtime, "gpu").1.iter().any(|i| i == instance),
+    );
+}
+
 #[test]
-fn the_reaper_marks_then_terminates_an_instance_with_no_agent_but_never_a_busy_one() {
+fn the_reaper_terminates_a_stuck_instance_and_a_busy_one_only_past_its_lifetime() {
     let runtime = runtime();
     let moto = moto::MotoServer::start();
     moto.create_group(&runtime, "gpu", 0, 4, 2);
@@ -167,7 +195,7 @@ fn the_reaper_marks_then_terminates_an_instance_with_no_agent_but_never_a_busy_o
     let hub = hub_with_token_in_ssm(&runtime, &moto);
     // The first instance's agent (named by its instance id) runs a long job.
     let _agent = support::start_agent(&hub, &["--name", &busy]);
-    hub.submit(&["sleep 60"]);
+    hub.submit(&["sleep 120"]);
     support::wait_for("the agent to be busy", Duration::from_secs(30), || {
         hub.admin_get("/api/v1/agents")
             .as_array()
@@ -176,56 +204,40 @@ fn the_reaper_marks_then_terminates_an_instance_with_no_agent_but_never_a_busy_o
             .any(|a| a["name"] == busy.as_str() && !a["job_id"].is_null())
     });
     let dir = tempfile::tempdir().unwrap();
-    let mut scaler = scaler_run_with(
-        &hub,
-        &moto.env(),
-        &["gpu"],
-        "    reaper: {boot_deadline_seconds: 0, max_lifetime_seconds: 1, interval_seconds: 3}\n",
-        dir.path(),
-    );
+    let reaper = |lifetime: u64| {
+        format!("    reaper: {{boot_deadline_seconds: 0, max_lifetime_seconds: {lifetime}, interval_seconds: 3}}\n")
+    };
+    let mut scaler = scaler_run_with(&hub, &moto.env(), &["gpu"], &reaper(3600), dir.path());
     let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
-    // Phase one: a mark, kept as a tag on the instance.
-    support::wait_for(
-        "the stuck instance to be marked",
-        Duration::from_secs(30),
-        || {
-            instance_tags(&runtime, &moto, &stuck).iter().any(|(k, v)| {
-                k == "flotilla:reap" && (v.starts_with("no-agent@") || v.starts_with("lifetime@"))
-            })
-        },
-    );
-    assert!(
-        moto.group(&runtime, "gpu").1.contains(&stuck),
-        "marked, not yet terminated"
-    );
-    // Phase two: the next pass confirms and terminates it with decrement.
-    support::wait_for(
-        "the stuck instance to be terminated",
-        Duration::from_secs(30),
-        || !moto.group(&runtime, "gpu").1.contains(&stuck),
-    );
+    // The stuck instance: marked (a tag on the instance), then terminated with decrement.
+    wait_for_mark_then_termination(&runtime, &moto, &stuck, &["no-agent"]);
     let (desired, remaining, _) = moto.group(&runtime, "gpu");
     assert_eq!(desired, 1, "terminated with decrement: {}", log());
     assert_eq!(remaining, vec![busy.clone()]);
-    // Past its maximum lifetime too, but busy: never marked, never touched.
+    // Busy and within its lifetime: never marked, never touched.
     std::thread::sleep(Duration::from_secs(4));
     assert!(moto.group(&runtime, "gpu").1.contains(&busy));
+    let tags = instance_tags(&runtime, &moto, &busy);
+    assert!(!tags.iter().any(|(k, _)| k == "flotilla:reap"), "{}", log());
+    let first_log = log();
     assert!(
-        !instance_tags(&runtime, &moto, &busy)
-            .iter()
-            .any(|(k, _)| k == "flotilla:reap"),
-        "{}",
-        log()
+        !first_log.contains(&format!("instance: \"{busy}\"")),
+        "{first_log}"
     );
-    let log = log();
-    assert!(!log.contains(&format!("instance: \"{busy}\"")), "{log}");
-    let mark_at = log
-        .find(&format!("Mark {{ instance: \"{stuck}\""))
-        .expect(&log);
-    let terminate_at = log
-        .find(&format!("Terminate {{ instance: \"{stuck}\""))
-        .expect(&log);
-    assert!(mark_at < terminate_at, "{log}");
+    let mark_at = first_log.find(&format!("Mark {{ instance: \"{stuck}\""));
+    let terminate_at = first_log.find(&format!("Terminate {{ instance: \"{stuck}\""));
+    assert!(mark_at.expect(&first_log) < terminate_at.expect(&first_log));
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+    // Past its maximum lifetime the cap is hard, busy or not: marked, then terminated.
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(&hub, &moto.env(), &["gpu"], &reaper(1), dir.path());
+    wait_for_mark_then_termination(&runtime, &moto, &busy, &["lifetime"]);
+    assert_eq!(
+        moto.group(&runtime, "gpu").0,
+        0,
+        "terminated with decrement"
+    );
     let _ = scaler.kill();
     let _ = scaler.wait();
 }
