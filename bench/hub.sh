@@ -4,4 +4,4 @@
 # Pass `sync` or `dispatch` to run one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench -p scaler --bench hub -- "$@"
+cargo bench -p hub --bench hub -- "$@"

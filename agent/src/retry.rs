@@ -1,5 +1,7 @@
 //! Upstream's `RetryWithConstantWait` (docs/protocol.md §2.9): N attempts, a fixed delay, no
-//! backoff.
+//! backoff. Hand-written on purpose: retry crates (`backon`, `tokio-retry`) are built around
+//! back-off policies and async futures, while this is a dozen lines whose exact log line and
+//! attempt count upstream's tests and log readers expect.
 
 use std::time::Duration;
 

@@ -2,7 +2,9 @@
 //!
 //! Log consumers parse the JSON, but the upstream agent is HTML-safe (`<`, `>`, `&`, U+2028 and
 //! U+2029 escaped) and turns every invalid UTF-8 byte into U+FFFD. Matching both keeps our logs
-//! indistinguishable from upstream's for anything that looks at bytes.
+//! indistinguishable from upstream's for anything that looks at bytes. Hand-written because no
+//! crate does it: `serde_json` has no HTML-safe mode and refuses invalid UTF-8 rather than
+//! replacing it.
 
 use serde::Serialize;
 use serde_json::ser::Formatter;
