@@ -286,7 +286,9 @@ impl World {
                 break;
             }
             if let InstanceState::Idle { .. } = self.instances[index].state {
-                let job = self.queue.pop_front().expect("not empty");
+                let Some(job) = self.queue.pop_front() else {
+                    break;
+                };
                 let until = now + self.jobs[job].duration;
                 self.jobs[job].starts += 1;
                 self.jobs[job].started.get_or_insert(now);
