@@ -36,6 +36,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("kubernetes-default-image", Kind::Text),
     // Flotilla's own options, under the same scheme.
     ("report-gpus", Kind::Flag),
+    ("container-gpus", Kind::Text),
     ("ec2", Kind::Flag),
     ("imds-endpoint", Kind::Text),
     ("ec2-poll-seconds", Kind::Int),
@@ -46,6 +47,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("config-ssm-parameter", Kind::Text),
     ("registered-file", Kind::Text),
     ("job-record-file", Kind::Text),
+    ("job-user", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,8 @@ pub struct Config {
     pub source_pre_job_hook: bool,
     /// Report GPUs at registration (a Flotilla extension: only for a Flotilla hub).
     pub report_gpus: bool,
+    /// Which GPUs a container job's containers get (`all`, `auto`, `none`; default `auto`).
+    pub container_gpus: crate::compose::ContainerGpus,
     /// Running on EC2: name = instance id, wait out warm pools, spot notices interrupt.
     pub ec2: bool,
     /// Instance metadata service base URL ("" = the standard address).
@@ -100,6 +104,9 @@ pub struct Config {
     /// that this machine took one (default `$HOME/.flotilla-agent/job-taken`); an agent started
     /// where a record exists does not register ([`crate::job_record`]). Empty otherwise.
     pub job_record_file: String,
+    /// Run jobs as this unprivileged user instead of the agent's own ([`crate::job_user`]);
+    /// empty: the agent's user, as upstream does.
+    pub job_user: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -423,6 +430,7 @@ fn build(
         fail_on_pre_job_hook_error: flag(values, "fail-on-pre-job-hook-error")?,
         source_pre_job_hook: flag(values, "source-pre-job-hook")?,
         report_gpus: flag(values, "report-gpus")?,
+        container_gpus: container_gpus(values)?,
         ec2: flag(values, "ec2")?,
         ec2_keep_instance: flag(values, "ec2-keep-instance")?,
         ec2_poweroff_command: match values.get("ec2-poweroff-command") {
@@ -433,6 +441,7 @@ fn build(
         aws_region: text(values, "aws-region")?,
         registered_file: text(values, "registered-file")?,
         job_record_file,
+        job_user: text(values, "job-user")?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
     })
@@ -448,6 +457,17 @@ fn upload_job_logs(values: &BTreeMap<&'static str, Raw>) -> Result<UploadJobLogs
                 "Unsupported value '{other}' for upload-job-logs. Allowed values are: never, always, when-trimmed. Exiting..."
             )))
         }
+    })
+}
+
+fn container_gpus(
+    values: &BTreeMap<&'static str, Raw>,
+) -> Result<crate::compose::ContainerGpus, ConfigError> {
+    let value = text(values, "container-gpus")?;
+    crate::compose::ContainerGpus::parse(&value).ok_or_else(|| {
+        invalid(format!(
+            "Unsupported value '{value}' for container-gpus. Allowed values are: all, auto, none. Exiting..."
+        ))
     })
 }
 
@@ -668,6 +688,38 @@ mod tests {
         .unwrap();
         assert_eq!(config.env_vars, vec![("K".into(), "v".into())]);
         assert_eq!(config.files, vec![("/a".into(), "/b".into())]);
+    }
+
+    #[test]
+    fn container_gpus_default_auto_with_upstreams_precedence() {
+        use crate::compose::ContainerGpus;
+        let file = "container-gpus: none\n";
+        let with_file = [BASE, &["--config-file=c.yaml"]].concat();
+        type Row<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], ContainerGpus);
+        let table: &[Row] = &[
+            (BASE, &[], ContainerGpus::Auto),
+            (&with_file, &[], ContainerGpus::None),
+            (
+                &with_file,
+                &[("SEMAPHORE_AGENT_CONTAINER_GPUS", "all")],
+                ContainerGpus::All,
+            ),
+            (
+                &[&with_file[..], &["--container-gpus", "auto"]].concat(),
+                &[("SEMAPHORE_AGENT_CONTAINER_GPUS", "all")],
+                ContainerGpus::Auto,
+            ),
+        ];
+        for (list, environment, expected) in table {
+            let config = load_with(list, environment, file).unwrap();
+            assert_eq!(config.container_gpus, *expected, "{list:?} {environment:?}");
+        }
+        assert_eq!(
+            load_with(&[BASE, &["--container-gpus", "some"]].concat(), &[], "")
+                .unwrap_err()
+                .to_string(),
+            "Unsupported value 'some' for container-gpus. Allowed values are: all, auto, none. Exiting..."
+        );
     }
 
     #[test]

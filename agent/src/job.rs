@@ -8,6 +8,7 @@
 //! session is killed on stop and at the end (no leaked background processes); the job shell
 //! never sees the agent's `SEMAPHORE_AGENT_*` settings (tokens included).
 
+use crate::job_user::JobUser;
 use crate::joblog::JobLog;
 use crate::shell::{shell_quote_bytes, unix_now, Shell};
 use protocol::{Command, JobRequest, JobResult};
@@ -23,6 +24,8 @@ pub const INJECT_DIRECTIVE: &str = "Injecting Files";
 pub const PRE_HOOK_ALIAS: &str = "Running the pre-job hook configured in the agent";
 pub const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the agent";
 pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
+/// The directive of a job that fails before it has a shell (bad executor, bad containers).
+pub const PREPARE_DIRECTIVE: &str = "Preparing the job executor";
 /// Agent log line (followed by the duration) once the job's bash is ready for commands.
 pub const SHELL_READY_LOG: &str = "Job shell (bash --login in a PTY) ready in";
 /// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (docs/protocol.md
@@ -42,6 +45,10 @@ pub struct JobOptions {
     pub shell_env: Vec<(String, String)>,
     /// Where per-job scratch files (command file, env files) go.
     pub scratch_root: PathBuf,
+    /// Run the job as this unprivileged user ([`crate::job_user`]); `None`: as the agent.
+    pub job_user: Option<JobUser>,
+    /// How container jobs (`dockercompose`) run: `--files`, GPUs ([`crate::compose`]).
+    pub compose: crate::compose::ComposeOptions,
 }
 
 /// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
@@ -59,7 +66,7 @@ pub fn job_environment(
 #[derive(Debug, Default)]
 pub struct JobControl {
     stopped: AtomicBool,
-    session: Mutex<Option<i32>>,
+    session: Mutex<Option<(i32, Option<JobUser>)>>,
 }
 
 impl JobControl {
@@ -71,9 +78,13 @@ impl JobControl {
     /// later is killed as soon as it is attached.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        let session = *self.session.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(session) = session {
-            crate::shell::pty::kill_session(session);
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some((session, user)) = session {
+            kill_job(session, user.as_ref());
         }
     }
 
@@ -85,26 +96,32 @@ impl JobControl {
         self.stopped.store(true, Ordering::SeqCst);
     }
 
-    fn attach(&self, session: i32) {
-        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(session);
+    pub(crate) fn attach(&self, session: i32, user: Option<&JobUser>) {
+        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some((session, user.cloned()));
         if self.is_stopped() {
-            crate::shell::pty::kill_session(session);
+            kill_job(session, user);
         }
     }
 
-    fn detach(&self) {
+    pub(crate) fn detach(&self) {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Kills the job's session and, when it runs as a job user, every process of that user (an agent
+/// without `CAP_KILL` cannot signal them itself, and a job may have left its session).
+fn kill_job(session: i32, user: Option<&JobUser>) {
+    crate::shell::pty::kill_session(session);
+    if let Some(user) = user {
+        user.kill_all();
     }
 }
 
 /// Why a job cannot be run by this agent at all.
 pub fn unsupported_executor(request: &JobRequest) -> Option<String> {
     match request.executor.as_str() {
-        "" | "shell" => None,
-        "dockercompose" => Some(
-            "This agent runs jobs with the shell executor only; the 'dockercompose' executor is not supported.".into(),
-        ),
-        other => Some(format!("Unknown executor type '{other}': this agent supports only the shell executor.")),
+        "" | "shell" | "dockercompose" => None,
+        other => Some(format!("Unknown executor type '{other}': this agent supports the shell and dockercompose executors.")),
     }
 }
 
@@ -120,11 +137,15 @@ pub fn run_job(
         tracing::info!("No executor specified - using shell executor");
     }
     if let Some(message) = unsupported_executor(request) {
-        fail_before_shell(log, "Preparing the job executor", &message);
+        fail_before_shell(log, PREPARE_DIRECTIVE, &message);
         log.job_finished(JobResult::Failed);
         return JobResult::Failed;
     }
-    let scratch = match make_scratch_dir(&options.scratch_root, &request.job_id) {
+    let scratch = match make_scratch_dir(
+        &options.scratch_root,
+        &request.job_id,
+        options.job_user.as_ref(),
+    ) {
         Ok(dir) => dir,
         Err(error) => {
             fail_before_shell(
@@ -140,50 +161,118 @@ pub fn run_job(
         log.job_finished(JobResult::Stopped);
         JobResult::Stopped
     } else {
-        let shell_starting = std::time::Instant::now();
-        match Shell::start(&options.shell_env, &scratch) {
-            Ok(shell) => {
-                tracing::info!(
-                    "{SHELL_READY_LOG} {:.1} ms",
-                    shell_starting.elapsed().as_secs_f64() * 1000.0
-                );
-                control.attach(shell.session_id());
-                let mut runner = Runner {
-                    request,
-                    options,
-                    log,
-                    control,
-                    shell,
-                    scratch: &scratch,
-                };
-                let result = runner.run();
-                runner.shell.close();
-                control.detach();
-                result
-            }
-            Err(error) => {
-                fail_before_shell(
-                    log,
-                    "Starting the job shell",
-                    &format!("Failed to start bash: {error}"),
-                );
-                log.job_finished(JobResult::Failed);
-                JobResult::Failed
-            }
-        }
+        run_in_shell(request, options, log, control, &scratch)
     };
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-fn fail_before_shell(log: &JobLog, directive: &str, message: &str) {
+/// Starts the job's shell (bash, or bash in the job's container) and runs the job in it.
+fn run_in_shell(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+    scratch: &Path,
+) -> JobResult {
+    let shell_starting = std::time::Instant::now();
+    let user = options.job_user.as_ref();
+    match start_shell(request, options, log, control, scratch) {
+        Ok((shell, container)) => {
+            tracing::info!(
+                "{SHELL_READY_LOG} {:.1} ms",
+                shell_starting.elapsed().as_secs_f64() * 1000.0
+            );
+            control.attach(shell.session_id(), user);
+            let mut runner = Runner {
+                request,
+                options,
+                log,
+                control,
+                shell,
+                scratch,
+                container: container.as_ref(),
+            };
+            let result = runner.run();
+            runner.shell.close();
+            if let Some(user) = user {
+                user.kill_all();
+            }
+            control.detach();
+            if let Some(project) = &container {
+                project.down();
+            }
+            result
+        }
+        Err(NoShell::Containers) => {
+            let result = match control.is_stopped() {
+                true => JobResult::Stopped,
+                false => JobResult::Failed,
+            };
+            log.job_finished(result);
+            result
+        }
+        Err(NoShell::Bash(error)) => {
+            fail_before_shell(
+                log,
+                "Starting the job shell",
+                &format!("Failed to start bash: {error}"),
+            );
+            log.job_finished(JobResult::Failed);
+            JobResult::Failed
+        }
+    }
+}
+
+/// Why a job has no shell; the container case has said why in the job log already.
+enum NoShell {
+    Bash(std::io::Error),
+    Containers,
+}
+
+/// The job's shell: bash in a PTY, or for `dockercompose` bash in the job's `main` container with
+/// the Compose project to take down at the end.
+fn start_shell(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+    scratch: &Path,
+) -> Result<(Shell, Option<crate::compose::cli::Project>), NoShell> {
+    if request.executor == "dockercompose" {
+        return crate::compose::start(request, options, log, control, scratch)
+            .map(|(shell, project)| (shell, Some(project)))
+            .ok_or(NoShell::Containers);
+    }
+    Shell::start(&options.shell_env, scratch, options.job_user.as_ref())
+        .map(|shell| (shell, None))
+        .map_err(NoShell::Bash)
+}
+
+pub(crate) fn fail_before_shell(log: &JobLog, directive: &str, message: &str) {
     let started_at = unix_now();
     log.cmd_started(directive);
     log.cmd_output(format!("{message}\n").as_bytes());
     log.cmd_finished(directive, 1, started_at, unix_now());
 }
 
-fn make_scratch_dir(root: &Path, job_id: &str) -> std::io::Result<PathBuf> {
+/// A new private directory for the job's scratch files: 0700, or with a job user 2750 and that
+/// user's group, so the job's shell can read the command files the agent writes but not change
+/// them.
+fn make_scratch_dir(root: &Path, job_id: &str, user: Option<&JobUser>) -> std::io::Result<PathBuf> {
+    let dir = make_private_dir(root, job_id)?;
+    if let Some(user) = user {
+        let shared = std::os::unix::fs::chown(&dir, None, Some(user.gid))
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2750)));
+        if let Err(error) = shared {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(error);
+        }
+    }
+    Ok(dir)
+}
+
+fn make_private_dir(root: &Path, job_id: &str) -> std::io::Result<PathBuf> {
     let safe_id: String = job_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -212,6 +301,8 @@ struct Runner<'a> {
     control: &'a JobControl,
     shell: Shell,
     scratch: &'a Path,
+    /// The Compose project of a container job (files are injected inside the container).
+    container: Option<&'a crate::compose::cli::Project>,
 }
 
 impl Runner<'_> {
@@ -397,7 +488,14 @@ impl Runner<'_> {
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            // A container's user may be anyone: it reads the file through the scratch mount.
+            .mode(if self.container.is_some() {
+                0o644
+            } else if self.options.job_user.is_some() {
+                0o640
+            } else {
+                0o600
+            })
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .and_then(|mut file| file.write_all(&content));
@@ -419,6 +517,15 @@ impl Runner<'_> {
 
     /// docs/protocol.md §5.4, with upstream's path bugs fixed.
     fn inject_files(&mut self) -> i32 {
+        if self.container.is_some() {
+            let files = &self.request.files;
+            return crate::compose::inject::inject_files(
+                &mut self.shell,
+                self.log,
+                files,
+                self.scratch,
+            );
+        }
         let started_at = unix_now();
         self.log.cmd_started(INJECT_DIRECTIVE);
         let home = self
@@ -463,7 +570,15 @@ impl Runner<'_> {
                     .cmd_output(format!("bad file permission '{}'\n", file.mode).as_bytes());
                 return 1;
             };
-            if let Err(failure) = write_job_file(&destination, &content, mode) {
+            let written = match &self.options.job_user {
+                None => write_job_file(&destination, &content, mode),
+                Some(user) => user
+                    .run_as(|| write_job_file(&destination, &content, mode))
+                    .unwrap_or_else(|error| {
+                        Err(WriteFileError::Open(std::io::Error::other(error)))
+                    }),
+            };
+            if let Err(failure) = written {
                 self.log
                     .cmd_output(failure.message(&shown, &file.mode).as_bytes());
                 return failure.exit_code();

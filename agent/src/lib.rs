@@ -4,11 +4,13 @@
 pub mod client;
 pub mod cloud;
 pub mod command;
+pub mod compose;
 pub mod config;
 pub mod gpu;
 pub mod host;
 pub mod job;
 pub mod job_record;
+pub mod job_user;
 pub mod joblog;
 pub mod listener;
 pub mod logging;

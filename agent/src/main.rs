@@ -61,6 +61,17 @@ enum Commands {
         #[arg(long, default_value = "poweroff")]
         poweroff_command: String,
     },
+    /// Print the (decrypted) value of an SSM parameter: the instance's boot scripts read the
+    /// stack's settings with the instance role this way (flotilla-seal: job-sudo, job-docker).
+    GetParameter {
+        name: String,
+        /// AWS region [default: AWS_REGION, else the SDK's chain].
+        #[arg(long, default_value = "")]
+        aws_region: String,
+        /// Printed when the parameter does not exist (without it, a missing parameter fails).
+        #[arg(long)]
+        default: Option<String>,
+    },
     /// Check that this machine can run jobs: units, boot scripts, IMDSv2, and with --gpu the
     /// NVIDIA driver and Docker's GPU runtime. Exits 1 if any check fails.
     SelfTest {
@@ -122,6 +133,14 @@ fn main() {
             ("self-test", Ok(self_test(&options)))
         }
         Commands::Run { file, format } => ("run", run(&file, format)),
+        Commands::GetParameter {
+            name,
+            aws_region,
+            default,
+        } => (
+            "get-parameter",
+            get_parameter(&name, &aws_region, default.as_deref()),
+        ),
     };
     let code = result.unwrap_or_else(|error| {
         // Once the agent's log is up (`start`), failures go there, in upstream's words.
@@ -133,6 +152,19 @@ fn main() {
         1
     });
     std::process::exit(code);
+}
+
+fn get_parameter(name: &str, region: &str, default: Option<&str>) -> Result<i32> {
+    let aws = agent::cloud::aws::Aws::load(region)?;
+    let value = match (aws.ssm_parameter(name), default) {
+        (Ok(value), _) => value,
+        (Err(agent::cloud::aws::AwsError::NoSuchParameter { .. }), Some(default)) => {
+            default.to_string()
+        }
+        (Err(error), _) => return Err(error.into()),
+    };
+    println!("{value}");
+    Ok(0)
 }
 
 fn self_test(options: &agent::selftest::SelfTestOptions) -> i32 {
@@ -231,7 +263,7 @@ fn start(options: &[String]) -> Result<i32> {
     // On EC2 the agent removes its own instance when it exits, unless told to keep it.
     let remove_instance = config.ec2 && !config.ec2_keep_instance;
     let poweroff_command = config.ec2_poweroff_command.clone();
-    let job_options = job_options(&config, &gpus);
+    let job_options = job_options(&config, &gpus)?;
     let mut listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
     if let Some(identity) = ec2.as_ref().and_then(|ec2| ec2.identity.clone()) {
         listener = listener.with_instance_identity(identity);
@@ -286,9 +318,6 @@ fn load_config(options: &[String], env: &BTreeMap<String, String>) -> Result<Con
     if config.upload_job_logs != UploadJobLogs::Never {
         tracing::warn!("upload-job-logs is accepted for compatibility, but this agent does not upload job logs as artifacts: logs are pushed only");
     }
-    if !config.files.is_empty() || config.fail_on_missing_files {
-        tracing::warn!("files and fail-on-missing-files apply to the docker-compose executor only; the shell executor ignores them");
-    }
     Ok(config)
 }
 
@@ -330,10 +359,21 @@ impl Ec2 {
 }
 
 /// What every job gets: the agent's hooks and env vars, and this machine's GPUs in its env.
-fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> JobOptions {
+/// A `job-user` that cannot be used is fatal: running the job as the agent instead would hand it
+/// the agent's powers.
+fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> {
     let mut shell_env = job_environment(std::env::vars());
     agent::gpu::add_to_environment(&mut shell_env, gpus);
-    JobOptions {
+    let job_user = match config.job_user.as_str() {
+        "" => None,
+        name => {
+            let user = agent::job_user::JobUser::lookup(name)?;
+            user.apply_to_environment(&mut shell_env);
+            tracing::info!("Jobs run as {} (uid {})", user.name, user.uid);
+            Some(user)
+        }
+    };
+    Ok(JobOptions {
         agent_env_vars: config.env_vars.clone(),
         pre_job_hook_path: config.pre_job_hook_path.clone(),
         post_job_hook_path: config.post_job_hook_path.clone(),
@@ -341,7 +381,14 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> JobOptions {
         source_pre_job_hook: config.source_pre_job_hook,
         shell_env,
         scratch_root: std::env::temp_dir(),
-    }
+        job_user,
+        compose: agent::compose::ComposeOptions {
+            files: config.files.clone(),
+            fail_on_missing_files: config.fail_on_missing_files,
+            gpus: config.container_gpus,
+            host_gpus: gpus.to_vec(),
+        },
+    })
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.
@@ -408,10 +455,15 @@ fn run(path: &Path, format: Format) -> Result<i32> {
         }
     });
     let mut shell_env = job_environment(std::env::vars());
-    agent::gpu::add_to_environment(&mut shell_env, &agent::gpu::detect());
+    let gpus = agent::gpu::detect();
+    agent::gpu::add_to_environment(&mut shell_env, &gpus);
     let options = JobOptions {
         shell_env,
         scratch_root,
+        compose: agent::compose::ComposeOptions {
+            host_gpus: gpus,
+            ..Default::default()
+        },
         ..JobOptions::default()
     };
     let result = run_job(&request, &options, &job_log, &control);

@@ -10,6 +10,7 @@ use std::time::Duration;
 /// The units the AMI installs (ami/systemd).
 pub const UNITS: &[&str] = &[
     "flotilla-boot.service",
+    "flotilla-seal.service",
     "flotilla-agent.service",
     "flotilla-remove-instance.service",
     "flotilla-boot-deadline.service",
@@ -18,7 +19,7 @@ pub const UNITS: &[&str] = &[
 ];
 
 /// The scripts the units run (ami/scripts).
-pub const SCRIPTS: &[&str] = &["flotilla-boot", "flotilla-boot-deadline"];
+pub const SCRIPTS: &[&str] = &["flotilla-boot", "flotilla-boot-deadline", "flotilla-seal"];
 
 #[derive(Debug, Clone)]
 pub struct SelfTestOptions {

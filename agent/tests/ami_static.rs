@@ -376,7 +376,8 @@ fn shellcheck_every_script() {
 
 const AGENT_EXEC_START: &str = "ExecStart=/usr/local/bin/agent start --ec2 --report-gpus \
     --disconnect-after-job --registered-file /run/flotilla/registered \
-    --job-record-file /var/lib/flotilla/job-taken --ec2-poweroff-command \"sudo /usr/bin/systemctl poweroff\"";
+    --job-record-file /var/lib/flotilla/job-taken --job-user flotilla-job \
+    --ec2-poweroff-command \"sudo /usr/bin/systemctl poweroff\"";
 
 fn unit_settings(body: &str) -> BTreeMap<String, Vec<String>> {
     let mut settings: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -410,7 +411,13 @@ fn systemd_units_verify() {
     let units_dir = dir.path().join("units");
     fs::create_dir_all(&bin).unwrap();
     fs::create_dir_all(&units_dir).unwrap();
-    for name in ["agent", "scaler", "flotilla-boot", "flotilla-boot-deadline"] {
+    for name in [
+        "agent",
+        "scaler",
+        "flotilla-boot",
+        "flotilla-boot-deadline",
+        "flotilla-seal",
+    ] {
         write_executable(&bin.join(name), "#!/bin/sh\nexit 0\n");
     }
     let mut units = BTreeMap::new();
@@ -433,6 +440,7 @@ fn systemd_units_verify() {
         "flotilla-boot.service",
         "flotilla-remove-instance.service",
         "flotilla-scaler.service",
+        "flotilla-seal.service",
     ];
     assert_eq!(
         units.keys().map(String::as_str).collect::<Vec<_>>(),
@@ -481,6 +489,19 @@ fn systemd_units_verify() {
     );
     for (unit, key, value) in [
         ("flotilla-agent.service", "User", "flotilla"),
+        // Jobs run as flotilla-job: the agent may switch to it and stop it, nothing more, and
+        // the job cannot see the agent in /proc.
+        (
+            "flotilla-agent.service",
+            "AmbientCapabilities",
+            "CAP_SETUID CAP_SETGID CAP_KILL",
+        ),
+        ("flotilla-agent.service", "ProtectProc", "invisible"),
+        (
+            "flotilla-seal.service",
+            "Before",
+            "docker.service flotilla-agent.service",
+        ),
         (
             "flotilla-agent.service",
             "ConditionPathExists",
@@ -494,7 +515,7 @@ fn systemd_units_verify() {
         (
             "flotilla-agent.service",
             "Requires",
-            "flotilla-boot.service",
+            "flotilla-boot.service flotilla-seal.service",
         ),
         (
             "flotilla-agent.service",
@@ -574,10 +595,15 @@ fn systemd_units_verify() {
 
 #[test]
 fn the_image_has_a_root_owned_job_record_directory_and_no_record() {
+    let configure = fs::read_to_string(ami().join("scripts/configure.sh")).unwrap();
+    assert!(
+        configure.contains("install -d -o root -g flotilla -m 1770 /var/lib/flotilla\n"),
+        "configure.sh creates the job record's directory"
+    );
     let install = fs::read_to_string(ami().join("scripts/install.sh")).unwrap();
     assert!(
-        install.contains("install -d -o root -g flotilla -m 1770 /var/lib/flotilla\n"),
-        "install.sh creates the job record's directory"
+        install.contains("/scripts/configure.sh"),
+        "install.sh runs configure.sh"
     );
     let cleanup = fs::read_to_string(ami().join("scripts/cleanup.sh")).unwrap();
     assert!(

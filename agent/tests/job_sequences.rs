@@ -1022,8 +1022,9 @@ fn bad_env_var_encoding_fails_the_export() {
 fn unsupported_executor_fails_with_a_job_log_message() {
     let h = Harness::new();
     for (executor, message) in [
-        ("dockercompose", "This agent runs jobs with the shell executor only; the 'dockercompose' executor is not supported.\n"),
-        ("doesnotexist", "Unknown executor type 'doesnotexist': this agent supports only the shell executor.\n"),
+        ("doesnotexist", "Unknown executor type 'doesnotexist': this agent supports the shell and dockercompose executors.\n"),
+        // Upstream accepts the Kubernetes executor only from its own flag, never from a request.
+        ("kubernetes", "Unknown executor type 'kubernetes': this agent supports the shell and dockercompose executors.\n"),
     ] {
         let mut request = job(&["echo never"]);
         request.executor = executor.into();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packer step 4, GPU variant only (as root): NVIDIA driver (open kernel modules) for the running
-# kernel, NVIDIA Container Toolkit, Docker's `nvidia` runtime, then `nvidia-smi` as a build-time
-# check. Docker itself comes from install.sh.
+# kernel, NVIDIA Container Toolkit, Docker's `nvidia` runtime as the default one (so container
+# jobs see their GPUs from the first boot), then `nvidia-smi` as a build-time check. Docker itself
+# comes from install.sh.
 #   Ubuntu 24.04: Canonical's signed, precompiled modules (linux-modules-nvidia-B-server-open-KERNEL)
 #                 when they exist for the running kernel, else DKMS; userland nvidia-utils-B-server.
 #   AL2023:       NVIDIA's CUDA repository for amzn2023, dnf module nvidia-driver:B-open (DKMS).
@@ -80,10 +81,16 @@ if systemctl cat nvidia-persistenced.service >/dev/null 2>&1; then
   systemctl enable nvidia-persistenced.service
 fi
 
-nvidia-ctk runtime configure --runtime=docker
+# Docker's `nvidia` runtime, made the default: container jobs get their GPUs through Compose
+# device reservations (the toolkit's hook), and a container that only sets NVIDIA_VISIBLE_DEVICES
+# (a job's own `docker run`, through the socket it is given) gets them too. nvidia-ctk merges into
+# the daemon.json install.sh wrote (log rotation stays).
+nvidia-ctk runtime configure --runtime=docker --set-as-default
 systemctl restart docker.service
 runtimes="$(docker info --format '{{json .Runtimes}}')"
 grep -q '"nvidia"' <<<"$runtimes" || die "docker has no nvidia runtime after nvidia-ctk: $runtimes"
+default_runtime="$(docker info --format '{{.DefaultRuntime}}')"
+[ "$default_runtime" = nvidia ] || die "docker's default runtime is '$default_runtime', not nvidia"
 
 # Build-time check: load the driver now (no reboot needed, the modules match the running kernel).
 if grep -q '^nouveau ' /proc/modules; then

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Packer step 3 (as root): install Flotilla into the image.
 #   - packages: Docker, git, jq, rsyslog, logrotate (+ curl/gnupg on Ubuntu);
-#   - user `flotilla` (uid 2000 when free) in the docker group, passwordless sudo;
-#   - /usr/local/bin/{agent,scaler}, /usr/local/lib/flotilla/{flotilla-boot,flotilla-boot-deadline,
-#     cloudwatch-agent.json}, units in /etc/systemd/system (enabled);
-#   - journald limits, rsyslog rules journald -> /var/log/flotilla/{agent,scaler,system}.log,
-#     logrotate, and the CloudWatch agent (configured per instance by flotilla-boot).
+#   - configure.sh: the users `flotilla` (agent) and `flotilla-job` (jobs), sudo, the job record's
+#     directory, binaries, scripts and units, sysctl, journald and rsyslog routing, logrotate;
+#   - the CloudWatch agent (configured per instance by flotilla-boot).
 # Environment (from the Packer template): FLOTILLA_BASE_OS, FLOTILLA_ARCH, FLOTILLA_STAGING.
 set -euo pipefail
 
@@ -76,82 +74,9 @@ fi
 systemctl enable docker.service
 systemctl restart docker.service
 
-# --- user -----------------------------------------------------------------------------------
-if ! id flotilla >/dev/null 2>&1; then
-  uid_opt=()
-  getent passwd 2000 >/dev/null || getent group 2000 >/dev/null || uid_opt=(--uid 2000 --user-group)
-  useradd --create-home --shell /bin/bash "${uid_opt[@]}" flotilla
-fi
-usermod -aG docker flotilla
-cat >/etc/sudoers.d/90-flotilla <<'SUDO'
-# Flotilla agent user: jobs may use sudo; the agent powers the instance off with
-# `sudo /usr/bin/systemctl poweroff` as its last resort after a job.
-flotilla ALL=(ALL) NOPASSWD:ALL
-SUDO
-chmod 0440 /etc/sudoers.d/90-flotilla
-visudo -cf /etc/sudoers.d/90-flotilla >/dev/null
-
-# The agent's job record (--job-record-file /var/lib/flotilla/job-taken, docs/aws-contract.md):
-# a root-owned directory in which the flotilla group may create files; the sticky bit keeps it
-# from removing or replacing files it did not create. It persists across reboots, so an agent
-# started after a reboot still finds the record and does not register.
-install -d -o root -g flotilla -m 1770 /var/lib/flotilla
-
-# --- binaries, scripts, units ---------------------------------------------------------------
-install -m 0755 "$STAGING/agent" /usr/local/bin/agent
-install -m 0755 "$STAGING/scaler" /usr/local/bin/scaler
-install -d -m 0755 /usr/local/lib/flotilla
-install -m 0755 "$STAGING/scripts/flotilla-boot" "$STAGING/scripts/flotilla-boot-deadline" /usr/local/lib/flotilla/
-install -m 0644 "$STAGING/cloudwatch-agent.json" /usr/local/lib/flotilla/cloudwatch-agent.json
-install -m 0644 "$STAGING"/systemd/flotilla-* /etc/systemd/system/
-systemctl daemon-reload
-systemctl enable flotilla-boot.service flotilla-agent.service flotilla-scaler.service flotilla-boot-deadline.timer
-
-# --- logs -----------------------------------------------------------------------------------
-# journald: bigger burst limit (a failing agent can be chatty), bounded disk use.
-install -d -m 0755 /etc/systemd/journald.conf.d
-cat >/etc/systemd/journald.conf.d/90-flotilla.conf <<'CONF'
-[Journal]
-RateLimitIntervalSec=30s
-RateLimitBurst=20000
-SystemMaxUse=1G
-RuntimeMaxUse=256M
-CONF
-
-# The CloudWatch agent reads files, not the journal: rsyslog (fed by journald on both
-# distributions) splits the units' output by SyslogIdentifier into one file per log group.
-install -d -m 0755 -o "$rsyslog_user" /var/log/flotilla
-cat >/etc/rsyslog.d/10-flotilla.conf <<'CONF'
-# Flotilla: one file per CloudWatch log group (P/agent, P/scaler, P/system).
-if $programname == 'flotilla-agent' then {
-  action(type="omfile" file="/var/log/flotilla/agent.log" fileCreateMode="0640")
-  stop
-}
-if $programname == 'flotilla-scaler' then {
-  action(type="omfile" file="/var/log/flotilla/scaler.log" fileCreateMode="0640")
-  stop
-}
-action(type="omfile" file="/var/log/flotilla/system.log" fileCreateMode="0640")
-CONF
-rsyslogd -N1 -f /etc/rsyslog.conf >/dev/null
-systemctl enable rsyslog.service
+# --- Flotilla's users, sudo, files, units and log routing (shared with the boot test) -------
+FLOTILLA_STAGING="$STAGING" FLOTILLA_RSYSLOG_USER="$rsyslog_user" bash "$STAGING/scripts/configure.sh"
 systemctl restart rsyslog.service
-
-cat >/etc/logrotate.d/flotilla <<'CONF'
-/var/log/flotilla/*.log {
-  daily
-  maxsize 100M
-  rotate 3
-  missingok
-  notifempty
-  compress
-  delaycompress
-  sharedscripts
-  postrotate
-    systemctl kill -s HUP rsyslog.service >/dev/null 2>&1 || true
-  endscript
-}
-CONF
 
 # --- CloudWatch agent (started at boot by flotilla-boot with the rendered config) ------------
 case "$BASE_OS" in

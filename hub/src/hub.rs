@@ -8,6 +8,8 @@
 //! the one way state changes); `impl Hub` is split by concern into the modules below.
 
 mod agent_api;
+mod console_api;
+mod history;
 mod housekeeping;
 mod jobs;
 mod limits;
@@ -16,6 +18,8 @@ mod memory;
 mod metrics;
 mod user_api;
 
+pub use console_api::JobDetail;
+pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
 
 use crate::store::{Durability, JobRow, Store, StoreError};

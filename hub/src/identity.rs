@@ -86,6 +86,20 @@ pub struct IdentityDocument {
     pub instance_id: String,
     pub account_id: String,
     pub region: String,
+    /// When the instance was launched (RFC 3339, e.g. `2026-12-01T19:14:02Z`); the console's
+    /// job timeline shows it.
+    #[serde(default)]
+    pub pending_time: Option<String>,
+}
+
+impl IdentityDocument {
+    /// The instance's launch time in Unix seconds, when the document has a readable one.
+    pub fn launched_at(&self) -> Option<i64> {
+        let text = self.pending_time.as_deref()?;
+        text.parse::<jiff::Timestamp>()
+            .ok()
+            .map(|timestamp| timestamp.as_second())
+    }
 }
 
 /// The public keys that sign identity documents: per Region, and a default for the others.

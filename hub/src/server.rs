@@ -1,5 +1,6 @@
-//! Serving the hub: HTTP or HTTPS (rustls, PEM cert and key files) on a socket, a housekeeping
-//! task (lost agents, time limits, last-sync flushes, secret purges), and a graceful shutdown
+//! Serving the hub: the API and the web console (`crate::console`) over HTTP or HTTPS (rustls,
+//! PEM cert and key files) on one socket, a housekeeping task (lost agents, time limits,
+//! last-sync flushes, secret purges, the console's queue samples), and a graceful shutdown
 //! that finishes in-flight requests. It promises bounded resources to whoever can reach the
 //! socket: at most `max_connections` connections are served at once (more wait in the listen
 //! backlog), and a TLS client that has not finished its handshake in time is dropped.
@@ -57,6 +58,9 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
                 if ticks.is_multiple_of(5) {
                     hub.checkpoint()?;
                 }
+                if ticks % crate::hub::SAMPLE_EVERY_SECS as u64 == 1 {
+                    hub.sample_history(unix_now());
+                }
                 if ticks % PURGE_EVERY_TICKS == 1 {
                     hub.purge_secrets(unix_now())?;
                 }
@@ -101,7 +105,9 @@ pub async fn serve_limited(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let housekeeping = spawn_housekeeping(hub.clone());
-    let app = router(hub.clone());
+    // The console's cookies are `Secure` whenever browsers reach the hub over HTTPS.
+    let secure = tls.is_some() || hub.config().public_url.starts_with("https://");
+    let app = router(hub.clone()).merge(crate::console::router(hub.clone(), secure));
     let listener = LimitedListener::new(listener, limits.max_connections);
     let result = match tls {
         None => {

@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
      INSERT OR IGNORE INTO job_holders SELECT agent, agent_type, id FROM jobs WHERE agent IS NOT NULL;
      INSERT OR IGNORE INTO job_holders SELECT name, agent_type, COALESCE(job_id, '')
         FROM agents WHERE jobs_finished > 0 OR job_id IS NOT NULL;",
+    // 4: the console's job timeline: when each registered instance was launched (its identity
+    // document's pendingTime); the jobs list filtered by agent type
+    "ALTER TABLE registered_instances ADD COLUMN launched_at INTEGER;
+     CREATE INDEX jobs_by_type ON jobs(agent_type, seq);",
 ];
 
 /// A job row, as stored.
@@ -209,6 +213,18 @@ fn agent_from_row(row: &rusqlite::Row) -> rusqlite::Result<AgentRow> {
 
 pub struct Store {
     connection: Connection,
+}
+
+/// Which jobs the console lists (`Store::query_jobs`); `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobQuery {
+    pub state: Option<JobState>,
+    pub agent_type: Option<String>,
+    /// A case-insensitive part of the job's name.
+    pub name: Option<String>,
+    /// Only jobs older than this `seq` (the next page).
+    pub before: Option<i64>,
+    pub limit: u32,
 }
 
 impl Store {
@@ -354,14 +370,39 @@ impl Store {
         agent_type: &str,
         account_id: &str,
         region: &str,
-        now: i64,
+        (now, launched_at): (i64, Option<i64>),
     ) -> StoreResult<bool> {
         let inserted = self.connection.execute(
-            "INSERT OR IGNORE INTO registered_instances (instance_id, agent_type, account_id, region, registered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![instance_id, agent_type, account_id, region, now],
+            "INSERT OR IGNORE INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![instance_id, agent_type, account_id, region, now, launched_at],
         )?;
         Ok(inserted == 1)
+    }
+
+    /// When the instance `instance_id` was launched, if it registered with a launch time.
+    pub fn instance_launched_at(&self, instance_id: &str) -> StoreResult<Option<i64>> {
+        let launched = self
+            .connection
+            .query_row(
+                "SELECT launched_at FROM registered_instances WHERE instance_id = ?1",
+                params![instance_id],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .optional()?;
+        Ok(launched.flatten())
+    }
+
+    /// One agent (connected or not) by name.
+    pub fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {
+        Ok(self
+            .connection
+            .query_row(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1"),
+                params![name],
+                agent_from_row,
+            )
+            .optional()?)
     }
 
     pub fn instance_registered(&self, instance_id: &str) -> StoreResult<bool> {
@@ -470,6 +511,27 @@ impl Store {
         let state = state.map(JobState::as_str);
         let rows = statement.query_map(params![state, limit], job_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of jobs for the console, newest first: those matching `query`, older than
+    /// `query.before` (a `seq`) when set, and whether more follow.
+    pub fn query_jobs(&self, query: &JobQuery) -> StoreResult<(Vec<JobRow>, bool)> {
+        let mut statement = self.connection.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR agent_type = ?2)
+               AND (?3 IS NULL OR instr(lower(json_extract(spec, '$.name')), lower(?3)) > 0)
+               AND (?4 IS NULL OR seq < ?4)
+             ORDER BY seq DESC LIMIT ?5"
+        ))?;
+        let state = query.state.map(JobState::as_str);
+        let fetch = i64::from(query.limit) + 1;
+        let arguments = params![state, query.agent_type, query.name, query.before, fetch];
+        let mut rows: Vec<JobRow> = statement
+            .query_map(arguments, job_from_row)?
+            .collect::<Result<_, _>>()?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        Ok((rows, more))
     }
 
     // --- logs

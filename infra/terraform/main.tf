@@ -31,11 +31,16 @@ locals {
   account_id = data.aws_caller_identity.current.account_id
   url_suffix = data.aws_partition.current.dns_suffix
 
-  ssm_arn_prefix   = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
-  token_arn        = "${local.ssm_arn_prefix}${local.token_parameter}"
-  groups_arn       = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/*"
-  kms_keys_arn     = "arn:${local.partition}:kms:${local.region}:${local.account_id}:key/*"
-  ssm_core_policy  = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+  ssm_arn_prefix = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
+  token_arn      = "${local.ssm_arn_prefix}${local.token_parameter}"
+  # The agent groups by name (their ARNs hold a generated id): both roles act on these only.
+  agent_group_arns = [
+    for name in ["flotilla-${var.stack_name}-agent", "flotilla-${var.stack_name}-agent-fallback"] :
+    "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${name}"
+  ]
+  account_root     = "arn:${local.partition}:iam::${local.account_id}:root"
+  ssm_service      = "ssm.${local.region}.${local.url_suffix}"
+  kms_key_arn      = var.kms_key_arn != "" ? var.kms_key_arn : aws_kms_key.this[0].arn
   zones            = length(var.subnets) == 0 ? data.aws_availability_zones.available[0].names : null
   subnets          = length(var.subnets) == 0 ? null : var.subnets
   agent_group_list = concat([aws_autoscaling_group.agent.name], aws_autoscaling_group.fallback[*].name)
@@ -80,15 +85,99 @@ locals {
   EOT
 }
 
+# ---------------------------------------------------------------- encryption (KMS)
+# The module's own key (unless kms_key_arn names one) for the registration token, a SecureString
+# put once the module is applied, and for the log groups. Only the module's roles may decrypt with
+# it, only through SSM and only the token; the account administers the key but cannot decrypt with
+# it; CloudWatch Logs may use it for the module's log groups only.
+# https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-default.html
+# https://docs.aws.amazon.com/systems-manager/latest/userguide/secure-string-parameter-kms-encryption.html
+# https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/encrypt-log-data-kms.html
+
+resource "aws_kms_key" "this" {
+  count = var.kms_key_arn == "" ? 1 : 0
+
+  description         = "Flotilla ${var.stack_name} - registration token and logs"
+  enable_key_rotation = true
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        # Without it nobody could manage (or delete) the key; no use of the key is in it.
+        Sid       = "AccountAdministersTheKey"
+        Effect    = "Allow"
+        Principal = { AWS = local.account_root }
+        Action = [
+          "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+          "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
+          "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+          "kms:RotateKeyOnDemand",
+        ]
+        Resource = "*"
+      },
+      {
+        # Whoever puts the token (with IAM rights to encrypt) may.
+        Sid       = "AccountStoresTheTokenThroughSsm"
+        Effect    = "Allow"
+        Principal = { AWS = local.account_root }
+        Action    = ["kms:Encrypt", "kms:GenerateDataKey"]
+        Resource  = "*"
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = local.ssm_service
+            "kms:EncryptionContext:PARAMETER_ARN" = local.token_arn
+          }
+        }
+      },
+      {
+        # The two roles by ARN (a condition rather than role principals, which KMS refuses while
+        # a new role is still propagating).
+        Sid       = "StackRolesReadTheTokenThroughSsm"
+        Effect    = "Allow"
+        Principal = { AWS = local.account_root }
+        Action    = "kms:Decrypt"
+        Resource  = "*"
+        Condition = {
+          ArnEquals = { "aws:PrincipalArn" = [aws_iam_role.instance.arn, aws_iam_role.scaler.arn] }
+          StringEquals = {
+            "kms:ViaService"                      = local.ssm_service
+            "kms:EncryptionContext:PARAMETER_ARN" = local.token_arn
+          }
+        }
+      },
+      {
+        Sid       = "LogsEncryptTheStacksLogGroups"
+        Effect    = "Allow"
+        Principal = { Service = "logs.${local.region}.${local.url_suffix}" }
+        Action    = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+        Resource  = "*"
+        Condition = {
+          ArnLike = {
+            "kms:EncryptionContext:aws:logs:arn" = "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${local.prefix}/*"
+          }
+        }
+      },
+    ]
+  })
+  tags = local.tags
+}
+
+resource "aws_kms_alias" "this" {
+  count = var.kms_key_arn == "" ? 1 : 0
+
+  name          = "alias/flotilla/${var.stack_name}"
+  target_key_id = aws_kms_key.this[0].key_id
+}
+
 # ---------------------------------------------------------------- logs
 
 resource "aws_cloudwatch_log_group" "this" {
-  #checkov:skip=CKV_AWS_158:Encrypted at rest with CloudWatch's own keys; a customer-managed KMS key would need a key policy for the logs service and adds cost. Job secrets never go to these logs.
   #checkov:skip=CKV_AWS_338:Retention is an input (log_retention_days, default 30 like the CloudFormation stack); a year of CI logs is a cost most fleets do not want.
   for_each = toset(["agent", "scaler", "system"])
 
   name              = "${local.prefix}/${each.key}"
   retention_in_days = var.log_retention_days
+  kms_key_id        = local.kms_key_arn
   tags              = local.tags
 }
 
@@ -111,6 +200,23 @@ resource "aws_ssm_parameter" "scaler_config" {
   type        = "String"
   tier        = "Standard"
   value       = local.scaler_config
+  tags        = local.tags
+}
+
+# What the job user may do, read by the image's flotilla-seal at boot with the agent role
+# ("true" or "false"; missing or unreadable means "false").
+resource "aws_ssm_parameter" "job" {
+  #checkov:skip=CKV2_AWS_34:Plain "true"/"false" settings without secrets; the image's boot reads them as String parameters by contract.
+  for_each = {
+    job-sudo   = { value = var.job_sudo, description = "Whether the job user has passwordless sudo (job_sudo)" }
+    job-docker = { value = var.job_docker_access, description = "Whether the job user is in the docker group (job_docker_access)" }
+  }
+
+  name        = "${local.prefix}/${each.key}"
+  description = each.value.description
+  type        = "String"
+  tier        = "Standard"
+  value       = tostring(each.value.value)
   tags        = local.tags
 }
 
@@ -158,6 +264,8 @@ resource "aws_iam_role" "instance" {
   tags = merge(local.tags, { "flotilla:role" = "agent" })
 }
 
+# What IAM cannot express here (no instance-id condition for Auto Scaling, per-instance log
+# streams) is written down in docs/aws-contract.md, "What IAM cannot express".
 resource "aws_iam_role_policy" "agent" {
   name = "flotilla-agent"
   role = aws_iam_role.instance.id
@@ -165,16 +273,19 @@ resource "aws_iam_role_policy" "agent" {
     Version = "2012-10-17"
     Statement = [
       {
-        Sid      = "ReadConfigAndToken"
-        Effect   = "Allow"
-        Action   = "ssm:GetParameter"
-        Resource = ["${local.ssm_arn_prefix}${local.prefix}/agent-config", local.token_arn]
+        Sid    = "ReadConfigAndToken"
+        Effect = "Allow"
+        Action = "ssm:GetParameter"
+        Resource = concat(
+          [for name in ["agent-config", "job-sudo", "job-docker"] : "${local.ssm_arn_prefix}${local.prefix}/${name}"],
+          [local.token_arn],
+        )
       },
       {
         Sid      = "DecryptTokenThroughSsm"
         Effect   = "Allow"
         Action   = "kms:Decrypt"
-        Resource = local.kms_keys_arn
+        Resource = local.kms_key_arn
         Condition = {
           StringEquals = {
             "kms:ViaService"                      = "ssm.${local.region}.${local.url_suffix}"
@@ -183,15 +294,19 @@ resource "aws_iam_role_policy" "agent" {
         }
       },
       {
+        # Only the module's agent groups, only from an EC2 instance (credentials copied off the
+        # instance do not work here). Auto Scaling has no instance-id condition key, so this
+        # cannot be narrowed to the caller's own instance.
         Sid      = "RemoveOwnInstance"
         Effect   = "Allow"
         Action   = ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"]
-        Resource = local.groups_arn
+        Resource = local.agent_group_arns
         Condition = {
           StringEquals = {
             "autoscaling:ResourceTag/flotilla:stack" = var.stack_name
             "autoscaling:ResourceTag/flotilla:role"  = "agent"
           }
+          Null = { "ec2:SourceInstanceARN" = "false" }
         }
       },
       {
@@ -205,7 +320,7 @@ resource "aws_iam_role_policy" "agent" {
 }
 
 resource "aws_iam_role_policy_attachment" "instance" {
-  for_each = toset(concat(var.enable_session_manager ? [local.ssm_core_policy] : [], var.managed_policy_arns))
+  for_each = toset(var.managed_policy_arns)
 
   role       = aws_iam_role.instance.name
   policy_arn = each.value
@@ -250,7 +365,7 @@ resource "aws_iam_role_policy" "scaler" {
         Sid      = "DecryptTokenThroughSsm"
         Effect   = "Allow"
         Action   = "kms:Decrypt"
-        Resource = local.kms_keys_arn
+        Resource = local.kms_key_arn
         Condition = {
           StringEquals = {
             "kms:ViaService"                      = "ssm.${local.region}.${local.url_suffix}"
@@ -267,8 +382,8 @@ resource "aws_iam_role_policy" "scaler" {
       {
         Sid      = "ScaleOwnAgentGroups"
         Effect   = "Allow"
-        Action   = ["autoscaling:SetDesiredCapacity", "autoscaling:SuspendProcesses", "autoscaling:TerminateInstanceInAutoScalingGroup"]
-        Resource = local.groups_arn
+        Action   = ["autoscaling:SetDesiredCapacity", "autoscaling:SuspendProcesses", "autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:PutWarmPool"]
+        Resource = local.agent_group_arns
         Condition = {
           StringEquals = {
             "autoscaling:ResourceTag/flotilla:stack" = var.stack_name
@@ -297,23 +412,51 @@ resource "aws_iam_role_policy" "scaler" {
   })
 }
 
-resource "aws_iam_role_policy_attachment" "scaler" {
-  for_each = toset(var.enable_session_manager ? [local.ssm_core_policy] : [])
-
-  role       = aws_iam_role.scaler.name
-  policy_arn = each.value
-}
-
 resource "aws_iam_instance_profile" "scaler" {
   name = "flotilla-${var.stack_name}-scaler"
   role = aws_iam_role.scaler.name
   tags = local.tags
 }
 
+# ---------------------------------------------------------------- IAM: Session Manager (opt-in)
+# The actions a Session Manager shell needs and no more (AmazonSSMManagedInstanceCore would add
+# ssm:GetParameter(s) on *):
+# https://docs.aws.amazon.com/systems-manager/latest/userguide/getting-started-create-iam-instance-profile.html
+
+resource "aws_iam_role_policy" "session_manager" {
+  for_each = var.enable_session_manager ? { agent = aws_iam_role.instance.id, scaler = aws_iam_role.scaler.id } : {}
+
+  name = "flotilla-session-manager"
+  role = each.value
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        # An instance registers itself with Systems Manager.
+        Sid      = "RegisterInstance"
+        Effect   = "Allow"
+        Action   = "ssm:UpdateInstanceInformation"
+        Resource = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+      },
+      {
+        # ssmmessages has no resource types: "*" is all it takes.
+        Sid    = "SessionChannels"
+        Effect = "Allow"
+        Action = [
+          "ssmmessages:CreateControlChannel",
+          "ssmmessages:CreateDataChannel",
+          "ssmmessages:OpenControlChannel",
+          "ssmmessages:OpenDataChannel",
+        ]
+        Resource = "*"
+      },
+    ]
+  })
+}
+
 # ---------------------------------------------------------------- launch templates
 
 resource "aws_launch_template" "agent" {
-  #checkov:skip=CKV_AWS_341:Hop limit 2 lets containers on the instance (docker bridge) reach IMDSv2, as the contract requires; IMDSv2 tokens stay mandatory.
   name        = "flotilla-${var.stack_name}-agent"
   description = "Flotilla ${var.stack_name} agents"
 
@@ -330,9 +473,10 @@ resource "aws_launch_template" "agent" {
   }
 
   metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 2
+    http_endpoint = "enabled"
+    http_tokens   = "required"
+    # 1 by default: IMDS answers never reach a container (metadata_hop_limit).
+    http_put_response_hop_limit = var.metadata_hop_limit
     instance_metadata_tags      = "disabled"
   }
 
@@ -498,6 +642,12 @@ resource "aws_autoscaling_group" "agent" {
     key                 = "Name"
     value               = "${var.stack_name}-agent"
     propagate_at_launch = true
+  }
+  # The largest warm pool the scaler may keep (it sizes the pool from its forecast).
+  tag {
+    key                 = "flotilla:warm-pool-max"
+    value               = tostring(var.warm_pool_size)
+    propagate_at_launch = false
   }
 
   depends_on = [aws_iam_role_policy.agent, aws_cloudwatch_log_group.this]

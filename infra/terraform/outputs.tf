@@ -20,6 +20,11 @@ output "scaler_group_name" {
   value       = aws_autoscaling_group.scaler.name
 }
 
+output "kms_key_arn" {
+  description = "KMS key of the registration token and the log groups (the module's own, alias/flotilla/STACK, or kms_key_arn)"
+  value       = local.kms_key_arn
+}
+
 output "instance_role_arn" {
   description = "IAM role of the agent instances"
   value       = aws_iam_role.instance.arn

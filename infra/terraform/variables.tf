@@ -251,7 +251,7 @@ variable "enable_warm_pool" {
 }
 
 variable "warm_pool_size" {
-  description = "Stopped instances kept in the warm pool (with enable_warm_pool)."
+  description = "Stopped instances the warm pool starts with and the most the scaler keeps in it (with enable_warm_pool; a scaler with `forecast: true` sizes it between 0 and this)."
   type        = number
   default     = 1
 
@@ -323,9 +323,9 @@ variable "security_group_ids" {
 # --- Access, IAM and logs
 
 variable "enable_session_manager" {
-  description = "Attach AmazonSSMManagedInstanceCore to the instance roles (shell access via SSM)."
+  description = "Shell access to the instances through Session Manager: grants both roles the Session Manager actions only (ssm:UpdateInstanceInformation, ssmmessages:*Channel), never AmazonSSMManagedInstanceCore, whose parameter reads on * would hand every job every parameter the account's keys let it decrypt."
   type        = bool
-  default     = true
+  default     = false
 }
 
 variable "managed_policy_arns" {
@@ -350,6 +350,17 @@ variable "permissions_boundary_arn" {
   }
 }
 
+variable "kms_key_arn" {
+  description = "ARN of an existing KMS key for the token parameter and the log groups (\"\" = the module creates one, alias/flotilla/STACK, with rotation on). A key given here must let the module's roles (outputs instance_role_arn, scaler_role_arn) decrypt through SSM and the CloudWatch Logs service use it for /flotilla/STACK/* log groups."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+)?$", var.kms_key_arn))
+    error_message = "kms_key_arn must be empty or a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
 variable "log_retention_days" {
   description = "Days to keep the module's CloudWatch logs."
   type        = number
@@ -358,6 +369,66 @@ variable "log_retention_days" {
   validation {
     condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
     error_message = "log_retention_days must be a CloudWatch Logs retention value (1, 3, 5, 7, 14, 30, 60, 90, ... 3653)."
+  }
+}
+
+# --- What a job may do on its instance (read at boot from /flotilla/STACK/job-*)
+
+variable "job_sudo" {
+  description = "Give the job user passwordless sudo. With sudo a job is root on its instance: it can read the agent's files and the instance role's credentials and stop the agent; one job per machine still holds, the sealing of the instance against its job does not."
+  type        = bool
+  default     = false
+}
+
+variable "job_docker_access" {
+  description = "Put the job user in the docker group. Membership of docker is root-equivalent (a container can mount the host's file system): the same trade as job_sudo."
+  type        = bool
+  default     = false
+}
+
+variable "metadata_hop_limit" {
+  description = "HttpPutResponseHopLimit of the agents' instance metadata (IMDSv2). 1: IMDS answers never reach a container (docker bridge), on top of the image's firewall (only root and the agent's user reach 169.254.169.254; DOCKER-USER drops container traffic to it). 2 only for images that let containers reach the instance role on purpose."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.metadata_hop_limit >= 1 && var.metadata_hop_limit <= 64
+    error_message = "metadata_hop_limit must be 1 to 64."
+  }
+}
+
+# --- Monitoring: the scaler's EMF metrics (namespace Flotilla) on a dashboard, and alarms
+
+variable "alarm_topic_arn" {
+  description = "SNS topic the alarms notify (alarm and back to OK); \"\" = the alarms only change state (visible on the dashboard)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_.-]+)?$", var.alarm_topic_arn))
+    error_message = "alarm_topic_arn must be empty or an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)."
+  }
+}
+
+variable "queued_job_alarm_minutes" {
+  description = "Alarm when the oldest queued job has waited longer than this many minutes."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.queued_job_alarm_minutes >= 1 && var.queued_job_alarm_minutes <= 1440
+    error_message = "queued_job_alarm_minutes must be 1 to 1440."
+  }
+}
+
+variable "short_capacity_alarm_minutes" {
+  description = "Alarm when a pool has been short of capacity (failing to launch) for this many minutes."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.short_capacity_alarm_minutes >= 1 && var.short_capacity_alarm_minutes <= 1440
+    error_message = "short_capacity_alarm_minutes must be 1 to 1440."
   }
 }
 

@@ -39,6 +39,19 @@ fn hub_with_token_in_ssm(runtime: &tokio::runtime::Runtime, moto: &moto::MotoSer
     hub
 }
 
+/// [`hub_with_token_in_ssm`] with `jobs` jobs queued (`echo 0`, `echo 1`, ...).
+fn hub_with_jobs(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    jobs: usize,
+) -> HubProcess {
+    let hub = hub_with_token_in_ssm(runtime, moto);
+    for index in 0..jobs {
+        hub.submit(&[&format!("echo {index}")]);
+    }
+    hub
+}
+
 fn scaler_run(
     hub: &HubProcess,
     moto: &moto::MotoServer,
@@ -84,10 +97,7 @@ fn queued_jobs_raise_the_groups_in_priority_order() {
     let moto = moto::MotoServer::start();
     moto.create_group(&runtime, "gpu-spot", 0, 2, 0);
     moto.create_group(&runtime, "gpu-ondemand", 0, 10, 0);
-    let hub = hub_with_token_in_ssm(&runtime, &moto);
-    for index in 0..5 {
-        hub.submit(&[&format!("echo {index}")]);
-    }
+    let hub = hub_with_jobs(&runtime, &moto, 5);
     let dir = tempfile::tempdir().unwrap();
     let mut scaler = scaler_run(&hub, &moto, &["gpu-spot", "gpu-ondemand"], dir.path());
     let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
@@ -253,10 +263,7 @@ fn a_pool_that_cannot_launch_spills_its_share_to_the_next_pool() {
         "gpu-spot".into(),
         "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that matches your request. Launching EC2 instance failed.".into(),
     );
-    let hub = hub_with_token_in_ssm(&runtime, &moto);
-    for index in 0..4 {
-        hub.submit(&[&format!("echo {index}")]);
-    }
+    let hub = hub_with_jobs(&runtime, &moto, 4);
     let dir = tempfile::tempdir().unwrap();
     let mut scaler = scaler_run_with(
         &hub,
@@ -432,6 +439,109 @@ fn the_groups_instances_become_agents_that_run_the_jobs_and_remove_themselves() 
         !log.contains("Terminate {"),
         "the reaper left registered instances alone: {log}"
     );
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+}
+
+/// A group with a warm pool whose bounds the stack tagged it with: 0 to `max`, now `size`.
+fn create_warm_pool(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    group: &str,
+    max: u32,
+    size: i32,
+) {
+    use aws_sdk_autoscaling::types::Tag;
+    let client = aws_sdk_autoscaling::Client::new(&moto.sdk(runtime));
+    let tag = Tag::builder()
+        .resource_id(group)
+        .resource_type("auto-scaling-group")
+        .key("flotilla:warm-pool-max")
+        .value(max.to_string())
+        .propagate_at_launch(false)
+        .build();
+    runtime
+        .block_on(client.create_or_update_tags().tags(tag).send())
+        .unwrap();
+    runtime
+        .block_on(
+            client
+                .put_warm_pool()
+                .auto_scaling_group_name(group)
+                .min_size(size)
+                .max_group_prepared_capacity(size)
+                .send(),
+        )
+        .unwrap();
+}
+
+/// (MinSize, MaxGroupPreparedCapacity, pool state) of a group's warm pool, as moto keeps it.
+fn warm_pool(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    group: &str,
+) -> (i32, i32, String) {
+    let client = aws_sdk_autoscaling::Client::new(&moto.sdk(runtime));
+    let output = runtime
+        .block_on(
+            client
+                .describe_warm_pool()
+                .auto_scaling_group_name(group)
+                .send(),
+        )
+        .unwrap();
+    let configuration = output
+        .warm_pool_configuration()
+        .cloned()
+        .unwrap_or_else(|| aws_sdk_autoscaling::types::WarmPoolConfiguration::builder().build());
+    (
+        configuration.min_size().unwrap_or(-1),
+        configuration.max_group_prepared_capacity().unwrap_or(-1),
+        configuration
+            .pool_state()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The forecast sizes a group's warm pool within the bounds the stack tagged it with: a batch of
+/// jobs makes the recent rate, and the scaler puts a larger stopped pool (PutWarmPool, MinSize =
+/// MaxGroupPreparedCapacity, Stopped), logging the forecast's inputs. moto stops there: it keeps
+/// the warm pool's configuration but never puts instances in it (DescribeWarmPool lists none), so
+/// every raise launches new instances; the agent's wait while `Warmed:*` is tested against the
+/// fake IMDS in the agent's suite.
+#[test]
+fn the_forecast_sizes_the_warm_pool_within_the_stack_bounds() {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "ci", 0, 20, 0);
+    create_warm_pool(&runtime, &moto, "ci", 6, 1);
+    let hub = hub_with_jobs(&runtime, &moto, 8);
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run_with(
+        &hub,
+        &moto.env(),
+        &["ci"],
+        "    policy: {forecast: true}\n",
+        dir.path(),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    support::wait_for("the warm pool to be sized", Duration::from_secs(60), || {
+        warm_pool(&runtime, &moto, "ci").0 > 1
+    });
+    let (min_size, prepared, state) = warm_pool(&runtime, &moto, "ci");
+    assert!(
+        min_size <= 6,
+        "within the tagged bound: {min_size}\n{}",
+        log()
+    );
+    assert_eq!(prepared, min_size, "the pool holds exactly MinSize");
+    assert_eq!(state, "Stopped");
+    assert!(
+        moto.group(&runtime, "ci").0 >= 8,
+        "the jobs raised desired too"
+    );
+    assert!(log().contains("forecast: recent"), "{}", log());
     let _ = scaler.kill();
     let _ = scaler.wait();
 }

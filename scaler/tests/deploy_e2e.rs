@@ -1,7 +1,11 @@
 //! `scaler deploy | status | destroy --stack` against moto server: the embedded template creates
-//! the fleet (GPU instance types, launch template with IMDSv2, groups, roles, parameters), a changed
-//! parameter updates it, an unchanged deploy is a quiet success, destroy removes it and the token
-//! parameter. Bad input fails before any AWS call: the scaler is pointed at a closed port then.
+//! the fleet (GPU instance types, launch template with IMDSv2 and hop limit 1, groups, roles,
+//! parameters, the stack's KMS key), the token lands under the stack's key (and a token stored
+//! under another key moves there on the next deploy), a changed parameter updates it, an unchanged
+//! deploy is a quiet success, destroy removes it and the token parameter. Bad input fails before
+//! any AWS call: the scaler is pointed at a closed port then. (moto stores a key policy but never
+//! enforces it, and answers every KMS call on a key CloudFormation made with a 500, so the key is
+//! checked through the stack's resources and outputs.)
 
 mod support;
 
@@ -58,6 +62,27 @@ fn list_items(value: &str) -> String {
         .map(|i| i.trim().trim_matches('\''))
         .collect();
     items.join(",")
+}
+
+/// The KMS key SSM says a parameter is encrypted under.
+fn parameter_key(
+    runtime: &tokio::runtime::Runtime,
+    ssm: &aws_sdk_ssm::Client,
+    name: &str,
+) -> String {
+    let filter = aws_sdk_ssm::types::ParameterStringFilter::builder()
+        .key("Name")
+        .option("Equals")
+        .values(name)
+        .build()
+        .unwrap();
+    let described = runtime
+        .block_on(ssm.describe_parameters().parameter_filters(filter).send())
+        .unwrap();
+    described.parameters()[0]
+        .key_id()
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn an_image(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer) -> String {
@@ -228,9 +253,71 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
             .map(|t| t.as_str()),
         Some("required")
     );
+    // IMDS answers never reach a container by default.
+    assert_eq!(
+        data.metadata_options()
+            .and_then(|m| m.http_put_response_hop_limit()),
+        Some(1)
+    );
     // The roles exist.
     let iam_role = output_value("InstanceRoleArn");
     assert!(iam_role.starts_with("arn:aws:iam::"), "{iam_role}");
+    // The stack made its key, and the token is under it; the job settings are off.
+    let key = output_value("KmsKeyArn");
+    assert!(key.starts_with("arn:aws:kms:us-east-1:"), "{key}");
+    let resources = runtime
+        .block_on(
+            cloudformation
+                .describe_stack_resource()
+                .stack_name("gpu-fleet")
+                .logical_resource_id("KmsKey")
+                .send(),
+        )
+        .unwrap();
+    let key_id = resources
+        .stack_resource_detail()
+        .and_then(|r| r.physical_resource_id())
+        .unwrap()
+        .to_string();
+    assert!(key.ends_with(&format!(":key/{key_id}")), "{key} / {key_id}");
+    assert!(
+        output.contains(&format!(
+            "Stored the registration token as SecureString /flotilla/gpu-fleet/agent-token under {key}"
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        parameter_key(&runtime, &ssm, "/flotilla/gpu-fleet/agent-token"),
+        key
+    );
+    for name in ["job-sudo", "job-docker"] {
+        let setting = runtime
+            .block_on(
+                ssm.get_parameter()
+                    .name(format!("/flotilla/gpu-fleet/{name}"))
+                    .send(),
+            )
+            .unwrap();
+        assert_eq!(
+            setting.parameter().unwrap().value(),
+            Some("false"),
+            "{name}"
+        );
+    }
+
+    // A token a deploy from before the stack had a key stored (under the account's default
+    // key) moves under the stack's key on the next deploy, value unchanged.
+    runtime
+        .block_on(
+            ssm.put_parameter()
+                .name("/flotilla/gpu-fleet/agent-token")
+                .value("registration-token-123")
+                .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+                .key_id("alias/aws/ssm")
+                .overwrite(true)
+                .send(),
+        )
+        .unwrap();
 
     // An update with a changed parameter.
     let update = [
@@ -245,6 +332,22 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("Updating stack gpu-fleet"), "{output}");
     assert!(output.contains("UPDATE_COMPLETE"), "{output}");
+    assert_eq!(
+        parameter_key(&runtime, &ssm, "/flotilla/gpu-fleet/agent-token"),
+        key
+    );
+    let token = runtime
+        .block_on(
+            ssm.get_parameter()
+                .name("/flotilla/gpu-fleet/agent-token")
+                .with_decryption(true)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(
+        token.parameter().unwrap().value(),
+        Some("registration-token-123")
+    );
     let parameters = runtime
         .block_on(
             cloudformation
@@ -287,6 +390,10 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         "{output}"
     );
     assert!(!output.contains("Updating"), "{output}");
+    assert!(
+        !output.contains("Stored the registration token"),
+        "{output}"
+    );
 
     let (code, output) = scaler(&env, &["status", "--stack", "gpu-fleet"]);
     assert_eq!(code, 0, "{output}");

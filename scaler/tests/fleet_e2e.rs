@@ -268,6 +268,15 @@ fn scaler_up_runs_the_examples_end_to_end() {
             && stdout.contains("fleet back to 0 agents"),
         "{stdout}"
     );
+    // The web console's address, on the hub's own listener.
+    assert!(
+        stdout.contains("web console:  http://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/console   (sign in with the token in"),
+        "{stdout}"
+    );
 }
 
 /// `scaler up --keep-running` records its URL in the data directory; the CLI finds the hub there

@@ -563,6 +563,10 @@ const KINDS: &[(&str, &str)] = &[
     ("AWS::IAM::InstanceProfile", "aws_iam_instance_profile"),
     ("AWS::SSM::Parameter", "aws_ssm_parameter"),
     ("AWS::Logs::LogGroup", "aws_cloudwatch_log_group"),
+    ("AWS::KMS::Key", "aws_kms_key"),
+    ("AWS::KMS::Alias", "aws_kms_alias"),
+    ("AWS::CloudWatch::Dashboard", "aws_cloudwatch_dashboard"),
+    ("AWS::CloudWatch::Alarm", "aws_cloudwatch_metric_alarm"),
 ];
 
 fn tf_module_files() -> Vec<(String, String)> {
@@ -676,6 +680,7 @@ fn outputs_match() {
         "scaler_group_name",
         "instance_role_arn",
         "scaler_role_arn",
+        "kms_key_arn",
         "log_groups",
         "agent_config_parameter",
         "scaler_config_parameter",
@@ -971,5 +976,133 @@ fn user_data_is_the_contract_line() {
         "base64encode(\"FLOTILLA_SCALER_CONFIG_PARAMETER=${aws_ssm_parameter.scaler_config.name}\")",
     ] {
         assert!(main.contains(line), "main.tf lacks user data {line}");
+    }
+}
+
+/// The names the image and `scaler deploy` rely on are the same in both: the job settings'
+/// parameters (read by the image's flotilla-seal), the key's alias, and the key given as an input.
+#[test]
+fn job_settings_and_the_key_have_the_same_names_in_both() {
+    let template = template();
+    let resources = &template["Resources"];
+    let sub = |resource: &str, property: &str| sub_text(&template, resource, property);
+    assert_eq!(
+        sub("JobSudoParameter", "Name"),
+        "/flotilla/${AWS::StackName}/job-sudo"
+    );
+    assert_eq!(
+        sub("JobDockerParameter", "Name"),
+        "/flotilla/${AWS::StackName}/job-docker"
+    );
+    assert_eq!(
+        sub("KmsKeyAlias", "AliasName"),
+        "alias/flotilla/${AWS::StackName}"
+    );
+    assert_eq!(
+        resources["KmsKey"]["Properties"]["EnableKeyRotation"],
+        Value::Bool(true)
+    );
+    for (resource, parameter) in [
+        ("JobSudoParameter", "JobSudo"),
+        ("JobDockerParameter", "JobDockerAccess"),
+    ] {
+        let value = &resources[resource]["Properties"]["Value"];
+        let Value::Tagged(reference) = value else {
+            panic!("{resource}'s Value is not !Ref {parameter}")
+        };
+        assert_eq!(reference.value.as_str(), Some(parameter), "{resource}");
+    }
+    let main = read("infra/terraform/main.tf");
+    for needed in [
+        "job-sudo   = { value = var.job_sudo,",
+        "job-docker = { value = var.job_docker_access,",
+        "name        = \"${local.prefix}/${each.key}\"",
+        "name          = \"alias/flotilla/${var.stack_name}\"",
+        "enable_key_rotation = true",
+        "http_put_response_hop_limit = var.metadata_hop_limit",
+        "kms_key_id        = local.kms_key_arn",
+    ] {
+        assert!(main.contains(needed), "main.tf lacks `{needed}`");
+    }
+}
+
+// ------------------------------------------------------------------ (f) monitoring
+
+/// The metric names the scaler's EMF lines carry (from a round of two pools that raised).
+fn emf_metric_names() -> BTreeSet<String> {
+    use scaling::policy::{PoolState, QueueSnapshot};
+    let pool = PoolState {
+        name: "pool".into(),
+        desired: 1,
+        min: 0,
+        max: 2,
+        in_service: 1,
+        pending: 0,
+        short: true,
+        warm_pool: None,
+    };
+    let queue = QueueSnapshot::default();
+    let round = scaling::emf::Round {
+        agent_type: "gpu",
+        timestamp_ms: 1_700_000_000_000,
+        queue: &queue,
+        pools: std::slice::from_ref(&pool),
+        launches: 1,
+        reaps: 1,
+        reaction_ms: Some(1.0),
+    };
+    let mut names = BTreeSet::new();
+    for line in scaling::emf::lines(&round) {
+        let line: serde_json::Value = serde_json::from_str(&line).expect("EMF lines are JSON");
+        for directive in line["_aws"]["CloudWatchMetrics"].as_array().into_iter().flatten() {
+            for metric in directive["Metrics"].as_array().into_iter().flatten() {
+                names.insert(metric["Name"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The EMF metric names `text` mentions as whole words.
+fn metrics_named(text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    known
+        .iter()
+        .filter(|name| {
+            text.match_indices(name.as_str()).any(|(at, _)| {
+                !word(text[..at].chars().next_back()) && !word(text[at + name.len()..].chars().next())
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_alarms_match_and_watch_metrics_the_scaler_writes() {
+    let known = emf_metric_names();
+    let template = template();
+    let resources = template["Resources"].as_mapping().expect("Resources");
+    let of_type = |kind: &str| -> String {
+        resources
+            .values()
+            .filter(|resource| resource["Type"].as_str() == Some(kind))
+            .map(|resource| serde_yaml::to_string(resource).expect("YAML"))
+            .collect()
+    };
+    let cfn_dashboard = metrics_named(&of_type("AWS::CloudWatch::Dashboard"), &known);
+    let cfn_alarms = metrics_named(&of_type("AWS::CloudWatch::Alarm"), &known);
+    let module = read("infra/terraform/monitoring.tf");
+    let dashboard_end = module.find("resource \"aws_cloudwatch_metric_alarm\"").expect("alarms");
+    let tf_dashboard = metrics_named(&module[..dashboard_end], &known);
+    let tf_alarms = metrics_named(&module[dashboard_end..], &known);
+    for expected in ["Queued", "Running", "OldestQueuedSeconds", "PoolsShort", "Desired", "InService", "Launches", "Reaps", "EnqueueToRaise"] {
+        assert!(cfn_dashboard.contains(expected), "the stack's dashboard lacks {expected}");
+    }
+    assert_eq!(cfn_dashboard, tf_dashboard, "dashboards of the stack and the module differ");
+    let alarms = BTreeSet::from(["OldestQueuedSeconds".to_string(), "PoolsShort".to_string()]);
+    assert_eq!(cfn_alarms, alarms);
+    assert_eq!(tf_alarms, alarms);
+    for text in [of_type("AWS::CloudWatch::Alarm"), module[dashboard_end..].to_string()] {
+        assert!(text.contains("Flotilla") && text.contains("AgentType"), "{text}");
     }
 }

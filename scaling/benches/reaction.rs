@@ -30,6 +30,7 @@ impl Fleet for RecordingFleet {
             in_service: self.desired,
             pending: 0,
             short: false,
+            warm_pool: None,
         }])
     }
 

@@ -4,6 +4,7 @@
 //! [`TokenSource`], and the binary reads it (file, env, SSM) before anything starts.
 
 use crate::fleet::LocalFleetConfig;
+use crate::forecast::ForecastConfig;
 use crate::policy::PolicyConfig;
 use crate::reaper::ReaperConfig;
 use crate::schedule::{ScheduleError, ScheduledMinimum};
@@ -175,6 +176,10 @@ pub struct PolicySection {
     pub warm_window_ms: u64,
     #[serde(default)]
     pub warm_max: u32,
+    /// Demand seen coming: warm capacity and warm pools sized from the recent rate and the
+    /// time-of-day profile ([`crate::forecast`]).
+    #[serde(default)]
+    pub forecast: bool,
 }
 
 fn default_warm_window_ms() -> u64 {
@@ -192,6 +197,7 @@ impl Default for PolicySection {
             warm_fraction: 0.0,
             warm_window_ms: default_warm_window_ms(),
             warm_max: 0,
+            forecast: false,
         }
     }
 }
@@ -388,6 +394,7 @@ pub fn policy_from(section: &PolicySection, agent_type: &str) -> Result<PolicyCo
         warm_fraction: section.warm_fraction,
         warm_window_ms: section.warm_window_ms,
         warm_max: section.warm_max,
+        forecast: section.forecast.then(ForecastConfig::default),
     })
 }
 

@@ -7,7 +7,7 @@
 //! hand-written text it replaced, with label values escaped; `benches/swaps.rs` compares the two.
 
 use crate::fleet::Fleet;
-use crate::policy::{decide, PolicyConfig, PolicyState, QueueSnapshot};
+use crate::policy::{decide, Decision, PolicyConfig, PolicyState, PoolState, QueueSnapshot};
 use crate::queue::Queue;
 use crate::reaper::{self, ReapAction, ReaperConfig};
 use prometheus_client::collector::Collector;
@@ -54,6 +54,8 @@ pub struct FleetLoop {
     reaper: Option<ReaperConfig>,
     last_reap: Option<Instant>,
     reaper_off_logged: bool,
+    /// Where each round's CloudWatch EMF lines go (`scaler run --emf-file`); none: not written.
+    pub emf: Option<crate::emf::Sink>,
 }
 
 impl FleetLoop {
@@ -80,6 +82,7 @@ impl FleetLoop {
             poll_interval,
             status,
             started: Instant::now(),
+            emf: None,
             reaper: None,
             last_reap: None,
             reaper_off_logged: false,
@@ -185,36 +188,7 @@ impl FleetLoop {
             now_ms,
             unix_now,
         );
-        let mut raised = 0;
-        let mut errors = 0;
-        if !decision.raises.is_empty() {
-            tracing::info!(
-                agent_type = %self.agent_type,
-                queued = snapshot.queued,
-                running = snapshot.running,
-                idle = snapshot.idle,
-                occupied = snapshot.occupied,
-                metrics_age_ms = snapshot.age_ms,
-                desired = pools.iter().map(|p| p.desired).sum::<u32>(),
-                raises = ?decision.raises,
-                dry_run = self.dry_run,
-                reason = %decision.reason,
-                "decision"
-            );
-            if !self.dry_run {
-                for (pool, desired) in &decision.raises {
-                    match self.fleet.raise_desired(pool, *desired) {
-                        Ok(()) => raised += 1,
-                        Err(error) => {
-                            errors += 1;
-                            tracing::error!(agent_type = %self.agent_type, %pool, %error, "raising desired capacity failed");
-                        }
-                    }
-                }
-            }
-        } else {
-            tracing::debug!(agent_type = %self.agent_type, reason = %decision.reason, "decision");
-        }
+        let (raised, errors) = self.act(&snapshot, &pools, &decision);
         let (completed, replaced) = self.fleet.counts();
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.queue = snapshot;
@@ -233,8 +207,98 @@ impl FleetLoop {
         if raised > 0 {
             status.last_reaction_ms = observed.elapsed().as_secs_f64() * 1000.0;
         }
+        let (reaction_ms, reaped_before) = (
+            (raised > 0).then_some(status.last_reaction_ms),
+            status.reaper_terminated,
+        );
         drop(status);
         self.reap(unix_now);
+        self.write_emf(
+            unix_now,
+            (&snapshot, &pools),
+            &decision,
+            (reaction_ms, reaped_before),
+        );
+    }
+
+    /// Writes the round's CloudWatch EMF lines, when the loop has a sink for them.
+    fn write_emf(
+        &self,
+        unix_now: i64,
+        (queue, pools): (&QueueSnapshot, &[PoolState]),
+        decision: &Decision,
+        (reaction_ms, reaped_before): (Option<f64>, u64),
+    ) {
+        let Some(sink) = &self.emf else {
+            return;
+        };
+        let reaped = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reaper_terminated;
+        let launches = match self.dry_run {
+            true => 0,
+            false => crate::emf::launches(pools, &decision.raises),
+        };
+        let round = crate::emf::Round {
+            agent_type: &self.agent_type,
+            timestamp_ms: unix_now.saturating_mul(1000),
+            queue,
+            pools,
+            launches,
+            reaps: reaped.saturating_sub(reaped_before),
+            reaction_ms,
+        };
+        crate::emf::write(sink, &round);
+    }
+
+    /// Logs a decision (at info when it changes anything, with its inputs) and applies it unless
+    /// this is a dry run: raises, then warm pool sizes. Returns (calls that worked, that failed).
+    fn act(
+        &mut self,
+        snapshot: &QueueSnapshot,
+        pools: &[PoolState],
+        decision: &Decision,
+    ) -> (u64, u64) {
+        if decision.raises.is_empty() && decision.warm_pools.is_empty() {
+            tracing::debug!(agent_type = %self.agent_type, reason = %decision.reason, "decision");
+            return (0, 0);
+        }
+        tracing::info!(
+            agent_type = %self.agent_type,
+            queued = snapshot.queued,
+            running = snapshot.running,
+            idle = snapshot.idle,
+            occupied = snapshot.occupied,
+            metrics_age_ms = snapshot.age_ms,
+            desired = pools.iter().map(|p| p.desired).sum::<u32>(),
+            raises = ?decision.raises,
+            warm_pools = ?decision.warm_pools,
+            dry_run = self.dry_run,
+            reason = %decision.reason,
+            "decision"
+        );
+        let (mut raised, mut errors) = (0, 0);
+        if self.dry_run {
+            return (0, 0);
+        }
+        for (pool, desired) in &decision.raises {
+            match self.fleet.raise_desired(pool, *desired) {
+                Ok(()) => raised += 1,
+                Err(error) => {
+                    errors += 1;
+                    tracing::error!(agent_type = %self.agent_type, %pool, %error, "raising desired capacity failed");
+                }
+            }
+        }
+        for (pool, size) in &decision.warm_pools {
+            if let Err(error) = self.fleet.set_warm_pool(pool, *size) {
+                errors += 1;
+                tracing::error!(agent_type = %self.agent_type, %pool, %error, "sizing the warm pool failed");
+            }
+        }
+        (raised, errors)
     }
 
     /// Runs until `stop` is set.

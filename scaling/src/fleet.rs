@@ -28,6 +28,8 @@ pub enum FleetError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("pool '{0}' has no warm pool")]
+    NoWarmPool(String),
     /// A cloud API call failed; `detail` is the SDK's full error chain.
     #[error("{operation}: {detail}")]
     Api { operation: String, detail: String },
@@ -54,6 +56,12 @@ pub trait Fleet: Send {
     fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError>;
     /// Removes an instance; `decrement` also lowers desired so it is not replaced.
     fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), FleetError>;
+    /// Sets how many stopped, pre-initialised instances a pool's warm pool keeps (only asked of
+    /// pools that `describe` gave a warm pool).
+    fn set_warm_pool(&mut self, pool: &str, size: u32) -> Result<(), FleetError> {
+        let _ = size;
+        Err(FleetError::NoWarmPool(pool.to_string()))
+    }
     /// Instances that removed themselves after their job, and unhealthy ones replaced, so far.
     fn counts(&self) -> (u64, u64) {
         (0, 0)
@@ -231,6 +239,7 @@ impl Fleet for LocalFleet {
             in_service: self.instances.len() as u32,
             pending: 0,
             short: false,
+            warm_pool: None,
         }])
     }
 

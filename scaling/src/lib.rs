@@ -6,7 +6,9 @@
 
 pub mod config;
 pub mod control;
+pub mod emf;
 pub mod fleet;
+pub mod forecast;
 pub mod policy;
 pub mod queue;
 pub mod reaper;

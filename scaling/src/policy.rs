@@ -2,7 +2,12 @@
 //! clamp(queued + running + spare, min, max), at least any scheduled minimum; no scale-out
 //! cooldown; a token bucket bounds how fast desired rises; stale metrics never raise; capacity
 //! pools are filled in priority order and a pool that cannot launch spills its share to the next.
+//! With a forecast ([`crate::forecast`]) the spare is the running warm capacity the forecast
+//! asks for, and each pool's warm pool of stopped instances is sized within its bounds; queued
+//! jobs that no capacity is coming for go first to pools with stopped instances ready (a start
+//! takes a fraction of a cold boot).
 
+use crate::forecast::{Forecast, ForecastConfig, Forecaster};
 use crate::schedule::{minimum_at, ScheduledMinimum};
 
 /// The queue as last observed.
@@ -30,6 +35,23 @@ pub struct PoolState {
     /// The pool failed to launch recently (no capacity, spot limits, ...): give its share to the
     /// next pool until it recovers.
     pub short: bool,
+    /// The pool's warm pool of stopped, pre-initialised instances, if it has one.
+    pub warm_pool: Option<WarmPoolState>,
+}
+
+/// An EC2 Auto Scaling warm pool: stopped instances, initialised once, that start in a fraction
+/// of a cold boot when the group's desired capacity rises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WarmPoolState {
+    /// The sizes the policy may choose between (the stack's parameters).
+    pub min: u32,
+    pub max: u32,
+    /// The size asked for now (the warm pool's minimum size).
+    pub size: u32,
+    /// Stopped instances ready to start.
+    pub ready: u32,
+    /// Instances being initialised into the pool.
+    pub pending: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +72,9 @@ pub struct PolicyConfig {
     pub warm_fraction: f64,
     pub warm_window_ms: u64,
     pub warm_max: u32,
+    /// Demand seen coming: when set, the forecast's running warm capacity replaces
+    /// `warm_fraction`, and warm pools are sized from the forecast.
+    pub forecast: Option<ForecastConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -63,6 +88,7 @@ impl Default for PolicyConfig {
             warm_fraction: 0.0,
             warm_window_ms: 15 * 60 * 1000,
             warm_max: 0,
+            forecast: None,
         }
     }
 }
@@ -73,6 +99,8 @@ pub struct PolicyState {
     pub bucket: TokenBucket,
     /// (time ms, queued + running), oldest first, within the warm window.
     demand: std::collections::VecDeque<(u64, u32)>,
+    /// The forecast's memory (used when the config has a forecast).
+    pub forecaster: Forecaster,
 }
 
 impl PolicyState {
@@ -80,6 +108,7 @@ impl PolicyState {
         PolicyState {
             bucket: TokenBucket::new(config.rise_burst, config.rise_per_minute),
             demand: Default::default(),
+            forecaster: Forecaster::default(),
         }
     }
 
@@ -150,6 +179,8 @@ pub struct Decision {
     pub wanted: Option<u32>,
     /// New desired per pool, for pools whose desired rises.
     pub raises: Vec<(String, u32)>,
+    /// New warm pool size per pool, for pools whose warm pool size changes.
+    pub warm_pools: Vec<(String, u32)>,
     pub reason: String,
 }
 
@@ -172,9 +203,21 @@ pub fn decide(
     }
     let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
     let demand = queue.queued + queue.running;
-    let spare = config.spare.max(warm_spare(demand, config, state, now_ms));
-    let target = Target::new(demand, spare, scheduled, pools);
+    let forecast = config.forecast.as_ref().map(|forecast| {
+        state.forecaster.observe(unix_now, demand, forecast);
+        state.forecaster.forecast(unix_now, forecast)
+    });
+    let warm = match &forecast {
+        Some(forecast) => forecast.warm,
+        None => warm_spare(demand, config, state, now_ms),
+    };
+    let target = Target::new(demand, config.spare.max(warm), scheduled, pools);
     let mut reason = target.explain(queue, pools);
+    let warm_pools = forecast.map_or_else(Vec::new, |forecast| {
+        reason.push_str("; ");
+        reason.push_str(&forecast.explain());
+        size_warm_pools(pools, &forecast)
+    });
     let mut raises = raise_to_minimums(pools);
     let committed = committed_capacity(pools);
     if target.target <= committed {
@@ -182,6 +225,7 @@ pub fn decide(
         return Decision {
             wanted: Some(target.wanted),
             raises,
+            warm_pools,
             reason,
         };
     }
@@ -191,14 +235,47 @@ pub fn decide(
         target.target - committed,
         &mut reason,
     );
-    let fill = fill_in_priority_order(pools, granted, &mut raises);
+    let urgent = uncovered_jobs(queue, pools).min(granted);
+    let fill = fill_in_priority_order(pools, granted, urgent, &mut raises);
     state.bucket.take(granted - fill.remaining);
     fill.explain(&mut reason);
     Decision {
         wanted: Some(target.wanted),
         raises,
+        warm_pools,
         reason,
     }
+}
+
+/// Spreads the forecast's stopped pool over the pools that have a warm pool, in priority order,
+/// each within its bounds; returns the pools whose size changes.
+fn size_warm_pools(pools: &[PoolState], forecast: &Forecast) -> Vec<(String, u32)> {
+    let mut remaining = forecast.stopped;
+    let mut sizes = Vec::new();
+    for pool in pools {
+        let Some(warm_pool) = pool.warm_pool else {
+            continue;
+        };
+        let size = remaining.clamp(warm_pool.min, warm_pool.max.max(warm_pool.min));
+        remaining = remaining.saturating_sub(size);
+        if size != warm_pool.size {
+            sizes.push((pool.name.clone(), size));
+        }
+    }
+    sizes
+}
+
+/// Queued jobs that no quick capacity is coming for: not an idle agent, not an instance coming
+/// in a pool with a warm pool (its group starts stopped instances first). An instance booting
+/// cold elsewhere does not count: a start from a warm pool is likely ready sooner, and the cold
+/// one then stays as warm capacity.
+fn uncovered_jobs(queue: &QueueSnapshot, pools: &[PoolState]) -> u32 {
+    let coming: u32 = pools
+        .iter()
+        .filter(|p| p.warm_pool.is_some())
+        .map(|p| p.pending + p.desired.saturating_sub(p.in_service + p.pending))
+        .sum();
+    queue.queued.saturating_sub(coming + queue.idle)
 }
 
 /// Metrics too old to trust: pools are raised to their minimums, never for the queue.
@@ -206,6 +283,7 @@ fn stale_decision(queue: &QueueSnapshot, pools: &[PoolState], config: &PolicyCon
     Decision {
         wanted: None,
         raises: raise_to_minimums(pools),
+        warm_pools: Vec::new(),
         reason: format!(
             "metrics are {} ms old (> {} ms): not raising for the queue",
             queue.age_ms, config.stale_after_ms
@@ -334,35 +412,58 @@ impl Fill {
     }
 }
 
-/// Fills pools in priority order with `granted` more instances, each up to its max; short pools
-/// and full pools pass their share on. Raises land in `raises` (an existing entry for a pool,
-/// from its minimum, is updated in place).
+/// Fills pools with `granted` more instances, each up to its max. The first `urgent` (queued
+/// jobs nothing is coming for) go to pools with stopped instances ready, in priority order; the
+/// rest fill pools in priority order. Short pools and full pools pass their share on. Raises land
+/// in `raises` (an existing entry for a pool, from its minimum, is updated in place).
 fn fill_in_priority_order(
     pools: &[PoolState],
     granted: u32,
+    urgent: u32,
     raises: &mut Vec<(String, u32)>,
 ) -> Fill {
+    let mut added = vec![0u32; pools.len()];
+    let mut urgent = urgent.min(granted);
     let mut remaining = granted;
+    for (index, pool) in pools.iter().enumerate() {
+        let ready = pool.warm_pool.map_or(0, |w| w.ready);
+        if urgent == 0 || pool.short || ready == 0 {
+            continue;
+        }
+        let add = room(pool).min(ready).min(urgent);
+        added[index] += add;
+        urgent -= add;
+        remaining -= add;
+    }
     let mut spilled = Vec::new();
-    for pool in pools {
+    for (index, pool) in pools.iter().enumerate() {
         if remaining == 0 {
             break;
         }
-        let base = pool.desired.max(pool.min);
         if pool.short {
             spilled.push(pool.name.clone());
             continue;
         }
-        let add = pool.max.saturating_sub(base).min(remaining);
-        if add > 0 {
-            remaining -= add;
-            match raises.iter_mut().find(|(name, _)| name == &pool.name) {
-                Some(entry) => entry.1 = base + add,
-                None => raises.push((pool.name.clone(), base + add)),
-            }
+        let add = room(pool).saturating_sub(added[index]).min(remaining);
+        added[index] += add;
+        remaining -= add;
+    }
+    for (pool, add) in pools.iter().zip(added) {
+        if add == 0 {
+            continue;
+        }
+        let desired = pool.desired.max(pool.min) + add;
+        match raises.iter_mut().find(|(name, _)| name == &pool.name) {
+            Some(entry) => entry.1 = desired,
+            None => raises.push((pool.name.clone(), desired)),
         }
     }
     Fill { remaining, spilled }
+}
+
+/// How many more instances a pool can take: its max above its desired (at least its minimum).
+fn room(pool: &PoolState) -> u32 {
+    pool.max.saturating_sub(pool.desired.max(pool.min))
 }
 
 /// Pools below their minimum are raised to it regardless of the queue.
@@ -387,6 +488,7 @@ mod tests {
             in_service: desired,
             pending: 0,
             short,
+            warm_pool: None,
         }
     }
 
@@ -499,13 +601,24 @@ mod tests {
                 vec![],
             ),
         ];
+        assert_rows(rows);
+    }
+
+    /// Decides each row from a fresh state with a bucket of 100; without a forecast no warm pool
+    /// is ever sized.
+    fn assert_rows(rows: Vec<DecisionRow>) {
         for (name, queue, pools, config, expected) in rows {
             let mut state = PolicyState {
                 bucket: TokenBucket::new(100, 600),
                 demand: Default::default(),
+                forecaster: Forecaster::default(),
             };
             let decision = decide(&queue, &pools, config, &mut state, 0, 0);
             assert_eq!(decision.raises, expected, "{name}: {}", decision.reason);
+            assert!(
+                decision.warm_pools.is_empty(),
+                "{name}: no forecast, no sizing"
+            );
         }
     }
 
@@ -585,6 +698,181 @@ mod tests {
         )
         .raises
         .is_empty());
+    }
+
+    /// `pool` with a warm pool of bounds 0..=`max`, size `size`, `ready` stopped.
+    fn with_warm_pool(mut pool: PoolState, max: u32, size: u32, ready: u32) -> PoolState {
+        pool.warm_pool = Some(WarmPoolState {
+            min: 0,
+            max,
+            size,
+            ready,
+            pending: 0,
+        });
+        pool
+    }
+
+    #[test]
+    fn queued_jobs_go_first_to_pools_with_stopped_instances_ready() {
+        let booting = |name: &str, desired| PoolState {
+            in_service: 0,
+            pending: desired,
+            ..pool(name, desired, 0, 10, false)
+        };
+        let spare = PolicyConfig {
+            spare: 1,
+            ..PolicyConfig::default()
+        };
+        let no_spare = PolicyConfig::default();
+        let rows: Vec<DecisionRow> = vec![
+            (
+                "2 start from the on-demand warm pool; the third fills spot first",
+                queue(3, 0, 0),
+                vec![
+                    pool("spot", 0, 0, 10, false),
+                    with_warm_pool(pool("ondemand", 0, 0, 10, false), 5, 2, 2),
+                ],
+                &no_spare,
+                raises(&[("spot", 1), ("ondemand", 2)]),
+            ),
+            (
+                "a spot instance booting cold does not hold a queued job back from a start",
+                queue(1, 0, 0),
+                vec![
+                    booting("spot", 1),
+                    with_warm_pool(pool("ondemand", 0, 0, 10, false), 5, 1, 1),
+                ],
+                &spare,
+                raises(&[("ondemand", 1)]),
+            ),
+            (
+                "a start already coming covers the job",
+                queue(1, 0, 0),
+                vec![
+                    pool("spot", 0, 0, 10, false),
+                    with_warm_pool(booting("ondemand", 1), 5, 1, 1),
+                ],
+                &no_spare,
+                vec![],
+            ),
+            (
+                "a short pool's stopped instances cannot start",
+                queue(2, 0, 0),
+                vec![
+                    pool("spot", 0, 0, 10, false),
+                    with_warm_pool(pool("ondemand", 0, 0, 10, true), 5, 2, 2),
+                ],
+                &no_spare,
+                raises(&[("spot", 2)]),
+            ),
+        ];
+        assert_rows(rows);
+    }
+
+    #[test]
+    fn warm_pools_are_sized_in_priority_order_within_their_bounds() {
+        let forecast = |stopped| Forecast {
+            recent_per_hour: 0.0,
+            profile_per_hour: 0.0,
+            mean_batch: 1.0,
+            warm_batch: 1,
+            pool_batch: 1,
+            warm: 0,
+            stopped,
+        };
+        let pools = |a_size, b_size| {
+            vec![
+                pool("spot", 0, 0, 10, false),
+                with_warm_pool(pool("a", 0, 0, 10, false), 4, a_size, 0),
+                PoolState {
+                    warm_pool: Some(WarmPoolState {
+                        min: 1,
+                        max: 10,
+                        size: b_size,
+                        ready: 0,
+                        pending: 0,
+                    }),
+                    ..pool("b", 0, 0, 10, false)
+                },
+            ]
+        };
+        // name, stopped pool wanted, (a, b) now, expected changes
+        let rows = [
+            (
+                "a to its max, the rest to b",
+                9,
+                (0, 1),
+                raises(&[("a", 4), ("b", 5)]),
+            ),
+            (
+                "b keeps its minimum",
+                2,
+                (0, 3),
+                raises(&[("a", 2), ("b", 1)]),
+            ),
+            ("unchanged sizes are not set again", 5, (4, 1), vec![]),
+            (
+                "night: empty, but b's minimum",
+                0,
+                (4, 5),
+                raises(&[("a", 0), ("b", 1)]),
+            ),
+        ];
+        for (name, stopped, (a, b), expected) in rows {
+            assert_eq!(
+                size_warm_pools(&pools(a, b), &forecast(stopped)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forecast_decision_sizes_warm_capacity_and_pools_and_says_why() {
+        let config = PolicyConfig {
+            forecast: Some(ForecastConfig::default()),
+            ..PolicyConfig::default()
+        };
+        let mut state = PolicyState::new(&config);
+        let pools = vec![with_warm_pool(pool("a", 0, 0, 50, false), 20, 0, 0)];
+        // Batches of 4 arrive: the recent rate makes warm capacity and a stopped pool.
+        let mut decision = decide(&queue(0, 0, 0), &pools, &config, &mut state, 0, 0);
+        for batch in 1..=3u32 {
+            let at = i64::from(batch) * 60;
+            let running = 4 * (batch - 1);
+            let ms = at as u64 * 1000;
+            decide(&queue(0, running, 0), &pools, &config, &mut state, ms, at);
+            decision = decide(
+                &queue(4, running, 0),
+                &pools,
+                &config,
+                &mut state,
+                ms + 1,
+                at + 1,
+            );
+        }
+        assert!(
+            decision.reason.contains("forecast: recent 48.0/h"),
+            "{}",
+            decision.reason
+        );
+        assert_eq!(decision.warm_pools.len(), 1, "{}", decision.reason);
+        assert!(decision.warm_pools[0].1 >= 4, "{}", decision.reason);
+        let wanted = decision.wanted.unwrap_or(0);
+        assert!(
+            wanted > 12,
+            "queued + running + warm capacity: {}",
+            decision.reason
+        );
+        let stale = decide(
+            &queue(4, 8, 60_000),
+            &pools,
+            &config,
+            &mut state,
+            200_000,
+            200,
+        );
+        assert!(stale.warm_pools.is_empty(), "stale metrics size nothing");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! second) against a simulated Auto Scaling fleet — launches, boot times drawn from a distribution,
 //! one job per agent, capacity outages per pool, spot interruptions — driven by Flotilla's real
 //! policy and control loop ([`FleetLoop`] through the [`Queue`](scaling::queue::Queue) and
-//! [`Fleet`](scaling::fleet::Fleet) traits), or by the two baselines re-implemented from their
-//! public descriptions (docs/ARCHITECTURE.md, "The simulator"): Semaphore's agent-aws-stack scaler
-//! and buildkite-agent-scaler.
+//! [`Fleet`](scaling::fleet::Fleet) traits) — as it is now (`flotilla`: a forecast of demand and
+//! warm pools of stopped instances) and as it was before them (`flotilla-before`: warm capacity
+//! following recent demand) — or by the two baselines re-implemented from their public
+//! descriptions (docs/ARCHITECTURE.md, "The simulator"): Semaphore's agent-aws-stack scaler and
+//! buildkite-agent-scaler.
 //!
 //! This file holds the clock loop ([`simulate`]) and who drives the fleet; the world it advances
 //! is in `world`, the fleet and scenarios in `config`, the baselines in `baselines`, Flotilla's
@@ -29,11 +31,14 @@ use world::{lock, World};
 
 /// The simulated clock's start, in Unix seconds: Monday 2026-11-23 00:00 UTC (scheduled minimums
 /// see this time of day and week).
-const START_UNIX: i64 = 1_795_392_000;
+pub(crate) const START_UNIX: i64 = 1_795_392_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyKind {
+    /// The policy now: forecast warm capacity and warm pools.
     Flotilla,
+    /// The policy before warm pools and the forecast (`warm_fraction` / `warm_max`).
+    FlotillaBefore,
     Semaphore,
     Buildkite,
 }
@@ -42,6 +47,7 @@ impl PolicyKind {
     pub fn parse(name: &str) -> Option<PolicyKind> {
         match name {
             "flotilla" => Some(PolicyKind::Flotilla),
+            "flotilla-before" => Some(PolicyKind::FlotillaBefore),
             "semaphore" => Some(PolicyKind::Semaphore),
             "buildkite" => Some(PolicyKind::Buildkite),
             _ => None,
@@ -51,6 +57,7 @@ impl PolicyKind {
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::Flotilla => "flotilla",
+            PolicyKind::FlotillaBefore => "flotilla-before",
             PolicyKind::Semaphore => "semaphore",
             PolicyKind::Buildkite => "buildkite",
         }
@@ -102,7 +109,9 @@ enum Driver {
 impl Driver {
     fn new(policy: PolicyKind, config: &SimConfig, world: &Arc<Mutex<World>>) -> Driver {
         match policy {
-            PolicyKind::Flotilla => Driver::Flotilla(Box::new(flotilla::fleet_loop(world, config))),
+            PolicyKind::Flotilla | PolicyKind::FlotillaBefore => {
+                Driver::Flotilla(Box::new(flotilla::fleet_loop(world, config, policy)))
+            }
             PolicyKind::Semaphore => Driver::Semaphore {
                 spare: config.spare,
             },
@@ -139,9 +148,10 @@ impl Driver {
 mod tests {
     use super::*;
 
-    fn all_policies() -> [PolicyKind; 3] {
+    fn all_policies() -> [PolicyKind; 4] {
         [
             PolicyKind::Flotilla,
+            PolicyKind::FlotillaBefore,
             PolicyKind::Semaphore,
             PolicyKind::Buildkite,
         ]
@@ -167,6 +177,7 @@ mod tests {
         let (trace, mut config) = scenario("steady", 2).unwrap();
         config.boot_fixed_s = 0.0;
         config.boot_agent_s = (0.0, 0.0);
+        config.start_s = (0.0, 0.0);
         config.pools[0].max = 10_000;
         let flotilla = simulate(&trace, &config, PolicyKind::Flotilla);
         // Submit → seen → launched → ready → assigned, at the simulator's 1 s resolution.
@@ -201,7 +212,40 @@ mod tests {
             assert_eq!(outcome.started_more_than_once, 0, "{policy:?}");
             assert_eq!(outcome.finished, trace.len(), "{policy:?}");
             assert_eq!(outcome.waits.len(), trace.len());
+            let sum = outcome.running_cost + outcome.stopped_cost;
+            assert!(
+                (outcome.cost - sum).abs() < 1e-9,
+                "{policy:?}: costs add up"
+            );
+            if policy != PolicyKind::Flotilla {
+                assert_eq!(outcome.stopped_cost, 0.0, "{policy:?} keeps no warm pool");
+                assert_eq!(outcome.warm_starts, 0);
+            }
         }
+    }
+
+    #[test]
+    fn warm_pools_cut_the_wait_on_both_days() {
+        let (trace, config) = scenario("bursty-day", 2).unwrap();
+        let [now, before, semaphore] = [
+            PolicyKind::Flotilla,
+            PolicyKind::FlotillaBefore,
+            PolicyKind::Semaphore,
+        ]
+        .map(|policy| simulate(&trace, &config, policy).wait_percentile(0.95));
+        assert!(
+            now < before && now <= 0.33 * semaphore,
+            "{now} {before} {semaphore}"
+        );
+        let (trace, config) = scenario("gpu-shortage", 2).unwrap();
+        let gpu = simulate(&trace, &config, PolicyKind::Flotilla);
+        assert_eq!(gpu.never_started, 0);
+        assert!(gpu.warm_starts > 0);
+        assert!(
+            gpu.wait_percentile(0.95) <= 65.0,
+            "{}",
+            gpu.wait_percentile(0.95)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! What a run produced: the per-policy [`Outcome`] (waits, instance time, cost, the per-minute
-//! series) gathered from the world once the clock stops, and its two renderings, the table
+//! What a run produced: the per-policy [`Outcome`] (waits, instance time, dollars for running and
+//! for stopped instances, the per-minute series) gathered from the world once the clock stops, and its two renderings, the table
 //! `scaler simulate` prints and the CSV it writes. Formatting only here: the numbers are
 //! computed once, in [`outcome`].
 
@@ -24,10 +24,18 @@ pub struct Outcome {
     pub never_started: usize,
     pub started_more_than_once: usize,
     pub finished: usize,
+    /// Seconds instances ran (booting, starting, idle, busy); stopped seconds are not in it.
     pub instance_seconds: f64,
     pub idle_instance_seconds: f64,
+    /// Seconds instances spent stopped in warm pools.
+    pub stopped_instance_seconds: f64,
+    /// Dollars for running instances and for stopped ones (their volumes); `cost` is the sum.
+    pub running_cost: f64,
+    pub stopped_cost: f64,
     pub cost: f64,
     pub launches: u64,
+    /// Instances started from a warm pool.
+    pub warm_starts: u64,
     pub series: Vec<SeriesRow>,
 }
 
@@ -46,14 +54,17 @@ impl Outcome {
 /// until then.
 pub(crate) fn outcome(world: &World, policy: PolicyKind, series: Vec<SeriesRow>) -> Outcome {
     let end_time = world.now;
-    let mut instance_seconds = 0.0;
-    let mut idle_seconds = 0.0;
-    let mut cost = 0.0;
+    let (mut instance_seconds, mut idle_seconds, mut stopped_seconds) = (0.0, 0.0, 0.0);
+    let (mut running_cost, mut stopped_cost) = (0.0, 0.0);
     for instance in &world.instances {
         let lived = instance.gone_at.unwrap_or(end_time) - instance.launched;
-        instance_seconds += lived;
+        let running = lived - instance.stopped_seconds;
+        let spec = &world.pools[instance.pool].spec;
+        instance_seconds += running;
         idle_seconds += instance.idle_seconds;
-        cost += lived / 3600.0 * world.pools[instance.pool].spec.price_per_hour;
+        stopped_seconds += instance.stopped_seconds;
+        running_cost += running / 3600.0 * spec.price_per_hour;
+        stopped_cost += instance.stopped_seconds / 3600.0 * spec.stopped_price_per_hour;
     }
     let jobs = &world.jobs;
     Outcome {
@@ -67,8 +78,12 @@ pub(crate) fn outcome(world: &World, policy: PolicyKind, series: Vec<SeriesRow>)
         finished: jobs.iter().filter(|j| j.finished.is_some()).count(),
         instance_seconds,
         idle_instance_seconds: idle_seconds,
-        cost,
+        stopped_instance_seconds: stopped_seconds,
+        running_cost,
+        stopped_cost,
+        cost: running_cost + stopped_cost,
         launches: world.launches,
+        warm_starts: world.warm_starts,
         series,
     }
 }
@@ -76,29 +91,37 @@ pub(crate) fn outcome(world: &World, policy: PolicyKind, series: Vec<SeriesRow>)
 /// The results as a table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = format!(
-        "{:<10} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>8} {:>9}\n",
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>13} {:>12} {:>8} {:>10} {:>9} {:>6} {:>9} {:>7}\n",
         "policy",
         "p50 wait",
         "p95 wait",
         "p99 wait",
         "inst-min",
         "idle inst-min",
+        "stopped-min",
+        "run $",
+        "stopped $",
         "cost $",
         "never",
-        "launches"
+        "launches",
+        "starts"
     );
     for o in outcomes {
         out.push_str(&format!(
-            "{:<10} {:>8.0}s {:>8.0}s {:>8.0}s {:>12.0} {:>12.0} {:>9.2} {:>8} {:>9}\n",
+            "{:<16} {:>8.0}s {:>8.0}s {:>8.0}s {:>9.0} {:>13.0} {:>12.0} {:>8.2} {:>10.2} {:>9.2} {:>6} {:>9} {:>7}\n",
             o.policy.name(),
             o.wait_percentile(0.5),
             o.wait_percentile(0.95),
             o.wait_percentile(0.99),
             o.instance_seconds / 60.0,
             o.idle_instance_seconds / 60.0,
+            o.stopped_instance_seconds / 60.0,
+            o.running_cost,
+            o.stopped_cost,
             o.cost,
             o.never_started,
-            o.launches
+            o.launches,
+            o.warm_starts
         ));
     }
     out

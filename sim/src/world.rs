@@ -1,8 +1,8 @@
 //! The simulated world: the job queue, each pool's instances and the virtual clock. [`World::step`]
-//! advances it one tick: submissions arrive; instances are interrupted, finish booting, finish
-//! their job or idle out; idle agents take queued jobs; each pool converges on its desired
-//! capacity. Every random draw comes from the world's one seeded generator in that fixed order,
-//! so the same seed replays the same day.
+//! advances it one tick: submissions arrive; instances are interrupted, finish booting or
+//! starting, finish their job or idle out; idle agents take queued jobs; each pool converges on
+//! its desired capacity (from its warm pool first, see `warm_pool`). Every random draw comes from
+//! the world's one seeded generator in that fixed order, so the same seed replays the same day.
 
 use crate::config::{PoolSpec, SimConfig};
 use crate::report::SeriesRow;
@@ -14,11 +14,24 @@ use scaling::policy::{PoolState, QueueSnapshot};
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
+mod warm_pool;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum InstanceState {
     Booting,
-    Idle { since: f64 },
-    Busy { job: usize, until: f64 },
+    /// Launched into the warm pool: booting once, then stopped.
+    Warming,
+    /// Stopped in the warm pool: costs its volume only.
+    Stopped,
+    /// Started from the warm pool, not yet ready.
+    Starting,
+    Idle {
+        since: f64,
+    },
+    Busy {
+        job: usize,
+        until: f64,
+    },
     Gone,
 }
 
@@ -30,6 +43,26 @@ pub(crate) struct Instance {
     state: InstanceState,
     pub(crate) gone_at: Option<f64>,
     pub(crate) idle_seconds: f64,
+    /// Seconds spent stopped in a warm pool (the rest of its life it ran).
+    pub(crate) stopped_seconds: f64,
+}
+
+impl InstanceState {
+    /// In the group (booting, starting, serving), not in its warm pool nor gone.
+    fn in_group(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Booting
+                | InstanceState::Starting
+                | InstanceState::Idle { .. }
+                | InstanceState::Busy { .. }
+        )
+    }
+
+    /// In the pool's warm pool (initialising or stopped).
+    fn in_warm_pool(self) -> bool {
+        matches!(self, InstanceState::Warming | InstanceState::Stopped)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +78,8 @@ pub(crate) struct PoolRuntime {
     pub(crate) spec: PoolSpec,
     pub(crate) desired: u32,
     last_failure: Option<f64>,
+    /// Instances the warm pool keeps (0: none).
+    pub(crate) warm_size: u32,
 }
 
 /// The simulated world: queue, fleet and clock.
@@ -57,8 +92,11 @@ pub(crate) struct World {
     pub(crate) pools: Vec<PoolRuntime>,
     rng: StdRng,
     pub(crate) launches: u64,
+    /// Instances started from a warm pool.
+    pub(crate) warm_starts: u64,
     boot_fixed_s: f64,
     boot_agent_s: (f64, f64),
+    start_s: (f64, f64),
     spot_rate_per_s: f64,
     idle_timeout_s: f64,
     /// Instances leave after one job (Flotilla, Semaphore) or stay (Buildkite).
@@ -77,19 +115,28 @@ impl World {
     /// of them for Flotilla, the first for the baselines) at their minimums.
     pub(crate) fn new(trace: &[TraceJob], config: &SimConfig, policy: PolicyKind) -> World {
         let (one_job, decrement, idle_timeout) = match policy {
-            PolicyKind::Flotilla => (true, true, config.flotilla_idle_timeout_s),
+            PolicyKind::Flotilla | PolicyKind::FlotillaBefore => {
+                (true, true, config.flotilla_idle_timeout_s)
+            }
             PolicyKind::Semaphore => (true, false, config.idle_timeout_s),
             PolicyKind::Buildkite => (false, true, 600.0),
         };
         let pools: Vec<PoolRuntime> = match policy {
-            PolicyKind::Flotilla => config.pools.clone(),
+            PolicyKind::Flotilla | PolicyKind::FlotillaBefore => config.pools.clone(),
             _ => config.pools.iter().take(1).cloned().collect(),
         }
         .into_iter()
-        .map(|spec| PoolRuntime {
-            desired: spec.min,
-            spec,
-            last_failure: None,
+        .map(|mut spec| {
+            // Warm pools are the new policy's: the others run the stacks they were measured on.
+            if policy != PolicyKind::Flotilla || spec.spot {
+                spec.warm_pool_max = 0;
+            }
+            PoolRuntime {
+                desired: spec.min,
+                spec,
+                last_failure: None,
+                warm_size: 0,
+            }
         })
         .collect();
         World {
@@ -110,8 +157,10 @@ impl World {
             pools,
             rng: StdRng::seed_from_u64(config.seed),
             launches: 0,
+            warm_starts: 0,
             boot_fixed_s: config.boot_fixed_s,
             boot_agent_s: config.boot_agent_s,
+            start_s: config.start_s,
             spot_rate_per_s: config.spot_interruptions_per_hour / 3600.0,
             idle_timeout_s: idle_timeout,
             one_job_per_instance: one_job,
@@ -119,10 +168,16 @@ impl World {
         }
     }
 
+    /// Instances in `pool`'s group (not its warm pool).
     pub(crate) fn live(&self, pool: usize) -> usize {
+        self.count(pool, |state| state.in_group())
+    }
+
+    /// Instances of `pool` in a state `which` accepts.
+    pub(crate) fn count(&self, pool: usize, which: impl Fn(InstanceState) -> bool) -> usize {
         self.instances
             .iter()
-            .filter(|i| i.pool == pool && i.state != InstanceState::Gone)
+            .filter(|i| i.pool == pool && which(i.state))
             .count()
     }
 
@@ -133,7 +188,7 @@ impl World {
             && self.jobs.iter().all(|j| j.finished.is_some())
     }
 
-    /// No pool has a live instance.
+    /// No pool has an instance in its group (warm pools stay).
     pub(crate) fn fleet_empty(&self) -> bool {
         (0..self.pools.len()).all(|p| self.live(p) == 0)
     }
@@ -191,19 +246,18 @@ impl World {
             .iter()
             .enumerate()
             .map(|(index, pool)| {
-                let booting = self
-                    .instances
-                    .iter()
-                    .filter(|i| i.pool == index && i.state == InstanceState::Booting)
-                    .count() as u32;
+                let pending = self.count(index, |s| {
+                    matches!(s, InstanceState::Booting | InstanceState::Starting)
+                }) as u32;
                 PoolState {
                     name: pool.spec.name.clone(),
                     desired: pool.desired,
                     min: pool.spec.min,
                     max: pool.spec.max,
-                    in_service: self.live(index) as u32 - booting,
-                    pending: booting,
+                    in_service: self.live(index) as u32 - pending,
+                    pending,
                     short: pool.last_failure.is_some_and(|at| self.now - at < 60.0),
+                    warm_pool: self.warm_pool_state(index),
                 }
             })
             .collect()
@@ -240,9 +294,15 @@ impl World {
             return;
         }
         match state {
-            InstanceState::Booting if now >= self.instances[index].ready => {
+            InstanceState::Booting | InstanceState::Starting
+                if now >= self.instances[index].ready =>
+            {
                 self.instances[index].state = InstanceState::Idle { since: now };
             }
+            InstanceState::Warming if now >= self.instances[index].ready => {
+                self.instances[index].state = InstanceState::Stopped;
+            }
+            InstanceState::Stopped => self.instances[index].stopped_seconds += dt,
             InstanceState::Busy { job, until } if now >= until => {
                 self.jobs[job].finished = Some(now);
                 if self.one_job_per_instance {
@@ -297,30 +357,39 @@ impl World {
         }
     }
 
-    /// The ASG converges on desired: launch (unless in an outage), or shed idle instances.
+    /// The ASG converges on desired: starts stopped instances of its warm pool, then launches
+    /// (unless in an outage, when both fail), or sheds idle instances; then refills or trims the
+    /// warm pool.
     fn converge_pool(&mut self, pool: usize, now: f64) {
         let live = self.live(pool) as u32;
         let desired = self.pools[pool].desired;
         if live < desired {
-            let in_outage = self.pools[pool]
-                .spec
-                .outages
-                .iter()
-                .any(|(from, to)| (*from..*to).contains(&now));
-            if in_outage {
+            if self.in_outage(pool, now) {
                 self.pools[pool].last_failure = Some(now);
-                return;
-            }
-            for _ in live..desired {
-                self.launch(pool, now);
+            } else {
+                let started = self.start_from_warm_pool(pool, desired - live, now);
+                for _ in live + started..desired {
+                    self.launch(pool, now, InstanceState::Booting);
+                }
             }
         } else if live > desired {
             self.shed(pool, live - desired);
         }
+        self.keep_warm_pool(pool, now);
     }
 
-    /// A new instance in `pool`, ready after a drawn boot time.
-    fn launch(&mut self, pool: usize, now: f64) {
+    /// Whether `pool` has no capacity at `now`.
+    fn in_outage(&self, pool: usize, now: f64) -> bool {
+        self.pools[pool]
+            .spec
+            .outages
+            .iter()
+            .any(|(from, to)| (*from..*to).contains(&now))
+    }
+
+    /// A new instance in `pool` (in its group, or `Warming` into its warm pool), ready after a
+    /// drawn boot time.
+    fn launch(&mut self, pool: usize, now: f64, state: InstanceState) {
         let boot = self.boot_fixed_s
             + self
                 .rng
@@ -330,9 +399,10 @@ impl World {
             pool,
             launched: now,
             ready: now + boot,
-            state: InstanceState::Booting,
+            state,
             gone_at: None,
             idle_seconds: 0.0,
+            stopped_seconds: 0.0,
         });
         self.launches += 1;
     }
@@ -347,7 +417,7 @@ impl World {
             if instance.pool == pool
                 && matches!(
                     instance.state,
-                    InstanceState::Idle { .. } | InstanceState::Booting
+                    InstanceState::Idle { .. } | InstanceState::Booting | InstanceState::Starting
                 )
             {
                 self.remove(index, false);

@@ -9,6 +9,7 @@ pub mod output;
 pub mod pty;
 pub mod reader;
 
+use crate::job_user::JobUser;
 use output::OutputBuffer;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ pub struct Shell {
     child: Child,
     pid: i32,
     command_file: PathBuf,
+    command_file_mode: u32,
     dead: bool,
     closed: bool,
 }
@@ -67,57 +69,111 @@ impl Shell {
     /// Starts bash with exactly `env`, prepares the terminal (no prompt, no echo), changes to
     /// `$HOME` and waits until bash is ready. `scratch_dir` holds the command file; it must be
     /// private to this job.
-    pub fn start(env: &[(String, String)], scratch_dir: &Path) -> std::io::Result<Shell> {
+    pub fn start(
+        env: &[(String, String)],
+        scratch_dir: &Path,
+        user: Option<&JobUser>,
+    ) -> std::io::Result<Shell> {
+        // The job user reads the command file through the scratch directory's group.
+        let mode = if user.is_some() { 0o640 } else { 0o600 };
+        let mut shell = Shell::launch(scratch_dir, mode, |pty| pty::spawn_bash(pty, env, user))?;
+        // Bash that dies before it is ready leaves a dead shell: every command then fails.
+        let _ = shell.wait_ready(&[], None);
+        Ok(shell)
+    }
+
+    /// Starts the job shell through another program that ends in an interactive bash (the docker
+    /// CLI running bash in the job's container) and waits until that bash is ready. Unlike
+    /// [`Shell::start`], a program that exits first, or prints one of `program.refuse` before
+    /// bash is ready, is an error that carries what it printed.
+    pub fn start_program(
+        program: &ShellProgram<'_>,
+        env: &[(String, String)],
+        scratch_dir: &Path,
+    ) -> Result<Shell, StartError> {
+        let mut shell = Shell::launch(scratch_dir, program.command_file_mode, |pty| {
+            pty::spawn_in_pty_as(pty, program.program, program.args, env, program.user)
+        })?;
+        match shell.wait_ready(program.refuse, program.ready_timeout) {
+            Startup::Ready => Ok(shell),
+            Startup::Refused(line) => {
+                shell.close();
+                Err(StartError::Refused(line))
+            }
+            Startup::Exited(lines) => {
+                shell.close();
+                Err(StartError::Exited(lines))
+            }
+        }
+    }
+
+    fn launch(
+        scratch_dir: &Path,
+        command_file_mode: u32,
+        spawn: impl FnOnce(&pty::Pty) -> std::io::Result<Child>,
+    ) -> std::io::Result<Shell> {
         let pty = pty::open_pty()?;
-        let child = pty::spawn_bash(&pty, env)?;
+        let child = spawn(&pty)?;
         drop(pty.slave);
         let pid = child.id() as i32;
         let reader = reader::PtyReader::spawn(pty.master.try_clone()?)?;
-        let mut shell = Shell {
+        Ok(Shell {
             master: pty.master,
             reader,
             read_data: Vec::new(),
             child,
             pid,
             command_file: scratch_dir.join("current-agent-cmd"),
+            command_file_mode,
             dead: false,
             closed: false,
-        };
+        })
+    }
+
+    /// Prepares the terminal and discards everything up to a line holding the ready mark that is
+    /// not our own echoed input. A line containing one of `refuse` ends the wait.
+    fn wait_ready(&mut self, refuse: &[&str], timeout: Option<Duration>) -> Startup {
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
         let setup = format!(
             "export PS1=''\nstty -echo\ncd ~\necho '{}'\n",
             pty::READY_MARK
         );
-        if pty::write_master(&mut shell.master, setup.as_bytes()).is_err() {
-            shell.dead = true;
-            return Ok(shell);
+        if pty::write_master(&mut self.master, setup.as_bytes()).is_err() {
+            self.dead = true;
+            return Startup::Exited(String::new());
         }
-        // Discard everything up to a line holding the mark that is not our own echoed input.
         let mut pending: Vec<u8> = Vec::new();
+        let mut seen = StartupLines::default();
         loop {
-            match shell.read_some(Duration::from_millis(50)) {
+            if let (Some(deadline), Some(timeout)) = (deadline, timeout) {
+                if Instant::now() >= deadline {
+                    let waited = timeout.as_secs();
+                    return Startup::Refused(format!("bash did not answer within {waited} s"));
+                }
+            }
+            match self.read_some(Duration::from_millis(50)) {
                 ReadResult::Data => {
-                    pending.extend_from_slice(&shell.read_data);
-                    let mut ready = false;
+                    pending.extend_from_slice(&self.read_data);
                     while let Some(newline) = pending.iter().position(|&b| b == b'\n') {
                         let line = String::from_utf8_lossy(&pending[..newline]).into_owned();
                         pending.drain(..=newline);
                         if line.contains(pty::READY_MARK) && !line.contains("echo") {
-                            ready = true;
-                            break;
+                            return Startup::Ready;
                         }
-                    }
-                    if ready {
-                        break;
+                        if refuse.iter().any(|text| line.contains(text)) {
+                            return Startup::Refused(line.trim_end().to_string());
+                        }
+                        seen.push(line);
                     }
                 }
                 ReadResult::Nothing => {}
                 ReadResult::Closed => {
-                    shell.dead = true;
-                    break;
+                    self.dead = true;
+                    seen.push(String::from_utf8_lossy(&pending).into_owned());
+                    return Startup::Exited(seen.text());
                 }
             }
         }
-        Ok(shell)
     }
 
     /// The session (and process group) id of the job: bash's pid.
@@ -182,7 +238,13 @@ impl Shell {
         if self.dead {
             return dead(started_at);
         }
-        if write_private(&self.command_file, command.as_bytes()).is_err() {
+        if write_private(
+            &self.command_file,
+            command.as_bytes(),
+            self.command_file_mode,
+        )
+        .is_err()
+        {
             return CommandOutcome {
                 exit_code: DEAD_SHELL_EXIT_CODE,
                 started_at: 0,
@@ -303,6 +365,63 @@ impl OutputSink<'_, '_> {
                 emit(&self.chunk);
             }
         }
+    }
+}
+
+/// How [`Shell::start_program`] starts the job shell.
+#[derive(Debug, Clone, Copy)]
+pub struct ShellProgram<'a> {
+    pub program: &'a str,
+    pub args: &'a [&'a str],
+    /// Output lines that mean no shell is coming (docs/protocol.md §5.7, the docker-compose cases).
+    pub refuse: &'a [&'a str],
+    /// Mode of the command file (0640, or 0644 when a container user must read it).
+    pub command_file_mode: u32,
+    /// Run the program as the job user, when there is one.
+    pub user: Option<&'a JobUser>,
+    /// Give up when bash has not answered by then.
+    pub ready_timeout: Option<Duration>,
+}
+
+/// Why [`Shell::start_program`] has no shell.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// A line that means no shell is coming.
+    #[error("{0}")]
+    Refused(String),
+    /// The program exited before bash was ready; what it printed last.
+    #[error("{0}")]
+    Exited(String),
+}
+
+enum Startup {
+    Ready,
+    Refused(String),
+    Exited(String),
+}
+
+/// The last lines a starting program printed (for the error when it exits).
+#[derive(Default)]
+struct StartupLines(std::collections::VecDeque<String>);
+
+impl StartupLines {
+    const KEPT: usize = 20;
+
+    fn push(&mut self, line: String) {
+        let line = line.trim_end().to_string();
+        if line.trim().is_empty() {
+            return;
+        }
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(line);
+    }
+
+    fn text(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -432,16 +551,18 @@ pub fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes an agent scratch file 0600 (the command file holds the job's commands, secrets
-/// included), never through a symbolic link at `path`.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes an agent scratch file with `mode`, 0640 for the job shell (the command file holds the
+/// job's commands, secrets included), never through a symbolic link at `path`. The scratch
+/// directory decides who may read it: 0700 for the agent alone, or 2750 with the job user's group
+/// when jobs run as another user.
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?
         .write_all(bytes)

@@ -6,6 +6,7 @@
 //! bash pid, which lets [`kill_session`] remove every process the job started, background ones
 //! included (upstream only kills bash itself).
 
+use crate::job_user::JobUser;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -54,9 +55,14 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts `bash --login` on the slave side of `pty`, in its own session, with exactly `env`.
-pub fn spawn_bash(pty: &Pty, env: &[(String, String)]) -> io::Result<Child> {
-    spawn_in_pty(pty, "bash", &["--login"], env)
+/// Starts `bash --login` on the slave side of `pty`, in its own session, with exactly `env`, as
+/// `user` when there is one (in its home directory).
+pub fn spawn_bash(
+    pty: &Pty,
+    env: &[(String, String)],
+    user: Option<&JobUser>,
+) -> io::Result<Child> {
+    spawn_in_pty_as(pty, "bash", &["--login"], env, user)
 }
 
 /// Starts `program` on the slave side of `pty` as a session leader with the PTY as its
@@ -67,7 +73,28 @@ pub fn spawn_in_pty(
     args: &[&str],
     env: &[(String, String)],
 ) -> io::Result<Child> {
+    spawn_in_pty_as(pty, program, args, env, None)
+}
+
+/// [`spawn_in_pty`], as `user` (groups, ids, no capabilities: [`JobUser::become_in_child`]) when
+/// there is one, started in that user's home directory.
+pub fn spawn_in_pty_as(
+    pty: &Pty,
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    user: Option<&JobUser>,
+) -> io::Result<Child> {
+    let user = user.cloned();
     let mut command = Command::new(program);
+    if let Some(user) = &user {
+        // A user without a home (nobody's is /nonexistent) starts at the root instead.
+        command.current_dir(if user.home.is_dir() {
+            user.home.as_path()
+        } else {
+            std::path::Path::new("/")
+        });
+    }
     command.args(args);
     command.env_clear();
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -77,7 +104,7 @@ pub fn spawn_in_pty(
         .stderr(Stdio::from(pty.slave.try_clone()?));
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -89,7 +116,10 @@ pub fn spawn_in_pty(
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::signal(libc::SIGTERM, libc::SIG_DFL);
             libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
+            match &user {
+                Some(user) => user.become_in_child(),
+                None => Ok(()),
+            }
         });
     }
     command.spawn()

@@ -47,7 +47,15 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub fn start(handler: impl Fn(Request) -> Reply + Send + Sync + 'static) -> TestServer {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind test server");
+        TestServer::start_on("127.0.0.1", handler)
+    }
+
+    /// Listens on `ip` (a container network's gateway, for tests whose clients run in containers).
+    pub fn start_on(
+        ip: &str,
+        handler: impl Fn(Request) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind test server");
         listener
             .set_nonblocking(true)
             .expect("non-blocking listener");
@@ -61,6 +69,16 @@ impl TestServer {
                     .await
                     .map(|bytes| bytes.to_vec())
                     .unwrap_or_default();
+                // IMDSv2 token answers carry the TTL they were granted; the AWS SDK's IMDS
+                // credentials provider refuses a token without it.
+                let token_ttl = (parts.uri.path() == "/latest/api/token")
+                    .then(|| {
+                        parts
+                            .headers
+                            .get("x-aws-ec2-metadata-token-ttl-seconds")
+                            .cloned()
+                    })
+                    .flatten();
                 let request = Request {
                     method: parts.method.to_string(),
                     url: parts.uri.to_string(),
@@ -71,7 +89,11 @@ impl TestServer {
                     .await
                     .unwrap_or_else(|_| respond(500, "handler panicked"));
                 let status = axum::http::StatusCode::from_u16(status).expect("status code");
-                (status, body)
+                let mut headers = axum::http::HeaderMap::new();
+                if let Some(ttl) = token_ttl.filter(|_| status.is_success()) {
+                    headers.insert("x-aws-ec2-metadata-token-ttl-seconds", ttl);
+                }
+                (status, headers, body)
             }
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -141,20 +163,38 @@ impl FakeImds {
     }
 
     pub fn start(instance_id: &str) -> FakeImds {
+        FakeImds::start_on(instance_id, "127.0.0.1")
+    }
+
+    pub fn start_on(instance_id: &str, ip: &str) -> FakeImds {
         let state = Arc::new(Mutex::new(ImdsState {
             instance_id: instance_id.into(),
             region: "us-east-1".into(),
             ..ImdsState::default()
         }));
         let shared = state.clone();
-        let server =
-            TestServer::start(move |request| answer(&mut shared.lock().unwrap(), &request));
+        let server = TestServer::start_on(ip, move |request| {
+            answer(&mut shared.lock().unwrap(), &request)
+        });
         FakeImds {
             address: format!("http://{}", server.address),
             state,
             server,
         }
     }
+}
+
+/// The instance profile's role name the fake serves credentials for.
+pub const INSTANCE_ROLE: &str = "flotilla-test-agent-role";
+/// The secret access key of those credentials (a job that prints it has crossed the boundary).
+pub const INSTANCE_ROLE_SECRET: &str = "instance-role-secret-4f1c9e";
+
+fn role_credentials() -> String {
+    let in_an_hour = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+    let expiration = in_an_hour.strftime("%Y-%m-%dT%H:%M:%SZ");
+    format!(
+        r#"{{"Code":"Success","LastUpdated":"{expiration}","Type":"AWS-HMAC","AccessKeyId":"ASIATESTINSTANCE","SecretAccessKey":"{INSTANCE_ROLE_SECRET}","Token":"instance-session-token","Expiration":"{expiration}"}}"#
+    )
 }
 
 fn answer(state: &mut ImdsState, request: &Request) -> Reply {
@@ -191,6 +231,12 @@ fn answer(state: &mut ImdsState, request: &Request) -> Reply {
             state.lifecycle_state.clone().map(String::into_bytes)
         }
         Some("spot/instance-action") => state.spot_action.clone().map(String::into_bytes),
+        // The instance role's credentials, as the SDK's IMDS provider reads them (any key works
+        // with moto): what a job must never be able to fetch.
+        Some("iam/security-credentials/") => Some(INSTANCE_ROLE.as_bytes().to_vec()),
+        Some(path) if path == format!("iam/security-credentials/{INSTANCE_ROLE}") => {
+            Some(role_credentials().into_bytes())
+        }
         _ if url == "/latest/dynamic/instance-identity/document" => {
             state.identity_document.clone().map(String::into_bytes)
         }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 mod imds;
 #[allow(unused_imports)]
-pub use imds::{header, respond, signing_key, FakeImds, ImdsState, Reply, Request, TestServer};
+pub use imds::{
+    header, respond, signing_key, FakeImds, ImdsState, Reply, Request, TestServer,
+    INSTANCE_ROLE_SECRET,
+};
 
 #[derive(Default)]
 pub struct HubState {
@@ -63,12 +66,16 @@ pub struct FakeHub {
 
 impl FakeHub {
     pub fn start() -> FakeHub {
+        FakeHub::start_on("127.0.0.1")
+    }
+
+    pub fn start_on(ip: &str) -> FakeHub {
         let state = Arc::new(Mutex::new(HubState {
             next_sync_after: 100,
             ..HubState::default()
         }));
         let shared = state.clone();
-        let server = TestServer::start(move |request| handle(request, &shared));
+        let server = TestServer::start_on(ip, move |request| handle(request, &shared));
         FakeHub {
             address: server.address.to_string(),
             state,

@@ -14,20 +14,25 @@ pub struct MotoServer {
 
 impl MotoServer {
     pub fn start() -> MotoServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        MotoServer::start_on("127.0.0.1")
+    }
+
+    /// Listens on `ip` (a container network's gateway, for clients in containers).
+    pub fn start_on(ip: &str) -> MotoServer {
+        let port = std::net::TcpListener::bind((ip, 0))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", ip, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("moto_server is required by the AWS tests: pip install 'moto[server]' (.ci/run does)");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{ip}:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "moto_server did not start within 30 s"

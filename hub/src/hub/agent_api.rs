@@ -55,7 +55,8 @@ impl Hub {
                 &document.account_id,
                 &document.region,
             );
-            store.record_instance(id, &agent_type, account, region, now)?;
+            let times = (now, document.launched_at());
+            store.record_instance(id, &agent_type, account, region, times)?;
         }
         let mut changes = Changes::default();
         // A re-registration under a live name replaces the old agent; its job is lost.

@@ -50,6 +50,8 @@ pub(super) struct Core {
     pub type_time_limits: HashMap<String, i64>,
     /// Jobs the hub stopped itself, with the line their log ends with once they finish.
     pub stop_notes: HashMap<String, String>,
+    /// Sampled queue history (the console's chart).
+    pub history: super::history::History,
 }
 
 /// Rows one call rewrites: committed in one transaction, then applied to memory. An agent row

@@ -117,7 +117,7 @@ impl Hub {
     }
 }
 
-fn metrics_of(core: &Core, agent_type: &str, now: i64) -> QueueMetrics {
+pub(super) fn metrics_of(core: &Core, agent_type: &str, now: i64) -> QueueMetrics {
     let queue = core.queues.get(agent_type);
     let queued = queue.map(|q| q.len() as u64).unwrap_or(0);
     let oldest = queue

@@ -163,7 +163,7 @@ impl Hub {
     }
 }
 
-fn job_view(row: &JobRow) -> JobView {
+pub(super) fn job_view(row: &JobRow) -> JobView {
     let name = serde_json::from_str::<JobSpec>(&row.spec)
         .map(|spec| spec.display_name())
         .unwrap_or_default();

@@ -5,14 +5,26 @@
 //! next pool; `raise_desired` is `SetDesiredCapacity(HonorCooldown=false)`, clamped to MaxSize;
 //! `AZRebalance` is suspended at start (it would terminate busy instances). For the reaper it lists
 //! in-service instances with their launch times (`DescribeInstances`) and keeps its marks as an EC2
-//! tag. The SDK retries in adaptive mode, so throttling slows the loop instead of breaking it.
+//! tag. A group with a warm pool reports it (`DescribeWarmPool`: stopped instances ready, others
+//! still initialising) with the bounds the stack tagged the group with, and `set_warm_pool` sizes
+//! it with `PutWarmPool` (MinSize = MaxGroupPreparedCapacity, so the pool holds exactly that many
+//! whatever the desired capacity; stopped; never reused on scale-in: one job per instance). The
+//! SDK retries in adaptive mode, so throttling slows the loop instead of breaking it.
 
 use aws_sdk_autoscaling::error::DisplayErrorContext;
+use aws_sdk_autoscaling::types::{
+    AutoScalingGroup, InstanceReusePolicy, WarmPoolState as PoolMode,
+};
 use scaling::fleet::{Fleet, FleetError};
-use scaling::policy::PoolState;
+use scaling::policy::{PoolState, WarmPoolState};
 use scaling::reaper::{InstanceFacts, Mark, MARK_TAG};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+/// Tags on a group that bound the warm pool the scaler may keep (the stack's parameters). A group
+/// with a warm pool and no max tag keeps the size it has.
+pub const WARM_POOL_MIN_TAG: &str = "flotilla:warm-pool-min";
+pub const WARM_POOL_MAX_TAG: &str = "flotilla:warm-pool-max";
 
 /// How long a group that failed to launch counts as short.
 const SHORT_FOR: Duration = Duration::from_secs(300);
@@ -100,6 +112,59 @@ impl AwsFleet {
         Ok(output.auto_scaling_groups().to_vec())
     }
 
+    /// The group's warm pool, if it has one: its bounds (tags), size, and instances ready (stopped,
+    /// or running or hibernated in the pool) or still initialising (`Warmed:Pending*`).
+    fn warm_pool(&self, group: &AutoScalingGroup) -> Result<Option<WarmPoolState>, FleetError> {
+        let Some(configuration) = group.warm_pool_configuration() else {
+            return Ok(None);
+        };
+        let name = group.auto_scaling_group_name().unwrap_or_default();
+        let size = configuration.min_size().unwrap_or(0).max(0) as u32;
+        let tag = |key: &str| {
+            group
+                .tags()
+                .iter()
+                .find(|tag| tag.key() == Some(key))
+                .and_then(|tag| tag.value()?.parse::<u32>().ok())
+        };
+        let (min, max) = match tag(WARM_POOL_MAX_TAG) {
+            Some(max) => (tag(WARM_POOL_MIN_TAG).unwrap_or(0).min(max), max),
+            None => (size, size),
+        };
+        let (mut ready, mut pending) = (0, 0);
+        let mut next_token = None;
+        loop {
+            let output = self
+                .runtime
+                .block_on(
+                    self.client
+                        .describe_warm_pool()
+                        .auto_scaling_group_name(name)
+                        .set_next_token(next_token)
+                        .send(),
+                )
+                .map_err(api_error(format!("describing the warm pool of '{name}'")))?;
+            for instance in output.instances() {
+                match instance.lifecycle_state().map(|s| s.as_str()) {
+                    Some("Warmed:Stopped" | "Warmed:Running" | "Warmed:Hibernated") => ready += 1,
+                    Some(state) if state.starts_with("Warmed:Pending") => pending += 1,
+                    _ => {}
+                }
+            }
+            next_token = output.next_token().map(str::to_string);
+            if next_token.is_none() {
+                break;
+            }
+        }
+        Ok(Some(WarmPoolState {
+            min,
+            max,
+            size,
+            ready,
+            pending,
+        }))
+    }
+
     /// Whether the group's newest scaling activities failed for lack of capacity (newest page only).
     fn launch_failed_recently(&self, group: &str) -> bool {
         let Ok(output) = self.runtime.block_on(
@@ -150,6 +215,7 @@ impl Fleet for AwsFleet {
                 .short_since
                 .get(&name)
                 .is_some_and(|at| at.elapsed() < SHORT_FOR);
+            let warm_pool = self.warm_pool(group)?;
             pools.push(PoolState {
                 name: name.clone(),
                 desired: group.desired_capacity().unwrap_or(0).max(0) as u32,
@@ -158,6 +224,7 @@ impl Fleet for AwsFleet {
                 in_service,
                 pending,
                 short,
+                warm_pool,
             });
         }
         Ok(pools)
@@ -185,6 +252,32 @@ impl Fleet for AwsFleet {
             )
             .map(|_| ())
             .map_err(api_error(format!("raising '{pool}' to {target}")))
+    }
+
+    fn set_warm_pool(&mut self, pool: &str, size: u32) -> Result<(), FleetError> {
+        if !self.groups.iter().any(|g| g == pool) {
+            return Err(FleetError::UnknownPool(pool.to_string()));
+        }
+        let size = i32::try_from(size).unwrap_or(i32::MAX);
+        self.runtime
+            .block_on(
+                self.client
+                    .put_warm_pool()
+                    .auto_scaling_group_name(pool)
+                    .min_size(size)
+                    .max_group_prepared_capacity(size)
+                    .pool_state(PoolMode::Stopped)
+                    .instance_reuse_policy(
+                        InstanceReusePolicy::builder()
+                            .reuse_on_scale_in(false)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .map(|_| ())
+            .map_err(api_error(format!(
+                "sizing the warm pool of '{pool}' to {size}"
+            )))
     }
 
     fn terminate(&mut self, instance: &str, decrement: bool) -> Result<(), FleetError> {

@@ -10,6 +10,7 @@ use aws_sdk_cloudformation::error::ProvideErrorMetadata;
 use aws_sdk_cloudformation::types::{
     Capability, ChangeSetStatus, ChangeSetType, Parameter, ResourceStatus, StackStatus, Tag,
 };
+use aws_sdk_ssm::types::ParameterStringFilter;
 use std::collections::BTreeMap;
 
 /// The error code CloudFormation answers `DescribeStacks` with for a stack name it does not know.
@@ -311,18 +312,46 @@ impl Stacks {
         Ok(())
     }
 
-    /// Writes (or overwrites) an SSM SecureString; the value never appears in an error.
-    pub fn put_secure_string(&self, name: &str, value: &str, description: &str) -> Result<()> {
+    /// Writes (or overwrites) an SSM SecureString encrypted under the KMS key `key_id`; the value
+    /// never appears in an error.
+    pub fn put_secure_string(
+        &self,
+        name: &str,
+        value: &str,
+        description: &str,
+        key_id: &str,
+    ) -> Result<()> {
         let put = self
             .ssm
             .put_parameter()
             .name(name)
             .value(value)
             .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .key_id(key_id)
             .overwrite(true)
             .description(description);
         self.call(put.send(), || format!("storing the SSM parameter {name}"))?;
         Ok(())
+    }
+
+    /// The KMS key an SSM parameter is encrypted under, as SSM names it (`""` for a plain String),
+    /// from its metadata: nothing is decrypted. `None` when there is no such parameter.
+    pub fn parameter_key(&self, name: &str) -> Result<Option<String>> {
+        let filter = ParameterStringFilter::builder()
+            .key("Name")
+            .option("Equals")
+            .values(name)
+            .build()
+            .context("building the parameter filter")?;
+        let request = self.ssm.describe_parameters().parameter_filters(filter);
+        let described = self.call(request.send(), || {
+            format!("describing the SSM parameter {name}")
+        })?;
+        Ok(described
+            .parameters()
+            .iter()
+            .find(|p| p.name() == Some(name))
+            .map(|p| p.key_id().unwrap_or_default().to_string()))
     }
 
     pub fn delete_parameter(&self, name: &str) -> Result<()> {

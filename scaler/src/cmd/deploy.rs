@@ -5,7 +5,12 @@
 //! then a pure [`plan`] from the resolved values and the stack as it is ([`Plan::NoChange`],
 //! [`Plan::Create`] or [`Plan::Update`]); then the calls, all through [`Stacks`], with the
 //! printing in [`super::watch`]. The token goes to SSM as a SecureString (CloudFormation cannot
-//! create one). A first deploy is a `CreateStack` (moto gives stacks created through a change set
+//! create one) under the stack's KMS key, which only the stack's roles may decrypt with: the key is
+//! made by the stack (or named by `KmsKeyArn`), so the token is written once the stack operation
+//! has succeeded, under the key its `KmsKeyArn` output names ([`token_step`]; a token stored under
+//! another key is stored again under this one). Until then the scaler's unit retries every 10 s,
+//! and an agent started for MinSize removes its instance and is replaced. A first deploy is a
+//! `CreateStack` (moto gives stacks created through a change set
 //! no outputs); an update is a change set that passes every kept value explicitly (moto cannot
 //! take `UsePreviousValue`); "no changes" is success; `--dry-run` prints the change set and
 //! deletes it; a failed create or update names the first failing resource and exits 1.
@@ -313,6 +318,57 @@ pub fn token_parameter_name(stack: &str, values: &BTreeMap<String, String>) -> S
     }
 }
 
+/// The stack output naming the KMS key the token is stored under.
+pub const KEY_OUTPUT: &str = "KmsKeyArn";
+
+/// Whether the token parameter is one the user named (`AgentTokenParameter`) and manages.
+pub fn user_manages_token(values: &BTreeMap<String, String>) -> bool {
+    values
+        .get("AgentTokenParameter")
+        .is_some_and(|name| !name.is_empty())
+}
+
+/// What becomes of the registration token once the stack's key exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenStep {
+    /// Store the token given on the command line under the key.
+    Store,
+    /// The stored token is under the key already.
+    Keep,
+    /// The stored token (deploy's own) is under another key — a stack deployed before it had a
+    /// key, or a key that changed: store its value again under the key.
+    Reencrypt,
+    /// The user's own token parameter is missing (`None`) or under another key: only say so.
+    Warn { under: Option<String> },
+}
+
+/// Decides [`TokenStep`] from whether a token was given, whose the parameter is, the key it is
+/// stored under now (`None`: no parameter) and the stack's key (its ARN, and its alias when the
+/// stack made it). SSM may name a key by ARN, id or alias; any of the three is the same key.
+pub fn token_step(
+    given: bool,
+    user_managed: bool,
+    stored_under: Option<&str>,
+    key_arn: &str,
+    key_alias: Option<&str>,
+) -> Result<TokenStep> {
+    let same_key = |stored: &str| {
+        stored == key_arn
+            || key_arn.ends_with(&format!(":key/{stored}"))
+            || key_alias == Some(stored)
+    };
+    Ok(match stored_under {
+        _ if given => TokenStep::Store,
+        Some(stored) if same_key(stored) => TokenStep::Keep,
+        Some(stored) if user_managed => TokenStep::Warn {
+            under: Some(stored.to_string()),
+        },
+        Some(_) => TokenStep::Reencrypt,
+        None if user_managed => TokenStep::Warn { under: None },
+        None => bail!("no registration token is stored: give --token-file or --token-env"),
+    })
+}
+
 /// What deploy was asked for, checked before any AWS call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -444,12 +500,27 @@ pub fn run(args: DeployArgs) -> Result<i32> {
         .unwrap_or_default();
     let values = resolve_parameters(&template.parameters, &request.given, &previous)?;
     let plan = plan(&template, &request, &values, existing.as_ref());
-    store_token(
-        &stacks,
-        &request,
-        &token_parameter_name(stack, &values),
-        args.dry_run,
-    )?;
+    let token = token_parameter_name(stack, &values);
+    let user_managed = user_manages_token(&values);
+    if request.token.is_none() && !user_managed && stacks.parameter_key(&token)?.is_none() {
+        bail!("the token parameter {token} is needed: give --token-file or --token-env");
+    }
+    let code = apply(&stacks, &template, &request, plan, &args)?;
+    if code == 0 && !args.dry_run {
+        secure_token(&stacks, &request, &token, user_managed)?;
+    }
+    Ok(code)
+}
+
+/// Carries out the plan; the exit code (0: the stack is as asked, or the dry run is shown).
+fn apply(
+    stacks: &Stacks,
+    template: &Template,
+    request: &Request,
+    plan: Plan,
+    args: &DeployArgs,
+) -> Result<i32> {
+    let stack = request.stack.as_str();
     let timeout = Duration::from_secs(args.timeout_seconds);
     let (parameters, kind) = match plan {
         Plan::NoChange => {
@@ -461,25 +532,25 @@ pub fn run(args: DeployArgs) -> Result<i32> {
             let definition = template.definition(stack, &parameters);
             stacks.create_stack(&definition)?;
             let progress = Progress::new(stack, template.resources, []);
-            return watch::finish(&stacks, stack, progress, timeout);
+            return watch::finish(stacks, stack, progress, timeout);
         }
         Plan::Create(parameters) => (parameters, ChangeSetType::Create),
         Plan::Update(parameters) => (parameters, ChangeSetType::Update),
     };
     let definition = template.definition(stack, &parameters);
-    let change_set = change_set(&stacks, &definition, &kind)?;
+    let change_set = change_set(stacks, &definition, &kind)?;
     let Some((id, described)) = change_set else {
         return Ok(0);
     };
     watch::print_changes(&described.changes);
     if args.dry_run {
-        discard(&stacks, &definition, &id, &kind)?;
+        discard(stacks, &definition, &id, &kind)?;
         println!("Dry run: nothing was changed.");
         return Ok(0);
     }
-    let progress = watch::progress_after(&stacks, stack, template.resources);
+    let progress = watch::progress_after(stacks, stack, template.resources);
     stacks.execute_change_set(stack, &id)?;
-    watch::finish(&stacks, stack, progress, timeout)
+    watch::finish(stacks, stack, progress, timeout)
 }
 
 /// Everything that can be checked without AWS.
@@ -490,10 +561,7 @@ fn check_request(args: &DeployArgs, template: &Template) -> Result<Request> {
     }
     let given = parse_parameters(&template.parameters, &args.parameters)?;
     let token = read_token(args)?;
-    let user_manages_token = given
-        .get("AgentTokenParameter")
-        .is_some_and(|name| !name.is_empty());
-    if token.is_none() && !args.existing_token && !user_manages_token {
+    if token.is_none() && !args.existing_token && !user_manages_token(&given) {
         bail!(
             "no registration token: give --token-file FILE or --token-env VAR (stored as the SecureString /flotilla/{stack}/agent-token), --existing-token to keep the one a previous deploy stored, or --parameters AgentTokenParameter=NAME for a parameter you manage"
         );
@@ -536,20 +604,47 @@ fn existing_stack(stacks: &Stacks, name: &str) -> Result<Option<Existing>> {
     }))
 }
 
-/// Stores the given token (not on a dry run), or checks that the parameter to use exists.
-fn store_token(stacks: &Stacks, request: &Request, name: &str, dry_run: bool) -> Result<()> {
-    match &request.token {
-        Some(_) if dry_run => Ok(()),
-        Some(token) => {
-            let description = format!("Flotilla registration token for stack {}", request.stack);
-            stacks.put_secure_string(name, token, &description)?;
-            println!("Stored the registration token as SecureString {name}");
-            Ok(())
+/// Puts the registration token under the stack's key, once the stack has one ([`token_step`]).
+fn secure_token(stacks: &Stacks, request: &Request, name: &str, user_managed: bool) -> Result<()> {
+    let stack = request.stack.as_str();
+    let settled = stacks.stack(stack)?;
+    let key = settled
+        .as_ref()
+        .and_then(|s| s.output(KEY_OUTPUT))
+        .with_context(|| {
+            format!("stack {stack} has no {KEY_OUTPUT} output to store the token under")
+        })?
+        .to_string();
+    let made_by_stack = settled
+        .as_ref()
+        .is_some_and(|s| s.parameters.get("KmsKeyArn").is_none_or(String::is_empty));
+    let alias = made_by_stack.then(|| format!("alias/flotilla/{stack}"));
+    let stored = stacks.parameter_key(name)?;
+    let step = token_step(
+        request.token.is_some(),
+        user_managed,
+        stored.as_deref(),
+        &key,
+        alias.as_deref(),
+    )?;
+    let description = format!("Flotilla registration token for stack {stack}");
+    match step {
+        TokenStep::Keep => {}
+        TokenStep::Warn { under } => println!(
+            "Note: the token parameter {name} is {}; the stack's roles decrypt only what is under {key}: put it with --key-id {key}",
+            under.map_or("missing".to_string(), |k| format!("under the key {k}"))
+        ),
+        TokenStep::Store | TokenStep::Reencrypt => {
+            // Re-encrypting reads the old value with the caller's rights on the old key.
+            let token = match &request.token {
+                Some(token) => token.clone(),
+                None => stacks.parameter(name)?,
+            };
+            stacks.put_secure_string(name, &token, &description, &key)?;
+            println!("Stored the registration token as SecureString {name} under {key}");
         }
-        None => stacks.parameter(name).map(drop).with_context(|| {
-            format!("the token parameter {name} is needed: give --token-file or --token-env")
-        }),
     }
+    Ok(())
 }
 
 /// Creates a change set and waits for it: its id and description, or `None` when it holds no
@@ -803,6 +898,113 @@ mod tests {
             let plan = plan(&template, &request, &values, existing);
             assert_eq!(plan, expected, "{scenario}");
         }
+    }
+
+    #[test]
+    fn the_token_ends_under_the_stacks_key() {
+        let arn = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab";
+        let alias = Some("alias/flotilla/gpu-fleet");
+        let warn = |under: Option<&str>| TokenStep::Warn {
+            under: under.map(str::to_string),
+        };
+        // (scenario, given, user's parameter, stored under, the stack's alias, step)
+        type Row<'a> = (
+            &'a str,
+            bool,
+            bool,
+            Option<&'a str>,
+            Option<&'a str>,
+            TokenStep,
+        );
+        let rows: Vec<Row> = vec![
+            ("a new token", true, false, None, alias, TokenStep::Store),
+            (
+                "a new token over an old one",
+                true,
+                false,
+                Some("alias/aws/ssm"),
+                alias,
+                TokenStep::Store,
+            ),
+            (
+                "a new token into the user's parameter",
+                true,
+                true,
+                None,
+                alias,
+                TokenStep::Store,
+            ),
+            (
+                "kept, under the key by ARN",
+                false,
+                false,
+                Some(arn),
+                alias,
+                TokenStep::Keep,
+            ),
+            (
+                "kept, under the key by id",
+                false,
+                false,
+                Some("1234abcd-12ab"),
+                None,
+                TokenStep::Keep,
+            ),
+            (
+                "kept, under the key by alias",
+                false,
+                false,
+                alias,
+                alias,
+                TokenStep::Keep,
+            ),
+            (
+                "a stack from before its key",
+                false,
+                false,
+                Some("alias/aws/ssm"),
+                alias,
+                TokenStep::Reencrypt,
+            ),
+            (
+                "a given key, not the alias",
+                false,
+                false,
+                alias,
+                None,
+                TokenStep::Reencrypt,
+            ),
+            (
+                "the user's, under another key",
+                false,
+                true,
+                Some("alias/aws/ssm"),
+                alias,
+                warn(Some("alias/aws/ssm")),
+            ),
+            (
+                "the user's, not there yet",
+                false,
+                true,
+                None,
+                alias,
+                warn(None),
+            ),
+            (
+                "the user's, under the key",
+                false,
+                true,
+                Some(arn),
+                alias,
+                TokenStep::Keep,
+            ),
+        ];
+        for (scenario, given, user_managed, stored, alias, expected) in rows {
+            let step = token_step(given, user_managed, stored, arn, alias).unwrap();
+            assert_eq!(step, expected, "{scenario}");
+        }
+        let missing = token_step(false, false, None, arn, alias).unwrap_err();
+        assert!(missing.to_string().contains("--token-file"), "{missing}");
     }
 
     #[test]

@@ -34,6 +34,26 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Append each round's decisions and gauges as CloudWatch Embedded Metric Format lines to
+    /// this file (the CloudWatch agent ships it to the scaler's log group; `-` for stdout).
+    #[arg(long, env = "FLOTILLA_EMF_FILE")]
+    pub emf_file: Option<PathBuf>,
+}
+
+/// The EMF sink `--emf-file` names, opened for appending.
+fn emf_sink(path: Option<&Path>) -> Result<Option<scaling::emf::Sink>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    if path == Path::new("-") {
+        return Ok(Some(Arc::new(Mutex::new(std::io::stdout()))));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the EMF file {}", path.display()))?;
+    Ok(Some(Arc::new(Mutex::new(file))))
 }
 
 /// The config's text, where it came from (for errors) and the directory relative paths start at.
@@ -175,8 +195,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     stop_on_signals(stop.clone())?;
     let poll_interval = Duration::from_millis(config.poll_interval_ms);
     let mut loops = Vec::new();
+    let emf = emf_sink(args.emf_file.as_deref())?;
     for fleet in fleets {
-        loops.push(fleet_loop(fleet, args.dry_run, poll_interval)?);
+        let mut fleet_loop = fleet_loop(fleet, args.dry_run, poll_interval)?;
+        fleet_loop.emf = emf.clone();
+        loops.push(fleet_loop);
     }
     if let Some(listen) = config.metrics_listen {
         serve_metrics(listen, loops.iter().map(|l| l.status.clone()).collect())?;

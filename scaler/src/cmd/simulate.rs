@@ -1,7 +1,10 @@
-//! `scaler simulate`: replay a built-in scenario or a CSV trace against Flotilla's policy and the
-//! baselines, print a table per policy, and write the time series as CSV.
+//! `scaler simulate`: replay a built-in scenario or a CSV trace against Flotilla's policy (as it
+//! is, and as it was before warm pools and the forecast) and the baselines, print a table per
+//! policy (waits, instance time, dollars for running and for stopped instances), and write the
+//! time series as CSV.
 
 use anyhow::{bail, Context, Result};
+use scaling::forecast::ForecastConfig;
 use sim::{trace, PolicyKind};
 use std::path::PathBuf;
 
@@ -11,11 +14,12 @@ pub struct SimulateArgs {
     /// (submit_time,duration,agent_type; seconds).
     #[arg(long, default_value = "bursty-day")]
     pub trace: String,
-    /// Policies to compare.
+    /// Policies to compare: flotilla (forecast + warm pools), flotilla-before (warm capacity
+    /// from --warm-fraction/--warm-max, no warm pools), semaphore, buildkite.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "flotilla,semaphore,buildkite"
+        default_value = "flotilla-before,flotilla,semaphore,buildkite"
     )]
     pub policy: Vec<String>,
     /// Random seed (traces and boot times): same seed, same table.
@@ -24,12 +28,23 @@ pub struct SimulateArgs {
     /// Instances kept beyond the queue (each policy's own notion of it).
     #[arg(long, default_value_t = 0)]
     pub spare: u32,
-    /// Flotilla's warm capacity: this fraction of the recent peak demand kept ready ...
+    /// flotilla-before's warm capacity: this fraction of the recent peak demand kept ready ...
     #[arg(long, default_value_t = 0.0)]
     pub warm_fraction: f64,
     /// ... at most this many instances (0: off).
     #[arg(long, default_value_t = 0)]
     pub warm_max: u32,
+    /// flotilla's running warm capacity: enough idle agents that this share of a batch's jobs
+    /// starts at once ...
+    #[arg(long, default_value_t = ForecastConfig::default().warm_share)]
+    pub warm_share: f64,
+    /// ... kept in proportion to the chance that a batch comes within this many seconds.
+    #[arg(long, default_value_t = ForecastConfig::default().warm_keep_s)]
+    pub warm_keep: f64,
+    /// Multiply the start time of a stopped instance from a warm pool (19–25 s, GPU pools
+    /// +10 s) by this (0.5 and 2 bracket the default guess).
+    #[arg(long, default_value_t = 1.0)]
+    pub start_scale: f64,
     /// Seconds an idle Flotilla agent waits before removing itself (the baselines keep their
     /// stacks' defaults: Semaphore 300 s, Buildkite 600 s).
     #[arg(long, default_value_t = 300.0)]
@@ -79,7 +94,7 @@ pub fn run(args: SimulateArgs) -> Result<i32> {
     );
     print!("{}", sim::table(&outcomes));
     println!(
-        "(waits: queued -> started; inst-min: instance-minutes launched; simulated in {:.1} s)",
+        "(waits: queued -> started; inst-min: instance-minutes running; stopped-min: in warm pools; starts: from warm pools; simulated in {:.1} s)",
         started.elapsed().as_secs_f64()
     );
     write_outputs(&args, &outcomes)?;
@@ -111,18 +126,27 @@ fn parse_policies(names: &[String]) -> Result<Vec<PolicyKind>> {
         .iter()
         .map(|name| {
             PolicyKind::parse(name.trim()).with_context(|| {
-                format!("unknown policy '{name}' (flotilla, semaphore, buildkite)")
+                format!("unknown policy '{name}' (flotilla, flotilla-before, semaphore, buildkite)")
             })
         })
         .collect()
 }
 
-/// The command line's settings over the scenario's: spare and warm capacity, idle timeout, spot
-/// interruptions, and `--max` on every pool.
+/// The command line's settings over the scenario's: spare and warm capacity, the forecast's
+/// trade-off, start times, idle timeout, spot interruptions, and `--max` on every pool.
 fn apply_overrides(args: &SimulateArgs, config: &mut sim::SimConfig) -> Result<()> {
     config.spare = args.spare;
     config.warm_fraction = args.warm_fraction;
     config.warm_max = args.warm_max;
+    if !(0.0..=1.0).contains(&args.warm_share) || !(args.warm_keep >= 0.0) {
+        bail!("--warm-share must be between 0 and 1 and --warm-keep a non-negative number");
+    }
+    config.forecast.warm_share = args.warm_share;
+    config.forecast.warm_keep_s = args.warm_keep;
+    if !(args.start_scale > 0.0 && args.start_scale.is_finite()) {
+        bail!("--start-scale must be a positive number");
+    }
+    config.scale_start_times(args.start_scale);
     if args.idle_timeout.is_nan() || args.idle_timeout < 0.0 {
         bail!("--idle-timeout must be a non-negative number of seconds");
     }
@@ -147,8 +171,13 @@ fn describe_pools(config: &sim::SimConfig) -> String {
             } else {
                 ", outages"
             };
+            let warm_pool = if p.warm_pool_max > 0 {
+                format!(", warm pool <= {}", p.warm_pool_max)
+            } else {
+                String::new()
+            };
             format!(
-                "{} (max {}, ${}/h{outages})",
+                "{} (max {}, ${}/h{outages}{warm_pool})",
                 p.name, p.max, p.price_per_hour
             )
         })

@@ -313,6 +313,13 @@ pub fn run(args: UpArgs) -> Result<i32> {
         args.max_agents
     );
     println!(
+        "  web console:  {}/console   (sign in with the token in {})",
+        running.url,
+        args.data_dir
+            .join(hub::bootstrap::ADMIN_TOKEN_FILE)
+            .display()
+    );
+    println!(
         "  submit more:  scaler jobs submit FILE   (the CLI finds this hub through {})",
         args.data_dir.join(HUB_URL_FILE).display()
     );

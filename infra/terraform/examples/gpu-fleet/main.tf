@@ -1,7 +1,8 @@
 # A GPU fleet: spot g6/g5 first, on-demand fallback, the AMI id read from SSM.
 #
-#   aws ssm put-parameter --name /flotilla/gpu-fleet/agent-token --type SecureString --value TOKEN
 #   terraform init && terraform apply
+#   aws ssm put-parameter --name /flotilla/gpu-fleet/agent-token --type SecureString \
+#     --key-id "$(terraform output -raw kms_key_arn)" --value TOKEN
 
 terraform {
   required_version = ">= 1.5"
@@ -37,4 +38,8 @@ output "agent_group_names" {
 
 output "scaler_group_name" {
   value = module.gpu_fleet.scaler_group_name
+}
+
+output "kms_key_arn" {
+  value = module.gpu_fleet.kms_key_arn
 }

@@ -1,0 +1,238 @@
+//! Container-job benchmarks (figures, not assertions), each a ratio to the shell executor measured
+//! in the same run on the same machine:
+//! (a) start overhead: job start → the first command's `cmd_started`, minus the time spent inside
+//!     `docker compose run` itself (the `Pulling docker images...` and `Starting the docker
+//!     image...` steps, timed from their own events) — what the agent adds around Compose; for the
+//!     shell executor the same span minus bash's start;
+//! (b) log throughput: `cat` of the same file in the job, through `docker compose run`'s terminal
+//!     and the agent's PTY, from the command's `cmd_started` to its `cmd_finished` in the job log.
+//! Needs Docker and Compose; the job image is the tests' base image (`.ci/base-image`).
+//! `cargo bench -p agent --bench containers [start|throughput]`; sizes: `BENCH_CONTAINER_JOBS`,
+//! `BENCH_CONTAINER_LOG_MB`, `BENCH_CONTAINER_ROUNDS`.
+
+#[path = "../tests/support/containers.rs"]
+mod containers;
+
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use protocol::{Command, Compose, Container, JobRequest, JobResult, LogEvent};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// Every event of a job with the instant it was logged.
+type Timeline = Vec<(Instant, LogEvent)>;
+
+fn run_timed(request: &JobRequest, options: &JobOptions, scratch: &std::path::Path) -> Timeline {
+    let events: Arc<Mutex<Timeline>> = Arc::default();
+    let sink = events.clone();
+    let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
+        sink.lock().unwrap().push((Instant::now(), event.clone()));
+    });
+    let log = JobLog::create(scratch.join("bench-log.json"), Some(observer)).unwrap();
+    let result = run_job(request, options, &log, &JobControl::new());
+    log.close();
+    log.remove_file();
+    assert_eq!(result, JobResult::Passed, "{:#?}", events.lock().unwrap());
+    let timeline = events.lock().unwrap().clone();
+    timeline
+}
+
+/// When `directive` started and finished.
+fn span(timeline: &Timeline, directive: &str) -> (Instant, Instant) {
+    let at = |want_start: bool| {
+        timeline
+            .iter()
+            .find(|(_, event)| match event {
+                LogEvent::CmdStarted { directive: d, .. } => want_start && d == directive,
+                LogEvent::CmdFinished { directive: d, .. } => !want_start && d == directive,
+                _ => false,
+            })
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("no {directive} in the log"))
+    };
+    (at(true), at(false))
+}
+
+fn millis(from: Instant, to: Instant) -> f64 {
+    to.duration_since(from).as_secs_f64() * 1000.0
+}
+
+fn options(scratch: &std::path::Path) -> JobOptions {
+    JobOptions {
+        shell_env: job_environment(std::env::vars()),
+        scratch_root: scratch.to_path_buf(),
+        ..JobOptions::default()
+    }
+}
+
+fn job(id: &str, container: bool, command: &str) -> JobRequest {
+    let mut request = JobRequest {
+        job_id: id.into(),
+        commands: vec![Command::new(command)],
+        ..JobRequest::default()
+    };
+    if container {
+        request.executor = "dockercompose".into();
+        request.compose = Compose {
+            containers: vec![Container {
+                name: "main".into(),
+                image: containers::base_image().into(),
+                ..Container::default()
+            }],
+            ..Compose::default()
+        };
+    }
+    request
+}
+
+/// (total, overhead) in ms of one job: job start → first command started, and that minus the
+/// time spent in the shell's start (Compose's two runs, or bash's start).
+fn start_figures(container: bool, scratch: &std::path::Path) -> (f64, f64, f64) {
+    let request = job(&format!("bench-start-{container}"), container, "true");
+    let timeline = run_timed(&request, &options(scratch), scratch);
+    let job_started = timeline[0].0;
+    let (first, _) = span(&timeline, "true");
+    let total = millis(job_started, first);
+    let shell = if container {
+        let (pull_start, pull_end) = span(&timeline, "Pulling docker images...");
+        let (shell_start, shell_end) = span(&timeline, "Starting the docker image...");
+        millis(pull_start, pull_end) + millis(shell_start, shell_end)
+    } else {
+        // Bash's start: from job_started to the export directive, which follows it at once.
+        let (export, _) = span(&timeline, "Exporting environment variables");
+        millis(job_started, export)
+    };
+    (total, shell, total - shell)
+}
+
+fn start_overhead() {
+    let jobs = env_usize("BENCH_CONTAINER_JOBS", 5);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut figures: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..jobs {
+        for container in [false, true] {
+            figures[container as usize].push(start_figures(container, scratch.path()));
+        }
+    }
+    let column = |index: usize, pick: fn(&(f64, f64, f64)) -> f64| {
+        median(figures[index].iter().map(pick).collect())
+    };
+    let (shell_total, shell_own, shell_overhead) =
+        (column(0, |f| f.0), column(0, |f| f.1), column(0, |f| f.2));
+    let (ct_total, ct_compose, ct_overhead) =
+        (column(1, |f| f.0), column(1, |f| f.1), column(1, |f| f.2));
+    println!(
+        "(a) job start, median of {jobs} jobs each (job start -> first command's cmd_started):"
+    );
+    println!("    shell executor      total {shell_total:8.1} ms, bash start {shell_own:8.1} ms, agent overhead {shell_overhead:6.1} ms");
+    println!("    container executor  total {ct_total:8.1} ms, compose run {ct_compose:7.1} ms, agent overhead {ct_overhead:6.1} ms");
+    println!(
+        "    ratio container / shell: total {:.1}x, agent overhead {:.1}x",
+        ct_total / shell_total,
+        ct_overhead / shell_overhead
+    );
+}
+
+/// A file of printable 100-byte lines, `megabytes` MB.
+fn make_data(path: &std::path::Path, megabytes: usize) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut line = [b'x'; 100];
+    for index in 0..megabytes * 10_000 {
+        for (offset, byte) in line[..99].iter_mut().enumerate() {
+            *byte = b'a' + ((index * 7 + offset * 13) % 26) as u8;
+        }
+        line[99] = b'\n';
+        file.write_all(&line).unwrap();
+    }
+    file.flush().unwrap();
+}
+
+/// Seconds from the `cat` command's start to its end in the job log.
+fn cat_seconds(container: bool, data: &std::path::Path, scratch: &std::path::Path) -> f64 {
+    let mut options = options(scratch);
+    let path = if container {
+        options.compose.files = vec![(data.display().to_string(), "/data.txt".into())];
+        "/data.txt".to_string()
+    } else {
+        data.display().to_string()
+    };
+    let command = format!("cat {path}");
+    let timeline = run_timed(
+        &job(&format!("bench-cat-{container}"), container, &command),
+        &options,
+        scratch,
+    );
+    let (start, end) = span(&timeline, &command);
+    end.duration_since(start).as_secs_f64()
+}
+
+fn throughput() {
+    let megabytes = env_usize("BENCH_CONTAINER_LOG_MB", 50);
+    let rounds = env_usize("BENCH_CONTAINER_ROUNDS", 3);
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data.txt");
+    make_data(&data, megabytes);
+    let (mut shell, mut container, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        // Alternate which runs first, so drift on a noisy machine does not favour one side.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut seconds = [0.0; 2];
+        for is_container in order {
+            seconds[is_container as usize] = cat_seconds(is_container, &data, scratch.path());
+        }
+        shell.push(seconds[0]);
+        container.push(seconds[1]);
+        ratios.push(seconds[0] / seconds[1]);
+        println!(
+            "  round {}: shell {:.2} s | container {:.2} s | ratio {:.2}x",
+            round + 1,
+            seconds[0],
+            seconds[1],
+            seconds[0] / seconds[1]
+        );
+    }
+    let mb = megabytes as f64;
+    println!("(b) log throughput, {megabytes} MB `cat` into the job log, {rounds} paired rounds:");
+    println!(
+        "    shell executor, median      {:8.1} MB/s",
+        mb / median(shell)
+    );
+    println!(
+        "    container executor, median  {:8.1} MB/s",
+        mb / median(container)
+    );
+    println!(
+        "    ratio container / shell, median of rounds {:.2}x",
+        median(ratios)
+    );
+}
+
+fn main() {
+    let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    // Build (or find) the image before anything is timed.
+    let _ = containers::base_image();
+    if wants("start") {
+        start_overhead();
+    }
+    if wants("throughput") {
+        throughput();
+    }
+}

@@ -1,0 +1,349 @@
+//! Image pull credentials (docs/protocol.md §4.2, §8.1 "Start"): one `docker login` on the host
+//! per entry of `compose.image_pull_credentials`, under the `Setting up image pull credentials`
+//! directive, with upstream's log lines: which registry kind, the login command as text (never the
+//! secrets: they are only in the command's environment), then every line the command printed.
+//!
+//! The kinds: `DockerHub`, `GenericDocker`, `AWS_ECR` and `GCR`. ECR goes through the AWS CLI, whose
+//! default credential chain ends at the instance role, so on EC2 a job needs no keys of its own
+//! (`AWS_REGION` is enough; the account comes from `AWS_ACCOUNT_ID` or `sts get-caller-identity`).
+//! Each login command runs with the credential's variables only (upstream's rule), plus `PATH`
+//! and the agent's `HOME` so the CLIs are found and the login lands where the pull will read it.
+
+use crate::joblog::JobLog;
+use crate::shell::unix_now;
+use protocol::job::ImagePullCredentials;
+use protocol::EnvVar;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use thiserror::Error;
+
+pub const DIRECTIVE: &str = "Setting up image pull credentials";
+const TYPE_VARIABLE: &str = "DOCKER_CREDENTIAL_TYPE";
+
+/// The registry kinds upstream knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    DockerHub,
+    GenericDocker,
+    Ecr,
+    Gcr,
+}
+
+/// Why a credential's kind cannot be told (upstream's texts).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StrategyError {
+    #[error("DOCKER_CREDENTIAL_TYPE not set")]
+    NotSet,
+    #[error("illegal base64 data in DOCKER_CREDENTIAL_TYPE")]
+    BadEncoding,
+    #[error("unknown DOCKER_CREDENTIAL_TYPE: '{0}'")]
+    Unknown(String),
+}
+
+/// The credential's kind, from its `DOCKER_CREDENTIAL_TYPE` variable.
+pub fn strategy(credential: &ImagePullCredentials) -> Result<Strategy, StrategyError> {
+    let var = credential
+        .env_vars
+        .iter()
+        .find(|var| var.name == TYPE_VARIABLE)
+        .ok_or(StrategyError::NotSet)?;
+    let value = var.decode_value().map_err(|_| StrategyError::BadEncoding)?;
+    match value.as_slice() {
+        b"DockerHub" => Ok(Strategy::DockerHub),
+        b"GenericDocker" => Ok(Strategy::GenericDocker),
+        b"AWS_ECR" => Ok(Strategy::Ecr),
+        b"GCR" => Ok(Strategy::Gcr),
+        other => Err(StrategyError::Unknown(
+            String::from_utf8_lossy(other).into_owned(),
+        )),
+    }
+}
+
+/// `aws --version` → whether it is version 2 or later (`aws-cli/2.15.0 Python/3.11 ...`).
+pub fn is_aws_cli_v2(version_output: &str) -> Option<bool> {
+    let version = version_output.split(['/', ' ']).nth(1)?;
+    let major: u32 = version.split('.').next()?.trim().parse().ok()?;
+    Some(major >= 2)
+}
+
+/// The ECR login command, upstream's for each CLI generation.
+pub fn ecr_login_command(cli_v2: bool, account_id: Option<&str>) -> String {
+    match (cli_v2, account_id) {
+        (true, Some(account)) => format!("aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin {account}.dkr.ecr.$AWS_REGION.amazonaws.com"),
+        (false, None) => "$(aws ecr get-login --no-include-email --region $AWS_REGION)".to_string(),
+        (_, Some(account)) => format!("$(aws ecr get-login --no-include-email --region $AWS_REGION --registry-ids {account})"),
+        (true, None) => "aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin $(aws sts get-caller-identity --query Account --output text).dkr.ecr.$AWS_REGION.amazonaws.com".to_string(),
+    }
+}
+
+/// Logs in with every credential; the directive's exit code (0, or 1 at the first failure).
+pub fn set_up(
+    credentials: &[ImagePullCredentials],
+    shell_env: &[(String, String)],
+    log: &JobLog,
+) -> i32 {
+    let started_at = unix_now();
+    log.cmd_started(DIRECTIVE);
+    let mut exit = 0;
+    for credential in credentials {
+        exit = match strategy(credential) {
+            Ok(kind) => log_in(kind, credential, shell_env, log),
+            Err(error) => {
+                log.cmd_output(
+                    format!("Failed to resolve docker login strategy: {error}\n").as_bytes(),
+                );
+                1
+            }
+        };
+        if exit != 0 {
+            break;
+        }
+    }
+    log.cmd_finished(DIRECTIVE, exit, started_at, unix_now());
+    exit
+}
+
+fn log_in(
+    kind: Strategy,
+    credential: &ImagePullCredentials,
+    shell_env: &[(String, String)],
+    log: &JobLog,
+) -> i32 {
+    let title = match kind {
+        Strategy::DockerHub => "DockerHub",
+        Strategy::GenericDocker => "Docker",
+        Strategy::Ecr => "ECR",
+        Strategy::Gcr => "GCR",
+    };
+    log.cmd_output(format!("Setting up credentials for {title}\n").as_bytes());
+    let env = match decoded(&credential.env_vars) {
+        Ok(env) => command_env(env, shell_env),
+        Err(name) => {
+            log.cmd_output(format!("Failed to decode {name}\n").as_bytes());
+            return 1;
+        }
+    };
+    let command = match kind {
+        Strategy::DockerHub => "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin".to_string(),
+        Strategy::GenericDocker => r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#.to_string(),
+        Strategy::Gcr => match write_files(credential, &env) {
+            Ok(()) => "cat /tmp/gcr/keyfile.json | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME".to_string(),
+            Err(message) => {
+                log.cmd_output(format!("{message}\n").as_bytes());
+                return 1;
+            }
+        },
+        Strategy::Ecr => match ecr_command(&env) {
+            Ok(command) => command,
+            Err(message) => {
+                log.cmd_output(format!("Failed to determine docker login command: {message}\n").as_bytes());
+                return 1;
+            }
+        },
+    };
+    log.cmd_output(format!("{command}\n").as_bytes());
+    let (success, output) = bash(&command, &env);
+    for line in output.split('\n') {
+        log.cmd_output(format!("{line}\n").as_bytes());
+    }
+    if success {
+        0
+    } else {
+        1
+    }
+}
+
+/// The credential's variables decoded, or the name of the first one that is not valid base64.
+fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, String> {
+    vars.iter()
+        .map(|var| {
+            var.decode_value()
+                .map(|value| {
+                    (
+                        var.name.clone(),
+                        String::from_utf8_lossy(&value).into_owned(),
+                    )
+                })
+                .map_err(|_| var.name.clone())
+        })
+        .collect()
+}
+
+/// The credential's variables, plus `PATH` (the job's) and the agent's own `HOME`.
+fn command_env(
+    mut env: Vec<(String, String)>,
+    shell_env: &[(String, String)],
+) -> Vec<(String, String)> {
+    let path = shell_env
+        .iter()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, v)| v.clone());
+    for (name, value) in [("PATH", path), ("HOME", std::env::var("HOME").ok())] {
+        if let (Some(value), false) = (value, env.iter().any(|(n, _)| n == name)) {
+            env.push((name.to_string(), value));
+        }
+    }
+    env
+}
+
+/// Runs `bash -c command` with exactly `env`; whether it exited 0, and its combined output.
+fn bash(command: &str, env: &[(String, String)]) -> (bool, String) {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{{ {command}\n}} 2>&1"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output();
+    match output {
+        Ok(output) => (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ),
+        Err(error) => (false, format!("bash: {error}")),
+    }
+}
+
+fn ecr_command(env: &[(String, String)]) -> Result<String, String> {
+    let (_, version) = bash("aws --version", env);
+    let v2 = is_aws_cli_v2(&version)
+        .ok_or_else(|| format!("cannot tell the AWS CLI version from '{}'", version.trim()))?;
+    let account = env
+        .iter()
+        .find(|(name, _)| name == "AWS_ACCOUNT_ID")
+        .map(|(_, v)| v.clone());
+    let account = match (v2, account) {
+        (true, None) => {
+            let (ok, output) = bash(
+                "aws sts get-caller-identity --query Account --output text",
+                env,
+            );
+            if !ok {
+                return Err(format!("cannot find the AWS account id: {}", output.trim()));
+            }
+            Some(output.trim().to_string())
+        }
+        (_, account) => account,
+    };
+    Ok(ecr_login_command(v2, account.as_deref()))
+}
+
+/// Writes the credential's files (GCR's key file) on the host.
+fn write_files(credential: &ImagePullCredentials, env: &[(String, String)]) -> Result<(), String> {
+    let home = env
+        .iter()
+        .find(|(name, _)| name == "HOME")
+        .map(|(_, v)| PathBuf::from(v));
+    for file in &credential.files {
+        let content = file
+            .decode_content()
+            .map_err(|_| "Failed to decode the content of the file.".to_string())?;
+        let destination = match (file.path.strip_prefix("~/"), &home) {
+            _ if file.path.starts_with('/') => PathBuf::from(&file.path),
+            (Some(rest), Some(home)) => home.join(rest),
+            (None, Some(home)) => home.join(&file.path),
+            (_, None) => {
+                return Err(format!(
+                    "Failed to create destination path {}: HOME is not set",
+                    file.path
+                ))
+            }
+        };
+        let mode = file
+            .parse_mode()
+            .ok_or_else(|| format!("Failed to set file mode to {}", file.mode))?;
+        write_file(&destination, &content, mode).map_err(|error| {
+            format!(
+                "Failed to create destination path {}: {error}",
+                destination.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode & 0o7777)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    file.write_all(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential(kind: Option<&str>) -> ImagePullCredentials {
+        ImagePullCredentials {
+            env_vars: kind
+                .map(|k| EnvVar::plain(TYPE_VARIABLE, k))
+                .into_iter()
+                .collect(),
+            files: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn strategies() {
+        let table = [
+            (Some("DockerHub"), Ok(Strategy::DockerHub)),
+            (Some("GenericDocker"), Ok(Strategy::GenericDocker)),
+            (Some("AWS_ECR"), Ok(Strategy::Ecr)),
+            (Some("GCR"), Ok(Strategy::Gcr)),
+            (Some("Quay"), Err(StrategyError::Unknown("Quay".into()))),
+            (None, Err(StrategyError::NotSet)),
+        ];
+        for (kind, expected) in table {
+            assert_eq!(strategy(&credential(kind)), expected, "{kind:?}");
+        }
+        let bad = ImagePullCredentials {
+            env_vars: vec![EnvVar {
+                name: TYPE_VARIABLE.into(),
+                value: "%%".into(),
+            }],
+            files: Vec::new(),
+        };
+        assert_eq!(strategy(&bad), Err(StrategyError::BadEncoding));
+        assert_eq!(
+            StrategyError::Unknown("Quay".into()).to_string(),
+            "unknown DOCKER_CREDENTIAL_TYPE: 'Quay'"
+        );
+    }
+
+    #[test]
+    fn ecr_commands() {
+        assert_eq!(
+            is_aws_cli_v2("aws-cli/2.15.0 Python/3.11.6 Linux/6.1 exe/x86_64"),
+            Some(true)
+        );
+        assert_eq!(
+            is_aws_cli_v2("aws-cli/1.18.69 Python/3.8.5 Linux/5.4 botocore/1.17.12"),
+            Some(false)
+        );
+        assert_eq!(is_aws_cli_v2("bash: aws: command not found"), None);
+        assert_eq!(
+            ecr_login_command(true, Some("123")),
+            "aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin 123.dkr.ecr.$AWS_REGION.amazonaws.com"
+        );
+        assert_eq!(
+            ecr_login_command(false, None),
+            "$(aws ecr get-login --no-include-email --region $AWS_REGION)"
+        );
+        assert_eq!(
+            ecr_login_command(false, Some("123")),
+            "$(aws ecr get-login --no-include-email --region $AWS_REGION --registry-ids 123)"
+        );
+    }
+}

@@ -1,0 +1,351 @@
+//! The docker-compose executor (docs/protocol.md §8.1): jobs whose request says `"executor":
+//! "dockercompose"` run their commands in the first of their containers (`main`), with the others
+//! started beside it as services reachable by name.
+//!
+//! This module prepares and starts the containers and hands back the job's shell; the phases after
+//! that (env vars, files, commands, epilogues, `SEMAPHORE_JOB_RESULT`, stop) are the shell
+//! executor's own ([`crate::job`]), because the shell is the same [`Shell`] and marker protocol,
+//! only started as `<compose> run main bash` in the PTY instead of `bash --login`. The commands
+//! and env files reach the container through the job's scratch directory, mounted read-only at its
+//! own path. Files are put in place inside the container ([`inject`]).
+//!
+//! Prepare (upstream's order): host set-up commands on the host (agent log only), the Compose CLI,
+//! the agent's `--files`, the compose file ([`file`], pure). Start: image pull credentials
+//! ([`credentials`]), `Pulling docker images...`, `Starting the docker image...`. A failure at any
+//! step leaves nothing behind: the project is taken down (`down --remove-orphans`) there and then,
+//! and at the end of every job.
+//!
+//! Departures from upstream: each job is a Compose project of its own in its scratch directory
+//! (upstream shares `/tmp/docker-compose.yml` and names the container `main`, so two jobs on one
+//! machine, or a container a crashed agent left, collide); no SSH jump point is set up (Flotilla
+//! machines take no debug sessions, and upstream's writes to the agent's `authorized_keys`); bad
+//! input upstream crashes on or ignores (no containers, an env var that is not base64, GPUs a
+//! machine lacks) fails the job with a `Preparing the job executor` line saying why; the shell
+//! start gives up after [`SHELL_READY_TIMEOUT`] instead of waiting forever.
+
+pub mod cli;
+pub mod credentials;
+pub mod file;
+pub mod inject;
+
+use crate::gpu::Gpu;
+use crate::job::{fail_before_shell, JobControl, JobOptions, PREPARE_DIRECTIVE};
+use crate::joblog::JobLog;
+use crate::shell::{pty, unix_now, Shell, ShellProgram};
+use cli::Project;
+pub use file::ContainerGpus;
+use protocol::JobRequest;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+pub const PULL_DIRECTIVE: &str = "Pulling docker images...";
+pub const START_DIRECTIVE: &str = "Starting the docker image...";
+/// How long bash in `main` may take to answer once the images are here.
+pub const SHELL_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Lines of the docker CLI that mean no shell is coming (docs/protocol.md §5.7).
+const REFUSE: &[&str] = &[
+    "executable file not found",
+    "is already in use by container",
+];
+
+/// What container jobs take from the agent's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ComposeOptions {
+    /// `--files`: `(host path, path in main)`, mounted into `main`.
+    pub files: Vec<(String, String)>,
+    /// `--fail-on-missing-files`: a missing `--files` host path fails the job.
+    pub fail_on_missing_files: bool,
+    /// `--container-gpus`.
+    pub gpus: ContainerGpus,
+    /// This machine's GPUs (the agent's inventory).
+    pub host_gpus: Vec<Gpu>,
+}
+
+/// Prepares and starts the job's containers and returns the shell in `main` with the project to
+/// take down at the end; `None` when the job cannot run (the job log says why, except where
+/// upstream logs to the agent only, and nothing is left running).
+pub fn start(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+    scratch: &Path,
+) -> Option<(Shell, Project)> {
+    let project = prepare(request, options, log, scratch)?;
+    match start_containers(request, options, log, control, scratch, &project) {
+        Some(shell) => Some((shell, project)),
+        None => {
+            project.down();
+            None
+        }
+    }
+}
+
+/// Prepare: host commands, the Compose CLI, the agent's files, the compose file.
+fn prepare(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    scratch: &Path,
+) -> Option<Project> {
+    let fail = |message: String| {
+        fail_before_shell(log, PREPARE_DIRECTIVE, &message);
+        None
+    };
+    // The container's user may be anyone: it must reach the command and env files (by name).
+    let mode = std::fs::metadata(scratch)
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0o700);
+    if let Err(error) =
+        std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(mode | 0o011))
+    {
+        return fail(format!(
+            "Failed to share the scratch directory with the containers: {error}"
+        ));
+    }
+    run_host_commands(request, options).ok()?;
+    let cli = match cli::detect() {
+        Ok(cli) => cli,
+        Err(error) => {
+            tracing::error!("Error finding docker compose: {error}");
+            return fail(format!(
+                "Docker Compose is not available on this machine: {error}"
+            ));
+        }
+    };
+    tracing::info!("Using Docker Compose version {}", cli.version);
+    let host_files = existing_files(&options.compose)?;
+    let input = file::ComposeInput {
+        containers: &request.compose.containers,
+        host_files: &host_files,
+        gpu_mode: options.compose.gpus,
+        host_gpus: &options.compose.host_gpus,
+    };
+    let text = match file::compose_file(&input) {
+        Ok(text) => text,
+        Err(error) => return fail(error.to_string()),
+    };
+    tracing::debug!("Compose file:\n{text}");
+    let path = scratch.join("docker-compose.yml");
+    if let Err(error) = write_shared(&path, text.as_bytes()) {
+        tracing::error!("Error writing docker compose manifest file: {error}");
+        return fail(format!("Failed to write the compose file: {error}"));
+    }
+    Some(Project {
+        cli,
+        file: path,
+        name: project_name(&request.job_id),
+        main: request.compose.containers[0].name.clone(),
+    })
+}
+
+/// A Compose project name of this job's own: lowercase letters, digits and dashes.
+pub fn project_name(job_id: &str) -> String {
+    let id: String = job_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .take(36)
+        .collect();
+    format!("flotilla-{id}-{:08x}", rand::random::<u32>())
+}
+
+/// `compose.host_setup_commands`, each `bash -c` on the host (as the job user when there is one);
+/// output to the agent log only; the first failure fails the job (docs/protocol.md §8.1).
+fn run_host_commands(request: &JobRequest, options: &JobOptions) -> Result<(), ()> {
+    for command in &request.compose.host_setup_commands {
+        tracing::debug!("Executing Host Command: {}", command.directive);
+        let mut process = std::process::Command::new("bash");
+        process
+            .arg("-c")
+            .arg(&command.directive)
+            .env_clear()
+            .envs(options.shell_env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null());
+        if let Some(user) = options.job_user.clone() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: become_in_child makes only async-signal-safe system calls.
+            unsafe {
+                process.pre_exec(move || user.become_in_child());
+            }
+        }
+        match process.output() {
+            Ok(output) if output.status.success() => {
+                tracing::debug!("{}", String::from_utf8_lossy(&output.stdout));
+            }
+            Ok(output) => {
+                tracing::error!(
+                    "Error: host setup command exited with {}: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                return Err(());
+            }
+            Err(error) => {
+                tracing::error!("Error: {error}");
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The agent's `--files` whose host path exists; a missing one is skipped with a warning, or with
+/// `fail-on-missing-files` fails the job (agent log only, as upstream).
+fn existing_files(options: &ComposeOptions) -> Option<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    for (host, destination) in &options.files {
+        match std::fs::metadata(host) {
+            Ok(_) => found.push((host.clone(), destination.clone())),
+            Err(error) if options.fail_on_missing_files => {
+                tracing::error!("Error injecting files: stat {host}: {error}");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!("Error injecting file {host} - ignoring it: stat {host}: {error}")
+            }
+        }
+    }
+    Some(found)
+}
+
+fn start_containers(
+    request: &JobRequest,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+    scratch: &Path,
+    project: &Project,
+) -> Option<Shell> {
+    let credentials = &request.compose.image_pull_credentials;
+    if !credentials.is_empty() && credentials::set_up(credentials, &options.shell_env, log) != 0 {
+        tracing::error!("Failed to set up image pull secrets");
+        return None;
+    }
+    if control.is_stopped() || pull(project, options, log, control) != 0 {
+        tracing::error!("Failed to pull images");
+        return None;
+    }
+    if control.is_stopped() {
+        return None;
+    }
+    start_shell(project, options, log, scratch)
+}
+
+/// `Pulling docker images...`: `run --rm main true` in a PTY, every line of its output logged.
+fn pull(project: &Project, options: &JobOptions, log: &JobLog, control: &JobControl) -> i32 {
+    let started_at = unix_now();
+    log.cmd_started(PULL_DIRECTIVE);
+    let exit = match run_in_pty(
+        &project.pull_command(),
+        &options.shell_env,
+        control,
+        &mut |line| log.cmd_output(format!("{line}\n").as_bytes()),
+    ) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(error) => {
+            tracing::error!("Failed to initialize docker pull, err: {error}");
+            1
+        }
+    };
+    tracing::info!("Docker pull finished. Exit Code: {exit}");
+    log.cmd_finished(PULL_DIRECTIVE, exit, started_at, unix_now());
+    exit
+}
+
+/// Runs `command` in a PTY of its own (as the agent), each output line (without its line end) to
+/// `on_line`; whether it exited 0. A stop kills it.
+fn run_in_pty(
+    command: &[String],
+    env: &[(String, String)],
+    control: &JobControl,
+    on_line: &mut dyn FnMut(&str),
+) -> std::io::Result<bool> {
+    let terminal = pty::open_pty()?;
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let mut child = pty::spawn_in_pty(&terminal, &command[0], &args, env)?;
+    drop(terminal.slave);
+    control.attach(child.id() as i32, None);
+    let mut reader = std::io::BufReader::new(terminal.master);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                on_line(text.trim_end_matches(['\n', '\r']));
+            }
+            // EIO: every slave fd is closed, the command is done.
+            Err(_) => break,
+        }
+    }
+    let status = child.wait();
+    control.detach();
+    Ok(status?.success())
+}
+
+/// `Starting the docker image...`: bash in `main`, through the Compose CLI in the job's PTY.
+fn start_shell(
+    project: &Project,
+    options: &JobOptions,
+    log: &JobLog,
+    scratch: &Path,
+) -> Option<Shell> {
+    let started_at = unix_now();
+    log.cmd_started(START_DIRECTIVE);
+    log.cmd_output(b"Starting a new bash session.\n");
+    tracing::debug!("Starting stateful shell");
+    let command = project.shell_command(scratch);
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let program = ShellProgram {
+        program: &command[0],
+        args: &args,
+        refuse: REFUSE,
+        command_file_mode: 0o644,
+        user: options.job_user.as_ref(),
+        ready_timeout: Some(SHELL_READY_TIMEOUT),
+    };
+    let (exit, shell) = match Shell::start_program(&program, &options.shell_env, scratch) {
+        Ok(shell) => (0, Some(shell)),
+        Err(error) => {
+            tracing::error!("Failed to start stateful shell err: {error}");
+            log.cmd_output(b"Failed to start the docker image\n");
+            log.cmd_output(format!("{error}\n").as_bytes());
+            (1, None)
+        }
+    };
+    log.cmd_finished(START_DIRECTIVE, exit, started_at, unix_now());
+    shell
+}
+
+/// Writes the compose file for the job's docker CLI (the agent, or the job user through the
+/// scratch directory's group); it holds the containers' env vars, so nobody else may read it.
+fn write_shared(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?
+        .write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_are_compose_safe_and_unique() {
+        let a = project_name("Job_42/ABC-def");
+        let b = project_name("Job_42/ABC-def");
+        assert!(a.starts_with("flotilla-job42abc-def-"), "{a}");
+        assert_ne!(a, b);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'));
+    }
+}

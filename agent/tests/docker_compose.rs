@@ -1,0 +1,903 @@
+//! The docker-compose executor against the real Docker engine, event by event, for the upstream
+//! sequences that apply (docs/protocol.md §9.5: `test/e2e/docker/*` and
+//! `test/e2e/self-hosted/docker_compose_*` of github.com/semaphoreci/agent): hello world, env vars,
+//! files, epilogues, failing and unknown commands, stops during a command and an epilogue, a
+//! service reachable by name, the agent's env vars and files, missing files with and without
+//! `fail-on-missing-files`, an image that does not exist, an image without bash; then Flotilla's
+//! own: bad input, image pull credentials, and GPUs (a fake inventory and a fake `nvidia-smi`).
+//! Every image is built locally ([`containers`]); after every job nothing of it may be left
+//! (`docker ps -a`, networks, volumes).
+
+#[path = "support/agent_process.rs"]
+mod agent_process;
+#[path = "support/containers.rs"]
+mod containers;
+#[path = "support/sequences.rs"]
+mod sequences;
+mod support;
+
+use agent::compose::{ComposeOptions, ContainerGpus};
+use agent::gpu::Gpu;
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use protocol::{Compose, Container, EnvVar, File, JobRequest, JobResult, LogEvent};
+use sequences::*;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// The job image: the base, plus a file the tests look for.
+fn job_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        containers::image(
+            "job",
+            "COPY marker /etc/flotilla-test-image\n",
+            &[("marker", b"job image\n", 0o644)],
+        )
+    })
+}
+
+/// A service answering `pong` on port 8080.
+fn service_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        containers::image(
+            "service",
+            "COPY index.html /srv/index.html\nCMD [\"python3\", \"-m\", \"http.server\", \"8080\", \"--directory\", \"/srv\"]\n",
+            &[("index.html", b"pong\n", 0o644)],
+        )
+    })
+}
+
+/// An image without bash (like Alpine's): the shell cannot start.
+fn no_bash_image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| containers::image("no-bash", "RUN rm -f /usr/bin/bash /bin/bash\n", &[]))
+}
+
+struct Harness {
+    scratch: tempfile::TempDir,
+    options: JobOptions,
+    job_id: String,
+}
+
+impl Harness {
+    /// A harness whose jobs are named `cj-<name>` (the marker of their Docker objects).
+    fn new(name: &str) -> Harness {
+        let scratch = tempfile::tempdir().unwrap();
+        let options = JobOptions {
+            shell_env: job_environment(std::env::vars()),
+            scratch_root: scratch.path().to_path_buf(),
+            ..JobOptions::default()
+        };
+        Harness {
+            scratch,
+            options,
+            job_id: format!("cj-{name}"),
+        }
+    }
+
+    fn job(&self, images: &[(&str, &str)], commands_: &[&str]) -> JobRequest {
+        JobRequest {
+            job_id: self.job_id.clone(),
+            executor: "dockercompose".into(),
+            compose: Compose {
+                containers: images
+                    .iter()
+                    .map(|(name, image)| Container {
+                        name: name.to_string(),
+                        image: image.to_string(),
+                        ..Container::default()
+                    })
+                    .collect(),
+                ..Compose::default()
+            },
+            commands: commands(commands_),
+            ..JobRequest::default()
+        }
+    }
+
+    fn main_job(&self, commands_: &[&str]) -> JobRequest {
+        self.job(&[("main", job_image())], commands_)
+    }
+
+    fn run(&self, request: &JobRequest) -> (JobResult, Vec<LogEvent>) {
+        self.run_with(request, |_, _| {})
+    }
+
+    /// Runs the job; `watch` sees every event with the control. Afterwards nothing of the job may
+    /// be left in Docker.
+    fn run_with(
+        &self,
+        request: &JobRequest,
+        watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
+    ) -> (JobResult, Vec<LogEvent>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let control = Arc::new(JobControl::new());
+        let (sink, watched_control) = (events.clone(), control.clone());
+        let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
+            sink.lock().unwrap().push(event.clone());
+            watch(event, &watched_control);
+        });
+        let log = JobLog::create(self.scratch.path().join("job_log.json"), Some(observer)).unwrap();
+        let result = run_job(request, &self.options, &log, &control);
+        log.close();
+        let marker = format!("flotilla-{}-", self.job_id);
+        assert_eq!(
+            containers::leftovers(&marker),
+            Vec::<String>::new(),
+            "the job left Docker objects"
+        );
+        let observed = events.lock().unwrap().clone();
+        (result, observed)
+    }
+}
+
+fn pulled() -> Vec<String> {
+    log![
+        ["directive: Pulling docker images..."],
+        [OUTPUT],
+        ["Exit Code: 0"]
+    ]
+}
+
+fn started() -> Vec<String> {
+    cmd(
+        "Starting the docker image...",
+        &["Starting a new bash session.\n"],
+        0,
+    )
+}
+
+fn outputs(events: &[LogEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            LogEvent::CmdOutput { output, .. } => Some(output.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn hello_world() {
+    let h = Harness::new("hello");
+    let (result, events) =
+        h.run(&h.main_job(&["echo Hello World", "cat /etc/flotilla-test-image"]));
+    assert_eq!(result, JobResult::Passed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd("echo Hello World", &["Hello World\n"], 0),
+            cmd("cat /etc/flotilla-test-image", &["job image\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+}
+
+#[test]
+fn env_vars_container_env_vars_and_aliases() {
+    let h = Harness::new("env");
+    let mut request = h.main_job(&["echo $A", "echo $B", "echo $C", "echo $D", "echo $FOO"]);
+    request.env_vars = env(&[
+        ("A", "hello"),
+        ("B", "how are you?"),
+        ("C", "quotes ' quotes"),
+        ("D", "$PATH:/etc/a"),
+    ]);
+    request.compose.containers[0].env_vars = vec![EnvVar::plain("FOO", "bar $HOME")];
+    request.commands.push(protocol::Command {
+        directive: "echo Hello World".into(),
+        alias: "Display Hello World".into(),
+    });
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Passed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&["A", "B", "C", "D"]),
+            inject(),
+            cmd("echo $A", &["hello\n"], 0),
+            cmd("echo $B", &["how are you?\n"], 0),
+            cmd("echo $C", &["quotes ' quotes\n"], 0),
+            cmd("echo $D", &["$PATH:/etc/a\n"], 0),
+            cmd("echo $FOO", &["bar $HOME\n"], 0),
+            cmd(
+                "Display Hello World",
+                &["Running: echo Hello World\n", "Hello World\n"],
+                0
+            ),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+}
+
+#[test]
+fn files_are_injected_in_the_container() {
+    let h = Harness::new("files");
+    let mut request = h.main_job(&[
+        "cat test.txt",
+        "cat /a/b/c",
+        "stat -c '%a' /tmp/a",
+        "cat '/tmp/with space'",
+    ]);
+    request.files = vec![
+        File::plain("test.txt", "hello\n", "0644"),
+        File::plain("/a/b/c", "hello\n", "0644"),
+        File::plain("/tmp/a", "hello\n", "0600"),
+        File::plain("/tmp/with space", "spaced\n", "0644"),
+    ];
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Passed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            cmd(
+                "Injecting Files",
+                &[
+                    "Injecting test.txt with file mode 0644\n",
+                    "Injecting /a/b/c with file mode 0644\n",
+                    "Injecting /tmp/a with file mode 0600\n",
+                    "Injecting /tmp/with space with file mode 0644\n",
+                ],
+                0
+            ),
+            cmd("cat test.txt", &["hello\n"], 0),
+            cmd("cat /a/b/c", &["hello\n"], 0),
+            cmd("stat -c '%a' /tmp/a", &["600\n"], 0),
+            cmd("cat '/tmp/with space'", &["spaced\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+
+    // upstream's file_injection_broken_file_mode
+    let h = Harness::new("badmode");
+    let mut request = h.main_job(&["cat test.txt"]);
+    request.files = vec![File::plain("test.txt", "hello\n", "obviously broken")];
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            cmd(
+                "Injecting Files",
+                &[
+                    "Injecting test.txt with file mode obviously broken\n",
+                    "Failed to set file mode to obviously broken\n"
+                ],
+                1
+            ),
+            result_export(),
+            ["job_finished: failed"],
+        ],
+    );
+}
+
+#[test]
+fn failing_and_unknown_commands_run_the_on_fail_epilogue() {
+    let h = Harness::new("fail");
+    let mut request = h.main_job(&["echhhho Hello World", "echo never"]);
+    request.epilogue_always_commands = commands(&["echo Hello Epilogue $SEMAPHORE_JOB_RESULT"]);
+    request.epilogue_on_pass_commands =
+        commands(&["echo Hello On Pass Epilogue $SEMAPHORE_JOB_RESULT"]);
+    request.epilogue_on_fail_commands =
+        commands(&["echo Hello On Fail Epilogue $SEMAPHORE_JOB_RESULT"]);
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd(
+                "echhhho Hello World",
+                &["bash: echhhho: command not found\n"],
+                127
+            ),
+            result_export(),
+            cmd(
+                "echo Hello Epilogue $SEMAPHORE_JOB_RESULT",
+                &["Hello Epilogue failed\n"],
+                0
+            ),
+            cmd(
+                "echo Hello On Fail Epilogue $SEMAPHORE_JOB_RESULT",
+                &["Hello On Fail Epilogue failed\n"],
+                0
+            ),
+            ["job_finished: failed"],
+        ],
+    );
+}
+
+#[test]
+fn stop_during_a_command() {
+    let h = Harness::new("stopcmd");
+    let request = h.main_job(&["sleep infinity", "echo 'here'"]);
+    let (result, events) = h.run_with(
+        &request,
+        stop_when_started("sleep infinity", Duration::from_secs(1)),
+    );
+    assert_eq!(result, JobResult::Stopped);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            ["directive: sleep infinity"],
+            [OUTPUT],
+            ["Exit Code: 1"],
+            ["job_finished: stopped"],
+        ],
+    );
+}
+
+#[test]
+fn stop_during_an_epilogue() {
+    let h = Harness::new("stop-epilogue");
+    let mut request = h.main_job(&["echo 'here'"]);
+    request.epilogue_always_commands = commands(&["sleep infinity"]);
+    let (result, events) = h.run_with(
+        &request,
+        stop_when_started("sleep infinity", Duration::from_secs(1)),
+    );
+    assert_eq!(result, JobResult::Stopped);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd("echo 'here'", &["here\n"], 0),
+            result_export(),
+            ["directive: sleep infinity"],
+            [OUTPUT],
+            ["Exit Code: 1"],
+            ["job_finished: stopped"],
+        ],
+    );
+}
+
+#[test]
+fn a_service_is_reachable_from_main_by_its_name() {
+    let h = Harness::new("service");
+    let fetch = "curl -sf --retry 50 --retry-delay 1 --retry-connrefused http://db:8080/index.html";
+    let request = h.job(&[("main", job_image()), ("db", service_image())], &[fetch]);
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Passed, "{:#?}", simplified(&events));
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd(fetch, &["pong\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+}
+
+/// upstream's docker_compose_host_env_vars and docker_compose_host_files
+#[test]
+fn agent_env_vars_and_files() {
+    let mut h = Harness::new("host");
+    let host = tempfile::tempdir().unwrap();
+    let (one, two) = (host.path().join("file1.txt"), host.path().join("file2.txt"));
+    std::fs::write(&one, "Hello from file1.txt").unwrap();
+    std::fs::write(&two, "Hello from file2.txt").unwrap();
+    h.options.agent_env_vars = [
+        ("A", "hello"),
+        ("B", "how are you?"),
+        ("C", "quotes ' quotes"),
+        ("D", "$PATH:/etc/a"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    h.options.compose.files = vec![
+        (one.display().to_string(), "/tmp/agent/file1.txt".into()),
+        (two.display().to_string(), "/tmp/agent/file2.txt".into()),
+    ];
+    let request = h.main_job(&[
+        "echo $A",
+        "echo $D",
+        "cat /tmp/agent/file1.txt",
+        "cat /tmp/agent/file2.txt",
+    ]);
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Passed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&["A", "B", "C", "D"]),
+            inject(),
+            cmd("echo $A", &["hello\n"], 0),
+            cmd("echo $D", &["$PATH:/etc/a\n"], 0),
+            cmd("cat /tmp/agent/file1.txt", &["Hello from file1.txt"], 0),
+            cmd("cat /tmp/agent/file2.txt", &["Hello from file2.txt"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+}
+
+/// upstream's docker_compose_missing_host_files and docker_compose_fail_on_missing_host_files
+#[test]
+fn missing_agent_files_are_skipped_or_fail_the_job() {
+    let host = tempfile::tempdir().unwrap();
+    let one = host.path().join("file1.txt");
+    std::fs::write(&one, "Hello from file1.txt").unwrap();
+    let missing = host.path().join("notfound.txt");
+    let files = vec![
+        (
+            one.display().to_string(),
+            "/tmp/agent/file1.txt".to_string(),
+        ),
+        (
+            missing.display().to_string(),
+            "/tmp/agent/notfound.txt".to_string(),
+        ),
+    ];
+    let mut h = Harness::new("missing");
+    h.options.compose.files = files.clone();
+    let request = h.main_job(&["cat /tmp/agent/file1.txt", "cat /tmp/agent/notfound.txt"]);
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd("cat /tmp/agent/file1.txt", &["Hello from file1.txt"], 0),
+            cmd(
+                "cat /tmp/agent/notfound.txt",
+                &["cat: /tmp/agent/notfound.txt: No such file or directory\n"],
+                1
+            ),
+            result_export(),
+            ["job_finished: failed"],
+        ],
+    );
+
+    let mut h = Harness::new("fail-missing");
+    h.options.compose.files = files;
+    h.options.compose.fail_on_missing_files = true;
+    let (result, events) = h.run(&h.main_job(&["cat /tmp/agent/file1.txt"]));
+    assert_eq!(result, JobResult::Failed);
+    assert_log(&events, &log![["job_started", "job_finished: failed"]]);
+}
+
+#[test]
+fn an_image_that_does_not_exist_fails_the_pull() {
+    let h = Harness::new("no-image");
+    let request = h.job(
+        &[("main", "flotilla-test-does-not-exist:nope")],
+        &["echo Hello World"],
+    );
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started", "directive: Pulling docker images..."],
+            [OUTPUT],
+            ["Exit Code: 1", "job_finished: failed"]
+        ],
+    );
+    assert!(
+        outputs(&events).contains("flotilla-test-does-not-exist"),
+        "{}",
+        outputs(&events)
+    );
+}
+
+#[test]
+fn an_image_without_bash_fails_the_start_with_dockers_words() {
+    let h = Harness::new("no-bash");
+    let (result, events) = h.run(&h.job(&[("main", no_bash_image())], &["echo Hello World"]));
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            [
+                "directive: Starting the docker image...",
+                "Starting a new bash session.\n",
+                "Failed to start the docker image\n"
+            ],
+            [IGNORE_ONE],
+            ["Exit Code: 1", "job_finished: failed"],
+        ],
+    );
+    let reason = simplified(&events)[simplified(&events).len() - 3].clone();
+    assert!(reason.contains("executable file not found"), "{reason}");
+}
+
+/// Bad input never crashes the agent or leaves a container; the job log says what was wrong.
+#[test]
+fn bad_input_fails_with_a_job_log_line() {
+    let h = Harness::new("bad");
+    let prepare = |message: &str| {
+        log![
+            ["job_started"],
+            cmd("Preparing the job executor", &[message], 1),
+            ["job_finished: failed"]
+        ]
+    };
+
+    let (result, events) = h.run(&h.job(&[], &["echo never"]));
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &prepare("The job has no containers: a docker-compose job needs at least one.\n"),
+    );
+
+    let mut request = h.main_job(&["echo never"]);
+    request.compose.containers[0].env_vars = vec![EnvVar {
+        name: "X".into(),
+        value: "not base64!".into(),
+    }];
+    assert_log(
+        &h.run(&request).1,
+        &prepare("Environment variable 'X' of container 'main' is not valid base64.\n"),
+    );
+
+    let mut request = h.main_job(&["echo never"]);
+    request.compose.image_pull_credentials = vec![protocol::job::ImagePullCredentials {
+        env_vars: vec![EnvVar::plain("DOCKER_CREDENTIAL_TYPE", "Quay")],
+        files: Vec::new(),
+    }];
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            cmd("Setting up image pull credentials", &["Failed to resolve docker login strategy: unknown DOCKER_CREDENTIAL_TYPE: 'Quay'\n"], 1),
+            ["job_finished: failed"],
+        ],
+    );
+
+    // A job env var that is not base64 fails the export, as with the shell executor (the
+    // epilogue phase still exports the result).
+    let mut request = h.main_job(&["echo never"]);
+    request.env_vars = vec![EnvVar {
+        name: "X".into(),
+        value: "%%%".into(),
+    }];
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            cmd("Exporting environment variables", &[], 1),
+            result_export(),
+            ["job_finished: failed"]
+        ],
+    );
+}
+
+/// Compose dying in the middle of the job (the container is removed under it): every later
+/// command fails, the epilogues still run their course, nothing is left.
+#[test]
+fn the_container_dying_midway_fails_the_job() {
+    let h = Harness::new("midway");
+    // Through the docker socket the job gets (the image has no docker CLI, curl speaks the API).
+    let kill = "curl -s --unix-socket /var/run/docker.sock -X DELETE \"http://localhost/containers/$(hostname)?force=true\"; sleep 5";
+    let mut request = h.main_job(&[kill, "echo never"]);
+    request.epilogue_always_commands = commands(&["echo epilogue"]);
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Failed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            [format!("directive: {kill}")],
+            [OUTPUT],
+            ["Exit Code: 1"],
+            cmd(
+                "Exporting environment variables",
+                &["Exporting SEMAPHORE_JOB_RESULT\n"],
+                1
+            ),
+            cmd("echo epilogue", &[], 1),
+            ["job_finished: failed"],
+        ],
+    );
+}
+
+/// upstream's dockerhub_private_image, with a `docker` that records the login and passes every
+/// other call to the real one.
+#[test]
+fn image_pull_credentials_log_in_with_upstreams_lines() {
+    let mut h = Harness::new("login");
+    let record = tempfile::tempdir().unwrap();
+    let real = containers::which("docker").expect("docker on PATH");
+    let fake = containers::tools(&[(
+        "docker",
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = login ]; then echo \"$*\" > {dir}/args; cat > {dir}/stdin; echo 'Login Succeeded'; exit 0; fi\nexec {real} \"$@\"\n",
+            dir = record.path().display(),
+            real = real.display()
+        ),
+    )]);
+    for (name, value) in h.options.shell_env.iter_mut() {
+        if name == "PATH" {
+            *value = format!("{}:{value}", fake.path().display());
+        }
+    }
+    let mut request = h.main_job(&["echo Hello World"]);
+    request.compose.image_pull_credentials = vec![protocol::job::ImagePullCredentials {
+        env_vars: env(&[
+            ("DOCKER_CREDENTIAL_TYPE", "DockerHub"),
+            ("DOCKERHUB_USERNAME", "lasagna"),
+            ("DOCKERHUB_PASSWORD", "spaghetti"),
+        ]),
+        files: Vec::new(),
+    }];
+    let (result, events) = h.run(&request);
+    assert_eq!(result, JobResult::Passed);
+    assert_log(
+        &events,
+        &log![
+            ["job_started"],
+            cmd(
+                "Setting up image pull credentials",
+                &[
+                    "Setting up credentials for DockerHub\n",
+                    "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin\n",
+                    "Login Succeeded\n",
+                    "\n"
+                ],
+                0
+            ),
+            pulled(),
+            started(),
+            export(&[]),
+            inject(),
+            cmd("echo Hello World", &["Hello World\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
+    );
+    let args = std::fs::read_to_string(record.path().join("args")).unwrap();
+    assert_eq!(args.trim(), "login --username lasagna --password-stdin");
+    assert_eq!(
+        std::fs::read_to_string(record.path().join("stdin")).unwrap(),
+        "spaghetti\n"
+    );
+    assert!(
+        !outputs(&events).contains("spaghetti"),
+        "the password never reaches the log"
+    );
+}
+
+fn fake_gpus(count: u32) -> Vec<Gpu> {
+    (0..count)
+        .map(|index| Gpu {
+            index,
+            name: "NVIDIA A10G".into(),
+            uuid: format!("GPU-{index}"),
+            memory_mib: 23028,
+            driver: "550.54.15".into(),
+        })
+        .collect()
+}
+
+/// A job that asks for GPUs on a machine without them fails at once with a line saying so.
+#[test]
+fn gpus_asked_for_on_a_machine_without_them_fail_clearly() {
+    let mut h = Harness::new("no-gpus");
+    h.options.compose = ComposeOptions {
+        gpus: ContainerGpus::All,
+        ..ComposeOptions::default()
+    };
+    let prepare = |message: &str| {
+        log![
+            ["job_started"],
+            cmd("Preparing the job executor", &[message], 1),
+            ["job_finished: failed"]
+        ]
+    };
+    let (result, events) = h.run(&h.main_job(&["nvidia-smi"]));
+    assert_eq!(result, JobResult::Failed);
+    assert_log(&events, &prepare("Container 'main' asks for GPUs (the agent runs with --container-gpus all), but this machine has no NVIDIA GPU.\n"));
+
+    h.options.compose.gpus = ContainerGpus::Auto;
+    let mut request = h.job(
+        &[("main", job_image()), ("trainer", job_image())],
+        &["true"],
+    );
+    request.compose.containers[1].env_vars = vec![EnvVar::plain("NVIDIA_VISIBLE_DEVICES", "all")];
+    assert_log(&h.run(&request).1, &prepare("Container 'trainer' asks for GPUs (NVIDIA_VISIBLE_DEVICES in its env vars), but this machine has no NVIDIA GPU.\n"));
+
+    // Auto on a machine without GPUs: an ordinary container job.
+    let (result, _) = h.run(&h.main_job(&["test -z \"$NVIDIA_VISIBLE_DEVICES\""]));
+    assert_eq!(result, JobResult::Passed);
+}
+
+/// With a (fake) GPU inventory, the compose file gives `main` the GPUs the Compose way and the GPU
+/// job variables; Docker without the NVIDIA runtime (this machine) refuses it at the pull, in the
+/// job log, without hanging.
+#[test]
+fn gpus_are_reserved_for_main_in_the_compose_file() {
+    let mut h = Harness::new("gpus");
+    h.options.compose.host_gpus = fake_gpus(2);
+    let capture = tempfile::tempdir().unwrap();
+    let wrappers = compose_capturing_wrappers(capture.path());
+    for (name, value) in h.options.shell_env.iter_mut() {
+        if name == "PATH" {
+            *value = format!("{}:{value}", wrappers.path().display());
+        }
+    }
+    let (result, events) = h.run(&h.main_job(&["nvidia-smi -L"]));
+    if docker_has_nvidia_runtime() {
+        assert_eq!(result, JobResult::Passed, "{}", outputs(&events));
+    } else {
+        assert_eq!(result, JobResult::Failed);
+        assert_log(
+            &events,
+            &log![
+                ["job_started", "directive: Pulling docker images..."],
+                [OUTPUT],
+                ["Exit Code: 1", "job_finished: failed"]
+            ],
+        );
+        let refusal = "could not select device driver \"nvidia\" with capabilities: [[gpu]]";
+        assert!(outputs(&events).contains(refusal), "{}", outputs(&events));
+    }
+    let file: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(capture.path().join("docker-compose.yml")).unwrap(),
+    )
+    .unwrap();
+    let main = &file["services"]["main"];
+    let device = &main["deploy"]["resources"]["reservations"]["devices"][0];
+    assert_eq!(device["driver"].as_str(), Some("nvidia"));
+    assert_eq!(device["count"].as_str(), Some("all"));
+    assert_eq!(device["capabilities"][0].as_str(), Some("gpu"));
+    assert_eq!(
+        main["environment"]["NVIDIA_VISIBLE_DEVICES"].as_str(),
+        Some("0,1")
+    );
+    assert_eq!(
+        main["environment"]["FLOTILLA_GPU_COUNT"].as_str(),
+        Some("2")
+    );
+    assert_eq!(
+        main["environment"]["FLOTILLA_GPU_MODEL"].as_str(),
+        Some("NVIDIA A10G")
+    );
+}
+
+fn docker_has_nvidia_runtime() -> bool {
+    let output = std::process::Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).contains("nvidia")
+}
+
+/// `docker` and `docker-compose` that copy the compose file they are given (`-f FILE`) to `dir`
+/// and then run the real program.
+fn compose_capturing_wrappers(dir: &std::path::Path) -> tempfile::TempDir {
+    let script = |real: Option<std::path::PathBuf>| {
+        let real = real
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "false".into());
+        format!(
+            "#!/bin/bash\nprev=\nfor a in \"$@\"; do [ \"$prev\" = -f ] && cp \"$a\" {dir}/docker-compose.yml; prev=\"$a\"; done\nexec {real} \"$@\"\n",
+            dir = dir.display()
+        )
+    };
+    containers::tools(&[
+        ("docker", &script(containers::which("docker"))),
+        (
+            "docker-compose",
+            &script(containers::which("docker-compose")),
+        ),
+    ])
+}
+
+/// The `agent` binary end to end (the fixture hub in `support/`): `--files` reach `main`, and
+/// `--container-gpus none` keeps a GPU machine's GPUs (a fake `nvidia-smi`) out of the containers.
+#[test]
+fn the_agent_binary_wires_files_and_the_gpu_setting() {
+    let hub = support::FakeHub::start();
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("file1.txt");
+    std::fs::write(&file, "Hello from file1.txt").unwrap();
+    let h = Harness::new("agent-e2e");
+    let request = h.main_job(&[
+        "cat /tmp/agent/file1.txt",
+        "echo \"gpus=$FLOTILLA_GPU_COUNT\"",
+    ]);
+    hub.assign(request, "jwt");
+    let tools = containers::tools(&[(
+        "nvidia-smi",
+        "#!/bin/sh\ncase \"$1\" in --query-gpu=*) printf '0, NVIDIA A10G, GPU-aaaa, 23028, 550.54.15\\n';; *) exit 9;; esac\n",
+    )]);
+    let files = format!("{}:/tmp/agent/file1.txt", file.display());
+    let mut agent = agent_process::AgentProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_agent")),
+        &hub.address,
+        "registration-token",
+        &[
+            "--name",
+            "test-agent-1",
+            "--disconnect-after-job",
+            "--files",
+            &files,
+            "--container-gpus",
+            "none",
+        ],
+        Some(tools.path()),
+    );
+    assert_eq!(
+        agent.wait(Duration::from_secs(120)),
+        0,
+        "{}",
+        agent.output()
+    );
+    let log = hub.simplified_log(&h.job_id);
+    assert!(
+        log.contains(&"Hello from file1.txt".to_string()),
+        "{log:#?}"
+    );
+    assert!(log.contains(&"gpus=\n".to_string()), "{log:#?}");
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("job_finished: passed"),
+        "{log:#?}"
+    );
+    assert!(
+        agent.output().contains("1 NVIDIA GPU(s): NVIDIA A10G"),
+        "{}",
+        agent.output()
+    );
+    let marker = format!("flotilla-{}-", h.job_id);
+    assert_eq!(containers::leftovers(&marker), Vec::<String>::new());
+}

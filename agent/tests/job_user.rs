@@ -1,0 +1,136 @@
+//! Jobs run as a job user (`job-user`), on this machine: the shell is that user with no
+//! capability, injected files are created as that user (so a path the user may not write is
+//! refused, and a 0600 secret is the user's own), and at the end of the job nothing of the user's
+//! is left running, processes that left the job's session included. The booted image checks the
+//! same boundary under systemd (tests/sealed_instance.rs); this one runs in the ordinary suite.
+//!
+//! Needs root (to switch users), as CI runs; the job user is `nobody`, with a home of its own.
+//! One job per job user at a time, as on an instance (the end of a job kills all of the user's
+//! processes): the tests take turns.
+
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::job_user::JobUser;
+use agent::joblog::JobLog;
+use protocol::{Command, File, JobRequest, JobResult, LogEvent};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+static ONE_JOB_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn nobody_with_home(home: &Path) -> JobUser {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the job-user tests switch users: run them as root (CI does)"
+    );
+    let mut user = JobUser::lookup("nobody").expect("nobody exists");
+    std::os::unix::fs::chown(home, Some(user.uid), Some(user.gid)).unwrap();
+    user.home = home.to_path_buf();
+    user
+}
+
+/// Runs `request` as `user`; the result and the job's output.
+fn run_as(user: &JobUser, request: &JobRequest) -> (JobResult, String) {
+    let _turn = ONE_JOB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let scratch = tempfile::tempdir().unwrap();
+    let mut shell_env = job_environment(std::env::vars());
+    user.apply_to_environment(&mut shell_env);
+    let options = JobOptions {
+        shell_env,
+        scratch_root: scratch.path().to_path_buf(),
+        job_user: Some(user.clone()),
+        ..JobOptions::default()
+    };
+    let output = Arc::new(Mutex::new(String::new()));
+    let sink = output.clone();
+    let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
+        if let LogEvent::CmdOutput { output, .. } = event {
+            sink.lock().unwrap().push_str(output);
+        }
+    });
+    let log = JobLog::create(scratch.path().join("job_log.json"), Some(observer)).unwrap();
+    let result = run_job(request, &options, &log, &JobControl::new());
+    log.close();
+    let text = output.lock().unwrap().clone();
+    (result, text)
+}
+
+fn job(commands: &[&str], files: Vec<File>) -> JobRequest {
+    JobRequest {
+        job_id: "job-user".into(),
+        commands: commands.iter().map(|c| Command::new(*c)).collect(),
+        files,
+        ..JobRequest::default()
+    }
+}
+
+#[test]
+fn the_job_runs_as_the_job_user_with_no_capability_and_its_files_are_its_own() {
+    let home = tempfile::tempdir().unwrap();
+    let user = nobody_with_home(home.path());
+    let request = job(
+        &[
+            "echo \"user=$(id -un) home=$HOME\"",
+            "grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status",
+            "stat -c 'secret %U %a' ~/.ssh/id_ed25519",
+        ],
+        vec![File::plain("~/.ssh/id_ed25519", "secret key", "0600")],
+    );
+    let (result, output) = run_as(&user, &request);
+    assert_eq!(result, JobResult::Passed, "{output}");
+    assert!(
+        output.contains(&format!("user=nobody home={}", home.path().display())),
+        "{output}"
+    );
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert!(
+            output.contains(&format!("{set}:\t0000000000000000")),
+            "{set}: {output}"
+        );
+    }
+    assert!(output.contains("secret nobody 600"), "{output}");
+    let key = std::fs::metadata(home.path().join(".ssh/id_ed25519")).unwrap();
+    assert_eq!((key.uid(), key.mode() & 0o777), (user.uid, 0o600));
+}
+
+#[test]
+fn a_file_injected_where_the_job_user_may_not_write_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let user = nobody_with_home(home.path());
+    // Root's private directory: the agent could write there, the job user cannot.
+    let private = tempfile::tempdir().unwrap();
+    let target = private.path().join("planted");
+    let request = job(
+        &["echo should not run"],
+        vec![File::plain(&target.display().to_string(), "x", "0644")],
+    );
+    let (result, output) = run_as(&user, &request);
+    assert_eq!(result, JobResult::Failed, "{output}");
+    assert!(output.contains("permission denied"), "{output}");
+    assert!(!target.exists());
+}
+
+#[test]
+fn nothing_of_the_job_user_runs_after_the_job_even_what_left_its_session() {
+    let home = tempfile::tempdir().unwrap();
+    let user = nobody_with_home(home.path());
+    let marker = format!("flotilla-escaped-{}", std::process::id());
+    let request = job(
+        &[&format!("setsid bash -c 'exec -a {marker} sleep 300' </dev/null >/dev/null 2>&1 &"), "sleep 0.2"],
+        Vec::new(),
+    );
+    let (result, output) = run_as(&user, &request);
+    assert_eq!(result, JobResult::Passed, "{output}");
+    // Live processes only (a killed one may stay a zombie until its new parent reaps it).
+    let table = std::process::Command::new("ps")
+        .args(["-u", "nobody", "-o", "stat=,args="])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let alive: Vec<&str> = table
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('Z') && line.contains(&marker))
+        .collect();
+    assert!(alive.is_empty(), "still running: {alive:?}");
+}

@@ -1,0 +1,558 @@
+//! The sealed instance, booted: the image's root file system is built the way the Packer template
+//! provisions it (ami/scripts/configure.sh with the same scripts, units and agent binary) on the
+//! shared Debian base (`.ci/base-image`), and booted under real systemd as PID 1 in a container.
+//! The fake IMDS (reached at 169.254.169.254 through a NAT rule that only the test adds), moto and
+//! the hub run on the host, on the container network's gateway.
+//!
+//! What is checked, end to end: `flotilla-boot` reads the user data, `flotilla-seal` installs the
+//! metadata firewall, the agent unit starts, registers, runs one job as `flotilla-job` and the
+//! instance removes itself with decrement; the unit's `OnFailure=` removes the instance when the
+//! agent is killed; the boot deadline removes an instance whose agent never registered. Inside the
+//! booted system, as the job: reading the token, the agent's environment and the instance role's
+//! credentials, `sudo`, killing or stopping the agent, removing the job record, forging the agent's
+//! log lines, and waiting for a second job all fail.
+//!
+//! Test-only pieces (never in the image Packer builds): the NAT rule to the fake IMDS, an
+//! environment file with moto's address (AWS_ENDPOINT_URL) for every unit, and a boot deadline
+//! counted from the container's start (`OnStartupSec=`), since a container's boot time is the host's.
+
+mod support;
+
+#[path = "support/moto.rs"]
+mod moto;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use support::{FakeHub, FakeImds};
+
+const AGENT_CONFIG: &str = "/flotilla/sealed/agent-config";
+const TOKEN_PARAMETER: &str = "/flotilla/sealed/agent-token";
+const TOKEN: &str = "registration-token-that-jobs-must-not-see";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker is required by the sealed-instance test (.ci/run checks it)")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let output = docker(args);
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A private network, removed with everything on it when dropped.
+struct Network {
+    name: String,
+    gateway: String,
+    containers: Vec<String>,
+}
+
+impl Network {
+    fn create(tag: &str) -> Network {
+        let name = format!("flotilla-sealed-{tag}-{}", std::process::id());
+        let _ = docker(&["network", "rm", &name]);
+        docker_ok(&["network", "create", &name]);
+        let gateway = docker_ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            &name,
+        ]);
+        Network {
+            name,
+            gateway,
+            containers: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for container in &self.containers {
+            let _ = docker(&["rm", "-f", container]);
+        }
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+/// The image: the base, configure.sh run over the staged files, and the test-only units.
+fn build_image() -> String {
+    let base = Command::new("bash")
+        .arg(repo().join(".ci/base-image"))
+        .output()
+        .expect("run .ci/base-image");
+    assert!(
+        base.status.success(),
+        "{}",
+        String::from_utf8_lossy(&base.stderr)
+    );
+    let base = String::from_utf8_lossy(&base.stdout).trim().to_string();
+    let context = tempfile::tempdir().unwrap();
+    let staging = context.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_agent"), staging.join("agent")).unwrap();
+    copy_dir(&repo().join("ami/scripts"), &staging.join("scripts"));
+    copy_dir(&repo().join("ami/systemd"), &staging.join("systemd"));
+    std::fs::copy(
+        repo().join("ami/cloudwatch-agent.json"),
+        staging.join("cloudwatch-agent.json"),
+    )
+    .unwrap();
+    copy_dir(
+        &repo().join("agent/tests/sealed"),
+        &context.path().join("test"),
+    );
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!(
+            "FROM {base}\n\
+             COPY staging /tmp/flotilla\n\
+             COPY test/ /etc/systemd/system/\n\
+             RUN FLOTILLA_RSYSLOG_USER=root bash /tmp/flotilla/scripts/configure.sh \
+             && systemctl enable flotilla-test-imds.service && rm -rf /tmp/flotilla \
+             && mkdir -p /var/log/journal\n"
+        ),
+    )
+    .unwrap();
+    // Tagged by the hash of everything that goes in, so the tests of one run share one image and
+    // a later run with the same inputs reuses it.
+    let tag = format!("flotilla-sealed-test:{:016x}", hash_dir(context.path()));
+    docker_ok(&[
+        "build",
+        "-q",
+        "-t",
+        &tag,
+        &context.path().display().to_string(),
+    ]);
+    tag
+}
+
+fn hash_dir(dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut paths = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                paths.push(path);
+            }
+        }
+    }
+    paths.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        path.strip_prefix(dir).unwrap().hash(&mut hasher);
+        std::fs::read(&path).unwrap().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// One booted instance: its own instance id in moto and in the fake IMDS.
+struct Instance {
+    name: String,
+    id: String,
+    _imds: FakeImds,
+    _env_dir: tempfile::TempDir,
+}
+
+fn boot(
+    image: &str,
+    network: &mut Network,
+    moto: &moto::MotoServer,
+    instance_id: &str,
+) -> Instance {
+    let imds = FakeImds::start_on(instance_id, &network.gateway);
+    imds.state.lock().unwrap().user_data =
+        Some(format!("FLOTILLA_AGENT_CONFIG_PARAMETER={AGENT_CONFIG}\n").into_bytes());
+    let imds_port = imds.address.rsplit(':').next().unwrap().to_string();
+    let env_dir = tempfile::tempdir().unwrap();
+    let env_file = env_dir.path().join("flotilla-test.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "FLOTILLA_TEST_IMDS={}:{imds_port}\nAWS_ENDPOINT_URL={}\nSEMAPHORE_AGENT_EC2_POLL_SECONDS=1\n\
+             FLOTILLA_BOOT_DEADLINE_SECONDS=30\n",
+            network.gateway, moto.url
+        ),
+    )
+    .unwrap();
+    let name = format!("{}-{instance_id}", network.name);
+    let mount = format!("{}:/etc/flotilla-test.env:ro", env_file.display());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--hostname",
+        instance_id,
+        "--network",
+        &network.name,
+        "--cap-add",
+        "ALL",
+        "--cap-drop",
+        "SYS_RESOURCE",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "-v",
+        &mount,
+        image,
+        "/sbin/init",
+    ]);
+    network.containers.push(name.clone());
+    Instance {
+        name,
+        id: instance_id.to_string(),
+        _imds: imds,
+        _env_dir: env_dir,
+    }
+}
+
+impl Instance {
+    /// Runs a shell command in the booted system as root (the test's own view).
+    fn root(&self, script: &str) -> String {
+        let output = docker(&["exec", &self.name, "bash", "-c", script]);
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr)
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, script: &str, expected: &str) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            last = self.root(script);
+            if last.trim() == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "{what}: `{script}` gave {last:?}, not {expected:?}\n{}",
+            self.journal()
+        );
+    }
+
+    /// Waits up to two minutes for `condition` on the hub, showing the instance's journal if not.
+    fn wait_for_hub(
+        &self,
+        hub: &FakeHub,
+        what: &str,
+        condition: impl Fn(&support::HubState) -> bool,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !condition(&hub.state()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.journal()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The Flotilla units' journal; read from the stopped container's disk if it has stopped.
+    fn journal(&self) -> String {
+        let running = docker_ok(&["inspect", "-f", "{{.State.Running}}", &self.name]);
+        if running != "true" {
+            let copy = tempfile::tempdir().unwrap();
+            let target = copy.path().join("journal");
+            docker_ok(&["cp", &format!("{}:/var/log/journal", self.name), &target.display().to_string()]);
+            let output = Command::new("journalctl")
+                .args(["--no-pager", "-o", "short-precise", "-D"])
+                .arg(&target)
+                .output()
+                .expect("journalctl");
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            let tail: Vec<&str> = text.lines().rev().take(120).collect();
+            return tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        }
+        self.root("journalctl --no-pager -o short-precise -u flotilla-boot -u flotilla-seal -u flotilla-agent -u flotilla-remove-instance -u flotilla-boot-deadline | tail -n 80")
+    }
+}
+
+/// moto with a group of `instances` and the stack's parameters; the hub's address in the config.
+fn aws(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    hub: &str,
+    instances: u32,
+) -> Vec<String> {
+    moto.create_group(runtime, "sealed", 0, 4, instances as i32);
+    let (_, ids, _) = moto.group(runtime, "sealed");
+    moto.put_secret(runtime, TOKEN_PARAMETER, TOKEN);
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk(runtime));
+    let config =
+        format!("endpoint: {hub}\nno-https: true\ntoken-ssm-parameter: {TOKEN_PARAMETER}\n");
+    runtime
+        .block_on(
+            ssm.put_parameter()
+                .name(AGENT_CONFIG)
+                .value(config)
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send(),
+        )
+        .unwrap();
+    ids
+}
+
+/// The job's attacks: each prints `BLOCKED name` when it fails and `CROSSED name` when it works.
+const ATTACKS: &[(&str, &str)] = &[
+    ("agent-visible", "test -e /proc/$AGENT_PID"),
+    ("agent-environment", "cat /proc/$AGENT_PID/environ"),
+    ("agent-memory", "head -c 16 /proc/$AGENT_PID/mem"),
+    ("imds-token", "curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token"),
+    ("imds-credentials", "curl -sf -m 3 http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+    ("sudo", "sudo -n true"),
+    ("kill-agent", "kill -KILL $AGENT_PID"),
+    ("stop-agent", "systemctl stop --no-ask-password flotilla-agent.service"),
+    ("remove-job-record", "rm /var/lib/flotilla/job-taken"),
+    ("read-boot-env", "cat /run/flotilla/agent.env"),
+    ("read-agent-home", "ls /home/flotilla"),
+    ("write-agent-log", "echo forged >> /var/log/flotilla/agent.log"),
+    ("capabilities", "grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status | grep -v '0000000000000000$'"),
+];
+
+fn attack_job() -> protocol::JobRequest {
+    let mut commands = vec![
+        protocol::Command::new("echo \"job runs as $(id -un)\""),
+        protocol::Command::new("AGENT_PID=$(systemctl show -p MainPID --value flotilla-agent.service); echo \"agent pid $AGENT_PID\""),
+        protocol::Command::new("logger -t flotilla-agent FORGED-BY-THE-JOB; logger -p authpriv.notice -t sudo FORGED-AUTH-LINE; true"),
+    ];
+    for (name, attack) in ATTACKS {
+        commands.push(protocol::Command::new(&format!(
+            "if ( {attack} ) >/dev/null 2>&1; then echo 'CROSSED {name}'; else echo 'BLOCKED {name}'; fi"
+        )));
+    }
+    protocol::JobRequest {
+        job_id: "job-attacks".into(),
+        commands,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundary_and_leaves() {
+    let image = build_image();
+    let mut network = Network::create("job");
+    let runtime = runtime();
+    let moto = moto::MotoServer::start_on(&network.gateway);
+    let hub = FakeHub::start_on(&network.gateway);
+    let ids = aws(&runtime, &moto, &hub.address, 1);
+    hub.assign(attack_job(), "jwt");
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "second-job".into(),
+            commands: vec![protocol::Command::new(
+                "echo a second job on a used machine",
+            )],
+            ..Default::default()
+        },
+        "jwt",
+    );
+    let instance = boot(&image, &mut network, &moto, &ids[0]);
+
+    instance.wait_for_hub(&hub, "the attack job to finish", |state| {
+        state.finished.iter().any(|(job, _)| job == "job-attacks")
+    });
+    instance.wait_for(
+        "the agent to exit 0 after its one job",
+        Duration::from_secs(60),
+        "systemctl show -p ActiveState,Result --value flotilla-agent.service | paste -sd,",
+        "success,inactive",
+    );
+    let log = hub.simplified_log("job-attacks").join("\n");
+    assert!(log.contains("job runs as flotilla-job"), "{log}");
+    for (name, _) in ATTACKS {
+        assert!(
+            log.contains(&format!("BLOCKED {name}")),
+            "{name} was not blocked:\n{log}"
+        );
+    }
+    assert!(
+        !log.lines().any(|line| line.starts_with("CROSSED")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(TOKEN),
+        "the job saw the registration token:\n{log}"
+    );
+    assert!(!log.contains(support::INSTANCE_ROLE_SECRET), "{log}");
+
+    // Root (and the agent) still reach the metadata service: the firewall is an owner match,
+    // not a blanket block.
+    // Containers are kept away too: DOCKER-USER (which Docker consults first) drops them.
+    let docker_user = instance.root("iptables -S DOCKER-USER");
+    assert!(
+        docker_user.contains("--ctorigdst 169.254.169.254 -j DROP"),
+        "{docker_user}"
+    );
+    let as_root = instance.root("curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token");
+    assert!(as_root.starts_with("token-"), "{as_root}");
+    // One job only: the second was never fetched, the instance left its group with decrement.
+    let state = hub.state();
+    assert!(
+        state.queue.contains(&"second-job".to_string()),
+        "{:?}",
+        state.queue
+    );
+    drop(state);
+    let (desired, members, _) = moto.group(&runtime, "sealed");
+    assert_eq!(
+        (desired, members.len()),
+        (0, 0),
+        "the instance removed itself"
+    );
+    // Logs: the agent's lines reach P/agent; the job's forged lines and auth lines go nowhere.
+    let agent_log = instance.root("cat /var/log/flotilla/agent.log");
+    assert!(
+        agent_log.contains("flotilla-agent"),
+        "{agent_log}\n{}",
+        instance.journal()
+    );
+    let shipped = instance.root("cat /var/log/flotilla/*.log");
+    assert!(!shipped.contains("FORGED"), "{shipped}");
+    assert!(!shipped.contains("COMMAND="), "{shipped}");
+    assert_eq!(instance.id, ids[0]);
+}
+
+#[test]
+fn an_agent_killed_mid_job_removes_the_instance_and_one_that_never_registers_is_removed_by_the_deadline(
+) {
+    let image = build_image();
+    let mut network = Network::create("fail");
+    let runtime = runtime();
+    let moto = moto::MotoServer::start_on(&network.gateway);
+    let hub = FakeHub::start_on(&network.gateway);
+    let ids = aws(&runtime, &moto, &hub.address, 2);
+    // This stack turns JobSudo on: the job user gets sudo (and only then).
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk(&runtime));
+    runtime
+        .block_on(
+            ssm.put_parameter()
+                .name("/flotilla/sealed/job-sudo")
+                .value("true")
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send(),
+        )
+        .unwrap();
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "long-job".into(),
+            commands: vec![protocol::Command::new(
+                "sudo -n true && echo sudo-granted; sleep 600",
+            )],
+            ..Default::default()
+        },
+        "jwt",
+    );
+    let killed = boot(&image, &mut network, &moto, &ids[0]);
+    killed.wait_for_hub(&hub, "the job to use the sudo JobSudo grants", |state| {
+        state
+            .logs
+            .get("long-job")
+            .is_some_and(|lines| lines.iter().any(|line| line.contains("sudo-granted\\n")))
+    });
+    killed.root("systemctl kill -s KILL flotilla-agent.service");
+    killed.wait_for(
+        "OnFailure= to remove the instance",
+        Duration::from_secs(60),
+        "systemctl show -p ActiveState,Result --value flotilla-remove-instance.service | paste -sd,",
+        "success,inactive",
+    );
+    let (_, members, _) = moto.group(&runtime, "sealed");
+    assert!(
+        !members.contains(&ids[0]),
+        "{members:?}\n{}",
+        killed.journal()
+    );
+
+    // The second instance's hub never answers (each request hangs): the agent never registers.
+    let silent = ids[1].clone();
+    runtime
+        .block_on(
+            ssm.delete_parameter()
+                .name("/flotilla/sealed/job-sudo")
+                .send(),
+        )
+        .unwrap();
+    let black_hole = support::TestServer::start_on(&network.gateway, |_| {
+        std::thread::sleep(Duration::from_secs(600));
+        support::respond(500, "")
+    });
+    runtime
+        .block_on(
+            ssm.put_parameter()
+                .name(AGENT_CONFIG)
+                .overwrite(true)
+                .value(format!(
+                    "endpoint: {}\nno-https: true\ntoken-ssm-parameter: {TOKEN_PARAMETER}\n",
+                    black_hole.address
+                ))
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .send(),
+        )
+        .unwrap();
+    let never = boot(&image, &mut network, &moto, &silent);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, members, _) = moto.group(&runtime, "sealed");
+        if !members.contains(&silent) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the boot deadline did not remove the instance\n{}",
+            never.journal()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let journal = never.journal();
+    assert!(
+        journal.contains("has not registered within the boot deadline"),
+        "{journal}"
+    );
+}

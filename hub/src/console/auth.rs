@@ -1,0 +1,151 @@
+//! Console sign-in: the admin token is exchanged once, at the login page, for a session whose
+//! random id lives only in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` when the hub is
+//! served over TLS) and, hashed, in memory. Every action carries the session's CSRF token in a
+//! form field, checked in constant time. No token ever appears in a URL or a page other than
+//! the session's own CSRF token. Sessions expire after [`SESSION_TTL_SECS`] and die at log out
+//! or a hub restart.
+
+use crate::tokens;
+use axum::http::HeaderMap;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How long a session lasts after sign-in.
+pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+/// The session cookie's name.
+pub const COOKIE: &str = "flotilla_session";
+/// Sessions kept at most; signing in beyond it drops the oldest.
+const MAX_SESSIONS: usize = 1000;
+
+/// A signed-in browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Sent back in every action's form.
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+/// The live sessions, keyed by the SHA-256 of their cookie value.
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.by_hash
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a session; returns its cookie value.
+    pub fn start(&self, now: i64) -> String {
+        let id = tokens::new_token();
+        let session = Session {
+            csrf: tokens::new_token(),
+            expires_at: now + SESSION_TTL_SECS,
+        };
+        let mut sessions = self.lock();
+        sessions.retain(|_, session| session.expires_at > now);
+        if sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, session)| session.expires_at)
+                .map(|(hash, _)| hash.clone());
+            if let Some(hash) = oldest {
+                sessions.remove(&hash);
+            }
+        }
+        sessions.insert(tokens::hash(&id), session);
+        id
+    }
+
+    /// The unexpired session the request's cookie names.
+    pub fn find(&self, headers: &HeaderMap, now: i64) -> Option<Session> {
+        let id = cookie(headers)?;
+        let hash = tokens::hash(&id);
+        let mut sessions = self.lock();
+        match sessions.get(&hash) {
+            Some(session) if session.expires_at > now => Some(session.clone()),
+            Some(_) => {
+                sessions.remove(&hash);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Ends the session the request's cookie names.
+    pub fn end(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers) {
+            self.lock().remove(&tokens::hash(&id));
+        }
+    }
+}
+
+/// The session cookie's value in the request, if any.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+        .filter(|value| !value.is_empty())
+}
+
+/// The `Set-Cookie` value that stores `id` (or, with `None`, deletes the cookie).
+pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    match id {
+        Some(id) => format!(
+            "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={SESSION_TTL_SECS}{secure}"
+        ),
+        None => format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    }
+}
+
+/// Whether a submitted CSRF token is the session's.
+pub fn csrf_ok(session: &Session, submitted: &str) -> bool {
+    !submitted.is_empty() && tokens::constant_time_eq(&session.csrf, submitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("cookie", cookie.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn sessions_are_found_by_cookie_until_they_expire_or_end() {
+        let sessions = Sessions::default();
+        let id = sessions.start(1000);
+        let request = headers(&format!("other=1; {COOKIE}={id}"));
+        let session = sessions.find(&request, 1001).expect("live session");
+        assert!(csrf_ok(&session, &session.csrf));
+        assert!(!csrf_ok(&session, ""));
+        assert!(!csrf_ok(&session, "guess"));
+        assert!(sessions.find(&headers(&format!("{COOKIE}=nope")), 1001).is_none());
+        assert!(sessions.find(&request, 1000 + SESSION_TTL_SECS).is_none());
+        let id = sessions.start(2000);
+        let request = headers(&format!("{COOKIE}={id}"));
+        sessions.end(&request);
+        assert!(sessions.find(&request, 2001).is_none());
+    }
+
+    #[test]
+    fn the_cookie_is_http_only_strict_and_secure_under_tls() {
+        let cookie = set_cookie(Some("abc"), true);
+        for part in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/console"] {
+            assert!(cookie.contains(part), "{cookie}");
+        }
+        assert!(!set_cookie(Some("abc"), false).contains("Secure"));
+        assert!(set_cookie(None, false).contains("Max-Age=0"));
+    }
+}
