@@ -103,7 +103,7 @@ fn a_file_injected_where_the_job_user_may_not_write_is_refused() {
     let target = private.path().join("planted");
     let request = job(
         &["echo should not run"],
-        vec![File::plain(&target.display().to_string(), "x", "0644")],
+        vec![File::plain(target.display().to_string(), "x", "0644")],
     );
     let (result, output) = run_as(&user, &request);
     assert_eq!(result, JobResult::Failed, "{output}");
@@ -117,7 +117,10 @@ fn nothing_of_the_job_user_runs_after_the_job_even_what_left_its_session() {
     let user = nobody_with_home(home.path());
     let marker = format!("flotilla-escaped-{}", std::process::id());
     let request = job(
-        &[&format!("setsid bash -c 'exec -a {marker} sleep 300' </dev/null >/dev/null 2>&1 &"), "sleep 0.2"],
+        &[
+            &format!("setsid bash -c 'exec -a {marker} sleep 300' </dev/null >/dev/null 2>&1 &"),
+            "sleep 0.2",
+        ],
         Vec::new(),
     );
     let (result, output) = run_as(&user, &request);

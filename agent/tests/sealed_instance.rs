@@ -300,7 +300,11 @@ impl Instance {
         if running != "true" {
             let copy = tempfile::tempdir().unwrap();
             let target = copy.path().join("journal");
-            docker_ok(&["cp", &format!("{}:/var/log/journal", self.name), &target.display().to_string()]);
+            docker_ok(&[
+                "cp",
+                &format!("{}:/var/log/journal", self.name),
+                &target.display().to_string(),
+            ]);
             let output = Command::new("journalctl")
                 .args(["--no-pager", "-o", "short-precise", "-D"])
                 .arg(&target)
@@ -363,7 +367,7 @@ fn attack_job() -> protocol::JobRequest {
         protocol::Command::new("logger -t flotilla-agent FORGED-BY-THE-JOB; logger -p authpriv.notice -t sudo FORGED-AUTH-LINE; true"),
     ];
     for (name, attack) in ATTACKS {
-        commands.push(protocol::Command::new(&format!(
+        commands.push(protocol::Command::new(format!(
             "if ( {attack} ) >/dev/null 2>&1; then echo 'CROSSED {name}'; else echo 'BLOCKED {name}'; fi"
         )));
     }
@@ -430,6 +434,13 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
         docker_user.contains("--ctorigdst 169.254.169.254 -j DROP"),
         "{docker_user}"
     );
+    // The agent's own sudo is its last resort and nothing else.
+    let agent_sudo = instance.root(
+        "runuser -u flotilla -- sudo -n -l /usr/bin/systemctl poweroff && echo poweroff-allowed; \
+         runuser -u flotilla -- sudo -n -l /bin/bash || echo shell-refused",
+    );
+    assert!(agent_sudo.contains("poweroff-allowed"), "{agent_sudo}");
+    assert!(agent_sudo.contains("shell-refused"), "{agent_sudo}");
     let as_root = instance.root("curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token");
     assert!(as_root.starts_with("token-"), "{as_root}");
     // One job only: the second was never fetched, the instance left its group with decrement.
