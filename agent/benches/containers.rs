@@ -5,7 +5,9 @@
 //!     image...` steps, timed from their own events) — what the agent adds around Compose; for the
 //!     shell executor the same span minus bash's start;
 //! (b) log throughput: `cat` of the same file in the job, through `docker compose run`'s terminal
-//!     and the agent's PTY, from the command's `cmd_started` to its `cmd_finished` in the job log.
+//!     and the agent's PTY, from the command's `cmd_started` to its `cmd_finished` in the job log;
+//!     and, as the ceiling Compose sets, `compose run main cat` read raw from a PTY (first byte to
+//!     last).
 //! Needs Docker and Compose; the job image is the tests' base image (`.ci/base-image`).
 //! `cargo bench -p agent --bench containers [start|throughput]`; sizes: `BENCH_CONTAINER_JOBS`,
 //! `BENCH_CONTAINER_LOG_MB`, `BENCH_CONTAINER_ROUNDS`.
@@ -144,6 +146,59 @@ fn start_overhead() {
         ct_total / shell_total,
         ct_overhead / shell_overhead
     );
+    let detection: Vec<f64> = (0..jobs)
+        .map(|_| {
+            let started = Instant::now();
+            agent::compose::cli::detect().unwrap();
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    println!(
+        "    not in the median: finding Compose, once per agent process (a CLI start) {:6.1} ms",
+        median(detection)
+    );
+}
+
+/// Seconds from the first byte to the last of `compose run --rm main cat /data.txt` read from a
+/// PTY: what Compose's own terminal relay allows, without the agent.
+fn raw_compose_seconds(data: &std::path::Path, scratch: &std::path::Path) -> f64 {
+    use agent::shell::pty;
+    let cli = agent::compose::cli::detect().unwrap();
+    let (program, selector) = cli.program();
+    let file = scratch.join("raw-compose.yml");
+    let text = format!(
+        "version: '2.0'\nservices:\n  main:\n    image: {}\n    volumes:\n    - {}:/data.txt\n",
+        containers::base_image(),
+        data.display()
+    );
+    std::fs::write(&file, text).unwrap();
+    let project = format!("flotilla-bench-raw-{:08x}", rand::random::<u32>());
+    let file_text = file.display().to_string();
+    let mut args: Vec<&str> = selector.to_vec();
+    args.extend(["--ansi", "never", "-f", &file_text, "-p", &project]);
+    let run: Vec<&str> = [&args[..], &["run", "--rm", "main", "cat", "/data.txt"]].concat();
+    let terminal = pty::open_pty().unwrap();
+    let env: Vec<(String, String)> = job_environment(std::env::vars());
+    let mut child = pty::spawn_in_pty(&terminal, program, &run, &env).unwrap();
+    drop(terminal.slave);
+    let mut master = terminal.master;
+    let mut buffer = vec![0u8; 64 * 1024];
+    // From the first byte to the last one (Compose then still removes the container).
+    let (mut first, mut last) = (None, Instant::now());
+    while let Ok(read) = pty::read_master(&mut master, &mut buffer) {
+        if read == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        last = Instant::now();
+    }
+    let seconds = first
+        .map(|at| last.duration_since(at).as_secs_f64())
+        .unwrap_or(0.0);
+    let _ = child.wait();
+    let down: Vec<&str> = [&args[..], &["down", "--remove-orphans", "--volumes"]].concat();
+    let _ = std::process::Command::new(program).args(down).output();
+    seconds
 }
 
 /// A file of printable 100-byte lines, `megabytes` MB.
@@ -186,6 +241,7 @@ fn throughput() {
     let data = scratch.path().join("data.txt");
     make_data(&data, megabytes);
     let (mut shell, mut container, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut raw = Vec::new();
     for round in 0..rounds {
         // Alternate which runs first, so drift on a noisy machine does not favour one side.
         let order = if round % 2 == 0 {
@@ -197,6 +253,7 @@ fn throughput() {
         for is_container in order {
             seconds[is_container as usize] = cat_seconds(is_container, &data, scratch.path());
         }
+        raw.push(raw_compose_seconds(&data, scratch.path()));
         shell.push(seconds[0]);
         container.push(seconds[1]);
         ratios.push(seconds[0] / seconds[1]);
@@ -216,7 +273,16 @@ fn throughput() {
     );
     println!(
         "    container executor, median  {:8.1} MB/s",
-        mb / median(container)
+        mb / median(container.clone())
+    );
+    println!(
+        "    raw `compose run cat` from a PTY, median {:8.1} MB/s (Compose's own relay)",
+        mb / median(raw.clone())
+    );
+    let of_raw: Vec<f64> = raw.iter().zip(&container).map(|(r, c)| r / c).collect();
+    println!(
+        "    ratio container executor / raw compose run, median {:.2}x",
+        median(of_raw)
     );
     println!(
         "    ratio container / shell, median of rounds {:.2}x",

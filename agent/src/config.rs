@@ -48,6 +48,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("registered-file", Kind::Text),
     ("job-record-file", Kind::Text),
     ("job-user", Kind::Text),
+    ("give-up-after", Kind::Int),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,9 @@ pub struct Config {
     /// Run jobs as this unprivileged user instead of the agent's own ([`crate::job_user`]);
     /// empty: the agent's user, as upstream does.
     pub job_user: String,
+    /// Seconds without a successful sync after which the agent gives up (stops its job, exits
+    /// `UNABLE_TO_SYNC`); 0 in a `Config::default()` means [`protocol::GIVE_UP_AFTER_SECS`].
+    pub give_up_after: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -444,6 +448,7 @@ fn build(
         job_user: text(values, "job-user")?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
+        give_up_after: give_up_after(values)?,
     })
 }
 
@@ -528,6 +533,14 @@ fn ec2_poll_seconds(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigE
     let seconds = int(values, "ec2-poll-seconds", 5)?;
     if seconds < 1 {
         return Err(invalid("ec2-poll-seconds must be at least 1. Exiting..."));
+    }
+    Ok(seconds)
+}
+
+fn give_up_after(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigError> {
+    let seconds = int(values, "give-up-after", protocol::GIVE_UP_AFTER_SECS)?;
+    if seconds < 1 {
+        return Err(invalid("give-up-after must be at least 1. Exiting..."));
     }
     Ok(seconds)
 }
@@ -629,6 +642,19 @@ mod tests {
             let error = load(&args(list), &env(&[]), &no_file).unwrap_err();
             assert_eq!(error.to_string(), *message, "args {list:?}");
         }
+    }
+
+    #[test]
+    fn give_up_after_defaults_to_the_shared_number_and_must_be_positive() {
+        let config = load_with(BASE, &[], "").unwrap();
+        assert_eq!(config.give_up_after, protocol::GIVE_UP_AFTER_SECS);
+        let config = load_with(&[BASE, &["--give-up-after", "30"]].concat(), &[], "").unwrap();
+        assert_eq!(config.give_up_after, 30);
+        let error = load_with(&[BASE, &["--give-up-after", "0"]].concat(), &[], "").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "give-up-after must be at least 1. Exiting..."
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `agent start`: registers, then runs the sync loop that drives [`crate::state`] and carries out
 //! its effects — fetching and running the job on a worker thread, stopping it, forcing syncs,
 //! and the shutdown sequence (disconnect, shutdown hook, exit). Signals become `interrupted_at`.
+//! A 401 on sync (the server revoked this agent after a partition) and the give-up time both end
+//! in `UNABLE_TO_SYNC` without the disconnect: the server no longer knows the token, so a
+//! disconnect could only wait out its retries.
 
-use crate::client::ControlPlane;
+use crate::client::{ClientError, ControlPlane};
 use crate::config::Config;
 use crate::job::{run_job, JobControl, JobOptions};
 use crate::job_record::{JobRecord, JobRecordError};
@@ -166,6 +169,15 @@ impl Listener {
         self.job_record.as_ref().map_or(Ok(()), JobRecord::check)
     }
 
+    /// `--give-up-after`: no successful sync (or accepted log batch) for this long ends it all.
+    fn give_up_after(&self) -> Duration {
+        let seconds = match self.config.give_up_after {
+            seconds if seconds > 0 => seconds,
+            _ => protocol::GIVE_UP_AFTER_SECS,
+        };
+        Duration::from_secs(seconds.unsigned_abs())
+    }
+
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
@@ -226,7 +238,8 @@ impl Listener {
             }
         }
         self.install_signal_handler();
-        self.state = State::new(self.config.disconnect_after_job, self.now_ms());
+        self.state = State::new(self.config.disconnect_after_job, self.now_ms())
+            .with_give_up_after(self.give_up_after().as_millis() as u64);
         self.sync_loop()
     }
 
@@ -273,8 +286,11 @@ impl Listener {
                 }
                 Err(error) => {
                     tracing::error!("[SYNC ERR] Failed to sync with API: {error}");
-                    Event::SyncFailed {
-                        now_ms: self.now_ms(),
+                    match error {
+                        ClientError::Status { status: 401, .. } => Event::SyncRefused,
+                        _ => Event::SyncFailed {
+                            now_ms: self.now_ms(),
+                        },
                     }
                 }
             };
@@ -350,6 +366,7 @@ impl Listener {
             options: self.job_options.clone(),
             control: control.clone(),
             events: self.messages_tx.clone(),
+            give_up_after: self.give_up_after(),
         };
         match std::thread::Builder::new()
             .name("job".into())
@@ -369,16 +386,38 @@ impl Listener {
         if let Some(job) = self.job.take() {
             if !job.thread.is_finished() {
                 // Upstream orphans the job's shell here; stop it so nothing outlives the agent,
-                // and give its teardown the log flush time.
+                // and give its teardown the log flush time (none when the server is out of
+                // reach or refuses the agent: its log cannot be delivered).
                 tracing::info!("Stopping the running job before shutting down");
                 job.control.stop();
-                let deadline =
-                    Instant::now() + self.timings.log_flush_timeout + Duration::from_secs(5);
+                let flush = match reason {
+                    ShutdownReason::UnableToSync => Duration::ZERO,
+                    _ => self.timings.log_flush_timeout,
+                };
+                let deadline = Instant::now() + flush + Duration::from_secs(5);
                 while !job.thread.is_finished() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
         }
+        if reason == ShutdownReason::UnableToSync {
+            tracing::info!("Not disconnecting: the server no longer accepts this agent");
+        } else {
+            self.disconnect();
+        }
+        if !self.config.shutdown_hook_path.is_empty() {
+            run_shutdown_hook(
+                &self.config.shutdown_hook_path,
+                reason,
+                &self.job_options.shell_env,
+            );
+        }
+        tracing::info!("Agent shutting down due to: {}", reason.env_value());
+        reason.exit_code()
+    }
+
+    /// POST /disconnect with upstream's retries (docs/protocol.md §2.7).
+    fn disconnect(&self) {
         tracing::info!("Disconnecting the Agent from Semaphore");
         let client = self.client.clone();
         let disconnected = with_constant_wait(
@@ -394,15 +433,6 @@ impl Listener {
                 self.timings.disconnect_attempts
             ),
         }
-        if !self.config.shutdown_hook_path.is_empty() {
-            run_shutdown_hook(
-                &self.config.shutdown_hook_path,
-                reason,
-                &self.job_options.shell_env,
-            );
-        }
-        tracing::info!("Agent shutting down due to: {}", reason.env_value());
-        reason.exit_code()
     }
 }
 
@@ -462,6 +492,9 @@ struct JobContext {
     options: JobOptions,
     control: Arc<JobControl>,
     events: mpsc::Sender<Message>,
+    /// The log is flushed until no batch has been accepted for this long (the agent's give-up
+    /// time, so a partition it rides out loses no line).
+    give_up_after: Duration,
 }
 
 impl JobContext {
@@ -539,7 +572,7 @@ impl JobContext {
         let _ = self.events.send(Message::Job(Event::JobRunning));
         tracing::info!("Running job {}", self.job_id);
         let result = run_job(&request, &self.options, &job_log, &self.control);
-        let outcome = pusher.close(self.timings.log_flush_timeout);
+        let outcome = pusher.close(self.give_up_after);
         tracing::info!(
             "Job {} finished: {result} ({} log events pushed in {} requests{})",
             self.job_id,

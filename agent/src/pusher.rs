@@ -8,6 +8,12 @@
 //! begin without delay), and partial batches go at most once per `partial_batch_interval`
 //! (upstream sleeps 1.5–3 s before every push, which caps throughput at ~1000 lines/s and delays
 //! the first log line by seconds).
+//!
+//! Partitions: a closed log is flushed until no batch has been accepted for the close's patience
+//! (the agent passes its give-up time; upstream gives up 60 s after the job ends), so a link that
+//! heals within it loses no line; the retried batches keep their `start_from`, so none is stored
+//! twice. A 401 from the token refresh means the server revoked the agent itself: delivery stops
+//! at once, as the agent does.
 
 use crate::client::{error_chain, http_client, ClientError};
 use crate::joblog::{JobLog, LogProgress, WakeWhen};
@@ -15,7 +21,7 @@ use rand::Rng;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,11 +53,15 @@ pub struct PushOutcome {
     pub complete: bool,
     pub lines_pushed: u64,
     pub requests: u64,
+    /// The server refused the agent's own token on refresh: delivery stopped.
+    pub revoked: bool,
 }
 
 pub struct LogPusher {
     log: Arc<JobLog>,
     abort: Arc<AtomicBool>,
+    /// Lines the server has accepted so far (the flush's sign of progress).
+    accepted: Arc<AtomicU64>,
     done: mpsc::Receiver<PushOutcome>,
     thread: Option<JoinHandle<()>>,
     url: String,
@@ -61,46 +71,63 @@ impl LogPusher {
     /// Starts the push thread for `log`.
     pub fn spawn(log: Arc<JobLog>, config: PushConfig) -> std::io::Result<LogPusher> {
         let abort = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
         let (done_tx, done) = mpsc::channel();
         let url = config.url.clone();
         let thread = {
             let log = log.clone();
             let abort = abort.clone();
+            let accepted = accepted.clone();
             std::thread::Builder::new()
                 .name("log-push".into())
                 .spawn(move || {
-                    let outcome = push_loop(&log, config, &abort);
+                    let outcome = push_loop(&log, config, &abort, &accepted);
                     let _ = done_tx.send(outcome);
                 })?
         };
         Ok(LogPusher {
             log,
             abort,
+            accepted,
             done,
             thread: Some(thread),
             url,
         })
     }
 
-    /// Closes the log and waits up to `timeout` for every event to be delivered. On timeout the
-    /// rest is dropped (logged as upstream does). The local file is deleted either way.
-    pub fn close(mut self, timeout: Duration) -> PushOutcome {
+    /// Closes the log and waits for every event to be delivered while delivery progresses: it
+    /// gives up once no batch has been accepted for `patience` (the rest is dropped, logged as
+    /// upstream does). The local file is deleted either way.
+    pub fn close(mut self, patience: Duration) -> PushOutcome {
         self.log.close();
-        let outcome = match self.done.recv_timeout(timeout) {
-            Ok(outcome) => {
-                if let Some(thread) = self.thread.take() {
-                    let _ = thread.join();
+        let mut progress = (self.accepted.load(Ordering::SeqCst), Instant::now());
+        let outcome = loop {
+            match self.done.recv_timeout(Duration::from_millis(200)) {
+                Ok(outcome) => {
+                    if let Some(thread) = self.thread.take() {
+                        let _ = thread.join();
+                    }
+                    break outcome;
                 }
-                outcome
-            }
-            Err(_) => {
-                self.abort.store(true, Ordering::SeqCst);
-                tracing::error!("Could not push all logs to {} - giving up", self.url);
-                PushOutcome::default()
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let accepted = self.accepted.load(Ordering::SeqCst);
+                    if accepted != progress.0 {
+                        progress = (accepted, Instant::now());
+                    } else if progress.1.elapsed() >= patience {
+                        break self.give_up();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break self.give_up(),
             }
         };
         self.log.remove_file();
         outcome
+    }
+
+    fn give_up(&self) -> PushOutcome {
+        self.abort.store(true, Ordering::SeqCst);
+        tracing::error!("Could not push all logs to {} - giving up", self.url);
+        PushOutcome::default()
     }
 }
 
@@ -127,6 +154,8 @@ pub struct Progress {
     pub retry_at: Option<Instant>,
     /// The server answered 401: the log token must be refreshed before the next push.
     pub token_expired: bool,
+    /// The refresh itself got 401: the server no longer accepts this agent at all.
+    pub revoked: bool,
     pub lines_per_request: u64,
     pub partial_batch_interval: Duration,
 }
@@ -144,6 +173,8 @@ pub enum Step {
     /// Back off until then after a failure.
     RetryAt(Instant),
     RefreshToken,
+    /// The agent was revoked: stop delivering.
+    Revoked,
     /// POST the next `lines` lines now.
     Push {
         lines: usize,
@@ -164,6 +195,9 @@ pub fn next_step(progress: &Progress, now: Instant) -> Step {
             on_command_started: false,
         };
         return Step::WaitForLog { wake, until: None };
+    }
+    if progress.revoked {
+        return Step::Revoked;
     }
     if let Some(at) = progress.retry_at.filter(|at| now < *at) {
         return Step::RetryAt(at);
@@ -240,6 +274,7 @@ impl Sender {
             }
             Err(error) => {
                 tracing::error!("Error pushing logs: token refresh failed: {error}");
+                progress.revoked = matches!(error, ClientError::Status { status: 401, .. });
                 back_off(progress, Instant::now());
             }
         }
@@ -328,7 +363,12 @@ fn back_off(progress: &mut Progress, now: Instant) {
 
 /// The push thread: carries out [`next_step`] until everything is delivered, the log is
 /// trimmed, or `abort`.
-fn push_loop(log: &JobLog, config: PushConfig, abort: &AtomicBool) -> PushOutcome {
+fn push_loop(
+    log: &JobLog,
+    config: PushConfig,
+    abort: &AtomicBool,
+    accepted: &AtomicU64,
+) -> PushOutcome {
     let mut progress = Progress {
         log: log.flush(),
         accepted: 0,
@@ -336,6 +376,7 @@ fn push_loop(log: &JobLog, config: PushConfig, abort: &AtomicBool) -> PushOutcom
         last_push: None,
         retry_at: None,
         token_expired: false,
+        revoked: false,
         lines_per_request: config.lines_per_request.clamp(1, MAX_LINES_PER_REQUEST) as u64,
         partial_batch_interval: config.partial_batch_interval,
     };
@@ -357,8 +398,15 @@ fn push_loop(log: &JobLog, config: PushConfig, abort: &AtomicBool) -> PushOutcom
                     .min(Duration::from_millis(200)),
             ),
             Step::RefreshToken => sender.refresh(&mut progress),
+            Step::Revoked => {
+                tracing::error!("The server revoked this agent: not pushing the rest of the log");
+                outcome.revoked = true;
+                break;
+            }
             Step::Push { lines } => {
-                if sender.push(log.path(), lines, &mut progress) == Answer::Trimmed {
+                let answer = sender.push(log.path(), lines, &mut progress);
+                accepted.store(progress.accepted, Ordering::SeqCst);
+                if answer == Answer::Trimmed {
                     outcome.trimmed = true;
                     outcome.complete = true;
                     break;
@@ -475,6 +523,7 @@ mod tests {
             last_push: None,
             retry_at: None,
             token_expired: false,
+            revoked: false,
             lines_per_request: 10,
             partial_batch_interval: Duration::from_secs(1),
         }
@@ -524,6 +573,9 @@ mod tests {
             ("401 and a failed refresh: back off first",
                 Progress { token_expired: true, retry_at: Some(ms(2000)), ..at(base, 25) },
                 ms(600), Step::RetryAt(ms(2000))),
+            ("the refresh got 401: the agent is revoked, stop at once",
+                Progress { token_expired: true, revoked: true, retry_at: Some(ms(2000)), ..at(base, 25) },
+                ms(600), Step::Revoked),
             ("401 but nothing left to push: no refresh",
                 Progress { token_expired: true, accepted: 25, ..at(base, 25) },
                 ms(600), wait(26, false, None)),

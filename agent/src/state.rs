@@ -7,11 +7,18 @@
 //! (§3.4 race); `stop-job` while the job is still starting is remembered, not a crash (§3.5);
 //! with `disconnect-after-job` a second `run-job` is refused locally; `run-job` or
 //! `wait-for-jobs` while a job is in progress are ignored rather than orphaning it.
+//!
+//! A network partition: the agent keeps its job going and retries for its give-up time
+//! (`--give-up-after`, [`protocol::GIVE_UP_AFTER_SECS`] by default), then stops the job and exits
+//! with `UNABLE_TO_SYNC`. When the link heals first, the server either takes the agent back (its
+//! job was not handed to anyone else) or refuses its token: a 401 on sync means the server has
+//! revoked this agent (the agent never registers again, so nothing can make the token valid), and
+//! the agent stops its job at once and exits with `UNABLE_TO_SYNC` instead of retrying in vain.
 
 use protocol::{AgentState, JobResult, ShutdownReason, SyncAction, SyncRequest, SyncResponse};
 
-/// No successful sync for this long (ms) shuts the agent down with `UNABLE_TO_SYNC`.
-pub const UNABLE_TO_SYNC_AFTER_MS: u64 = 10 * 60 * 1000;
+/// By default, no successful sync for this long (ms) shuts the agent down with `UNABLE_TO_SYNC`.
+pub const UNABLE_TO_SYNC_AFTER_MS: u64 = protocol::GIVE_UP_AFTER_SECS as u64 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -26,6 +33,8 @@ pub struct State {
     pub single_job: bool,
     /// A shutdown was decided; nothing else happens after it.
     pub shutting_down: bool,
+    /// No successful sync for this long (ms) gives up: `UNABLE_TO_SYNC`.
+    pub give_up_after_ms: u64,
 }
 
 impl State {
@@ -39,6 +48,15 @@ impl State {
             jobs_taken: 0,
             single_job,
             shutting_down: false,
+            give_up_after_ms: UNABLE_TO_SYNC_AFTER_MS,
+        }
+    }
+
+    /// With a give-up time other than upstream's 10 minutes (`--give-up-after`).
+    pub fn with_give_up_after(self, give_up_after_ms: u64) -> State {
+        State {
+            give_up_after_ms,
+            ..self
         }
     }
 
@@ -69,6 +87,8 @@ pub enum Event {
     SyncFailed {
         now_ms: u64,
     },
+    /// The server answered 401 to a sync: it no longer accepts this agent's token.
+    SyncRefused,
     /// The job was fetched and its executor built; it is running.
     JobRunning,
     /// The job ended (teardown done, logs delivered) or could not be fetched/built.
@@ -113,17 +133,20 @@ pub fn step(state: &State, event: Event) -> (State, Vec<Effect>) {
             }
         }
         Event::SyncFailed { now_ms } => {
-            if now_ms.saturating_sub(state.last_successful_sync_ms) > UNABLE_TO_SYNC_AFTER_MS {
-                effects.push(Effect::Note(
-                    "Unable to sync with Semaphore for over 10 minutes.".into(),
-                ));
-                next.shutting_down = true;
-                effects.push(Effect::Shutdown {
-                    reason: ShutdownReason::UnableToSync,
-                });
+            if now_ms.saturating_sub(state.last_successful_sync_ms) > state.give_up_after_ms {
+                effects.push(Effect::Note(give_up_note(state.give_up_after_ms)));
+                give_up(&mut next, &mut effects);
             } else {
                 effects.push(Effect::NextSyncIn { millis: None });
             }
+        }
+        Event::SyncRefused => {
+            effects.push(Effect::Note(
+                "The server refused this agent's token (401): it was declared lost and its job \
+                 is no longer its own. Stopping at once."
+                    .into(),
+            ));
+            give_up(&mut next, &mut effects);
         }
         Event::JobRunning => {
             if state.phase == AgentState::StartingJob {
@@ -146,6 +169,31 @@ pub fn step(state: &State, event: Event) -> (State, Vec<Effect>) {
         }
     }
     (next, effects)
+}
+
+/// The agent cannot go on with this server: stop the job, if one runs, and leave with
+/// `UNABLE_TO_SYNC` (the shutdown itself stops the job; the phase says so in the log).
+fn give_up(next: &mut State, effects: &mut Vec<Effect>) {
+    if next.job_in_progress() && next.phase != AgentState::StoppingJob {
+        next.phase = AgentState::StoppingJob;
+        effects.push(Effect::StopJob);
+    }
+    next.shutting_down = true;
+    effects.push(Effect::Shutdown {
+        reason: ShutdownReason::UnableToSync,
+    });
+}
+
+/// Upstream's line for 10 minutes; the real figure for any other give-up time.
+fn give_up_note(give_up_after_ms: u64) -> String {
+    if give_up_after_ms == 10 * 60 * 1000 {
+        "Unable to sync with Semaphore for over 10 minutes.".into()
+    } else {
+        format!(
+            "Unable to sync with Semaphore for over {} seconds.",
+            give_up_after_ms / 1000
+        )
+    }
 }
 
 fn apply_action(next: &mut State, response: SyncResponse, effects: &mut Vec<Effect>) {
@@ -243,6 +291,9 @@ mod tests {
     fn transition_table() {
         use AgentState::*;
         let wait = Effect::NextSyncIn { millis: None };
+        let give_up = Effect::Shutdown {
+            reason: ShutdownReason::UnableToSync,
+        };
         let rows: Vec<(State, Event, AgentState, Vec<Effect>)> = vec![
             (
                 with_phase(WaitingForJobs, "", false, 0),
@@ -373,6 +424,56 @@ mod tests {
                 WaitingForJobs,
                 vec![],
             ),
+            // A healed partition: the server refused the token (the job went to someone else,
+            // or the agent was forgotten). Stop at once and leave, whatever the phase.
+            (
+                with_phase(RunningJob, "J1", true, 1),
+                Event::SyncRefused,
+                StoppingJob,
+                vec![Effect::StopJob, give_up.clone()],
+            ),
+            (
+                with_phase(StartingJob, "J1", true, 1),
+                Event::SyncRefused,
+                StoppingJob,
+                vec![Effect::StopJob, give_up.clone()],
+            ),
+            (
+                with_phase(StoppingJob, "J1", true, 1),
+                Event::SyncRefused,
+                StoppingJob,
+                vec![give_up.clone()],
+            ),
+            (
+                with_phase(FinishedJob, "J1", true, 1),
+                Event::SyncRefused,
+                FinishedJob,
+                vec![give_up.clone()],
+            ),
+            (
+                with_phase(WaitingForJobs, "", false, 0),
+                Event::SyncRefused,
+                WaitingForJobs,
+                vec![give_up.clone()],
+            ),
+            // A partition longer than the give-up time during a job: the job is stopped too.
+            (
+                with_phase(RunningJob, "J1", true, 1),
+                Event::SyncFailed {
+                    now_ms: UNABLE_TO_SYNC_AFTER_MS + 1,
+                },
+                StoppingJob,
+                vec![Effect::StopJob, give_up.clone()],
+            ),
+            // Within the give-up time the job keeps going and the agent retries.
+            (
+                with_phase(RunningJob, "J1", true, 1),
+                Event::SyncFailed {
+                    now_ms: UNABLE_TO_SYNC_AFTER_MS,
+                },
+                RunningJob,
+                vec![wait.clone()],
+            ),
         ];
         for (index, (state, event, phase, effects)) in rows.into_iter().enumerate() {
             let (next, got) = step(&state, event.clone());
@@ -482,6 +583,28 @@ mod tests {
             }]
         );
         assert_eq!(ShutdownReason::UnableToSync.exit_code(), 1);
+    }
+
+    #[test]
+    fn the_give_up_time_is_configurable_and_defaults_to_the_shared_number() {
+        assert_eq!(
+            State::new(false, 0).give_up_after_ms,
+            protocol::GIVE_UP_AFTER_SECS as u64 * 1000
+        );
+        let state = State::new(false, 1_000).with_give_up_after(30_000);
+        let (_, effects) = step(&state, Event::SyncFailed { now_ms: 31_000 });
+        assert_eq!(effects, vec![Effect::NextSyncIn { millis: None }]);
+        let (next, effects) = step(&state, Event::SyncFailed { now_ms: 31_001 });
+        assert!(next.shutting_down);
+        assert_eq!(
+            effects,
+            vec![
+                Effect::Note("Unable to sync with Semaphore for over 30 seconds.".into()),
+                Effect::Shutdown {
+                    reason: ShutdownReason::UnableToSync
+                }
+            ]
+        );
     }
 
     #[test]

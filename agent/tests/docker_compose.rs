@@ -901,3 +901,34 @@ fn the_agent_binary_wires_files_and_the_gpu_setting() {
     let marker = format!("flotilla-{}-", h.job_id);
     assert_eq!(containers::leftovers(&marker), Vec::<String>::new());
 }
+
+/// A stop while the images are pulled and the services start: the job ends `stopped` at once and
+/// takes its containers with it.
+#[test]
+fn stop_during_the_pull() {
+    let h = Harness::new("stop-pull");
+    let request = h.job(
+        &[("main", job_image()), ("db", service_image())],
+        &["echo never"],
+    );
+    let (result, events) = h.run_with(
+        &request,
+        stop_when_started("Pulling docker images...", Duration::ZERO),
+    );
+    assert_eq!(result, JobResult::Stopped);
+    let log = simplified(&events);
+    assert_eq!(
+        &log[..2],
+        ["job_started", "directive: Pulling docker images..."],
+        "{log:#?}"
+    );
+    assert_eq!(
+        log.last().map(String::as_str),
+        Some("job_finished: stopped"),
+        "{log:#?}"
+    );
+    assert!(
+        !log.contains(&"directive: echo never".to_string()),
+        "{log:#?}"
+    );
+}

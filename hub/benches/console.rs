@@ -90,7 +90,9 @@ async fn measure(app: &Router, path: &str, auth: (&str, &str), rounds: usize) ->
         let started = Instant::now();
         let answer = app.clone().oneshot(request).await.unwrap();
         assert_eq!(answer.status(), StatusCode::OK, "{path}");
-        let body = axum::body::to_bytes(answer.into_body(), usize::MAX).await.unwrap();
+        let body = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .unwrap();
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         size = body.len();
     }
@@ -105,14 +107,26 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let (hub, running) = populate(dir.path(), jobs);
-    println!("{jobs} jobs in the database ({:.1} s to fill)", started.elapsed().as_secs_f64());
+    println!(
+        "{jobs} jobs in the database ({:.1} s to fill)",
+        started.elapsed().as_secs_f64()
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let app = hub::api::router(hub.clone()).merge(hub::console::router(hub.clone(), false));
         let cookie = sign_in(&app).await;
         let admin = format!("Bearer {ADMIN}");
-        let baseline = measure(&app, "/api/v1/jobs?limit=50", ("authorization", &admin), rounds).await;
-        println!("{:<44} {:>9} {:>9} {:>9}", "page", "p50 ms", "p95 ms", "bytes");
+        let baseline = measure(
+            &app,
+            "/api/v1/jobs?limit=50",
+            ("authorization", &admin),
+            rounds,
+        )
+        .await;
+        println!(
+            "{:<44} {:>9} {:>9} {:>9}",
+            "page", "p50 ms", "p95 ms", "bytes"
+        );
         let row = |name: &str, (p50, p95, size): (f64, f64, usize)| {
             println!("{name:<44} {p50:>9.2} {p95:>9.2} {size:>9}");
         };
@@ -129,9 +143,17 @@ fn main() {
         ];
         for path in pages {
             let figures = measure(&app, path, ("cookie", &cookie), rounds).await;
-            let label = if path == job_page { "/console/jobs/ID (400 log lines)" } else { path };
+            let label = if path == job_page {
+                "/console/jobs/ID (400 log lines)"
+            } else {
+                path
+            };
             row(label, figures);
-            println!("{:<44} {:>8.1}x baseline", "", figures.0 / baseline.0.max(1e-9));
+            println!(
+                "{:<44} {:>8.1}x baseline",
+                "",
+                figures.0 / baseline.0.max(1e-9)
+            );
         }
     });
 }

@@ -36,8 +36,12 @@ pub struct HubConfig {
     pub public_url: String,
     /// SHA-256 of the admin token (user API).
     pub admin_token_hash: String,
-    /// An agent that has not synced for this long is lost.
+    /// An agent that has not synced for this long is lost (its job re-queued or failed).
     pub lost_after_secs: i64,
+    /// Agents give up after this long without a sync ([`protocol::GIVE_UP_AFTER_SECS`]); until
+    /// then the hub remembers a lost agent, so that one whose link heals can resume its job if
+    /// nobody else took it (`rules::decide_healed`). Longer than `lost_after_secs`.
+    pub give_up_after_secs: i64,
     /// Log pushes beyond this many bytes per job get 422.
     pub max_log_bytes: i64,
     /// Log tokens expire after this long (the agent then refreshes).
@@ -59,6 +63,7 @@ impl HubConfig {
             public_url: public_url.trim_end_matches('/').to_string(),
             admin_token_hash: tokens::hash(admin_token),
             lost_after_secs: 60,
+            give_up_after_secs: protocol::GIVE_UP_AFTER_SECS,
             max_log_bytes: 64 * 1024 * 1024,
             log_token_ttl_secs: 3600,
             sync_interval_ms: 1000,
@@ -128,9 +133,15 @@ impl Hub {
             core.types.insert(name, created_at);
         }
         core.type_time_limits = store.agent_type_time_limits()?.into_iter().collect();
-        for mut row in store.agents(false)? {
-            row.last_sync_at = row.last_sync_at.max(now);
-            core.insert_agent(row);
+        for mut row in store.agents(true)? {
+            if row.disconnected_at.is_none() {
+                row.last_sync_at = row.last_sync_at.max(now);
+                core.insert_agent(row);
+            } else if row.state == memory::LOST
+                && now - row.last_sync_at <= config.give_up_after_secs
+            {
+                core.lost.insert(row.token_hash.clone(), row);
+            }
         }
         for row in store.unfinished_jobs()? {
             let spec: JobSpec = serde_json::from_str(&row.spec)

@@ -2,6 +2,7 @@
 //! (docs/protocol.md §3.7, §3.10, §9.1) and how a job's state may change. The hub feeds them
 //! facts and applies what they decide; nothing here does I/O or reads a clock. Registration is
 //! here too: who may take a name (tenancy, one job per machine, one registration per instance).
+//! And the healed-agent rule: what a lost agent that comes back after a partition may do.
 
 use protocol::{AgentState, JobResult, JobState, ShutdownReason, SyncRequest};
 
@@ -186,6 +187,76 @@ pub fn requeue_after_finish(
         && !user_stopped
         && agent_interrupted
         && requeues_done < requeues_allowed
+}
+
+/// What the hub knows when an agent it declared lost (no sync for `--lost-after`) presents its
+/// access token again: the link healed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealFacts {
+    /// Seconds since its last sync before it was lost.
+    pub silent_for: i64,
+    /// The agents' give-up time (`--give-up-after`): an agent silent for longer has stopped its
+    /// job and exited by its own rule.
+    pub give_up_after: i64,
+    /// Another live agent registered under its name since.
+    pub name_taken: bool,
+    /// The job it had when it was lost, if any.
+    pub job: Option<LostJob>,
+}
+
+/// Where the job of a lost agent stands now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostJob {
+    pub id: String,
+    /// `None`: the job has finished (failed when its agent was lost, or run to the end
+    /// elsewhere, or stopped).
+    pub state: Option<JobState>,
+}
+
+/// Why a healed agent is refused (its token stays revoked: 401, and the agent leaves at once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealRefusal {
+    /// Silent past the give-up time: by its own rule it has given up.
+    PastGiveUp,
+    /// Its name belongs to another live agent now.
+    NameTaken,
+    /// Its job was handed to another agent.
+    JobHandedOver,
+    /// Its job has a result already (recorded once).
+    JobFinished,
+}
+
+impl std::fmt::Display for HealRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealRefusal::PastGiveUp => write!(f, "it was silent for longer than the give-up time"),
+            HealRefusal::NameTaken => write!(f, "another live agent holds its name"),
+            HealRefusal::JobHandedOver => write!(f, "its job was handed to another agent"),
+            HealRefusal::JobFinished => write!(f, "its job has finished without it"),
+        }
+    }
+}
+
+/// The healed-agent rule. A lost agent may come back while it has not given up and its work
+/// is still its own: with no job, or with its job still waiting in the queue (re-queued when it
+/// was lost, not handed to anyone): then it resumes, and takes that job back (`Ok(Some(job))`)
+/// to deliver its log and result. Otherwise it is refused and must stop at once.
+pub fn decide_healed(facts: &HealFacts) -> Result<Option<String>, HealRefusal> {
+    if facts.silent_for > facts.give_up_after {
+        return Err(HealRefusal::PastGiveUp);
+    }
+    if facts.name_taken {
+        return Err(HealRefusal::NameTaken);
+    }
+    match &facts.job {
+        None => Ok(None),
+        Some(LostJob { state: None, .. }) => Err(HealRefusal::JobFinished),
+        Some(LostJob {
+            id,
+            state: Some(JobState::Queued),
+        }) => Ok(Some(id.clone())),
+        Some(_) => Err(HealRefusal::JobHandedOver),
+    }
 }
 
 /// What the hub knows when an agent asks to register under a name.
@@ -634,6 +705,83 @@ mod tests {
         ];
         for (case, facts, expected) in cases {
             assert_eq!(decide_register(&facts), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn healed_agent_decisions() {
+        use HealRefusal::*;
+        let lost_with = |state: Option<JobState>| HealFacts {
+            silent_for: 90,
+            give_up_after: 600,
+            name_taken: false,
+            job: Some(LostJob {
+                id: "J".into(),
+                state,
+            }),
+        };
+        type Row = (&'static str, HealFacts, Result<Option<String>, HealRefusal>);
+        let rows: Vec<Row> = vec![
+            (
+                "job re-queued, nobody took it: resume and take it back",
+                lost_with(Some(JobState::Queued)),
+                Ok(Some("J".into())),
+            ),
+            (
+                "job handed to another agent",
+                lost_with(Some(JobState::Assigned)),
+                Err(JobHandedOver),
+            ),
+            (
+                "job running on another agent",
+                lost_with(Some(JobState::Running)),
+                Err(JobHandedOver),
+            ),
+            (
+                "job being stopped on another agent",
+                lost_with(Some(JobState::Stopping)),
+                Err(JobHandedOver),
+            ),
+            (
+                "job failed when the agent was lost (no re-queue left), or finished elsewhere",
+                lost_with(None),
+                Err(JobFinished),
+            ),
+            (
+                "an idle agent comes back",
+                HealFacts {
+                    job: None,
+                    ..lost_with(None)
+                },
+                Ok(None),
+            ),
+            (
+                "silent exactly the give-up time: still may resume",
+                HealFacts {
+                    silent_for: 600,
+                    ..lost_with(Some(JobState::Queued))
+                },
+                Ok(Some("J".into())),
+            ),
+            (
+                "silent past the give-up time",
+                HealFacts {
+                    silent_for: 601,
+                    ..lost_with(Some(JobState::Queued))
+                },
+                Err(PastGiveUp),
+            ),
+            (
+                "its name was taken by a new agent",
+                HealFacts {
+                    name_taken: true,
+                    ..lost_with(Some(JobState::Queued))
+                },
+                Err(NameTaken),
+            ),
+        ];
+        for (name, facts, expected) in rows {
+            assert_eq!(decide_healed(&facts), expected, "{name}");
         }
     }
 

@@ -104,6 +104,9 @@ const MIGRATIONS: &[&str] = &[
     // document's pendingTime); the jobs list filtered by agent type
     "ALTER TABLE registered_instances ADD COLUMN launched_at INTEGER;
      CREATE INDEX jobs_by_type ON jobs(agent_type, seq);",
+    // 5: a re-run's log follows the lost attempt's: the index of its first line (its agent
+    // counts `start_from` from 0 within its own stream)
+    "ALTER TABLE jobs ADD COLUMN log_base INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A job row, as stored.
@@ -124,6 +127,8 @@ pub struct JobRow {
     pub log_lines: i64,
     pub log_bytes: i64,
     pub log_trimmed: bool,
+    /// Where the current attempt's log begins: lines before it are earlier, lost attempts'.
+    pub log_base: i64,
     pub queued_at: i64,
     pub assigned_at: Option<i64>,
     pub started_at: Option<i64>,
@@ -147,7 +152,7 @@ pub struct AgentRow {
 }
 
 const JOB_COLUMNS: &str = "seq, id, agent_type, spec, state, result, reason, attempts, agent, stop_requested, \
-    log_token_hash, log_token_expires_at, log_lines, log_bytes, log_trimmed, queued_at, assigned_at, started_at, finished_at";
+    log_token_hash, log_token_expires_at, log_lines, log_bytes, log_trimmed, queued_at, assigned_at, started_at, finished_at, log_base";
 
 fn job_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRow> {
     Ok(JobRow {
@@ -173,6 +178,7 @@ fn job_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRow> {
         assigned_at: row.get(16)?,
         started_at: row.get(17)?,
         finished_at: row.get(18)?,
+        log_base: row.get(19)?,
     })
 }
 
@@ -633,7 +639,7 @@ fn write_job(connection: &Connection, job: &JobRow) -> StoreResult<()> {
     connection.execute(
         "UPDATE jobs SET state = ?2, result = ?3, reason = ?4, attempts = ?5, agent = ?6, stop_requested = ?7,
            log_token_hash = ?8, log_token_expires_at = ?9, log_trimmed = ?10, assigned_at = ?11,
-           started_at = ?12, finished_at = ?13
+           started_at = ?12, finished_at = ?13, log_base = ?14
          WHERE id = ?1",
         params![
             job.id,
@@ -648,7 +654,8 @@ fn write_job(connection: &Connection, job: &JobRow) -> StoreResult<()> {
             job.log_trimmed,
             job.assigned_at,
             job.started_at,
-            job.finished_at
+            job.finished_at,
+            job.log_base
         ],
     )?;
     Ok(())

@@ -14,6 +14,7 @@ use fantoccini::elements::Element;
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use protocol::{JobResult, JobSpec, JobState, LogEvent, SyncAction};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,15 +32,20 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group: dropping the driver ends Chromium's helpers too.
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver is installed (apt-get install chromium chromium-driver)");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Driver {
@@ -51,6 +57,8 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -95,7 +103,10 @@ where
 /// Waits until the browser is at `path` (after a click that navigates).
 async fn at_path(client: &Client, path: &str) {
     eventually(&format!("the browser at {path}"), || async {
-        client.current_url().await.is_ok_and(|url| url.path() == path)
+        client
+            .current_url()
+            .await
+            .is_ok_and(|url| url.path() == path)
             && client.find(Locator::Css("main")).await.is_ok()
     })
     .await;
@@ -111,7 +122,12 @@ async fn text(client: &Client, css: &str) -> String {
 /// All the text in an element, shown or folded away.
 async fn text_content(client: &Client, css: &str) -> String {
     match client.find(Locator::Css(css)).await {
-        Ok(element) => element.prop("textContent").await.ok().flatten().unwrap_or_default(),
+        Ok(element) => element
+            .prop("textContent")
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default(),
         Err(_) => String::new(),
     }
 }
@@ -127,30 +143,50 @@ async fn field(client: &Client, css: &str) -> Element {
     client.find(Locator::Css(css)).await.unwrap()
 }
 
+async fn type_into(client: &Client, css: &str, text: &str) {
+    field(client, css).await.send_keys(text).await.unwrap();
+}
+
+async fn click(client: &Client, css: &str) {
+    field(client, css).await.click().await.unwrap();
+}
+
+/// Opens `path` of the served hub.
+async fn goto(client: &Client, served: &Served, path: &str) {
+    client.goto(&format!("{}{path}", served.url)).await.unwrap();
+}
+
 async fn sign_in(client: &Client, served: &Served) {
-    client.goto(&format!("{}/console", served.url)).await.unwrap();
-    assert!(client.current_url().await.unwrap().path().ends_with("/console/login"));
-    field(client, "#token").await.send_keys("not-the-admin-token").await.unwrap();
-    field(client, "form.login button").await.click().await.unwrap();
+    // Without a session the console sends the browser to sign in.
+    goto(client, served, "/console").await;
+    at_path(client, "/console/login").await;
+    type_into(client, "#token", "not-the-admin-token").await;
+    click(client, "form.login button").await;
     eventually("the wrong token refused", || async {
-        text(client, "p.alert").await.contains("not the hub's admin token")
+        text(client, "p.alert")
+            .await
+            .contains("not the hub's admin token")
     })
     .await;
-    field(client, "#token").await.send_keys(ADMIN).await.unwrap();
-    field(client, "form.login button").await.click().await.unwrap();
+    type_into(client, "#token", ADMIN).await;
+    click(client, "form.login button").await;
     at_path(client, "/console").await;
     assert!(!client.source().await.unwrap().contains(ADMIN));
 }
 
 /// The overview's queued count for `agent_type`, as the page shows it now.
 async fn queued(client: &Client, agent_type: &str) -> String {
-    text(client, &format!("tr[data-agent-type='{agent_type}'] td.queued")).await
+    text(
+        client,
+        &format!("tr[data-agent-type='{agent_type}'] td.queued"),
+    )
+    .await
 }
 
 async fn watch_the_queue_rise(client: &Client, served: &Served) {
     assert_eq!(queued(client, "linux").await, "0");
     // Keyboard first: the first Tab reaches the skip link.
-    field(client, "body").await.send_keys(&char::from(Key::Tab).to_string()).await.unwrap();
+    type_into(client, "body", &char::from(Key::Tab).to_string()).await;
     let focused = client.active_element().await.unwrap().text().await.unwrap();
     assert_eq!(focused, "Skip to content");
     for index in 0..3 {
@@ -159,7 +195,10 @@ async fn watch_the_queue_rise(client: &Client, served: &Served) {
         served.hub.submit(spec, console_support::now()).unwrap();
     }
     // No reload: the page's script refreshes the numbers.
-    eventually("the overview shows 3 queued", || async { queued(client, "linux").await == "3" }).await;
+    eventually("the overview shows 3 queued", || async {
+        queued(client, "linux").await == "3"
+    })
+    .await;
     served.hub.sample_history(console_support::now());
     client.refresh().await.unwrap();
     screenshot(client, "overview").await;
@@ -167,11 +206,11 @@ async fn watch_the_queue_rise(client: &Client, served: &Served) {
 
 /// Submits a job from the form; returns its id (from the page it lands on).
 async fn submit_from_the_form(client: &Client, served: &Served) -> String {
-    client.goto(&format!("{}/console/jobs/new", served.url)).await.unwrap();
-    field(client, "#name").await.send_keys("from the form").await.unwrap();
-    field(client, "#agent_type option[value='linux']").await.click().await.unwrap();
-    field(client, "#commands").await.send_keys("make test").await.unwrap();
-    field(client, "form.submit button[type=submit]").await.click().await.unwrap();
+    goto(client, served, "/console/jobs/new").await;
+    type_into(client, "#name", "from the form").await;
+    click(client, "#agent_type option[value='linux']").await;
+    type_into(client, "#commands", "make test").await;
+    click(client, "form.submit button[type=submit]").await;
     eventually("the new job's page", || async {
         let path = client.current_url().await.map(|url| url.path().to_string());
         path.is_ok_and(|path| path.starts_with("/console/jobs/") && path != "/console/jobs/new")
@@ -186,10 +225,7 @@ async fn follow_a_running_job_and_stop_it(client: &Client, served: &Served) {
     let mut agent = served.linux_agent("runner-1");
     // The oldest queued job goes first.
     served.take_job(&mut agent);
-    client
-        .goto(&format!("{}/console/jobs/{}", served.url, agent.job_id))
-        .await
-        .unwrap();
+    goto(client, served, &format!("/console/jobs/{}", agent.job_id)).await;
     assert_eq!(text(client, "#job-state").await, "running");
     for line in 1..=3 {
         let output = format!("\u{1b}[32mlive line {line}\u{1b}[0m\n");
@@ -200,24 +236,46 @@ async fn follow_a_running_job_and_stop_it(client: &Client, served: &Served) {
         })
         .await;
     }
-    assert_eq!(text_content(client, "#log-view details:last-of-type span.f2").await, "live line 3");
+    assert_eq!(
+        text_content(client, "#log-view details:last-of-type span.f2").await,
+        "live line 3"
+    );
     // A command that runs stays unfolded: the next one's output shows as it arrives.
     let t = console_support::now();
-    served.push(&mut agent, &[
-        LogEvent::CmdStarted { timestamp: t, directive: "make test".into() },
-        LogEvent::CmdOutput { timestamp: t, output: "\u{1b}[1mtest result: ok\u{1b}[0m\n".into() },
-    ]);
+    served.push(
+        &mut agent,
+        &[
+            LogEvent::CmdStarted {
+                timestamp: t,
+                directive: "make test".into(),
+            },
+            LogEvent::CmdOutput {
+                timestamp: t,
+                output: "\u{1b}[1mtest result: ok\u{1b}[0m\n".into(),
+            },
+        ],
+    );
     eventually("the running command's output, visible", || async {
-        text(client, "#log-view details[open] pre").await.contains("test result: ok")
+        text(client, "#log-view details[open] pre")
+            .await
+            .contains("test result: ok")
     })
     .await;
+    let scroll = "document.getElementById('log').scrollIntoView();";
+    client.execute(scroll, vec![]).await.unwrap();
     screenshot(client, "job-running").await;
-    field(client, "form.stop button").await.click().await.unwrap();
-    eventually("the job shows stopping", || async { text(client, "#job-state").await == "stopping" }).await;
+    click(client, "form.stop button").await;
+    eventually("the job shows stopping", || async {
+        text(client, "#job-state").await == "stopping"
+    })
+    .await;
     assert_eq!(served.running_sync(&agent), SyncAction::StopJob);
     served.finish(&mut agent, JobResult::Stopped);
     client.refresh().await.unwrap();
-    eventually("the job shows stopped", || async { text(client, "#job-state").await == "stopped" }).await;
+    eventually("the job shows stopped", || async {
+        text(client, "#job-state").await == "stopped"
+    })
+    .await;
 }
 
 /// A GPU job whose every phase takes a second: queued, its instance launched, its agent
@@ -241,15 +299,28 @@ async fn timeline_of_a_finished_job(client: &Client, served: &Served) {
     served.finish(&mut agent, JobResult::Passed);
     let finished = served.hub.job(&job.id).unwrap();
     assert_eq!(finished.state, JobState::Finished, "{finished:?}");
-    client.goto(&format!("{}/console/jobs/{}", served.url, job.id)).await.unwrap();
+    goto(client, served, &format!("/console/jobs/{}", job.id)).await;
     let mut phases = Vec::new();
     for item in client.find_all(Locator::Css("ul.phases li")).await.unwrap() {
         phases.push(item.attr("data-phase").await.unwrap().unwrap_or_default());
     }
-    let expected = ["waiting for a machine", "machine booting", "assigning", "starting", "running"];
+    let expected = [
+        "waiting for a machine",
+        "machine booting",
+        "assigning",
+        "starting",
+        "running",
+    ];
     assert_eq!(phases, expected);
     let milestones = text(client, "dl.milestones").await;
-    for moment in ["queued", "instance launched", "agent registered", "assigned", "started", "finished"] {
+    for moment in [
+        "queued",
+        "instance launched",
+        "agent registered",
+        "assigned",
+        "started",
+        "finished",
+    ] {
         assert!(milestones.contains(moment), "{moment} in {milestones}");
     }
     screenshot(client, "job-finished").await;
@@ -257,7 +328,9 @@ async fn timeline_of_a_finished_job(client: &Client, served: &Served) {
 
 /// No script of a job's ran in the page.
 async fn not_pwned(client: &Client) -> bool {
-    let answer = client.execute("return window.pwned === undefined;", vec![]).await;
+    let answer = client
+        .execute("return window.pwned === undefined;", vec![])
+        .await;
     answer.unwrap() == serde_json::json!(true)
 }
 
@@ -266,11 +339,15 @@ async fn hostile_text_stays_text(client: &Client, served: &Served) {
     let mut spec = JobSpec::from_commands("linux", &[format!("echo '{hostile}'")]);
     spec.name = hostile.into();
     let job = served.hub.submit(spec, console_support::now()).unwrap();
-    client.goto(&format!("{}/console/jobs/{}", served.url, job.id)).await.unwrap();
+    goto(client, served, &format!("/console/jobs/{}", job.id)).await;
     assert_eq!(text(client, "h1").await, hostile);
-    assert!(client.find_all(Locator::Css("main img, main script")).await.unwrap().is_empty());
+    assert!(client
+        .find_all(Locator::Css("main img, main script"))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(not_pwned(client).await);
-    client.goto(&format!("{}/console/jobs", served.url)).await.unwrap();
+    goto(client, served, "/console/jobs").await;
     assert!(text(client, "table.jobs").await.contains(hostile));
     assert!(not_pwned(client).await);
     screenshot(client, "jobs").await;
@@ -284,12 +361,13 @@ async fn an_action_without_csrf_is_refused(client: &Client) {
 }
 
 async fn sign_out(client: &Client, served: &Served) {
-    client.goto(&format!("{}/console/agents", served.url)).await.unwrap();
+    goto(client, served, "/console/agents").await;
     screenshot(client, "agents").await;
-    field(client, "form.signout button").await.click().await.unwrap();
+    click(client, "form.signout button").await;
     at_path(client, "/console/login").await;
-    client.goto(&format!("{}/console", served.url)).await.unwrap();
-    assert!(client.current_url().await.unwrap().path().ends_with("/console/login"));
+    // Without a session the console sends the browser to sign in.
+    goto(client, served, "/console").await;
+    at_path(client, "/console/login").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,7 +380,10 @@ async fn a_person_uses_the_console_in_chromium() {
         watch_the_queue_rise(&client, &served).await;
         let submitted = submit_from_the_form(&client, &served).await;
         let submitted = served.hub.job(&submitted).unwrap();
-        assert_eq!((submitted.state, submitted.agent_type.as_str()), (JobState::Queued, "linux"));
+        assert_eq!(
+            (submitted.state, submitted.agent_type.as_str()),
+            (JobState::Queued, "linux")
+        );
         follow_a_running_job_and_stop_it(&client, &served).await;
         timeline_of_a_finished_job(&client, &served).await;
         hostile_text_stays_text(&client, &served).await;

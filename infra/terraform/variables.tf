@@ -149,7 +149,7 @@ variable "root_volume_throughput" {
 }
 
 variable "key_name" {
-  description = "EC2 key pair for the instances (\"\" = none). No inbound port is opened; reach instances through Session Manager or a group in security_group_ids."
+  description = "EC2 key pair for the instances (\"\" = none). No inbound port is opened; reach instances through Session Manager (enable_session_manager) or a group in security_group_ids."
   type        = string
   default     = ""
 }

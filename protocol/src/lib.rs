@@ -22,3 +22,9 @@ pub use job::{Callbacks, Command, Compose, Container, EnvVar, File, JobRequest, 
 pub use metrics::{AgentCounts, JobCounts, QueueMetrics};
 pub use spec::{JobSpec, RetryPolicy};
 pub use views::{AgentView, JobState, JobView, LogPage};
+
+/// How long an agent keeps going without a successful sync before it gives up (stops its job
+/// and exits with `UNABLE_TO_SYNC`, docs/protocol.md §3.9): upstream's 10 minutes. The one number
+/// the agent (`--give-up-after`) and the hub (`--give-up-after`: how long it remembers a lost
+/// agent so that one that comes back can resume) share; the hub's `--lost-after` must be shorter.
+pub const GIVE_UP_AFTER_SECS: i64 = 600;

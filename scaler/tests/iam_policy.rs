@@ -283,8 +283,10 @@ fn assert_none(what: &str, problems: Vec<String>) {
     assert!(problems.is_empty(), "{what}:\n  {}", problems.join("\n  "));
 }
 
-/// The variants checked: (what, parameters, the key in use).
-fn variants() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, String)> {
+/// A variant checked: (what, parameters, the key in use).
+type Variant = (&'static str, Vec<(&'static str, &'static str)>, String);
+
+fn variants() -> Vec<Variant> {
     vec![
         ("the defaults", vec![], stack_key_arn()),
         (
@@ -312,7 +314,7 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
         let rendered = Rendered::new(&parameters);
         let stack = rendered.stack(&key);
         let agent = rendered.inline_policies("InstanceRole");
-        assert!(agent.len() >= 1, "{what}: no agent policy");
+        assert!(!agent.is_empty(), "{what}: no agent policy");
         assert_none(
             &format!("{what}: the agent role"),
             policy_rules::agent_role_problems(

@@ -1054,7 +1054,11 @@ fn emf_metric_names() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in scaling::emf::lines(&round) {
         let line: serde_json::Value = serde_json::from_str(&line).expect("EMF lines are JSON");
-        for directive in line["_aws"]["CloudWatchMetrics"].as_array().into_iter().flatten() {
+        for directive in line["_aws"]["CloudWatchMetrics"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             for metric in directive["Metrics"].as_array().into_iter().flatten() {
                 names.insert(metric["Name"].as_str().unwrap_or_default().to_string());
             }
@@ -1070,7 +1074,8 @@ fn metrics_named(text: &str, known: &BTreeSet<String>) -> BTreeSet<String> {
         .iter()
         .filter(|name| {
             text.match_indices(name.as_str()).any(|(at, _)| {
-                !word(text[..at].chars().next_back()) && !word(text[at + name.len()..].chars().next())
+                !word(text[..at].chars().next_back())
+                    && !word(text[at + name.len()..].chars().next())
             })
         })
         .cloned()
@@ -1092,17 +1097,41 @@ fn the_dashboard_and_alarms_match_and_watch_metrics_the_scaler_writes() {
     let cfn_dashboard = metrics_named(&of_type("AWS::CloudWatch::Dashboard"), &known);
     let cfn_alarms = metrics_named(&of_type("AWS::CloudWatch::Alarm"), &known);
     let module = read("infra/terraform/monitoring.tf");
-    let dashboard_end = module.find("resource \"aws_cloudwatch_metric_alarm\"").expect("alarms");
+    let dashboard_end = module
+        .find("resource \"aws_cloudwatch_metric_alarm\"")
+        .expect("alarms");
     let tf_dashboard = metrics_named(&module[..dashboard_end], &known);
     let tf_alarms = metrics_named(&module[dashboard_end..], &known);
-    for expected in ["Queued", "Running", "OldestQueuedSeconds", "PoolsShort", "Desired", "InService", "Launches", "Reaps", "EnqueueToRaise"] {
-        assert!(cfn_dashboard.contains(expected), "the stack's dashboard lacks {expected}");
+    for expected in [
+        "Queued",
+        "Running",
+        "OldestQueuedSeconds",
+        "PoolsShort",
+        "Desired",
+        "InService",
+        "Launches",
+        "Reaps",
+        "EnqueueToRaise",
+    ] {
+        assert!(
+            cfn_dashboard.contains(expected),
+            "the stack's dashboard lacks {expected}"
+        );
     }
-    assert_eq!(cfn_dashboard, tf_dashboard, "dashboards of the stack and the module differ");
+    assert_eq!(
+        cfn_dashboard, tf_dashboard,
+        "dashboards of the stack and the module differ"
+    );
     let alarms = BTreeSet::from(["OldestQueuedSeconds".to_string(), "PoolsShort".to_string()]);
     assert_eq!(cfn_alarms, alarms);
     assert_eq!(tf_alarms, alarms);
-    for text in [of_type("AWS::CloudWatch::Alarm"), module[dashboard_end..].to_string()] {
-        assert!(text.contains("Flotilla") && text.contains("AgentType"), "{text}");
+    for text in [
+        of_type("AWS::CloudWatch::Alarm"),
+        module[dashboard_end..].to_string(),
+    ] {
+        assert!(
+            text.contains("Flotilla") && text.contains("AgentType"),
+            "{text}"
+        );
     }
 }

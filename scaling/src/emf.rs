@@ -93,7 +93,10 @@ pub fn lines(round: &Round) -> Vec<String> {
     let dimensions = [("AgentType", round.agent_type)];
     let mut lines = vec![line(round.timestamp_ms, &dimensions, &fleet)];
     for pool in round.pools {
-        let dimensions = [("AgentType", round.agent_type), ("Pool", pool.name.as_str())];
+        let dimensions = [
+            ("AgentType", round.agent_type),
+            ("Pool", pool.name.as_str()),
+        ];
         let metrics: [Metric; 4] = [
             ("Desired", "Count", pool.desired.into()),
             ("InService", "Count", pool.in_service.into()),

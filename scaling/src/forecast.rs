@@ -290,13 +290,12 @@ impl Forecaster {
         }
     }
 
-    /// Records the queue's demand (queued + running) at `unix`: a rise is that many arrivals.
+    /// Records the queue's demand (queued + running) at `unix`: a rise is that many arrivals, and
+    /// so is the demand found at the first observation (work waiting when the scaler starts).
     /// (A job that finishes as another arrives in the same observation hides one arrival; the
     /// hub's long-poll makes such coincidences rare.)
     pub fn observe(&mut self, unix: i64, demand: u32, config: &ForecastConfig) {
-        let arrivals = self
-            .last_demand
-            .map_or(0, |last| demand.saturating_sub(last));
+        let arrivals = demand.saturating_sub(self.last_demand.unwrap_or(0));
         self.last_demand = Some(demand);
         self.roll_slot(unix);
         if arrivals > 0 {
@@ -521,6 +520,11 @@ mod tests {
         // Out of the recent window, the rate is gone.
         let later = forecaster.forecast(start + 2000, &config);
         assert_eq!(later.recent_per_hour, 0.0);
+        // Work found waiting at the first observation arrived recently.
+        let mut restarted = Forecaster::default();
+        restarted.observe(start, 8, &config);
+        let found = restarted.forecast(start, &config);
+        assert!((found.recent_per_hour - 32.0).abs() < 1e-9, "{}", found.explain());
     }
 
     #[test]

@@ -202,7 +202,7 @@ pub fn decide(
         return stale_decision(queue, pools, config);
     }
     let scheduled = minimum_at(&config.scheduled_minimums, unix_now);
-    let demand = queue.queued + queue.running;
+    let demand = queue.queued.saturating_add(queue.running);
     let forecast = config.forecast.as_ref().map(|forecast| {
         state.forecaster.observe(unix_now, demand, forecast);
         state.forecaster.forecast(unix_now, forecast)
@@ -273,9 +273,14 @@ fn uncovered_jobs(queue: &QueueSnapshot, pools: &[PoolState]) -> u32 {
     let coming: u32 = pools
         .iter()
         .filter(|p| p.warm_pool.is_some())
-        .map(|p| p.pending + p.desired.saturating_sub(p.in_service + p.pending))
-        .sum();
-    queue.queued.saturating_sub(coming + queue.idle)
+        .map(|p| {
+            let launched = p.in_service.saturating_add(p.pending);
+            p.pending.saturating_add(p.desired.saturating_sub(launched))
+        })
+        .fold(0, u32::saturating_add);
+    queue
+        .queued
+        .saturating_sub(coming.saturating_add(queue.idle))
 }
 
 /// Metrics too old to trust: pools are raised to their minimums, never for the queue.
@@ -309,7 +314,7 @@ impl Target {
     /// `demand` (queued + running) plus `spare`, at least `scheduled`, within the pools' bounds.
     fn new(demand: u32, spare: u32, scheduled: u32, pools: &[PoolState]) -> Target {
         let (floor, ceiling) = bounds(pools);
-        let from_queue = demand + spare;
+        let from_queue = demand.saturating_add(spare);
         let wanted = from_queue.max(scheduled);
         Target {
             spare,
@@ -323,7 +328,7 @@ impl Target {
     /// The arithmetic, for the decision's reason.
     fn explain(&self, queue: &QueueSnapshot, pools: &[PoolState]) -> String {
         let (floor, ceiling) = bounds(pools);
-        let current: u32 = pools.iter().map(|p| p.desired).sum();
+        let current = pools.iter().map(|p| p.desired).fold(0, u32::saturating_add);
         let Target {
             spare,
             from_queue,
@@ -343,11 +348,12 @@ impl Target {
     }
 }
 
-/// The pools' summed minimums and maximums.
+/// The pools' summed minimums and maximums. Sums here saturate: the counts come from outside
+/// (the queue's metrics, the groups' sizes), and no answer may panic the loop.
 fn bounds(pools: &[PoolState]) -> (u32, u32) {
     (
-        pools.iter().map(|p| p.min).sum(),
-        pools.iter().map(|p| p.max).sum(),
+        pools.iter().map(|p| p.min).fold(0, u32::saturating_add),
+        pools.iter().map(|p| p.max).fold(0, u32::saturating_add),
     )
 }
 
@@ -369,12 +375,12 @@ fn committed_capacity(pools: &[PoolState]) -> u32 {
         .iter()
         .map(|p| {
             if p.short {
-                p.desired.min(p.in_service + p.pending)
+                p.desired.min(p.in_service.saturating_add(p.pending))
             } else {
                 p.desired.max(p.min)
             }
         })
-        .sum()
+        .fold(0, u32::saturating_add)
 }
 
 /// The token bucket: how many of `wanted` more instances may be asked for now. Takes no tokens

@@ -115,7 +115,8 @@ pub fn decide(
     let mut actions = Vec::new();
     for instance in instances.iter().filter(|i| i.in_service) {
         let agent = agents.iter().find(|a| a.name == instance.id);
-        let age = (now_unix - instance.launched_unix).max(0) as u64;
+        // Saturating: times come from EC2 and from tags anyone with tag rights can write.
+        let age = now_unix.saturating_sub(instance.launched_unix).max(0) as u64;
         let reason = if config.max_lifetime_seconds > 0 && age >= config.max_lifetime_seconds {
             Some(ReapReason::Lifetime)
         } else if agent.is_none() && age >= config.boot_deadline_seconds {
@@ -132,7 +133,8 @@ pub fn decide(
                 },
             }),
             (Some(reason), Some(mark)) => {
-                if now_unix - mark.at_unix >= config.interval_seconds.max(1) as i64 {
+                let interval = i64::try_from(config.interval_seconds.max(1)).unwrap_or(i64::MAX);
+                if now_unix.saturating_sub(mark.at_unix) >= interval {
                     actions.push(ReapAction::Terminate {
                         instance: instance.id.clone(),
                         reason,

@@ -16,11 +16,33 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const UNITS: &[&str] = &[
-    "Seconds", "Microseconds", "Milliseconds", "Bytes", "Kilobytes", "Megabytes", "Gigabytes",
-    "Terabytes", "Bits", "Kilobits", "Megabits", "Gigabits", "Terabits", "Percent", "Count",
-    "Bytes/Second", "Kilobytes/Second", "Megabytes/Second", "Gigabytes/Second",
-    "Terabytes/Second", "Bits/Second", "Kilobits/Second", "Megabits/Second", "Gigabits/Second",
-    "Terabits/Second", "Count/Second", "None",
+    "Seconds",
+    "Microseconds",
+    "Milliseconds",
+    "Bytes",
+    "Kilobytes",
+    "Megabytes",
+    "Gigabytes",
+    "Terabytes",
+    "Bits",
+    "Kilobits",
+    "Megabits",
+    "Gigabits",
+    "Terabits",
+    "Percent",
+    "Count",
+    "Bytes/Second",
+    "Kilobytes/Second",
+    "Megabytes/Second",
+    "Gigabytes/Second",
+    "Terabytes/Second",
+    "Bits/Second",
+    "Kilobits/Second",
+    "Megabits/Second",
+    "Gigabits/Second",
+    "Terabits/Second",
+    "Count/Second",
+    "None",
 ];
 
 /// Every way `line` breaks the EMF specification (empty: valid).
@@ -30,7 +52,10 @@ fn violations(line: &str) -> Vec<String> {
         return vec!["not a JSON object".into()];
     };
     let aws = &root["_aws"];
-    if !aws["Timestamp"].as_i64().is_some_and(|t| t > 1_000_000_000_000) {
+    if aws["Timestamp"]
+        .as_i64()
+        .is_none_or(|t| t <= 1_000_000_000_000)
+    {
         found.push("_aws.Timestamp is not Unix milliseconds".into());
     }
     let Some(directives) = aws["CloudWatchMetrics"].as_array() else {
@@ -48,7 +73,10 @@ fn violations(line: &str) -> Vec<String> {
             }
             for name in names {
                 let value = name.as_str().map(|name| &root[name]);
-                if !value.and_then(Value::as_str).is_some_and(|v| !v.is_empty() && v.len() <= 1024) {
+                if !value
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty() && v.len() <= 1024)
+                {
                     found.push(format!("dimension {name} is not a string member"));
                 }
             }
@@ -144,20 +172,38 @@ fn a_loop_rounds_emf_lines_follow_the_specification_with_the_right_dimensions() 
     for line in &lines {
         assert_eq!(violations(line), Vec::<String>::new(), "{line}");
     }
-    let parsed: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let directive = |line: &Value| line["_aws"]["CloudWatchMetrics"][0].clone();
     assert_eq!(directive(&parsed[0])["Namespace"], NAMESPACE);
-    assert_eq!(directive(&parsed[0])["Dimensions"], serde_json::json!([["AgentType"]]));
+    assert_eq!(
+        directive(&parsed[0])["Dimensions"],
+        serde_json::json!([["AgentType"]])
+    );
     assert_eq!(parsed[0]["AgentType"], "gpu");
     assert_eq!(parsed[0]["_aws"]["Timestamp"], 1_700_000_000_000_i64);
     assert_eq!(parsed[0]["Queued"], 4.0);
     assert_eq!(parsed[0]["OldestQueuedSeconds"], 90.0);
     assert_eq!(parsed[0]["PoolsShort"], 1.0);
-    assert!(parsed[0]["Launches"].as_f64().unwrap() >= 1.0, "the round raised: {text}");
+    assert!(
+        parsed[0]["Launches"].as_f64().unwrap() >= 1.0,
+        "the round raised: {text}"
+    );
     assert!(parsed[0]["EnqueueToRaise"].is_number());
-    for (line, pool, short) in [(&parsed[1], "gpu-spot", 1.0), (&parsed[2], "gpu-on-demand", 0.0)] {
-        assert_eq!(directive(line)["Dimensions"], serde_json::json!([["AgentType", "Pool"]]));
-        assert_eq!((line["AgentType"].as_str(), line["Pool"].as_str()), (Some("gpu"), Some(pool)));
+    for (line, pool, short) in [
+        (&parsed[1], "gpu-spot", 1.0),
+        (&parsed[2], "gpu-on-demand", 0.0),
+    ] {
+        assert_eq!(
+            directive(line)["Dimensions"],
+            serde_json::json!([["AgentType", "Pool"]])
+        );
+        assert_eq!(
+            (line["AgentType"].as_str(), line["Pool"].as_str()),
+            (Some("gpu"), Some(pool))
+        );
         assert_eq!(line["Short"], short);
     }
 }

@@ -106,7 +106,7 @@ fn prepare(
         ));
     }
     run_host_commands(request, options).ok()?;
-    let cli = match cli::detect() {
+    let cli = match cli::find() {
         Ok(cli) => cli,
         Err(error) => {
             tracing::error!("Error finding docker compose: {error}");

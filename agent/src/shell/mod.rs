@@ -629,6 +629,47 @@ mod tests {
         assert_eq!(code, Some(3));
     }
 
+    fn start(program: &str, args: &[&str], scratch: &Path) -> Result<Shell, StartError> {
+        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        let program = ShellProgram {
+            program,
+            args,
+            refuse: &["refused here"],
+            command_file_mode: 0o640,
+            user: None,
+            ready_timeout: Some(Duration::from_secs(1)),
+        };
+        Shell::start_program(&program, &env, scratch)
+    }
+
+    #[test]
+    fn a_program_that_brings_no_shell_is_an_error_with_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path();
+        match start("sh", &["-c", "echo boom; exit 3"], scratch) {
+            Err(StartError::Exited(text)) => assert!(text.contains("boom"), "{text}"),
+            other => panic!("{:?}", other.map(|_| "a shell")),
+        }
+        match start(
+            "sh",
+            &["-c", "echo 'it was refused here'; sleep 5"],
+            scratch,
+        ) {
+            Err(StartError::Refused(line)) => assert_eq!(line, "it was refused here"),
+            other => panic!("{:?}", other.map(|_| "a shell")),
+        }
+        let started = Instant::now();
+        match start("sleep", &["5"], scratch) {
+            Err(StartError::Refused(line)) => assert_eq!(line, "bash did not answer within 1 s"),
+            other => panic!("{:?}", other.map(|_| "a shell")),
+        }
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let mut shell = start("bash", &[], scratch)
+            .map_err(|e| e.to_string())
+            .unwrap();
+        assert_eq!(shell.run_silent("echo -n ready").1, b"ready");
+    }
+
     #[test]
     fn shell_quote_matches_upstream() {
         assert_eq!(shell_quote(""), "''");

@@ -68,7 +68,9 @@ pub async fn logout(
     console.sessions.end(&headers);
     let cookie = auth::set_cookie(None, console.secure);
     let redirect = Redirect::to("/console/login");
-    Ok(super::secured(([(header::SET_COOKIE, cookie)], redirect).into_response()))
+    Ok(super::secured(
+        ([(header::SET_COOKIE, cookie)], redirect).into_response(),
+    ))
 }
 
 pub async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> Page {
@@ -96,7 +98,12 @@ pub async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> 
             button type="submit" { "Submit" }
         }
     };
-    Ok(page(layout::page("Submit a job", Nav::Submit, &session, body)))
+    Ok(page(layout::page(
+        "Submit a job",
+        Nav::Submit,
+        &session,
+        body,
+    )))
 }
 
 #[derive(Deserialize)]
@@ -153,4 +160,3 @@ pub async fn stop(
     tracing::info!(job = %job.id, "console: stop requested");
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }
-

@@ -47,7 +47,7 @@ pub async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
                             td { (gpus(agent)) }
                             td { (layout::duration(now - agent.registered_at)) }
                             td {
-                                form method="post" action=(format!("/console/agents/{}/shutdown", agent.name)) {
+                                form method="post" action=(format!("/console/agents/{}/shutdown", layout::url_encode(&agent.name))) {
                                     (csrf_field(&session))
                                     button type="submit" aria-label=(format!("Shut down {}", agent.name)) { "Shut down" }
                                 }

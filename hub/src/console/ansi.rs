@@ -102,25 +102,22 @@ pub fn escape_into(out: &mut String, text: &str) {
 }
 
 /// Renders terminal output as escaped HTML, starting in `style` and leaving it where the text
-/// ends (the next chunk continues in it).
+/// ends (the next chunk continues in it). Spans open only around text, so no empty ones.
 pub fn to_html(text: &str, style: &mut Style) -> String {
     let mut out = String::with_capacity(text.len() + 16);
-    let mut open = open_span(&mut out, style);
+    let mut open = false;
     let mut chars = text.chars().peekable();
     let mut plain = String::new();
     while let Some(c) = chars.next() {
         match c {
             '\u{1b}' => {
-                escape_into(&mut out, &plain);
-                plain.clear();
+                flush(&mut out, &mut plain, style, &mut open);
                 if let Some(parameters) = escape_sequence(&mut chars) {
                     let before = *style;
                     style.apply(&parameters);
-                    if *style != before {
-                        if open {
-                            out.push_str("</span>");
-                        }
-                        open = open_span(&mut out, style);
+                    if *style != before && open {
+                        out.push_str("</span>");
+                        open = false;
                     }
                 }
             }
@@ -129,20 +126,27 @@ pub fn to_html(text: &str, style: &mut Style) -> String {
             c => plain.push(c),
         }
     }
-    escape_into(&mut out, &plain);
+    flush(&mut out, &mut plain, style, &mut open);
     if open {
         out.push_str("</span>");
     }
     out
 }
 
-fn open_span(out: &mut String, style: &Style) -> bool {
-    let classes = style.classes();
-    if classes.is_empty() {
-        return false;
+/// Writes the pending text, escaped, inside a span of `style` (opened if it is not yet).
+fn flush(out: &mut String, plain: &mut String, style: &Style, open: &mut bool) {
+    if plain.is_empty() {
+        return;
     }
-    let _ = write!(out, "<span class=\"{classes}\">");
-    true
+    if !*open {
+        let classes = style.classes();
+        if !classes.is_empty() {
+            let _ = write!(out, "<span class=\"{classes}\">");
+            *open = true;
+        }
+    }
+    escape_into(out, plain);
+    plain.clear();
 }
 
 /// Consumes one escape sequence after ESC; returns its parameters if it is SGR (`ESC [ … m`).
@@ -183,15 +187,27 @@ mod tests {
     fn ansi_renders_colours_and_escapes_text() {
         let cases = [
             ("plain", "plain"),
-            ("<script>alert('x')</script>", "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"),
+            (
+                "<script>alert('x')</script>",
+                "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;",
+            ),
             ("a & \"b\"", "a &amp; &quot;b&quot;"),
-            ("\u{1b}[31mred\u{1b}[0m ok", "<span class=\"f1\">red</span> ok"),
+            (
+                "\u{1b}[31mred\u{1b}[0m ok",
+                "<span class=\"f1\">red</span> ok",
+            ),
             ("\u{1b}[1;92mgo\u{1b}[m", "<span class=\"f10 b\">go</span>"),
-            ("\u{1b}[38;5;4mblue\u{1b}[39m", "<span class=\"f4\">blue</span>"),
+            (
+                "\u{1b}[38;5;4mblue\u{1b}[39m",
+                "<span class=\"f4\">blue</span>",
+            ),
             ("\u{1b}[38;2;1;2;3mrgb", "rgb"),
             ("\u{1b}[2K\rprogress", "progress"),
             ("\u{1b}]0;title\u{7}after", "after"),
-            ("\u{1b}[31m<b>\u{1b}[0m", "<span class=\"f1\">&lt;b&gt;</span>"),
+            (
+                "\u{1b}[31m<b>\u{1b}[0m",
+                "<span class=\"f1\">&lt;b&gt;</span>",
+            ),
             ("bell\u{7}\u{8}", "bell"),
         ];
         for (input, expected) in cases {
@@ -202,8 +218,14 @@ mod tests {
     #[test]
     fn ansi_style_carries_over_chunks() {
         let mut style = Style::default();
-        assert_eq!(to_html("\u{1b}[32mon", &mut style), "<span class=\"f2\">on</span>");
-        assert_eq!(to_html("still", &mut style), "<span class=\"f2\">still</span>");
+        assert_eq!(
+            to_html("\u{1b}[32mon", &mut style),
+            "<span class=\"f2\">on</span>"
+        );
+        assert_eq!(
+            to_html("still", &mut style),
+            "<span class=\"f2\">still</span>"
+        );
         assert_eq!(to_html("\u{1b}[0moff", &mut style), "off");
     }
 }

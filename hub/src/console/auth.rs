@@ -131,7 +131,9 @@ mod tests {
         assert!(csrf_ok(&session, &session.csrf));
         assert!(!csrf_ok(&session, ""));
         assert!(!csrf_ok(&session, "guess"));
-        assert!(sessions.find(&headers(&format!("{COOKIE}=nope")), 1001).is_none());
+        assert!(sessions
+            .find(&headers(&format!("{COOKIE}=nope")), 1001)
+            .is_none());
         assert!(sessions.find(&request, 1000 + SESSION_TTL_SECS).is_none());
         let id = sessions.start(2000);
         let request = headers(&format!("{COOKIE}={id}"));

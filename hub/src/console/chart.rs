@@ -21,23 +21,28 @@ struct Series {
 const SERIES: [Series; 3] = [
     Series {
         name: "queued",
-        class: "s-queued",
+        class: "c-queued",
         value: |s| s.queued,
     },
     Series {
         name: "running",
-        class: "s-running",
+        class: "c-running",
         value: |s| s.running,
     },
     Series {
         name: "agents",
-        class: "s-agents",
+        class: "c-agents",
         value: |s| s.agents,
     },
 ];
 
 /// The `points` attribute of one series' polyline, scaled to the chart's box.
-fn points(samples: &[Sample], value: fn(&Sample) -> u64, top: u64, (from, to): (i64, i64)) -> String {
+fn points(
+    samples: &[Sample],
+    value: fn(&Sample) -> u64,
+    top: u64,
+    (from, to): (i64, i64),
+) -> String {
     let span = (to - from).max(1) as f64;
     let plot_width = WIDTH - LEFT;
     let plot_height = HEIGHT - BOTTOM;
@@ -64,8 +69,8 @@ pub fn chart(title: &str, samples: &[Sample]) -> Markup {
         .unwrap_or(0)
         .max(1);
     let range = (first.at, last.at);
-    let minutes = (last.at - first.at) / 60;
-    let label = format!("{title}: queue depth, running jobs and agents over the last {minutes} min");
+    let span = super::layout::duration(last.at - first.at);
+    let label = format!("{title}: queue depth, running jobs and agents over the last {span}");
     html! {
         figure.chart {
             svg viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(label) {
@@ -74,7 +79,7 @@ pub fn chart(title: &str, samples: &[Sample]) -> Markup {
                 line.axis x1=(LEFT) y1=(HEIGHT - BOTTOM) x2=(WIDTH) y2=(HEIGHT - BOTTOM) {}
                 text x="2" y="12" { (top) }
                 text x="2" y=(HEIGHT - BOTTOM) { "0" }
-                text x=(LEFT) y=(HEIGHT - 2.0) { "-" (minutes) " min" }
+                text x=(LEFT) y=(HEIGHT - 2.0) { "-" (span) }
                 text x=(WIDTH - 30.0) y=(HEIGHT - 2.0) { "now" }
                 @for series in &SERIES {
                     polyline class=(series.class) fill="none"
@@ -111,7 +116,7 @@ mod tests {
         assert_eq!(line, "36.0,142.0 338.0,4.0 640.0,73.0");
         let markup = chart("gpu", &samples).into_string();
         assert_eq!(markup.matches("<polyline").count(), 3);
-        assert!(markup.contains("last 2 min"));
+        assert!(markup.contains("over the last 2m"));
     }
 
     #[test]

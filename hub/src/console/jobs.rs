@@ -51,23 +51,11 @@ impl ListQuery {
         let mut query: Vec<String> = pairs
             .iter()
             .filter(|(_, value)| !value.is_empty())
-            .map(|(key, value)| format!("{key}={}", url_encode(value)))
+            .map(|(key, value)| format!("{key}={}", layout::url_encode(value)))
             .collect();
         query.push(format!("before={seq}"));
         format!("/console/jobs?{}", query.join("&"))
     }
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            _ => format!("%{byte:02X}"),
-        })
-        .collect()
 }
 
 fn filters(query: &ListQuery, types: &[String]) -> Markup {
@@ -109,7 +97,12 @@ pub async fn list(
 ) -> Page {
     let session = console.session(&headers)?;
     let (jobs, more) = console.hub.query_jobs(&query.job_query())?;
-    let types: Vec<String> = console.hub.agent_types()?.into_iter().map(|t| t.0).collect();
+    let types: Vec<String> = console
+        .hub
+        .agent_types()?
+        .into_iter()
+        .map(|t| t.0)
+        .collect();
     let now = unix_now();
     let body = html! {
         (filters(&query, &types))
@@ -150,7 +143,11 @@ fn timeline_bar(detail: &JobDetail, now: i64) -> Markup {
         finished: job.finished_at,
     };
     let spans = timeline::phases(&moments, now);
-    let total = spans.last().map(|s| s.end - job.queued_at).unwrap_or(0).max(1) as f64;
+    let total = spans
+        .last()
+        .map(|s| s.end - job.queued_at)
+        .unwrap_or(0)
+        .max(1) as f64;
     let milestones = [
         ("queued", Some(job.queued_at)),
         ("instance launched", detail.launched_at),
@@ -232,7 +229,7 @@ pub async fn show(
 ) -> Page {
     let session = console.session(&headers)?;
     let detail = console.hub.job_detail(&id)?;
-    let log = console.hub.logs(&id, 0, logs::FIRST_PAGE_LINES)?;
+    let log = logs::first_page(&console.hub, &id)?;
     let job = &detail.view;
     let body = html! {
         (summary(job, &session))

@@ -105,6 +105,18 @@ pub fn time(unix: i64) -> Markup {
     html! { time datetime=(machine) { (text) } }
 }
 
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
 /// Seconds as `1h2m3s`.
 pub fn duration(seconds: i64) -> String {
     protocol::spec::human_duration(seconds.max(0) as u64)

@@ -17,8 +17,10 @@ use protocol::LogEvent;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Log lines the job page renders itself; the script fetches the rest.
-pub const FIRST_PAGE_LINES: i64 = 400;
+/// Log lines the job page renders itself, and their bytes at most (the page stays under
+/// 100 KB); the script fetches the rest.
+const FIRST_PAGE_LINES: i64 = 400;
+const FIRST_PAGE_BYTES: usize = 48 * 1024;
 /// Log lines per answer of the follow endpoint.
 const FOLLOW_LINES: i64 = 1000;
 
@@ -72,6 +74,24 @@ pub fn items(lines: &[String]) -> Vec<Item> {
         items.push(item);
     }
     items
+}
+
+/// The log lines the job page renders: the first [`FIRST_PAGE_LINES`], cut to
+/// [`FIRST_PAGE_BYTES`].
+pub fn first_page(hub: &crate::hub::Hub, job_id: &str) -> Result<LogPage, crate::hub::HubError> {
+    let mut page = hub.logs(job_id, 0, FIRST_PAGE_LINES)?;
+    let mut bytes = 0;
+    let keep = page
+        .lines
+        .iter()
+        .take_while(|line| {
+            bytes += line.len();
+            bytes <= FIRST_PAGE_BYTES
+        })
+        .count();
+    page.lines.truncate(keep);
+    page.next_start_from = keep as i64;
+    Ok(page)
 }
 
 /// A command's fold while it is being built.
@@ -203,4 +223,3 @@ pub async fn raw(
     let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     Ok(super::secured((headers, text).into_response()))
 }
-

@@ -145,7 +145,10 @@ pub fn router(hub: Arc<Hub>, secure: bool) -> Router {
     };
     Router::new()
         .route("/console", get(overview::overview))
-        .route("/console/login", get(actions::login_page).post(actions::login))
+        .route(
+            "/console/login",
+            get(actions::login_page).post(actions::login),
+        )
         .route("/console/logout", post(actions::logout))
         .route("/console/jobs", get(jobs::list).post(actions::submit))
         .route("/console/jobs/new", get(actions::submit_page))

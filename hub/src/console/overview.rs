@@ -47,5 +47,10 @@ pub async fn overview(State(console): State<Console>, headers: HeaderMap) -> Pag
             }
         }
     };
-    Ok(page(layout::page("Overview", Nav::Overview, &session, body)))
+    Ok(page(layout::page(
+        "Overview",
+        Nav::Overview,
+        &session,
+        body,
+    )))
 }

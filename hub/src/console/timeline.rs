@@ -83,7 +83,10 @@ pub fn phases(moments: &Moments, now: i64) -> Vec<Span> {
         (Phase::Booting, launched.and(registered)),
         (Phase::Assigning, assigned),
         (Phase::Starting, started),
-        (Phase::Running, started.and(moments.finished).map(|_| open_end)),
+        (
+            Phase::Running,
+            started.and(moments.finished).map(|_| open_end),
+        ),
     ];
     let mut spans = Vec::new();
     let mut start = queued;
@@ -131,14 +134,22 @@ mod tests {
         }
     }
 
+    /// A scenario: name, the five optional moments after `queued` = 100, now, expected phases.
+    type Case = (&'static str, [Option<i64>; 5], i64, Vec<(Phase, i64, i64)>);
+
     fn shape(spans: &[Span]) -> Vec<(Phase, i64, i64)> {
         spans.iter().map(|s| (s.phase, s.start, s.end)).collect()
     }
 
     #[test]
     fn timeline_phases_per_scenario() {
-        let cases: [(&str, [Option<i64>; 5], i64, Vec<(Phase, i64, i64)>); 7] = [
-            ("just queued", [None; 5], 130, vec![(WaitingForMachine, 100, 130)]),
+        let cases: [Case; 7] = [
+            (
+                "just queued",
+                [None; 5],
+                130,
+                vec![(WaitingForMachine, 100, 130)],
+            ),
             (
                 "every phase, launch time known",
                 [Some(110), Some(150), Some(151), Some(153), Some(200)],
@@ -155,13 +166,21 @@ mod tests {
                 "no launch time: the wait is all waiting for a machine",
                 [None, Some(150), Some(150), Some(152), Some(160)],
                 300,
-                vec![(WaitingForMachine, 100, 150), (Starting, 150, 152), (Running, 152, 160)],
+                vec![
+                    (WaitingForMachine, 100, 150),
+                    (Starting, 150, 152),
+                    (Running, 152, 160),
+                ],
             ),
             (
                 "an idle agent was waiting already",
                 [Some(10), Some(50), Some(101), Some(102), Some(110)],
                 300,
-                vec![(Assigning, 100, 101), (Starting, 101, 102), (Running, 102, 110)],
+                vec![
+                    (Assigning, 100, 101),
+                    (Starting, 101, 102),
+                    (Running, 102, 110),
+                ],
             ),
             (
                 "booting now",

@@ -3,11 +3,17 @@
 //! turns the decision into row [`Changes`] and hands them to `Hub::commit`. Registration also
 //! checks who may take a name (`rules::decide_register`) and, for agent types that require it,
 //! the instance the agent runs on (`crate::identity`).
+//!
+//! A lost agent whose link heals presents its old access token: [`Hub::heal`] asks
+//! `rules::decide_healed` whether it may resume (taking its re-queued job back) before the call
+//! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
-use super::memory::{AgentMem, Changes, Core};
+use super::memory::{AgentMem, Changes, Core, LOST, REVOKED};
 use super::{jobs, Hub, HubError, HubResult, Inner};
 use crate::identity::{self, Certificates, IdentityDocument};
-use crate::rules::{self, AgentFacts, AssignedJob, JobChange, RegisterFacts, Reply};
+use crate::rules::{
+    self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
+};
 use crate::store::{AgentRow, JobRow, Store, StoreError};
 use crate::tokens;
 use protocol::views::IdentityPolicy;
@@ -118,6 +124,7 @@ impl Hub {
     ) -> HubResult<SyncResponse> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
+        self.heal(store, core, access_token, now)?;
         let agent = core.agent(access_token)?;
         let facts = agent_facts(core, agent);
         let next_job = core.next_job_for(agent);
@@ -152,6 +159,7 @@ impl Hub {
     pub fn job_request(&self, access_token: &str, job_id: &str, now: i64) -> HubResult<JobRequest> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
+        self.heal(store, core, access_token, now)?;
         let agent = core.agent(access_token)?;
         let job = core
             .jobs
@@ -182,6 +190,7 @@ impl Hub {
     pub fn refresh_log_token(&self, access_token: &str, now: i64) -> HubResult<String> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
+        self.heal(store, core, access_token, now)?;
         let job_id = core
             .agent(access_token)?
             .row
@@ -221,15 +230,74 @@ impl Hub {
         let Some(agent) = core.agents.get(name) else {
             return Ok(());
         };
+        // A lost agent's row keeps the job it had: if its link heals, it may take it back.
+        let row = AgentRow {
+            state: state.to_string(),
+            job_id: agent.row.job_id.clone().filter(|_| state == LOST),
+            disconnected_at: Some(now),
+            ..agent.row.clone()
+        };
         let changes = Changes {
             jobs: lost_job(core, agent, now, why).into_iter().collect(),
-            agents: vec![AgentRow {
-                state: state.to_string(),
-                job_id: None,
-                disconnected_at: Some(now),
-                ..agent.row.clone()
-            }],
+            agents: vec![row.clone()],
         };
+        self.commit(store, core, changes, now)?;
+        if state == LOST {
+            core.lost.insert(row.token_hash.clone(), row);
+        }
+        Ok(())
+    }
+
+    /// A lost agent presents its access token again (the link healed): it resumes, taking back
+    /// its re-queued job, when `rules::decide_healed` allows; else it is forgotten and the call
+    /// goes on to answer 401. Nothing happens for any other token.
+    fn heal(
+        &self,
+        store: &mut Store,
+        core: &mut Core,
+        access_token: &str,
+        now: i64,
+    ) -> HubResult<()> {
+        if core.agent(access_token).is_ok() {
+            return Ok(());
+        }
+        let Some(lost) = core.lost.remove(&tokens::hash(access_token)) else {
+            return Ok(());
+        };
+        let facts = HealFacts {
+            silent_for: now - lost.last_sync_at,
+            give_up_after: self.config.give_up_after_secs,
+            name_taken: core.agents.contains_key(&lost.name),
+            job: lost.job_id.as_ref().map(|id| LostJob {
+                id: id.clone(),
+                state: core.jobs.get(id).map(|job| job.row.state),
+            }),
+        };
+        let reclaim = match rules::decide_healed(&facts) {
+            Ok(reclaim) => reclaim,
+            Err(refusal) => {
+                tracing::warn!(agent = %lost.name, "a lost agent came back, refused: {refusal}");
+                // Stored as revoked, so that a restarted hub does not weigh it again.
+                let revoked = AgentRow {
+                    state: REVOKED.to_string(),
+                    ..lost
+                };
+                return self.commit(store, core, Changes::agent(revoked), now);
+            }
+        };
+        tracing::info!(agent = %lost.name, job = ?reclaim, "a lost agent came back and resumes");
+        let mut changes = Changes::default();
+        if let Some(job_id) = &reclaim {
+            changes
+                .jobs
+                .push(jobs::reclaimed(&core.job(job_id)?.row, &lost.name, now));
+        }
+        changes.agents.push(AgentRow {
+            job_id: reclaim,
+            last_sync_at: now,
+            disconnected_at: None,
+            ..lost
+        });
         self.commit(store, core, changes, now)
     }
 }

@@ -3,6 +3,7 @@
 //! last-sync times are flushed in small batches, the WAL is checkpointed, and finished jobs'
 //! secrets (environment values, file contents) are purged once their retention period is over.
 
+use super::memory::LOST;
 use super::{Hub, HubResult, Inner};
 use crate::store::Store;
 use protocol::JobSpec;
@@ -23,9 +24,12 @@ impl Hub {
                 .collect();
             for name in &lost {
                 tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
-                self.remove_agent(store, core, name, "lost", now, "its agent was lost")?;
+                self.remove_agent(store, core, name, LOST, now, "its agent was lost")?;
                 core.counters.lost_agents += 1;
             }
+            let give_up = self.config.give_up_after_secs;
+            core.lost
+                .retain(|_, agent| now - agent.last_sync_at <= give_up);
             self.enforce_time_limits(store, core, now)?;
             let touched: Vec<(String, i64, String, i64)> = core
                 .agents

@@ -8,13 +8,26 @@ use crate::store::JobRow;
 use crate::tokens;
 use protocol::{JobResult, JobState};
 
-/// Handed to `agent` (run-job is being sent).
+/// Handed to `agent` (run-job is being sent). Its log goes on after what earlier attempts left.
 pub(super) fn assigned(job: &JobRow, agent: &str, now: i64) -> JobRow {
     JobRow {
         state: JobState::Assigned,
         agent: Some(agent.to_string()),
         assigned_at: Some(now),
         attempts: job.attempts + 1,
+        log_base: job.log_lines,
+        ..job.clone()
+    }
+}
+
+/// Taken back by the agent it was re-queued from (a lost agent whose link healed before anyone
+/// else took the job): the same attempt goes on, so the retry budget is not spent again.
+pub(super) fn reclaimed(job: &JobRow, agent: &str, now: i64) -> JobRow {
+    JobRow {
+        state: JobState::Assigned,
+        agent: Some(agent.to_string()),
+        assigned_at: Some(now),
+        reason: Some("resumed: its agent came back after a lost link".into()),
         ..job.clone()
     }
 }

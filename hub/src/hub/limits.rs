@@ -138,6 +138,7 @@ mod tests {
             log_token_hash: None,
             log_token_expires_at: None,
             log_lines: 0,
+            log_base: 0,
             log_bytes: 0,
             log_trimmed: false,
             queued_at: 0,

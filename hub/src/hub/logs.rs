@@ -32,15 +32,17 @@ impl Hub {
         if job.log_bytes >= self.config.max_log_bytes {
             return self.log_full(store, core, job_id, now);
         }
-        if start_from < 0 || start_from > job.log_lines {
+        // The agent counts from its own attempt's first line; earlier attempts' lines come first.
+        let at = job.log_base.saturating_add(start_from);
+        if start_from < 0 || at > job.log_lines {
             return Err(HubError::Conflict(format!(
-                "start_from {start_from} leaves a gap: the log has {} lines",
-                job.log_lines
+                "start_from {start_from} leaves a gap: this attempt's log has {} lines",
+                job.log_lines - job.log_base
             )));
         }
         let lines = json_lines(body)?;
         // Lines before the log's end are already stored (a retried batch): only the rest counts.
-        let stored = usize::try_from(job.log_lines - start_from).unwrap_or(0);
+        let stored = usize::try_from(job.log_lines - at).unwrap_or(0);
         let new = &lines[stored.min(lines.len())..];
         let fitting = lines_that_fit(new, self.config.max_log_bytes - job.log_bytes);
         // The first log push is the job starting, even if no sync reported it yet.

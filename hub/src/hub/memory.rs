@@ -52,7 +52,15 @@ pub(super) struct Core {
     pub stop_notes: HashMap<String, String>,
     /// Sampled queue history (the console's chart).
     pub history: super::history::History,
+    /// Agents lost within the give-up time, by token hash, with the job they had: one whose
+    /// link heals may come back (`Hub::heal`).
+    pub lost: HashMap<String, AgentRow>,
 }
+
+/// The stored state of an agent that stopped syncing for `lost_after`.
+pub(super) const LOST: &str = "lost";
+/// The stored state of a lost agent that came back and was refused (`rules::decide_healed`).
+pub(super) const REVOKED: &str = "revoked";
 
 /// Rows one call rewrites: committed in one transaction, then applied to memory. An agent row
 /// with `disconnected_at` set leaves memory; one with a new token hash is a new registration.
@@ -67,6 +75,13 @@ impl Changes {
         Changes {
             jobs: vec![job],
             agents: Vec::new(),
+        }
+    }
+
+    pub fn agent(agent: AgentRow) -> Changes {
+        Changes {
+            jobs: Vec::new(),
+            agents: vec![agent],
         }
     }
 

@@ -92,6 +92,7 @@ impl Hub {
             log_lines: 0,
             log_bytes: 0,
             log_trimmed: false,
+            log_base: 0,
             queued_at: now,
             assigned_at: None,
             started_at: None,

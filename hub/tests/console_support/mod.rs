@@ -156,7 +156,10 @@ impl Served {
         let answer = self.hub.sync(&agent.token, &waiting, now()).unwrap();
         assert_eq!(answer.action, SyncAction::RunJob, "the agent gets a job");
         agent.job_id = answer.job_id;
-        let request = self.hub.job_request(&agent.token, &agent.job_id, now()).unwrap();
+        let request = self
+            .hub
+            .job_request(&agent.token, &agent.job_id, now())
+            .unwrap();
         agent.log_token = request.logger.token.clone();
     }
 
@@ -167,7 +170,9 @@ impl Served {
             .map(|event| String::from_utf8(event.to_line()).unwrap())
             .collect();
         let (job, token) = (&agent.job_id, &agent.log_token);
-        self.hub.push_logs(job, token, agent.lines, &body, now()).unwrap();
+        self.hub
+            .push_logs(job, token, agent.lines, &body, now())
+            .unwrap();
         agent.lines += events.len() as i64;
     }
 

@@ -35,6 +35,11 @@ pub struct HubArgs {
     /// Seconds without a sync after which an agent is lost (its job re-queued or failed).
     #[arg(long, env = "FLOTILLA_LOST_AFTER", default_value_t = 60)]
     pub lost_after: i64,
+    /// Seconds without a sync after which agents give up (stop their job and exit); the hub
+    /// remembers a lost agent this long so that one whose link heals can resume its job if nobody
+    /// else took it. Agents' `--give-up-after` must be the same; longer than --lost-after.
+    #[arg(long, env = "FLOTILLA_GIVE_UP_AFTER", default_value_t = protocol::GIVE_UP_AFTER_SECS)]
+    pub give_up_after: i64,
     /// Largest job log, in bytes; pushes beyond it get 422.
     #[arg(long, env = "FLOTILLA_MAX_LOG_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_log_bytes: i64,
@@ -157,6 +162,7 @@ pub fn run(args: HubArgs) -> Result<i32> {
 /// The hub's configuration from the flags, over `config`'s defaults.
 fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
     config.lost_after_secs = args.lost_after;
+    config.give_up_after_secs = args.give_up_after;
     config.max_log_bytes = args.max_log_bytes;
     config.sync_interval_ms = args.sync_interval_ms;
     config.default_time_limit_secs = args.job_time_limit;
@@ -174,6 +180,9 @@ fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
     let durations = [args.lost_after, args.max_log_bytes, args.sync_interval_ms];
     if durations.iter().any(|value| *value < 1) {
         bail!("--lost-after, --max-log-bytes and --sync-interval-ms must be positive");
+    }
+    if args.lost_after >= args.give_up_after {
+        bail!("--lost-after must be shorter than --give-up-after (the agents' give-up time)");
     }
     if args.job_time_limit < 1 || args.secret_retention < 0 || args.max_connections < 1 {
         bail!(
@@ -194,7 +203,35 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::check_plain_http;
+    use super::{check_plain_http, hub_config, HubArgs};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+
+    fn config_from(flags: &[&str]) -> anyhow::Result<hub::hub::HubConfig> {
+        let command = Command::try_parse_from([&["hub"], flags].concat())?;
+        hub_config(&command.hub, hub::hub::HubConfig::new("http://h", "a"))
+    }
+
+    #[test]
+    fn lost_after_must_be_shorter_than_the_agents_give_up_time() {
+        let config = config_from(&[]).unwrap();
+        assert_eq!(config.give_up_after_secs, protocol::GIVE_UP_AFTER_SECS);
+        assert!(config.lost_after_secs < config.give_up_after_secs);
+        let scaled = config_from(&["--lost-after", "6", "--give-up-after", "60"]).unwrap();
+        assert_eq!((scaled.lost_after_secs, scaled.give_up_after_secs), (6, 60));
+        for flags in [
+            &["--lost-after", "600"][..],
+            &["--lost-after", "9", "--give-up-after", "9"],
+        ] {
+            let error = config_from(flags).unwrap_err();
+            assert!(error.to_string().contains("--give-up-after"), "{flags:?}");
+        }
+    }
 
     #[test]
     fn plain_http_only_on_loopback_or_behind_a_proxy() {

@@ -244,6 +244,7 @@ mod tests {
             config_ssm_parameter: None,
             dry_run: true,
             log_format: "text".into(),
+            emf_file: None,
         };
         (dir, args)
     }

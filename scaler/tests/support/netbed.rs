@@ -1,0 +1,469 @@
+//! A multi-host test bed on one machine: each agent gets its own network namespace joined to the
+//! host (where the hub runs) by a veth pair with addresses of its own, and the tests cut, make
+//! lossy and heal that link with iptables rules inside the namespace (a cut drops every packet,
+//! so connections hang as on a real partition rather than failing fast). This machine's kernel
+//! has no `sch_netem`, so delay comes from [`DelayProxy`], a TCP relay that holds each chunk for
+//! a delay with jitter. Needs root, iproute2 and iptables; everything it creates (namespaces,
+//! links, rules, processes) is removed by `Drop`, even when a test fails.
+#![allow(dead_code)]
+
+use crate::support::{agent_binary, free_port, http, scaler_binary, wait_for, AgentProcess};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Runs a command that must succeed; the error names it.
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program} is missing ({error}): apt-get install iproute2"));
+    assert!(
+        output.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+static NEXT_LINK: AtomicU32 = AtomicU32::new(0);
+
+/// One namespace and its veth link to the host: `host_ip` on the host side, `ns_ip` inside.
+pub struct Link {
+    pub namespace: String,
+    host_dev: String,
+    ns_dev: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Link {
+    pub fn new() -> Link {
+        let index = NEXT_LINK.fetch_add(1, Ordering::SeqCst);
+        // Unique per process and link: tests of one binary run in parallel.
+        let tag = (std::process::id() % 200) * 10 + index % 10;
+        let subnet = format!("10.{}.{}", 100 + tag / 250, tag % 250);
+        let link = Link {
+            namespace: format!("flt-{}-{index}", std::process::id()),
+            host_dev: format!("fh{}x{index}", std::process::id()),
+            ns_dev: format!("fa{}x{index}", std::process::id()),
+            host_ip: format!("{subnet}.1"),
+            ns_ip: format!("{subnet}.2"),
+        };
+        run("ip", &["netns", "add", &link.namespace]);
+        let ns = link.namespace.as_str();
+        let (host, inner) = (link.host_dev.as_str(), link.ns_dev.as_str());
+        run(
+            "ip",
+            &["link", "add", host, "type", "veth", "peer", "name", inner],
+        );
+        run("ip", &["link", "set", inner, "netns", ns]);
+        run(
+            "ip",
+            &["addr", "add", &format!("{}/24", link.host_ip), "dev", host],
+        );
+        run("ip", &["link", "set", host, "up"]);
+        let in_ns = |args: &[&str]| run("ip", &[&["netns", "exec", ns, "ip"], args].concat());
+        in_ns(&["addr", "add", &format!("{}/24", link.ns_ip), "dev", inner]);
+        in_ns(&["link", "set", inner, "up"]);
+        in_ns(&["link", "set", "lo", "up"]);
+        // The hub may listen on another link's host address: reach the host through this one.
+        in_ns(&["route", "add", "default", "via", &link.host_ip]);
+        link
+    }
+
+    /// Runs `iptables ARGS` inside the namespace.
+    fn iptables(&self, args: &[&str]) {
+        run(
+            "ip",
+            &[&["netns", "exec", &self.namespace, "iptables"], args].concat(),
+        );
+    }
+
+    /// Drops packets on the namespace's end of the link, both ways (`extra`: a match that
+    /// selects which, e.g. a random fraction).
+    fn drop_packets(&self, extra: &[&str]) {
+        for (chain, direction) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+            let rule = [
+                &["-A", chain, direction, &self.ns_dev][..],
+                extra,
+                &["-j", "DROP"],
+            ]
+            .concat();
+            self.iptables(&rule);
+        }
+    }
+
+    /// A partition: every packet either way is dropped.
+    pub fn cut(&self) {
+        self.drop_packets(&[]);
+    }
+
+    /// A partition between the namespace and one service on the host (`port` on the host's
+    /// end): the rest of the link stays up (the tests still read the namespace's own metrics).
+    pub fn cut_port(&self, port: u16) {
+        let port = port.to_string();
+        let host = self.host_ip.clone();
+        self.iptables(&[
+            "-A", "OUTPUT", "-d", &host, "-p", "tcp", "--dport", &port, "-j", "DROP",
+        ]);
+        self.iptables(&[
+            "-A", "INPUT", "-s", &host, "-p", "tcp", "--sport", &port, "-j", "DROP",
+        ]);
+    }
+
+    /// A lossy link: `percent` of the packets either way are dropped at random.
+    pub fn lossy(&self, percent: u32) {
+        let probability = format!("{:.4}", f64::from(percent) / 100.0);
+        self.drop_packets(&[
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+        ]);
+    }
+
+    /// Back to a clean link.
+    pub fn heal(&self) {
+        for chain in ["INPUT", "OUTPUT"] {
+            self.iptables(&["-F", chain]);
+        }
+    }
+
+    /// A wrapper that runs the agent inside this namespace (`ip netns exec` execs, so the
+    /// wrapper's pid is the agent's).
+    pub fn agent_wrapper(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("agent-in-{}", self.namespace));
+        let script = format!(
+            "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+            self.namespace,
+            agent_binary().display()
+        );
+        std::fs::write(&path, script).unwrap();
+        run("chmod", &["755", &path.display().to_string()]);
+        path
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Deleting the host end removes the pair; deleting the namespace kills nothing of ours
+        // (the agents are killed by their own guards first).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_dev])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .output();
+    }
+}
+
+/// A `scaler hub` serving on the host side of `link` (plain HTTP on a private address, as behind
+/// a proxy), with the scaled timeouts of the partition tests.
+pub struct BedHub {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    /// Where agents push logs (the hub itself, or a proxy in front of it).
+    public_url: String,
+    args: Vec<String>,
+}
+
+impl BedHub {
+    pub fn start(link: &Link, args: &[&str]) -> BedHub {
+        let port = free_port();
+        let address = format!("{}:{port}", link.host_ip);
+        BedHub::start_at(&address, &format!("http://{address}"), args)
+    }
+
+    /// A hub on `address` that tells agents to push logs to `public_url`.
+    pub fn start_at(address: &str, public_url: &str, args: &[&str]) -> BedHub {
+        let port = address.rsplit(':').next().unwrap().parse().unwrap();
+        let mut hub = BedHub {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            address: address.to_string(),
+            public_url: public_url.to_string(),
+            args: args.iter().map(|arg| arg.to_string()).collect(),
+        };
+        hub.launch();
+        hub
+    }
+
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hub.log"))
+            .unwrap();
+        let child = Command::new(scaler_binary())
+            .args([
+                "hub",
+                "--listen",
+                &self.address,
+                "--plain-http-behind-proxy",
+            ])
+            .args(["--public-url", &self.public_url, "--data-dir"])
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start scaler hub");
+        self.child = Some(child);
+        let health = format!("{}/healthz", self.url());
+        wait_for("the hub to serve", Duration::from_secs(20), || {
+            http::get(&health, "").is_ok()
+        });
+    }
+
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        let bearer = format!("Bearer {}", self.read("admin-token"));
+        http::get(&format!("{}{path}", self.url()), &bearer)
+            .unwrap()
+            .json()
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        self.admin_get(&format!("/api/v1/jobs/{id}"))
+    }
+
+    /// Every log line of a job, parsed.
+    pub fn log_events(&self, id: &str) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        loop {
+            let page = self.admin_get(&format!(
+                "/api/v1/jobs/{id}/logs?start_from={}&limit=5000",
+                events.len()
+            ));
+            let lines = page["lines"].as_array().cloned().unwrap_or_default();
+            if lines.is_empty() {
+                return events;
+            }
+            for line in lines {
+                let text = line.as_str().unwrap_or_default();
+                events.push(serde_json::from_str(text).unwrap());
+            }
+        }
+    }
+
+    /// Submits a job of `commands` with `scaler jobs submit`; returns its id.
+    pub fn submit(&self, commands: &[&str]) -> String {
+        let mut command = Command::new(scaler_binary());
+        command.args(["jobs", "submit"]);
+        for line in commands {
+            command.args(["--command", line]);
+        }
+        let output = command
+            .env("FLOTILLA_HUB_URL", self.url())
+            .env("FLOTILLA_DATA_DIR", self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// A single-job agent in `link`'s namespace with `extra_args`.
+    pub fn agent_in(&self, link: &Link, extra_args: &[&str]) -> AgentProcess {
+        self.agent_via(link, &self.address, extra_args)
+    }
+
+    /// A single-job agent in `link`'s namespace that reaches the hub at `endpoint`.
+    pub fn agent_via(&self, link: &Link, endpoint: &str, extra_args: &[&str]) -> AgentProcess {
+        let wrapper = link.agent_wrapper(self.dir.path());
+        let args = [&["--disconnect-after-job"][..], extra_args].concat();
+        AgentProcess::start(&wrapper, endpoint, &self.read("default.token"), &args, None)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for BedHub {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// A TCP relay on the host that holds every chunk, both ways, for `delay` ± `jitter` before
+/// passing it on (in order): the delay `tc … netem` would add, which this kernel lacks. Agents
+/// reach the hub through it at [`DelayProxy::address`]. Its threads end when it is dropped.
+pub struct DelayProxy {
+    pub address: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    pub fn start(listen_ip: &str, upstream: &str, delay: Duration, jitter: Duration) -> DelayProxy {
+        let listener = std::net::TcpListener::bind(format!("{listen_ip}:0")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (upstream, flag) = (upstream.to_string(), stop.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                            continue;
+                        };
+                        relay(&client, &server, delay, jitter);
+                        relay(&server, &client, delay, jitter);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        DelayProxy { address, stop }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`, each chunk released `delay` ± `jitter` after it was read, never
+/// before an earlier one (a TCP stream stays in order).
+fn relay(from: &std::net::TcpStream, to: &std::net::TcpStream, delay: Duration, jitter: Duration) {
+    use std::io::{Read, Write};
+    let (mut reader, mut writer) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+    let (sender, chunks) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut previous = std::time::Instant::now();
+        let mut seed = u64::from(std::process::id()) | 1;
+        while let Ok(read) = reader.read(&mut buffer) {
+            if read == 0 {
+                break;
+            }
+            // xorshift: a jitter in [-jitter, +jitter].
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let spread = jitter.as_millis() as u64 * 2 + 1;
+            let offset = Duration::from_millis(seed % spread);
+            let due = (std::time::Instant::now() + delay + offset)
+                .checked_sub(jitter)
+                .unwrap_or_else(std::time::Instant::now)
+                .max(previous);
+            previous = due;
+            if sender.send((due, buffer[..read].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, chunk) in chunks {
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            if writer.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// `scaler run` with a local fleet inside `link`'s namespace (its agents start there too), against
+/// `hub`; its Prometheus metrics listen on the namespace's address.
+pub struct ScalerInNamespace {
+    child: Child,
+    metrics: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl ScalerInNamespace {
+    pub fn start(link: &Link, hub: &BedHub, max: u32) -> ScalerInNamespace {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = format!("{}:{}", link.ns_ip, free_port());
+        let config = format!(
+            "metrics_listen: {metrics}\npoll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_file: {}\n    local:\n      max: {max}\n      agent_binary: {}\n      work_dir: {}\n",
+            hub.url(),
+            hub.dir.path().join("default.token").display(),
+            agent_binary().display(),
+            dir.path().join("fleet").display(),
+        );
+        let path = dir.path().join("scaler.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("scaler.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &link.namespace])
+            .arg(scaler_binary())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ScalerInNamespace {
+            child,
+            metrics,
+            dir,
+        }
+    }
+
+    /// A metric's value (summed over its labels), when the scaler answers.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = http::get(&format!("http://{}/metrics", self.metrics), "")
+            .ok()?
+            .body;
+        let values: Vec<f64> = text
+            .lines()
+            .filter(|line| {
+                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scaler.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ScalerInNamespace {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it stop its agents.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
