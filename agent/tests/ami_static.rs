@@ -552,7 +552,7 @@ fn systemd_units_verify() {
         (
             "flotilla-scaler.service",
             "ExecStart",
-            "/usr/local/bin/scaler run --config-ssm-parameter ${FLOTILLA_CONFIG_SSM_PARAMETER}",
+            "/usr/local/bin/scaler run --config-ssm-parameter ${FLOTILLA_CONFIG_SSM_PARAMETER} --emf-file /var/log/flotilla-scaler/metrics.log",
         ),
         ("flotilla-scaler.service", "Restart", "always"),
         ("flotilla-scaler.service", "DynamicUser", "yes"),
@@ -747,6 +747,14 @@ fn flotilla_boot_writes_the_agent_env_and_renders_log_shipping() {
             groups.iter().all(|g| g.starts_with("/flotilla/gpu-fleet/")),
             "{groups:?}"
         );
+        // The scaler's EMF lines are shipped as they are written (no syslog prefix), to P/scaler.
+        let emf = json["logs"]["logs_collected"]["files"]["collect_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["file_path"] == "/var/log/flotilla-scaler/metrics.log")
+            .expect("the scaler's EMF file is shipped");
+        assert_eq!(emf["log_group_name"], "/flotilla/gpu-fleet/scaler");
         let args = fs::read_to_string(boot.dir.path().join("cwctl.args")).unwrap();
         assert_eq!(
             args,

@@ -125,6 +125,16 @@ rsyslogd -N1 -f /etc/rsyslog.conf >/dev/null
 systemctl enable rsyslog.service
 
 cat >/etc/logrotate.d/flotilla <<'CONF'
+# The scaler keeps its EMF file open (append): copy and truncate it in place.
+/var/log/flotilla-scaler/*.log {
+  daily
+  maxsize 100M
+  rotate 2
+  missingok
+  notifempty
+  compress
+  copytruncate
+}
 /var/log/flotilla/*.log {
   daily
   maxsize 100M

@@ -291,6 +291,23 @@ impl BedHub {
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
+    /// Submits the job spec file at `path` with `scaler jobs submit`; returns its id.
+    pub fn submit_file(&self, path: &Path) -> String {
+        let output = Command::new(scaler_binary())
+            .args(["jobs", "submit"])
+            .arg(path)
+            .env("FLOTILLA_HUB_URL", self.url())
+            .env("FLOTILLA_DATA_DIR", self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
     /// A single-job agent in `link`'s namespace with `extra_args`.
     pub fn agent_in(&self, link: &Link, extra_args: &[&str]) -> AgentProcess {
         self.agent_via(link, &self.address, extra_args)
@@ -404,6 +421,17 @@ pub struct ScalerInNamespace {
 
 impl ScalerInNamespace {
     pub fn start(link: &Link, hub: &BedHub, max: u32) -> ScalerInNamespace {
+        ScalerInNamespace::start_with_env(link, hub, max, &[])
+    }
+
+    /// With extra environment variables (the local fleet's agents inherit them, e.g.
+    /// `SEMAPHORE_AGENT_GIVE_UP_AFTER`).
+    pub fn start_with_env(
+        link: &Link,
+        hub: &BedHub,
+        max: u32,
+        env: &[(&str, &str)],
+    ) -> ScalerInNamespace {
         let dir = tempfile::tempdir().unwrap();
         let metrics = format!("{}:{}", link.ns_ip, free_port());
         let config = format!(
@@ -421,6 +449,7 @@ impl ScalerInNamespace {
             .arg(scaler_binary())
             .args(["run", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
