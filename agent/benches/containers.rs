@@ -6,8 +6,8 @@
 //!     shell executor the same span minus bash's start;
 //! (b) log throughput: `cat` of the same file in the job, through `docker compose run`'s terminal
 //!     and the agent's PTY, from the command's `cmd_started` to its `cmd_finished` in the job log;
-//!     and, as the ceiling Compose sets, `compose run main cat` read raw from a PTY (first byte to
-//!     last).
+//!     and, for comparison, a bare `compose run main cat` read from a PTY (first byte to last), the
+//!     relay Compose itself manages without the agent.
 //! Needs Docker and Compose; the job image is the tests' base image (`.ci/base-image`).
 //! `cargo bench -p agent --bench containers [start|throughput]`; sizes: `BENCH_CONTAINER_JOBS`,
 //! `BENCH_CONTAINER_LOG_MB`, `BENCH_CONTAINER_ROUNDS`.

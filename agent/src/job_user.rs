@@ -129,6 +129,17 @@ impl JobUser {
         .map_err(switch_error)
     }
 
+    /// Whether the job user may read and write `path` (e.g. the Docker socket), asked as that
+    /// user.
+    pub fn may_use(&self, path: &std::path::Path) -> bool {
+        let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: access only reads the NUL-terminated path.
+        self.run_as(|| unsafe { libc::access(c_path.as_ptr(), libc::R_OK | libc::W_OK) } == 0)
+            .unwrap_or(false)
+    }
+
     /// SIGKILLs every process of the job user, three sweeps apart (a job that forks while the
     /// first lands is caught by the next). `kill -1` run as the job user reaches exactly that
     /// user's processes, wherever they are, and nothing of the agent's.

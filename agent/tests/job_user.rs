@@ -12,7 +12,7 @@ use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::job_user::JobUser;
 use agent::joblog::JobLog;
 use protocol::{Command, File, JobRequest, JobResult, LogEvent};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -32,10 +32,19 @@ fn nobody_with_home(home: &Path) -> JobUser {
 
 /// Runs `request` as `user`; the result and the job's output.
 fn run_as(user: &JobUser, request: &JobRequest) -> (JobResult, String) {
+    run_as_with_env(user, request, &[])
+}
+
+fn run_as_with_env(
+    user: &JobUser,
+    request: &JobRequest,
+    env: &[(&str, &str)],
+) -> (JobResult, String) {
     let _turn = ONE_JOB_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let scratch = tempfile::tempdir().unwrap();
     let mut shell_env = job_environment(std::env::vars());
     user.apply_to_environment(&mut shell_env);
+    shell_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let options = JobOptions {
         shell_env,
         scratch_root: scratch.path().to_path_buf(),
@@ -136,4 +145,35 @@ fn nothing_of_the_job_user_runs_after_the_job_even_what_left_its_session() {
         .filter(|line| !line.trim_start().starts_with('Z') && line.contains(&marker))
         .collect();
     assert!(alive.is_empty(), "still running: {alive:?}");
+}
+
+#[test]
+fn a_container_job_whose_job_user_cannot_use_docker_fails_saying_what_grants_it() {
+    let home = tempfile::tempdir().unwrap();
+    let user = nobody_with_home(home.path());
+    // A socket only root may use stands in for the Docker socket without the docker group.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let request = JobRequest {
+        executor: "dockercompose".into(),
+        compose: protocol::Compose {
+            containers: vec![protocol::Container {
+                name: "main".into(),
+                image: "debian:bookworm".into(),
+                ..protocol::Container::default()
+            }],
+            ..protocol::Compose::default()
+        },
+        ..job(&["echo should not run"], Vec::new())
+    };
+    let (result, output) = run_as_with_env(
+        &user,
+        &request,
+        &[("DOCKER_HOST", &format!("unix://{}", socket.display()))],
+    );
+    assert_eq!(result, JobResult::Failed, "{output}");
+    assert!(output.contains("JobDockerAccess=true"), "{output}");
+    assert!(!output.contains("should not run"), "{output}");
 }

@@ -141,7 +141,12 @@ fn jobs_end_exactly_once_through_killed_agents_hub_restarts_and_cut_links() {
             "30",
         ],
     );
-    let env = [("SEMAPHORE_AGENT_GIVE_UP_AFTER", "30")];
+    // The fleet's agents give up as the hub expects; an instance that replaced a killed one and
+    // finds no job left leaves after 10 s idle, as a real fleet's instances do.
+    let env = [
+        ("SEMAPHORE_AGENT_GIVE_UP_AFTER", "30"),
+        ("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "10"),
+    ];
     let scaler = ScalerInNamespace::start_with_env(&link, &hub, 6, &env);
     let started = Instant::now();
     let jobs = submit_jobs(&hub, jobs_wanted);
@@ -181,13 +186,20 @@ fn jobs_end_exactly_once_through_killed_agents_hub_restarts_and_cut_links() {
         );
         assert_eq!((started, finished), (1, 1), "job {index}");
     }
-    support::wait_for("the fleet back to zero", Duration::from_secs(120), || {
-        scaler.metric("flotilla_scaler_in_service") == Some(0.0)
-            && hub
-                .admin_get("/api/v1/agents")
-                .as_array()
-                .is_some_and(Vec::is_empty)
-    });
+    let back_to_zero = Instant::now() + Duration::from_secs(120);
+    loop {
+        let in_service = scaler.metric("flotilla_scaler_in_service");
+        let agents = hub.admin_get("/api/v1/agents");
+        if in_service == Some(0.0) && agents.as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            Instant::now() < back_to_zero,
+            "the fleet is not back to zero: in service {in_service:?}, agents {agents}\n{}",
+            scaler.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let fleet_dir = scaler.dir.path().join("fleet");
     support::wait_for("no agent process left", Duration::from_secs(30), || {
         fleet_processes_left(&fleet_dir) == 0

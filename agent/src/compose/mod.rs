@@ -105,6 +105,9 @@ fn prepare(
             "Failed to share the scratch directory with the containers: {error}"
         ));
     }
+    if let Some(message) = docker_refused(options) {
+        return fail(message);
+    }
     run_host_commands(request, options).ok()?;
     let cli = match cli::find() {
         Ok(cli) => cli,
@@ -138,6 +141,30 @@ fn prepare(
         file: path,
         name: project_name(&request.job_id),
         main: request.compose.containers[0].name.clone(),
+    })
+}
+
+/// Why the job user cannot drive Docker, when it cannot: container jobs run the Docker CLI as the
+/// job user, which needs the Docker socket (on the AMI: the stack's JobDockerAccess, which is
+/// root-equivalent). A `DOCKER_HOST` other than the local socket is left to the CLI.
+fn docker_refused(options: &JobOptions) -> Option<String> {
+    let user = options.job_user.as_ref()?;
+    let docker_host = options
+        .shell_env
+        .iter()
+        .find(|(name, _)| name == "DOCKER_HOST")
+        .map(|(_, value)| value.as_str());
+    let socket = match docker_host {
+        None | Some("") => "/var/run/docker.sock",
+        Some(host) => host.strip_prefix("unix://")?,
+    };
+    (!user.may_use(Path::new(socket))).then(|| {
+        format!(
+            "Container jobs need Docker, but the job user '{}' cannot use {socket}. On a Flotilla \
+             stack, set JobDockerAccess=true (membership of the docker group is root on this \
+             machine).",
+            user.name
+        )
     })
 }
 
