@@ -7,7 +7,7 @@
 use hub::hub::{Hub, HubConfig, HubError};
 use protocol::{
     AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
-    SyncRequest,
+    SyncRequest, SyncResponse,
 };
 
 const T0: i64 = 1_700_000_000;
@@ -34,6 +34,22 @@ fn event_lines(from: usize, count: usize) -> String {
         .collect()
 }
 
+/// Registers a single-job agent `name` and syncs it as waiting: its token and the answer.
+fn take_job(hub: &Hub, registration_token: &str, name: &str, now: i64) -> (String, SyncResponse) {
+    let request = RegisterRequest {
+        name: name.into(),
+        single_job: true,
+        ..RegisterRequest::default()
+    };
+    let token = hub
+        .register(registration_token, request, now)
+        .unwrap()
+        .token;
+    let waiting = report(AgentState::WaitingForJobs, "", None);
+    let answer = hub.sync(&token, &waiting, now).unwrap();
+    (token, answer)
+}
+
 /// A single-job agent that took the one submitted job and pushed 10 log lines.
 struct Running {
     hub: Hub,
@@ -48,18 +64,7 @@ fn running(hub: Hub) -> Running {
     let job = hub
         .submit(JobSpec::from_commands("linux", &["make".into()]), T0)
         .unwrap();
-    let request = RegisterRequest {
-        name: "agent-0001".into(),
-        single_job: true,
-        ..RegisterRequest::default()
-    };
-    let token = hub
-        .register(&registration_token, request, T0)
-        .unwrap()
-        .token;
-    let answer = hub
-        .sync(&token, &report(AgentState::WaitingForJobs, "", None), T0)
-        .unwrap();
+    let (token, answer) = take_job(&hub, &registration_token, "agent-0001", T0);
     assert_eq!(
         (answer.action, answer.job_id.as_str()),
         (SyncAction::RunJob, job.id.as_str())
@@ -149,23 +154,7 @@ fn a_healed_agent_whose_job_nobody_took_resumes_and_delivers_everything_once() {
 fn a_healed_agent_whose_job_went_to_another_agent_is_refused() {
     let r = running(Hub::in_memory(config(), T0).unwrap());
     let lost_at = lose(&r);
-    let other = RegisterRequest {
-        name: "agent-0002".into(),
-        single_job: true,
-        ..RegisterRequest::default()
-    };
-    let other = r
-        .hub
-        .register(&r.registration_token, other, lost_at)
-        .unwrap();
-    let answer = r
-        .hub
-        .sync(
-            &other.token,
-            &report(AgentState::WaitingForJobs, "", None),
-            lost_at,
-        )
-        .unwrap();
+    let (other, answer) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
     assert_eq!(answer.job_id, r.job_id, "the re-run went to another agent");
     let healed = lost_at + 30;
     let sync = r.hub.sync(
@@ -193,17 +182,7 @@ fn a_healed_agent_whose_job_failed_for_lack_of_retries_is_refused() {
     let mut spec = JobSpec::from_commands("linux", &["make".into()]);
     spec.retry.agent_lost = 0;
     let job = hub.submit(spec, T0).unwrap();
-    let request = RegisterRequest {
-        name: "agent-0001".into(),
-        single_job: true,
-        ..RegisterRequest::default()
-    };
-    let token = hub
-        .register(&registration_token, request, T0)
-        .unwrap()
-        .token;
-    hub.sync(&token, &report(AgentState::WaitingForJobs, "", None), T0)
-        .unwrap();
+    let (token, _) = take_job(&hub, &registration_token, "agent-0001", T0);
     assert_eq!(hub.maintain(T0 + LOST_AFTER + 1).unwrap(), 1);
     let failed = hub.job(&job.id).unwrap();
     assert_eq!(failed.result, Some(JobResult::Failed));
@@ -276,25 +255,10 @@ fn the_defaults_agree_lost_after_is_shorter_than_the_give_up_time() {
 fn a_rerun_on_another_agent_appends_its_whole_log_after_the_lost_attempts() {
     let r = running(Hub::in_memory(config(), T0).unwrap());
     let lost_at = lose(&r);
-    let other = RegisterRequest {
-        name: "agent-0002".into(),
-        single_job: true,
-        ..RegisterRequest::default()
-    };
-    let other = r
-        .hub
-        .register(&r.registration_token, other, lost_at)
-        .unwrap();
-    r.hub
-        .sync(
-            &other.token,
-            &report(AgentState::WaitingForJobs, "", None),
-            lost_at,
-        )
-        .unwrap();
+    let (other, _) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
     let log_token = r
         .hub
-        .job_request(&other.token, &r.job_id, lost_at)
+        .job_request(&other, &r.job_id, lost_at)
         .unwrap()
         .logger
         .token;
@@ -307,7 +271,7 @@ fn a_rerun_on_another_agent_appends_its_whole_log_after_the_lost_attempts() {
         .push_logs(&r.job_id, &log_token, 20, &event_lines(120, 5), lost_at + 1)
         .unwrap();
     let finished = report(AgentState::FinishedJob, &r.job_id, Some(JobResult::Passed));
-    r.hub.sync(&other.token, &finished, lost_at + 2).unwrap();
+    r.hub.sync(&other, &finished, lost_at + 2).unwrap();
     let lines = r.hub.logs(&r.job_id, 0, 100).unwrap().lines;
     let expected: Vec<String> = event_lines(0, 10)
         .lines()

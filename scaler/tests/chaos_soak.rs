@@ -91,29 +91,6 @@ fn act(chaos: &mut Chaos, hub: &mut BedHub, link: &Link, counts: &mut Counts) {
     }
 }
 
-/// The last attempt's output lines of job `index`, and its job_started / job_finished counts.
-fn last_attempt(hub: &BedHub, job: &str) -> (Vec<String>, usize, usize) {
-    let events = hub.log_events(job);
-    let from = events
-        .iter()
-        .rposition(|event| event["event"] == "job_started")
-        .unwrap_or(0);
-    let attempt = &events[from..];
-    let count = |name: &str| attempt.iter().filter(|e| e["event"] == name).count();
-    let output: String = attempt
-        .iter()
-        .filter(|e| e["event"] == "cmd_output")
-        .filter_map(|e| e["output"].as_str())
-        .collect();
-    let lines = output
-        .replace('\r', "")
-        .lines()
-        .filter(|line| line.starts_with("soak-"))
-        .map(str::to_string)
-        .collect();
-    (lines, count("job_started"), count("job_finished"))
-}
-
 fn fleet_processes_left(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -179,7 +156,8 @@ fn jobs_end_exactly_once_through_killed_agents_hub_restarts_and_cut_links() {
         );
         attempts += view["attempts"].as_i64().unwrap();
         let expected: Vec<String> = (1..=LINES).map(|i| format!("soak-{index}-{i}")).collect();
-        let (lines, started, finished) = last_attempt(&hub, job);
+        let last = hub.output_lines(job, "soak-", netbed::Attempts::Last);
+        let (lines, started, finished) = (last.lines, last.started, last.finished);
         assert_eq!(
             lines, expected,
             "job {index}: the last attempt's log, complete, in order, once"

@@ -57,20 +57,8 @@ fn wait_for_state(hub: &BedHub, job: &str, state: &str, timeout: Duration) {
 /// The job's output lines (`line-N`) in log order, and how many job_started / job_finished
 /// events the log holds.
 fn delivered(hub: &BedHub, job: &str) -> (Vec<String>, usize, usize) {
-    let events = hub.log_events(job);
-    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
-    let output: String = events
-        .iter()
-        .filter(|e| e["event"] == "cmd_output")
-        .filter_map(|e| e["output"].as_str())
-        .collect();
-    let lines = output
-        .replace('\r', "")
-        .lines()
-        .filter(|line| line.starts_with("line-"))
-        .map(str::to_string)
-        .collect();
-    (lines, count("job_started"), count("job_finished"))
+    let output = hub.output_lines(job, "line-", netbed::Attempts::All);
+    (output.lines, output.started, output.finished)
 }
 
 fn expected_lines() -> Vec<String> {

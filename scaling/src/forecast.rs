@@ -524,7 +524,11 @@ mod tests {
         let mut restarted = Forecaster::default();
         restarted.observe(start, 8, &config);
         let found = restarted.forecast(start, &config);
-        assert!((found.recent_per_hour - 32.0).abs() < 1e-9, "{}", found.explain());
+        assert!(
+            (found.recent_per_hour - 32.0).abs() < 1e-9,
+            "{}",
+            found.explain()
+        );
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn apply_overrides(args: &SimulateArgs, config: &mut sim::SimConfig) -> Result<(
     config.spare = args.spare;
     config.warm_fraction = args.warm_fraction;
     config.warm_max = args.warm_max;
-    if !(0.0..=1.0).contains(&args.warm_share) || !(args.warm_keep >= 0.0) {
+    if !(0.0..=1.0).contains(&args.warm_share) || !(0.0..=f64::MAX).contains(&args.warm_keep) {
         bail!("--warm-share must be between 0 and 1 and --warm-keep a non-negative number");
     }
     config.forecast.warm_share = args.warm_share;

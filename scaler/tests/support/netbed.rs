@@ -161,6 +161,19 @@ impl Drop for Link {
     }
 }
 
+/// Which attempts of a job [`BedHub::output_lines`] reads.
+pub enum Attempts {
+    All,
+    Last,
+}
+
+/// A job's output lines and its start and finish events ([`BedHub::output_lines`]).
+pub struct OutputLines {
+    pub lines: Vec<String>,
+    pub started: usize,
+    pub finished: usize,
+}
+
 /// A `scaler hub` serving on the host side of `link` (plain HTTP on a private address, as behind
 /// a proxy), with the scaled timeouts of the partition tests.
 pub struct BedHub {
@@ -252,6 +265,37 @@ impl BedHub {
         self.admin_get(&format!("/api/v1/jobs/{id}"))
     }
 
+    /// A job's output lines that start with `prefix`, in log order, from its `attempt`: all of
+    /// them, or only the last attempt's (from its last `job_started`); with the counts of
+    /// `job_started` and `job_finished` events in the same span.
+    pub fn output_lines(&self, job: &str, prefix: &str, attempt: Attempts) -> OutputLines {
+        let events = self.log_events(job);
+        let from = match attempt {
+            Attempts::All => 0,
+            Attempts::Last => events
+                .iter()
+                .rposition(|event| event["event"] == "job_started")
+                .unwrap_or(0),
+        };
+        let span = &events[from..];
+        let count = |name: &str| span.iter().filter(|event| event["event"] == name).count();
+        let output: String = span
+            .iter()
+            .filter(|event| event["event"] == "cmd_output")
+            .filter_map(|event| event["output"].as_str())
+            .collect();
+        OutputLines {
+            lines: output
+                .replace('\r', "")
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .map(str::to_string)
+                .collect(),
+            started: count("job_started"),
+            finished: count("job_finished"),
+        }
+    }
+
     /// Every log line of a job, parsed.
     pub fn log_events(&self, id: &str) -> Vec<serde_json::Value> {
         let mut events = Vec::new();
@@ -273,38 +317,28 @@ impl BedHub {
 
     /// Submits a job of `commands` with `scaler jobs submit`; returns its id.
     pub fn submit(&self, commands: &[&str]) -> String {
-        let mut command = Command::new(scaler_binary());
-        command.args(["jobs", "submit"]);
+        let mut args = vec!["jobs", "submit"];
         for line in commands {
-            command.args(["--command", line]);
+            args.extend(["--command", line]);
         }
-        let output = command
-            .env("FLOTILLA_HUB_URL", self.url())
-            .env("FLOTILLA_DATA_DIR", self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        self.cli(&args)
     }
 
     /// Submits the job spec file at `path` with `scaler jobs submit`; returns its id.
     pub fn submit_file(&self, path: &Path) -> String {
+        self.cli(&["jobs", "submit", &path.display().to_string()])
+    }
+
+    /// Runs `scaler ARGS` against this hub; it must succeed. Returns its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
         let output = Command::new(scaler_binary())
-            .args(["jobs", "submit"])
-            .arg(path)
+            .args(args)
             .env("FLOTILLA_HUB_URL", self.url())
             .env("FLOTILLA_DATA_DIR", self.dir.path())
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     }
 
