@@ -5,6 +5,8 @@
 //!     minus the time bash takes to start;
 //! (c) idle RSS of `agent start` (the release binary) registered and syncing.
 
+mod common;
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -14,39 +16,16 @@ use agent::joblog::JobLog;
 use agent::listener::{Listener, Timings};
 use agent::pusher::{LogPusher, PushConfig};
 use agent::shell::pty;
+use common::{env_usize, make_data, median};
 use protocol::{Command, JobRequest, JobResult};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::FakeHub;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
-
-/// A file of printable lines (100 bytes each with the newline), `megabytes` MB in all.
-fn make_data(path: &std::path::Path, megabytes: usize) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let alphabet =
-        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/()[]{}";
-    let mut line = [0u8; 100];
-    for index in 0..megabytes * 10_000 {
-        for (offset, byte) in line[..99].iter_mut().enumerate() {
-            *byte = alphabet[(index * 7 + offset * 13) % alphabet.len()];
-        }
-        line[99] = b'\n';
-        file.write_all(&line).unwrap();
-    }
-    file.flush().unwrap();
-}
+/// The characters of `make_data`'s lines.
+const ALPHABET: &[u8] =
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-_=+/()[]{}";
 
 /// Seconds to read all of `cat file` from a PTY master (the raw baseline).
 fn raw_pty_seconds(file: &std::path::Path) -> (f64, u64) {
@@ -217,7 +196,7 @@ fn throughput() {
     let rounds = env_usize("BENCH_ROUNDS", 5);
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("data.txt");
-    make_data(&file, megabytes);
+    make_data(&file, megabytes, ALPHABET);
     let sink = LeanSink::start();
     let (mut raw, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut events = 0;

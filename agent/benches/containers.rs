@@ -12,27 +12,17 @@
 //! `cargo bench -p agent --bench containers [start|throughput]`; sizes: `BENCH_CONTAINER_JOBS`,
 //! `BENCH_CONTAINER_LOG_MB`, `BENCH_CONTAINER_ROUNDS`.
 
+mod common;
+
 #[path = "../tests/support/containers.rs"]
 mod containers;
 
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
+use common::{env_usize, make_data, median};
 use protocol::{Command, Compose, Container, JobRequest, JobResult, LogEvent};
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    values[values.len() / 2]
-}
 
 /// Every event of a job with the instant it was logged.
 type Timeline = Vec<(Instant, LogEvent)>;
@@ -201,20 +191,6 @@ fn raw_compose_seconds(data: &std::path::Path, scratch: &std::path::Path) -> f64
     seconds
 }
 
-/// A file of printable 100-byte lines, `megabytes` MB.
-fn make_data(path: &std::path::Path, megabytes: usize) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut line = [b'x'; 100];
-    for index in 0..megabytes * 10_000 {
-        for (offset, byte) in line[..99].iter_mut().enumerate() {
-            *byte = b'a' + ((index * 7 + offset * 13) % 26) as u8;
-        }
-        line[99] = b'\n';
-        file.write_all(&line).unwrap();
-    }
-    file.flush().unwrap();
-}
-
 /// Seconds from the `cat` command's start to its end in the job log.
 fn cat_seconds(container: bool, data: &std::path::Path, scratch: &std::path::Path) -> f64 {
     let mut options = options(scratch);
@@ -239,7 +215,7 @@ fn throughput() {
     let rounds = env_usize("BENCH_CONTAINER_ROUNDS", 3);
     let scratch = tempfile::tempdir().unwrap();
     let data = scratch.path().join("data.txt");
-    make_data(&data, megabytes);
+    make_data(&data, megabytes, b"abcdefghijklmnopqrstuvwxyz");
     let (mut shell, mut container, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw = Vec::new();
     for round in 0..rounds {

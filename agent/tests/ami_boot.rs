@@ -14,24 +14,13 @@ mod agent_process;
 #[path = "support/moto.rs"]
 mod moto;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use support::{FakeHub, FakeImds};
+use support::{repo, runtime, FakeHub, FakeImds};
 
 const AGENT_CONFIG: &str = "/flotilla/gpu-fleet/agent-config";
 const TOKEN: &str = "/flotilla/gpu-fleet/agent-token";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The words of a unit's `ExecStart=`, split as systemd does for double-quoted words.
 fn exec_start(unit: &str) -> Vec<String> {

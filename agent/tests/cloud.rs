@@ -8,7 +8,7 @@ mod agent_process;
 
 use agent::cloud::imds::{Imds, ImdsError};
 use std::time::Duration;
-use support::{FakeHub, FakeImds};
+use support::{runtime, FakeHub, FakeImds};
 
 #[test]
 fn imdsv2_tokens_are_always_used_and_renewed_when_refused() {
@@ -202,13 +202,6 @@ mod moto;
 
 #[path = "../../scaler/tests/support/fault_proxy.rs"]
 mod fault_proxy;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Starts `agent start --ec2 ...` against the fake IMDS and moto; returns (exit code, output).
 fn run_ec2_agent(

@@ -112,23 +112,14 @@ impl Harness {
         request: &JobRequest,
         watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
     ) -> (JobResult, Vec<LogEvent>) {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let control = Arc::new(JobControl::new());
-        let (sink, watched_control) = (events.clone(), control.clone());
-        let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
-            sink.lock().unwrap().push(event.clone());
-            watch(event, &watched_control);
-        });
-        let log = JobLog::create(self.scratch.path().join("job_log.json"), Some(observer)).unwrap();
-        let result = run_job(request, &self.options, &log, &control);
-        log.close();
+        let log_path = self.scratch.path().join("job_log.json");
+        let (result, observed, _log) = run_watched(request, &self.options, &log_path, watch);
         let marker = format!("flotilla-{}-", self.job_id);
         assert_eq!(
             containers::leftovers(&marker),
             Vec::<String>::new(),
             "the job left Docker objects"
         );
-        let observed = events.lock().unwrap().clone();
         (result, observed)
     }
 }

@@ -3,15 +3,15 @@
 //! checks are exact here, and the vacuous ones (background processes killed, the on-fail result)
 //! check what they claim to.
 
-use agent::job::{job_environment, run_job, JobControl, JobOptions};
-use agent::joblog::JobLog;
-use protocol::{Command, EnvVar, File, JobRequest, JobResult, LogEvent};
+#[path = "support/sequences.rs"]
+mod sequences;
+
+use agent::job::{job_environment, JobControl, JobOptions};
+use protocol::{Command, File, JobRequest, JobResult, LogEvent};
+use sequences::*;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const OUTPUT: &str = "*** OUTPUT ***";
-const IGNORE_ONE: &str = "*** IGNORE SINGLE LINE ***";
 
 struct Harness {
     home: tempfile::TempDir,
@@ -61,18 +61,9 @@ impl Harness {
         request: &JobRequest,
         watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
     ) -> (JobResult, Vec<LogEvent>) {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let control = Arc::new(JobControl::new());
-        let (sink, watched_control) = (events.clone(), control.clone());
-        let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
-            sink.lock().unwrap().push(event.clone());
-            watch(event, &watched_control);
-        });
-        let log = JobLog::create(self.scratch.path().join("job_log.json"), Some(observer)).unwrap();
-        let result = run_job(request, &self.options, &log, &control);
-        log.close();
+        let log_path = self.scratch.path().join("job_log.json");
+        let (result, observed, log) = run_watched(request, &self.options, &log_path, watch);
         let from_file = log.read_events().unwrap();
-        let observed = events.lock().unwrap().clone();
         assert_eq!(
             from_file, observed,
             "the NDJSON file holds exactly the observed events"
@@ -90,98 +81,6 @@ fn job(commands: &[&str]) -> JobRequest {
             ..Default::default()
         },
         ..JobRequest::default()
-    }
-}
-
-fn commands(list: &[&str]) -> Vec<Command> {
-    list.iter().map(|c| Command::new(*c)).collect()
-}
-
-fn env(pairs: &[(&str, &str)]) -> Vec<EnvVar> {
-    pairs
-        .iter()
-        .map(|(name, value)| EnvVar::plain(*name, value))
-        .collect()
-}
-
-fn simplified(events: &[LogEvent]) -> Vec<String> {
-    events.iter().map(LogEvent::simplified).collect()
-}
-
-/// Expected items: literal strings, `OUTPUT` (any items up to the next `Exit Code: `), or
-/// `IGNORE_ONE`. Lengths must match exactly.
-fn assert_log(events: &[LogEvent], expected: &[String]) {
-    let actual = simplified(events);
-    let (mut a, mut e) = (0, 0);
-    while e < expected.len() {
-        match expected[e].as_str() {
-            OUTPUT => {
-                while a < actual.len() && !actual[a].starts_with("Exit Code: ") {
-                    a += 1;
-                }
-            }
-            IGNORE_ONE => a += 1,
-            item => {
-                assert!(
-                    a < actual.len(),
-                    "log ended early; expected {item:?}\nactual: {actual:#?}"
-                );
-                assert_eq!(actual[a], item, "item {a}\nactual: {actual:#?}");
-                a += 1;
-            }
-        }
-        e += 1;
-    }
-    assert_eq!(
-        a,
-        actual.len(),
-        "unexpected trailing events\nactual: {actual:#?}"
-    );
-}
-
-fn export(names: &[&str]) -> Vec<String> {
-    let mut out = vec!["directive: Exporting environment variables".to_string()];
-    out.extend(names.iter().map(|n| format!("Exporting {n}\n")));
-    out.push("Exit Code: 0".into());
-    out
-}
-
-fn inject() -> Vec<String> {
-    vec!["directive: Injecting Files".into(), "Exit Code: 0".into()]
-}
-
-fn result_export() -> Vec<String> {
-    export(&["SEMAPHORE_JOB_RESULT"])
-}
-
-fn cmd(directive: &str, outputs: &[&str], exit: i32) -> Vec<String> {
-    let mut out = vec![format!("directive: {directive}")];
-    out.extend(outputs.iter().map(|o| o.to_string()));
-    out.push(format!("Exit Code: {exit}"));
-    out
-}
-
-macro_rules! log {
-    ($($part:expr),* $(,)?) => {{
-        let mut all: Vec<String> = Vec::new();
-        $( all.extend(IntoIterator::into_iter($part).map(|s| s.to_string())); )*
-        all
-    }};
-}
-
-/// Stops the job once a command with `directive` has started (after `delay`).
-fn stop_when_started(
-    directive: &'static str,
-    delay: Duration,
-) -> impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync {
-    move |event, control| {
-        if matches!(event, LogEvent::CmdStarted { directive: d, .. } if d == directive) {
-            let control = control.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(delay);
-                control.stop();
-            });
-        }
     }
 }
 

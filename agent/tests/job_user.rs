@@ -8,13 +8,15 @@
 //! One job per job user at a time, as on an instance (the end of a job kills all of the user's
 //! processes): the tests take turns.
 
-use agent::job::{job_environment, run_job, JobControl, JobOptions};
+#[path = "support/run_job.rs"]
+mod run_job;
+
+use agent::job::{job_environment, JobOptions};
 use agent::job_user::JobUser;
-use agent::joblog::JobLog;
-use protocol::{Command, File, JobRequest, JobResult, LogEvent};
+use protocol::{Command, File, JobRequest, JobResult};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 static ONE_JOB_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -51,18 +53,7 @@ fn run_as_with_env(
         job_user: Some(user.clone()),
         ..JobOptions::default()
     };
-    let output = Arc::new(Mutex::new(String::new()));
-    let sink = output.clone();
-    let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
-        if let LogEvent::CmdOutput { output, .. } = event {
-            sink.lock().unwrap().push_str(output);
-        }
-    });
-    let log = JobLog::create(scratch.path().join("job_log.json"), Some(observer)).unwrap();
-    let result = run_job(request, &options, &log, &JobControl::new());
-    log.close();
-    let text = output.lock().unwrap().clone();
-    (result, text)
+    run_job::run_collecting_output(request, &options, scratch.path())
 }
 
 fn job(commands: &[&str], files: Vec<File>) -> JobRequest {

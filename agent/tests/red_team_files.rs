@@ -10,13 +10,15 @@ mod support;
 #[path = "support/agent_process.rs"]
 mod agent_process;
 
-use agent::job::{job_environment, run_job, JobControl, JobOptions};
-use agent::joblog::JobLog;
-use protocol::{Command, File, JobRequest, JobResult, LogEvent};
+#[path = "support/run_job.rs"]
+mod run_job;
+
+use agent::job::{job_environment, JobOptions};
+use protocol::{Command, File, JobRequest, JobResult};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use support::FakeHub;
 
@@ -46,18 +48,7 @@ fn run_with_home(request: &JobRequest, home: &Path) -> (JobResult, String) {
         scratch_root: scratch.path().to_path_buf(),
         ..JobOptions::default()
     };
-    let output = Arc::new(Mutex::new(String::new()));
-    let sink = output.clone();
-    let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
-        if let LogEvent::CmdOutput { output, .. } = event {
-            sink.lock().unwrap().push_str(output);
-        }
-    });
-    let log = JobLog::create(scratch.path().join("job_log.json"), Some(observer)).unwrap();
-    let result = run_job(request, &options, &log, &JobControl::new());
-    log.close();
-    let text = output.lock().unwrap().clone();
-    (result, text)
+    run_job::run_collecting_output(request, &options, scratch.path())
 }
 
 fn injecting(files: Vec<File>, commands: &[&str]) -> JobRequest {

@@ -21,25 +21,14 @@ mod support;
 #[path = "support/moto.rs"]
 mod moto;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use support::{FakeHub, FakeImds};
+use support::{repo, runtime, FakeHub, FakeImds};
 
 const AGENT_CONFIG: &str = "/flotilla/sealed/agent-config";
 const TOKEN_PARAMETER: &str = "/flotilla/sealed/agent-token";
 const TOKEN: &str = "registration-token-that-jobs-must-not-see";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")

@@ -21,13 +21,20 @@ fn running_job() -> (Hub, String, String) {
         name: "fuzz-agent-1".into(),
         ..RegisterRequest::default()
     };
-    let token = hub.register(&registration, request, T0).expect("register").token;
+    let token = hub
+        .register(&registration, request, T0)
+        .expect("register")
+        .token;
     let waiting = SyncRequest {
         state: AgentState::WaitingForJobs,
         ..SyncRequest::default()
     };
     hub.sync(&token, &waiting, T0).expect("sync");
-    let log_token = hub.job_request(&token, &job.id, T0).expect("job").logger.token;
+    let log_token = hub
+        .job_request(&token, &job.id, T0)
+        .expect("job")
+        .logger
+        .token;
     (hub, job.id, log_token)
 }
 
@@ -44,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = hub.push_logs(&job, &token, 0, body, T0 + 2);
     let page = hub.logs(&job, 0, 10_000).expect("logs");
     for line in page.lines {
-        assert!(serde_json::from_str::<serde_json::Value>(&line).is_ok(), "{line:?}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+            "{line:?}"
+        );
     }
 });

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(jobs) = sim::trace::read_csv(text) {
             for job in jobs {
                 assert!(job.submit_s.is_finite() && job.submit_s >= 0.0, "{job:?}");
-                assert!(job.duration_s.is_finite() && job.duration_s >= 0.0, "{job:?}");
+                assert!(
+                    job.duration_s.is_finite() && job.duration_s >= 0.0,
+                    "{job:?}"
+                );
             }
         }
     }

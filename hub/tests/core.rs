@@ -1,17 +1,16 @@
 //! The hub's rules end to end through its core API (no HTTP): registration, assignment, log
 //! intake, finishing, stops, lost agents and re-queues, and recovery from the database.
 
-use hub::hub::{Hub, HubConfig, HubError};
+mod core_support;
+
+use core_support::{config, report};
+use hub::hub::{Hub, HubError};
 use protocol::{
     AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
     SyncRequest,
 };
 
 const T0: i64 = 1_700_000_000;
-
-fn config() -> HubConfig {
-    HubConfig::new("http://hub.test", "admin-secret")
-}
 
 fn spec(commands: &[&str]) -> JobSpec {
     JobSpec::from_commands(
@@ -26,15 +25,6 @@ fn registration(name: &str, single_job: bool) -> RegisterRequest {
         version: "v0.1.0".into(),
         single_job,
         ..RegisterRequest::default()
-    }
-}
-
-fn report(state: AgentState, job_id: &str, result: Option<JobResult>) -> SyncRequest {
-    SyncRequest {
-        state,
-        job_id: job_id.into(),
-        job_result: result,
-        interrupted_at: 0,
     }
 }
 

@@ -4,7 +4,10 @@
 //! agents for the give-up time, across a restart too. `scaler/tests/partitions.rs` drives the same
 //! rule with real processes across a real cut link.
 
-use hub::hub::{Hub, HubConfig, HubError};
+mod core_support;
+
+use core_support::{config, report};
+use hub::hub::{Hub, HubError};
 use protocol::{
     AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
     SyncRequest, SyncResponse,
@@ -12,19 +15,6 @@ use protocol::{
 
 const T0: i64 = 1_700_000_000;
 const LOST_AFTER: i64 = 60;
-
-fn config() -> HubConfig {
-    HubConfig::new("http://hub.test", "admin-secret")
-}
-
-fn report(state: AgentState, job_id: &str, result: Option<JobResult>) -> SyncRequest {
-    SyncRequest {
-        state,
-        job_id: job_id.into(),
-        job_result: result,
-        interrupted_at: 0,
-    }
-}
 
 fn event_lines(from: usize, count: usize) -> String {
     (from..from + count)

@@ -16,6 +16,19 @@ pub use imds::{
     INSTANCE_ROLE_SECRET,
 };
 
+/// The repository's root (the agent crate's parent).
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A current-thread runtime for tests that drive async clients from plain `#[test]`s.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[derive(Default)]
 pub struct HubState {
     pub register_rejections: u32,

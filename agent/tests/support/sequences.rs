@@ -4,9 +4,11 @@
 //! exact comparison where upstream's helper is lenient. Shared by the shell and container tests.
 #![allow(dead_code)]
 
-use agent::job::JobControl;
-use protocol::{Command, EnvVar, LogEvent};
-use std::sync::Arc;
+use agent::job::{run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use protocol::{Command, EnvVar, JobRequest, JobResult, LogEvent};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Any items up to the next `Exit Code: ` (upstream's `*** OUTPUT ***`).
@@ -106,4 +108,26 @@ pub fn stop_when_started(
             });
         }
     }
+}
+
+/// Runs `request` under `options`, its job log at `log_path`; `watch` sees every event with the
+/// control, e.g. to stop the job. Returns the result, the events as observed, and the closed log.
+pub fn run_watched(
+    request: &JobRequest,
+    options: &JobOptions,
+    log_path: &Path,
+    watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
+) -> (JobResult, Vec<LogEvent>, JobLog) {
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let control = Arc::new(JobControl::new());
+    let (sink, watched_control) = (events.clone(), control.clone());
+    let observer: agent::joblog::Observer = Box::new(move |event: &LogEvent| {
+        sink.lock().unwrap().push(event.clone());
+        watch(event, &watched_control);
+    });
+    let log = JobLog::create(log_path.to_path_buf(), Some(observer)).unwrap();
+    let result = run_job(request, options, &log, &control);
+    log.close();
+    let observed = events.lock().unwrap().clone();
+    (result, observed, log)
 }
