@@ -18,42 +18,46 @@ mod support;
 
 use agent::compose::{ComposeOptions, ContainerGpus};
 use agent::gpu::Gpu;
-use agent::job::{job_environment, run_job, JobControl, JobOptions};
-use agent::joblog::JobLog;
+use agent::job::{job_environment, JobOptions};
 use protocol::{Compose, Container, EnvVar, File, JobRequest, JobResult, LogEvent};
 use sequences::*;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The job image: the base, plus a file the tests look for.
-fn job_image() -> &'static str {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        containers::image(
-            "job",
-            "COPY marker /etc/flotilla-test-image\n",
-            &[("marker", b"job image\n", 0o644)],
-        )
-    })
+/// A function returning the tag of an image built once (by [`containers::image`]) per run.
+macro_rules! image {
+    ($(#[$doc:meta])* $function:ident, $name:expr, $dockerfile:expr, $files:expr) => {
+        $(#[$doc])*
+        fn $function() -> &'static str {
+            static TAG: OnceLock<String> = OnceLock::new();
+            TAG.get_or_init(|| containers::image($name, $dockerfile, $files))
+        }
+    };
 }
 
-/// A service answering `pong` on port 8080.
-fn service_image() -> &'static str {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| {
-        containers::image(
-            "service",
-            "COPY index.html /srv/index.html\nCMD [\"python3\", \"-m\", \"http.server\", \"8080\", \"--directory\", \"/srv\"]\n",
-            &[("index.html", b"pong\n", 0o644)],
-        )
-    })
-}
+image!(
+    /// The job image: the base, plus a file the tests look for.
+    job_image,
+    "job",
+    "COPY marker /etc/flotilla-test-image\n",
+    &[("marker", b"job image\n", 0o644)]
+);
 
-/// An image without bash (like Alpine's): the shell cannot start.
-fn no_bash_image() -> &'static str {
-    static TAG: OnceLock<String> = OnceLock::new();
-    TAG.get_or_init(|| containers::image("no-bash", "RUN rm -f /usr/bin/bash /bin/bash\n", &[]))
-}
+image!(
+    /// A service answering `pong` on port 8080.
+    service_image,
+    "service",
+    "COPY index.html /srv/index.html\nCMD [\"python3\", \"-m\", \"http.server\", \"8080\", \"--directory\", \"/srv\"]\n",
+    &[("index.html", b"pong\n", 0o644)]
+);
+
+image!(
+    /// An image without bash (like Alpine's): the shell cannot start.
+    no_bash_image,
+    "no-bash",
+    "RUN rm -f /usr/bin/bash /bin/bash\n",
+    &[]
+);
 
 struct Harness {
     scratch: tempfile::TempDir,
@@ -105,13 +109,41 @@ impl Harness {
         self.run_with(request, |_, _| {})
     }
 
-    /// Runs the job; `watch` sees every event with the control. Afterwards nothing of the job may
-    /// be left in Docker.
-    fn run_with(
+    /// Runs the job, then checks its result and its log ([`assert_log`]); returns its events.
+    fn check(&self, request: &JobRequest, result: JobResult, expected: &[String]) -> Vec<LogEvent> {
+        self.check_with(request, |_, _| {}, result, expected)
+    }
+
+    /// Runs the job, stops it a second into `sleep infinity`, and checks that it logged
+    /// `before`, then that command cut short, and finished stopped.
+    fn check_stopped_in_sleep(&self, request: &JobRequest, before: Vec<String>) {
+        let stop = stop_when_started("sleep infinity", Duration::from_secs(1));
+        let stopped = [
+            "directive: sleep infinity",
+            OUTPUT,
+            "Exit Code: 1",
+            "job_finished: stopped",
+        ];
+        self.check_with(request, stop, JobResult::Stopped, &log![before, stopped]);
+    }
+
+    /// [`Harness::check`] with a `watch` as for [`Harness::run_with`].
+    fn check_with(
         &self,
         request: &JobRequest,
-        watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
-    ) -> (JobResult, Vec<LogEvent>) {
+        watch: impl Watch,
+        result: JobResult,
+        expected: &[String],
+    ) -> Vec<LogEvent> {
+        let (actual, events) = self.run_with(request, watch);
+        assert_eq!(actual, result);
+        assert_log(&events, expected);
+        events
+    }
+
+    /// Runs the job; `watch` sees every event with the control. Afterwards nothing of the job may
+    /// be left in Docker.
+    fn run_with(&self, request: &JobRequest, watch: impl Watch) -> (JobResult, Vec<LogEvent>) {
         let log_path = self.scratch.path().join("job_log.json");
         let (result, observed, _log) = run_watched(request, &self.options, &log_path, watch);
         let marker = format!("flotilla-{}-", self.job_id);
@@ -140,6 +172,39 @@ fn started() -> Vec<String> {
     )
 }
 
+/// Every job's opening: started, images pulled, the container's shell started.
+fn opened() -> Vec<String> {
+    log![["job_started"], pulled(), started()]
+}
+
+/// [`opened`], no env vars exported, then the injection of files with these `outputs`.
+fn injected(outputs: &[&str], exit: i32) -> Vec<String> {
+    log![opened(), export(&[]), cmd("Injecting Files", outputs, exit)]
+}
+
+/// A job that fails at pulling its images.
+fn pull_failed() -> Vec<String> {
+    log![
+        ["job_started", "directive: Pulling docker images..."],
+        [OUTPUT],
+        ["Exit Code: 1", "job_finished: failed"]
+    ]
+}
+
+/// A job that fails while preparing its executor, with `message`.
+fn prepare(message: &str) -> Vec<String> {
+    log![
+        ["job_started"],
+        cmd("Preparing the job executor", &[message], 1),
+        ["job_finished: failed"]
+    ]
+}
+
+/// [`opened`], then the export of `exported` and an empty file injection.
+fn prologue(exported: &[&str]) -> Vec<String> {
+    log![opened(), export(exported), inject()]
+}
+
 fn outputs(events: &[LogEvent]) -> String {
     events
         .iter()
@@ -150,20 +215,22 @@ fn outputs(events: &[LogEvent]) -> String {
         .collect()
 }
 
+/// The env vars of upstream's env-var tests, set on the job or by the agent.
+const ABCD: [(&str, &str); 4] = [
+    ("A", "hello"),
+    ("B", "how are you?"),
+    ("C", "quotes ' quotes"),
+    ("D", "$PATH:/etc/a"),
+];
+
 #[test]
 fn hello_world() {
     let h = Harness::new("hello");
-    let (result, events) =
-        h.run(&h.main_job(&["echo Hello World", "cat /etc/flotilla-test-image"]));
-    assert_eq!(result, JobResult::Passed);
-    assert_log(
-        &events,
+    h.check(
+        &h.main_job(&["echo Hello World", "cat /etc/flotilla-test-image"]),
+        JobResult::Passed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+            prologue(&[]),
             cmd("echo Hello World", &["Hello World\n"], 0),
             cmd("cat /etc/flotilla-test-image", &["job image\n"], 0),
             result_export(),
@@ -176,27 +243,17 @@ fn hello_world() {
 fn env_vars_container_env_vars_and_aliases() {
     let h = Harness::new("env");
     let mut request = h.main_job(&["echo $A", "echo $B", "echo $C", "echo $D", "echo $FOO"]);
-    request.env_vars = env(&[
-        ("A", "hello"),
-        ("B", "how are you?"),
-        ("C", "quotes ' quotes"),
-        ("D", "$PATH:/etc/a"),
-    ]);
+    request.env_vars = env(&ABCD);
     request.compose.containers[0].env_vars = vec![EnvVar::plain("FOO", "bar $HOME")];
     request.commands.push(protocol::Command {
         directive: "echo Hello World".into(),
         alias: "Display Hello World".into(),
     });
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Passed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Passed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&["A", "B", "C", "D"]),
-            inject(),
+            prologue(&["A", "B", "C", "D"]),
             cmd("echo $A", &["hello\n"], 0),
             cmd("echo $B", &["how are you?\n"], 0),
             cmd("echo $C", &["quotes ' quotes\n"], 0),
@@ -228,24 +285,18 @@ fn files_are_injected_in_the_container() {
         File::plain("/tmp/a", "hello\n", "0600"),
         File::plain("/tmp/with space", "spaced\n", "0644"),
     ];
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Passed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Passed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            cmd(
-                "Injecting Files",
+            injected(
                 &[
                     "Injecting test.txt with file mode 0644\n",
                     "Injecting /a/b/c with file mode 0644\n",
                     "Injecting /tmp/a with file mode 0600\n",
                     "Injecting /tmp/with space with file mode 0644\n",
                 ],
-                0
+                0,
             ),
             cmd("cat test.txt", &["hello\n"], 0),
             cmd("cat /a/b/c", &["hello\n"], 0),
@@ -260,22 +311,16 @@ fn files_are_injected_in_the_container() {
     let h = Harness::new("badmode");
     let mut request = h.main_job(&["cat test.txt"]);
     request.files = vec![File::plain("test.txt", "hello\n", "obviously broken")];
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            cmd(
-                "Injecting Files",
+            injected(
                 &[
                     "Injecting test.txt with file mode obviously broken\n",
                     "Failed to set file mode to obviously broken\n"
                 ],
-                1
+                1,
             ),
             result_export(),
             ["job_finished: failed"],
@@ -292,16 +337,11 @@ fn failing_and_unknown_commands_run_the_on_fail_epilogue() {
         commands(&["echo Hello On Pass Epilogue $SEMAPHORE_JOB_RESULT"]);
     request.epilogue_on_fail_commands =
         commands(&["echo Hello On Fail Epilogue $SEMAPHORE_JOB_RESULT"]);
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+            prologue(&[]),
             cmd(
                 "echhhho Hello World",
                 &["bash: echhhho: command not found\n"],
@@ -327,25 +367,7 @@ fn failing_and_unknown_commands_run_the_on_fail_epilogue() {
 fn stop_during_a_command() {
     let h = Harness::new("stopcmd");
     let request = h.main_job(&["sleep infinity", "echo 'here'"]);
-    let (result, events) = h.run_with(
-        &request,
-        stop_when_started("sleep infinity", Duration::from_secs(1)),
-    );
-    assert_eq!(result, JobResult::Stopped);
-    assert_log(
-        &events,
-        &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
-            ["directive: sleep infinity"],
-            [OUTPUT],
-            ["Exit Code: 1"],
-            ["job_finished: stopped"],
-        ],
-    );
+    h.check_stopped_in_sleep(&request, prologue(&[]));
 }
 
 #[test]
@@ -353,25 +375,12 @@ fn stop_during_an_epilogue() {
     let h = Harness::new("stop-epilogue");
     let mut request = h.main_job(&["echo 'here'"]);
     request.epilogue_always_commands = commands(&["sleep infinity"]);
-    let (result, events) = h.run_with(
+    h.check_stopped_in_sleep(
         &request,
-        stop_when_started("sleep infinity", Duration::from_secs(1)),
-    );
-    assert_eq!(result, JobResult::Stopped);
-    assert_log(
-        &events,
-        &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+        log![
+            prologue(&[]),
             cmd("echo 'here'", &["here\n"], 0),
             result_export(),
-            ["directive: sleep infinity"],
-            [OUTPUT],
-            ["Exit Code: 1"],
-            ["job_finished: stopped"],
         ],
     );
 }
@@ -386,11 +395,7 @@ fn a_service_is_reachable_from_main_by_its_name() {
     assert_log(
         &events,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+            prologue(&[]),
             cmd(fetch, &["pong\n"], 0),
             result_export(),
             ["job_finished: passed"],
@@ -406,15 +411,10 @@ fn agent_env_vars_and_files() {
     let (one, two) = (host.path().join("file1.txt"), host.path().join("file2.txt"));
     std::fs::write(&one, "Hello from file1.txt").unwrap();
     std::fs::write(&two, "Hello from file2.txt").unwrap();
-    h.options.agent_env_vars = [
-        ("A", "hello"),
-        ("B", "how are you?"),
-        ("C", "quotes ' quotes"),
-        ("D", "$PATH:/etc/a"),
-    ]
-    .iter()
-    .map(|(n, v)| (n.to_string(), v.to_string()))
-    .collect();
+    h.options.agent_env_vars = ABCD
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
     h.options.compose.files = vec![
         (one.display().to_string(), "/tmp/agent/file1.txt".into()),
         (two.display().to_string(), "/tmp/agent/file2.txt".into()),
@@ -425,16 +425,11 @@ fn agent_env_vars_and_files() {
         "cat /tmp/agent/file1.txt",
         "cat /tmp/agent/file2.txt",
     ]);
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Passed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Passed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&["A", "B", "C", "D"]),
-            inject(),
+            prologue(&["A", "B", "C", "D"]),
             cmd("echo $A", &["hello\n"], 0),
             cmd("echo $D", &["$PATH:/etc/a\n"], 0),
             cmd("cat /tmp/agent/file1.txt", &["Hello from file1.txt"], 0),
@@ -465,16 +460,11 @@ fn missing_agent_files_are_skipped_or_fail_the_job() {
     let mut h = Harness::new("missing");
     h.options.compose.files = files.clone();
     let request = h.main_job(&["cat /tmp/agent/file1.txt", "cat /tmp/agent/notfound.txt"]);
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+            prologue(&[]),
             cmd("cat /tmp/agent/file1.txt", &["Hello from file1.txt"], 0),
             cmd(
                 "cat /tmp/agent/notfound.txt",
@@ -489,9 +479,11 @@ fn missing_agent_files_are_skipped_or_fail_the_job() {
     let mut h = Harness::new("fail-missing");
     h.options.compose.files = files;
     h.options.compose.fail_on_missing_files = true;
-    let (result, events) = h.run(&h.main_job(&["cat /tmp/agent/file1.txt"]));
-    assert_eq!(result, JobResult::Failed);
-    assert_log(&events, &log![["job_started", "job_finished: failed"]]);
+    h.check(
+        &h.main_job(&["cat /tmp/agent/file1.txt"]),
+        JobResult::Failed,
+        &log![["job_started", "job_finished: failed"]],
+    );
 }
 
 #[test]
@@ -501,16 +493,7 @@ fn an_image_that_does_not_exist_fails_the_pull() {
         &[("main", "flotilla-test-does-not-exist:nope")],
         &["echo Hello World"],
     );
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
-        &log![
-            ["job_started", "directive: Pulling docker images..."],
-            [OUTPUT],
-            ["Exit Code: 1", "job_finished: failed"]
-        ],
-    );
+    let events = h.check(&request, JobResult::Failed, &pull_failed());
     assert!(
         outputs(&events).contains("flotilla-test-does-not-exist"),
         "{}",
@@ -521,10 +504,9 @@ fn an_image_that_does_not_exist_fails_the_pull() {
 #[test]
 fn an_image_without_bash_fails_the_start_with_dockers_words() {
     let h = Harness::new("no-bash");
-    let (result, events) = h.run(&h.job(&[("main", no_bash_image())], &["echo Hello World"]));
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    let events = h.check(
+        &h.job(&[("main", no_bash_image())], &["echo Hello World"]),
+        JobResult::Failed,
         &log![
             ["job_started"],
             pulled(),
@@ -545,18 +527,10 @@ fn an_image_without_bash_fails_the_start_with_dockers_words() {
 #[test]
 fn bad_input_fails_with_a_job_log_line() {
     let h = Harness::new("bad");
-    let prepare = |message: &str| {
-        log![
-            ["job_started"],
-            cmd("Preparing the job executor", &[message], 1),
-            ["job_finished: failed"]
-        ]
-    };
 
-    let (result, events) = h.run(&h.job(&[], &["echo never"]));
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &h.job(&[], &["echo never"]),
+        JobResult::Failed,
         &prepare("The job has no containers: a docker-compose job needs at least one.\n"),
     );
 
@@ -575,10 +549,9 @@ fn bad_input_fails_with_a_job_log_line() {
         env_vars: vec![EnvVar::plain("DOCKER_CREDENTIAL_TYPE", "Quay")],
         files: Vec::new(),
     }];
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
             ["job_started"],
             cmd("Setting up image pull credentials", &["Failed to resolve docker login strategy: unknown DOCKER_CREDENTIAL_TYPE: 'Quay'\n"], 1),
@@ -593,14 +566,11 @@ fn bad_input_fails_with_a_job_log_line() {
         name: "X".into(),
         value: "%%%".into(),
     }];
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
+            opened(),
             cmd("Exporting environment variables", &[], 1),
             result_export(),
             ["job_finished: failed"]
@@ -617,16 +587,11 @@ fn the_container_dying_midway_fails_the_job() {
     let kill = "curl -s --unix-socket /var/run/docker.sock -X DELETE \"http://localhost/containers/$(hostname)?force=true\"; sleep 5";
     let mut request = h.main_job(&[kill, "echo never"]);
     request.epilogue_always_commands = commands(&["echo epilogue"]);
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Failed);
-    assert_log(
-        &events,
+    h.check(
+        &request,
+        JobResult::Failed,
         &log![
-            ["job_started"],
-            pulled(),
-            started(),
-            export(&[]),
-            inject(),
+            prologue(&[]),
             [format!("directive: {kill}")],
             [OUTPUT],
             ["Exit Code: 1"],
@@ -670,10 +635,9 @@ fn image_pull_credentials_log_in_with_upstreams_lines() {
         ]),
         files: Vec::new(),
     }];
-    let (result, events) = h.run(&request);
-    assert_eq!(result, JobResult::Passed);
-    assert_log(
-        &events,
+    let events = h.check(
+        &request,
+        JobResult::Passed,
         &log![
             ["job_started"],
             cmd(
@@ -727,16 +691,11 @@ fn gpus_asked_for_on_a_machine_without_them_fail_clearly() {
         gpus: ContainerGpus::All,
         ..ComposeOptions::default()
     };
-    let prepare = |message: &str| {
-        log![
-            ["job_started"],
-            cmd("Preparing the job executor", &[message], 1),
-            ["job_finished: failed"]
-        ]
-    };
-    let (result, events) = h.run(&h.main_job(&["nvidia-smi"]));
-    assert_eq!(result, JobResult::Failed);
-    assert_log(&events, &prepare("Container 'main' asks for GPUs (the agent runs with --container-gpus all), but this machine has no NVIDIA GPU.\n"));
+    h.check(
+        &h.main_job(&["nvidia-smi"]),
+        JobResult::Failed,
+        &prepare("Container 'main' asks for GPUs (the agent runs with --container-gpus all), but this machine has no NVIDIA GPU.\n"),
+    );
 
     h.options.compose.gpus = ContainerGpus::Auto;
     let mut request = h.job(
@@ -770,14 +729,7 @@ fn gpus_are_reserved_for_main_in_the_compose_file() {
         assert_eq!(result, JobResult::Passed, "{}", outputs(&events));
     } else {
         assert_eq!(result, JobResult::Failed);
-        assert_log(
-            &events,
-            &log![
-                ["job_started", "directive: Pulling docker images..."],
-                [OUTPUT],
-                ["Exit Code: 1", "job_finished: failed"]
-            ],
-        );
+        assert_log(&events, &pull_failed());
         let refusal = "could not select device driver \"nvidia\" with capabilities: [[gpu]]";
         assert!(outputs(&events).contains(refusal), "{}", outputs(&events));
     }

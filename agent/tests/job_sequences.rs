@@ -6,11 +6,11 @@
 #[path = "support/sequences.rs"]
 mod sequences;
 
-use agent::job::{job_environment, JobControl, JobOptions};
-use protocol::{Command, File, JobRequest, JobResult, LogEvent};
+use agent::job::{job_environment, run_job, JobControl, JobOptions};
+use agent::joblog::JobLog;
+use protocol::{Command, EnvVar, File, JobRequest, JobResult, LogEvent};
 use sequences::*;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Harness {
@@ -56,11 +56,7 @@ impl Harness {
     }
 
     /// Runs the job; `watch` sees every event with the control, e.g. to stop the job.
-    fn run_with(
-        &self,
-        request: &JobRequest,
-        watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
-    ) -> (JobResult, Vec<LogEvent>) {
+    fn run_with(&self, request: &JobRequest, watch: impl Watch) -> (JobResult, Vec<LogEvent>) {
         let log_path = self.scratch.path().join("job_log.json");
         let (result, observed, log) = run_watched(request, &self.options, &log_path, watch);
         let from_file = log.read_events().unwrap();

@@ -10,7 +10,7 @@ use core_support::{config, report};
 use hub::hub::{Hub, HubError};
 use protocol::{
     AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
-    SyncRequest, SyncResponse,
+    SyncResponse,
 };
 
 const T0: i64 = 1_700_000_000;
@@ -144,7 +144,7 @@ fn a_healed_agent_whose_job_nobody_took_resumes_and_delivers_everything_once() {
 fn a_healed_agent_whose_job_went_to_another_agent_is_refused() {
     let r = running(Hub::in_memory(config(), T0).unwrap());
     let lost_at = lose(&r);
-    let (other, answer) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
+    let (_other, answer) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
     assert_eq!(answer.job_id, r.job_id, "the re-run went to another agent");
     let healed = lost_at + 30;
     let sync = r.hub.sync(

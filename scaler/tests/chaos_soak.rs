@@ -13,7 +13,7 @@
 mod netbed;
 mod support;
 
-use netbed::{BedHub, Link, ScalerInNamespace};
+use netbed::{scaler_in_namespace, BedHub, Link};
 use std::time::{Duration, Instant};
 
 const LINES: usize = 20;
@@ -124,7 +124,7 @@ fn jobs_end_exactly_once_through_killed_agents_hub_restarts_and_cut_links() {
         ("SEMAPHORE_AGENT_GIVE_UP_AFTER", "30"),
         ("SEMAPHORE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", "10"),
     ];
-    let scaler = ScalerInNamespace::start_with_env(&link, &hub, 6, &env);
+    let scaler = scaler_in_namespace(&link, &hub, 6, &env);
     let started = Instant::now();
     let jobs = submit_jobs(&hub, jobs_wanted);
     let mut counts = Counts::default();

@@ -5,80 +5,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::HubProcess;
+use support::{HubProcess, ScalerRun};
 
 const LONG: Duration = Duration::from_secs(120);
-
-struct ScalerRun {
-    child: Child,
-    metrics_port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl ScalerRun {
-    fn start(hub: &HubProcess, max: u32, extra_args: &[&str]) -> ScalerRun {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics_port = support::free_port();
-        let config = format!(
-            "metrics_listen: 127.0.0.1:{metrics_port}\npoll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_file: {}\n    local:\n      max: {max}\n      agent_binary: {}\n      work_dir: {}\n",
-            hub.url(),
-            hub.data_dir().join("default.token").display(),
-            support::agent_binary().display(),
-            dir.path().join("fleet").display(),
-        );
-        let path = dir.path().join("scaler.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("scaler.log")).unwrap();
-        let child = Command::new(support::scaler_binary())
-            .args(["run", "--config"])
-            .arg(&path)
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        ScalerRun {
-            child,
-            metrics_port,
-            dir,
-        }
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let text = support::http::get(
-            &format!("http://127.0.0.1:{}/metrics", self.metrics_port),
-            "",
-        )
-        .ok()?
-        .body;
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("scaler.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for ScalerRun {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it stop its agents.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn job_state(hub: &HubProcess, id: &str) -> serde_json::Value {
     hub.job(id)

@@ -290,7 +290,7 @@ fn a_big_log_over_a_slow_lossy_link_arrives_complete_in_order_once() {
 fn a_scaler_cut_from_the_hub_raises_nothing_on_stale_metrics_and_converges_after() {
     let link = Link::new();
     let hub = hub_on(&link);
-    let scaler = netbed::ScalerInNamespace::start(&link, &hub, 3);
+    let scaler = netbed::scaler_in_namespace(&link, &hub, 3, &[]);
     let raises = || scaler.metric("flotilla_scaler_raises_total").unwrap_or(0.0);
     wait_for(
         "the scaler's first decisions",

@@ -110,13 +110,18 @@ pub fn stop_when_started(
     }
 }
 
+/// What sees every event of a job with its control, e.g. to stop the job.
+pub trait Watch: Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static {}
+
+impl<T: Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static> Watch for T {}
+
 /// Runs `request` under `options`, its job log at `log_path`; `watch` sees every event with the
 /// control, e.g. to stop the job. Returns the result, the events as observed, and the closed log.
 pub fn run_watched(
     request: &JobRequest,
     options: &JobOptions,
     log_path: &Path,
-    watch: impl Fn(&LogEvent, &Arc<JobControl>) + Send + Sync + 'static,
+    watch: impl Watch,
 ) -> (JobResult, Vec<LogEvent>, JobLog) {
     let events = Arc::new(Mutex::new(Vec::new()));
     let control = Arc::new(JobControl::new());

@@ -45,15 +45,24 @@ pub struct HubProcess {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub extra_args: Vec<String>,
+    /// `host:port` it listens on (`--listen`).
+    pub address: String,
 }
 
 impl HubProcess {
+    /// A hub on 127.0.0.1 and a free port.
     pub fn start(extra_args: &[&str]) -> HubProcess {
+        HubProcess::start_listening(&format!("127.0.0.1:{}", free_port()), extra_args)
+    }
+
+    /// A hub listening on `address` (`host:port`).
+    pub fn start_listening(address: &str, extra_args: &[&str]) -> HubProcess {
         let mut hub = HubProcess {
             child: None,
-            port: free_port(),
+            port: address.rsplit(':').next().unwrap().parse().unwrap(),
             dir: tempfile::tempdir().unwrap(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            address: address.to_string(),
         };
         hub.launch();
         hub
@@ -64,7 +73,7 @@ impl HubProcess {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.address)
     }
 
     pub fn launch(&mut self) {
@@ -74,12 +83,7 @@ impl HubProcess {
             .open(self.dir.path().join("hub.log"))
             .unwrap();
         let child = Command::new(scaler_binary())
-            .args([
-                "hub",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--data-dir",
-            ])
+            .args(["hub", "--listen", &self.address, "--data-dir"])
             .arg(self.dir.path())
             .args(&self.extra_args)
             .stdin(Stdio::null())
@@ -168,7 +172,10 @@ impl Drop for HubProcess {
 #[path = "../../../agent/tests/support/agent_process.rs"]
 pub mod agent_process;
 pub mod http;
+pub mod scaler_run;
 pub use agent_process::AgentProcess;
+#[allow(unused_imports)]
+pub use scaler_run::ScalerRun;
 
 /// A real agent against `hub`, with the hub's registration token.
 pub fn start_agent(hub: &HubProcess, extra_args: &[&str]) -> AgentProcess {

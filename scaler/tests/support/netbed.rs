@@ -7,9 +7,9 @@
 //! links, rules, processes) is removed by `Drop`, even when a test fails.
 #![allow(dead_code)]
 
-use crate::support::{agent_binary, free_port, http, scaler_binary, wait_for, AgentProcess};
+use crate::support::{agent_binary, free_port, scaler_binary, AgentProcess, HubProcess, ScalerRun};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -175,15 +175,24 @@ pub struct OutputLines {
 }
 
 /// A `scaler hub` serving on the host side of `link` (plain HTTP on a private address, as behind
-/// a proxy), with the scaled timeouts of the partition tests.
+/// a proxy), with the scaled timeouts of the partition tests: a [`HubProcess`] (which it derefs
+/// to) with the test bed's readers and agents.
 pub struct BedHub {
-    pub child: Option<Child>,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-    pub address: String,
-    /// Where agents push logs (the hub itself, or a proxy in front of it).
-    public_url: String,
-    args: Vec<String>,
+    pub hub: HubProcess,
+}
+
+impl std::ops::Deref for BedHub {
+    type Target = HubProcess;
+
+    fn deref(&self) -> &HubProcess {
+        &self.hub
+    }
+}
+
+impl std::ops::DerefMut for BedHub {
+    fn deref_mut(&mut self) -> &mut HubProcess {
+        &mut self.hub
+    }
 }
 
 impl BedHub {
@@ -195,74 +204,10 @@ impl BedHub {
 
     /// A hub on `address` that tells agents to push logs to `public_url`.
     pub fn start_at(address: &str, public_url: &str, args: &[&str]) -> BedHub {
-        let port = address.rsplit(':').next().unwrap().parse().unwrap();
-        let mut hub = BedHub {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-            address: address.to_string(),
-            public_url: public_url.to_string(),
-            args: args.iter().map(|arg| arg.to_string()).collect(),
-        };
-        hub.launch();
-        hub
-    }
-
-    pub fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("hub.log"))
-            .unwrap();
-        let child = Command::new(scaler_binary())
-            .args([
-                "hub",
-                "--listen",
-                &self.address,
-                "--plain-http-behind-proxy",
-            ])
-            .args(["--public-url", &self.public_url, "--data-dir"])
-            .arg(self.dir.path())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start scaler hub");
-        self.child = Some(child);
-        let health = format!("{}/healthz", self.url());
-        wait_for("the hub to serve", Duration::from_secs(20), || {
-            http::get(&health, "").is_ok()
-        });
-    }
-
-    pub fn kill_9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let behind_proxy = ["--plain-http-behind-proxy", "--public-url", public_url];
+        BedHub {
+            hub: HubProcess::start_listening(address, &[&behind_proxy[..], args].concat()),
         }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(name))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-
-    pub fn admin_get(&self, path: &str) -> serde_json::Value {
-        let bearer = format!("Bearer {}", self.read("admin-token"));
-        http::get(&format!("{}{path}", self.url()), &bearer)
-            .unwrap()
-            .json()
-    }
-
-    pub fn job(&self, id: &str) -> serde_json::Value {
-        self.admin_get(&format!("/api/v1/jobs/{id}"))
     }
 
     /// A job's output lines that start with `prefix`, in log order, from its `attempt`: all of
@@ -315,31 +260,11 @@ impl BedHub {
         }
     }
 
-    /// Submits a job of `commands` with `scaler jobs submit`; returns its id.
-    pub fn submit(&self, commands: &[&str]) -> String {
-        let mut args = vec!["jobs", "submit"];
-        for line in commands {
-            args.extend(["--command", line]);
-        }
-        self.cli(&args)
-    }
-
     /// Submits the job spec file at `path` with `scaler jobs submit`; returns its id.
     pub fn submit_file(&self, path: &Path) -> String {
-        self.cli(&["jobs", "submit", &path.display().to_string()])
-    }
-
-    /// Runs `scaler ARGS` against this hub; it must succeed. Returns its output, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new(scaler_binary())
-            .args(args)
-            .env("FLOTILLA_HUB_URL", self.url())
-            .env("FLOTILLA_DATA_DIR", self.dir.path())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{stderr}");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
+        let (code, stdout, stderr) = self.cli(&["jobs", "submit", &path.display().to_string()]);
+        assert_eq!(code, 0, "{stderr}");
+        stdout.trim().to_string()
     }
 
     /// A single-job agent in `link`'s namespace with `extra_args`.
@@ -351,17 +276,7 @@ impl BedHub {
     pub fn agent_via(&self, link: &Link, endpoint: &str, extra_args: &[&str]) -> AgentProcess {
         let wrapper = link.agent_wrapper(self.dir.path());
         let args = [&["--disconnect-after-job"][..], extra_args].concat();
-        AgentProcess::start(&wrapper, endpoint, &self.read("default.token"), &args, None)
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for BedHub {
-    fn drop(&mut self) {
-        self.kill_9();
+        AgentProcess::start(&wrapper, endpoint, &self.registration_token(), &args, None)
     }
 }
 
@@ -446,87 +361,14 @@ fn relay(from: &std::net::TcpStream, to: &std::net::TcpStream, delay: Duration, 
 }
 
 /// `scaler run` with a local fleet inside `link`'s namespace (its agents start there too), against
-/// `hub`; its Prometheus metrics listen on the namespace's address.
-pub struct ScalerInNamespace {
-    child: Child,
-    metrics: String,
-    pub dir: tempfile::TempDir,
-}
-
-impl ScalerInNamespace {
-    pub fn start(link: &Link, hub: &BedHub, max: u32) -> ScalerInNamespace {
-        ScalerInNamespace::start_with_env(link, hub, max, &[])
-    }
-
-    /// With extra environment variables (the local fleet's agents inherit them, e.g.
-    /// `SEMAPHORE_AGENT_GIVE_UP_AFTER`).
-    pub fn start_with_env(
-        link: &Link,
-        hub: &BedHub,
-        max: u32,
-        env: &[(&str, &str)],
-    ) -> ScalerInNamespace {
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = format!("{}:{}", link.ns_ip, free_port());
-        let config = format!(
-            "metrics_listen: {metrics}\npoll_interval_ms: 300\nfleets:\n  - agent_type: default\n    queue:\n      endpoint: {}\n      token_file: {}\n    local:\n      max: {max}\n      agent_binary: {}\n      work_dir: {}\n",
-            hub.url(),
-            hub.dir.path().join("default.token").display(),
-            agent_binary().display(),
-            dir.path().join("fleet").display(),
-        );
-        let path = dir.path().join("scaler.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("scaler.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &link.namespace])
-            .arg(scaler_binary())
-            .args(["run", "--config"])
-            .arg(&path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        ScalerInNamespace {
-            child,
-            metrics,
-            dir,
-        }
-    }
-
-    /// A metric's value (summed over its labels), when the scaler answers.
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = http::get(&format!("http://{}/metrics", self.metrics), "")
-            .ok()?
-            .body;
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|line| {
-                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.iter().sum())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("scaler.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for ScalerInNamespace {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets it stop its agents.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `hub`, with at most `max` agents and extra environment variables (the local fleet's agents
+/// inherit them, e.g. `SEMAPHORE_AGENT_GIVE_UP_AFTER`); its Prometheus metrics listen on the
+/// namespace's address.
+pub fn scaler_in_namespace(link: &Link, hub: &BedHub, max: u32, env: &[(&str, &str)]) -> ScalerRun {
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &link.namespace])
+        .arg(scaler_binary())
+        .envs(env.iter().copied());
+    ScalerRun::spawn(command, &link.ns_ip, hub, max, &[])
 }
