@@ -417,6 +417,7 @@ fn systemd_units_verify() {
         "flotilla-boot",
         "flotilla-boot-deadline",
         "flotilla-seal",
+        "flotilla-hub-boot",
     ] {
         write_executable(&bin.join(name), "#!/bin/sh\nexit 0\n");
     }
@@ -438,6 +439,7 @@ fn systemd_units_verify() {
         "flotilla-boot-deadline.service",
         "flotilla-boot-deadline.timer",
         "flotilla-boot.service",
+        "flotilla-hub.service",
         "flotilla-remove-instance.service",
         "flotilla-scaler.service",
         "flotilla-seal.service",
@@ -788,6 +790,31 @@ fn flotilla_boot_writes_the_scaler_env_and_drops_a_stale_agent_env() {
     );
     let config = fs::read_to_string(boot.cloudwatch_config()).unwrap();
     assert!(config.contains("\"/flotilla/S/scaler\""), "{config}");
+}
+
+#[test]
+fn flotilla_boot_writes_the_hub_config_env_and_drops_the_other_roles_files() {
+    let imds = start_imds(ImdsState {
+        user_data: Some(b"FLOTILLA_HUB_CONFIG_PARAMETER=/flotilla/H/hub-config\n".to_vec()),
+        ..Default::default()
+    });
+    let boot = Boot::new();
+    fs::create_dir_all(boot.run_dir()).unwrap();
+    for stale in ["agent.env", "scaler.env", "hub.env"] {
+        fs::write(boot.run_dir().join(stale), "stale").unwrap();
+    }
+    let output = boot.run(&imds.address);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        boot.read("hub-config.env").as_deref(),
+        Some("FLOTILLA_HUB_CONFIG_PARAMETER=/flotilla/H/hub-config\nAWS_REGION=eu-west-1\n")
+    );
+    // Only the hub unit starts (its secrets are fetched again by flotilla-hub-boot).
+    for gone in ["agent.env", "scaler.env", "hub.env"] {
+        assert_eq!(boot.read(gone), None, "{gone}");
+    }
+    let config = fs::read_to_string(boot.cloudwatch_config()).unwrap();
+    assert!(config.contains("\"/flotilla/H/hub\""), "{config}");
 }
 
 #[test]

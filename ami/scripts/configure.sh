@@ -65,14 +65,14 @@ install -m 0755 "$STAGING/agent" /usr/local/bin/agent
 if [ -f "$STAGING/scaler" ]; then install -m 0755 "$STAGING/scaler" /usr/local/bin/scaler; fi
 install -d -m 0755 /usr/local/lib/flotilla
 install -m 0755 "$STAGING/scripts/flotilla-boot" "$STAGING/scripts/flotilla-boot-deadline" \
-  "$STAGING/scripts/flotilla-seal" /usr/local/lib/flotilla/
+  "$STAGING/scripts/flotilla-seal" "$STAGING/scripts/flotilla-hub-boot" /usr/local/lib/flotilla/
 if [ -f "$STAGING/cloudwatch-agent.json" ]; then
   install -m 0644 "$STAGING/cloudwatch-agent.json" /usr/local/lib/flotilla/cloudwatch-agent.json
 fi
 install -m 0644 "$STAGING"/systemd/flotilla-* /etc/systemd/system/
 systemctl daemon-reload 2>/dev/null || true
 systemctl enable flotilla-boot.service flotilla-seal.service flotilla-agent.service \
-  flotilla-scaler.service flotilla-boot-deadline.timer
+  flotilla-scaler.service flotilla-hub.service flotilla-boot-deadline.timer
 
 # --- processes --------------------------------------------------------------------------------
 # The job cannot attach to anything it did not start (it already cannot to other users' processes);
@@ -104,7 +104,7 @@ install -d -m 0755 -o "$RSYSLOG_USER" /var/log/flotilla
 # Which lines go where is decided on the journal's trusted fields (_UID, _SYSTEMD_UNIT), which a
 # process cannot forge, never on the syslog tag (any user can log as `flotilla-agent`).
 cat >/etc/rsyslog.d/10-flotilla.conf <<CONF
-# Flotilla: one file per CloudWatch log group (P/agent, P/scaler, P/system).
+# Flotilla: one file per CloudWatch log group (P/agent, P/scaler, P/hub, P/system).
 module(load="imjournal" StateFile="flotilla-imjournal.state" IgnorePreviousMessages="off")
 # Never shipped: authentication and sudo lines (sudo's COMMAND= carries command lines, secrets
 # included), and anything the job user logs (the job's output reaches the job log instead).
@@ -117,6 +117,10 @@ if \$!_SYSTEMD_UNIT == 'flotilla-agent.service' and \$!_UID == '$agent_uid' then
 if \$!_SYSTEMD_UNIT == 'flotilla-agent.service' then stop
 if \$!_SYSTEMD_UNIT == 'flotilla-scaler.service' then {
   action(type="omfile" file="/var/log/flotilla/scaler.log" fileCreateMode="0640")
+  stop
+}
+if \$!_SYSTEMD_UNIT == 'flotilla-hub.service' then {
+  action(type="omfile" file="/var/log/flotilla/hub.log" fileCreateMode="0640")
   stop
 }
 action(type="omfile" file="/var/log/flotilla/system.log" fileCreateMode="0640")

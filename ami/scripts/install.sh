@@ -3,7 +3,9 @@
 #   - packages: Docker, git, jq, rsyslog, logrotate (+ curl/gnupg on Ubuntu);
 #   - configure.sh: the users `flotilla` (agent) and `flotilla-job` (jobs), sudo, the job record's
 #     directory, binaries, scripts and units, sysctl, journald and rsyslog routing, logrotate;
-#   - the CloudWatch agent (configured per instance by flotilla-boot).
+#   - the CloudWatch agent (configured per instance by flotilla-boot);
+#   - for hub instances: the AWS CLI (flotilla-hub-boot reads the secrets with it) and the RDS CA
+#     bundle at /etc/flotilla/rds-ca.pem (the hub verifies its PostgreSQL server with it).
 # Environment (from the Packer template): FLOTILLA_BASE_OS, FLOTILLA_ARCH, FLOTILLA_STAGING.
 set -euo pipefail
 
@@ -15,6 +17,9 @@ STAGING="${FLOTILLA_STAGING:-/tmp/flotilla}"
 # the CloudWatch agent package").
 CW_KEY_FINGERPRINT=937616F3450B7D806CBD9725D58167303B789C72
 CW_BASE_URL=https://amazoncloudwatch-agent.s3.amazonaws.com
+# The CA bundle of every RDS region (docs.aws.amazon.com, "Using SSL/TLS to encrypt a connection
+# to a DB instance"), fetched over HTTPS at image build time.
+RDS_CA_URL=https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 
 log() { echo "install.sh: $*" >&2; }
 die() {
@@ -107,5 +112,23 @@ test -x /opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl ||
   die "the CloudWatch agent is not installed"
 # Not enabled here: flotilla-boot starts it once the per-instance configuration exists.
 systemctl disable amazon-cloudwatch-agent.service 2>/dev/null || true
+
+# --- hub instances: the AWS CLI and the RDS CA bundle (flotilla-hub-boot, flotilla-hub.service) --
+case "$BASE_OS" in
+ubuntu-24.04)
+  # Ubuntu 24.04 has no AWS CLI package; AWS publishes it as a signed classic snap.
+  snap install aws-cli --classic
+  ;;
+al2023)
+  dnf install -y -q awscli-2
+  ;;
+esac
+command -v aws >/dev/null 2>&1 || test -x /snap/bin/aws || die "the AWS CLI is not installed"
+install -d -m 0755 /etc/flotilla
+curl -fsSL --retry 5 -o /etc/flotilla/rds-ca.pem.tmp "$RDS_CA_URL"
+grep -q -- '-----BEGIN CERTIFICATE-----' /etc/flotilla/rds-ca.pem.tmp ||
+  die "$RDS_CA_URL did not return PEM certificates"
+chmod 0644 /etc/flotilla/rds-ca.pem.tmp
+mv -f /etc/flotilla/rds-ca.pem.tmp /etc/flotilla/rds-ca.pem
 
 log "done"

@@ -4,6 +4,7 @@
 //! [`Hub`] calls and [`HubError`]s to status codes; errors never echo secrets.
 
 use crate::hub::{Hub, HubError};
+use crate::store::StoreError;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -39,6 +40,16 @@ impl IntoResponse for HubError {
             HubError::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
             HubError::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
+            HubError::Store(
+                error @ (StoreError::Conflict | StoreError::Postgres(_) | StoreError::Connect(_)),
+            ) => {
+                // Busy or briefly unreachable (a database failover): the client retries.
+                tracing::warn!(%error, "store unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the hub's database is busy or unavailable; retry".to_string(),
+                )
+            }
             HubError::Store(error) => {
                 tracing::error!(%error, "store error");
                 (
@@ -347,7 +358,7 @@ async fn shutdown_agent(
     Path(name): Path<String>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    hub.request_agent_shutdown(&name)?;
+    hub.request_agent_shutdown(&name, unix_now())?;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -8,7 +8,7 @@
 
 use crate::api::unix_now;
 use crate::hub::HubConfig;
-use crate::store::{Durability, Store, StoreError};
+use crate::store::{Durability, SqliteStore, Store, StoreError};
 use crate::tokens;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -157,12 +157,12 @@ fn ensure_agent_type(
         path: data_dir.to_path_buf(),
         source,
     };
-    let store = Store::open(data_dir, Durability::Full).map_err(store_error)?;
+    let mut store = SqliteStore::open(data_dir, Durability::Full).map_err(store_error)?;
     let exists = store
         .agent_types()
         .map_err(store_error)?
         .iter()
-        .any(|(name, _, _)| name == agent_type);
+        .any(|row| row.name == agent_type);
     if exists {
         return Ok((read_token(token_file)?, false));
     }

@@ -4,8 +4,15 @@
 //! the call that makes it returns. Calls take `now` (Unix seconds) so time-based rules are tested
 //! without sleeping.
 //!
-//! This file holds what every part shares (configuration, errors, the lock, and [`Hub::commit`],
-//! the one way state changes); `impl Hub` is split by concern into the modules below.
+//! This file holds what every part shares (configuration, errors, the lock, [`Hub::commit`], the
+//! one way state changes, and [`Hub::catch_up`], how a replica's memory follows commits other
+//! replicas made on a shared store); `impl Hub` is split by concern into the modules below.
+//!
+//! On a shared store (PostgreSQL with several replicas) memory is a cache of the database: every
+//! write is conditional on the rows it read (`store/mod.rs`), and an operation that met a row
+//! another replica changed, or a token or job this replica has not seen yet, catches up and runs
+//! again ([`Hub::locked`]). Other replicas' commits also arrive by `NOTIFY` and every second
+//! (`server::spawn_housekeeping`), so a replica's metrics long-poll wakes for any replica's job.
 
 mod agent_api;
 mod console_api;
@@ -22,7 +29,7 @@ pub use console_api::JobDetail;
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
 
-use crate::store::{Durability, JobRow, Store, StoreError};
+use crate::store::{self, Durability, JobRow, SqliteStore, Store, StoreError, StoreLocation};
 use crate::tokens;
 use memory::{Changes, Core, JobMem};
 use protocol::JobSpec;
@@ -97,9 +104,12 @@ pub enum HubError {
 pub type HubResult<T> = Result<T, HubError>;
 
 struct Inner {
-    store: Store,
+    store: Box<dyn Store>,
     core: Core,
 }
+
+/// How many times an operation runs when other replicas keep changing what it read.
+const MAX_ATTEMPTS: u32 = 8;
 
 pub struct Hub {
     config: HubConfig,
@@ -116,23 +126,33 @@ impl Hub {
     /// Opens the hub's store in `data_dir` and rebuilds the live state from it. Agents known to be
     /// connected get a fresh `lost_after` grace period to resume syncing.
     pub fn open(data_dir: &Path, config: HubConfig, now: i64) -> HubResult<Hub> {
-        let store = Store::open(data_dir, config.durability)?;
+        let location = StoreLocation::Sqlite {
+            data_dir: data_dir.to_path_buf(),
+        };
+        Hub::open_at(&location, config, now)
+    }
+
+    /// Opens the hub's store wherever it is (SQLite or PostgreSQL) and rebuilds the live state.
+    pub fn open_at(location: &StoreLocation, config: HubConfig, now: i64) -> HubResult<Hub> {
+        let store = store::open(location, config.durability)?;
         let mut hub = Hub::with_store(store, config, now)?;
-        hub.data_dir = Some(data_dir.to_path_buf());
+        hub.data_dir = location.data_dir().map(Path::to_path_buf);
         Ok(hub)
     }
 
     pub fn in_memory(config: HubConfig, now: i64) -> HubResult<Hub> {
-        Hub::with_store(Store::open_in_memory()?, config, now)
+        Hub::with_store(Box::new(SqliteStore::open_in_memory()?), config, now)
     }
 
-    fn with_store(store: Store, config: HubConfig, now: i64) -> HubResult<Hub> {
-        let mut core = Core::default();
-        for (name, token_hash, created_at) in store.agent_types()? {
-            core.type_by_token.insert(token_hash, name.clone());
-            core.types.insert(name, created_at);
+    fn with_store(store: Box<dyn Store>, config: HubConfig, now: i64) -> HubResult<Hub> {
+        // Read first: a row written while the rest loads comes again at the first catch-up.
+        let mut core = Core {
+            revision: store.head_revision()?,
+            ..Core::default()
+        };
+        for row in store.agent_types()? {
+            core.apply_type(row);
         }
-        core.type_time_limits = store.agent_type_time_limits()?.into_iter().collect();
         for mut row in store.agents(true)? {
             if row.disconnected_at.is_none() {
                 row.last_sync_at = row.last_sync_at.max(now);
@@ -185,11 +205,12 @@ impl Hub {
         tokens::constant_time_eq(&tokens::hash(token), &self.config.admin_token_hash)
     }
 
-    /// The one way live state changes: writes `changes` in one transaction, then applies them to
-    /// memory, and tells the metrics long-poll and log followers what moved.
+    /// The one way live state changes: writes `changes` in one transaction (each row only if
+    /// nobody changed it since it was read), then applies them to memory, and tells the metrics
+    /// long-poll and log followers what moved.
     fn commit(
         &self,
-        store: &mut Store,
+        store: &mut dyn Store,
         core: &mut Core,
         changes: Changes,
         now: i64,
@@ -199,15 +220,76 @@ impl Hub {
         }
         let jobs: Vec<&JobRow> = changes.jobs.iter().collect();
         let agents: Vec<_> = changes.agents.iter().collect();
-        store.commit(&jobs, &agents)?;
+        let revision = store.commit(&jobs, &agents)?;
+        core.committed(revision);
+        let changes = changes.at_revision(revision);
         limits::log_stop_notes(store, core, &changes.jobs, now);
         let applied = core.apply(changes, now);
+        self.announce(core, &applied);
+        Ok(())
+    }
+
+    /// Tells the metrics long-poll and log followers what moved.
+    fn announce(&self, core: &mut Core, applied: &memory::Applied) {
         if applied.counts_changed {
             self.bump(core);
         }
         if applied.job_finished {
             self.logs_changed.notify_waiters();
         }
-        Ok(())
+    }
+
+    /// Applies what other replicas committed since this one last looked (nothing on a store
+    /// nobody else writes). Returns whether anything was new.
+    fn catch_up(&self, store: &dyn Store, core: &mut Core, now: i64) -> HubResult<bool> {
+        if !store.shared() {
+            return Ok(false);
+        }
+        let feed = store.changes_since(core.revision)?;
+        if feed.revision <= core.revision {
+            return Ok(false);
+        }
+        let applied = core.apply_feed(feed, now, self.config.give_up_after_secs);
+        self.announce(core, &applied);
+        Ok(true)
+    }
+
+    /// Catches up with other replicas' commits (the server calls it on their `NOTIFY` and
+    /// every second). Returns whether anything was new.
+    pub fn refresh(&self, now: i64) -> HubResult<bool> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        self.catch_up(store.as_ref(), core, now)
+    }
+
+    /// Other replicas' commits, as a signal (None: nobody else writes this hub's store).
+    pub fn change_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.lock().store.change_signal()
+    }
+
+    /// Runs `operation` under the lock. On a shared store, when it met state another replica
+    /// changed (a conflicting write, or a token or job this replica has not seen yet), catches
+    /// up and runs it again; a conflict that outlasts [`MAX_ATTEMPTS`] is returned (503).
+    fn locked<T>(
+        &self,
+        now: i64,
+        mut operation: impl FnMut(&mut dyn Store, &mut Core) -> HubResult<T>,
+    ) -> HubResult<T> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        let mut attempt = 1;
+        loop {
+            let result = operation(store.as_mut(), core);
+            let conflict = matches!(result, Err(HubError::Store(StoreError::Conflict)));
+            let unseen = matches!(result, Err(HubError::Unauthorized | HubError::NotFound(_)));
+            if attempt >= MAX_ATTEMPTS || !(conflict || (unseen && store.shared())) {
+                return result;
+            }
+            let news = self.catch_up(store.as_ref(), core, now)?;
+            if !news && !conflict {
+                return result;
+            }
+            attempt += 1;
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod transfer;
 
 pub use bootstrap::{bootstrap, bootstrap_with, Bootstrap, BootstrapError, BootstrapOptions};
 pub use hub::{Hub, HubConfig, HubError};

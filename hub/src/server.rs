@@ -44,8 +44,13 @@ impl Default for ConnectionLimits {
 /// Housekeeping ticks (seconds) between purges of finished jobs' secrets.
 const PURGE_EVERY_TICKS: u64 = 60;
 
-/// Runs housekeeping every second until the hub is dropped by everyone else.
+/// Runs housekeeping every second until the hub is dropped by everyone else. On a shared store
+/// it also catches the hub up with other replicas' commits as they are announced, and every
+/// second in case an announcement was missed (a reconnection).
 pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
+    if let Some(signal) = hub.change_signal() {
+        tokio::spawn(follow_replicas(Arc::downgrade(&hub), signal));
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
@@ -54,6 +59,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
             ticks += 1;
             let hub = hub.clone();
             let result = tokio::task::spawn_blocking(move || {
+                hub.refresh(unix_now())?;
                 let lost = hub.maintain(unix_now())?;
                 if ticks.is_multiple_of(5) {
                     hub.checkpoint()?;
@@ -74,6 +80,20 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Applies other replicas' commits as their `NOTIFY`s arrive, until the hub is gone.
+async fn follow_replicas(hub: std::sync::Weak<Hub>, signal: Arc<tokio::sync::Notify>) {
+    loop {
+        signal.notified().await;
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || hub.refresh(unix_now())).await;
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, "catching up with other replicas failed");
+        }
+    }
 }
 
 /// Binds `options.listen` and serves until `shutdown` completes.

@@ -8,6 +8,7 @@
 //! `docs/console/` (the README shows one).
 
 mod console_support;
+mod stores;
 
 use console_support::{serve, Served, ADMIN};
 use fantoccini::elements::Element;

@@ -5,6 +5,7 @@
 //! page under 100 KB.
 
 mod console_support;
+mod stores;
 
 use console_support::{serve, Served, ADMIN};
 use protocol::{JobResult, JobSpec};

@@ -2,6 +2,7 @@
 //! intake, finishing, stops, lost agents and re-queues, and recovery from the database.
 
 mod core_support;
+mod stores;
 
 use core_support::{config, report};
 use hub::hub::{Hub, HubError};
@@ -34,7 +35,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let hub = Hub::in_memory(config(), T0).unwrap();
+    let hub = stores::fresh_hub(config(), T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
     Setup {
         hub,
@@ -346,7 +347,7 @@ fn idle_agents_are_shut_down_after_their_idle_timeout() {
 fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (registration_token, agent_token, running, queued, done) = {
-        let hub = Hub::open(dir.path(), config(), T0).unwrap();
+        let hub = stores::open(dir.path(), config(), T0).unwrap();
         let registration_token = hub.create_agent_type("linux", T0).unwrap();
         let s = Setup {
             hub,
@@ -397,7 +398,7 @@ fn state_survives_a_restart() {
         )
     };
     // The process is gone; a new hub on the same data directory carries on.
-    let hub = Hub::open(dir.path(), config(), T0 + 100).unwrap();
+    let hub = stores::open(dir.path(), config(), T0 + 100).unwrap();
     assert_eq!(hub.job(&done).unwrap().result, Some(JobResult::Passed));
     assert_eq!(hub.job(&running).unwrap().state, JobState::Running);
     assert_eq!(hub.job(&queued).unwrap().state, JobState::Queued);
@@ -444,7 +445,7 @@ fn full_logs_answer_422() {
     let mut config = config();
     // Two lines fit; a third would overshoot the cap, so it is refused before it is stored.
     config.max_log_bytes = 200;
-    let hub = Hub::in_memory(config, T0).unwrap();
+    let hub = stores::fresh_hub(config, T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
     let s = Setup {
         hub,

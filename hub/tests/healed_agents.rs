@@ -5,6 +5,7 @@
 //! rule with real processes across a real cut link.
 
 mod core_support;
+mod stores;
 
 use core_support::{config, report};
 use hub::hub::{Hub, HubError};
@@ -92,7 +93,7 @@ fn lose(r: &Running) -> i64 {
 
 #[test]
 fn a_healed_agent_whose_job_nobody_took_resumes_and_delivers_everything_once() {
-    let r = running(Hub::in_memory(config(), T0).unwrap());
+    let r = running(stores::fresh_hub(config(), T0).unwrap());
     let lost_at = lose(&r);
     let healed = lost_at + 30;
     // The agent's first push after the cut: its log token went with the re-queue.
@@ -142,7 +143,7 @@ fn a_healed_agent_whose_job_nobody_took_resumes_and_delivers_everything_once() {
 
 #[test]
 fn a_healed_agent_whose_job_went_to_another_agent_is_refused() {
-    let r = running(Hub::in_memory(config(), T0).unwrap());
+    let r = running(stores::fresh_hub(config(), T0).unwrap());
     let lost_at = lose(&r);
     let (_other, answer) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
     assert_eq!(answer.job_id, r.job_id, "the re-run went to another agent");
@@ -167,7 +168,7 @@ fn a_healed_agent_whose_job_went_to_another_agent_is_refused() {
 
 #[test]
 fn a_healed_agent_whose_job_failed_for_lack_of_retries_is_refused() {
-    let hub = Hub::in_memory(config(), T0).unwrap();
+    let hub = stores::fresh_hub(config(), T0).unwrap();
     let registration_token = hub.create_agent_type("linux", T0).unwrap();
     let mut spec = JobSpec::from_commands("linux", &["make".into()]);
     spec.retry.agent_lost = 0;
@@ -188,7 +189,7 @@ fn a_healed_agent_whose_job_failed_for_lack_of_retries_is_refused() {
 
 #[test]
 fn past_the_give_up_time_a_lost_agent_is_forgotten() {
-    let r = running(Hub::in_memory(config(), T0).unwrap());
+    let r = running(stores::fresh_hub(config(), T0).unwrap());
     lose(&r);
     let give_up = r.hub.config().give_up_after_secs;
     assert_eq!(give_up, protocol::GIVE_UP_AFTER_SECS);
@@ -206,13 +207,13 @@ fn past_the_give_up_time_a_lost_agent_is_forgotten() {
 #[test]
 fn a_restarted_hub_still_takes_a_healed_agent_back() {
     let dir = tempfile::tempdir().unwrap();
-    let r = running(Hub::open(dir.path(), config(), T0).unwrap());
+    let r = running(stores::open(dir.path(), config(), T0).unwrap());
     let lost_at = lose(&r);
     let Running {
         hub, token, job_id, ..
     } = r;
     drop(hub);
-    let hub = Hub::open(dir.path(), config(), lost_at + 5).unwrap();
+    let hub = stores::open(dir.path(), config(), lost_at + 5).unwrap();
     let answer = hub
         .sync(
             &token,
@@ -243,7 +244,7 @@ fn the_defaults_agree_lost_after_is_shorter_than_the_give_up_time() {
 
 #[test]
 fn a_rerun_on_another_agent_appends_its_whole_log_after_the_lost_attempts() {
-    let r = running(Hub::in_memory(config(), T0).unwrap());
+    let r = running(stores::fresh_hub(config(), T0).unwrap());
     let lost_at = lose(&r);
     let (other, _) = take_job(&r.hub, &r.registration_token, "agent-0002", lost_at);
     let log_token = r

@@ -7,6 +7,7 @@
 
 #[path = "../../agent/tests/support/imds.rs"]
 mod imds;
+mod stores;
 
 use hub::hub::{Hub, HubConfig, HubError};
 use hub::identity::Certificates;
@@ -21,7 +22,7 @@ const T0: i64 = 1_700_000_000;
 const ACCOUNT: &str = "111122223333";
 
 fn hub_with(config: HubConfig) -> Hub {
-    Hub::in_memory(config, T0).unwrap()
+    stores::fresh_hub(config, T0).unwrap()
 }
 
 fn registration(name: &str, single_job: bool) -> RegisterRequest {
@@ -105,13 +106,13 @@ fn the_used_name_is_remembered_across_a_hub_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = HubConfig::new("http://hub.test", "admin");
     let token = {
-        let hub = Hub::open(dir.path(), config.clone(), T0).unwrap();
+        let hub = stores::open(dir.path(), config.clone(), T0).unwrap();
         let token = hub.create_agent_type("linux", T0).unwrap();
         submit(&hub, "linux");
         take_job(&hub, &token, "agent-used-0001", true);
         token
     };
-    let hub = Hub::open(dir.path(), config, T0 + 100).unwrap();
+    let hub = stores::open(dir.path(), config, T0 + 100).unwrap();
     let again = hub.register(&token, registration("agent-used-0001", true), T0 + 100);
     assert!(conflict(again).contains("has already held a job"));
 }
@@ -223,7 +224,7 @@ fn identity_fleet(hub_dir: Option<&Path>) -> IdentityFleet {
     let (key, cert) = imds::signing_key(dir.path(), "aws-test");
     let config = identity_config(&cert);
     let hub = match hub_dir {
-        Some(path) => Hub::open(path, config, T0).unwrap(),
+        Some(path) => stores::open(path, config, T0).unwrap(),
         None => hub_with(config),
     };
     let policy = IdentityPolicy {
@@ -279,7 +280,7 @@ fn a_replayed_identity_is_refused_after_the_agent_left_and_the_hub_restarted() {
     let agent = fleet.hub.register(&fleet.token, request, T0).unwrap();
     fleet.hub.disconnect(&agent.token, T0 + 5).unwrap();
     drop(fleet.hub);
-    let hub = Hub::open(data.path(), identity_config(&fleet.cert), T0 + 100).unwrap();
+    let hub = stores::open(data.path(), identity_config(&fleet.cert), T0 + 100).unwrap();
     let replay = with_identity("", Some(identity));
     let refused = conflict(hub.register(&fleet.token, replay, T0 + 100));
     assert!(refused.contains("registered before"), "{refused}");

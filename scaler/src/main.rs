@@ -27,7 +27,7 @@ enum Commands {
     /// Run everything on this machine: the hub, a local fleet of agents and the control loop.
     Up(up::UpArgs),
     /// Serve the hub: the agent protocol, log intake, metrics and the user API.
-    Hub(hub::HubArgs),
+    Hub(hub::HubCommand),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
     /// Create or update a fleet's CloudFormation stack (the template is built in).

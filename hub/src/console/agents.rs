@@ -74,7 +74,9 @@ pub async fn shutdown(
     Form(form): Form<ShutdownForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    console.hub.request_agent_shutdown(&name)?;
+    console
+        .hub
+        .request_agent_shutdown(&name, crate::api::unix_now())?;
     tracing::info!(agent = %name, "console: shutdown requested");
     Ok(Redirect::to("/console/agents").into_response())
 }

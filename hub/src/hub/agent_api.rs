@@ -9,7 +9,7 @@
 //! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
 use super::memory::{AgentMem, Changes, Core, LOST, REVOKED};
-use super::{jobs, Hub, HubError, HubResult, Inner};
+use super::{jobs, Hub, HubError, HubResult};
 use crate::identity::{self, Certificates, IdentityDocument};
 use crate::rules::{
     self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
@@ -31,13 +31,34 @@ impl Hub {
         request: RegisterRequest,
         now: i64,
     ) -> HubResult<RegisterResponse> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
+        // An instance this call recorded is not "registered before" when the call runs again.
+        let mut recorded_here = false;
+        self.locked(now, |store, core| {
+            self.register_locked(
+                store,
+                core,
+                presented_token,
+                &request,
+                now,
+                &mut recorded_here,
+            )
+        })
+    }
+
+    fn register_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        presented_token: &str,
+        request: &RegisterRequest,
+        now: i64,
+        recorded_here: &mut bool,
+    ) -> HubResult<RegisterResponse> {
         let (agent_type, presenter) = presenter(core, presented_token)?;
-        let instance = self.verified_instance(store, &agent_type, &request)?;
+        let instance = self.verified_instance(store, &agent_type, request)?;
         let name = match &instance {
             Some(document) => document.instance_id.clone(),
-            None => agent_name(&request)?,
+            None => agent_name(request)?,
         };
         let live = core.agents.get(&name);
         let facts = RegisterFacts {
@@ -47,7 +68,9 @@ impl Hub {
             holders_own_token: presenter.as_deref() == Some(name.as_str()),
             name_held_a_job: store.name_held_a_job(&name)?,
             instance_registered_before: match &instance {
-                Some(document) => store.instance_registered(&document.instance_id)?,
+                Some(document) => {
+                    !*recorded_here && store.instance_registered(&document.instance_id)?
+                }
                 None => false,
             },
         };
@@ -56,13 +79,15 @@ impl Hub {
         if let Some(document) = &instance {
             // Recorded before the agent row: a crash in between leaves the instance spent, never
             // registrable twice.
-            let (id, account, region) = (
-                &document.instance_id,
-                &document.account_id,
-                &document.region,
+            let row = (
+                document.instance_id.clone(),
+                agent_type.clone(),
+                document.account_id.clone(),
+                document.region.clone(),
+                now,
+                document.launched_at(),
             );
-            let times = (now, document.launched_at());
-            store.record_instance(id, &agent_type, account, region, times)?;
+            *recorded_here |= store.record_instance(&row)?;
         }
         let mut changes = Changes::default();
         // A re-registration under a live name replaces the old agent; its job is lost.
@@ -75,7 +100,7 @@ impl Hub {
         let registration = RegisterRequest {
             name: name.clone(),
             flotilla_instance_identity: None,
-            ..request
+            ..request.clone()
         };
         changes.agents.push(AgentRow {
             name: name.clone(),
@@ -89,6 +114,8 @@ impl Hub {
             interrupted_at: 0,
             disconnected_at: None,
             registration: serde_json::to_string(&registration).unwrap_or_default(),
+            shutdown_requested: false,
+            revision: live.map_or(0, |agent| agent.row.revision),
         });
         self.commit(store, core, changes, now)?;
         Ok(RegisterResponse { name, token })
@@ -98,7 +125,7 @@ impl Hub {
     /// (403) when the identity does not check out.
     fn verified_instance(
         &self,
-        store: &Store,
+        store: &dyn Store,
         agent_type: &str,
         request: &RegisterRequest,
     ) -> HubResult<Option<IdentityDocument>> {
@@ -122,18 +149,9 @@ impl Hub {
         request: &SyncRequest,
         now: i64,
     ) -> HubResult<SyncResponse> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        self.heal(store, core, access_token, now)?;
-        let agent = core.agent(access_token)?;
-        let facts = agent_facts(core, agent);
-        let next_job = core.next_job_for(agent);
-        let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
-        let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
-        let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
-        let name = agent.row.name.clone();
-        self.commit(store, core, changes, now)?;
-        core.touch(&name, request, now);
+        let reply = self.locked(now, |store, core| {
+            self.sync_locked(store, core, access_token, request, now)
+        })?;
         let (action, job_id, shutdown_reason) = match reply {
             Reply::Continue => (SyncAction::Continue, String::new(), ShutdownReason::Unknown),
             Reply::WaitForJobs => (
@@ -155,10 +173,54 @@ impl Hub {
         })
     }
 
+    fn sync_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        access_token: &str,
+        request: &SyncRequest,
+        now: i64,
+    ) -> HubResult<Reply> {
+        self.heal(store, core, access_token, now)?;
+        // The agent reports a job other than the one memory gave it: another replica moved it.
+        if store.shared()
+            && core
+                .agent(access_token)?
+                .row
+                .job_id
+                .as_deref()
+                .unwrap_or("")
+                != request.job_id
+        {
+            self.catch_up(store, core, now)?;
+        }
+        let agent = core.agent(access_token)?;
+        let facts = agent_facts(core, agent);
+        let next_job = core.next_job_for(agent);
+        let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
+        let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
+        let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
+        let name = agent.row.name.clone();
+        self.commit(store, core, changes, now)?;
+        core.touch(&name, request, now);
+        Ok(reply)
+    }
+
     /// The job an agent was assigned, with a fresh log token (only the token's hash is kept).
     pub fn job_request(&self, access_token: &str, job_id: &str, now: i64) -> HubResult<JobRequest> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
+        self.locked(now, |store, core| {
+            self.job_request_locked(store, core, access_token, job_id, now)
+        })
+    }
+
+    fn job_request_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        access_token: &str,
+        job_id: &str,
+        now: i64,
+    ) -> HubResult<JobRequest> {
         self.heal(store, core, access_token, now)?;
         let agent = core.agent(access_token)?;
         let job = core
@@ -188,8 +250,18 @@ impl Hub {
 
     /// A new log token for the agent's current job.
     pub fn refresh_log_token(&self, access_token: &str, now: i64) -> HubResult<String> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
+        self.locked(now, |store, core| {
+            self.refresh_locked(store, core, access_token, now)
+        })
+    }
+
+    fn refresh_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        access_token: &str,
+        now: i64,
+    ) -> HubResult<String> {
         self.heal(store, core, access_token, now)?;
         let job_id = core
             .agent(access_token)?
@@ -209,18 +281,18 @@ impl Hub {
     }
 
     pub fn disconnect(&self, access_token: &str, now: i64) -> HubResult<()> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        let name = core.agent(access_token)?.row.name.clone();
-        let why = "its agent disconnected";
-        self.remove_agent(store, core, &name, "disconnected", now, why)
+        self.locked(now, |store, core| {
+            let name = core.agent(access_token)?.row.name.clone();
+            let why = "its agent disconnected";
+            self.remove_agent(store, core, &name, "disconnected", now, why)
+        })
     }
 
     /// Takes an agent out of service in state `state` (`disconnected`, `lost`); its job is lost
     /// for the reason `why`.
     pub(super) fn remove_agent(
         &self,
-        store: &mut Store,
+        store: &mut dyn Store,
         core: &mut Core,
         name: &str,
         state: &str,
@@ -239,13 +311,9 @@ impl Hub {
         };
         let changes = Changes {
             jobs: lost_job(core, agent, now, why).into_iter().collect(),
-            agents: vec![row.clone()],
+            agents: vec![row],
         };
-        self.commit(store, core, changes, now)?;
-        if state == LOST {
-            core.lost.insert(row.token_hash.clone(), row);
-        }
-        Ok(())
+        self.commit(store, core, changes, now)
     }
 
     /// A lost agent presents its access token again (the link healed): it resumes, taking back
@@ -253,7 +321,7 @@ impl Hub {
     /// goes on to answer 401. Nothing happens for any other token.
     fn heal(
         &self,
-        store: &mut Store,
+        store: &mut dyn Store,
         core: &mut Core,
         access_token: &str,
         now: i64,
@@ -261,7 +329,8 @@ impl Hub {
         if core.agent(access_token).is_ok() {
             return Ok(());
         }
-        let Some(lost) = core.lost.remove(&tokens::hash(access_token)) else {
+        // It stays among the lost until a commit says otherwise (a conflict runs this again).
+        let Some(lost) = core.lost.get(&tokens::hash(access_token)).cloned() else {
             return Ok(());
         };
         let facts = HealFacts {
@@ -364,7 +433,7 @@ fn agent_facts(core: &Core, agent: &AgentMem) -> AgentFacts {
         interrupted_at: agent.row.interrupted_at,
         idle_since: agent.idle_since,
         jobs_finished: agent.row.jobs_finished,
-        shutdown_requested: agent.shutdown_requested,
+        shutdown_requested: agent.row.shutdown_requested,
         job,
     }
 }

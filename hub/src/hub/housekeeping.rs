@@ -2,10 +2,12 @@
 //! lost (their jobs re-queued or failed), jobs past their time limit are stopped, agents'
 //! last-sync times are flushed in small batches, the WAL is checkpointed, and finished jobs'
 //! secrets (environment values, file contents) are purged once their retention period is over.
+//! With several replicas on one store, only the leader (`Store::try_lead`: PostgreSQL's advisory
+//! lock, held until its connection ends) sweeps and purges; every replica flushes its syncs.
 
-use super::memory::LOST;
-use super::{Hub, HubResult, Inner};
-use crate::store::Store;
+use super::memory::{Core, LOST};
+use super::{Hub, HubError, HubResult, Inner};
+use crate::store::{SqliteStore, Store, StoreError};
 use protocol::JobSpec;
 
 impl Hub {
@@ -16,36 +18,22 @@ impl Hub {
         let (lost_count, touched) = {
             let mut guard = self.lock();
             let Inner { store, core } = &mut *guard;
-            let lost: Vec<String> = core
-                .agents
-                .values()
-                .filter(|agent| now - agent.row.last_sync_at > self.config.lost_after_secs)
-                .map(|agent| agent.row.name.clone())
-                .collect();
-            for name in &lost {
-                tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
-                self.remove_agent(store, core, name, LOST, now, "its agent was lost")?;
-                core.counters.lost_agents += 1;
-            }
+            let lost_count = if store.try_lead()? {
+                match self.sweep(store.as_mut(), core, now) {
+                    // Another replica changed a row the sweep read: the next tick sweeps again.
+                    Err(HubError::Store(StoreError::Conflict)) => {
+                        self.catch_up(store.as_ref(), core, now)?;
+                        0
+                    }
+                    other => other?,
+                }
+            } else {
+                0
+            };
             let give_up = self.config.give_up_after_secs;
             core.lost
                 .retain(|_, agent| now - agent.last_sync_at <= give_up);
-            self.enforce_time_limits(store, core, now)?;
-            let touched: Vec<(String, i64, String, i64)> = core
-                .agents
-                .values_mut()
-                .filter(|agent| agent.touched)
-                .map(|agent| {
-                    agent.touched = false;
-                    (
-                        agent.row.name.clone(),
-                        agent.row.last_sync_at,
-                        agent.row.state.clone(),
-                        agent.row.interrupted_at,
-                    )
-                })
-                .collect();
-            (lost.len(), touched)
+            (lost_count, take_touched(core))
         };
         // Last-sync times are not job state: write them in small batches, releasing the lock in
         // between, so thousands of agents do not stall syncs.
@@ -53,6 +41,35 @@ impl Hub {
             self.lock().store.touch_agents(batch)?;
         }
         Ok(lost_count)
+    }
+
+    /// The once-only sweeps (the leading replica's on a shared store): agents silent for
+    /// longer than `lost_after` are lost, jobs past their time limit stopped.
+    fn sweep(&self, store: &mut dyn Store, core: &mut Core, now: i64) -> HubResult<usize> {
+        let silent = |core: &Core| -> Vec<String> {
+            core.agents
+                .values()
+                .filter(|agent| now - agent.row.last_sync_at > self.config.lost_after_secs)
+                .map(|agent| agent.row.name.clone())
+                .collect()
+        };
+        let mut lost = silent(core);
+        if store.shared() && !lost.is_empty() {
+            // They may have synced through other replicas: their flushed times say.
+            for name in &lost {
+                if let (Some(row), Some(agent)) = (store.agent(name)?, core.agents.get_mut(name)) {
+                    agent.row.last_sync_at = agent.row.last_sync_at.max(row.last_sync_at);
+                }
+            }
+            lost = silent(core);
+        }
+        for name in &lost {
+            tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
+            self.remove_agent(store, core, name, LOST, now, "its agent was lost")?;
+            core.counters.lost_agents += 1;
+        }
+        self.enforce_time_limits(store, core, now)?;
+        Ok(lost.len())
     }
 
     /// Empties the environment values and file contents of jobs that finished more than the
@@ -64,7 +81,11 @@ impl Hub {
             // Not a spec this hub can read: keep nothing of it.
             Err(_) => String::new(),
         };
-        let purged = self.lock().store.purge_job_secrets(before, &redact)?;
+        let mut guard = self.lock();
+        if !guard.store.try_lead()? {
+            return Ok(0);
+        }
+        let purged = guard.store.purge_job_secrets(before, &redact)?;
         if purged > 0 {
             tracing::info!(jobs = purged, "purged finished jobs' secrets");
         }
@@ -74,8 +95,25 @@ impl Hub {
     /// Moves committed WAL pages into the database file (off the request path).
     pub fn checkpoint(&self) -> HubResult<()> {
         if let Some(dir) = &self.data_dir {
-            Store::checkpoint(dir)?;
+            SqliteStore::checkpoint(dir)?;
         }
         Ok(())
     }
+}
+
+/// Agents whose last sync and reported state changed since the last flush (marks them clean).
+fn take_touched(core: &mut Core) -> Vec<(String, i64, String, i64)> {
+    core.agents
+        .values_mut()
+        .filter(|agent| agent.touched)
+        .map(|agent| {
+            agent.touched = false;
+            (
+                agent.row.name.clone(),
+                agent.row.last_sync_at,
+                agent.row.state.clone(),
+                agent.row.interrupted_at,
+            )
+        })
+        .collect()
 }

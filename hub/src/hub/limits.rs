@@ -40,7 +40,7 @@ impl Hub {
     /// next sync). Returns how many were.
     pub(super) fn enforce_time_limits(
         &self,
-        store: &mut Store,
+        store: &mut dyn Store,
         core: &mut Core,
         now: i64,
     ) -> HubResult<usize> {
@@ -108,7 +108,7 @@ fn stop_note(reason: &str, now: i64) -> String {
 
 /// Ends the log of each finished job the hub stopped itself with the note saying why. The
 /// agent's log is complete by then (it flushes before it reports the job finished).
-pub(super) fn log_stop_notes(store: &mut Store, core: &mut Core, jobs: &[JobRow], now: i64) {
+pub(super) fn log_stop_notes(store: &mut dyn Store, core: &mut Core, jobs: &[JobRow], now: i64) {
     for job in jobs.iter().filter(|job| job.state.is_finished()) {
         let Some(note) = core.stop_notes.remove(&job.id) else {
             continue;
@@ -145,6 +145,7 @@ mod tests {
             assigned_at: assigned,
             started_at: started,
             finished_at: None,
+            revision: 1,
         }
     }
 

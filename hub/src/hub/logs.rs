@@ -3,7 +3,7 @@
 //! to the store; memory keeps only each live job's line and byte counts.
 
 use super::memory::{Changes, Core};
-use super::{jobs, Hub, HubError, HubResult, Inner};
+use super::{jobs, Hub, HubError, HubResult};
 use crate::store::{JobRow, Store};
 use crate::tokens;
 use protocol::views::LogPage;
@@ -21,13 +21,32 @@ impl Hub {
         body: &str,
         now: i64,
     ) -> HubResult<()> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        let Some(job) = core.jobs.get(job_id).map(|job| &job.row) else {
+        let lines = json_lines(body)?;
+        self.locked(now, |store, core| {
+            self.push_locked(store, core, job_id, bearer, (start_from, &lines), now)
+        })?;
+        self.logs_changed.notify_waiters();
+        Ok(())
+    }
+
+    fn push_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        job_id: &str,
+        bearer: &str,
+        (start_from, lines): (i64, &[&str]),
+        now: i64,
+    ) -> HubResult<()> {
+        let Some(job) = core.jobs.get_mut(job_id).map(|job| &mut job.row) else {
             return Err(HubError::NotFound(format!("job {job_id} is not running")));
         };
         if !log_token_valid(job, bearer, now) {
             return Err(HubError::Unauthorized);
+        }
+        if store.shared() {
+            // Other replicas may have stored this job's earlier batches.
+            (job.log_lines, job.log_bytes) = store.log_counts(job_id)?;
         }
         if job.log_bytes >= self.config.max_log_bytes {
             return self.log_full(store, core, job_id, now);
@@ -40,34 +59,28 @@ impl Hub {
                 job.log_lines - job.log_base
             )));
         }
-        let lines = json_lines(body)?;
         // Lines before the log's end are already stored (a retried batch): only the rest counts.
         let stored = usize::try_from(job.log_lines - at).unwrap_or(0);
         let new = &lines[stored.min(lines.len())..];
         let fitting = lines_that_fit(new, self.config.max_log_bytes - job.log_bytes);
         // The first log push is the job starting, even if no sync reported it yet.
         let starts = job.state == JobState::Assigned;
-        let (count, bytes) = store.append_log(job_id, job.log_lines, &new[..fitting])?;
-        if let Some(memory) = core.jobs.get_mut(job_id) {
-            memory.row.log_lines = count;
-            memory.row.log_bytes = bytes;
-            if starts {
-                let started = jobs::started(&memory.row, now);
-                self.commit(store, core, Changes::job(started), now)?;
-            }
+        (job.log_lines, job.log_bytes) =
+            store.append_log(job_id, job.log_lines, &new[..fitting])?;
+        if starts {
+            let started = jobs::started(job, now);
+            self.commit(store, core, Changes::job(started), now)?;
         }
         if fitting < new.len() {
             return self.log_full(store, core, job_id, now);
         }
-        drop(guard);
-        self.logs_changed.notify_waiters();
         Ok(())
     }
 
     /// Marks a job's log trimmed (once) and answers 422.
     fn log_full(
         &self,
-        store: &mut Store,
+        store: &mut dyn Store,
         core: &mut Core,
         job_id: &str,
         now: i64,

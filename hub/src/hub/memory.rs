@@ -1,11 +1,13 @@
 //! The hub's in-memory view of the live state — agent types, connected agents, unfinished jobs
 //! and the queues — and the one way it changes: [`Changes`], the rows a call rewrites, are
 //! committed to the store first (`Hub::commit`) and only then applied here, so memory never runs
-//! ahead of the disk. The `/metrics` counters follow the same row transitions.
+//! ahead of the disk. The `/metrics` counters follow the same row transitions. On a shared store
+//! other replicas' rows arrive as a [`Feed`] ([`Core::apply_feed`]); a row memory already holds at
+//! the same or a newer revision is skipped, so applying twice changes nothing.
 
 use super::metrics::HubCounters;
 use super::{HubError, HubResult};
-use crate::store::{AgentRow, JobRow};
+use crate::store::{AgentRow, AgentTypeRow, Feed, JobRow};
 use crate::tokens;
 use protocol::{JobSpec, JobState, RegisterRequest, SyncRequest};
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +16,6 @@ pub(super) struct AgentMem {
     pub row: AgentRow,
     pub registration: RegisterRequest,
     pub idle_since: i64,
-    pub shutdown_requested: bool,
     /// last_sync/state changed since the last flush.
     pub touched: bool,
 }
@@ -25,7 +26,6 @@ impl AgentMem {
             registration: serde_json::from_str(&row.registration).unwrap_or_default(),
             row,
             idle_since,
-            shutdown_requested: false,
             touched: false,
         }
     }
@@ -55,6 +55,8 @@ pub(super) struct Core {
     /// Agents lost within the give-up time, by token hash, with the job they had: one whose
     /// link heals may come back (`Hub::heal`).
     pub lost: HashMap<String, AgentRow>,
+    /// The store's revision memory has caught up to.
+    pub revision: i64,
 }
 
 /// The stored state of an agent that stopped syncing for `lost_after`.
@@ -87,6 +89,17 @@ impl Changes {
 
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty() && self.agents.is_empty()
+    }
+
+    /// The rows as the commit at `revision` stored them.
+    pub fn at_revision(mut self, revision: i64) -> Changes {
+        for job in &mut self.jobs {
+            job.revision = revision;
+        }
+        for agent in &mut self.agents {
+            agent.revision = revision;
+        }
+        self
     }
 }
 
@@ -175,11 +188,29 @@ impl Core {
         agent.touched = true;
     }
 
+    /// This process committed `revision`: memory is at it if it was at the one before
+    /// (otherwise other replicas' commits lie between, and the next catch-up reads them).
+    pub fn committed(&mut self, revision: i64) {
+        if revision == self.revision + 1 {
+            self.revision = revision;
+        }
+    }
+
+    /// An agent type, as stored.
+    pub fn apply_type(&mut self, row: AgentTypeRow) {
+        self.type_by_token.insert(row.token_hash, row.name.clone());
+        match row.time_limit {
+            Some(seconds) => self.type_time_limits.insert(row.name.clone(), seconds),
+            None => self.type_time_limits.remove(&row.name),
+        };
+        self.types.insert(row.name, row.created_at);
+    }
+
     /// Puts committed rows into memory: queues, the live set and the counters follow the rows.
     pub fn apply(&mut self, changes: Changes, now: i64) -> Applied {
         let mut applied = Applied::default();
         for job in changes.jobs {
-            self.apply_job(job, &mut applied);
+            self.apply_job(job, true, &mut applied);
         }
         for agent in changes.agents {
             self.apply_agent(agent, now, &mut applied);
@@ -187,13 +218,64 @@ impl Core {
         applied
     }
 
-    fn apply_job(&mut self, job: JobRow, applied: &mut Applied) {
+    /// Puts rows other replicas committed into memory (their transitions count in their own
+    /// `/metrics`, not here). Lost agents within `give_up_after` are remembered, so that one
+    /// whose link heals through this replica may resume.
+    pub fn apply_feed(&mut self, feed: Feed, now: i64, give_up_after: i64) -> Applied {
+        let mut applied = Applied::default();
+        for row in feed.agent_types {
+            self.apply_type(row);
+        }
+        for job in feed.jobs {
+            match self.jobs.get(&job.id) {
+                Some(memory) if memory.row.revision >= job.revision => {}
+                Some(_) => self.apply_job(job, false, &mut applied),
+                None if job.state.is_finished() => {}
+                None => match serde_json::from_str::<JobSpec>(&job.spec) {
+                    Ok(spec) => {
+                        applied.counts_changed = true;
+                        self.insert_job(JobMem { row: job, spec });
+                    }
+                    Err(error) => tracing::error!(job = %job.id, "a stored job's spec: {error}"),
+                },
+            }
+        }
+        for agent in feed.agents {
+            self.apply_agent_feed(agent, now, give_up_after, &mut applied);
+        }
+        self.revision = self.revision.max(feed.revision);
+        applied
+    }
+
+    fn apply_agent_feed(
+        &mut self,
+        mut row: AgentRow,
+        now: i64,
+        give_up_after: i64,
+        applied: &mut Applied,
+    ) {
+        if let Some(memory) = self.agents.get(&row.name) {
+            if memory.row.revision >= row.revision {
+                return;
+            }
+            // Syncs this replica served are newer than the row's flushed time.
+            row.last_sync_at = row.last_sync_at.max(memory.row.last_sync_at);
+        }
+        if row.state == LOST && now - row.last_sync_at > give_up_after {
+            return; // Gone for good: it gave up long ago.
+        }
+        self.apply_agent(row, now, applied);
+    }
+
+    fn apply_job(&mut self, job: JobRow, count: bool, applied: &mut Applied) {
         let Some(memory) = self.jobs.get_mut(&job.id) else {
             return;
         };
         if memory.row.state != job.state {
             applied.counts_changed = true;
-            self.counters.record(&memory.row, &job);
+            if count {
+                self.counters.record(&memory.row, &job);
+            }
         }
         let queue = self.queues.entry(job.agent_type.clone()).or_default();
         if job.state == JobState::Queued {
@@ -210,6 +292,12 @@ impl Core {
     }
 
     fn apply_agent(&mut self, row: AgentRow, now: i64, applied: &mut Applied) {
+        // A lost agent is remembered (until it gives up), so that one whose link heals may resume.
+        if row.disconnected_at.is_some() && row.state == LOST {
+            self.lost.insert(row.token_hash.clone(), row.clone());
+        } else {
+            self.lost.remove(&row.token_hash);
+        }
         match self.agents.get_mut(&row.name) {
             Some(memory)
                 if memory.row.token_hash == row.token_hash && row.disconnected_at.is_none() =>
@@ -219,6 +307,10 @@ impl Core {
                     if row.job_id.is_none() {
                         memory.idle_since = now;
                     }
+                }
+                if memory.row.registration != row.registration {
+                    memory.registration =
+                        serde_json::from_str(&row.registration).unwrap_or_default();
                 }
                 memory.row = row;
             }

@@ -2,9 +2,9 @@
 //! jobs, listing agents and asking one to shut down. Finished jobs are read from the store; live
 //! ones from memory. Answers are the `protocol::views` types the CLI reads.
 
-use super::memory::{AgentMem, Changes, JobMem};
-use super::{jobs, Hub, HubError, HubResult, Inner};
-use crate::store::JobRow;
+use super::memory::{AgentMem, Changes, Core, JobMem};
+use super::{jobs, Hub, HubError, HubResult};
+use crate::store::{AgentRow, JobRow, Store};
 use crate::tokens;
 use protocol::views::{AgentView, IdentityPolicy, JobView};
 use protocol::{JobSpec, JobState};
@@ -31,24 +31,56 @@ impl Hub {
         if let Some(why) = crate::identity::check_policy(identity) {
             return Err(HubError::BadRequest(why));
         }
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        if core.types.contains_key(name) {
-            return Err(HubError::Conflict(format!(
-                "agent type '{name}' already exists"
+        self.locked(now, |store, core| {
+            let exists = || HubError::Conflict(format!("agent type '{name}' already exists"));
+            if core.types.contains_key(name) {
+                return Err(exists());
+            }
+            let token = tokens::new_token();
+            let token_hash = tokens::hash(&token);
+            let inserted = if identity.require_instance_identity {
+                let policy = serde_json::to_string(identity).unwrap_or_default();
+                store.insert_agent_type_with_identity(name, &token_hash, now, &policy)?
+            } else {
+                store.insert_agent_type(name, &token_hash, now)?
+            };
+            if !inserted {
+                // Another replica made it: memory learns of it at its next catch-up.
+                return Err(exists());
+            }
+            core.types.insert(name.to_string(), now);
+            core.type_by_token.insert(token_hash, name.to_string());
+            Ok(token)
+        })
+    }
+
+    /// Creates agent type `name` with a registration token chosen outside the hub (a replica
+    /// started with `--registration-token`); nothing changes when the type exists with that
+    /// token, and a type of that name with another token is refused.
+    pub fn ensure_agent_type(&self, name: &str, token: &str, now: i64) -> HubResult<()> {
+        if !protocol::spec::valid_agent_type(name) {
+            return Err(HubError::BadRequest(format!(
+                "'{name}' is not a valid agent type name"
             )));
         }
-        let token = tokens::new_token();
-        let token_hash = tokens::hash(&token);
-        if identity.require_instance_identity {
-            let policy = serde_json::to_string(identity).unwrap_or_default();
-            store.insert_agent_type_with_identity(name, &token_hash, now, &policy)?;
-        } else {
-            store.insert_agent_type(name, &token_hash, now)?;
-        }
-        core.types.insert(name.to_string(), now);
-        core.type_by_token.insert(token_hash, name.to_string());
-        Ok(token)
+        let token_hash = tokens::hash(token);
+        self.locked(now, |store, core| {
+            if core.type_by_token.get(&token_hash).is_some_and(|owner| owner == name) {
+                return Ok(());
+            }
+            if core.types.contains_key(name) || core.type_by_token.contains_key(&token_hash) {
+                return Err(HubError::Conflict(format!(
+                    "agent type '{name}' exists with another registration token (or the token is another type's)"
+                )));
+            }
+            if !store.insert_agent_type(name, &token_hash, now)? {
+                // Made meanwhile by another replica: catch up and look again.
+                return Err(HubError::NotFound(format!("agent type '{name}'")));
+            }
+            core.types.insert(name.to_string(), now);
+            core.type_by_token.insert(token_hash.clone(), name.to_string());
+            Ok(())
+        })
     }
 
     /// Every agent type: its name, when it was created, and its instance-identity rule.
@@ -68,8 +100,18 @@ impl Hub {
     pub fn submit(&self, spec: JobSpec, now: i64) -> HubResult<JobView> {
         spec.validate()
             .map_err(|error| HubError::BadRequest(error.to_string()))?;
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
+        self.locked(now, |store, core| {
+            self.submit_locked(store, core, &spec, now)
+        })
+    }
+
+    fn submit_locked(
+        &self,
+        store: &mut dyn Store,
+        core: &mut Core,
+        spec: &JobSpec,
+        now: i64,
+    ) -> HubResult<JobView> {
         if !core.types.contains_key(&spec.agent_type) {
             return Err(HubError::BadRequest(format!(
                 "no agent type '{}': create it first (scaler agent-types create {})",
@@ -80,7 +122,7 @@ impl Hub {
             seq: 0,
             id: tokens::new_job_id(),
             agent_type: spec.agent_type.clone(),
-            spec: serde_json::to_string(&spec).map_err(|e| HubError::BadRequest(e.to_string()))?,
+            spec: serde_json::to_string(spec).map_err(|e| HubError::BadRequest(e.to_string()))?,
             state: JobState::Queued,
             result: None,
             reason: None,
@@ -97,9 +139,12 @@ impl Hub {
             assigned_at: None,
             started_at: None,
             finished_at: None,
+            revision: 0,
         };
-        row.seq = store.insert_job(&row)?;
+        (row.seq, row.revision) = store.insert_job(&row)?;
+        core.committed(row.revision);
         let view = job_view(&row);
+        let spec = spec.clone();
         core.insert_job(JobMem { row, spec });
         self.bump(core);
         Ok(view)
@@ -130,18 +175,19 @@ impl Hub {
 
     /// Stops a job: a queued one at once, a running one through its agent (`stop-job`).
     pub fn stop_job(&self, job_id: &str, now: i64) -> HubResult<JobView> {
-        let mut guard = self.lock();
-        let Inner { store, core } = &mut *guard;
-        let Some(memory) = core.jobs.get(job_id) else {
-            return match store.job(job_id)? {
-                Some(row) => Ok(job_view(&row)),
-                None => Err(HubError::NotFound(format!("no job {job_id}"))),
+        self.locked(now, |store, core| {
+            let Some(memory) = core.jobs.get(job_id) else {
+                return match store.job(job_id)? {
+                    Some(row) if row.state.is_finished() => Ok(job_view(&row)),
+                    // Unfinished but not in memory: submitted through another replica.
+                    Some(_) | None => Err(HubError::NotFound(format!("no job {job_id}"))),
+                };
             };
-        };
-        let job = jobs::stop_requested(&memory.row, now);
-        let view = job_view(&job);
-        self.commit(store, core, Changes::job(job), now)?;
-        Ok(view)
+            let job = jobs::stop_requested(&memory.row, now);
+            let view = job_view(&job);
+            self.commit(store, core, Changes::job(job), now)?;
+            Ok(view)
+        })
     }
 
     pub fn agents(&self) -> Vec<AgentView> {
@@ -152,15 +198,21 @@ impl Hub {
     }
 
     /// Asks an agent to shut down at its next sync (after its job, if it has one).
-    pub fn request_agent_shutdown(&self, name: &str) -> HubResult<()> {
-        let mut guard = self.lock();
-        let agent = guard
-            .core
-            .agents
-            .get_mut(name)
-            .ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
-        agent.shutdown_requested = true;
-        Ok(())
+    pub fn request_agent_shutdown(&self, name: &str, now: i64) -> HubResult<()> {
+        self.locked(now, |store, core| {
+            let agent = core
+                .agents
+                .get(name)
+                .ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
+            if agent.row.shutdown_requested {
+                return Ok(());
+            }
+            let row = AgentRow {
+                shutdown_requested: true,
+                ..agent.row.clone()
+            };
+            self.commit(store, core, Changes::agent(row), now)
+        })
     }
 }
 

@@ -44,7 +44,7 @@ pub fn serve() -> Served {
     let (signing_key, cert) = imds::signing_key(dir.path(), "console-test");
     let mut config = HubConfig::new("http://127.0.0.1", ADMIN);
     config.identity_certificates = Some(Arc::new(Certificates::from_file(&cert).unwrap()));
-    let hub = Arc::new(Hub::open(dir.path(), config, now()).unwrap());
+    let hub = Arc::new(crate::stores::open(dir.path(), config, now()).unwrap());
     let linux_token = hub.create_agent_type("linux", now()).unwrap();
     let policy = IdentityPolicy {
         require_instance_identity: true,

@@ -1,5 +1,7 @@
-//! `scaler deploy --stack NAME`: creates or updates a fleet's CloudFormation stack
-//! (`infra/cloudformation/fleet.yaml`, embedded in this binary), in three parts kept apart so each
+//! `scaler deploy --stack NAME [--template fleet|hub]`: creates or updates a fleet's CloudFormation
+//! stack (`infra/cloudformation/fleet.yaml`) or a hub's (`infra/cloudformation/hub.yaml`, whose
+//! outputs a fleet uses: `QueueEndpoint`, the registration token's secret), both embedded in this
+//! binary, in three parts kept apart so each
 //! can be read and tested alone. First the checks that need no AWS (stack name, parameters against
 //! the template's declarations, MinSize ≤ MaxSize among the values given, a registration token);
 //! then a pure [`plan`] from the resolved values and the stack as it is ([`Plan::NoChange`],
@@ -13,7 +15,9 @@
 //! `CreateStack` (moto gives stacks created through a change set
 //! no outputs); an update is a change set that passes every kept value explicitly (moto cannot
 //! take `UsePreviousValue`); "no changes" is success; `--dry-run` prints the change set and
-//! deletes it; a failed create or update names the first failing resource and exits 1.
+//! deletes it; a failed create or update names the first failing resource and exits 1. The hub
+//! template makes its own secrets (admin and registration tokens in Secrets Manager, the
+//! database's password managed by RDS), so no token step runs for it ([`TemplateKind`]).
 
 use super::watch::{self, Progress};
 use crate::aws::stacks::{ChangeSet, Definition, Stacks};
@@ -25,6 +29,38 @@ use std::time::{Duration, Instant};
 
 /// The fleet template, as deployed.
 pub const TEMPLATE: &str = include_str!("../../../infra/cloudformation/fleet.yaml");
+
+/// The hub template, as deployed.
+pub const HUB_TEMPLATE: &str = include_str!("../../../infra/cloudformation/hub.yaml");
+
+/// Which embedded template a stack is made from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// CI agents, their Auto Scaling groups and the scaler (`fleet.yaml`).
+    #[default]
+    Fleet,
+    /// The hub: instances behind an HTTPS load balancer, PostgreSQL on RDS (`hub.yaml`).
+    Hub,
+}
+
+impl TemplateKind {
+    /// Whether `scaler deploy` stores a registration token in SSM for stacks of this kind.
+    pub fn has_token_step(self) -> bool {
+        self == TemplateKind::Fleet
+    }
+
+    /// The kind of a deployed stack, told by a parameter only its template declares (the stack's
+    /// parameters are there whatever state it is in). `None`: neither.
+    pub fn of_stack(parameters: &BTreeMap<String, String>) -> Option<TemplateKind> {
+        if parameters.contains_key("QueueEndpoint") {
+            Some(TemplateKind::Fleet)
+        } else if parameters.contains_key("CertificateArn") {
+            Some(TemplateKind::Hub)
+        } else {
+            None
+        }
+    }
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StackArgs {
@@ -40,6 +76,9 @@ pub struct StackArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    /// Which built-in template: a fleet of agents, or the hub they use as their queue.
+    #[arg(long, value_enum, default_value_t = TemplateKind::Fleet)]
+    pub template: TemplateKind,
     /// Template parameters as KEY=VALUE (e.g. InstanceTypes=g6.xlarge,g5.xlarge MaxSize=8). On an
     /// update, parameters not given keep their current values.
     #[arg(long = "parameters", alias = "parameter", num_args = 1.., value_name = "KEY=VALUE")]
@@ -93,9 +132,17 @@ pub struct Template {
 }
 
 impl Template {
-    /// The template built into this binary.
+    /// The fleet template built into this binary.
     pub fn embedded() -> Result<Template> {
         Template::parse(TEMPLATE)
+    }
+
+    /// The built-in template of this kind.
+    pub fn embedded_kind(kind: TemplateKind) -> Result<Template> {
+        match kind {
+            TemplateKind::Fleet => Template::embedded(),
+            TemplateKind::Hub => Template::parse(HUB_TEMPLATE),
+        }
     }
 
     pub fn parse(body: &str) -> Result<Template> {
@@ -489,17 +536,23 @@ pub fn is_no_changes(change_set: &ChangeSet) -> bool {
 
 /// `scaler deploy`.
 pub fn run(args: DeployArgs) -> Result<i32> {
-    let template = Template::embedded()?;
+    let template = Template::embedded_kind(args.template)?;
     let request = check_request(&args, &template)?;
     let stack = request.stack.as_str();
     let stacks = Stacks::connect(&args.stack.region)?;
     let existing = existing_stack(&stacks, stack)?;
+    if let Some(existing) = &existing {
+        check_kind(stack, args.template, &existing.parameters)?;
+    }
     let previous = existing
         .as_ref()
         .map(|e| e.parameters.clone())
         .unwrap_or_default();
     let values = resolve_parameters(&template.parameters, &request.given, &previous)?;
     let plan = plan(&template, &request, &values, existing.as_ref());
+    if !args.template.has_token_step() {
+        return apply(&stacks, &template, &request, plan, &args);
+    }
     let token = token_parameter_name(stack, &values);
     let user_managed = user_manages_token(&values);
     if request.token.is_none() && !user_managed && stacks.parameter_key(&token)?.is_none() {
@@ -553,6 +606,31 @@ fn apply(
     watch::finish(stacks, stack, progress, timeout)
 }
 
+/// A stack of one kind is never updated with the other kind's template (that would replace
+/// everything it holds).
+pub fn check_kind(
+    stack: &str,
+    kind: TemplateKind,
+    parameters: &BTreeMap<String, String>,
+) -> Result<()> {
+    match TemplateKind::of_stack(parameters) {
+        Some(found) if found != kind => bail!(
+            "stack {stack} was made from the {} template, not the {} one: give --template {}",
+            name_of(found),
+            name_of(kind),
+            name_of(found)
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn name_of(kind: TemplateKind) -> &'static str {
+    match kind {
+        TemplateKind::Fleet => "fleet",
+        TemplateKind::Hub => "hub",
+    }
+}
+
 /// Everything that can be checked without AWS.
 fn check_request(args: &DeployArgs, template: &Template) -> Result<Request> {
     let stack = &args.stack.stack;
@@ -561,6 +639,16 @@ fn check_request(args: &DeployArgs, template: &Template) -> Result<Request> {
     }
     let given = parse_parameters(&template.parameters, &args.parameters)?;
     let token = read_token(args)?;
+    if !args.template.has_token_step() {
+        if token.is_some() || args.existing_token {
+            bail!("the hub stack makes its own registration token (output RegistrationTokenSecretArn): drop --token-file, --token-env and --existing-token");
+        }
+        return Ok(Request {
+            stack: stack.clone(),
+            given,
+            token: None,
+        });
+    }
     if token.is_none() && !args.existing_token && !user_manages_token(&given) {
         bail!(
             "no registration token: give --token-file FILE or --token-env VAR (stored as the SecureString /flotilla/{stack}/agent-token), --existing-token to keep the one a previous deploy stored, or --parameters AgentTokenParameter=NAME for a parameter you manage"
@@ -808,6 +896,117 @@ mod tests {
         // ... and a required parameter may come from the stack.
         let required = resolve_parameters(&specs, &BTreeMap::new(), &BTreeMap::new());
         assert!(required.unwrap_err().to_string().contains("is required"));
+    }
+
+    #[test]
+    fn the_hub_template_is_checked_like_the_fleets() {
+        let template = Template::embedded_kind(TemplateKind::Hub).unwrap();
+        let specs = &template.parameters;
+        let required = [
+            "VpcId=vpc-0abc",
+            "SubnetIds=subnet-01,subnet-02",
+            "LoadBalancerSubnetIds=subnet-03,subnet-04",
+            "AllowedCidr=10.0.0.0/16",
+            "CertificateArn=arn:aws:acm:us-east-1:123456789012:certificate/abc-123",
+            "ImageId=ami-12345678",
+        ];
+        let resolve = |extra: &[&str]| -> Result<BTreeMap<String, String>> {
+            let given = parse_parameters(specs, &strings(&[&required[..], extra].concat()))?;
+            resolve_parameters(specs, &given, &BTreeMap::new())
+        };
+        let values = resolve(&["HubInstances=3"]).unwrap();
+        assert_eq!(values["HubInstances"], "3");
+        // (extra parameters, what the error says)
+        let rows = [
+            (vec!["HubInstances=0"], "outside 1..10"),
+            (vec!["DatabaseMultiAZ=maybe"], "is not one of"),
+            (vec!["DatabaseBackupRetentionDays=36"], "outside 1..35"),
+            (vec!["DatabaseEngineVersion=14"], "is not one of"),
+            (
+                vec!["QueueEndpoint=https://x"],
+                "unknown parameter 'QueueEndpoint'",
+            ),
+        ];
+        for (extra, expected) in rows {
+            let error = resolve(&extra).unwrap_err().to_string();
+            assert!(error.contains(expected), "{extra:?}: {error}");
+        }
+        let missing = resolve_parameters(specs, &BTreeMap::new(), &BTreeMap::new());
+        assert!(missing.unwrap_err().to_string().contains("is required"));
+        assert!(template.resources > 15, "{}", template.resources);
+    }
+
+    #[test]
+    fn template_kinds_of_stacks() {
+        let parameters = |name: &str| map(&[(name, "x")]);
+        // (the stack's parameters, kind found, deploying as fleet is fine, as hub is fine)
+        let rows = [
+            (
+                parameters("QueueEndpoint"),
+                Some(TemplateKind::Fleet),
+                true,
+                false,
+            ),
+            (
+                parameters("CertificateArn"),
+                Some(TemplateKind::Hub),
+                false,
+                true,
+            ),
+            (BTreeMap::new(), None, true, true),
+        ];
+        for (stack, kind, as_fleet, as_hub) in rows {
+            assert_eq!(TemplateKind::of_stack(&stack), kind, "{stack:?}");
+            assert_eq!(
+                check_kind("s", TemplateKind::Fleet, &stack).is_ok(),
+                as_fleet,
+                "{stack:?}"
+            );
+            assert_eq!(
+                check_kind("s", TemplateKind::Hub, &stack).is_ok(),
+                as_hub,
+                "{stack:?}"
+            );
+        }
+        let error = check_kind("hub", TemplateKind::Fleet, &parameters("CertificateArn"));
+        assert!(error
+            .unwrap_err()
+            .to_string()
+            .contains("give --template hub"));
+        assert!(TemplateKind::Fleet.has_token_step() && !TemplateKind::Hub.has_token_step());
+    }
+
+    #[test]
+    fn the_hub_takes_no_token_and_the_fleet_needs_one() {
+        let args = |template: TemplateKind, existing_token: bool| DeployArgs {
+            stack: StackArgs {
+                stack: "ci-hub".into(),
+                region: String::new(),
+            },
+            template,
+            parameters: Vec::new(),
+            token_file: None,
+            token_env: None,
+            existing_token,
+            dry_run: false,
+            timeout_seconds: 60,
+        };
+        // (template, --existing-token, accepted)
+        let rows = [
+            (TemplateKind::Hub, false, true),
+            (TemplateKind::Hub, true, false),
+            (TemplateKind::Fleet, false, false),
+            (TemplateKind::Fleet, true, true),
+        ];
+        for (kind, existing, accepted) in rows {
+            let template = Template::embedded_kind(kind).unwrap();
+            let request = check_request(&args(kind, existing), &template);
+            assert_eq!(
+                request.is_ok(),
+                accepted,
+                "{kind:?} {existing}: {request:?}"
+            );
+        }
     }
 
     #[test]

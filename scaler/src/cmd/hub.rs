@@ -2,18 +2,73 @@
 //! agent type, and serves until SIGINT/SIGTERM. What it writes is its user's only (umask 077),
 //! and it will not send tokens and job secrets in clear text over a network: on an address other
 //! than loopback it needs TLS, or an explicit `--plain-http-behind-proxy`.
+//!
+//! With `--database postgres://…` it is one replica of a hub on PostgreSQL: any number of them
+//! serve the same queue. Their tokens come from outside (`--admin-token`, and
+//! `--registration-token` for the default agent type), so every replica is started the same way.
+//! `scaler hub migrate|export|import` are in `hub_admin.rs`.
 
 use anyhow::{bail, Context, Result};
 use hub::hub::{Hub, HubConfig};
 use hub::server::{serve, ConnectionLimits, ServeOptions};
-use hub::store::Durability;
+use hub::store::{Durability, StoreLocation};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `scaler hub`: serve, or one of the administration commands.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HubCommand {
+    #[command(subcommand)]
+    pub admin: Option<super::hub_admin::HubAdmin>,
+    #[command(flatten)]
+    pub serve: HubArgs,
+}
+
+/// Where the hub's state lives: PostgreSQL when `--database` is given, else SQLite in the data
+/// directory.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DatabaseArgs {
+    /// A PostgreSQL URL (postgres://USER:PASSWORD@HOST:5432/DB?sslmode=require): several hub
+    /// replicas share it. Prefer the environment variable: arguments are visible to every user.
+    #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
+    pub database: Option<String>,
+    /// PEM certificates of the authorities that sign the database server's certificate (TLS to
+    /// the database; e.g. the RDS CA bundle).
+    #[arg(long, env = "FLOTILLA_DATABASE_CA", requires = "database")]
+    pub database_ca: Option<PathBuf>,
+}
+
+impl DatabaseArgs {
+    /// The store these flags name, SQLite in `data_dir` by default.
+    pub fn location(&self, data_dir: &Path) -> StoreLocation {
+        match &self.database {
+            Some(url) => StoreLocation::Postgres {
+                url: url.clone(),
+                ca_file: self.database_ca.clone(),
+            },
+            None => StoreLocation::Sqlite {
+                data_dir: data_dir.to_path_buf(),
+            },
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct HubArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// With --database: the default agent type's registration token (created with it when the
+    /// type does not exist; refused if it exists with another).
+    #[arg(
+        long,
+        env = "FLOTILLA_REGISTRATION_TOKEN",
+        hide_env_values = true,
+        requires = "database"
+    )]
+    pub registration_token: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "FLOTILLA_HUB_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -99,14 +154,21 @@ fn check_plain_http(listen: SocketAddr, tls: bool, behind_proxy: bool) -> Result
     )
 }
 
-pub fn run(args: HubArgs) -> Result<i32> {
+pub fn run(command: HubCommand) -> Result<i32> {
     private_umask();
+    if let Some(admin) = command.admin {
+        return super::hub_admin::run(admin);
+    }
+    let args = command.serve;
     crate::logging::init(&args.log_format);
     check_plain_http(
         args.listen,
         args.tls_cert.is_some(),
         args.plain_http_behind_proxy,
     )?;
+    if args.database.database.is_some() {
+        return serve_replica(&args);
+    }
     let options = hub::BootstrapOptions {
         admin_token: args.admin_token.clone(),
         agent_type: args.default_agent_type.clone(),
@@ -127,19 +189,53 @@ pub fn run(args: HubArgs) -> Result<i32> {
             secrets.registration_token_file.display()
         );
     }
+    let public_url = public_url(&args);
+    let config = hub_config(&args, secrets.hub_config(&public_url))?;
+    let now = hub::api::unix_now();
+    let hub = Hub::open(&args.data_dir, config, now)
+        .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
+    let store = args.data_dir.display().to_string();
+    serve_hub(&args, hub, public_url, store)
+}
+
+/// The URL agents reach this hub at.
+fn public_url(args: &HubArgs) -> String {
     let scheme = if args.tls_cert.is_some() {
         "https"
     } else {
         "http"
     };
-    let public_url = args
-        .public_url
+    args.public_url
         .clone()
-        .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
-    let config = hub_config(&args, secrets.hub_config(&public_url))?;
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen))
+}
+
+/// One replica of a hub on PostgreSQL: its tokens come from its flags, not a data directory.
+fn serve_replica(args: &HubArgs) -> Result<i32> {
+    let admin_token = args.admin_token.clone().context(
+        "--database needs --admin-token (or FLOTILLA_ADMIN_TOKEN): every replica checks the same one",
+    )?;
+    if admin_token.len() < hub::bootstrap::MIN_ADMIN_TOKEN_LEN {
+        bail!(
+            "the admin token must be at least {} characters",
+            hub::bootstrap::MIN_ADMIN_TOKEN_LEN
+        );
+    }
+    let public_url = public_url(args);
+    let config = hub_config(args, HubConfig::new(&public_url, &admin_token))?;
     let now = hub::api::unix_now();
-    let hub = Hub::open(&args.data_dir, config, now)
-        .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
+    let location = args.database.location(&args.data_dir);
+    let hub = Hub::open_at(&location, config, now)
+        .context("cannot open the hub's PostgreSQL database")?;
+    if let Some(token) = &args.registration_token {
+        hub.ensure_agent_type(&args.default_agent_type, token, now)
+            .with_context(|| format!("agent type '{}'", args.default_agent_type))?;
+    }
+    serve_hub(args, hub, public_url, "PostgreSQL".to_string())
+}
+
+/// Serves `hub` until SIGINT/SIGTERM.
+fn serve_hub(args: &HubArgs, hub: Hub, public_url: String, store: String) -> Result<i32> {
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
@@ -152,7 +248,7 @@ pub fn run(args: HubArgs) -> Result<i32> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        tracing::info!(listen = %options.listen, public_url = %public_url, data_dir = %args.data_dir.display(), "hub serving");
+        tracing::info!(listen = %options.listen, public_url = %public_url, store = %store, "hub serving");
         serve(Arc::new(hub), options, shutdown_signal()).await.context("the hub server failed")
     })?;
     tracing::info!("hub stopped");

@@ -6,6 +6,7 @@ pub mod client;
 pub mod deploy;
 pub mod destroy;
 pub mod hub;
+pub mod hub_admin;
 pub mod run;
 pub mod simulate;
 pub mod status;

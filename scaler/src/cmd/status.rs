@@ -3,9 +3,11 @@
 //! [`collect`] gathers a plain [`FleetStatus`] through the shared pieces (the stacks client,
 //! [`crate::aws::ssm_parameter`] for the token, [`MetricsQueue`] for the counts) and its `Display`
 //! prints it. The stack must exist; the queue and the activities are best effort (a laptop often
-//! cannot reach the queue), and a `status` of a stack that is not complete exits 1.
+//! cannot reach the queue), and a `status` of a stack that is not complete exits 1. A hub stack
+//! (`--template hub`) shows its group of hub instances and its `QueueEndpoint` output; its queue is
+//! read by the fleets that use it, with their token, so it is not read here.
 
-use super::deploy::{outcome, token_parameter_name, Outcome, StackArgs};
+use super::deploy::{outcome, token_parameter_name, Outcome, StackArgs, TemplateKind};
 use super::watch::Outputs;
 use crate::aws::stacks::{Activity, Pool, Stacks};
 use anyhow::{bail, Result};
@@ -38,7 +40,12 @@ pub struct FleetStatus {
 pub enum QueueReading {
     Counts(QueueSnapshot),
     Unreachable(String),
-    NoToken { parameter: String, reason: String },
+    NoToken {
+        parameter: String,
+        reason: String,
+    },
+    /// A hub stack: it serves the queue; the fleets read it.
+    ServedHere,
 }
 
 impl FleetStatus {
@@ -60,8 +67,14 @@ pub fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
     let Some(stack) = stacks.stack(name)? else {
         bail!("stack {name} does not exist");
     };
+    let hub = TemplateKind::of_stack(&stack.parameters) == Some(TemplateKind::Hub);
+    let groups_output = if hub {
+        "HubGroupName"
+    } else {
+        "AgentGroupNames"
+    };
     let groups: Vec<String> = stack
-        .output("AgentGroupNames")
+        .output(groups_output)
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
@@ -69,16 +82,19 @@ pub fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
         .map(str::to_string)
         .collect();
     let pools = groups.iter().cloned().zip(stacks.pools(&groups)?).collect();
-    let endpoint = stack
-        .parameters
-        .get("QueueEndpoint")
-        .cloned()
-        .unwrap_or_default();
+    let endpoint = match hub {
+        true => stack.output("QueueEndpoint").map(str::to_string),
+        false => stack.parameters.get("QueueEndpoint").cloned(),
+    }
+    .unwrap_or_default();
     let token = stack
         .output("AgentTokenParameter")
         .map(str::to_string)
         .unwrap_or_else(|| token_parameter_name(name, &stack.parameters));
-    let queue = read_queue(stacks, &endpoint, &token);
+    let queue = match hub {
+        true => QueueReading::ServedHere,
+        false => read_queue(stacks, &endpoint, &token),
+    };
     let activities = groups
         .iter()
         .flat_map(|group| {
@@ -143,6 +159,10 @@ impl fmt::Display for FleetStatus {
             QueueReading::NoToken { parameter, reason } => writeln!(
                 f,
                 "Queue ({endpoint}): cannot read the token {parameter}: {reason}"
+            )?,
+            QueueReading::ServedHere => writeln!(
+                f,
+                "Queue ({endpoint}): served by this stack's hub instances"
             )?,
         }
         writeln!(f, "Recent scaling activity:")?;
@@ -217,5 +237,13 @@ mod tests {
         assert!(unreachable.to_string().contains(
             "Queue (https://org.semaphoreci.com): unreachable from here (connection refused)"
         ));
+        let hub = FleetStatus {
+            endpoint: "https://hub.example.com".into(),
+            queue: QueueReading::ServedHere,
+            ..unreachable
+        };
+        assert!(hub
+            .to_string()
+            .contains("Queue (https://hub.example.com): served by this stack's hub instances"));
     }
 }

@@ -68,6 +68,44 @@ impl HubProcess {
         hub
     }
 
+    /// A replica of a hub whose store is the PostgreSQL database at `database_url`
+    /// (`--database`), on 127.0.0.1 and a free port, with the given tokens: every replica started
+    /// with the same URL and tokens serves the same queue. The tokens are also written where
+    /// `admin_token()`, `registration_token()` and `cli()` read them.
+    pub fn start_with_database(
+        database_url: &str,
+        admin_token: &str,
+        registration_token: &str,
+        extra_args: &[&str],
+    ) -> HubProcess {
+        let address = format!("127.0.0.1:{}", free_port());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin-token"), admin_token).unwrap();
+        let token_file = format!("{}.token", protocol::spec::DEFAULT_AGENT_TYPE);
+        std::fs::write(dir.path().join(token_file), registration_token).unwrap();
+        let mut args: Vec<String> = [
+            "--database",
+            database_url,
+            "--admin-token",
+            admin_token,
+            "--registration-token",
+            registration_token,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let mut hub = HubProcess {
+            child: None,
+            port: address.rsplit(':').next().unwrap().parse().unwrap(),
+            dir,
+            extra_args: args,
+            address,
+        };
+        hub.launch();
+        hub
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }

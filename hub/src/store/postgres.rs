@@ -1,0 +1,624 @@
+//! The hub's state in PostgreSQL, for teams that run several hub replicas on one replicated
+//! database (RDS / Aurora Multi-AZ): the database is the source of truth, and each replica's
+//! memory follows it (`store/mod.rs`: revisions, conditional writes, the change feed).
+//!
+//! How it talks to the server: the hub's core is synchronous (one lock, short critical sections),
+//! so this store waits for `tokio-postgres` futures with a plain executor, while the connection
+//! itself is driven by a current-thread runtime on a thread of its own (`connection.rs`). That
+//! thread also forwards `NOTIFY flotilla_hub` from other replicas as [`Store::change_signal`].
+//! A commit's statements are pipelined (sent together, answered together): three round trips
+//! whatever the number of rows. A lost connection is made again at the next call.
+
+mod connection;
+mod schema;
+
+use super::{
+    AgentRow, AgentTypeRow, Feed, ImportBatch, InstanceRow, JobQuery, JobRow, Store, StoreError,
+    StoreResult,
+};
+use connection::Connection;
+use futures_executor::block_on;
+use futures_util::future::try_join_all;
+use protocol::{JobResult, JobState};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+/// The session advisory lock the leading replica holds ("flotilla" in ASCII).
+const LEADER_LOCK: i64 = 0x666c_6f74_696c_6c61;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+pub struct PostgresStore {
+    url: String,
+    ca_file: Option<PathBuf>,
+    connection: RefCell<Connection>,
+    /// Raised when another process commits; survives reconnections.
+    signal: Arc<tokio::sync::Notify>,
+    leader: bool,
+}
+
+impl PostgresStore {
+    /// Connects, migrates (once, whichever replica comes first) and listens for other replicas'
+    /// commits.
+    pub fn connect(url: &str, ca_file: Option<&Path>) -> StoreResult<PostgresStore> {
+        let signal = Arc::new(tokio::sync::Notify::new());
+        let connection = Connection::open(url, ca_file, signal.clone())?;
+        let mut store = PostgresStore {
+            url: url.to_string(),
+            ca_file: ca_file.map(Path::to_path_buf),
+            connection: RefCell::new(connection),
+            signal,
+            leader: false,
+        };
+        schema::migrate(store.connection.get_mut())?;
+        Ok(store)
+    }
+
+    /// The connection, made again first if the server closed the old one (a failover).
+    fn connection(&self) -> StoreResult<std::cell::RefMut<'_, Connection>> {
+        let mut connection = self.connection.borrow_mut();
+        if connection.client.is_closed() {
+            tracing::warn!("the PostgreSQL connection closed; connecting again");
+            *connection =
+                Connection::open(&self.url, self.ca_file.as_deref(), self.signal.clone())?;
+        }
+        Ok(connection)
+    }
+
+    fn rows(&self, sql: &str, params: Params) -> StoreResult<Vec<Row>> {
+        let mut connection = self.connection()?;
+        let statement = connection.statement(sql)?;
+        Ok(block_on(connection.client.query(&statement, params))?)
+    }
+
+    fn execute(&self, sql: &str, params: Params) -> StoreResult<u64> {
+        let mut connection = self.connection()?;
+        let statement = connection.statement(sql)?;
+        Ok(block_on(connection.client.execute(&statement, params))?)
+    }
+
+    fn mapped<T>(
+        &self,
+        sql: &str,
+        params: Params,
+        map: fn(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        self.rows(sql, params)?.iter().map(map).collect()
+    }
+
+    /// Runs `work` in one transaction that holds the next revision (which also queues other
+    /// writers behind this one until it commits) and tells the other replicas on commit.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(&mut Connection, i64) -> StoreResult<T>,
+    ) -> StoreResult<(T, i64)> {
+        let mut connection = self.connection()?;
+        block_on(connection.client.batch_execute("BEGIN"))?;
+        let result = next_revision(&mut connection)
+            .and_then(|revision| Ok((work(&mut connection, revision)?, revision)));
+        let end = match result {
+            Ok(_) => "SELECT pg_notify('flotilla_hub', ''); COMMIT",
+            Err(_) => "ROLLBACK",
+        };
+        block_on(connection.client.batch_execute(end))?;
+        result
+    }
+}
+
+fn next_revision(connection: &mut Connection) -> StoreResult<i64> {
+    let statement = connection
+        .statement("UPDATE hub_revision SET value = value + 1 WHERE id = 1 RETURNING value")?;
+    let row = block_on(connection.client.query_one(&statement, &[]))?;
+    Ok(row.try_get(0)?)
+}
+
+const JOB_COLUMNS: &str = "seq, id, agent_type, spec, state, result, reason, attempts, agent, stop_requested, \
+    log_token_hash, log_token_expires_at, log_lines, log_bytes, log_trimmed, queued_at, assigned_at, started_at, finished_at, log_base, revision";
+
+const AGENT_COLUMNS: &str =
+    "name, agent_type, token_hash, state, job_id, jobs_finished, registered_at, last_sync_at, \
+    interrupted_at, disconnected_at, registration, shutdown_requested, revision";
+
+const AGENT_TYPE_COLUMNS: &str = "name, token_hash, created_at, execution_time_limit, revision";
+
+fn corrupt(what: &str, text: &str) -> StoreError {
+    StoreError::Corrupt(format!("unknown {what} '{text}'"))
+}
+
+fn job_from_row(row: &Row) -> StoreResult<JobRow> {
+    let state: String = row.try_get(4)?;
+    let result: Option<String> = row.try_get(5)?;
+    Ok(JobRow {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        agent_type: row.try_get(2)?,
+        spec: row.try_get(3)?,
+        state: state.parse().map_err(|_| corrupt("job state", &state))?,
+        result: match result {
+            Some(text) => Some(JobResult::parse(&text).ok_or_else(|| corrupt("result", &text))?),
+            None => None,
+        },
+        reason: row.try_get(6)?,
+        attempts: row.try_get(7)?,
+        agent: row.try_get(8)?,
+        stop_requested: row.try_get(9)?,
+        log_token_hash: row.try_get(10)?,
+        log_token_expires_at: row.try_get(11)?,
+        log_lines: row.try_get(12)?,
+        log_bytes: row.try_get(13)?,
+        log_trimmed: row.try_get(14)?,
+        queued_at: row.try_get(15)?,
+        assigned_at: row.try_get(16)?,
+        started_at: row.try_get(17)?,
+        finished_at: row.try_get(18)?,
+        log_base: row.try_get(19)?,
+        revision: row.try_get(20)?,
+    })
+}
+
+fn agent_from_row(row: &Row) -> StoreResult<AgentRow> {
+    Ok(AgentRow {
+        name: row.try_get(0)?,
+        agent_type: row.try_get(1)?,
+        token_hash: row.try_get(2)?,
+        state: row.try_get(3)?,
+        job_id: row.try_get(4)?,
+        jobs_finished: row.try_get(5)?,
+        registered_at: row.try_get(6)?,
+        last_sync_at: row.try_get(7)?,
+        interrupted_at: row.try_get(8)?,
+        disconnected_at: row.try_get(9)?,
+        registration: row.try_get(10)?,
+        shutdown_requested: row.try_get(11)?,
+        revision: row.try_get(12)?,
+    })
+}
+
+fn agent_type_from_row(row: &Row) -> StoreResult<AgentTypeRow> {
+    Ok(AgentTypeRow {
+        name: row.try_get(0)?,
+        token_hash: row.try_get(1)?,
+        created_at: row.try_get(2)?,
+        time_limit: row.try_get(3)?,
+        revision: row.try_get(4)?,
+    })
+}
+
+fn pair(row: &Row) -> StoreResult<(String, String)> {
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+fn triple(row: &Row) -> StoreResult<(String, String, String)> {
+    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+fn instance_from_row(row: &Row) -> StoreResult<InstanceRow> {
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+    ))
+}
+
+const INSERT_TYPE: &str =
+    "INSERT INTO agent_types (name, token_hash, created_at, revision) VALUES ($1, $2, $3, $4)
+     ON CONFLICT DO NOTHING";
+
+impl Store for PostgresStore {
+    fn schema_version(&self) -> StoreResult<i64> {
+        schema::version(&mut *self.connection()?)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.signal.clone())
+    }
+
+    fn try_lead(&mut self) -> StoreResult<bool> {
+        let replaced = self.connection.get_mut().client.is_closed();
+        if self.leader && !replaced {
+            return Ok(true);
+        }
+        let rows = self.rows("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])?;
+        self.leader = rows.first().map(|row| row.try_get(0)).transpose()? == Some(true);
+        Ok(self.leader)
+    }
+
+    fn head_revision(&self) -> StoreResult<i64> {
+        let rows = self.rows("SELECT value FROM hub_revision WHERE id = 1", &[])?;
+        let row = rows.first().ok_or_else(|| corrupt("revision", "none"))?;
+        Ok(row.try_get(0)?)
+    }
+
+    fn changes_since(&self, revision: i64) -> StoreResult<Feed> {
+        // One snapshot: every row at or below the head it reads is in it (see store/mod.rs).
+        let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+        block_on(self.connection()?.client.batch_execute(begin))?;
+        let feed = (|| {
+            Ok(Feed {
+                revision: self.head_revision()?,
+                agent_types: self.mapped(
+                    &format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types WHERE revision > $1"),
+                    &[&revision],
+                    agent_type_from_row,
+                )?,
+                jobs: self.mapped(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE revision > $1 ORDER BY seq"),
+                    &[&revision],
+                    job_from_row,
+                )?,
+                agents: self.mapped(
+                    &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE revision > $1"),
+                    &[&revision],
+                    agent_from_row,
+                )?,
+            })
+        })();
+        block_on(self.connection()?.client.batch_execute("COMMIT"))?;
+        feed
+    }
+
+    fn insert_agent_type(&mut self, name: &str, token_hash: &str, now: i64) -> StoreResult<bool> {
+        let (inserted, _) = self.write(|connection, revision| {
+            connection.execute(INSERT_TYPE, &[&name, &token_hash, &now, &revision])
+        })?;
+        Ok(inserted == 1)
+    }
+
+    fn insert_agent_type_with_identity(
+        &mut self,
+        name: &str,
+        token_hash: &str,
+        now: i64,
+        identity_policy: &str,
+    ) -> StoreResult<bool> {
+        let (inserted, _) = self.write(|connection, revision| {
+            let inserted =
+                connection.execute(INSERT_TYPE, &[&name, &token_hash, &now, &revision])? == 1;
+            if inserted {
+                connection.execute(
+                    "INSERT INTO agent_type_identity (agent_type, policy) VALUES ($1, $2)",
+                    &[&name, &identity_policy],
+                )?;
+            }
+            Ok(inserted)
+        })?;
+        Ok(inserted)
+    }
+
+    fn agent_types(&self) -> StoreResult<Vec<AgentTypeRow>> {
+        let sql = format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types ORDER BY name");
+        self.mapped(&sql, &[], agent_type_from_row)
+    }
+
+    fn identity_policies(&self) -> StoreResult<Vec<(String, String)>> {
+        self.mapped(
+            "SELECT agent_type, policy FROM agent_type_identity",
+            &[],
+            pair,
+        )
+    }
+
+    fn identity_policy(&self, agent_type: &str) -> StoreResult<Option<String>> {
+        let sql = "SELECT agent_type, policy FROM agent_type_identity WHERE agent_type = $1";
+        Ok(self
+            .mapped(sql, &[&agent_type], pair)?
+            .pop()
+            .map(|(_, policy)| policy))
+    }
+
+    fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()> {
+        self.write(|connection, revision| {
+            connection.execute(
+                "UPDATE agent_types SET execution_time_limit = $2, revision = $3 WHERE name = $1",
+                &[&name, &seconds, &revision],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn record_instance(&mut self, instance: &InstanceRow) -> StoreResult<bool> {
+        let (id, agent_type, account, region, now, launched_at) = instance;
+        let inserted = self.execute(
+            "INSERT INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            &[id, agent_type, account, region, now, launched_at],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    fn instance_launched_at(&self, instance_id: &str) -> StoreResult<Option<i64>> {
+        let rows = self.rows(
+            "SELECT launched_at FROM registered_instances WHERE instance_id = $1",
+            &[&instance_id],
+        )?;
+        Ok(match rows.first() {
+            Some(row) => row.try_get(0)?,
+            None => None,
+        })
+    }
+
+    fn instance_registered(&self, instance_id: &str) -> StoreResult<bool> {
+        let sql = "SELECT 1 FROM registered_instances WHERE instance_id = $1";
+        Ok(!self.rows(sql, &[&instance_id])?.is_empty())
+    }
+
+    fn name_held_a_job(&self, name: &str) -> StoreResult<bool> {
+        let sql = "SELECT 1 FROM job_holders WHERE name = $1";
+        Ok(!self.rows(sql, &[&name])?.is_empty())
+    }
+
+    fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1");
+        Ok(self.mapped(&sql, &[&name], agent_from_row)?.pop())
+    }
+
+    fn agents(&self, include_disconnected: bool) -> StoreResult<Vec<AgentRow>> {
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE $1 OR disconnected_at IS NULL ORDER BY name"
+        );
+        self.mapped(&sql, &[&include_disconnected], agent_from_row)
+    }
+
+    fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()> {
+        let names: Vec<&str> = updates.iter().map(|u| u.0.as_str()).collect();
+        let times: Vec<i64> = updates.iter().map(|u| u.1).collect();
+        let states: Vec<&str> = updates.iter().map(|u| u.2.as_str()).collect();
+        let interrupted: Vec<i64> = updates.iter().map(|u| u.3).collect();
+        self.execute(
+            "UPDATE agents SET last_sync_at = GREATEST(agents.last_sync_at, u.at), state = u.state,
+               interrupted_at = GREATEST(agents.interrupted_at, u.interrupted)
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS u(name, at, state, interrupted)
+             WHERE agents.name = u.name AND agents.disconnected_at IS NULL",
+            &[&names, &times, &states, &interrupted],
+        )?;
+        Ok(())
+    }
+
+    fn insert_job(&mut self, job: &JobRow) -> StoreResult<(i64, i64)> {
+        let (seq, revision) = self.write(|connection, revision| {
+            let statement = connection.statement(
+                "INSERT INTO jobs (id, agent_type, spec, state, attempts, queued_at, revision)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+            )?;
+            let params: Params = &[
+                &job.id,
+                &job.agent_type,
+                &job.spec,
+                &job.state.as_str(),
+                &job.attempts,
+                &job.queued_at,
+                &revision,
+            ];
+            let row = block_on(connection.client.query_one(&statement, params))?;
+            Ok(row.try_get::<_, i64>(0)?)
+        })?;
+        Ok((seq, revision))
+    }
+
+    fn commit(&mut self, jobs: &[&JobRow], agents: &[&AgentRow]) -> StoreResult<i64> {
+        let (_, revision) = self.write(|connection, revision| {
+            let written = write_rows(connection, jobs, agents, revision)?;
+            if written.iter().any(|&count| count != 1) {
+                return Err(StoreError::Conflict);
+            }
+            Ok(())
+        })?;
+        Ok(revision)
+    }
+
+    fn job(&self, id: &str) -> StoreResult<Option<JobRow>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        Ok(self.mapped(&sql, &[&id], job_from_row)?.pop())
+    }
+
+    fn unfinished_jobs(&self) -> StoreResult<Vec<JobRow>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state != $1 ORDER BY seq");
+        self.mapped(&sql, &[&JobState::Finished.as_str()], job_from_row)
+    }
+
+    fn list_jobs(&self, state: Option<JobState>, limit: u32) -> StoreResult<Vec<JobRow>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) ORDER BY seq DESC LIMIT $2"
+        );
+        let state = state.map(JobState::as_str);
+        self.mapped(&sql, &[&state, &i64::from(limit)], job_from_row)
+    }
+
+    fn query_jobs(&self, query: &JobQuery) -> StoreResult<(Vec<JobRow>, bool)> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR agent_type = $2)
+               AND ($3::text IS NULL OR strpos(lower(spec::jsonb ->> 'name'), lower($3)) > 0)
+               AND ($4::bigint IS NULL OR seq < $4)
+             ORDER BY seq DESC LIMIT $5"
+        );
+        let state = query.state.map(JobState::as_str);
+        let fetch = i64::from(query.limit) + 1;
+        let params: Params = &[
+            &state,
+            &query.agent_type,
+            &query.name,
+            &query.before,
+            &fetch,
+        ];
+        let mut rows = self.mapped(&sql, params, job_from_row)?;
+        let more = rows.len() > query.limit as usize;
+        rows.truncate(query.limit as usize);
+        Ok((rows, more))
+    }
+
+    fn purge_job_secrets(
+        &mut self,
+        finished_before: i64,
+        redact: &dyn Fn(&str) -> String,
+    ) -> StoreResult<usize> {
+        let due = self.mapped(
+            "SELECT id, spec FROM jobs WHERE NOT secrets_purged AND finished_at < $1",
+            &[&finished_before],
+            pair,
+        )?;
+        let ids: Vec<&str> = due.iter().map(|(id, _)| id.as_str()).collect();
+        let specs: Vec<String> = due.iter().map(|(_, spec)| redact(spec)).collect();
+        self.execute(
+            "UPDATE jobs SET spec = u.spec, secrets_purged = TRUE
+             FROM unnest($1::text[], $2::text[]) AS u(id, spec) WHERE jobs.id = u.id",
+            &[&ids, &specs],
+        )?;
+        Ok(due.len())
+    }
+
+    fn append_log(
+        &mut self,
+        job_id: &str,
+        start_from: i64,
+        lines: &[&str],
+    ) -> StoreResult<(i64, i64)> {
+        let mut connection = self.connection()?;
+        block_on(connection.client.batch_execute("BEGIN"))?;
+        let result = append_in_transaction(&mut connection, job_id, start_from, lines);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        block_on(connection.client.batch_execute(end))?;
+        result
+    }
+
+    fn log_counts(&self, job_id: &str) -> StoreResult<(i64, i64)> {
+        let rows = self.rows(
+            "SELECT log_lines, log_bytes FROM jobs WHERE id = $1",
+            &[&job_id],
+        )?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt(format!("no job {job_id}")))?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    fn log_lines(&self, job_id: &str, start_from: i64, limit: i64) -> StoreResult<Vec<String>> {
+        let rows = self.rows(
+            "SELECT line FROM job_logs WHERE job_id = $1 AND line_index >= $2 ORDER BY line_index LIMIT $3",
+            &[&job_id, &start_from, &limit],
+        )?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    fn instances(&self) -> StoreResult<Vec<InstanceRow>> {
+        self.mapped(
+            "SELECT instance_id, agent_type, account_id, region, registered_at, launched_at
+             FROM registered_instances ORDER BY instance_id",
+            &[],
+            instance_from_row,
+        )
+    }
+
+    fn job_holders(&self) -> StoreResult<Vec<(String, String, String)>> {
+        let sql = "SELECT name, agent_type, job_id FROM job_holders ORDER BY name";
+        self.mapped(sql, &[], triple)
+    }
+
+    fn jobs_after(&self, after: i64, limit: u32) -> StoreResult<Vec<JobRow>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2");
+        self.mapped(&sql, &[&after, &i64::from(limit)], job_from_row)
+    }
+
+    fn import(&mut self, batch: &ImportBatch) -> StoreResult<()> {
+        self.write(|connection, revision| schema::import(connection, batch, revision))?;
+        Ok(())
+    }
+}
+
+/// The job and agent writes of one commit, pipelined; each answers how many rows it wrote.
+fn write_rows(
+    connection: &mut Connection,
+    jobs: &[&JobRow],
+    agents: &[&AgentRow],
+    revision: i64,
+) -> StoreResult<Vec<u64>> {
+    let write_job = connection.statement(schema::WRITE_JOB)?;
+    let write_agent = connection.statement(schema::WRITE_AGENT)?;
+    let holder = connection.statement(
+        "INSERT INTO job_holders (name, agent_type, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )?;
+    let job_values: Vec<_> = jobs
+        .iter()
+        .map(|job| schema::job_params(job, revision))
+        .collect();
+    let agent_values: Vec<_> = agents
+        .iter()
+        .map(|agent| schema::agent_params(agent, revision))
+        .collect();
+    let job_args: Vec<_> = job_values.iter().map(schema::borrowed).collect();
+    let agent_args: Vec<_> = agent_values.iter().map(schema::borrowed).collect();
+    // The agent a job is assigned to has held a job, for good (same transaction).
+    let holders: Vec<[&(dyn ToSql + Sync); 3]> = jobs
+        .iter()
+        .filter_map(|job| match (job.state, &job.agent) {
+            (JobState::Assigned, Some(agent)) => {
+                Some([agent as &(dyn ToSql + Sync), &job.agent_type, &job.id])
+            }
+            _ => None,
+        })
+        .collect();
+    let client = &connection.client;
+    let mut writes: Vec<_> = job_args
+        .iter()
+        .map(|args| client.execute(&write_job, args))
+        .collect();
+    writes.extend(
+        agent_args
+            .iter()
+            .map(|args| client.execute(&write_agent, args)),
+    );
+    let counts = writes.len();
+    writes.extend(holders.iter().map(|args| client.execute(&holder, args)));
+    let mut written = block_on(try_join_all(writes))?;
+    written.truncate(counts);
+    Ok(written)
+}
+
+/// Stores lines at `start_from..` with the job's row locked, so two replicas appending the
+/// same batch (an agent's retry through another replica) store it once.
+fn append_in_transaction(
+    connection: &mut Connection,
+    job_id: &str,
+    start_from: i64,
+    lines: &[&str],
+) -> StoreResult<(i64, i64)> {
+    let counts =
+        connection.statement("SELECT log_lines, log_bytes FROM jobs WHERE id = $1 FOR UPDATE")?;
+    let row = block_on(connection.client.query_one(&counts, &[&job_id]))?;
+    let (mut count, mut bytes): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+    let mut indices = Vec::new();
+    let mut texts = Vec::new();
+    for (offset, line) in lines.iter().enumerate() {
+        let index = start_from + offset as i64;
+        if index < count {
+            continue;
+        }
+        indices.push(index);
+        texts.push(*line);
+        count = index + 1;
+        bytes += line.len() as i64 + 1;
+    }
+    let insert = connection.statement(
+        "INSERT INTO job_logs (job_id, line_index, line)
+         SELECT $1, u.i, u.line FROM unnest($2::bigint[], $3::text[]) AS u(i, line)
+         ON CONFLICT DO NOTHING",
+    )?;
+    let update =
+        connection.statement("UPDATE jobs SET log_lines = $2, log_bytes = $3 WHERE id = $1")?;
+    let client = &connection.client;
+    block_on(futures_util::future::try_join(
+        client.execute(&insert, &[&job_id, &indices, &texts]),
+        client.execute(&update, &[&job_id, &count, &bytes]),
+    ))?;
+    Ok((count, bytes))
+}

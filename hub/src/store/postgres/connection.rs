@@ -1,0 +1,178 @@
+//! One connection to PostgreSQL, usable from synchronous code: the `tokio-postgres` connection
+//! future runs on a current-thread runtime on a thread of its own (so waiting for a query with a
+//! plain executor never blocks the runtime that drives it, and works from inside the server's
+//! runtime too), which also turns other replicas' `NOTIFY flotilla_hub` into a signal.
+//! Statements are prepared once per connection.
+
+use super::super::{StoreError, StoreResult};
+use futures_executor::block_on;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use tokio_postgres::{AsyncMessage, Client, Statement};
+
+pub struct Connection {
+    pub client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Connection {
+    /// Connects (TLS when `ca_file` names the server's certificate authorities), starts the
+    /// thread that drives the connection, and listens for other replicas' commits.
+    pub fn open(
+        url: &str,
+        ca_file: Option<&Path>,
+        signal: Arc<tokio::sync::Notify>,
+    ) -> StoreResult<Connection> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::Connect(format!("the database URL: {error}")))?;
+        let tls = match ca_file {
+            Some(path) => Some(tls_connector(path)?),
+            None => {
+                if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+                    return Err(StoreError::Connect(
+                        "sslmode=require needs the server's certificate authorities \
+                         (--database-ca FILE, e.g. the RDS CA bundle)"
+                            .into(),
+                    ));
+                }
+                None
+            }
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let own_backend = Arc::new(AtomicI32::new(0));
+        let backend = own_backend.clone();
+        std::thread::Builder::new()
+            .name("flotilla-postgres".into())
+            .spawn(move || drive(config, tls, (signal, own_backend), sender))
+            .map_err(|error| StoreError::Connect(format!("cannot start a thread: {error}")))?;
+        let client = receiver
+            .recv()
+            .map_err(|_| StoreError::Connect("the connection thread ended".into()))??;
+        let pid: i32 = block_on(client.query_one("SELECT pg_backend_pid()", &[]))?.try_get(0)?;
+        backend.store(pid, Ordering::Relaxed);
+        block_on(client.batch_execute("LISTEN flotilla_hub"))?;
+        tracing::debug!(backend = pid, "connected to PostgreSQL");
+        Ok(Connection {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// `sql` prepared on this connection (once).
+    pub fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = block_on(self.client.prepare(sql))?;
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> StoreResult<u64> {
+        let statement = self.statement(sql)?;
+        Ok(block_on(self.client.execute(&statement, params))?)
+    }
+}
+
+type Connected = StoreResult<Client>;
+
+/// The signal to raise for other backends' notifications, and this connection's backend.
+type Listener = (Arc<tokio::sync::Notify>, Arc<AtomicI32>);
+
+/// The connection thread: connects, hands the client back, then drives the connection until the
+/// client is dropped or the server goes away, raising `signal` for other backends' notifications.
+fn drive(
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    listener: Listener,
+    sender: std::sync::mpsc::Sender<Connected>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = sender.send(Err(StoreError::Connect(format!("a runtime: {error}"))));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        match tls {
+            Some(tls) => match config.connect(tls).await {
+                Ok((client, connection)) => run(client, connection, listener, sender).await,
+                Err(error) => drop(sender.send(Err(error.into()))),
+            },
+            None => match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, connection)) => run(client, connection, listener, sender).await,
+                Err(error) => drop(sender.send(Err(error.into()))),
+            },
+        }
+    });
+}
+
+async fn run<S, T>(
+    client: Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    (signal, backend): Listener,
+    sender: std::sync::mpsc::Sender<Connected>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if sender.send(Ok(client)).is_err() {
+        return;
+    }
+    let mut messages =
+        futures_util::stream::poll_fn(move |context| connection.poll_message(context));
+    use futures_util::StreamExt;
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(note))
+                if note.process_id() != backend.load(Ordering::Relaxed) =>
+            {
+                signal.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!("the PostgreSQL connection failed: {error}");
+                break;
+            }
+        }
+    }
+}
+
+/// rustls with the certificate authorities in `path` (PEM) as the only roots.
+fn tls_connector(path: &Path) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
+    let pem = std::fs::read(path)
+        .map_err(|error| StoreError::Connect(format!("cannot read {}: {error}", path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let certificate = certificate.map_err(|error| {
+            StoreError::Connect(format!("{}: not PEM certificates: {error}", path.display()))
+        })?;
+        roots.add(certificate).map_err(|error| {
+            StoreError::Connect(format!("{}: a bad certificate: {error}", path.display()))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(StoreError::Connect(format!(
+            "{} holds no certificates",
+            path.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| StoreError::Connect(format!("TLS: {error}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}

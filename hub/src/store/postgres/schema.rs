@@ -1,0 +1,300 @@
+//! The PostgreSQL schema and its migrations, and the row writes that need every column. The
+//! schema mirrors SQLite's (`store/sqlite.rs`) with PostgreSQL's types; its version history is its
+//! own, starting at the shape SQLite reached at its version 6. Migrations run in one transaction
+//! under an advisory lock, so replicas started together migrate once.
+
+use super::super::{AgentRow, ImportBatch, JobRow, StoreError, StoreResult};
+use super::connection::Connection;
+use futures_executor::block_on;
+use protocol::JobResult;
+use tokio_postgres::types::ToSql;
+
+/// The advisory lock migrations hold ("flotmigr").
+const MIGRATION_LOCK: i64 = 0x666c_6f74_6d69_6772;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's version 6 (agent types with identity rules and time limits,
+    // agents, jobs with log bases, log lines, registered instances, job holders, revisions)
+    "CREATE TABLE hub_revision (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL);
+     INSERT INTO hub_revision VALUES (1, 1);
+     CREATE TABLE agent_types (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        execution_time_limit BIGINT,
+        revision BIGINT NOT NULL
+     );
+     CREATE INDEX agent_types_by_revision ON agent_types(revision);
+     CREATE TABLE agent_type_identity (agent_type TEXT PRIMARY KEY, policy TEXT NOT NULL);
+     CREATE TABLE registered_instances (
+        instance_id TEXT PRIMARY KEY,
+        agent_type TEXT NOT NULL,
+        account_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        registered_at BIGINT NOT NULL,
+        launched_at BIGINT
+     );
+     CREATE TABLE job_holders (name TEXT PRIMARY KEY, agent_type TEXT NOT NULL, job_id TEXT NOT NULL);
+     CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        agent_type TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        job_id TEXT,
+        jobs_finished BIGINT NOT NULL DEFAULT 0,
+        registered_at BIGINT NOT NULL,
+        last_sync_at BIGINT NOT NULL,
+        interrupted_at BIGINT NOT NULL DEFAULT 0,
+        disconnected_at BIGINT,
+        registration TEXT NOT NULL,
+        shutdown_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        revision BIGINT NOT NULL
+     );
+     CREATE INDEX agents_by_revision ON agents(revision);
+     CREATE TABLE jobs (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        agent_type TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        result TEXT,
+        reason TEXT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        agent TEXT,
+        stop_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        log_token_hash TEXT,
+        log_token_expires_at BIGINT,
+        log_lines BIGINT NOT NULL DEFAULT 0,
+        log_bytes BIGINT NOT NULL DEFAULT 0,
+        log_trimmed BOOLEAN NOT NULL DEFAULT FALSE,
+        queued_at BIGINT NOT NULL,
+        assigned_at BIGINT,
+        started_at BIGINT,
+        finished_at BIGINT,
+        secrets_purged BOOLEAN NOT NULL DEFAULT FALSE,
+        log_base BIGINT NOT NULL DEFAULT 0,
+        revision BIGINT NOT NULL
+     );
+     CREATE INDEX jobs_by_state ON jobs(state, agent_type, seq);
+     CREATE INDEX jobs_by_type ON jobs(agent_type, seq);
+     CREATE INDEX jobs_by_revision ON jobs(revision);
+     CREATE INDEX jobs_to_purge ON jobs(finished_at) WHERE NOT secrets_purged;
+     CREATE TABLE job_logs (
+        job_id TEXT NOT NULL,
+        line_index BIGINT NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (job_id, line_index)
+     );",
+];
+
+/// The schema version of the database (0: empty).
+pub fn version(connection: &mut Connection) -> StoreResult<i64> {
+    block_on(connection.client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS hub_schema (version BIGINT NOT NULL);
+         INSERT INTO hub_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM hub_schema)",
+    ))?;
+    let row = block_on(
+        connection
+            .client
+            .query_one("SELECT version FROM hub_schema", &[]),
+    )?;
+    Ok(row.try_get(0)?)
+}
+
+/// Brings the database to the newest schema; refuses one newer than this hub knows.
+pub fn migrate(connection: &mut Connection) -> StoreResult<()> {
+    block_on(connection.client.batch_execute("BEGIN"))?;
+    let result = migrate_locked(connection);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    block_on(connection.client.batch_execute(end))?;
+    result
+}
+
+fn migrate_locked(connection: &mut Connection) -> StoreResult<()> {
+    connection.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    let version = version(connection)?;
+    if version as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {version}, newer than this hub knows ({}); upgrade the hub",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        block_on(connection.client.batch_execute(migration))?;
+        let new_version = (index + 1) as i64;
+        connection.execute("UPDATE hub_schema SET version = $1", &[&new_version])?;
+    }
+    Ok(())
+}
+
+/// Writes a job's changed columns where its stored revision is still the row's ($16).
+pub const WRITE_JOB: &str =
+    "UPDATE jobs SET state = $2, result = $3, reason = $4, attempts = $5, agent = $6,
+       stop_requested = $7, log_token_hash = $8, log_token_expires_at = $9, log_trimmed = $10,
+       assigned_at = $11, started_at = $12, finished_at = $13, log_base = $14, revision = $15
+     WHERE id = $1 AND revision = $16";
+
+/// Writes an agent row where its stored revision is still the row's ($14; 0 for a new
+/// registration, which may replace only a row that is not live).
+pub const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, token_hash, state, job_id, jobs_finished,
+       registered_at, last_sync_at, interrupted_at, disconnected_at, registration, shutdown_requested, revision)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     ON CONFLICT (name) DO UPDATE SET agent_type = excluded.agent_type, token_hash = excluded.token_hash,
+       state = excluded.state, job_id = excluded.job_id, jobs_finished = excluded.jobs_finished,
+       registered_at = excluded.registered_at,
+       last_sync_at = GREATEST(agents.last_sync_at, excluded.last_sync_at),
+       interrupted_at = excluded.interrupted_at, disconnected_at = excluded.disconnected_at,
+       registration = excluded.registration, shutdown_requested = excluded.shutdown_requested,
+       revision = excluded.revision
+     WHERE agents.revision = $14 OR ($14 = 0 AND agents.disconnected_at IS NOT NULL)";
+
+/// Owned parameter values (a statement's arguments outlive the rows they came from).
+pub type Values = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// [`WRITE_JOB`]'s arguments.
+pub fn job_params(job: &JobRow, revision: i64) -> Values {
+    vec![
+        Box::new(job.id.clone()),
+        Box::new(job.state.as_str()),
+        Box::new(job.result.map(JobResult::as_str)),
+        Box::new(job.reason.clone()),
+        Box::new(job.attempts),
+        Box::new(job.agent.clone()),
+        Box::new(job.stop_requested),
+        Box::new(job.log_token_hash.clone()),
+        Box::new(job.log_token_expires_at),
+        Box::new(job.log_trimmed),
+        Box::new(job.assigned_at),
+        Box::new(job.started_at),
+        Box::new(job.finished_at),
+        Box::new(job.log_base),
+        Box::new(revision),
+        Box::new(job.revision),
+    ]
+}
+
+/// [`WRITE_AGENT`]'s arguments.
+pub fn agent_params(agent: &AgentRow, revision: i64) -> Values {
+    vec![
+        Box::new(agent.name.clone()),
+        Box::new(agent.agent_type.clone()),
+        Box::new(agent.token_hash.clone()),
+        Box::new(agent.state.clone()),
+        Box::new(agent.job_id.clone()),
+        Box::new(agent.jobs_finished),
+        Box::new(agent.registered_at),
+        Box::new(agent.last_sync_at),
+        Box::new(agent.interrupted_at),
+        Box::new(agent.disconnected_at),
+        Box::new(agent.registration.clone()),
+        Box::new(agent.shutdown_requested),
+        Box::new(revision),
+        Box::new(agent.revision),
+    ]
+}
+
+/// Borrowed views of owned arguments, as `execute` takes them.
+pub fn borrowed(values: &Values) -> Vec<&(dyn ToSql + Sync)> {
+    values
+        .iter()
+        .map(|value| value.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// Writes an export's rows into an empty hub's tables as they are, `seq`s included.
+pub fn import(connection: &mut Connection, batch: &ImportBatch, revision: i64) -> StoreResult<()> {
+    for (row, policy) in &batch.agent_types {
+        connection.execute(
+            "INSERT INTO agent_types (name, token_hash, created_at, execution_time_limit, revision)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &row.name,
+                &row.token_hash,
+                &row.created_at,
+                &row.time_limit,
+                &revision,
+            ],
+        )?;
+        if let Some(policy) = policy {
+            connection.execute(
+                "INSERT INTO agent_type_identity (agent_type, policy) VALUES ($1, $2)",
+                &[&row.name, policy],
+            )?;
+        }
+    }
+    for (id, agent_type, account, region, registered, launched) in &batch.instances {
+        connection.execute(
+            "INSERT INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[id, agent_type, account, region, registered, launched],
+        )?;
+    }
+    for (name, agent_type, job_id) in &batch.job_holders {
+        connection.execute(
+            "INSERT INTO job_holders (name, agent_type, job_id) VALUES ($1, $2, $3)",
+            &[name, agent_type, job_id],
+        )?;
+    }
+    for agent in &batch.agents {
+        let values = agent_params(
+            &AgentRow {
+                revision: 0,
+                ..agent.clone()
+            },
+            revision,
+        );
+        connection.execute(WRITE_AGENT, &borrowed(&values))?;
+    }
+    for job in &batch.jobs {
+        import_job(connection, job, revision)?;
+    }
+    import_log_lines(connection, &batch.log_lines)?;
+    connection.execute(
+        "SELECT setval(pg_get_serial_sequence('jobs', 'seq'), GREATEST((SELECT max(seq) FROM jobs), 1))",
+        &[],
+    )?;
+    Ok(())
+}
+
+fn import_job(connection: &mut Connection, job: &JobRow, revision: i64) -> StoreResult<()> {
+    connection.execute(
+        "INSERT INTO jobs (seq, id, agent_type, spec, state, attempts, queued_at, revision, log_lines, log_bytes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &job.seq,
+            &job.id,
+            &job.agent_type,
+            &job.spec,
+            &job.state.as_str(),
+            &job.attempts,
+            &job.queued_at,
+            &revision,
+            &job.log_lines,
+            &job.log_bytes,
+        ],
+    )?;
+    let values = job_params(
+        &JobRow {
+            revision,
+            ..job.clone()
+        },
+        revision,
+    );
+    connection.execute(WRITE_JOB, &borrowed(&values))?;
+    Ok(())
+}
+
+fn import_log_lines(
+    connection: &mut Connection,
+    lines: &[(String, i64, String)],
+) -> StoreResult<()> {
+    let ids: Vec<&str> = lines.iter().map(|line| line.0.as_str()).collect();
+    let indices: Vec<i64> = lines.iter().map(|line| line.1).collect();
+    let texts: Vec<&str> = lines.iter().map(|line| line.2.as_str()).collect();
+    connection.execute(
+        "INSERT INTO job_logs (job_id, line_index, line)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
+        &[&ids, &indices, &texts],
+    )?;
+    Ok(())
+}
