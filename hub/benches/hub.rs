@@ -181,18 +181,14 @@ impl Drop for BenchDatabase {
     }
 }
 
-/// What a variant's state lives in (kept until the variant is done).
-enum Place {
-    Directory(tempfile::TempDir),
-    Database(BenchDatabase),
-}
-
 /// A variant's hubs, each served on a port of its own.
 struct Servers {
     addresses: Vec<String>,
     hubs: Vec<Arc<Hub>>,
     registration_token: String,
-    _place: Place,
+    /// What the state lives in, kept until the variant is done.
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<BenchDatabase>,
 }
 
 impl Servers {
@@ -218,17 +214,17 @@ fn start_servers(
     durability: Durability,
     variant: Variant,
 ) -> Servers {
-    let (location, place) = match variant.backend {
+    let (location, (dir, database)) = match variant.backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let data_dir = dir.path().to_path_buf();
-            (StoreLocation::Sqlite { data_dir }, Place::Directory(dir))
+            (StoreLocation::Sqlite { data_dir }, (Some(dir), None))
         }
         Backend::Postgres => {
             let database = BenchDatabase::create();
             let url = database.url.clone();
             let location = StoreLocation::Postgres { url, ca_file: None };
-            (location, Place::Database(database))
+            (location, (None, Some(database)))
         }
     };
     // The agent type exists before the other replicas open: they load it.
@@ -263,7 +259,8 @@ fn start_servers(
         addresses,
         hubs,
         registration_token,
-        _place: place,
+        _dir: dir,
+        _database: database,
     }
 }
 

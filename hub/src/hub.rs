@@ -109,7 +109,7 @@ struct Inner {
 }
 
 /// How many times an operation runs when other replicas keep changing what it read.
-const MAX_ATTEMPTS: u32 = 8;
+const MAX_ATTEMPTS: u32 = 16;
 
 pub struct Hub {
     config: HubConfig,
@@ -252,6 +252,15 @@ impl Hub {
         let applied = core.apply_feed(feed, now, self.config.give_up_after_secs);
         self.announce(core, &applied);
         Ok(true)
+    }
+
+    /// The state under the lock, caught up with other replicas' commits first (reads that must
+    /// not answer from a stale memory: a job, the agents, a log's end).
+    fn fresh(&self) -> HubResult<MutexGuard<'_, Inner>> {
+        let mut guard = self.lock();
+        let Inner { store, core } = &mut *guard;
+        self.catch_up(store.as_ref(), core, crate::api::unix_now())?;
+        Ok(guard)
     }
 
     /// Catches up with other replicas' commits (the server calls it on their `NOTIFY` and

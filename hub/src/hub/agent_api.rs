@@ -149,8 +149,11 @@ impl Hub {
         request: &SyncRequest,
         now: i64,
     ) -> HubResult<SyncResponse> {
+        let mut lost_races = 0;
         let reply = self.locked(now, |store, core| {
-            self.sync_locked(store, core, access_token, request, now)
+            let reply = self.sync_locked(store, core, access_token, request, (now, lost_races));
+            lost_races += 1;
+            reply
         })?;
         let (action, job_id, shutdown_reason) = match reply {
             Reply::Continue => (SyncAction::Continue, String::new(), ShutdownReason::Unknown),
@@ -173,13 +176,15 @@ impl Hub {
         })
     }
 
+    /// One sync; `lost_races` is how many times this sync already ran and met another replica's
+    /// write (its next job is then picked from further down the queue).
     fn sync_locked(
         &self,
         store: &mut dyn Store,
         core: &mut Core,
         access_token: &str,
         request: &SyncRequest,
-        now: i64,
+        (now, lost_races): (i64, usize),
     ) -> HubResult<Reply> {
         self.heal(store, core, access_token, now)?;
         // The agent reports a job other than the one memory gave it: another replica moved it.
@@ -196,7 +201,7 @@ impl Hub {
         }
         let agent = core.agent(access_token)?;
         let facts = agent_facts(core, agent);
-        let next_job = core.next_job_for(agent);
+        let next_job = core.next_job_for(agent, 4 * lost_races);
         let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
         let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
         let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;

@@ -31,7 +31,7 @@ impl Hub {
 
     /// A job with its spec and its agent's times.
     pub fn job_detail(&self, job_id: &str) -> HubResult<JobDetail> {
-        let guard = self.lock();
+        let guard = self.fresh()?;
         let row = match guard.core.jobs.get(job_id) {
             Some(job) => job.row.clone(),
             None => guard

@@ -19,6 +19,8 @@ impl Hub {
             let mut guard = self.lock();
             let Inner { store, core } = &mut *guard;
             let lost_count = if store.try_lead()? {
+                // The sweeps judge every replica's agents and jobs: see them all first.
+                self.catch_up(store.as_ref(), core, now)?;
                 match self.sweep(store.as_mut(), core, now) {
                     // Another replica changed a row the sweep read: the next tick sweeps again.
                     Err(HubError::Store(StoreError::Conflict)) => {

@@ -23,7 +23,7 @@ impl Hub {
             Some(seconds) => Some(i64::try_from(seconds).unwrap_or(i64::MAX)),
             None => None,
         };
-        let mut guard = self.lock();
+        let mut guard = self.fresh()?;
         let Inner { store, core } = &mut *guard;
         if !core.types.contains_key(name) {
             return Err(HubError::NotFound(format!("no agent type '{name}'")));

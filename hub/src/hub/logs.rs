@@ -98,7 +98,7 @@ impl Hub {
 
     /// Log lines of a job from `start_from`, at most `limit`.
     pub fn logs(&self, job_id: &str, start_from: i64, limit: i64) -> HubResult<LogPage> {
-        let guard = self.lock();
+        let guard = self.fresh()?;
         let finished = match guard.core.jobs.get(job_id) {
             Some(_) => false,
             None => {

@@ -136,8 +136,10 @@ impl Core {
     }
 
     /// The next queued job `agent` may take (only its requested job, if it registered with
-    /// `job_id`).
-    pub fn next_job_for(&self, agent: &AgentMem) -> Option<&str> {
+    /// `job_id`). `spread` > 0 after a lost race for the queue's head with another replica:
+    /// one of the first `spread` queued jobs, picked at random, so that replicas retrying
+    /// together stop colliding on the same job.
+    pub fn next_job_for(&self, agent: &AgentMem, spread: usize) -> Option<&str> {
         let agent_type = &agent.row.agent_type;
         let requested = &agent.registration.job_id;
         if !requested.is_empty() {
@@ -149,10 +151,12 @@ impl Core {
                 })
                 .map(|job| job.row.id.as_str());
         }
-        self.queues
-            .get(agent_type)
-            .and_then(|queue| queue.values().next())
-            .map(String::as_str)
+        let queue = self.queues.get(agent_type)?;
+        let skip = match spread.min(queue.len()) {
+            0 | 1 => 0,
+            window => rand::random::<usize>() % window,
+        };
+        queue.values().nth(skip).map(String::as_str)
     }
 
     /// Adds a connected agent read from the store (at start).

@@ -80,15 +80,16 @@ impl Histogram {
 impl Hub {
     /// Queue metrics for the agent type owning `registration_token`.
     pub fn metrics(&self, registration_token: &str, now: i64) -> HubResult<QueueMetrics> {
-        let guard = self.lock();
-        let core = &guard.core;
-        let agent_type = core.type_of_token(registration_token)?;
-        Ok(metrics_of(core, agent_type, now))
+        // `locked`: a type made through another replica is caught up with, not refused.
+        self.locked(now, |_, core| {
+            let agent_type = core.type_of_token(registration_token)?;
+            Ok(metrics_of(core, agent_type, now))
+        })
     }
 
     /// The agents registered under the agent type whose registration token asks (reaper input).
     pub fn agents_of_type(&self, registration_token: &str) -> HubResult<AgentList> {
-        let guard = self.lock();
+        let guard = self.fresh()?;
         let core = &guard.core;
         let agent_type = core.type_of_token(registration_token)?;
         let mut agents: Vec<AgentSummary> = core

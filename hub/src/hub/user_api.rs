@@ -85,7 +85,7 @@ impl Hub {
 
     /// Every agent type: its name, when it was created, and its instance-identity rule.
     pub fn agent_types(&self) -> HubResult<Vec<(String, i64, IdentityPolicy)>> {
-        let guard = self.lock();
+        let guard = self.fresh()?;
         let mut policies: HashMap<String, IdentityPolicy> = HashMap::new();
         for (name, policy) in guard.store.identity_policies()? {
             policies.insert(name, super::agent_api::identity_policy(&policy)?);
@@ -112,6 +112,10 @@ impl Hub {
         spec: &JobSpec,
         now: i64,
     ) -> HubResult<JobView> {
+        if !core.types.contains_key(&spec.agent_type) {
+            // Perhaps made through another replica.
+            self.catch_up(store, core, now)?;
+        }
         if !core.types.contains_key(&spec.agent_type) {
             return Err(HubError::BadRequest(format!(
                 "no agent type '{}': create it first (scaler agent-types create {})",
@@ -151,7 +155,7 @@ impl Hub {
     }
 
     pub fn job(&self, job_id: &str) -> HubResult<JobView> {
-        let guard = self.lock();
+        let guard = self.fresh()?;
         if let Some(job) = guard.core.jobs.get(job_id) {
             return Ok(job_view(&job.row));
         }
@@ -191,7 +195,10 @@ impl Hub {
     }
 
     pub fn agents(&self) -> Vec<AgentView> {
-        let guard = self.lock();
+        let guard = self.fresh().unwrap_or_else(|error| {
+            tracing::warn!(%error, "listing agents from memory: catching up failed");
+            self.lock()
+        });
         let mut agents: Vec<AgentView> = guard.core.agents.values().map(agent_view).collect();
         agents.sort_by(|a, b| a.name.cmp(&b.name));
         agents

@@ -58,7 +58,7 @@ pub fn location(dir: &Path) -> StoreLocation {
 fn server_url(database: &str) -> String {
     let url = std::env::var("FLOTILLA_TEST_POSTGRES").unwrap_or_else(|_| {
         panic!(
-            "FLOTILLA_TEST_STORE=postgres needs FLOTILLA_TEST_POSTGRES (a server URL whose role \
+            "the PostgreSQL tests need FLOTILLA_TEST_POSTGRES (a server URL whose role \
              may create databases): `source .ci/postgres` starts one, as `bash .ci/run` does"
         )
     });
@@ -86,8 +86,8 @@ fn psql(sql: &str) {
     );
 }
 
-/// A new database for one hub.
-fn new_database() -> StoreLocation {
+/// A new database for one hub (or several replicas of one), whatever `FLOTILLA_TEST_STORE` says.
+pub fn new_database() -> StoreLocation {
     static CLEANED: Once = Once::new();
     CLEANED.call_once(drop_abandoned_databases);
     static NEXT: AtomicU32 = AtomicU32::new(0);
