@@ -27,7 +27,7 @@ enum Commands {
     /// Run everything on this machine: the hub, a local fleet of agents and the control loop.
     Up(up::UpArgs),
     /// Serve the hub: the agent protocol, log intake, metrics and the user API.
-    Hub(hub::HubCommand),
+    Hub(Box<hub::HubCommand>),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
     /// Create or update a fleet's CloudFormation stack (the template is built in).
@@ -65,7 +65,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<i32> = match cli.command {
         Commands::Up(args) => up::run(args),
-        Commands::Hub(args) => hub::run(args),
+        Commands::Hub(args) => hub::run(*args),
         Commands::Run(args) => run::run(args),
         Commands::Simulate(args) => simulate::run(args),
         Commands::Deploy(args) => deploy::run(args),

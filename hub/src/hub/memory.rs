@@ -333,3 +333,131 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Core, Feed, JobMem, LOST};
+    use crate::store::{AgentRow, JobRow};
+    use protocol::{JobSpec, JobState};
+
+    fn job(id: &str, seq: i64, state: JobState, revision: i64) -> JobRow {
+        let spec = JobSpec::from_commands("linux", &["true".to_string()]);
+        JobRow {
+            seq,
+            id: id.into(),
+            agent_type: "linux".into(),
+            spec: serde_json::to_string(&spec).unwrap(),
+            state,
+            result: None,
+            reason: None,
+            attempts: 0,
+            agent: None,
+            stop_requested: false,
+            log_token_hash: None,
+            log_token_expires_at: None,
+            log_lines: 0,
+            log_bytes: 0,
+            log_trimmed: false,
+            log_base: 0,
+            queued_at: 0,
+            assigned_at: None,
+            started_at: None,
+            finished_at: None,
+            revision,
+        }
+    }
+
+    fn agent(name: &str, state: &str, disconnected: bool, revision: i64) -> AgentRow {
+        AgentRow {
+            name: name.into(),
+            agent_type: "linux".into(),
+            token_hash: format!("hash-{name}"),
+            state: state.into(),
+            job_id: None,
+            jobs_finished: 0,
+            registered_at: 0,
+            last_sync_at: 100,
+            interrupted_at: 0,
+            disconnected_at: disconnected.then_some(100),
+            registration: "{}".into(),
+            shutdown_requested: false,
+            revision,
+        }
+    }
+
+    fn queued(core: &Core) -> Vec<String> {
+        core.queues["linux"].values().cloned().collect()
+    }
+
+    #[test]
+    fn a_feed_applies_newer_rows_only_and_twice_changes_nothing() {
+        let mut core = Core::default();
+        let first = job("a", 1, JobState::Queued, 5);
+        let spec = serde_json::from_str(&first.spec).unwrap();
+        core.insert_job(JobMem { row: first, spec });
+        let feed = || Feed {
+            revision: 9,
+            agent_types: vec![],
+            // "a" at an older revision than memory's is not news; "b" is new; "c" finished
+            // before this replica ever saw it.
+            jobs: vec![
+                job("a", 1, JobState::Assigned, 4),
+                job("b", 2, JobState::Queued, 8),
+                job("c", 3, JobState::Finished, 9),
+            ],
+            agents: vec![agent("x", "waiting-for-jobs", false, 7)],
+        };
+        let applied = core.apply_feed(feed(), 100, 600);
+        assert!(applied.counts_changed);
+        assert_eq!(queued(&core), ["a", "b"]);
+        assert_eq!(
+            (core.revision, core.agents.len(), core.jobs.len()),
+            (9, 1, 2)
+        );
+        let again = core.apply_feed(feed(), 100, 600);
+        assert!(!again.counts_changed && !again.job_finished, "nothing new");
+        assert_eq!(queued(&core), ["a", "b"]);
+        // A newer row moves the job on; finishing removes it.
+        let assigned = Feed {
+            revision: 11,
+            jobs: vec![
+                job("a", 1, JobState::Assigned, 10),
+                job("b", 2, JobState::Finished, 11),
+            ],
+            ..Feed::default()
+        };
+        let applied = core.apply_feed(assigned, 100, 600);
+        assert!(applied.counts_changed && applied.job_finished);
+        assert!(core.queues["linux"].is_empty());
+        assert_eq!(core.jobs["a"].row.state, JobState::Assigned);
+    }
+
+    #[test]
+    fn agents_lost_elsewhere_are_remembered_until_they_would_have_given_up() {
+        let mut core = Core::default();
+        let feed = Feed {
+            revision: 3,
+            agents: vec![agent("x", "waiting-for-jobs", false, 2)],
+            ..Feed::default()
+        };
+        core.apply_feed(feed, 100, 600);
+        assert!(core.agent_by_token.contains_key("hash-x"));
+        let lost = Feed {
+            revision: 4,
+            agents: vec![agent("x", LOST, true, 4), agent("old", LOST, true, 4)],
+            ..Feed::default()
+        };
+        // "old" last synced at 100; at 800 it gave up long ago (600 s).
+        core.apply_feed(lost, 650, 600);
+        assert!(core.agents.is_empty() && core.agent_by_token.is_empty());
+        assert!(core.lost.contains_key("hash-x"));
+        let mut late = Core::default();
+        let lost_long_ago = Feed {
+            revision: 4,
+            agents: vec![agent("old", LOST, true, 4)],
+            ..Feed::default()
+        };
+        late.apply_feed(lost_long_ago, 800, 600);
+        assert!(late.lost.is_empty(), "gone for good");
+    }
+}
