@@ -1,6 +1,6 @@
 //! The `scaler` command: `up` (hub + local fleet + control loop on one machine), `run` (the
 //! scaling service), `hub` (serve the hub), and `jobs` / `agent-types` / `agents` (its user API).
-//! `deploy` / `status` / `destroy` (the fleet's CloudFormation stack) and `simulate`.
+//! `deploy` / `status` / `destroy` (a fleet's or a hub's CloudFormation stack) and `simulate`.
 
 mod aws;
 mod cmd;
@@ -30,11 +30,12 @@ enum Commands {
     Hub(Box<hub::HubCommand>),
     /// Run the scaling service from a config file (one control loop per fleet).
     Run(run::RunArgs),
-    /// Create or update a fleet's CloudFormation stack (the template is built in).
+    /// Create or update a fleet's (or, with --template hub, a hub's) CloudFormation stack (the
+    /// templates are built in).
     Deploy(deploy::DeployArgs),
     /// A deployed fleet: stack, pools, queue, recent scaling activity, outputs.
     Status(deploy::StackArgs),
-    /// Delete a fleet's stack (and the token parameter deploy created).
+    /// Delete a fleet's or a hub's stack (and the token parameter deploy created for a fleet).
     Destroy(deploy::DestroyArgs),
     /// Replay a job trace against the policy and the baselines on a virtual clock.
     Simulate(simulate::SimulateArgs),

@@ -167,6 +167,20 @@ pub struct JobQuery {
     pub limit: u32,
 }
 
+impl JobQuery {
+    /// How many rows to fetch: one more than a page, to tell whether more follow.
+    pub fn fetch(&self) -> i64 {
+        i64::from(self.limit) + 1
+    }
+
+    /// The page from rows fetched with [`JobQuery::fetch`], and whether more follow.
+    pub fn page(&self, mut rows: Vec<JobRow>) -> (Vec<JobRow>, bool) {
+        let more = rows.len() > self.limit as usize;
+        rows.truncate(self.limit as usize);
+        (rows, more)
+    }
+}
+
 /// A registered instance, as stored (instance id, agent type, account, region, registered at,
 /// launched at).
 pub type InstanceRow = (String, String, String, String, i64, Option<i64>);

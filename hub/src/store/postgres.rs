@@ -443,7 +443,7 @@ impl Store for PostgresStore {
              ORDER BY seq DESC LIMIT $5"
         );
         let state = query.state.map(JobState::as_str);
-        let fetch = i64::from(query.limit) + 1;
+        let fetch = query.fetch();
         let params: Params = &[
             &state,
             &query.agent_type,
@@ -451,10 +451,7 @@ impl Store for PostgresStore {
             &query.before,
             &fetch,
         ];
-        let mut rows = self.mapped(&sql, params, job_from_row)?;
-        let more = rows.len() > query.limit as usize;
-        rows.truncate(query.limit as usize);
-        Ok((rows, more))
+        Ok(query.page(self.mapped(&sql, params, job_from_row)?))
     }
 
     fn purge_job_secrets(

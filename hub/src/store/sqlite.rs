@@ -545,12 +545,9 @@ impl Store for SqliteStore {
              ORDER BY seq DESC LIMIT ?5"
         );
         let state = query.state.map(JobState::as_str);
-        let fetch = i64::from(query.limit) + 1;
+        let fetch = query.fetch();
         let arguments = params![state, query.agent_type, query.name, query.before, fetch];
-        let mut rows = self.select(&sql, arguments, job_from_row)?;
-        let more = rows.len() > query.limit as usize;
-        rows.truncate(query.limit as usize);
-        Ok((rows, more))
+        Ok(query.page(self.select(&sql, arguments, job_from_row)?))
     }
 
     fn purge_job_secrets(
