@@ -7,7 +7,9 @@
 //! made through `psql "$FLOTILLA_TEST_POSTGRES"` (`.ci/postgres` starts the server) and dropped
 //! at the end. The agents speak the wire protocol (docs/protocol.md) over keep-alive
 //! connections with a small HTTP/1.1 client, so that each connection stays on one replica as a
-//! real agent's would, and each hand-out can be counted.
+//! real agent's would, and each hand-out can be counted. Like the real agent they retry a 503
+//! (a write conflict between replicas that outlasted the hub's own retries; the count is printed)
+//! and, in the kill test only, a broken connection.
 
 #[path = "support/balancer.rs"]
 mod balancer;
