@@ -13,6 +13,8 @@
 
 #[path = "support/balancer.rs"]
 mod balancer;
+#[path = "../../hub/tests/stores/mod.rs"]
+mod stores;
 mod support;
 
 use balancer::Balancer;
@@ -20,7 +22,6 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,70 +42,16 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 
 // ------------------------------------------------------------------ databases
 
-fn psql(url: &str, sql: &str) -> Result<String, String> {
-    let output = Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
-        .output()
-        .map_err(|error| format!("psql: {error} (apt-get install postgresql-client)"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-/// A database of its own for one test, dropped (connections and all) at the end.
+/// A database of its own for one test (`hub/tests/stores`: named after this process, dropped by
+/// the next run once this process is gone).
 struct TestDatabase {
-    server: String,
-    name: String,
     url: String,
 }
 
 impl TestDatabase {
     fn create() -> TestDatabase {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let server = std::env::var("FLOTILLA_TEST_POSTGRES").unwrap_or_else(|_| {
-            panic!("FLOTILLA_TEST_POSTGRES is not set: bash .ci/run starts PostgreSQL")
-        });
-        drop_abandoned_databases(&server);
-        let pid = std::process::id();
-        let name = format!("flotilla_t_{pid}_{}", NEXT.fetch_add(1, Ordering::SeqCst));
-        psql(&server, &format!("CREATE DATABASE {name}")).unwrap();
-        let (base, query) = match server.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server.as_str(), String::new()),
-        };
-        let (prefix, _) = base.rsplit_once('/').expect("a postgres://…/DATABASE URL");
-        let url = format!("{prefix}/{name}{query}");
-        TestDatabase { server, name, url }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = psql(&self.server, &sql) {
-            eprintln!("could not drop the test database: {error}");
-        }
-    }
-}
-
-/// Databases left by test processes that were killed before they could drop theirs.
-fn drop_abandoned_databases(server: &str) {
-    let sql = "SELECT datname FROM pg_database WHERE datname LIKE 'flotilla\\_t\\_%'";
-    let Ok(names) = psql(server, sql) else { return };
-    for name in names.lines() {
-        let pid = name.split('_').nth(2).unwrap_or("");
-        let alive = !pid.is_empty() && std::path::Path::new(&format!("/proc/{pid}")).exists();
-        if !alive {
-            let _ = psql(
-                server,
-                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            );
+        TestDatabase {
+            url: stores::new_database_url(),
         }
     }
 }

@@ -103,6 +103,14 @@ pub fn new_database() -> StoreLocation {
     }
 }
 
+/// The URL of a new database (for `scaler hub --database` processes).
+pub fn new_database_url() -> String {
+    match new_database() {
+        StoreLocation::Postgres { url, .. } => url,
+        StoreLocation::Sqlite { .. } => unreachable!("new_database makes PostgreSQL databases"),
+    }
+}
+
 /// Drops test databases whose process has ended.
 fn drop_abandoned_databases() {
     let output = Command::new("psql")
