@@ -223,7 +223,7 @@ impl Hub {
         let revision = store.commit(&jobs, &agents)?;
         core.committed(revision);
         let changes = changes.at_revision(revision);
-        limits::log_stop_notes(store, core, &changes.jobs, now);
+        limits::log_stop_notes(store, &changes.jobs, now);
         let applied = core.apply(changes, now);
         self.announce(core, &applied);
         Ok(())

@@ -468,6 +468,13 @@ resource "aws_lb_target_group" "hub" {
   port                 = 8080
   target_type          = "instance"
   deregistration_delay = 70
+  # The web console's sessions live in the replica that signed the user in: a browser keeps to
+  # it (agents and scalers send no cookies, so they still spread).
+  stickiness {
+    enabled         = true
+    type            = "lb_cookie"
+    cookie_duration = 43200
+  }
   health_check {
     protocol            = "HTTP"
     path                = "/healthz"

@@ -44,29 +44,25 @@ impl Hub {
         core: &mut Core,
         now: i64,
     ) -> HubResult<usize> {
-        let due: Vec<(JobRow, String)> = core
+        let due: Vec<JobRow> = core
             .jobs
             .values()
             .filter_map(|job| {
                 let limit = time_limit(job, core, &self.config);
                 let reason = over_time_limit(&job.row, limit, now)?;
-                let row = JobRow {
-                    reason: Some(reason.clone()),
+                tracing::warn!(job = %job.row.id, agent = ?job.row.agent, "{reason}: stopping the job");
+                Some(JobRow {
+                    reason: Some(reason),
                     ..jobs::stop_requested(&job.row, now)
-                };
-                Some((row, reason))
+                })
             })
             .collect();
         let count = due.len();
-        let mut changes = Changes::default();
-        let mut notes = Vec::new();
-        for (row, reason) in due {
-            tracing::warn!(job = %row.id, agent = ?row.agent, "{reason}: stopping the job");
-            notes.push((row.id.clone(), stop_note(&reason, now)));
-            changes.jobs.push(row);
-        }
+        let changes = Changes {
+            jobs: due,
+            agents: Vec::new(),
+        };
         self.commit(store, core, changes, now)?;
-        core.stop_notes.extend(notes);
         Ok(count)
     }
 }
@@ -80,6 +76,9 @@ fn time_limit(job: &JobMem, core: &Core, config: &HubConfig) -> i64 {
         .unwrap_or(config.default_time_limit_secs)
 }
 
+/// How the reason of a job the hub stopped for its time limit begins.
+const OVER_TIME_LIMIT: &str = "execution time limit of";
+
 /// Why a job an agent holds must be stopped now, or `None` while it may run on (or is already
 /// being stopped, or only waits in the queue).
 pub(super) fn over_time_limit(row: &JobRow, limit_secs: i64, now: i64) -> Option<String> {
@@ -90,7 +89,7 @@ pub(super) fn over_time_limit(row: &JobRow, limit_secs: i64, now: i64) -> Option
     let since = row.started_at.or(row.assigned_at)?;
     (now.saturating_sub(since) > limit_secs).then(|| {
         let limit = human_duration(u64::try_from(limit_secs).unwrap_or(0));
-        format!("execution time limit of {limit} exceeded")
+        format!("{OVER_TIME_LIMIT} {limit} exceeded")
     })
 }
 
@@ -107,13 +106,27 @@ fn stop_note(reason: &str, now: i64) -> String {
 }
 
 /// Ends the log of each finished job the hub stopped itself with the note saying why. The
-/// agent's log is complete by then (it flushes before it reports the job finished).
-pub(super) fn log_stop_notes(store: &mut dyn Store, core: &mut Core, jobs: &[JobRow], now: i64) {
-    for job in jobs.iter().filter(|job| job.state.is_finished()) {
-        let Some(note) = core.stop_notes.remove(&job.id) else {
+/// agent's log is complete by then (it flushes before it reports the job finished). The reason
+/// is on the job's row, so whichever replica sees the job finish writes the note.
+pub(super) fn log_stop_notes(store: &mut dyn Store, jobs: &[JobRow], now: i64) {
+    for job in jobs
+        .iter()
+        .filter(|job| job.state.is_finished() && job.stop_requested)
+    {
+        let Some(reason) = job
+            .reason
+            .as_deref()
+            .filter(|r| r.starts_with(OVER_TIME_LIMIT))
+        else {
             continue;
         };
-        if let Err(error) = store.append_log(&job.id, job.log_lines, &[&note]) {
+        // Other replicas may have stored lines this one's memory has not counted.
+        let end = match store.shared() {
+            true => store.log_counts(&job.id).map(|(lines, _)| lines),
+            false => Ok(job.log_lines),
+        };
+        let note = stop_note(reason, now);
+        if let Err(error) = end.and_then(|end| store.append_log(&job.id, end, &[&note])) {
             tracing::error!(job = %job.id, %error, now, "cannot log why the job was stopped");
         }
     }

@@ -48,8 +48,6 @@ pub(super) struct Core {
     pub counters: HubCounters,
     /// Agent types with their own default job time limit (seconds).
     pub type_time_limits: HashMap<String, i64>,
-    /// Jobs the hub stopped itself, with the line their log ends with once they finish.
-    pub stop_notes: HashMap<String, String>,
     /// Sampled queue history (the console's chart).
     pub history: super::history::History,
     /// Agents lost within the give-up time, by token hash, with the job they had: one whose
