@@ -201,7 +201,11 @@ impl Hub {
         }
         let agent = core.agent(access_token)?;
         let facts = agent_facts(core, agent);
-        let next_job = core.next_job_for(agent, 4 * lost_races);
+        // Replicas picking the same queue head collide: while others are writing, each picks
+        // among the first few from the start, wider after each lost race (alone, in order).
+        let racing = store.others_writing(now);
+        let spread = if racing { 8 } else { 0 } + 4 * lost_races;
+        let next_job = core.next_job_for(agent, spread);
         let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
         let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
         let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;

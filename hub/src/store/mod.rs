@@ -194,6 +194,8 @@ pub trait Store: Send {
     /// A signal raised when another process committed (PostgreSQL's `LISTEN`), if the store
     /// has one.
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
+    /// Whether other processes committed lately (replicas race for the same jobs).
+    fn others_writing(&self, now: i64) -> bool;
     /// Whether this process leads the once-only sweeps (lost agents, time limits, purges).
     /// Always true for a store nobody else writes.
     fn try_lead(&mut self) -> StoreResult<bool>;

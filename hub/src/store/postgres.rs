@@ -22,9 +22,13 @@ use futures_util::future::try_join_all;
 use protocol::{JobResult, JobState};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
+
+/// Another replica counts as writing this long after its last announced commit.
+const OTHERS_WRITING_SECS: i64 = 30;
 
 /// The session advisory lock the leading replica holds ("flotilla" in ASCII).
 const LEADER_LOCK: i64 = 0x666c_6f74_696c_6c61;
@@ -37,6 +41,8 @@ pub struct PostgresStore {
     connection: RefCell<Connection>,
     /// Raised when another process commits; survives reconnections.
     signal: Arc<tokio::sync::Notify>,
+    /// When (Unix seconds) another process last announced a commit.
+    heard_at: Arc<AtomicI64>,
     leader: bool,
 }
 
@@ -45,12 +51,14 @@ impl PostgresStore {
     /// commits.
     pub fn connect(url: &str, ca_file: Option<&Path>) -> StoreResult<PostgresStore> {
         let signal = Arc::new(tokio::sync::Notify::new());
-        let connection = Connection::open(url, ca_file, signal.clone())?;
+        let heard_at = Arc::new(AtomicI64::new(0));
+        let connection = Connection::open(url, ca_file, (signal.clone(), heard_at.clone()))?;
         let mut store = PostgresStore {
             url: url.to_string(),
             ca_file: ca_file.map(Path::to_path_buf),
             connection: RefCell::new(connection),
             signal,
+            heard_at,
             leader: false,
         };
         schema::migrate(store.connection.get_mut())?;
@@ -62,8 +70,8 @@ impl PostgresStore {
         let mut connection = self.connection.borrow_mut();
         if connection.client.is_closed() {
             tracing::warn!("the PostgreSQL connection closed; connecting again");
-            *connection =
-                Connection::open(&self.url, self.ca_file.as_deref(), self.signal.clone())?;
+            let listener = (self.signal.clone(), self.heard_at.clone());
+            *connection = Connection::open(&self.url, self.ca_file.as_deref(), listener)?;
         }
         Ok(connection)
     }
@@ -221,6 +229,10 @@ impl Store for PostgresStore {
 
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.signal.clone())
+    }
+
+    fn others_writing(&self, now: i64) -> bool {
+        now - self.heard_at.load(Ordering::Relaxed) <= OTHERS_WRITING_SECS
     }
 
     fn try_lead(&mut self) -> StoreResult<bool> {

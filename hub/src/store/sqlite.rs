@@ -297,6 +297,10 @@ impl Store for SqliteStore {
         None
     }
 
+    fn others_writing(&self, _now: i64) -> bool {
+        false
+    }
+
     fn try_lead(&mut self) -> StoreResult<bool> {
         Ok(true)
     }

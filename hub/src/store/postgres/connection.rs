@@ -8,7 +8,7 @@ use super::super::{StoreError, StoreResult};
 use futures_executor::block_on;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 
@@ -23,7 +23,7 @@ impl Connection {
     pub fn open(
         url: &str,
         ca_file: Option<&Path>,
-        signal: Arc<tokio::sync::Notify>,
+        (signal, heard_at): (Arc<tokio::sync::Notify>, Arc<AtomicI64>),
     ) -> StoreResult<Connection> {
         let config: tokio_postgres::Config = url
             .parse()
@@ -46,7 +46,7 @@ impl Connection {
         let backend = own_backend.clone();
         std::thread::Builder::new()
             .name("flotilla-postgres".into())
-            .spawn(move || drive(config, tls, (signal, own_backend), sender))
+            .spawn(move || drive(config, tls, (signal, own_backend, heard_at), sender))
             .map_err(|error| StoreError::Connect(format!("cannot start a thread: {error}")))?;
         let client = receiver
             .recv()
@@ -83,8 +83,9 @@ impl Connection {
 
 type Connected = StoreResult<Client>;
 
-/// The signal to raise for other backends' notifications, and this connection's backend.
-type Listener = (Arc<tokio::sync::Notify>, Arc<AtomicI32>);
+/// The signal to raise for other backends' notifications, this connection's backend, and when
+/// (Unix seconds) another backend last announced a commit.
+pub type Listener = (Arc<tokio::sync::Notify>, Arc<AtomicI32>, Arc<AtomicI64>);
 
 /// The connection thread: connects, hands the client back, then drives the connection until the
 /// client is dropped or the server goes away, raising `signal` for other backends' notifications.
@@ -121,7 +122,7 @@ fn drive(
 async fn run<S, T>(
     client: Client,
     mut connection: tokio_postgres::Connection<S, T>,
-    (signal, backend): Listener,
+    (signal, backend, heard_at): Listener,
     sender: std::sync::mpsc::Sender<Connected>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -138,6 +139,7 @@ async fn run<S, T>(
             Ok(AsyncMessage::Notification(note))
                 if note.process_id() != backend.load(Ordering::Relaxed) =>
             {
+                heard_at.store(unix_now(), Ordering::Relaxed);
                 signal.notify_one();
             }
             Ok(_) => {}
@@ -175,4 +177,10 @@ fn tls_connector(path: &Path) -> StoreResult<tokio_postgres_rustls::MakeRustlsCo
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
