@@ -37,8 +37,6 @@ pub enum StoreError {
     /// A row changed since it was read (another replica wrote it): nothing was written.
     #[error("a row changed under this write (another hub replica wrote it)")]
     Conflict,
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
