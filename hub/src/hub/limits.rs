@@ -139,26 +139,14 @@ mod tests {
     fn row(state: JobState, assigned: Option<i64>, started: Option<i64>, stop: bool) -> JobRow {
         JobRow {
             seq: 1,
-            id: "J".into(),
-            agent_type: "t".into(),
-            spec: "{}".into(),
             state,
-            result: None,
-            reason: None,
             attempts: 1,
             agent: Some("a".into()),
             stop_requested: stop,
-            log_token_hash: None,
-            log_token_expires_at: None,
-            log_lines: 0,
-            log_base: 0,
-            log_bytes: 0,
-            log_trimmed: false,
-            queued_at: 0,
             assigned_at: assigned,
             started_at: started,
-            finished_at: None,
             revision: 1,
+            ..JobRow::queued("J".into(), "t".into(), "{}".into(), 0)
         }
     }
 

@@ -340,28 +340,12 @@ mod tests {
 
     fn job(id: &str, seq: i64, state: JobState, revision: i64) -> JobRow {
         let spec = JobSpec::from_commands("linux", &["true".to_string()]);
+        let spec = serde_json::to_string(&spec).unwrap();
         JobRow {
             seq,
-            id: id.into(),
-            agent_type: "linux".into(),
-            spec: serde_json::to_string(&spec).unwrap(),
             state,
-            result: None,
-            reason: None,
-            attempts: 0,
-            agent: None,
-            stop_requested: false,
-            log_token_hash: None,
-            log_token_expires_at: None,
-            log_lines: 0,
-            log_bytes: 0,
-            log_trimmed: false,
-            log_base: 0,
-            queued_at: 0,
-            assigned_at: None,
-            started_at: None,
-            finished_at: None,
             revision,
+            ..JobRow::queued(id.into(), "linux".into(), spec, 0)
         }
     }
 

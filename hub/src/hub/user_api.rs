@@ -122,29 +122,9 @@ impl Hub {
                 spec.agent_type, spec.agent_type
             )));
         }
-        let mut row = JobRow {
-            seq: 0,
-            id: tokens::new_job_id(),
-            agent_type: spec.agent_type.clone(),
-            spec: serde_json::to_string(spec).map_err(|e| HubError::BadRequest(e.to_string()))?,
-            state: JobState::Queued,
-            result: None,
-            reason: None,
-            attempts: 0,
-            agent: None,
-            stop_requested: false,
-            log_token_hash: None,
-            log_token_expires_at: None,
-            log_lines: 0,
-            log_bytes: 0,
-            log_trimmed: false,
-            log_base: 0,
-            queued_at: now,
-            assigned_at: None,
-            started_at: None,
-            finished_at: None,
-            revision: 0,
-        };
+        let text = serde_json::to_string(spec).map_err(|e| HubError::BadRequest(e.to_string()))?;
+        let id = tokens::new_job_id();
+        let mut row = JobRow::queued(id, spec.agent_type.clone(), text, now);
         (row.seq, row.revision) = store.insert_job(&row)?;
         core.committed(row.revision);
         let view = job_view(&row);

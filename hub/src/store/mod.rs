@@ -112,6 +112,35 @@ pub struct JobRow {
     pub revision: i64,
 }
 
+impl JobRow {
+    /// A job just submitted: queued, not stored yet (`seq` and `revision` 0).
+    pub fn queued(id: String, agent_type: String, spec: String, now: i64) -> JobRow {
+        JobRow {
+            seq: 0,
+            id,
+            agent_type,
+            spec,
+            state: JobState::Queued,
+            result: None,
+            reason: None,
+            attempts: 0,
+            agent: None,
+            stop_requested: false,
+            log_token_hash: None,
+            log_token_expires_at: None,
+            log_lines: 0,
+            log_bytes: 0,
+            log_trimmed: false,
+            log_base: 0,
+            queued_at: now,
+            assigned_at: None,
+            started_at: None,
+            finished_at: None,
+            revision: 0,
+        }
+    }
+}
+
 /// An agent row, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentRow {
