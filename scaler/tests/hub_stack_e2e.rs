@@ -15,13 +15,14 @@ mod support;
 
 #[path = "../../agent/tests/support/moto.rs"]
 mod moto;
+#[path = "support/terraform.rs"]
+mod terraform;
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-const PLUGIN_DIR: &str = "/opt/tf-plugins";
+use terraform::{Terraform, PLUGIN_DIR};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -158,65 +159,6 @@ fn scaler_deploy_template_hub_asks_no_token_and_fails_cleanly_where_moto_stops()
     assert!(described.is_err(), "a stack was left: {described:?}");
 }
 
-/// Terraform in a copy of infra/terraform-hub, talking to moto.
-struct Terraform {
-    example: PathBuf,
-    env: Vec<(&'static str, String)>,
-}
-
-impl Terraform {
-    fn new(root: &Path, moto: &moto::MotoServer) -> Terraform {
-        assert!(
-            Path::new(PLUGIN_DIR).is_dir(),
-            "{PLUGIN_DIR} (the hashicorp/aws provider) is missing"
-        );
-        let source = repo().join("infra/terraform-hub");
-        let module = root.join("terraform-hub");
-        copy_tf_files(&source, &module);
-        copy_tf_files(&source.join("examples/hub"), &module.join("examples/hub"));
-        let mut env = moto.env();
-        env.extend([
-            ("AWS_DEFAULT_REGION", moto::REGION.to_string()),
-            ("TF_CLI_CONFIG_FILE", "/dev/null".to_string()),
-            ("CHECKPOINT_DISABLE", "1".to_string()),
-            ("TF_IN_AUTOMATION", "1".to_string()),
-        ]);
-        Terraform {
-            example: module.join("examples/hub"),
-            env,
-        }
-    }
-
-    /// Runs terraform in the example; its stdout, or the test fails with everything it said.
-    fn run(&self, args: &[&str]) -> String {
-        let mut command = Command::new("terraform");
-        command
-            .arg(format!("-chdir={}", self.example.display()))
-            .args(args);
-        command.envs(self.env.iter().map(|(k, v)| (*k, v)));
-        let output = command.output().unwrap_or_else(|e| {
-            panic!("cannot run terraform ({e}): https://developer.hashicorp.com/terraform/install")
-        });
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(
-            output.status.success(),
-            "terraform {args:?} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    }
-}
-
-fn copy_tf_files(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "tf") {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
-
 #[test]
 fn terraform_applies_the_hub_example_to_moto_and_destroys_it() {
     let runtime = runtime();
@@ -233,7 +175,7 @@ fn terraform_applies_the_hub_example_to_moto_and_destroys_it() {
         .unwrap()
         .to_string();
     let dir = tempfile::tempdir().unwrap();
-    let terraform = Terraform::new(dir.path(), &moto);
+    let terraform = Terraform::new(dir.path(), &moto, "terraform-hub", "hub");
     // Deletion protection would (rightly) stop the destroy: off, as docs/hub-stack.md says.
     std::fs::write(
         terraform.example.join("test_override.tf"),

@@ -14,73 +14,21 @@ mod policy_rules;
 
 #[path = "../../agent/tests/support/moto.rs"]
 mod moto;
+#[path = "support/terraform.rs"]
+mod terraform;
 
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use terraform::{Terraform, PLUGIN_DIR};
 
-/// Where this machine kind keeps the AWS provider (`.ci/run` checks it is there).
-const PLUGIN_DIR: &str = "/opt/tf-plugins";
 const STACK: &str = "gpu-fleet";
 const ACCOUNT: &str = "123456789012";
 
-struct Terraform {
-    /// The copy of infra/terraform.
-    module: PathBuf,
-    env: Vec<(&'static str, String)>,
-}
-
 impl Terraform {
-    fn new(root: &Path, moto: &moto::MotoServer) -> Terraform {
-        assert!(
-            Path::new(PLUGIN_DIR).is_dir(),
-            "{PLUGIN_DIR} (the hashicorp/aws provider, laid out for `terraform init -plugin-dir`) is missing on this machine"
-        );
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/terraform");
-        let module = root.join("terraform");
-        copy_tf_files(&source, &module);
-        copy_tf_files(
-            &source.join("examples/gpu-fleet"),
-            &module.join("examples/gpu-fleet"),
-        );
-        let mut env = moto.env();
-        env.extend([
-            ("AWS_DEFAULT_REGION", moto::REGION.to_string()),
-            ("TF_CLI_CONFIG_FILE", "/dev/null".to_string()),
-            ("CHECKPOINT_DISABLE", "1".to_string()),
-            ("TF_IN_AUTOMATION", "1".to_string()),
-        ]);
-        Terraform { module, env }
-    }
-
-    fn example(&self) -> PathBuf {
-        self.module.join("examples/gpu-fleet")
-    }
-
-    /// Runs terraform in `dir`; its stdout, or the test fails with everything it said.
-    fn run(&self, dir: &Path, args: &[&str]) -> String {
-        let mut command = Command::new("terraform");
-        command.arg(format!("-chdir={}", dir.display())).args(args);
-        for (name, value) in &self.env {
-            command.env(name, value);
-        }
-        let output = command.output().unwrap_or_else(|e| {
-            panic!("cannot run terraform ({e}): https://developer.hashicorp.com/terraform/install")
-        });
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        assert!(
-            output.status.success(),
-            "terraform {args:?} in {} failed:\n{stdout}\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    }
-
     fn init_and_validate(&self, dir: &Path) {
         let plugins = format!("-plugin-dir={PLUGIN_DIR}");
-        self.run(dir, &["init", "-input=false", "-no-color", &plugins]);
-        let validated = self.run(dir, &["validate", "-no-color"]);
+        self.run_in(dir, &["init", "-input=false", "-no-color", &plugins]);
+        let validated = self.run_in(dir, &["validate", "-no-color"]);
         assert!(
             validated.contains("The configuration is valid"),
             "{validated}"
@@ -88,24 +36,17 @@ impl Terraform {
     }
 
     fn apply(&self) {
-        self.run(
-            &self.example(),
-            &["apply", "-auto-approve", "-input=false", "-no-color"],
-        );
+        self.run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
     }
 
     fn destroy(&self) {
-        self.run(
-            &self.example(),
-            &["destroy", "-auto-approve", "-input=false", "-no-color"],
-        );
+        self.run(&["destroy", "-auto-approve", "-input=false", "-no-color"]);
     }
 
     /// The module's resources in the state, by address within the module (`aws_kms_key.this[0]`).
     fn state(&self) -> Vec<(String, Value)> {
         let shown: Value =
-            serde_json::from_str(&self.run(&self.example(), &["show", "-json", "-no-color"]))
-                .unwrap();
+            serde_json::from_str(&self.run(&["show", "-json", "-no-color"])).unwrap();
         let module = &shown["values"]["root_module"]["child_modules"][0];
         module["resources"]
             .as_array()
@@ -118,16 +59,6 @@ impl Terraform {
                 (local, r["values"].clone())
             })
             .collect()
-    }
-}
-
-fn copy_tf_files(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "tf") {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
     }
 }
 
@@ -397,9 +328,9 @@ fn the_module_validates_applies_and_destroys_against_moto() {
         .unwrap();
     let moto = moto::MotoServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let terraform = Terraform::new(dir.path(), &moto);
+    let terraform = Terraform::new(dir.path(), &moto, "terraform", "gpu-fleet");
     terraform.init_and_validate(&terraform.module);
-    terraform.init_and_validate(&terraform.example());
+    terraform.init_and_validate(&terraform.example);
     // The example reads its image id from SSM.
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk(&runtime));
     runtime
@@ -421,7 +352,7 @@ fn the_module_validates_applies_and_destroys_against_moto() {
     ];
     for (override_file, (session_manager, hop_limit, job_sudo)) in variants {
         if let Some(text) = override_file {
-            std::fs::write(terraform.example().join("opt_in_override.tf"), text).unwrap();
+            std::fs::write(terraform.example.join("opt_in_override.tf"), text).unwrap();
         }
         let variant = Variant {
             session_manager,
