@@ -12,31 +12,11 @@ mod support;
 #[path = "../../agent/tests/support/moto.rs"]
 mod moto;
 
-use std::process::Command;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::runtime;
 
 /// Runs the scaler with `env`; (exit code, stdout + stderr).
 fn scaler(env: &[(&'static str, String)], args: &[&str]) -> (i32, String) {
-    let mut command = Command::new(support::scaler_binary());
-    command.args(args);
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let output = command.output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    support::scaler_with_env(env, args)
 }
 
 /// The instance types of a group's MixedInstancesPolicy, in order.

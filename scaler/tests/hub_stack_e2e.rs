@@ -28,24 +28,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::runtime;
 
 /// Runs the scaler with `env`; (exit code, stdout + stderr).
 fn scaler(env: &[(&'static str, String)], args: &[&str]) -> (i32, String) {
-    let mut command = Command::new(support::scaler_binary());
-    command.args(args).envs(env.iter().map(|(k, v)| (*k, v)));
-    let output = command.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code().unwrap_or(-1), text)
+    support::scaler_with_env(env, args)
 }
 
 /// One call of an AWS API on moto without an SDK client of its own here (RDS, ELBv2: query

@@ -21,6 +21,29 @@ pub fn agent_binary() -> PathBuf {
     path
 }
 
+/// A current-thread runtime for a test's AWS SDK calls.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs the scaler with `env` added; (exit code, stdout followed by stderr).
+pub fn scaler_with_env(env: &[(&'static str, String)], args: &[&str]) -> (i32, String) {
+    let output = Command::new(scaler_binary())
+        .args(args)
+        .envs(env.iter().map(|(name, value)| (*name, value)))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
