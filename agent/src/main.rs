@@ -393,8 +393,9 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.
 fn parse_job_file(path: &Path, text: &str) -> Result<JobRequest> {
+    // '\u{7b}' is the opening brace of a JSON object.
     let is_json =
-        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with("{");
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('\u{7b}');
     let request = if is_json {
         serde_json::from_str(text)
             .with_context(|| format!("{} is not a valid JSON job request", path.display()))?
