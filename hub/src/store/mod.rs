@@ -212,6 +212,28 @@ impl JobQuery {
 /// launched at).
 pub type InstanceRow = (String, String, String, String, i64, Option<i64>);
 
+/// The lines of a batch pushed at `start_from` that a log holding `count` lines of `bytes` bytes
+/// does not have yet (a retried batch adds nothing twice), with their indices, and the log's
+/// line and byte counts once they are stored (each line with its newline).
+pub fn new_log_lines<'a>(
+    start_from: i64,
+    (count, bytes): (i64, i64),
+    lines: &[&'a str],
+) -> (Vec<(i64, &'a str)>, (i64, i64)) {
+    let (mut count, mut bytes) = (count, bytes);
+    let mut new = Vec::new();
+    for (offset, line) in lines.iter().enumerate() {
+        let index = start_from + offset as i64;
+        if index < count {
+            continue;
+        }
+        new.push((index, *line));
+        count = index + 1;
+        bytes += line.len() as i64 + 1;
+    }
+    (new, (count, bytes))
+}
+
 /// The hub's durable state. Every method is one transaction.
 pub trait Store: Send {
     /// The schema version this database is at.

@@ -492,12 +492,9 @@ impl Store for PostgresStore {
         start_from: i64,
         lines: &[&str],
     ) -> StoreResult<(i64, i64)> {
-        let mut connection = self.connection()?;
-        block_on(connection.client.batch_execute("BEGIN"))?;
-        let result = append_in_transaction(&mut connection, job_id, start_from, lines);
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        block_on(connection.client.batch_execute(end))?;
-        result
+        self.connection()?.in_transaction(|connection| {
+            append_in_transaction(connection, job_id, start_from, lines)
+        })
     }
 
     fn log_counts(&self, job_id: &str) -> StoreResult<(i64, i64)> {
@@ -604,19 +601,9 @@ fn append_in_transaction(
     let counts =
         connection.statement("SELECT log_lines, log_bytes FROM jobs WHERE id = $1 FOR UPDATE")?;
     let row = block_on(connection.client.query_one(&counts, &[&job_id]))?;
-    let (mut count, mut bytes): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    let mut indices = Vec::new();
-    let mut texts = Vec::new();
-    for (offset, line) in lines.iter().enumerate() {
-        let index = start_from + offset as i64;
-        if index < count {
-            continue;
-        }
-        indices.push(index);
-        texts.push(*line);
-        count = index + 1;
-        bytes += line.len() as i64 + 1;
-    }
+    let stored = (row.try_get(0)?, row.try_get(1)?);
+    let (new, (count, bytes)) = super::new_log_lines(start_from, stored, lines);
+    let (indices, texts): (Vec<i64>, Vec<&str>) = new.into_iter().unzip();
     let insert = connection.statement(
         "INSERT INTO job_logs (job_id, line_index, line)
          SELECT $1, u.i, u.line FROM unnest($2::bigint[], $3::text[]) AS u(i, line)

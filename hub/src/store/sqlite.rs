@@ -586,23 +586,18 @@ impl Store for SqliteStore {
         lines: &[&str],
     ) -> StoreResult<(i64, i64)> {
         let transaction = self.connection.transaction()?;
-        let (mut count, mut bytes): (i64, i64) = transaction.query_row(
+        let stored: (i64, i64) = transaction.query_row(
             "SELECT log_lines, log_bytes FROM jobs WHERE id = ?1",
             params![job_id],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
+        let (new, (count, bytes)) = super::new_log_lines(start_from, stored, lines);
         {
             let mut insert = transaction.prepare_cached(
                 "INSERT OR IGNORE INTO job_logs (job_id, line_index, line) VALUES (?1, ?2, ?3)",
             )?;
-            for (offset, line) in lines.iter().enumerate() {
-                let index = start_from + offset as i64;
-                if index < count {
-                    continue;
-                }
+            for (index, line) in new {
                 insert.execute(params![job_id, index, line])?;
-                count = index + 1;
-                bytes += line.len() as i64 + 1;
             }
         }
         transaction.execute(

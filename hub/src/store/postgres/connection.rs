@@ -71,6 +71,18 @@ impl Connection {
         Ok(statement)
     }
 
+    /// Runs `work` between BEGIN and COMMIT (ROLLBACK when it fails).
+    pub fn in_transaction<T>(
+        &mut self,
+        work: impl FnOnce(&mut Connection) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        block_on(self.client.batch_execute("BEGIN"))?;
+        let result = work(self);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        block_on(self.client.batch_execute(end))?;
+        result
+    }
+
     pub fn execute(
         &mut self,
         sql: &str,

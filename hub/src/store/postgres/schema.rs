@@ -103,11 +103,7 @@ pub fn version(connection: &mut Connection) -> StoreResult<i64> {
 
 /// Brings the database to the newest schema; refuses one newer than this hub knows.
 pub fn migrate(connection: &mut Connection) -> StoreResult<()> {
-    block_on(connection.client.batch_execute("BEGIN"))?;
-    let result = migrate_locked(connection);
-    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    block_on(connection.client.batch_execute(end))?;
-    result
+    connection.in_transaction(migrate_locked)
 }
 
 fn migrate_locked(connection: &mut Connection) -> StoreResult<()> {
