@@ -2,11 +2,19 @@
 //! docs/protocol.md §2 describes it, log intake under `/api/v1/logs`, the user API (admin token)
 //! under `/api/v1`, plus `/healthz` and Prometheus `/metrics`. Handlers only translate HTTP to
 //! [`Hub`] calls and [`HubError`]s to status codes; errors never echo secrets.
+//!
+//! What a client costs the hub is bounded here, before the core sees it: every token (and a log
+//! push's job) is checked before the request's body is read; a body is read only up to its
+//! route's size and within `EdgeLimits::body_read_timeout` in all; log pushes being read or
+//! stored are capped per job and in total (429 beyond, which agents retry); the blocking core
+//! runs on tokio's blocking pool ([`blocking`]), never on the async workers; `/metrics` may ask
+//! for a bearer token and renders at most once a second.
 
-use crate::hub::{Hub, HubError};
+use crate::hub::{Hub, HubError, HubResult};
 use crate::store::StoreError;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use crate::tokens;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,13 +22,17 @@ use axum::{Json, Router};
 use protocol::views::{AgentTypeView, CreatedAgentType, ErrorBody, NewAgentType};
 use protocol::{JobSpec, JobState, RefreshResponse, RegisterRequest, SyncRequest};
 use serde::Deserialize;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest log push body (2000 lines of fully escaped 1000-byte output fit).
 pub const MAX_LOG_BODY: usize = 32 * 1024 * 1024;
-/// Largest body anywhere else.
+/// Largest body of the user API (a job spec with its files).
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Largest body of a registration or a sync (bounded fields: `hub::limits_of_registration`).
+pub const MAX_AGENT_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
@@ -40,6 +52,7 @@ impl IntoResponse for HubError {
             HubError::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
             HubError::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
+            HubError::Limit(message) => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
             HubError::Store(
                 error @ (StoreError::Conflict | StoreError::Postgres(_) | StoreError::Connect(_)),
             ) => {
@@ -91,9 +104,186 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HubError>
         .map_err(|error| HubError::BadRequest(format!("invalid JSON body: {error}")))
 }
 
+/// What one client may make the API do (the connection-level limits are `server`'s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// A request's whole body must be in within this long of its handler asking for it.
+    pub body_read_timeout: Duration,
+    /// Log pushes being read or stored at once, over all jobs.
+    pub max_log_pushes: usize,
+    /// Log pushes being read or stored at once for one job (its agent sends one at a time).
+    pub max_log_pushes_per_job: usize,
+    /// SHA-256 of the bearer token `/metrics` asks for (None: open).
+    pub metrics_token_hash: Option<String>,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            body_read_timeout: Duration::from_secs(30),
+            max_log_pushes: 64,
+            max_log_pushes_per_job: 2,
+            metrics_token_hash: None,
+        }
+    }
+}
+
+/// The router's state: the hub and what the edge keeps of its own.
+#[derive(Clone)]
+struct Edge {
+    hub: Arc<Hub>,
+    limits: Arc<EdgeLimits>,
+    log_pushes: Arc<LogPushes>,
+    /// The last `/metrics` text and when it was rendered.
+    prometheus: Arc<tokio::sync::Mutex<Option<(Instant, String)>>>,
+}
+
+impl FromRef<Edge> for Arc<Hub> {
+    fn from_ref(edge: &Edge) -> Arc<Hub> {
+        edge.hub.clone()
+    }
+}
+
 type Shared = State<Arc<Hub>>;
 
+/// Runs `call` on the hub on tokio's blocking pool (the core takes a lock and may wait on the
+/// store); a panic there is the handler's panic.
+pub async fn blocking<T: Send + 'static>(
+    hub: &Arc<Hub>,
+    call: impl FnOnce(&Hub) -> HubResult<T> + Send + 'static,
+) -> HubResult<T> {
+    let hub = hub.clone();
+    match tokio::task::spawn_blocking(move || call(&hub)).await {
+        Ok(result) => result,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+/// Reads `body` whole: at most `limit` bytes (413 beyond), all within `timeout` (408 after).
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Refused> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than {limit} bytes"),
+        )),
+        Ok(Err(_)) => Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "the body could not be read",
+        )),
+        Err(_) => Err(refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body was not sent within {timeout:?}"),
+        )),
+    }
+}
+
+fn refusal(status: StatusCode, message: &str) -> Refused {
+    Refused::Edge {
+        status,
+        message: message.to_string(),
+    }
+}
+
+/// A refusal of the edge's own (a status and why) or a hub error, as the response it becomes.
+enum Refused {
+    Edge { status: StatusCode, message: String },
+    Hub(HubError),
+}
+
+impl From<HubError> for Refused {
+    fn from(error: HubError) -> Refused {
+        Refused::Hub(error)
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Edge { status, message } => {
+                let mut response = (status, Json(ErrorBody { error: message })).into_response();
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    let again = axum::http::HeaderValue::from_static("1");
+                    response.headers_mut().insert("retry-after", again);
+                }
+                response
+            }
+            Refused::Hub(error) => error.into_response(),
+        }
+    }
+}
+
+/// The log pushes in flight: a permit in total and a count per job.
+struct LogPushes {
+    total: Arc<Semaphore>,
+    per_job: Mutex<HashMap<String, usize>>,
+    max_per_job: usize,
+}
+
+/// One log push in flight; leaving gives its places back.
+struct LogPushPermit {
+    pushes: Arc<LogPushes>,
+    job_id: String,
+    _total: OwnedSemaphorePermit,
+}
+
+impl LogPushes {
+    fn new(limits: &EdgeLimits) -> LogPushes {
+        LogPushes {
+            total: Arc::new(Semaphore::new(limits.max_log_pushes.max(1))),
+            per_job: Mutex::new(HashMap::new()),
+            max_per_job: limits.max_log_pushes_per_job.max(1),
+        }
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.per_job
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A place for one more push to `job_id`, or 429 when the job or the hub has none free.
+    fn admit(self: &Arc<Self>, job_id: &str) -> Result<LogPushPermit, Refused> {
+        let busy = |what: &str| refusal(StatusCode::TOO_MANY_REQUESTS, what);
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("too many log pushes in flight on this hub; retry"))?;
+        let mut jobs = self.jobs();
+        let count = jobs.entry(job_id.to_string()).or_insert(0);
+        if *count >= self.max_per_job {
+            return Err(busy("too many log pushes in flight for this job; retry"));
+        }
+        *count += 1;
+        Ok(LogPushPermit {
+            pushes: self.clone(),
+            job_id: job_id.to_string(),
+            _total: total,
+        })
+    }
+}
+
+impl Drop for LogPushPermit {
+    fn drop(&mut self) {
+        let mut jobs = self.pushes.jobs();
+        if let Some(count) = jobs.get_mut(&self.job_id) {
+            *count -= 1;
+            if *count == 0 {
+                jobs.remove(&self.job_id);
+            }
+        }
+    }
+}
+
+/// The API with the default edge limits.
 pub fn router(hub: Arc<Hub>) -> Router {
+    router_with(hub, EdgeLimits::default())
+}
+
+pub fn router_with(hub: Arc<Hub>, limits: EdgeLimits) -> Router {
     let agent_api = Router::new()
         .route("/register", post(register))
         .route("/sync", post(sync))
@@ -113,36 +303,55 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/jobs/{id}/logs", get(job_logs))
         .route("/agents", get(list_agents))
         .route("/agents/{name}/shutdown", post(shutdown_agent));
+    let edge = Edge {
+        log_pushes: Arc::new(LogPushes::new(&limits)),
+        limits: Arc::new(limits),
+        hub,
+        prometheus: Arc::new(tokio::sync::Mutex::new(None)),
+    };
     Router::new()
         .nest("/api/v1/self_hosted_agents", agent_api)
         .nest("/api/v1", user_api)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(
-            Router::new()
-                .route("/api/v1/logs/{id}", post(push_logs))
-                .layer(DefaultBodyLimit::max(MAX_LOG_BODY)),
-        )
+        .route("/api/v1/logs/{id}", post(push_logs))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(prometheus))
-        .with_state(hub)
+        .with_state(edge)
 }
 
 // ---------------------------------------------------------------- agent protocol
 
 async fn register(
-    State(hub): Shared,
+    State(edge): State<Edge>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, HubError> {
+    body: Body,
+) -> Result<Response, Refused> {
     let token = token(&headers)?;
+    let admitted = token.clone();
+    blocking(&edge.hub, move |hub| {
+        hub.admit_register(&admitted, unix_now())
+    })
+    .await?;
+    let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: RegisterRequest = json_body(&body)?;
-    Ok(Json(hub.register(&token, request, unix_now())?).into_response())
+    let registered = blocking(&edge.hub, move |hub| {
+        hub.register(&token, request, unix_now())
+    })
+    .await?;
+    Ok(Json(registered).into_response())
 }
 
-async fn sync(State(hub): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, HubError> {
+async fn sync(
+    State(edge): State<Edge>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Refused> {
     let token = token(&headers)?;
+    let admitted = token.clone();
+    blocking(&edge.hub, move |hub| hub.admit_sync(&admitted, unix_now())).await?;
+    let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: SyncRequest = json_body(&body)?;
-    Ok(Json(hub.sync(&token, &request, unix_now())?).into_response())
+    let reply = blocking(&edge.hub, move |hub| hub.sync(&token, &request, unix_now())).await?;
+    Ok(Json(reply).into_response())
 }
 
 async fn job_request(
@@ -151,18 +360,19 @@ async fn job_request(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    Ok(Json(hub.job_request(&token, &id, unix_now())?).into_response())
+    let job = blocking(&hub, move |hub| hub.job_request(&token, &id, unix_now())).await?;
+    Ok(Json(job).into_response())
 }
 
 async fn refresh(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    let token = hub.refresh_log_token(&token, unix_now())?;
+    let token = blocking(&hub, move |hub| hub.refresh_log_token(&token, unix_now())).await?;
     Ok(Json(RefreshResponse { token }).into_response())
 }
 
 async fn disconnect(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    hub.disconnect(&token, unix_now())?;
+    blocking(&hub, move |hub| hub.disconnect(&token, unix_now())).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -179,7 +389,8 @@ async fn queue_metrics(
     Query(query): Query<MetricsQuery>,
 ) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    let mut metrics = hub.metrics(&token, unix_now())?;
+    let asked = token.clone();
+    let mut metrics = blocking(&hub, move |hub| hub.metrics(&asked, unix_now())).await?;
     if let (Some(version), Some(wait)) = (query.version, query.wait) {
         if metrics.version == Some(version) && wait > 0 {
             let mut changes = hub.subscribe_version();
@@ -193,7 +404,7 @@ async fn queue_metrics(
                     break;
                 }
             }
-            metrics = hub.metrics(&token, unix_now())?;
+            metrics = blocking(&hub, move |hub| hub.metrics(&token, unix_now())).await?;
         }
     }
     Ok(Json(metrics).into_response())
@@ -202,7 +413,8 @@ async fn queue_metrics(
 /// Flotilla extension: the agents of the asking token's type (names and whether busy).
 async fn type_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
-    Ok(Json(hub.agents_of_type(&token)?).into_response())
+    let agents = blocking(&hub, move |hub| hub.agents_of_type(&token)).await?;
+    Ok(Json(agents).into_response())
 }
 
 #[derive(Deserialize)]
@@ -210,53 +422,71 @@ struct LogPushQuery {
     start_from: Option<i64>,
 }
 
+/// A log push: the job and its log token are checked, and a place among the pushes in flight
+/// taken, before a byte of the (up to 32 MiB) body is read.
 async fn push_logs(
-    State(hub): Shared,
+    State(edge): State<Edge>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<LogPushQuery>,
-    body: Bytes,
-) -> Result<Response, HubError> {
+    body: Body,
+) -> Result<Response, Refused> {
     let token = token(&headers)?;
     let start_from = query
         .start_from
         .ok_or_else(|| HubError::BadRequest("start_from is required".into()))?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
-    hub.push_logs(&id, &token, start_from, text, unix_now())?;
+    let (job, bearer) = (id.clone(), token.clone());
+    blocking(&edge.hub, move |hub| {
+        hub.admit_log_push(&job, &bearer, unix_now())
+    })
+    .await?;
+    let _permit = edge.log_pushes.admit(&id)?;
+    let body = read_body(body, MAX_LOG_BODY, edge.limits.body_read_timeout).await?;
+    blocking(&edge.hub, move |hub| {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
+        hub.push_logs(&id, &token, start_from, text, unix_now())
+    })
+    .await?;
     Ok(StatusCode::OK.into_response())
 }
 
 // ---------------------------------------------------------------- user API
 
 async fn create_agent_type(
-    State(hub): Shared,
+    State(edge): State<Edge>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, HubError> {
-    admin(&hub, &headers)?;
+    body: Body,
+) -> Result<Response, Refused> {
+    let hub = &edge.hub;
+    admin(hub, &headers)?;
+    let body = read_body(body, MAX_BODY, edge.limits.body_read_timeout).await?;
     let request: NewAgentType = json_body(&body)?;
     if request.execution_time_limit == Some(0) {
         return Err(HubError::BadRequest(
             "execution_time_limit must be more than 0 seconds".into(),
-        ));
+        )
+        .into());
     }
-    let registration_token =
-        hub.create_agent_type_with(&request.name, &request.identity, unix_now())?;
-    if request.execution_time_limit.is_some() {
-        hub.set_agent_type_time_limit(&request.name, request.execution_time_limit)?;
-    }
-    let created = CreatedAgentType {
-        name: request.name,
-        registration_token,
-    };
+    let created = blocking(hub, move |hub| {
+        let registration_token =
+            hub.create_agent_type_with(&request.name, &request.identity, unix_now())?;
+        if request.execution_time_limit.is_some() {
+            hub.set_agent_type_time_limit(&request.name, request.execution_time_limit)?;
+        }
+        Ok(CreatedAgentType {
+            name: request.name,
+            registration_token,
+        })
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn list_agent_types(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let types: Vec<AgentTypeView> = hub
-        .agent_types()?
+    let types: Vec<AgentTypeView> = blocking(&hub, |hub| hub.agent_types())
+        .await?
         .into_iter()
         .map(|(name, created_at, identity)| AgentTypeView {
             name,
@@ -268,13 +498,15 @@ async fn list_agent_types(State(hub): Shared, headers: HeaderMap) -> Result<Resp
 }
 
 async fn submit_job(
-    State(hub): Shared,
+    State(edge): State<Edge>,
     headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, HubError> {
-    admin(&hub, &headers)?;
+    body: Body,
+) -> Result<Response, Refused> {
+    admin(&edge.hub, &headers)?;
+    let body = read_body(body, MAX_BODY, edge.limits.body_read_timeout).await?;
     let spec: JobSpec = json_body(&body)?;
-    Ok((StatusCode::CREATED, Json(hub.submit(spec, unix_now())?)).into_response())
+    let job = blocking(&edge.hub, move |hub| hub.submit(spec, unix_now())).await?;
+    Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -297,7 +529,8 @@ async fn list_jobs(
         None => None,
     };
     let limit = query.limit.unwrap_or(100).min(10_000);
-    Ok(Json(hub.list_jobs(state, limit)?).into_response())
+    let jobs = blocking(&hub, move |hub| hub.list_jobs(state, limit)).await?;
+    Ok(Json(jobs).into_response())
 }
 
 async fn get_job(
@@ -306,7 +539,8 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    Ok(Json(hub.job(&id)?).into_response())
+    let job = blocking(&hub, move |hub| hub.job(&id)).await?;
+    Ok(Json(job).into_response())
 }
 
 async fn stop_job(
@@ -315,7 +549,8 @@ async fn stop_job(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    Ok(Json(hub.stop_job(&id, unix_now())?).into_response())
+    let job = blocking(&hub, move |hub| hub.stop_job(&id, unix_now())).await?;
+    Ok(Json(job).into_response())
 }
 
 #[derive(Deserialize)]
@@ -338,18 +573,20 @@ async fn job_logs(
     let notified = hub.logs_changed().notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let mut page = hub.logs(&id, start_from, limit)?;
+    let job = id.clone();
+    let mut page = blocking(&hub, move |hub| hub.logs(&job, start_from, limit)).await?;
     let wait = query.wait.unwrap_or(0).min(MAX_WAIT_SECONDS);
     if page.lines.is_empty() && !page.job_finished && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), notified).await;
-        page = hub.logs(&id, start_from, limit)?;
+        page = blocking(&hub, move |hub| hub.logs(&id, start_from, limit)).await?;
     }
     Ok(Json(page).into_response())
 }
 
 async fn list_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    Ok(Json(hub.agents()).into_response())
+    let agents = blocking(&hub, |hub| Ok(hub.agents())).await?;
+    Ok(Json(agents).into_response())
 }
 
 async fn shutdown_agent(
@@ -358,13 +595,42 @@ async fn shutdown_agent(
     Path(name): Path<String>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    hub.request_agent_shutdown(&name, unix_now())?;
+    blocking(&hub, move |hub| {
+        hub.request_agent_shutdown(&name, unix_now())
+    })
+    .await?;
     Ok(StatusCode::OK.into_response())
 }
 
 // ---------------------------------------------------------------- Prometheus
 
-async fn prometheus(State(hub): Shared) -> Response {
+/// How long a rendered `/metrics` text is served again (scrapes are 15 s or more apart; a
+/// flood of them costs one rendering a second).
+const PROMETHEUS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// Prometheus `/metrics`: behind the bearer token when the hub was given one.
+async fn prometheus(State(edge): State<Edge>, headers: HeaderMap) -> Result<Response, Refused> {
+    if let Some(expected) = &edge.limits.metrics_token_hash {
+        let presented = token(&headers)?;
+        if !tokens::constant_time_eq(&tokens::hash(&presented), expected) {
+            return Err(HubError::Unauthorized.into());
+        }
+    }
+    // Held while rendering: scrapes that arrive meanwhile get the same text.
+    let mut slot = edge.prometheus.lock().await;
+    let text = match slot.as_ref() {
+        Some((at, text)) if at.elapsed() < PROMETHEUS_FRESH_FOR => text.clone(),
+        _ => {
+            let text = blocking(&edge.hub, |hub| Ok(render_prometheus(hub))).await?;
+            *slot = Some((Instant::now(), text.clone()));
+            text
+        }
+    };
+    Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// The hub's metrics in Prometheus's text format.
+fn render_prometheus(hub: &Hub) -> String {
     let (types, counters) = hub.all_metrics(unix_now());
     let mut out = String::new();
     out.push_str(
@@ -433,5 +699,5 @@ async fn prometheus(State(hub): Shared) -> Response {
             histogram.count, histogram.sum, histogram.count
         ));
     }
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    out
 }

@@ -14,6 +14,7 @@
 //! again ([`Hub::locked`]). Other replicas' commits also arrive by `NOTIFY` and every second
 //! (`server::spawn_housekeeping`), so a replica's metrics long-poll wakes for any replica's job.
 
+mod admission;
 mod agent_api;
 mod console_api;
 mod history;
@@ -25,6 +26,7 @@ mod memory;
 mod metrics;
 mod user_api;
 
+pub use admission::RegistrationLimits;
 pub use console_api::JobDetail;
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
@@ -34,6 +36,7 @@ use crate::tokens;
 use memory::{Changes, Core, JobMem};
 use protocol::JobSpec;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use thiserror::Error;
 
@@ -62,6 +65,8 @@ pub struct HubConfig {
     pub default_time_limit_secs: i64,
     /// Finished jobs' environment values and file contents are purged after this long.
     pub secret_retention_secs: i64,
+    /// Live agents one agent type may have at once; registrations beyond get 429.
+    pub max_agents_per_type: usize,
 }
 
 impl HubConfig {
@@ -78,6 +83,7 @@ impl HubConfig {
             identity_certificates: None,
             default_time_limit_secs: 3600,
             secret_retention_secs: 3600,
+            max_agents_per_type: 10_000,
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum HubError {
     Forbidden(String),
     #[error("the job's log is full")]
     LogFull,
+    /// Refused because a limit of the hub is reached (429: retry later).
+    #[error("{0}")]
+    Limit(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -120,6 +129,11 @@ pub struct Hub {
     version: tokio::sync::watch::Sender<u64>,
     /// Signalled when log lines arrive or a job finishes (log follow).
     logs_changed: tokio::sync::Notify,
+    /// Catch-ups with other replicas begun so far (each one's ticket), and the ticket of the
+    /// last that succeeded: an operation that met an unknown token after a catch-up that began
+    /// since it arrived succeeded answers 401/404 without a round trip of its own.
+    catch_ups_begun: AtomicU64,
+    catch_ups_done: AtomicU64,
 }
 
 impl Hub {
@@ -175,6 +189,8 @@ impl Hub {
             inner: Mutex::new(Inner { store, core }),
             version,
             logs_changed: tokio::sync::Notify::new(),
+            catch_ups_begun: AtomicU64::new(0),
+            catch_ups_done: AtomicU64::new(0),
         })
     }
 
@@ -243,7 +259,19 @@ impl Hub {
     /// nobody else writes). Returns whether anything was new.
     fn catch_up(&self, store: &dyn Store, core: &mut Core, now: i64) -> HubResult<bool> {
         // One round trip when nothing is new (the usual case).
-        if !store.shared() || store.head_revision()? <= core.revision {
+        if !store.shared() {
+            return Ok(false);
+        }
+        // Taken before the first read; recorded as done (under the lock) only on success.
+        let ticket = self.catch_ups_begun.fetch_add(1, Ordering::SeqCst) + 1;
+        let news = self.apply_news(store, core, now)?;
+        self.catch_ups_done.store(ticket, Ordering::SeqCst);
+        Ok(news)
+    }
+
+    /// What other replicas committed since memory's revision, applied. Whether anything was.
+    fn apply_news(&self, store: &dyn Store, core: &mut Core, now: i64) -> HubResult<bool> {
+        if store.head_revision()? <= core.revision {
             return Ok(false);
         }
         let feed = store.changes_since(core.revision)?;
@@ -279,12 +307,15 @@ impl Hub {
 
     /// Runs `operation` under the lock. On a shared store, when it met state another replica
     /// changed (a conflicting write, or a token or job this replica has not seen yet), catches
-    /// up and runs it again; a conflict that outlasts [`MAX_ATTEMPTS`] is returned (503).
+    /// up and runs it again; a conflict that outlasts [`MAX_ATTEMPTS`] is returned (503). A
+    /// token or job still unknown after a catch-up that began after the call arrived is unknown:
+    /// a flood of made-up tokens shares one round trip per turn of the lock, not one each.
     fn locked<T>(
         &self,
         now: i64,
         mut operation: impl FnMut(&mut dyn Store, &mut Core) -> HubResult<T>,
     ) -> HubResult<T> {
+        let arrived = self.catch_ups_begun.load(Ordering::SeqCst);
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let mut attempt = 1;
@@ -292,7 +323,12 @@ impl Hub {
             let result = operation(store.as_mut(), core);
             let conflict = matches!(result, Err(HubError::Store(StoreError::Conflict)));
             let unseen = matches!(result, Err(HubError::Unauthorized | HubError::NotFound(_)));
-            if attempt >= MAX_ATTEMPTS || !(conflict || (unseen && store.shared())) {
+            let unseen_since_arrival =
+                unseen && attempt == 1 && self.catch_ups_done.load(Ordering::SeqCst) > arrived;
+            if attempt >= MAX_ATTEMPTS
+                || !(conflict || (unseen && store.shared()))
+                || unseen_since_arrival
+            {
                 return result;
             }
             let news = self.catch_up(store.as_ref(), core, now)?;

@@ -457,6 +457,7 @@ fn the_hub_boot_script_writes_the_secrets_only_into_a_root_only_env_file() {
     for line in [
         "FLOTILLA_HUB_LISTEN=0.0.0.0:8080",
         "FLOTILLA_PLAIN_HTTP_BEHIND_PROXY=true",
+        "FLOTILLA_KEEP_ALIVE_TIMEOUT=130",
         "FLOTILLA_PUBLIC_URL=https://hub.example.com",
         "FLOTILLA_DATABASE_URL=postgres://flotilla:p%40ss%2Fw%3Ard%25%26%3F%23%3D%20x@db.example.internal:5432/flotilla?sslmode=require",
         "FLOTILLA_ADMIN_TOKEN=AdminToken0123456789abcdefXYZ",

@@ -1,8 +1,8 @@
 //! Attacks on a real `scaler hub` process, tried as a job on the fleet or anyone who can reach
 //! its socket would: a job that never ends (run by a real agent), the hub started on a public
 //! address without TLS, a TLS client that never finishes its handshake, a flood of idle
-//! connections, and other local users reading the hub's data directory. Each test failed before
-//! the defence existed.
+//! connections (and ones that never send a request), and other local users reading the hub's
+//! data directory. Each test failed before the defence existed.
 
 mod support;
 
@@ -214,4 +214,39 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
     let (status, waited) = waiting.join().unwrap();
     assert_eq!(status, Some(200));
     assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+}
+
+#[test]
+fn clients_that_send_nothing_are_dropped_so_a_full_hub_answers_again() {
+    let hub = HubProcess::start(&["--max-connections", "40", "--header-read-timeout", "1"]);
+    let mut idle: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(("127.0.0.1", hub.port)).unwrap())
+        .collect();
+    let started = Instant::now();
+    let reply = support::http::get(&format!("{}/healthz", hub.url()), "");
+    assert_eq!(reply.map(|reply| reply.status).ok(), Some(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // Control: the idle clients were served, then closed by the hub.
+    assert!(closed_within(&mut idle[0], Duration::from_secs(10)));
+}
+
+#[test]
+fn edge_limits_of_zero_are_refused() {
+    for flag in [
+        "--header-read-timeout",
+        "--keep-alive-timeout",
+        "--body-read-timeout",
+        "--max-log-pushes",
+    ] {
+        let (code, stderr) = hub_exit(&[flag, "0"], Duration::from_secs(20));
+        assert!(matches!(code, Some(c) if c != 0), "{flag}: {code:?}");
+        assert!(stderr.contains("must be positive"), "{flag}: {stderr}");
+    }
+    let (code, stderr) = hub_exit(&["--metrics-token", "short"], Duration::from_secs(20));
+    assert!(matches!(code, Some(c) if c != 0), "{stderr}");
+    assert!(stderr.contains("at least 16 characters"), "{stderr}");
 }

@@ -100,6 +100,7 @@ fn error_status(error: &HubError) -> StatusCode {
         HubError::Conflict(_) => StatusCode::CONFLICT,
         HubError::Forbidden(_) => StatusCode::FORBIDDEN,
         HubError::LogFull => StatusCode::UNPROCESSABLE_ENTITY,
+        HubError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
         HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -9,7 +9,7 @@
 //! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
 use super::memory::{AgentMem, Changes, Core, LOST, REVOKED};
-use super::{jobs, Hub, HubError, HubResult};
+use super::{admission, jobs, Hub, HubError, HubResult};
 use crate::identity::{self, Certificates, IdentityDocument};
 use crate::rules::{
     self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
@@ -31,6 +31,7 @@ impl Hub {
         request: RegisterRequest,
         now: i64,
     ) -> HubResult<RegisterResponse> {
+        admission::check_registration(&request)?;
         // An instance this call recorded is not "registered before" when the call runs again.
         let mut recorded_here = false;
         self.locked(now, |store, core| {
@@ -60,6 +61,7 @@ impl Hub {
             Some(document) => document.instance_id.clone(),
             None => agent_name(request)?,
         };
+        admission::check_type_capacity(core, &agent_type, &name, self.config.max_agents_per_type)?;
         let live = core.agents.get(&name);
         let facts = RegisterFacts {
             agent_type: &agent_type,

@@ -132,7 +132,7 @@ fn lines_that_fit(lines: &[&str], room: i64) -> usize {
 }
 
 /// `bearer` is the job's current, unexpired log token.
-fn log_token_valid(job: &JobRow, bearer: &str, now: i64) -> bool {
+pub(super) fn log_token_valid(job: &JobRow, bearer: &str, now: i64) -> bool {
     job.log_token_hash
         .as_deref()
         .is_some_and(|hash| tokens::constant_time_eq(hash, &tokens::hash(bearer)))

@@ -10,6 +10,7 @@ pub mod imds;
 
 use hub::hub::{Hub, HubConfig};
 use hub::identity::Certificates;
+use hub::server::ConnectionLimits;
 use protocol::views::IdentityPolicy;
 use protocol::{
     AgentState, InstanceIdentity, JobResult, LogEvent, RegisterRequest, SyncAction, SyncRequest,
@@ -28,8 +29,7 @@ pub struct Served {
     /// Registration token of agent type "gpu" (instance identity required).
     pub gpu_token: String,
     pub signing_key: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Server,
     _dir: tempfile::TempDir,
 }
 
@@ -52,9 +52,29 @@ pub fn serve() -> Served {
         allowed_regions: vec![],
     };
     let gpu_token = hub.create_agent_type_with("gpu", &policy, now()).unwrap();
+    let server = spawn_server(hub.clone(), ConnectionLimits::default());
+    Served {
+        url: format!("http://{}", server.address),
+        hub,
+        linux_token,
+        gpu_token,
+        signing_key,
+        _server: server,
+        _dir: dir,
+    }
+}
+
+/// A hub served on 127.0.0.1 from a runtime on a thread of its own; stopped when dropped.
+pub struct Server {
+    pub address: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Serves `hub` on a free loopback port within `limits`.
+pub fn spawn_server(hub: Arc<Hub>, limits: ConnectionLimits) -> Server {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let serving = hub.clone();
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
@@ -63,25 +83,19 @@ pub fn serve() -> Served {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            hub::server::serve_on(serving, listener, None, shutdown)
+            hub::server::serve_limited(hub, listener, None, limits, shutdown)
                 .await
                 .unwrap();
         });
     });
-    let address = address_rx.recv().unwrap();
-    Served {
-        url: format!("http://{address}"),
-        hub,
-        linux_token,
-        gpu_token,
-        signing_key,
+    Server {
+        address: address_rx.recv().unwrap(),
         stop: Some(stop),
         thread: Some(thread),
-        _dir: dir,
     }
 }
 
-impl Drop for Served {
+impl Drop for Server {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

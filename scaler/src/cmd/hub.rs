@@ -9,6 +9,7 @@
 //! `scaler hub migrate|export|import` are in `hub_admin.rs`.
 
 use anyhow::{bail, Context, Result};
+use hub::api::EdgeLimits;
 use hub::hub::{Hub, HubConfig};
 use hub::server::{serve, ConnectionLimits, ServeOptions};
 use hub::store::{Durability, StoreLocation};
@@ -124,6 +125,30 @@ pub struct HubArgs {
     /// Seconds a TLS client has to finish its handshake.
     #[arg(long, env = "FLOTILLA_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
     pub tls_handshake_timeout: u64,
+    /// Seconds a new connection has to send its first request's head (request line and headers);
+    /// one that sends nothing, or trickles, is closed.
+    #[arg(long, env = "FLOTILLA_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a connection may stay idle between requests (its next request's head included).
+    /// Agents sync every second; behind a load balancer set it above the balancer's idle timeout.
+    #[arg(long, env = "FLOTILLA_KEEP_ALIVE_TIMEOUT", default_value_t = 30)]
+    pub keep_alive_timeout: u64,
+    /// Seconds a request's whole body has to arrive in, once its token has been checked.
+    #[arg(long, env = "FLOTILLA_BODY_READ_TIMEOUT", default_value_t = 30)]
+    pub body_read_timeout: u64,
+    /// Log pushes read or stored at once, over all jobs (more get 429; agents retry).
+    #[arg(long, env = "FLOTILLA_MAX_LOG_PUSHES", default_value_t = 64)]
+    pub max_log_pushes: usize,
+    /// Log pushes read or stored at once for one job.
+    #[arg(long, env = "FLOTILLA_MAX_LOG_PUSHES_PER_JOB", default_value_t = 2)]
+    pub max_log_pushes_per_job: usize,
+    /// Live agents one agent type may have; registrations beyond get 429.
+    #[arg(long, env = "FLOTILLA_MAX_AGENTS_PER_TYPE", default_value_t = 10_000)]
+    pub max_agents_per_type: usize,
+    /// A bearer token Prometheus must send to read /metrics (its `authorization` setting);
+    /// /metrics is open without it.
+    #[arg(long, env = "FLOTILLA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// PEM certificates for instance identity documents (`region: NAME` lines before each),
     /// instead of the AWS certificates shipped with the hub (tests, other partitions).
     #[arg(long, env = "FLOTILLA_IDENTITY_CERTIFICATES")]
@@ -166,6 +191,7 @@ pub fn run(command: HubCommand) -> Result<i32> {
         args.tls_cert.is_some(),
         args.plain_http_behind_proxy,
     )?;
+    connection_limits(&args)?;
     if args.database.database.is_some() {
         return serve_replica(&args);
     }
@@ -239,10 +265,7 @@ fn serve_hub(args: &HubArgs, hub: Hub, public_url: String, store: String) -> Res
     let options = ServeOptions {
         listen: args.listen,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
-        limits: ConnectionLimits {
-            max_connections: args.max_connections,
-            tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
-        },
+        limits: connection_limits(args)?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -255,6 +278,41 @@ fn serve_hub(args: &HubArgs, hub: Hub, public_url: String, store: String) -> Res
     Ok(0)
 }
 
+/// What one client may hold of the server, from the flags.
+fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
+    let seconds = [
+        args.tls_handshake_timeout,
+        args.header_read_timeout,
+        args.keep_alive_timeout,
+        args.body_read_timeout,
+    ];
+    if seconds.contains(&0) || args.max_log_pushes == 0 || args.max_log_pushes_per_job == 0 {
+        bail!(
+            "--tls-handshake-timeout, --header-read-timeout, --keep-alive-timeout, \
+             --body-read-timeout, --max-log-pushes and --max-log-pushes-per-job must be positive"
+        );
+    }
+    if args
+        .metrics_token
+        .as_ref()
+        .is_some_and(|token| token.len() < 16)
+    {
+        bail!("--metrics-token must be at least 16 characters");
+    }
+    Ok(ConnectionLimits {
+        max_connections: args.max_connections,
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
+        edge: EdgeLimits {
+            body_read_timeout: Duration::from_secs(args.body_read_timeout),
+            max_log_pushes: args.max_log_pushes,
+            max_log_pushes_per_job: args.max_log_pushes_per_job,
+            metrics_token_hash: args.metrics_token.as_deref().map(hub::tokens::hash),
+        },
+    })
+}
+
 /// The hub's configuration from the flags, over `config`'s defaults.
 fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
     config.lost_after_secs = args.lost_after;
@@ -263,6 +321,7 @@ fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
     config.sync_interval_ms = args.sync_interval_ms;
     config.default_time_limit_secs = args.job_time_limit;
     config.secret_retention_secs = args.secret_retention;
+    config.max_agents_per_type = args.max_agents_per_type;
     if let Some(path) = &args.identity_certificates {
         let certificates = hub::identity::Certificates::from_file(path)
             .with_context(|| format!("cannot use {}", path.display()))?;
@@ -280,9 +339,14 @@ fn hub_config(args: &HubArgs, mut config: HubConfig) -> Result<HubConfig> {
     if args.lost_after >= args.give_up_after {
         bail!("--lost-after must be shorter than --give-up-after (the agents' give-up time)");
     }
-    if args.job_time_limit < 1 || args.secret_retention < 0 || args.max_connections < 1 {
+    if args.job_time_limit < 1
+        || args.secret_retention < 0
+        || args.max_connections < 1
+        || args.max_agents_per_type < 1
+    {
         bail!(
-            "--job-time-limit and --max-connections must be positive, --secret-retention 0 or more"
+            "--job-time-limit, --max-connections and --max-agents-per-type must be positive, \
+             --secret-retention 0 or more"
         );
     }
     Ok(config)

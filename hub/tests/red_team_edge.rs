@@ -1,0 +1,392 @@
+//! Attacks on the hub's HTTP edge, tried over real sockets against a served hub as a job on the
+//! fleet or anyone who can reach the socket would: connections that never send a request,
+//! bodies announced and never sent (or trickled), log pushes with bad tokens and 32 MiB
+//! bodies, too many pushes at once, an unauthenticated `/metrics`, and registrations that would
+//! store whatever they carry. Each test failed before its defence existed; each refusal has a
+//! control that shows the same request, made rightly, goes through.
+
+mod console_support;
+mod stores;
+
+use hub::api::EdgeLimits;
+use hub::hub::{Hub, HubConfig, HubError};
+use hub::server::ConnectionLimits;
+use protocol::{AgentState, GpuInfo, RegisterRequest, SyncAction, SyncRequest};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "edge-admin-token-0123456789";
+const METRICS_TOKEN: &str = "metrics-token-0123456789";
+
+fn now() -> i64 {
+    hub::api::unix_now()
+}
+
+/// A hub with agent type "linux", served on 127.0.0.1 within `limits`; stopped when dropped.
+struct Served {
+    address: SocketAddr,
+    hub: Arc<Hub>,
+    registration_token: String,
+    _server: console_support::Server,
+}
+
+fn serve(limits: ConnectionLimits, config: HubConfig) -> Served {
+    let hub = Arc::new(stores::fresh_hub(config, now()).unwrap());
+    let registration_token = hub.create_agent_type("linux", now()).unwrap();
+    let server = console_support::spawn_server(hub.clone(), limits);
+    Served {
+        address: server.address,
+        hub,
+        registration_token,
+        _server: server,
+    }
+}
+
+fn config() -> HubConfig {
+    HubConfig::new("http://127.0.0.1", ADMIN)
+}
+
+fn limits(edge: EdgeLimits) -> ConnectionLimits {
+    ConnectionLimits {
+        edge,
+        ..ConnectionLimits::default()
+    }
+}
+
+/// Sends `head` (request line and headers, without the blank line) and `body` on a new
+/// connection and returns it.
+fn send(address: SocketAddr, head: &str, body: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut request = format!("{head}\r\nHost: hub\r\n\r\n").into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).unwrap();
+    stream
+}
+
+/// The status of the response on `stream`, or None if none came within `within` (or the
+/// connection closed without one).
+fn status_within(stream: &mut TcpStream, within: Duration) -> Option<u16> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether the server closed `stream` (EOF or reset) within `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 256];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) => return error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+/// A single-job agent that took a job: (access token, job id, log token).
+fn agent_with_job(served: &Served, name: &str) -> (String, String, String) {
+    let job = protocol::JobSpec::from_commands("linux", &["true".to_string()]);
+    served.hub.submit(job, now()).unwrap();
+    let request = RegisterRequest {
+        name: name.into(),
+        single_job: true,
+        ..RegisterRequest::default()
+    };
+    let agent = served
+        .hub
+        .register(&served.registration_token, request, now())
+        .unwrap();
+    let waiting = SyncRequest {
+        state: AgentState::WaitingForJobs,
+        ..SyncRequest::default()
+    };
+    let answer = served.hub.sync(&agent.token, &waiting, now()).unwrap();
+    assert_eq!(answer.action, SyncAction::RunJob);
+    let job = served
+        .hub
+        .job_request(&agent.token, &answer.job_id, now())
+        .unwrap();
+    (agent.token, answer.job_id, job.logger.token)
+}
+
+fn push_head(job_id: &str, token: &str, length: usize) -> String {
+    format!(
+        "POST /api/v1/logs/{job_id}?start_from=0 HTTP/1.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {length}"
+    )
+}
+
+const ANSWER: Duration = Duration::from_secs(10);
+const MIB_32: usize = 32 * 1024 * 1024;
+
+#[test]
+fn a_log_push_is_refused_before_its_body_is_read() {
+    let served = serve(ConnectionLimits::default(), config());
+    let (_, job_id, log_token) = agent_with_job(&served, "pusher");
+    // A 32 MiB body announced, not a byte of it sent: the answer cannot wait for it.
+    let mut forged = send(served.address, &push_head(&job_id, "forged", MIB_32), b"");
+    assert_eq!(status_within(&mut forged, ANSWER), Some(401));
+    let mut unknown = send(
+        served.address,
+        &push_head("no-such-job", &log_token, MIB_32),
+        b"",
+    );
+    assert_eq!(status_within(&mut unknown, ANSWER), Some(404));
+    // Control: the job's own token and a real body are stored.
+    let line = "{\"event\":\"job_started\",\"timestamp\":1}\n";
+    let mut real = send(
+        served.address,
+        &push_head(&job_id, &log_token, line.len()),
+        line.as_bytes(),
+    );
+    assert_eq!(status_within(&mut real, ANSWER), Some(200));
+    assert_eq!(served.hub.logs(&job_id, 0, 10).unwrap().lines.len(), 1);
+}
+
+const LINE: &str = "{\"event\":\"job_started\",\"timestamp\":1}\n";
+
+/// Pushes the job's first line again (stored once, then skipped) and returns the status.
+fn push_whole(served: &Served, job_id: &str, token: &str) -> Option<u16> {
+    let head = push_head(job_id, token, LINE.len());
+    let mut stream = send(served.address, &head, LINE.as_bytes());
+    status_within(&mut stream, ANSWER)
+}
+
+/// Whether a whole push is refused with 429 within 200 tries, 20 ms apart (each try that goes
+/// in, before the held pushes are, is 200).
+fn refused_soon(served: &Served, job_id: &str, token: &str) -> bool {
+    for _ in 0..200 {
+        match push_whole(served, job_id, token) {
+            Some(429) => return true,
+            Some(200) => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("a push got {other:?}"),
+        }
+    }
+    false
+}
+
+#[test]
+fn log_pushes_in_flight_are_capped_per_job_and_in_total() {
+    let edge = EdgeLimits {
+        max_log_pushes: 3,
+        max_log_pushes_per_job: 2,
+        ..EdgeLimits::default()
+    };
+    let served = serve(limits(edge), config());
+    let (_, first_job, first_token) = agent_with_job(&served, "first");
+    let (_, second_job, second_token) = agent_with_job(&served, "second");
+    // Two pushes to the first job hold their places while their bodies do not come.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            send(
+                served.address,
+                &push_head(&first_job, &first_token, 1000),
+                b"{",
+            )
+        })
+        .collect();
+    // Their admission must come before the pushes below (a push that overtook one would take
+    // its place): give them a head start. The checks that follow wait for a refusal, so a held
+    // push that came late fails the test rather than passing it.
+    std::thread::sleep(Duration::from_millis(300));
+    // Whole pushes are stored until the held ones are in; then one more for the job is refused.
+    assert!(
+        refused_soon(&served, &first_job, &first_token),
+        "a third push to one job went in"
+    );
+    // The second job has a place of its own, then the hub's total (3) is reached.
+    let other = send(
+        served.address,
+        &push_head(&second_job, &second_token, 1000),
+        b"{",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        refused_soon(&served, &second_job, &second_token),
+        "a fourth push in all went in"
+    );
+    // Control: once the held pushes end, the job pushes again.
+    drop(held);
+    let accepted = (0..50).any(|_| push_whole(&served, &first_job, &first_token) == Some(200));
+    assert!(accepted, "the job could not push after its pushes ended");
+    other.shutdown(std::net::Shutdown::Both).unwrap();
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_cut_off() {
+    let edge = EdgeLimits {
+        body_read_timeout: Duration::from_secs(1),
+        ..EdgeLimits::default()
+    };
+    let served = serve(limits(edge), config());
+    let (agent_token, _, _) = agent_with_job(&served, "slow");
+    let head = format!(
+        "POST /api/v1/self_hosted_agents/sync HTTP/1.1\r\nAuthorization: Token {agent_token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100"
+    );
+    let started = Instant::now();
+    let mut slow = send(served.address, &head, b"{\"state\":");
+    assert_eq!(status_within(&mut slow, ANSWER), Some(408));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    // Control: the same request, sent whole, is answered.
+    let body = br#"{"state":"running-job","job_id":""}"#;
+    let head = head.replace(
+        "Content-Length: 100",
+        &format!("Content-Length: {}", body.len()),
+    );
+    let mut whole = send(served.address, &head, body);
+    assert_eq!(status_within(&mut whole, ANSWER), Some(200));
+}
+
+#[test]
+fn connections_that_send_nothing_are_dropped_so_the_hub_answers_again() {
+    let connection_limits = ConnectionLimits {
+        max_connections: 40,
+        header_read_timeout: Duration::from_secs(1),
+        ..ConnectionLimits::default()
+    };
+    let served = serve(connection_limits, config());
+    let mut idle: Vec<TcpStream> = (0..60)
+        .map(|_| TcpStream::connect(served.address).unwrap())
+        .collect();
+    let started = Instant::now();
+    let mut health = send(served.address, "GET /healthz HTTP/1.1", b"");
+    assert_eq!(
+        status_within(&mut health, Duration::from_secs(20)),
+        Some(200)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // The idle ones were served (accepted) and then closed by the hub, not left hanging.
+    assert!(closed_within(&mut idle[0], Duration::from_secs(10)));
+    // A request trickled header by header is closed at the same deadline.
+    let mut trickle = TcpStream::connect(served.address).unwrap();
+    trickle.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    assert!(closed_within(&mut trickle, Duration::from_secs(10)));
+}
+
+#[test]
+fn metrics_ask_for_their_token_when_the_hub_has_one() {
+    let fetch = |served: &Served, authorization: &str| {
+        let head = format!("GET /metrics HTTP/1.1{authorization}");
+        let mut stream = send(served.address, &head, b"");
+        status_within(&mut stream, ANSWER)
+    };
+    let open = serve(ConnectionLimits::default(), config());
+    assert_eq!(fetch(&open, ""), Some(200));
+    let edge = EdgeLimits {
+        metrics_token_hash: Some(hub::tokens::hash(METRICS_TOKEN)),
+        ..EdgeLimits::default()
+    };
+    let guarded = serve(limits(edge), config());
+    assert_eq!(fetch(&guarded, ""), Some(401));
+    assert_eq!(
+        fetch(&guarded, "\r\nAuthorization: Bearer wrong"),
+        Some(401)
+    );
+    let good = format!("\r\nAuthorization: Bearer {METRICS_TOKEN}");
+    assert_eq!(fetch(&guarded, &good), Some(200));
+}
+
+fn gpu(index: u32) -> GpuInfo {
+    GpuInfo {
+        index,
+        name: "NVIDIA H100 80GB HBM3".into(),
+        uuid: format!("GPU-{index:08}"),
+        memory_mib: 81_559,
+        driver: "550.54.15".into(),
+    }
+}
+
+fn bad_request(result: Result<protocol::RegisterResponse, HubError>) -> String {
+    match result {
+        Err(HubError::BadRequest(message)) => message,
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+#[test]
+fn registrations_store_only_bounded_fields() {
+    let served = serve(ConnectionLimits::default(), config());
+    let register = |request: RegisterRequest| {
+        served
+            .hub
+            .register(&served.registration_token, request, now())
+    };
+    let huge_hostname = RegisterRequest {
+        name: "big-host".into(),
+        hostname: "h".repeat(300_000),
+        ..RegisterRequest::default()
+    };
+    assert!(bad_request(register(huge_hostname)).contains("hostname"));
+    let many_gpus = RegisterRequest {
+        name: "many-gpus".into(),
+        flotilla_gpus: (0..4000).map(gpu).collect(),
+        ..RegisterRequest::default()
+    };
+    assert!(bad_request(register(many_gpus)).contains("GPUs"));
+    let long_gpu_name = RegisterRequest {
+        name: "odd-gpu".into(),
+        flotilla_gpus: vec![GpuInfo {
+            name: "x".repeat(10_000),
+            ..gpu(0)
+        }],
+        ..RegisterRequest::default()
+    };
+    assert!(bad_request(register(long_gpu_name)).contains("GPU"));
+    assert!(served.hub.agents().is_empty(), "a refused agent was stored");
+    // Control: a real 8-GPU machine registers with everything it reports.
+    let real = RegisterRequest {
+        name: "p5".into(),
+        hostname: "ip-10-0-0-1.ec2.internal".into(),
+        flotilla_gpus: (0..8).map(gpu).collect(),
+        ..RegisterRequest::default()
+    };
+    register(real).unwrap();
+    assert_eq!(served.hub.agents().len(), 1);
+}
+
+#[test]
+fn an_agent_type_keeps_at_most_its_live_agents() {
+    let mut capped = config();
+    capped.max_agents_per_type = 3;
+    let served = serve(ConnectionLimits::default(), capped);
+    let register_with = |token: &str, name: &str| {
+        let request = RegisterRequest {
+            name: name.into(),
+            ..RegisterRequest::default()
+        };
+        served.hub.register(token, request, now())
+    };
+    let register = |name: &str| register_with(&served.registration_token, name);
+    let first = register("a-0").unwrap();
+    let second = register("a-1").unwrap();
+    register("a-2").unwrap();
+    match register("a-3") {
+        Err(HubError::Limit(message)) => assert!(message.contains("linux"), "{message}"),
+        other => panic!("a fourth live agent was let in: {other:?}"),
+    }
+    // An agent registering again under its own live name (with its own token) replaces itself.
+    register_with(&second.token, "a-1").unwrap();
+    // Control: once one leaves, another comes in.
+    served.hub.disconnect(&first.token, now()).unwrap();
+    register("a-3").unwrap();
+}
