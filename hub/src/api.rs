@@ -10,7 +10,7 @@
 //! runs on tokio's blocking pool ([`blocking`]), never on the async workers; `/metrics` may ask
 //! for a bearer token and renders at most once a second.
 
-use crate::hub::{Hub, HubError, HubResult};
+use crate::hub::{Admission, FirstLook, Hub, HubError, HubResult};
 use crate::store::StoreError;
 use crate::tokens;
 use axum::body::{Body, Bytes};
@@ -115,6 +115,9 @@ pub struct EdgeLimits {
     pub max_log_pushes_per_job: usize,
     /// SHA-256 of the bearer token `/metrics` asks for (None: open).
     pub metrics_token_hash: Option<String>,
+    /// A proxy in front (`--plain-http-behind-proxy`) appends each client's address to
+    /// `X-Forwarded-For`: per-client limits key on it instead of the peer (the proxy).
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for EdgeLimits {
@@ -124,6 +127,7 @@ impl Default for EdgeLimits {
             max_log_pushes: 64,
             max_log_pushes_per_job: 2,
             metrics_token_hash: None,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -147,16 +151,40 @@ impl FromRef<Edge> for Arc<Hub> {
 type Shared = State<Arc<Hub>>;
 
 /// Runs `call` on the hub on tokio's blocking pool (the core takes a lock and may wait on the
-/// store); a panic there is the handler's panic.
+/// store); a panic there is the handler's panic. At most [`Hub::callers`] calls are on the pool
+/// at once; the rest wait their turn here, on the async side: the core is behind one lock, so
+/// more threads would only queue on it (and, on two cores, trade places with each other).
 pub async fn blocking<T: Send + 'static>(
     hub: &Arc<Hub>,
     call: impl FnOnce(&Hub) -> HubResult<T> + Send + 'static,
 ) -> HubResult<T> {
+    // The semaphore is never closed.
+    let turn = hub.callers().acquire().await;
     let hub = hub.clone();
-    match tokio::task::spawn_blocking(move || call(&hub)).await {
+    let result = tokio::task::spawn_blocking(move || call(&hub)).await;
+    drop(turn);
+    match result {
         Ok(result) => result,
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
+}
+
+/// Whether the request is admitted before its body is read: from memory on the async side
+/// when it knows the token (no lock wait, no store), else on the blocking side; requests
+/// memory does not know take their turns one at a time, so made-up tokens cannot crowd the
+/// real agents' calls out of the core.
+async fn admit(hub: &Arc<Hub>, admission: Admission) -> HubResult<()> {
+    let arrived = hub.arrival();
+    let _turn = match hub.first_look(&admission, unix_now()) {
+        FirstLook::Admitted => return Ok(()),
+        FirstLook::Busy => None,
+        // The semaphore is never closed.
+        FirstLook::Unknown => hub.strangers().acquire().await.ok(),
+    };
+    blocking(hub, move |hub| {
+        hub.admit_since(&admission, arrived, unix_now())
+    })
+    .await
 }
 
 /// Reads `body` whole: at most `limit` bytes (413 beyond), all within `timeout` (408 after).
@@ -177,6 +205,23 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
             StatusCode::REQUEST_TIMEOUT,
             &format!("the body was not sent within {timeout:?}"),
         )),
+    }
+}
+
+/// Middleware for routes whose handlers take the body through extractors (the console's
+/// forms): reads it whole, within [`MAX_BODY`] and the body deadline, before they run.
+pub async fn buffer_body(
+    State(limits): State<Arc<EdgeLimits>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match read_body(body, MAX_BODY, limits.body_read_timeout).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -326,11 +371,10 @@ async fn register(
     body: Body,
 ) -> Result<Response, Refused> {
     let token = token(&headers)?;
-    let admitted = token.clone();
-    blocking(&edge.hub, move |hub| {
-        hub.admit_register(&admitted, unix_now())
-    })
-    .await?;
+    let admission = Admission::Register {
+        token: token.clone(),
+    };
+    admit(&edge.hub, admission).await?;
     let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: RegisterRequest = json_body(&body)?;
     let registered = blocking(&edge.hub, move |hub| {
@@ -346,8 +390,10 @@ async fn sync(
     body: Body,
 ) -> Result<Response, Refused> {
     let token = token(&headers)?;
-    let admitted = token.clone();
-    blocking(&edge.hub, move |hub| hub.admit_sync(&admitted, unix_now())).await?;
+    let admission = Admission::Sync {
+        token: token.clone(),
+    };
+    admit(&edge.hub, admission).await?;
     let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: SyncRequest = json_body(&body)?;
     let reply = blocking(&edge.hub, move |hub| hub.sync(&token, &request, unix_now())).await?;
@@ -435,11 +481,11 @@ async fn push_logs(
     let start_from = query
         .start_from
         .ok_or_else(|| HubError::BadRequest("start_from is required".into()))?;
-    let (job, bearer) = (id.clone(), token.clone());
-    blocking(&edge.hub, move |hub| {
-        hub.admit_log_push(&job, &bearer, unix_now())
-    })
-    .await?;
+    let admission = Admission::LogPush {
+        job_id: id.clone(),
+        bearer: token.clone(),
+    };
+    admit(&edge.hub, admission).await?;
     let _permit = edge.log_pushes.admit(&id)?;
     let body = read_body(body, MAX_LOG_BODY, edge.limits.body_read_timeout).await?;
     blocking(&edge.hub, move |hub| {

@@ -26,7 +26,7 @@ mod memory;
 mod metrics;
 mod user_api;
 
-pub use admission::RegistrationLimits;
+pub use admission::{Admission, FirstLook, RegistrationLimits};
 pub use console_api::JobDetail;
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
@@ -117,6 +117,10 @@ struct Inner {
     core: Core,
 }
 
+/// Calls from the async side in the core at once: one holds the lock, the others are ready
+/// to take it (a store round trip of one overlaps the others' waits).
+pub const CALLERS: usize = 4;
+
 /// How many times an operation runs when other replicas keep changing what it read.
 const MAX_ATTEMPTS: u32 = 16;
 
@@ -134,6 +138,10 @@ pub struct Hub {
     /// since it arrived succeeded answers 401/404 without a round trip of its own.
     catch_ups_begun: AtomicU64,
     catch_ups_done: AtomicU64,
+    /// Turns for calls from the async side (`api::blocking`).
+    callers: tokio::sync::Semaphore,
+    /// Turns for requests with tokens memory does not know ([`Hub::strangers`]).
+    strangers: tokio::sync::Semaphore,
 }
 
 impl Hub {
@@ -167,7 +175,8 @@ impl Hub {
         for row in store.agent_types()? {
             core.apply_type(row);
         }
-        for mut row in store.agents(true)? {
+        // Only what the rules need: connected agents and lost ones that may still heal.
+        for mut row in store.live_agents(now - config.give_up_after_secs)? {
             if row.disconnected_at.is_none() {
                 row.last_sync_at = row.last_sync_at.max(now);
                 core.insert_agent(row);
@@ -191,11 +200,18 @@ impl Hub {
             logs_changed: tokio::sync::Notify::new(),
             catch_ups_begun: AtomicU64::new(0),
             catch_ups_done: AtomicU64::new(0),
+            callers: tokio::sync::Semaphore::new(CALLERS),
+            strangers: tokio::sync::Semaphore::new(1),
         })
     }
 
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Turns for the async side's calls into the core: at most [`CALLERS`] at once.
+    pub fn callers(&self) -> &tokio::sync::Semaphore {
+        &self.callers
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -313,9 +329,20 @@ impl Hub {
     fn locked<T>(
         &self,
         now: i64,
-        mut operation: impl FnMut(&mut dyn Store, &mut Core) -> HubResult<T>,
+        operation: impl FnMut(&mut dyn Store, &mut Core) -> HubResult<T>,
     ) -> HubResult<T> {
         let arrived = self.catch_ups_begun.load(Ordering::SeqCst);
+        self.locked_since(arrived, now, operation)
+    }
+
+    /// [`Hub::locked`] for an operation that arrived when `arrived` catch-ups had begun (it
+    /// may have waited for its turn since).
+    fn locked_since<T>(
+        &self,
+        arrived: u64,
+        now: i64,
+        mut operation: impl FnMut(&mut dyn Store, &mut Core) -> HubResult<T>,
+    ) -> HubResult<T> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
         let mut attempt = 1;

@@ -1,6 +1,7 @@
 //! Serving the hub: the API and the web console (`crate::console`) over HTTP or HTTPS (rustls,
 //! PEM cert and key files) on one socket, a housekeeping task (lost agents, time limits,
-//! last-sync flushes, secret purges, the console's queue samples), and a graceful shutdown
+//! last-sync flushes, secret purges, forgetting agents gone past the give-up time, the
+//! console's queue samples), and a graceful shutdown
 //! that finishes in-flight requests. It promises bounded resources to whoever can reach the
 //! socket: at most `max_connections` connections are served at once (more wait in the listen
 //! backlog); a TLS client that has not finished its handshake in time is dropped; so is a client
@@ -88,6 +89,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
                 }
                 if ticks % PURGE_EVERY_TICKS == 1 {
                     hub.purge_secrets(unix_now())?;
+                    hub.prune_agents(unix_now())?;
                 }
                 Ok::<_, crate::hub::HubError>(lost)
             })
@@ -121,8 +123,30 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
-    serve_limited(hub, listener, options.tls, options.limits, shutdown).await
+    serve_limited(
+        hub,
+        bind(options.listen)?,
+        options.tls,
+        options.limits,
+        shutdown,
+    )
+    .await
+}
+
+/// Connections the kernel queues for the accept loop (Linux caps it at `net.core.somaxconn`,
+/// 4096 by default): a burst of reconnecting clients is queued rather than their SYNs dropped
+/// (a dropped SYN costs the client a second).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` for the accept loop, as `TcpListener::bind` does but with a longer backlog.
+pub fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves on an already bound listener (tests bind port 0) with the default limits.
@@ -152,8 +176,11 @@ pub async fn serve_limited(
     let housekeeping = spawn_housekeeping(hub.clone());
     // The console's cookies are `Secure` whenever browsers reach the hub over HTTPS.
     let secure = tls.is_some() || hub.config().public_url.starts_with("https://");
-    let app = router_with(hub.clone(), limits.edge.clone())
-        .merge(crate::console::router(hub.clone(), secure));
+    let app = router_with(hub.clone(), limits.edge.clone()).merge(crate::console::router_with(
+        hub.clone(),
+        secure,
+        &limits.edge,
+    ));
     let result = connections::serve(listener, app, acceptor, limits, shutdown).await;
     housekeeping.abort();
     // A last flush of agents' last-sync times.

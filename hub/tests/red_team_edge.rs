@@ -254,33 +254,67 @@ fn a_body_that_does_not_arrive_in_time_is_cut_off() {
 }
 
 #[test]
-fn connections_that_send_nothing_are_dropped_so_the_hub_answers_again() {
+fn an_agent_body_larger_than_its_route_allows_is_refused() {
+    let served = serve(ConnectionLimits::default(), config());
+    let (agent_token, _, _) = agent_with_job(&served, "padded");
+    let sync = |padding: usize| {
+        let body = format!("{{\"state\":\"running-job\"{}}}", " ".repeat(padding));
+        let head = format!(
+            "POST /api/v1/self_hosted_agents/sync HTTP/1.1\r\nAuthorization: Token {agent_token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}",
+            body.len()
+        );
+        let mut stream = send(served.address, &head, body.as_bytes());
+        status_within(&mut stream, ANSWER)
+    };
+    // Valid JSON either way: only its size differs (64 KiB for register and sync).
+    assert_eq!(sync(100_000), Some(413));
+    assert_eq!(sync(1_000), Some(200));
+}
+
+/// Serves a hub within `max_connections` and `header_read_timeout` (seconds), opens `silent`
+/// connections that send nothing, and checks a new client's `/healthz` is answered within
+/// 10 s; returns the hub and the silent connections.
+fn healthz_beside_silent(
+    max_connections: usize,
+    header_read_timeout: u64,
+    silent: usize,
+) -> (Served, Vec<TcpStream>) {
     let connection_limits = ConnectionLimits {
-        max_connections: 40,
-        header_read_timeout: Duration::from_secs(1),
+        max_connections,
+        header_read_timeout: Duration::from_secs(header_read_timeout),
         ..ConnectionLimits::default()
     };
     let served = serve(connection_limits, config());
-    let mut idle: Vec<TcpStream> = (0..60)
+    let silent: Vec<TcpStream> = (0..silent)
         .map(|_| TcpStream::connect(served.address).unwrap())
         .collect();
     let started = Instant::now();
     let mut health = send(served.address, "GET /healthz HTTP/1.1", b"");
-    assert_eq!(
-        status_within(&mut health, Duration::from_secs(20)),
-        Some(200)
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    let answered = status_within(&mut health, Duration::from_secs(20));
+    assert_eq!(answered, Some(200));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    (served, silent)
+}
+
+#[test]
+fn connections_that_send_nothing_are_dropped_so_the_hub_answers_again() {
+    let (served, mut idle) = healthz_beside_silent(40, 1, 60);
     // The idle ones were served (accepted) and then closed by the hub, not left hanging.
-    assert!(closed_within(&mut idle[0], Duration::from_secs(10)));
+    assert!(closed_within(&mut idle[59], Duration::from_secs(10)));
     // A request trickled header by header is closed at the same deadline.
     let mut trickle = TcpStream::connect(served.address).unwrap();
     trickle.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
     assert!(closed_within(&mut trickle, Duration::from_secs(10)));
+}
+
+#[test]
+fn at_the_connection_limit_the_oldest_silent_connection_makes_room() {
+    // Long before the silent ones' 60 s deadline, a new client is served...
+    let (_served, mut silent) = healthz_beside_silent(5, 60, 5);
+    // ...because the oldest silent connection was closed for it.
+    assert!(closed_within(&mut silent[0], Duration::from_secs(10)));
 }
 
 #[test]
@@ -389,4 +423,121 @@ fn an_agent_type_keeps_at_most_its_live_agents() {
     // Control: once one leaves, another comes in.
     served.hub.disconnect(&first.token, now()).unwrap();
     register("a-3").unwrap();
+}
+
+#[test]
+fn agents_gone_past_the_give_up_time_are_forgotten_but_their_names_stay_spent() {
+    const T0: i64 = 1_700_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let (lost_after, give_up) = (config.lost_after_secs, config.give_up_after_secs);
+    let hub = stores::open(dir.path(), config.clone(), T0).unwrap();
+    let token = hub.create_agent_type("linux", T0).unwrap();
+    let register = |hub: &Hub, name: &str, at: i64| {
+        let request = RegisterRequest {
+            name: name.into(),
+            single_job: true,
+            ..RegisterRequest::default()
+        };
+        hub.register(&token, request, at)
+    };
+    // "worker" takes a job and leaves; "silent" stops syncing (lost); "steady" keeps syncing.
+    hub.submit(
+        protocol::JobSpec::from_commands("linux", &["true".to_string()]),
+        T0,
+    )
+    .unwrap();
+    let worker = register(&hub, "worker", T0).unwrap();
+    let waiting = SyncRequest {
+        state: AgentState::WaitingForJobs,
+        ..SyncRequest::default()
+    };
+    assert_eq!(
+        hub.sync(&worker.token, &waiting, T0).unwrap().action,
+        SyncAction::RunJob
+    );
+    hub.disconnect(&worker.token, T0).unwrap();
+    register(&hub, "silent", T0).unwrap();
+    let steady = register(&hub, "steady", T0).unwrap();
+    let keep_syncing = |hub: &Hub, at: i64| {
+        hub.sync(&steady.token, &waiting, at).unwrap();
+        hub.maintain(at).unwrap();
+    };
+    keep_syncing(&hub, T0 + lost_after + 1);
+    // Within the give-up time nothing is forgotten: "silent" may still heal.
+    assert_eq!(hub.prune_agents(T0 + lost_after + 2).unwrap(), 0);
+    let later = T0 + lost_after + give_up + 10;
+    keep_syncing(&hub, later);
+    assert_eq!(hub.prune_agents(later).unwrap(), 2, "worker and silent");
+    assert_eq!(hub.prune_agents(later).unwrap(), 0, "pruned once");
+    // The name that held a job stays spent; the live agent stays, after a restart too.
+    drop(hub);
+    let hub = stores::open(dir.path(), config, later).unwrap();
+    match register(&hub, "worker", later) {
+        Err(HubError::Conflict(message)) => assert!(message.contains("worker"), "{message}"),
+        other => panic!("a spent name registered again: {other:?}"),
+    }
+    let names: Vec<String> = hub.agents().into_iter().map(|agent| agent.name).collect();
+    assert_eq!(names, ["steady"]);
+}
+
+/// A connection to `address` from the loopback address `source` (127.0.0.0/8 is all local).
+fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(address).await.unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+/// Tries to sign in to the console with `token` from `source`; the answer's status.
+fn sign_in(served: &Served, source: &str, token: &str) -> Option<u16> {
+    let body = format!("token={token}");
+    let request = format!(
+        "POST /console/login HTTP/1.1\r\nHost: hub\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = connect_from(source, served.address);
+    stream.write_all(request.as_bytes()).unwrap();
+    status_within(&mut stream, ANSWER)
+}
+
+#[test]
+fn console_sign_in_attempts_are_limited_per_client_address() {
+    let served = serve(ConnectionLimits::default(), config());
+    let allowed = hub::console::SIGN_INS_PER_MINUTE;
+    for _ in 0..allowed {
+        assert_eq!(sign_in(&served, "127.0.0.1", "guess"), Some(401));
+    }
+    assert_eq!(sign_in(&served, "127.0.0.1", "guess"), Some(429));
+    assert_eq!(
+        sign_in(&served, "127.0.0.1", ADMIN),
+        Some(429),
+        "limited, even with the token"
+    );
+    // Control: another address is not limited, and the right token signs in (a redirect).
+    assert_eq!(sign_in(&served, "127.0.0.2", "guess"), Some(401));
+    assert_eq!(sign_in(&served, "127.0.0.2", ADMIN), Some(303));
+}
+
+#[test]
+fn a_console_form_that_does_not_arrive_in_time_is_cut_off() {
+    let edge = EdgeLimits {
+        body_read_timeout: Duration::from_secs(1),
+        ..EdgeLimits::default()
+    };
+    let served = serve(limits(edge), config());
+    let head =
+        "POST /console/login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                Content-Length: 100";
+    let mut slow = send(served.address, head, b"token=");
+    assert_eq!(status_within(&mut slow, ANSWER), Some(408));
 }

@@ -195,8 +195,19 @@ fn a_tls_client_that_never_finishes_its_handshake_is_dropped() {
 #[test]
 fn connections_beyond_the_limit_wait_until_one_closes() {
     let hub = HubProcess::start(&["--max-connections", "2"]);
+    // Two busy connections: each sent a request whose body has not come yet (silent ones would
+    // be closed to make room: `clients_that_send_nothing_...`).
+    let head = format!(
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: hub\r\nAuthorization: Token {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        hub.admin_token()
+    );
     let idle: Vec<TcpStream> = (0..2)
-        .map(|_| TcpStream::connect(("127.0.0.1", hub.port)).unwrap())
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+            std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+            stream
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let url = format!("{}/healthz", hub.url());

@@ -6,13 +6,14 @@ use super::layout::{self, csrf_field, Nav};
 use super::{auth, page, Console, Page};
 use crate::api::unix_now;
 use crate::hub::HubError;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
+use axum::{Extension, Form};
 use maud::{html, Markup};
 use protocol::JobSpec;
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 fn login_form(refused: bool) -> Markup {
     layout::bare(
@@ -41,7 +42,22 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(console): State<Console>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(address))| address);
+    let client = auth::client_address(peer, &headers, console.trust_forwarded_for);
+    if let Some(client) = client.filter(|client| !console.sign_ins.allow(*client)) {
+        tracing::warn!(%client, "console: too many sign-in attempts");
+        let mut response = page(login_form(true));
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let again = axum::http::HeaderValue::from_static("60");
+        response.headers_mut().insert(header::RETRY_AFTER, again);
+        return response;
+    }
     if form.token.is_empty() || !console.hub.is_admin(form.token.trim()) {
         tracing::warn!("console: sign-in refused");
         let mut response = page(login_form(true));

@@ -3,11 +3,12 @@
 //! served over TLS) and, hashed, in memory. Every action carries the session's CSRF token in a
 //! form field, checked in constant time. No token ever appears in a URL or a page other than
 //! the session's own CSRF token. Sessions expire after [`SESSION_TTL_SECS`] and die at log out
-//! or a hub restart.
+//! or a hub restart. Sign-in attempts are limited per client address ([`SignInLimiter`]).
 
 use crate::tokens;
 use axum::http::HeaderMap;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 
 /// How long a session lasts after sign-in.
@@ -112,6 +113,65 @@ pub fn csrf_ok(session: &Session, submitted: &str) -> bool {
     !submitted.is_empty() && tokens::constant_time_eq(&session.csrf, submitted)
 }
 
+/// Sign-in attempts each client address may make: [`SIGN_INS_PER_MINUTE`] a minute, all of them
+/// at once at most. Guessing the admin token is hopeless anyway (256 bits); this keeps a client
+/// from spending the hub's time on it. GCRA per address (`governor`); addresses not seen for a
+/// minute are forgotten every [`FORGET_EVERY`] attempts, so the table stays small.
+pub struct SignInLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// Sign-in attempts per client address and minute.
+pub const SIGN_INS_PER_MINUTE: u32 = 10;
+const FORGET_EVERY: u64 = 256;
+
+impl Default for SignInLimiter {
+    fn default() -> Self {
+        let per_minute = NonZeroU32::new(SIGN_INS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        SignInLimiter {
+            limiter: governor::RateLimiter::hashmap(governor::Quota::per_minute(per_minute)),
+            attempts: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl SignInLimiter {
+    /// Whether `client` may try to sign in now (the attempt is counted).
+    pub fn allow(&self, client: std::net::IpAddr) -> bool {
+        let seen = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if seen % FORGET_EVERY == FORGET_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&client).is_ok()
+    }
+}
+
+/// The address a request comes from: the peer's, or, when a proxy the hub trusts is in front
+/// (`--plain-http-behind-proxy`), the last address in `X-Forwarded-For` (the one that proxy
+/// appended; earlier ones are the client's to write).
+pub fn client_address(
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+    trust_forwarded_for: bool,
+) -> Option<std::net::IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .next_back()
+            .and_then(|last| last.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer.map(|address| address.ip())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +209,26 @@ mod tests {
         }
         assert!(!set_cookie(Some("abc"), false).contains("Secure"));
         assert!(set_cookie(None, false).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_a_trusted_proxy_names_it() {
+        let peer: Option<std::net::SocketAddr> = Some("10.0.0.9:5000".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7".parse().unwrap());
+        let address = |peer, headers: &HeaderMap, trust| {
+            client_address(peer, headers, trust).map(|ip| ip.to_string())
+        };
+        // (peer, headers, trust the proxy) -> the address limits key on
+        let cases = [
+            (peer, &headers, false, Some("10.0.0.9")),
+            // The proxy appended the last entry; the first is the client's to forge.
+            (peer, &headers, true, Some("203.0.113.7")),
+            (peer, &HeaderMap::new(), true, Some("10.0.0.9")),
+            (None, &HeaderMap::new(), false, None),
+        ];
+        for (peer, headers, trust, expected) in cases {
+            assert_eq!(address(peer, headers, trust).as_deref(), expected);
+        }
     }
 }

@@ -13,6 +13,7 @@ mod actions;
 mod agents;
 mod ansi;
 mod auth;
+pub use auth::SIGN_INS_PER_MINUTE;
 mod chart;
 mod jobs;
 mod layout;
@@ -23,7 +24,6 @@ mod timeline;
 use crate::api::unix_now;
 use crate::hub::{Hub, HubError};
 use auth::{Session, Sessions};
-use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -37,8 +37,11 @@ use thiserror::Error;
 pub struct Console {
     hub: Arc<Hub>,
     sessions: Arc<Sessions>,
+    sign_ins: Arc<auth::SignInLimiter>,
     /// Session cookies are `Secure` (the hub is served over TLS, or behind an HTTPS proxy).
     secure: bool,
+    /// A proxy in front appends the client's address to `X-Forwarded-For`.
+    trust_forwarded_for: bool,
 }
 
 impl Console {
@@ -137,13 +140,23 @@ fn page(markup: Markup) -> Response {
 
 type Page = Result<Response, ConsoleError>;
 
-/// The console's routes, to merge into the hub's router. `secure`: mark cookies `Secure`.
+/// The console's routes with the default edge limits. `secure`: mark cookies `Secure`.
 pub fn router(hub: Arc<Hub>, secure: bool) -> Router {
+    router_with(hub, secure, &crate::api::EdgeLimits::default())
+}
+
+/// The console's routes, to merge into the hub's router: forms are read whole within
+/// `limits` before any handler runs; sign-in attempts are limited per client address.
+pub fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::EdgeLimits) -> Router {
     let console = Console {
         hub,
         sessions: Arc::new(Sessions::default()),
+        sign_ins: Arc::new(auth::SignInLimiter::default()),
         secure,
+        trust_forwarded_for: limits.trust_forwarded_for,
     };
+    let bounded =
+        axum::middleware::from_fn_with_state(Arc::new(limits.clone()), crate::api::buffer_body);
     Router::new()
         .route("/console", get(overview::overview))
         .route(
@@ -161,6 +174,6 @@ pub fn router(hub: Arc<Hub>, secure: bool) -> Router {
         .route("/console/agents/{name}/shutdown", post(agents::shutdown))
         .route("/console/assets/console.css", get(layout::stylesheet))
         .route("/console/assets/console.js", get(layout::script))
-        .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .layer(bounded)
         .with_state(console)
 }

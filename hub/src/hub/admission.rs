@@ -26,44 +26,85 @@ impl RegistrationLimits {
     pub const IDENTITY: usize = 8 * 1024;
 }
 
+/// A request the API checks before it reads the body: who asks, for what.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A registration token, or a live agent's own token (re-registering).
+    Register { token: String },
+    /// A live agent's token, or a lost one's within its give-up time (it may heal).
+    Sync { token: String },
+    /// A live job and its unexpired log token.
+    LogPush { job_id: String, bearer: String },
+}
+
+impl Admission {
+    /// The answer memory gives (a pure function of the live state and the time).
+    fn check(&self, core: &Core, now: i64) -> HubResult<()> {
+        let known = match self {
+            Admission::Register { token } => {
+                core.type_of_token(token).is_ok() || core.agent(token).is_ok()
+            }
+            Admission::Sync { token } => {
+                let hash = crate::tokens::hash(token);
+                core.agent_by_token.contains_key(&hash) || core.lost.contains_key(&hash)
+            }
+            Admission::LogPush { job_id, bearer } => {
+                let Some(job) = core.jobs.get(job_id) else {
+                    return Err(HubError::NotFound(format!("job {job_id} is not running")));
+                };
+                logs::log_token_valid(&job.row, bearer, now)
+            }
+        };
+        if known {
+            Ok(())
+        } else {
+            Err(HubError::Unauthorized)
+        }
+    }
+}
+
+/// What memory says of a request without waiting for the lock or the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstLook {
+    /// Known: admitted (a known token needs nothing more).
+    Admitted,
+    /// Memory does not know the token or job: [`Hub::admit_since`] decides, catching up with
+    /// other replicas if it must.
+    Unknown,
+    /// The lock was busy: [`Hub::admit_since`] decides.
+    Busy,
+}
+
 impl Hub {
-    /// Whether `token` may register: a registration token, or a live agent's own (re-registering).
-    pub fn admit_register(&self, token: &str, now: i64) -> HubResult<()> {
-        self.locked(now, |_, core| {
-            if core.type_of_token(token).is_ok() || core.agent(token).is_ok() {
-                Ok(())
-            } else {
-                Err(HubError::Unauthorized)
-            }
-        })
+    /// What memory says of the request right now, without waiting: the usual request (a known
+    /// token) is admitted on the async side at the cost of a lookup.
+    pub fn first_look(&self, admission: &Admission, now: i64) -> FirstLook {
+        let Ok(guard) = self.inner.try_lock() else {
+            return FirstLook::Busy;
+        };
+        match admission.check(&guard.core, now) {
+            Ok(()) => FirstLook::Admitted,
+            Err(_) => FirstLook::Unknown,
+        }
     }
 
-    /// Whether `token` may sync: a live agent's, or a lost one's within its give-up time (which
-    /// may heal).
-    pub fn admit_sync(&self, token: &str, now: i64) -> HubResult<()> {
-        self.locked(now, |_, core| {
-            let hash = crate::tokens::hash(token);
-            if core.agent_by_token.contains_key(&hash) || core.lost.contains_key(&hash) {
-                Ok(())
-            } else {
-                Err(HubError::Unauthorized)
-            }
-        })
+    /// The catch-up ticket to pass to [`Hub::admit_since`], taken when the request arrived.
+    pub fn arrival(&self) -> u64 {
+        self.catch_ups_begun
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Whether `bearer` may push to `job_id`'s log now: the job is live and the token is its
-    /// unexpired log token.
-    pub fn admit_log_push(&self, job_id: &str, bearer: &str, now: i64) -> HubResult<()> {
-        self.locked(now, |_, core| {
-            let Some(job) = core.jobs.get(job_id) else {
-                return Err(HubError::NotFound(format!("job {job_id} is not running")));
-            };
-            if logs::log_token_valid(&job.row, bearer, now) {
-                Ok(())
-            } else {
-                Err(HubError::Unauthorized)
-            }
-        })
+    /// Whether the request that arrived at `arrived` ([`Hub::arrival`]) is admitted: memory's
+    /// answer, caught up with other replicas first when it does not know the token and no
+    /// catch-up has begun and succeeded since the request arrived (`Hub::locked_since`).
+    pub fn admit_since(&self, admission: &Admission, arrived: u64, now: i64) -> HubResult<()> {
+        self.locked_since(arrived, now, |_, core| admission.check(core, now))
+    }
+
+    /// Turns for requests memory did not know (one at a time): a flood of made-up tokens
+    /// queues here, on the async side, and takes one of [`super::CALLERS`] at most.
+    pub fn strangers(&self) -> &tokio::sync::Semaphore {
+        &self.strangers
     }
 }
 

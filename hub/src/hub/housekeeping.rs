@@ -94,6 +94,25 @@ impl Hub {
         Ok(purged)
     }
 
+    /// Forgets agents that left more than the give-up time ago (none of them can heal), so
+    /// agent rows do not grow without end; what the one-job rules need (`job_holders`,
+    /// `registered_instances`) stays. The leader's job on a shared store. Returns how many.
+    pub fn prune_agents(&self, now: i64) -> HubResult<usize> {
+        let left_before = now.saturating_sub(self.config.give_up_after_secs);
+        let mut guard = self.lock();
+        if !guard.store.try_lead()? {
+            return Ok(0);
+        }
+        let pruned = guard.store.prune_agents(left_before)?;
+        if pruned > 0 {
+            tracing::info!(
+                agents = pruned,
+                "forgot agents that left before the give-up time"
+            );
+        }
+        Ok(pruned)
+    }
+
     /// Moves committed WAL pages into the database file (off the request path).
     pub fn checkpoint(&self) -> HubResult<()> {
         if let Some(dir) = &self.data_dir {

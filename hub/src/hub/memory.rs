@@ -58,7 +58,7 @@ pub(super) struct Core {
 }
 
 /// The stored state of an agent that stopped syncing for `lost_after`.
-pub(super) const LOST: &str = "lost";
+pub(super) const LOST: &str = crate::store::LOST_STATE;
 /// The stored state of a lost agent that came back and was refused (`rules::decide_healed`).
 pub(super) const REVOKED: &str = "revoked";
 

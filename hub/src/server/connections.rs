@@ -3,7 +3,8 @@
 //! hyper's HTTP/1 builder with its header timer (`keep_alive_timeout`: the wait for every
 //! request's head, idle keep-alive time included). The first request's head has a shorter
 //! deadline (`header_read_timeout`): a client that connects and sends nothing, or trickles its
-//! headers, holds a connection that long at most. Each request carries its peer's address
+//! headers, holds a connection that long at most, and at the connection limit the oldest such
+//! connection is closed to make room for a new one ([`Silent`]). Each request carries its peer's address
 //! (`ConnectInfo`) for per-client limits. Shutdown stops accepting, lets in-flight requests
 //! finish (hyper-util's `GracefulShutdown`) for up to [`DRAIN`], then returns.
 
@@ -14,14 +15,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
@@ -38,15 +40,10 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let silent = Arc::new(Silent::default());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit,
-            () = &mut shutdown => break,
-        };
-        // The semaphore is never closed.
-        let Ok(permit) = permit else { break };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -57,22 +54,39 @@ pub(super) async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Every place is taken: the oldest connection that never sent a request makes
+                // room; when none has, the new one waits for a place (as in the backlog).
+                silent.evict_oldest();
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let connection = Connection {
             app: app.clone(),
             peer,
             limits: limits.clone(),
             watcher: graceful.watcher(),
+            silent: silent.clone(),
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(acceptor) = acceptor else {
-                return connection.serve(stream).await;
-            };
-            let timeout = connection.limits.tls_handshake_timeout;
-            if let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                connection.serve(stream).await;
+            // Evictable from the start, its TLS handshake included, until its first request.
+            let silent = connection.silent.clone();
+            let (id, evicted) = silent.enter();
+            tokio::select! {
+                () = connection.handshake_and_serve(stream, acceptor, id) => {}
+                Ok(()) = evicted => tracing::debug!(%peer, "silent at the connection limit: closed"),
             }
+            silent.leave(id);
         });
     }
     drop(listener);
@@ -91,26 +105,79 @@ async fn accept_failed(error: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// The connections that have not sent a request yet, oldest first, each with the means to
+/// close it: at the connection limit the oldest makes room for a new one, so silent sockets
+/// cannot lock clients out (a client sends its request as soon as it connects).
+#[derive(Default)]
+struct Silent {
+    next: AtomicU64,
+    by_age: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+}
+
+impl Silent {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<()>>> {
+        self.by_age
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new connection; the receiver completes when it is evicted.
+    fn enter(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (evict, evicted) = oneshot::channel();
+        self.lock().insert(id, evict);
+        (id, evicted)
+    }
+
+    /// The connection sent its first request, or ended: it is no longer evictable.
+    fn leave(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the oldest silent connection, if there is one.
+    fn evict_oldest(&self) {
+        let oldest = self.lock().pop_first();
+        if let Some((_, evict)) = oldest {
+            let _ = evict.send(());
+        }
+    }
+}
+
 /// One accepted connection and what serving it needs.
 struct Connection {
     app: Router,
     peer: SocketAddr,
     limits: ConnectionLimits,
     watcher: Watcher,
+    silent: Arc<Silent>,
 }
 
 impl Connection {
-    /// Serves HTTP/1 on `io` until the client leaves, a timeout closes it, or shutdown drains it.
-    async fn serve<I>(self, io: I)
+    /// Finishes the TLS handshake (when serving TLS) within its timeout, then serves.
+    async fn handshake_and_serve(self, stream: TcpStream, acceptor: Option<TlsAcceptor>, id: u64) {
+        let Some(acceptor) = acceptor else {
+            return self.serve(stream, id).await;
+        };
+        let timeout = self.limits.tls_handshake_timeout;
+        if let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+            self.serve(stream, id).await;
+        }
+    }
+
+    /// Serves HTTP/1 on `io` until the client leaves, a timeout closes it, or shutdown drains
+    /// it; `id` is its place among the silent connections until its first request.
+    async fn serve<I>(self, io: I, id: u64)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let first_request = Arc::new(AtomicBool::new(false));
-        let seen = first_request.clone();
+        let (seen, silent) = (first_request.clone(), self.silent.clone());
         let peer = self.peer;
         let service = ServiceBuilder::new()
             .map_request(move |mut request: hyper::Request<Incoming>| {
-                seen.store(true, Ordering::Relaxed);
+                if !seen.swap(true, Ordering::Relaxed) {
+                    silent.leave(id);
+                }
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
             })

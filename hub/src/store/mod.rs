@@ -141,6 +141,9 @@ impl JobRow {
     }
 }
 
+/// The stored state of an agent that stopped syncing (it may heal until the give-up time).
+pub const LOST_STATE: &str = "lost";
+
 /// An agent row, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentRow {
@@ -278,6 +281,13 @@ pub trait Store: Send {
     // --- agents
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>>;
     fn agents(&self, include_disconnected: bool) -> StoreResult<Vec<AgentRow>>;
+    /// What a starting hub keeps of the agents: the connected ones, and the lost ones that
+    /// synced at `lost_since` or later (they may still heal). Not the history.
+    fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>>;
+    /// Forgets agents that left (disconnected or lost) before `left_before`; their names'
+    /// one-job records (`job_holders`) and instances (`registered_instances`) stay. Returns
+    /// how many were forgotten.
+    fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize>;
     /// Records when each agent last synced, its reported state and interruption (batched; not
     /// a job state change, no revision). A time never moves backwards.
     fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()>;

@@ -14,7 +14,7 @@ mod schema;
 
 use super::{
     AgentRow, AgentTypeRow, Feed, ImportBatch, InstanceRow, JobQuery, JobRow, Store, StoreError,
-    StoreResult,
+    StoreResult, LOST_STATE,
 };
 use connection::Connection;
 use futures_executor::block_on;
@@ -379,6 +379,22 @@ impl Store for PostgresStore {
             "SELECT {AGENT_COLUMNS} FROM agents WHERE $1 OR disconnected_at IS NULL ORDER BY name"
         );
         self.mapped(&sql, &[&include_disconnected], agent_from_row)
+    }
+
+    fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>> {
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents
+             WHERE disconnected_at IS NULL OR (state = $1 AND last_sync_at >= $2) ORDER BY name"
+        );
+        self.mapped(&sql, &[&LOST_STATE, &lost_since], agent_from_row)
+    }
+
+    fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
+        let pruned = self.execute(
+            "DELETE FROM agents WHERE disconnected_at < $1 AND last_sync_at < $1",
+            &[&left_before],
+        )?;
+        Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
     }
 
     fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()> {

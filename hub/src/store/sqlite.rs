@@ -6,7 +6,7 @@
 
 use super::{
     AgentRow, AgentTypeRow, Durability, Feed, ImportBatch, InstanceRow, JobQuery, JobRow, Store,
-    StoreError, StoreResult,
+    StoreError, StoreResult, LOST_STATE,
 };
 use protocol::{JobResult, JobState};
 use rusqlite::types::Type;
@@ -461,6 +461,22 @@ impl Store for SqliteStore {
         };
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name");
         self.select(&sql, [], agent_from_row)
+    }
+
+    fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>> {
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents
+             WHERE disconnected_at IS NULL OR (state = ?1 AND last_sync_at >= ?2) ORDER BY name"
+        );
+        self.select(&sql, params![LOST_STATE, lost_since], agent_from_row)
+    }
+
+    fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
+        let pruned = self.connection.execute(
+            "DELETE FROM agents WHERE disconnected_at < ?1 AND last_sync_at < ?1",
+            params![left_before],
+        )?;
+        Ok(pruned)
     }
 
     fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()> {

@@ -309,6 +309,7 @@ fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
             max_log_pushes: args.max_log_pushes,
             max_log_pushes_per_job: args.max_log_pushes_per_job,
             metrics_token_hash: args.metrics_token.as_deref().map(hub::tokens::hash),
+            trust_forwarded_for: args.plain_http_behind_proxy,
         },
     })
 }
