@@ -317,8 +317,42 @@ impl Drop for Attacker {
     }
 }
 
+/// The process's peak RSS growth over a stretch, sampled every 50 ms on a thread.
+struct PeakRss {
+    before: f64,
+    sampling: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<f64>,
+}
+
+impl PeakRss {
+    fn start() -> PeakRss {
+        let sampling = Arc::new(AtomicBool::new(true));
+        let running = sampling.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = rss_mib();
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(rss_mib());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        });
+        PeakRss {
+            before: rss_mib(),
+            sampling,
+            sampler,
+        }
+    }
+
+    /// MiB the peak was above the start.
+    fn finish(self) -> f64 {
+        self.sampling.store(false, Ordering::Relaxed);
+        self.sampler.join().unwrap_or(0.0) - self.before
+    }
+}
+
 fn idle_attack(client: &tokio::runtime::Runtime, served: &Served, tokens: &[String], base: f64) {
     let count = env_u64("BENCH_IDLE", 10_000) as usize;
+    let peak = PeakRss::start();
     let stop = Arc::new(AtomicBool::new(false));
     let health = client.spawn(slowest_health(served.address.clone(), stop.clone()));
     let attacker = attack("idle", &served.address, count, "");
@@ -326,32 +360,21 @@ fn idle_attack(client: &tokio::runtime::Runtime, served: &Served, tokens: &[Stri
     drop(attacker);
     stop.store(true, Ordering::Relaxed);
     let slowest = client.block_on(health).unwrap();
-    let extra = format!("; slowest /healthz {slowest:.2} s");
+    let extra = format!(
+        "; slowest /healthz {slowest:.2} s; peak RSS +{:.1} MiB",
+        peak.finish()
+    );
     report(&format!("(1) {count} idle connections"), p99, base, &extra);
 }
 
 fn log_flood(client: &tokio::runtime::Runtime, served: &Served, tokens: &[String], base: f64) {
     let job = protocol::JobSpec::from_commands("bench", &["true".to_string()]);
     let job_id = served.hub.submit(job, hub::api::unix_now()).unwrap().id;
-    let before = rss_mib();
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let mut peak = rss_mib();
-            while sampling.load(Ordering::Relaxed) {
-                peak = peak.max(rss_mib());
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            peak
-        })
-    };
+    let peak = PeakRss::start();
     let attacker = attack("logs", &served.address, 200, &job_id);
     let p99 = under(client, served, tokens);
     drop(attacker);
-    sampling.store(false, Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
-    let extra = format!("; peak RSS +{:.1} MiB", peak - before);
+    let extra = format!("; peak RSS +{:.1} MiB", peak.finish());
     report(
         "(2) 200 unauthenticated 32 MiB log pushes",
         p99,

@@ -396,6 +396,10 @@ async fn sync(
     admit(&edge.hub, admission).await?;
     let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: SyncRequest = json_body(&body)?;
+    // The usual sync changes nothing and is answered from memory; any other on the blocking side.
+    if let Some(reply) = edge.hub.sync_in_memory(&token, &request, unix_now()) {
+        return Ok(Json(reply).into_response());
+    }
     let reply = blocking(&edge.hub, move |hub| hub.sync(&token, &request, unix_now())).await?;
     Ok(Json(reply).into_response())
 }

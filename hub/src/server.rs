@@ -33,8 +33,9 @@ pub struct ServeOptions {
 /// What one peer can hold of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections served at once; further ones wait in the listen backlog. Every agent keeps
-    /// one keep-alive connection, so this is above the largest fleet.
+    /// Connections served at once; further ones wait in the listen backlog (or, when the
+    /// oldest connection that never sent a request is closed for them, get in). Every agent
+    /// keeps one keep-alive connection: above the largest fleet, with room for idle sockets.
     pub max_connections: usize,
     /// A TLS client that has not finished its handshake this long after connecting is dropped.
     pub tls_handshake_timeout: Duration,
@@ -52,7 +53,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            max_connections: 10_000,
+            max_connections: 20_000,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(30),

@@ -4,8 +4,9 @@
 //! updates itself), submit a job from the form, open it while it runs and see its log lines
 //! arrive live, stop it, read the timeline of a finished job with every phase (the instance's
 //! launch time from its identity document), see hostile text render as text, an action without
-//! the CSRF token refused, sign out. Screenshots of the main pages are written to
-//! `docs/console/` (the README shows one).
+//! the CSRF token refused, sign out. Screenshots of the main pages are written under
+//! `target/` (cargo's test scratch directory), or to `docs/console/` (the README shows one)
+//! when `FLOTILLA_UPDATE_SCREENSHOTS=1`: a test run leaves the tree as it found it.
 
 mod console_support;
 mod stores;
@@ -134,9 +135,13 @@ async fn text_content(client: &Client, css: &str) -> String {
 }
 
 async fn screenshot(client: &Client, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
+    let dir = match std::env::var("FLOTILLA_UPDATE_SCREENSHOTS").as_deref() {
+        Ok("1") => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console"),
+        _ => PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console"),
+    };
     std::fs::create_dir_all(&dir).unwrap();
     let png = client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name}: not a PNG");
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 

@@ -9,7 +9,7 @@
 //! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
 use super::memory::{AgentMem, Changes, Core, LOST, REVOKED};
-use super::{admission, jobs, Hub, HubError, HubResult};
+use super::{admission, jobs, Hub, HubError, HubResult, Inner};
 use crate::identity::{self, Certificates, IdentityDocument};
 use crate::rules::{
     self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
@@ -157,6 +157,36 @@ impl Hub {
             lost_races += 1;
             reply
         })?;
+        Ok(self.sync_response(reply))
+    }
+
+    /// The sync's answer when memory alone gives it, without waiting for the lock or touching
+    /// the store: a known agent whose job is the one memory gave it, and whose sync changes no
+    /// row (the usual sync: nothing to hand out, its job goes on). `sync_locked` would decide
+    /// the same from the same memory. None otherwise: then [`Hub::sync`] answers, on the
+    /// blocking side.
+    pub fn sync_in_memory(
+        &self,
+        access_token: &str,
+        request: &SyncRequest,
+        now: i64,
+    ) -> Option<SyncResponse> {
+        let mut guard = self.inner.try_lock().ok()?;
+        let Inner { store, core } = &mut *guard;
+        let agent = core.agent(access_token).ok()?;
+        if store.shared() && agent.row.job_id.as_deref().unwrap_or("") != request.job_id {
+            return None;
+        }
+        let spread = if store.others_writing(now) { 8 } else { 0 };
+        let decided = decide(core, access_token, request, now, spread).ok()?;
+        if !decided.changes.is_empty() {
+            return None;
+        }
+        core.touch(&decided.name, request, now);
+        Some(self.sync_response(decided.reply))
+    }
+
+    fn sync_response(&self, reply: Reply) -> SyncResponse {
         let (action, job_id, shutdown_reason) = match reply {
             Reply::Continue => (SyncAction::Continue, String::new(), ShutdownReason::Unknown),
             Reply::WaitForJobs => (
@@ -170,12 +200,12 @@ impl Hub {
             Reply::StopJob(job_id) => (SyncAction::StopJob, job_id, ShutdownReason::Unknown),
             Reply::Shutdown(reason) => (SyncAction::Shutdown, String::new(), reason),
         };
-        Ok(SyncResponse {
+        SyncResponse {
             action,
             job_id,
             shutdown_reason,
             next_sync_after: self.config.sync_interval_ms,
-        })
+        }
     }
 
     /// One sync; `lost_races` is how many times this sync already ran and met another replica's
@@ -201,20 +231,14 @@ impl Hub {
         {
             self.catch_up(store, core, now)?;
         }
-        let agent = core.agent(access_token)?;
-        let facts = agent_facts(core, agent);
         // Replicas picking the same queue head collide: while others are writing, each picks
         // among the first few from the start, wider after each lost race (alone, in order).
         let racing = store.others_writing(now);
         let spread = if racing { 8 } else { 0 } + 4 * lost_races;
-        let next_job = core.next_job_for(agent, spread);
-        let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
-        let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
-        let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
-        let name = agent.row.name.clone();
-        self.commit(store, core, changes, now)?;
-        core.touch(&name, request, now);
-        Ok(reply)
+        let decided = decide(core, access_token, request, now, spread)?;
+        self.commit(store, core, decided.changes, now)?;
+        core.touch(&decided.name, request, now);
+        Ok(decided.reply)
     }
 
     /// The job an agent was assigned, with a fresh log token (only the token's hash is kept).
@@ -423,6 +447,35 @@ fn agent_name(request: &RegisterRequest) -> HubResult<String> {
 fn lost_job(core: &Core, agent: &AgentMem, now: i64, why: &str) -> Option<JobRow> {
     let job = core.jobs.get(agent.row.job_id.as_deref()?)?;
     jobs::lost(job, now, why)
+}
+
+/// A sync decided from memory: the answer, the rows it changes, and the agent's name.
+struct Decided {
+    reply: Reply,
+    changes: Changes,
+    name: String,
+}
+
+/// Decides a sync of the agent with `access_token` from memory (the rules; nothing written):
+/// the next job is picked among the first `spread` + 1 queued ones.
+fn decide(
+    core: &Core,
+    access_token: &str,
+    request: &SyncRequest,
+    now: i64,
+    spread: usize,
+) -> HubResult<Decided> {
+    let agent = core.agent(access_token)?;
+    let facts = agent_facts(core, agent);
+    let next_job = core.next_job_for(agent, spread);
+    let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
+    let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
+    let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
+    Ok(Decided {
+        reply,
+        changes,
+        name: agent.row.name.clone(),
+    })
 }
 
 /// What the rules need to know about a syncing agent.

@@ -118,9 +118,11 @@ pub struct HubArgs {
     /// from the database (the job and its log stay).
     #[arg(long, env = "FLOTILLA_SECRET_RETENTION", default_value_t = 3600)]
     pub secret_retention: i64,
-    /// Connections served at once; more wait in the listen backlog. Every agent keeps one open:
-    /// set it above the fleet's size (and the open-files limit above it).
-    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Connections served at once; more wait in the listen backlog, and at the limit the oldest
+    /// connection that never sent a request is closed for a new one. Every agent keeps one
+    /// open: set it above the fleet's size. The open-files limit is raised to its hard limit at
+    /// start, and the value lowered (with a warning) if that limit cannot hold it.
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
     /// Seconds a TLS client has to finish its handshake.
     #[arg(long, env = "FLOTILLA_TLS_HANDSHAKE_TIMEOUT", default_value_t = 10)]
@@ -278,6 +280,44 @@ fn serve_hub(args: &HubArgs, hub: Hub, public_url: String, store: String) -> Res
     Ok(0)
 }
 
+/// File descriptors kept for everything but client connections (the database, its WAL, the
+/// store's connections, logs).
+const OTHER_FILES: u64 = 512;
+
+/// Raises the open-files limit to its hard limit and returns `wanted` connections, or fewer
+/// (with a warning) when even the hard limit cannot hold them beside [`OTHER_FILES`].
+fn fit_open_files(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            limit.rlim_max
+        } else {
+            limit.rlim_cur
+        }
+    };
+    let room = usize::try_from(soft.saturating_sub(OTHER_FILES)).unwrap_or(usize::MAX);
+    if wanted > room {
+        tracing::warn!(
+            wanted,
+            open_files = soft,
+            "--max-connections is more than the open-files limit allows: serving {room} at once"
+        );
+        return room.max(1);
+    }
+    wanted
+}
+
 /// What one client may hold of the server, from the flags.
 fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
     let seconds = [
@@ -300,7 +340,7 @@ fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
         bail!("--metrics-token must be at least 16 characters");
     }
     Ok(ConnectionLimits {
-        max_connections: args.max_connections,
+        max_connections: fit_open_files(args.max_connections),
         tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
         header_read_timeout: Duration::from_secs(args.header_read_timeout),
         keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
