@@ -52,6 +52,7 @@ impl IntoResponse for HubError {
             HubError::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
             HubError::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
             HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
+            HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             HubError::Limit(message) => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
             HubError::Store(
                 error @ (StoreError::Conflict | StoreError::Postgres(_) | StoreError::Connect(_)),
@@ -158,14 +159,32 @@ pub async fn blocking<T: Send + 'static>(
     hub: &Arc<Hub>,
     call: impl FnOnce(&Hub) -> HubResult<T> + Send + 'static,
 ) -> HubResult<T> {
-    // The semaphore is never closed.
-    let turn = hub.callers().acquire().await;
+    blocking_holding(hub, (), call).await
+}
+
+/// [`blocking`], with `held` (permits) kept until the call has ended on the pool, not only
+/// until this future is dropped: a client that hangs up does not free its places early.
+async fn blocking_holding<T: Send + 'static, H: Send + 'static>(
+    hub: &Arc<Hub>,
+    held: H,
+    call: impl FnOnce(&Hub) -> HubResult<T> + Send + 'static,
+) -> HubResult<T> {
+    let Ok(turn) = hub.callers().clone().acquire_owned().await else {
+        return Err(HubError::ShuttingDown); // never closed
+    };
     let hub = hub.clone();
-    let result = tokio::task::spawn_blocking(move || call(&hub)).await;
-    drop(turn);
+    let result = tokio::task::spawn_blocking(move || {
+        let _held = (turn, held);
+        call(&hub)
+    })
+    .await;
     match result {
         Ok(result) => result,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => Err(HubError::ShuttingDown),
+        },
     }
 }
 
@@ -175,20 +194,29 @@ pub async fn blocking<T: Send + 'static>(
 /// real agents' calls out of the core.
 async fn admit(hub: &Arc<Hub>, admission: Admission) -> HubResult<()> {
     let arrived = hub.arrival();
-    let _turn = match hub.first_look(&admission, unix_now()) {
-        FirstLook::Admitted => return Ok(()),
-        FirstLook::Busy => None,
-        // The semaphore is never closed.
-        FirstLook::Unknown => hub.strangers().acquire().await.ok(),
+    let mut look = hub.first_look(&admission, unix_now());
+    if look == FirstLook::Busy {
+        let asked = admission.clone();
+        look = blocking(hub, move |hub| Ok(hub.look(&asked, unix_now()))).await?;
+    }
+    if look == FirstLook::Admitted {
+        return Ok(());
+    }
+    let Ok(turn) = hub.strangers().clone().acquire_owned().await else {
+        return Err(HubError::ShuttingDown); // never closed
     };
-    blocking(hub, move |hub| {
+    blocking_holding(hub, turn, move |hub| {
         hub.admit_since(&admission, arrived, unix_now())
     })
     .await
 }
 
 /// Reads `body` whole: at most `limit` bytes (413 beyond), all within `timeout` (408 after).
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Refused> {
+pub(crate) async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Refused> {
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
@@ -208,23 +236,6 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
     }
 }
 
-/// Middleware for routes whose handlers take the body through extractors (the console's
-/// forms): reads it whole, within [`MAX_BODY`] and the body deadline, before they run.
-pub async fn buffer_body(
-    State(limits): State<Arc<EdgeLimits>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    match read_body(body, MAX_BODY, limits.body_read_timeout).await {
-        Ok(bytes) => {
-            next.run(axum::extract::Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
-        Err(refused) => refused.into_response(),
-    }
-}
-
 fn refusal(status: StatusCode, message: &str) -> Refused {
     Refused::Edge {
         status,
@@ -233,7 +244,7 @@ fn refusal(status: StatusCode, message: &str) -> Refused {
 }
 
 /// A refusal of the edge's own (a status and why) or a hub error, as the response it becomes.
-enum Refused {
+pub(crate) enum Refused {
     Edge { status: StatusCode, message: String },
     Hub(HubError),
 }
@@ -390,7 +401,7 @@ async fn sync(
     body: Body,
 ) -> Result<Response, Refused> {
     let token = token(&headers)?;
-    let admission = Admission::Sync {
+    let admission = Admission::Agent {
         token: token.clone(),
     };
     admit(&edge.hub, admission).await?;
@@ -410,18 +421,39 @@ async fn job_request(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     let token = token(&headers)?;
+    admit(
+        &hub,
+        Admission::Agent {
+            token: token.clone(),
+        },
+    )
+    .await?;
     let job = blocking(&hub, move |hub| hub.job_request(&token, &id, unix_now())).await?;
     Ok(Json(job).into_response())
 }
 
 async fn refresh(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
+    admit(
+        &hub,
+        Admission::Agent {
+            token: token.clone(),
+        },
+    )
+    .await?;
     let token = blocking(&hub, move |hub| hub.refresh_log_token(&token, unix_now())).await?;
     Ok(Json(RefreshResponse { token }).into_response())
 }
 
 async fn disconnect(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
+    admit(
+        &hub,
+        Admission::Agent {
+            token: token.clone(),
+        },
+    )
+    .await?;
     blocking(&hub, move |hub| hub.disconnect(&token, unix_now())).await?;
     Ok(StatusCode::OK.into_response())
 }
@@ -439,6 +471,13 @@ async fn queue_metrics(
     Query(query): Query<MetricsQuery>,
 ) -> Result<Response, HubError> {
     let token = token(&headers)?;
+    admit(
+        &hub,
+        Admission::Type {
+            token: token.clone(),
+        },
+    )
+    .await?;
     let asked = token.clone();
     let mut metrics = blocking(&hub, move |hub| hub.metrics(&asked, unix_now())).await?;
     if let (Some(version), Some(wait)) = (query.version, query.wait) {
@@ -463,6 +502,13 @@ async fn queue_metrics(
 /// Flotilla extension: the agents of the asking token's type (names and whether busy).
 async fn type_agents(State(hub): Shared, headers: HeaderMap) -> Result<Response, HubError> {
     let token = token(&headers)?;
+    admit(
+        &hub,
+        Admission::Type {
+            token: token.clone(),
+        },
+    )
+    .await?;
     let agents = blocking(&hub, move |hub| hub.agents_of_type(&token)).await?;
     Ok(Json(agents).into_response())
 }
@@ -490,9 +536,9 @@ async fn push_logs(
         bearer: token.clone(),
     };
     admit(&edge.hub, admission).await?;
-    let _permit = edge.log_pushes.admit(&id)?;
+    let permit = edge.log_pushes.admit(&id)?;
     let body = read_body(body, MAX_LOG_BODY, edge.limits.body_read_timeout).await?;
-    blocking(&edge.hub, move |hub| {
+    blocking_holding(&edge.hub, permit, move |hub| {
         let text = std::str::from_utf8(&body)
             .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
         hub.push_logs(&id, &token, start_from, text, unix_now())

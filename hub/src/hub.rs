@@ -103,6 +103,9 @@ pub enum HubError {
     Forbidden(String),
     #[error("the job's log is full")]
     LogFull,
+    /// The hub is shutting down: the call did not run (503: retry, elsewhere).
+    #[error("the hub is shutting down")]
+    ShuttingDown,
     /// Refused because a limit of the hub is reached (429: retry later).
     #[error("{0}")]
     Limit(String),
@@ -139,9 +142,9 @@ pub struct Hub {
     catch_ups_begun: AtomicU64,
     catch_ups_done: AtomicU64,
     /// Turns for calls from the async side (`api::blocking`).
-    callers: tokio::sync::Semaphore,
+    callers: std::sync::Arc<tokio::sync::Semaphore>,
     /// Turns for requests with tokens memory does not know ([`Hub::strangers`]).
-    strangers: tokio::sync::Semaphore,
+    strangers: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Hub {
@@ -200,8 +203,8 @@ impl Hub {
             logs_changed: tokio::sync::Notify::new(),
             catch_ups_begun: AtomicU64::new(0),
             catch_ups_done: AtomicU64::new(0),
-            callers: tokio::sync::Semaphore::new(CALLERS),
-            strangers: tokio::sync::Semaphore::new(1),
+            callers: std::sync::Arc::new(tokio::sync::Semaphore::new(CALLERS)),
+            strangers: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -210,7 +213,7 @@ impl Hub {
     }
 
     /// Turns for the async side's calls into the core: at most [`CALLERS`] at once.
-    pub fn callers(&self) -> &tokio::sync::Semaphore {
+    pub fn callers(&self) -> &std::sync::Arc<tokio::sync::Semaphore> {
         &self.callers
     }
 

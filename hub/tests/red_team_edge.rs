@@ -541,3 +541,23 @@ fn a_console_form_that_does_not_arrive_in_time_is_cut_off() {
     let mut slow = send(served.address, head, b"token=");
     assert_eq!(status_within(&mut slow, ANSWER), Some(408));
 }
+
+#[test]
+fn console_forms_are_read_only_for_a_session_or_a_sign_in_of_sign_in_size() {
+    let served = serve(ConnectionLimits::default(), config());
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    // 1 MB announced, not a byte sent: without a session the hub answers (sign in first).
+    let head = format!("POST /console/jobs HTTP/1.1\r\n{form}\r\nContent-Length: 1000000");
+    let mut unsigned = send(served.address, &head, b"");
+    assert_eq!(status_within(&mut unsigned, ANSWER), Some(303));
+    // A sign-in form has room for a token, not for a megabyte.
+    let body = format!("token={}", "x".repeat(10_000));
+    let head = format!(
+        "POST /console/login HTTP/1.1\r\n{form}\r\nContent-Length: {}",
+        body.len()
+    );
+    let mut padded = send(served.address, &head, body.as_bytes());
+    assert_eq!(status_within(&mut padded, ANSWER), Some(413));
+    // Control: a sign-in of sign-in size is read and judged.
+    assert_eq!(sign_in(&served, "127.0.0.3", "guess"), Some(401));
+}

@@ -24,6 +24,7 @@ mod timeline;
 use crate::api::unix_now;
 use crate::hub::{Hub, HubError};
 use auth::{Session, Sessions};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -42,6 +43,40 @@ pub struct Console {
     secure: bool,
     /// A proxy in front appends the client's address to `X-Forwarded-For`.
     trust_forwarded_for: bool,
+    /// A form's whole body must be in within this long.
+    body_read_timeout: std::time::Duration,
+}
+
+/// Largest sign-in form (the token and a little more).
+const MAX_SIGN_IN_BODY: usize = 4 * 1024;
+
+/// Reads a form whole before its handler runs, within the body deadline, and only the forms a
+/// client may send: a sign-in (up to 4 KiB) or a signed-in session's action (up to
+/// `api::MAX_BODY`); a POST without a session is sent to sign in unread. Other requests'
+/// bodies are never read.
+async fn bounded_form(
+    State(console): State<Console>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let limit = if request.uri().path() == "/console/login" {
+        MAX_SIGN_IN_BODY
+    } else if console.session(request.headers()).is_ok() {
+        crate::api::MAX_BODY
+    } else {
+        return ConsoleError::SignIn.into_response();
+    };
+    let (parts, body) = request.into_parts();
+    match crate::api::read_body(body, limit, console.body_read_timeout).await {
+        Ok(bytes) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
 }
 
 impl Console {
@@ -104,6 +139,7 @@ fn error_status(error: &HubError) -> StatusCode {
         HubError::Forbidden(_) => StatusCode::FORBIDDEN,
         HubError::LogFull => StatusCode::UNPROCESSABLE_ENTITY,
         HubError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+        HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -146,7 +182,8 @@ pub fn router(hub: Arc<Hub>, secure: bool) -> Router {
 }
 
 /// The console's routes, to merge into the hub's router: forms are read whole within
-/// `limits` before any handler runs; sign-in attempts are limited per client address.
+/// `limits` before any handler runs ([`bounded_form`]); sign-in attempts are limited per
+/// client address.
 pub fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::EdgeLimits) -> Router {
     let console = Console {
         hub,
@@ -154,9 +191,9 @@ pub fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::EdgeLimits)
         sign_ins: Arc::new(auth::SignInLimiter::default()),
         secure,
         trust_forwarded_for: limits.trust_forwarded_for,
+        body_read_timeout: limits.body_read_timeout,
     };
-    let bounded =
-        axum::middleware::from_fn_with_state(Arc::new(limits.clone()), crate::api::buffer_body);
+    let bounded = axum::middleware::from_fn_with_state(console.clone(), bounded_form);
     Router::new()
         .route("/console", get(overview::overview))
         .route(

@@ -31,8 +31,11 @@ impl RegistrationLimits {
 pub enum Admission {
     /// A registration token, or a live agent's own token (re-registering).
     Register { token: String },
-    /// A live agent's token, or a lost one's within its give-up time (it may heal).
-    Sync { token: String },
+    /// A live agent's token, or a lost one's within its give-up time (it may heal): sync, job
+    /// request, log-token refresh, disconnect.
+    Agent { token: String },
+    /// An agent type's registration token: the queue's metrics, the type's agents.
+    Type { token: String },
     /// A live job and its unexpired log token.
     LogPush { job_id: String, bearer: String },
 }
@@ -44,7 +47,8 @@ impl Admission {
             Admission::Register { token } => {
                 core.type_of_token(token).is_ok() || core.agent(token).is_ok()
             }
-            Admission::Sync { token } => {
+            Admission::Type { token } => core.type_of_token(token).is_ok(),
+            Admission::Agent { token } => {
                 let hash = crate::tokens::hash(token);
                 core.agent_by_token.contains_key(&hash) || core.lost.contains_key(&hash)
             }
@@ -88,6 +92,15 @@ impl Hub {
         }
     }
 
+    /// What memory says of the request, waiting for the lock (the blocking side's first look
+    /// when [`Hub::first_look`] found the lock busy); never [`FirstLook::Busy`].
+    pub fn look(&self, admission: &Admission, now: i64) -> FirstLook {
+        match admission.check(&self.lock().core, now) {
+            Ok(()) => FirstLook::Admitted,
+            Err(_) => FirstLook::Unknown,
+        }
+    }
+
     /// The catch-up ticket to pass to [`Hub::admit_since`], taken when the request arrived.
     pub fn arrival(&self) -> u64 {
         self.catch_ups_begun
@@ -103,7 +116,7 @@ impl Hub {
 
     /// Turns for requests memory did not know (one at a time): a flood of made-up tokens
     /// queues here, on the async side, and takes one of [`super::CALLERS`] at most.
-    pub fn strangers(&self) -> &tokio::sync::Semaphore {
+    pub fn strangers(&self) -> &std::sync::Arc<tokio::sync::Semaphore> {
         &self.strangers
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 
@@ -54,37 +54,31 @@ pub(super) async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Every place is taken: the oldest connection that never sent a request makes
-                // room; when none has, the new one waits for a place (as in the backlog).
-                silent.evict_oldest();
-                tokio::select! {
-                    permit = permits.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break, // never closed
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
+        let permit = tokio::select! {
+            permit = place(&permits, &silent) => permit,
+            () = &mut shutdown => break,
         };
+        // Evictable from here, its TLS handshake included, until its first request.
+        let (id, evicted) = silent.enter();
         let connection = Connection {
             app: app.clone(),
             peer,
             limits: limits.clone(),
             watcher: graceful.watcher(),
             silent: silent.clone(),
+            id,
+            first_request: Arc::new(AtomicBool::new(false)),
         };
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            // Evictable from the start, its TLS handshake included, until its first request.
-            let silent = connection.silent.clone();
-            let (id, evicted) = silent.enter();
+            let (silent, first_request) =
+                (connection.silent.clone(), connection.first_request.clone());
             tokio::select! {
-                () = connection.handshake_and_serve(stream, acceptor, id) => {}
-                Ok(()) = evicted => tracing::debug!(%peer, "silent at the connection limit: closed"),
+                () = connection.handshake_and_serve(stream, acceptor) => {}
+                () = evicted_while_silent(evicted, first_request) => {
+                    tracing::debug!(%peer, "silent at the connection limit: closed");
+                }
             }
             silent.leave(id);
         });
@@ -97,6 +91,34 @@ pub(super) async fn serve(
         tracing::warn!("requests still in flight after {DRAIN:?}: stopping anyway");
     }
     Ok(())
+}
+
+/// A place for a new connection: a free one, or, when every place is taken, the one the
+/// oldest connection that never sent a request leaves when it is closed for it (asked again
+/// every 100 ms while the new one waits, as connections come and go); with none silent, the
+/// new connection waits for any to end (as in the backlog).
+async fn place(permits: &Arc<Semaphore>, silent: &Silent) -> OwnedSemaphorePermit {
+    loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        silent.evict_oldest();
+        let freed = tokio::time::timeout(EVICT_AGAIN, permits.clone().acquire_owned()).await;
+        if let Ok(Ok(permit)) = freed {
+            return permit;
+        }
+    }
+}
+
+/// How often a connection waiting for a place asks for another silent one to be closed.
+const EVICT_AGAIN: Duration = Duration::from_millis(100);
+
+/// Completes when the connection is evicted before its first request arrived; a request that
+/// arrived first wins (the eviction is then ignored, and the next waiter evicts another).
+async fn evicted_while_silent(evicted: oneshot::Receiver<()>, first_request: Arc<AtomicBool>) {
+    if evicted.await.is_err() || first_request.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Out of file descriptors and the like: waits a moment instead of spinning on the error.
@@ -150,32 +172,35 @@ struct Connection {
     limits: ConnectionLimits,
     watcher: Watcher,
     silent: Arc<Silent>,
+    /// Its place among the silent connections until its first request.
+    id: u64,
+    first_request: Arc<AtomicBool>,
 }
 
 impl Connection {
     /// Finishes the TLS handshake (when serving TLS) within its timeout, then serves.
-    async fn handshake_and_serve(self, stream: TcpStream, acceptor: Option<TlsAcceptor>, id: u64) {
+    async fn handshake_and_serve(self, stream: TcpStream, acceptor: Option<TlsAcceptor>) {
         let Some(acceptor) = acceptor else {
-            return self.serve(stream, id).await;
+            return self.serve(stream).await;
         };
         let timeout = self.limits.tls_handshake_timeout;
         if let Ok(Ok(stream)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-            self.serve(stream, id).await;
+            self.serve(stream).await;
         }
     }
 
     /// Serves HTTP/1 on `io` until the client leaves, a timeout closes it, or shutdown drains
-    /// it; `id` is its place among the silent connections until its first request.
-    async fn serve<I>(self, io: I, id: u64)
+    /// it.
+    async fn serve<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let first_request = Arc::new(AtomicBool::new(false));
-        let (seen, silent) = (first_request.clone(), self.silent.clone());
+        let first_request = self.first_request.clone();
+        let (seen, silent, id) = (first_request.clone(), self.silent.clone(), self.id);
         let peer = self.peer;
         let service = ServiceBuilder::new()
             .map_request(move |mut request: hyper::Request<Incoming>| {
-                if !seen.swap(true, Ordering::Relaxed) {
+                if !seen.swap(true, Ordering::SeqCst) {
                     silent.leave(id);
                 }
                 request.extensions_mut().insert(ConnectInfo(peer));
@@ -202,7 +227,7 @@ impl Connection {
 /// (then never).
 async fn first_request_deadline(first_request: Arc<AtomicBool>, timeout: Duration) {
     tokio::time::sleep(timeout).await;
-    if first_request.load(Ordering::Relaxed) {
+    if first_request.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
     }
 }

@@ -141,6 +141,9 @@ impl JobRow {
     }
 }
 
+/// Agent rows forgotten by one `Store::prune_agents` call.
+pub const PRUNE_BATCH: i64 = 5000;
+
 /// The stored state of an agent that stopped syncing (it may heal until the give-up time).
 pub const LOST_STATE: &str = "lost";
 
@@ -284,9 +287,10 @@ pub trait Store: Send {
     /// What a starting hub keeps of the agents: the connected ones, and the lost ones that
     /// synced at `lost_since` or later (they may still heal). Not the history.
     fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>>;
-    /// Forgets agents that left (disconnected or lost) before `left_before`; their names'
-    /// one-job records (`job_holders`) and instances (`registered_instances`) stay. Returns
-    /// how many were forgotten.
+    /// Forgets agents that left (disconnected or lost) before `left_before`, at most
+    /// [`PRUNE_BATCH`] a call (a long history goes over several calls, each short); their
+    /// names' one-job records (`job_holders`) and instances (`registered_instances`) stay.
+    /// Returns how many were forgotten.
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize>;
     /// Records when each agent last synced, its reported state and interruption (batched; not
     /// a job state change, no revision). A time never moves backwards.

@@ -391,8 +391,9 @@ impl Store for PostgresStore {
 
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
         let pruned = self.execute(
-            "DELETE FROM agents WHERE disconnected_at < $1 AND last_sync_at < $1",
-            &[&left_before],
+            "DELETE FROM agents WHERE name IN (SELECT name FROM agents
+               WHERE disconnected_at < $1 AND last_sync_at < $1 LIMIT $2)",
+            &[&left_before, &super::PRUNE_BATCH],
         )?;
         Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
     }

@@ -473,8 +473,9 @@ impl Store for SqliteStore {
 
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
         let pruned = self.connection.execute(
-            "DELETE FROM agents WHERE disconnected_at < ?1 AND last_sync_at < ?1",
-            params![left_before],
+            "DELETE FROM agents WHERE rowid IN (SELECT rowid FROM agents
+               WHERE disconnected_at < ?1 AND last_sync_at < ?1 LIMIT ?2)",
+            params![left_before, super::PRUNE_BATCH],
         )?;
         Ok(pruned)
     }

@@ -193,7 +193,7 @@ pub fn run(command: HubCommand) -> Result<i32> {
         args.tls_cert.is_some(),
         args.plain_http_behind_proxy,
     )?;
-    connection_limits(&args)?;
+    check_edge_flags(&args)?;
     if args.database.database.is_some() {
         return serve_replica(&args);
     }
@@ -318,8 +318,26 @@ fn fit_open_files(wanted: usize) -> usize {
     wanted
 }
 
-/// What one client may hold of the server, from the flags.
+/// What one client may hold of the server, from the flags (checked first).
 fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
+    check_edge_flags(args)?;
+    Ok(ConnectionLimits {
+        max_connections: fit_open_files(args.max_connections),
+        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
+        edge: EdgeLimits {
+            body_read_timeout: Duration::from_secs(args.body_read_timeout),
+            max_log_pushes: args.max_log_pushes,
+            max_log_pushes_per_job: args.max_log_pushes_per_job,
+            metrics_token_hash: args.metrics_token.as_deref().map(hub::tokens::hash),
+            trust_forwarded_for: args.plain_http_behind_proxy,
+        },
+    })
+}
+
+/// Refuses edge limits of zero and a short metrics token.
+fn check_edge_flags(args: &HubArgs) -> Result<()> {
     let seconds = [
         args.tls_handshake_timeout,
         args.header_read_timeout,
@@ -339,19 +357,7 @@ fn connection_limits(args: &HubArgs) -> Result<ConnectionLimits> {
     {
         bail!("--metrics-token must be at least 16 characters");
     }
-    Ok(ConnectionLimits {
-        max_connections: fit_open_files(args.max_connections),
-        tls_handshake_timeout: Duration::from_secs(args.tls_handshake_timeout),
-        header_read_timeout: Duration::from_secs(args.header_read_timeout),
-        keep_alive_timeout: Duration::from_secs(args.keep_alive_timeout),
-        edge: EdgeLimits {
-            body_read_timeout: Duration::from_secs(args.body_read_timeout),
-            max_log_pushes: args.max_log_pushes,
-            max_log_pushes_per_job: args.max_log_pushes_per_job,
-            metrics_token_hash: args.metrics_token.as_deref().map(hub::tokens::hash),
-            trust_forwarded_for: args.plain_http_behind_proxy,
-        },
-    })
+    Ok(())
 }
 
 /// The hub's configuration from the flags, over `config`'s defaults.
