@@ -199,7 +199,7 @@ fn log_pushes_in_flight_are_capped_per_job_and_in_total() {
     // Their admission must come before the pushes below (a push that overtook one would take
     // its place): give them a head start. The checks that follow wait for a refusal, so a held
     // push that came late fails the test rather than passing it.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     // Whole pushes are stored until the held ones are in; then one more for the job is refused.
     assert!(
         refused_soon(&served, &first_job, &first_token),
@@ -211,7 +211,7 @@ fn log_pushes_in_flight_are_capped_per_job_and_in_total() {
         &push_head(&second_job, &second_token, 1000),
         b"{",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         refused_soon(&served, &second_job, &second_token),
         "a fourth push in all went in"
