@@ -163,17 +163,33 @@ fn push_whole(served: &Served, job_id: &str, token: &str) -> Option<u16> {
     status_within(&mut stream, ANSWER)
 }
 
-/// Whether a whole push is refused with 429 within 200 tries, 20 ms apart (each try that goes
-/// in, before the held pushes are, is 200).
-fn refused_soon(served: &Served, job_id: &str, token: &str) -> bool {
-    for _ in 0..200 {
-        match push_whole(served, job_id, token) {
-            Some(429) => return true,
-            Some(200) => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("a push got {other:?}"),
+/// Pushes to `job_id` that announce a body and send one byte of it: each either holds a place
+/// (its body never comes) or is refused at once.
+fn hold_pushes(served: &Served, job_id: &str, token: &str, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| send(served.address, &push_head(job_id, token, 1000), b"{"))
+        .collect()
+}
+
+/// Which of `streams` the hub answered with 429, waiting until `refusals` of them were (or
+/// 10 s passed). Reads nothing: a peek at each in turn.
+fn refused(streams: &[TcpStream], refusals: usize) -> Vec<usize> {
+    let deadline = Instant::now() + ANSWER;
+    let mut buffer = [0u8; 12];
+    loop {
+        let answered: Vec<usize> = (0..streams.len())
+            .filter(|&index| {
+                let stream = &streams[index];
+                stream
+                    .set_read_timeout(Some(Duration::from_millis(10)))
+                    .unwrap();
+                matches!(stream.peek(&mut buffer), Ok(12) if &buffer == b"HTTP/1.1 429")
+            })
+            .collect();
+        if answered.len() >= refusals || Instant::now() > deadline {
+            return answered;
         }
     }
-    false
 }
 
 #[test]
@@ -186,50 +202,35 @@ fn log_pushes_in_flight_are_capped_per_job_and_in_total() {
     let served = serve(limits(edge), config());
     let (_, first_job, first_token) = agent_with_job(&served, "first");
     let (_, second_job, second_token) = agent_with_job(&served, "second");
-    // Two pushes to the first job hold their places while their bodies do not come.
-    let held: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            send(
-                served.address,
-                &push_head(&first_job, &first_token, 1000),
-                b"{",
-            )
-        })
-        .collect();
-    // Their admission must come before the pushes below (a push that overtook one would take
-    // its place): give them a head start. The checks that follow wait for a refusal, so a held
-    // push that came late fails the test rather than passing it.
-    std::thread::sleep(Duration::from_secs(1));
-    // Whole pushes are stored until the held ones are in; then one more for the job is refused.
-    assert!(
-        refused_soon(&served, &first_job, &first_token),
+    // Three pushes to one job whose bodies do not come: whichever comes last is refused.
+    let first = hold_pushes(&served, &first_job, &first_token, 3);
+    assert_eq!(
+        refused(&first, 1).len(),
+        1,
         "a third push to one job went in"
     );
-    // The second job has a place of its own, then the hub's total (3) is reached.
-    let other = send(
-        served.address,
-        &push_head(&second_job, &second_token, 1000),
-        b"{",
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        refused_soon(&served, &second_job, &second_token),
-        "a fourth push in all went in"
-    );
+    // The second job has places of its own, but the hub's total (3) leaves it one.
+    let second = hold_pushes(&served, &second_job, &second_token, 2);
+    assert_eq!(refused(&second, 1).len(), 1, "a fourth push in all went in");
     // Control: once the held pushes end, the job pushes again.
-    drop(held);
+    drop(first);
     let accepted = (0..50).any(|_| push_whole(&served, &first_job, &first_token) == Some(200));
     assert!(accepted, "the job could not push after its pushes ended");
-    other.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(second);
 }
 
-#[test]
-fn a_body_that_does_not_arrive_in_time_is_cut_off() {
+/// A hub that gives a request's body one second.
+fn serve_with_a_second_for_bodies() -> Served {
     let edge = EdgeLimits {
         body_read_timeout: Duration::from_secs(1),
         ..EdgeLimits::default()
     };
-    let served = serve(limits(edge), config());
+    serve(limits(edge), config())
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_cut_off() {
+    let served = serve_with_a_second_for_bodies();
     let (agent_token, _, _) = agent_with_job(&served, "slow");
     let head = format!(
         "POST /api/v1/self_hosted_agents/sync HTTP/1.1\r\nAuthorization: Token {agent_token}\r\n\
@@ -530,11 +531,7 @@ fn console_sign_in_attempts_are_limited_per_client_address() {
 
 #[test]
 fn a_console_form_that_does_not_arrive_in_time_is_cut_off() {
-    let edge = EdgeLimits {
-        body_read_timeout: Duration::from_secs(1),
-        ..EdgeLimits::default()
-    };
-    let served = serve(limits(edge), config());
+    let served = serve_with_a_second_for_bodies();
     let head =
         "POST /console/login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\n\
                 Content-Length: 100";

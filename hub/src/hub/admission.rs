@@ -41,6 +41,14 @@ pub enum Admission {
 }
 
 impl Admission {
+    /// Memory's answer as a first look: admitted or unknown.
+    fn look(&self, core: &Core, now: i64) -> FirstLook {
+        match self.check(core, now) {
+            Ok(()) => FirstLook::Admitted,
+            Err(_) => FirstLook::Unknown,
+        }
+    }
+
     /// The answer memory gives (a pure function of the live state and the time).
     fn check(&self, core: &Core, now: i64) -> HubResult<()> {
         let known = match self {
@@ -83,22 +91,16 @@ impl Hub {
     /// What memory says of the request right now, without waiting: the usual request (a known
     /// token) is admitted on the async side at the cost of a lookup.
     pub fn first_look(&self, admission: &Admission, now: i64) -> FirstLook {
-        let Ok(guard) = self.inner.try_lock() else {
-            return FirstLook::Busy;
-        };
-        match admission.check(&guard.core, now) {
-            Ok(()) => FirstLook::Admitted,
-            Err(_) => FirstLook::Unknown,
+        match self.inner.try_lock() {
+            Ok(guard) => admission.look(&guard.core, now),
+            Err(_) => FirstLook::Busy,
         }
     }
 
     /// What memory says of the request, waiting for the lock (the blocking side's first look
     /// when [`Hub::first_look`] found the lock busy); never [`FirstLook::Busy`].
     pub fn look(&self, admission: &Admission, now: i64) -> FirstLook {
-        match admission.check(&self.lock().core, now) {
-            Ok(()) => FirstLook::Admitted,
-            Err(_) => FirstLook::Unknown,
-        }
+        admission.look(&self.lock().core, now)
     }
 
     /// The catch-up ticket to pass to [`Hub::admit_since`], taken when the request arrived.
