@@ -2,6 +2,7 @@
 //! the self-test: a wedged driver or daemon must not hang the agent. Its stdout when it exits 0;
 //! otherwise a [`CommandError`] that names the program.
 
+use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -30,17 +31,32 @@ pub fn run_with_timeout(
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, CommandError> {
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command_with_timeout(command, program, args, timeout)
+}
+
+/// [`run_with_timeout`] for a command already set up (its environment, its user); `program` and
+/// `args` name it in errors.
+pub fn run_command_with_timeout(
+    mut command: Command,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, CommandError> {
     let spawn_error = |error| CommandError::Spawn {
         program: program.to_string(),
         error,
     };
-    let mut child = Command::new(program)
-        .args(args)
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_error)?;
+    // Drained as it comes, so a chatty program cannot fill the pipe and stall.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
     while child.try_wait().map_err(spawn_error)?.is_none() {
         if Instant::now() > deadline {
@@ -53,14 +69,39 @@ pub fn run_with_timeout(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let output = child.wait_with_output().map_err(spawn_error)?;
-    if !output.status.success() {
+    let status = child.wait().map_err(spawn_error)?;
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
         return Err(CommandError::Failed {
             program: program.to_string(),
             args: args.join(" "),
-            status: output.status,
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            status,
+            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    Ok(String::from_utf8_lossy(&stdout).trim().to_string())
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}
+
+/// The first executable `program` in the directories of `path` (a `PATH` value), as a shell would
+/// find it.
+pub fn find_program(program: &str, path: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }

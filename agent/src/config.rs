@@ -37,6 +37,8 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     // Flotilla's own options, under the same scheme.
     ("report-gpus", Kind::Flag),
     ("container-gpus", Kind::Text),
+    ("container-engine", Kind::Text),
+    ("container-image-store", Kind::Text),
     ("ec2", Kind::Flag),
     ("imds-endpoint", Kind::Text),
     ("ec2-poll-seconds", Kind::Int),
@@ -86,6 +88,10 @@ pub struct Config {
     pub report_gpus: bool,
     /// Which GPUs a container job's containers get (`all`, `auto`, `none`; default `auto`).
     pub container_gpus: crate::compose::ContainerGpus,
+    /// Which engine container jobs use: `host` (the machine's Docker, the default) or `rootless`
+    /// (a rootless Podman of the job's own, as the job user; `container-image-store` names its
+    /// store of baked images).
+    pub container_engine: crate::compose::engine::ContainerEngine,
     /// Running on EC2: name = instance id, wait out warm pools, spot notices interrupt.
     pub ec2: bool,
     /// Instance metadata service base URL ("" = the standard address).
@@ -435,6 +441,7 @@ fn build(
         source_pre_job_hook: flag(values, "source-pre-job-hook")?,
         report_gpus: flag(values, "report-gpus")?,
         container_gpus: container_gpus(values)?,
+        container_engine: container_engine(values)?,
         ec2: flag(values, "ec2")?,
         ec2_keep_instance: flag(values, "ec2-keep-instance")?,
         ec2_poweroff_command: match values.get("ec2-poweroff-command") {
@@ -472,6 +479,18 @@ fn container_gpus(
     crate::compose::ContainerGpus::parse(&value).ok_or_else(|| {
         invalid(format!(
             "Unsupported value '{value}' for container-gpus. Allowed values are: all, auto, none. Exiting..."
+        ))
+    })
+}
+
+fn container_engine(
+    values: &BTreeMap<&'static str, Raw>,
+) -> Result<crate::compose::engine::ContainerEngine, ConfigError> {
+    let value = text(values, "container-engine")?;
+    let store = text(values, "container-image-store")?;
+    crate::compose::engine::ContainerEngine::parse(&value, &store).ok_or_else(|| {
+        invalid(format!(
+            "Unsupported value '{value}' for container-engine. Allowed values are: host, rootless. Exiting..."
         ))
     })
 }
@@ -714,6 +733,41 @@ mod tests {
         .unwrap();
         assert_eq!(config.env_vars, vec![("K".into(), "v".into())]);
         assert_eq!(config.files, vec![("/a".into(), "/b".into())]);
+    }
+
+    #[test]
+    fn container_engine_default_host_rootless_with_its_store() {
+        use crate::compose::engine::{ContainerEngine, RootlessOptions, DEFAULT_IMAGE_STORE};
+        let rootless = |store: &str| {
+            ContainerEngine::Rootless(RootlessOptions {
+                image_store: Some(store.into()),
+            })
+        };
+        let table: &[(&[&str], ContainerEngine)] = &[
+            (&[], ContainerEngine::Host),
+            (&["--container-engine", "host"], ContainerEngine::Host),
+            (
+                &["--container-engine", "rootless"],
+                rootless(DEFAULT_IMAGE_STORE),
+            ),
+            (
+                &[
+                    "--container-engine=rootless",
+                    "--container-image-store=/srv/images",
+                ],
+                rootless("/srv/images"),
+            ),
+        ];
+        for (flags, expected) in table {
+            let config = load_with(&[BASE, flags].concat(), &[], "").unwrap();
+            assert_eq!(config.container_engine, *expected, "{flags:?}");
+        }
+        assert_eq!(
+            load_with(&[BASE, &["--container-engine", "docker"]].concat(), &[], ""),
+            Err(ConfigError::Invalid(
+                "Unsupported value 'docker' for container-engine. Allowed values are: host, rootless. Exiting...".into()
+            ))
+        );
     }
 
     #[test]

@@ -191,7 +191,7 @@ fn run_in_shell(
                 control,
                 shell,
                 scratch,
-                container: container.as_ref(),
+                container: container.as_ref().map(|c| &c.project),
             };
             let result = runner.run();
             runner.shell.close();
@@ -199,8 +199,8 @@ fn run_in_shell(
                 user.kill_all();
             }
             control.detach();
-            if let Some(project) = &container {
-                project.down();
+            if let Some(containers) = container {
+                containers.down();
             }
             result
         }
@@ -238,10 +238,10 @@ fn start_shell(
     log: &JobLog,
     control: &JobControl,
     scratch: &Path,
-) -> Result<(Shell, Option<crate::compose::cli::Project>), NoShell> {
+) -> Result<(Shell, Option<crate::compose::Containers>), NoShell> {
     if request.executor == "dockercompose" {
         return crate::compose::start(request, options, log, control, scratch)
-            .map(|(shell, project)| (shell, Some(project)))
+            .map(|(shell, containers)| (shell, Some(containers)))
             .ok_or(NoShell::Containers);
     }
     Shell::start(&options.shell_env, scratch, options.job_user.as_ref())
@@ -278,11 +278,14 @@ fn make_private_dir(root: &Path, job_id: &str) -> std::io::Result<PathBuf> {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(40)
         .collect();
+    create_unique_dir(root, &format!("flotilla-job-{safe_id}-"))
+}
+
+/// A new directory `root/<prefix><8 random hex digits>`, mode 0700, that did not exist before
+/// (so nobody can have prepared it), trying 16 names.
+pub(crate) fn create_unique_dir(root: &Path, prefix: &str) -> std::io::Result<PathBuf> {
     for _ in 0..16 {
-        let dir = root.join(format!(
-            "flotilla-job-{safe_id}-{:08x}",
-            rand::random::<u32>()
-        ));
+        let dir = root.join(format!("{prefix}{:08x}", rand::random::<u32>()));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -290,7 +293,7 @@ fn make_private_dir(root: &Path, job_id: &str) -> std::io::Result<PathBuf> {
         }
     }
     Err(std::io::Error::other(
-        "could not pick a unique scratch directory",
+        "could not pick a unique directory name",
     ))
 }
 

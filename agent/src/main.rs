@@ -387,6 +387,7 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
             fail_on_missing_files: config.fail_on_missing_files,
             gpus: config.container_gpus,
             host_gpus: gpus.to_vec(),
+            engine: config.container_engine.clone(),
         },
     })
 }

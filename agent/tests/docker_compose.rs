@@ -16,12 +16,13 @@ mod containers;
 mod sequences;
 mod support;
 
+use agent::compose::engine::{ContainerEngine, RootlessOptions};
 use agent::compose::{ComposeOptions, ContainerGpus};
 use agent::gpu::Gpu;
 use agent::job::{job_environment, JobOptions};
 use protocol::{Compose, Container, EnvVar, File, JobRequest, JobResult, LogEvent};
 use sequences::*;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// A function returning the tag of an image built once (by [`containers::image`]) per run.
@@ -59,25 +60,87 @@ image!(
     &[]
 );
 
+/// The engine a test's jobs use: the machine's Docker, or a rootless Podman of the job's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Host,
+    Rootless,
+}
+
+/// Each upstream sequence runs on both engines: `host::NAME` and `rootless::NAME`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod host {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Host)
+            })*
+        }
+        mod rootless {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Engine::Rootless)
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    hello_world,
+    env_vars_container_env_vars_and_aliases,
+    files_are_injected_in_the_container,
+    failing_and_unknown_commands_run_the_on_fail_epilogue,
+    stop_during_a_command,
+    stop_during_an_epilogue,
+    a_service_is_reachable_from_main_by_its_name,
+    agent_env_vars_and_files,
+    missing_agent_files_are_skipped_or_fail_the_job,
+    an_image_that_does_not_exist_fails_the_pull,
+    an_image_without_bash_fails_the_start_with_dockers_words,
+    bad_input_fails_with_a_job_log_line,
+    the_container_dying_midway_fails_the_job,
+    stop_during_the_pull,
+);
+
 struct Harness {
     scratch: tempfile::TempDir,
     options: JobOptions,
     job_id: String,
+    engine: Engine,
 }
 
 impl Harness {
-    /// A harness whose jobs are named `cj-<name>` (the marker of their Docker objects).
-    fn new(name: &str) -> Harness {
+    /// A harness whose jobs are named `cj-<name>` (the marker of their Docker objects), or
+    /// `cjr-<name>` on the rootless engine, which they run on as [`containers::ROOTLESS_USER`]
+    /// with the test images in a baked image store.
+    fn new(name: &str, engine: Engine) -> Harness {
         let scratch = tempfile::tempdir().unwrap();
-        let options = JobOptions {
+        let mut options = JobOptions {
             shell_env: job_environment(std::env::vars()),
             scratch_root: scratch.path().to_path_buf(),
             ..JobOptions::default()
         };
+        let mut job_id = format!("cj-{name}");
+        if engine == Engine::Rootless {
+            let user = containers::rootless_user();
+            // The job user reaches its scratch directory through the root (as through /tmp).
+            std::fs::set_permissions(
+                scratch.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o711),
+            )
+            .unwrap();
+            user.apply_to_environment(&mut options.shell_env);
+            options.job_user = Some(user);
+            options.compose.engine = ContainerEngine::Rootless(RootlessOptions {
+                image_store: Some(image_store().to_path_buf()),
+            });
+            job_id = format!("cjr-{name}");
+        }
         Harness {
             scratch,
             options,
-            job_id: format!("cj-{name}"),
+            job_id,
+            engine,
         }
     }
 
@@ -136,14 +199,19 @@ impl Harness {
         expected: &[String],
     ) -> Vec<LogEvent> {
         let (actual, events) = self.run_with(request, watch);
-        assert_eq!(actual, result);
+        assert_eq!(actual, result, "{:#?}", simplified(&events));
         assert_log(&events, expected);
         events
     }
 
     /// Runs the job; `watch` sees every event with the control. Afterwards nothing of the job may
-    /// be left in Docker.
+    /// be left in Docker, and on the rootless engine no process of the job user's, nor anything in
+    /// the scratch root (its engine's storage included). Rootless jobs take turns: the end of a
+    /// job kills every process of the job user, as on an instance.
     fn run_with(&self, request: &JobRequest, watch: impl Watch) -> (JobResult, Vec<LogEvent>) {
+        static ONE_ROOTLESS_JOB: Mutex<()> = Mutex::new(());
+        let _turn = (self.engine == Engine::Rootless)
+            .then(|| ONE_ROOTLESS_JOB.lock().unwrap_or_else(|p| p.into_inner()));
         let log_path = self.scratch.path().join("job_log.json");
         let (result, observed, _log) = run_watched(request, &self.options, &log_path, watch);
         let marker = format!("flotilla-{}-", self.job_id);
@@ -152,8 +220,39 @@ impl Harness {
             Vec::<String>::new(),
             "the job left Docker objects"
         );
+        if let Some(user) = self
+            .options
+            .job_user
+            .as_ref()
+            .filter(|user| user.name == containers::ROOTLESS_USER)
+        {
+            assert_eq!(
+                containers::user_processes(user),
+                Vec::<String>::new(),
+                "the job left processes of its user"
+            );
+            let left: Vec<_> = std::fs::read_dir(self.scratch.path())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .filter(|name| name != "job_log.json")
+                .collect();
+            assert!(left.is_empty(), "the job left files: {left:?}");
+            assert_eq!(
+                containers::engine_run_dirs(),
+                Vec::<String>::new(),
+                "the job left its engine's run directory"
+            );
+        }
         (result, observed)
     }
+}
+
+/// The baked image store of the rootless engine's jobs: the test images, loaded once.
+fn image_store() -> &'static std::path::Path {
+    static STORE: OnceLock<std::path::PathBuf> = OnceLock::new();
+    STORE.get_or_init(|| {
+        containers::rootless_store(&[job_image(), service_image(), no_bash_image()])
+    })
 }
 
 fn pulled() -> Vec<String> {
@@ -223,9 +322,8 @@ const ABCD: [(&str, &str); 4] = [
     ("D", "$PATH:/etc/a"),
 ];
 
-#[test]
-fn hello_world() {
-    let h = Harness::new("hello");
+fn hello_world(engine: Engine) {
+    let h = Harness::new("hello", engine);
     h.check(
         &h.main_job(&["echo Hello World", "cat /etc/flotilla-test-image"]),
         JobResult::Passed,
@@ -239,9 +337,8 @@ fn hello_world() {
     );
 }
 
-#[test]
-fn env_vars_container_env_vars_and_aliases() {
-    let h = Harness::new("env");
+fn env_vars_container_env_vars_and_aliases(engine: Engine) {
+    let h = Harness::new("env", engine);
     let mut request = h.main_job(&["echo $A", "echo $B", "echo $C", "echo $D", "echo $FOO"]);
     request.env_vars = env(&ABCD);
     request.compose.containers[0].env_vars = vec![EnvVar::plain("FOO", "bar $HOME")];
@@ -270,9 +367,8 @@ fn env_vars_container_env_vars_and_aliases() {
     );
 }
 
-#[test]
-fn files_are_injected_in_the_container() {
-    let h = Harness::new("files");
+fn files_are_injected_in_the_container(engine: Engine) {
+    let h = Harness::new("files", engine);
     let mut request = h.main_job(&[
         "cat test.txt",
         "cat /a/b/c",
@@ -308,7 +404,7 @@ fn files_are_injected_in_the_container() {
     );
 
     // upstream's file_injection_broken_file_mode
-    let h = Harness::new("badmode");
+    let h = Harness::new("badmode", engine);
     let mut request = h.main_job(&["cat test.txt"]);
     request.files = vec![File::plain("test.txt", "hello\n", "obviously broken")];
     h.check(
@@ -328,9 +424,8 @@ fn files_are_injected_in_the_container() {
     );
 }
 
-#[test]
-fn failing_and_unknown_commands_run_the_on_fail_epilogue() {
-    let h = Harness::new("fail");
+fn failing_and_unknown_commands_run_the_on_fail_epilogue(engine: Engine) {
+    let h = Harness::new("fail", engine);
     let mut request = h.main_job(&["echhhho Hello World", "echo never"]);
     request.epilogue_always_commands = commands(&["echo Hello Epilogue $SEMAPHORE_JOB_RESULT"]);
     request.epilogue_on_pass_commands =
@@ -363,16 +458,14 @@ fn failing_and_unknown_commands_run_the_on_fail_epilogue() {
     );
 }
 
-#[test]
-fn stop_during_a_command() {
-    let h = Harness::new("stopcmd");
+fn stop_during_a_command(engine: Engine) {
+    let h = Harness::new("stopcmd", engine);
     let request = h.main_job(&["sleep infinity", "echo 'here'"]);
     h.check_stopped_in_sleep(&request, prologue(&[]));
 }
 
-#[test]
-fn stop_during_an_epilogue() {
-    let h = Harness::new("stop-epilogue");
+fn stop_during_an_epilogue(engine: Engine) {
+    let h = Harness::new("stop-epilogue", engine);
     let mut request = h.main_job(&["echo 'here'"]);
     request.epilogue_always_commands = commands(&["sleep infinity"]);
     h.check_stopped_in_sleep(
@@ -385,9 +478,8 @@ fn stop_during_an_epilogue() {
     );
 }
 
-#[test]
-fn a_service_is_reachable_from_main_by_its_name() {
-    let h = Harness::new("service");
+fn a_service_is_reachable_from_main_by_its_name(engine: Engine) {
+    let h = Harness::new("service", engine);
     let fetch = "curl -sf --retry 50 --retry-delay 1 --retry-connrefused http://db:8080/index.html";
     let request = h.job(&[("main", job_image()), ("db", service_image())], &[fetch]);
     let (result, events) = h.run(&request);
@@ -404,9 +496,8 @@ fn a_service_is_reachable_from_main_by_its_name() {
 }
 
 /// upstream's docker_compose_host_env_vars and docker_compose_host_files
-#[test]
-fn agent_env_vars_and_files() {
-    let mut h = Harness::new("host");
+fn agent_env_vars_and_files(engine: Engine) {
+    let mut h = Harness::new("host", engine);
     let host = tempfile::tempdir().unwrap();
     let (one, two) = (host.path().join("file1.txt"), host.path().join("file2.txt"));
     std::fs::write(&one, "Hello from file1.txt").unwrap();
@@ -441,8 +532,7 @@ fn agent_env_vars_and_files() {
 }
 
 /// upstream's docker_compose_missing_host_files and docker_compose_fail_on_missing_host_files
-#[test]
-fn missing_agent_files_are_skipped_or_fail_the_job() {
+fn missing_agent_files_are_skipped_or_fail_the_job(engine: Engine) {
     let host = tempfile::tempdir().unwrap();
     let one = host.path().join("file1.txt");
     std::fs::write(&one, "Hello from file1.txt").unwrap();
@@ -457,7 +547,7 @@ fn missing_agent_files_are_skipped_or_fail_the_job() {
             "/tmp/agent/notfound.txt".to_string(),
         ),
     ];
-    let mut h = Harness::new("missing");
+    let mut h = Harness::new("missing", engine);
     h.options.compose.files = files.clone();
     let request = h.main_job(&["cat /tmp/agent/file1.txt", "cat /tmp/agent/notfound.txt"]);
     h.check(
@@ -476,7 +566,7 @@ fn missing_agent_files_are_skipped_or_fail_the_job() {
         ],
     );
 
-    let mut h = Harness::new("fail-missing");
+    let mut h = Harness::new("fail-missing", engine);
     h.options.compose.files = files;
     h.options.compose.fail_on_missing_files = true;
     h.check(
@@ -486,9 +576,8 @@ fn missing_agent_files_are_skipped_or_fail_the_job() {
     );
 }
 
-#[test]
-fn an_image_that_does_not_exist_fails_the_pull() {
-    let h = Harness::new("no-image");
+fn an_image_that_does_not_exist_fails_the_pull(engine: Engine) {
+    let h = Harness::new("no-image", engine);
     let request = h.job(
         &[("main", "flotilla-test-does-not-exist:nope")],
         &["echo Hello World"],
@@ -501,9 +590,17 @@ fn an_image_that_does_not_exist_fails_the_pull() {
     );
 }
 
-#[test]
-fn an_image_without_bash_fails_the_start_with_dockers_words() {
-    let h = Harness::new("no-bash");
+fn an_image_without_bash_fails_the_start_with_dockers_words(engine: Engine) {
+    let h = Harness::new("no-bash", engine);
+    // Docker names the missing program; Podman's API answers 409 to the attach, and the job log
+    // says what that usually means.
+    let (words, hint) = match engine {
+        Engine::Host => ("executable file not found", vec![]),
+        Engine::Rootless => (
+            "unable to upgrade to tcp, received 409",
+            vec![format!("{}\n", agent::compose::PODMAN_ATTACH_HINT)],
+        ),
+    };
     let events = h.check(
         &h.job(&[("main", no_bash_image())], &["echo Hello World"]),
         JobResult::Failed,
@@ -516,17 +613,18 @@ fn an_image_without_bash_fails_the_start_with_dockers_words() {
                 "Failed to start the docker image\n"
             ],
             [IGNORE_ONE],
+            hint,
             ["Exit Code: 1", "job_finished: failed"],
         ],
     );
-    let reason = simplified(&events)[simplified(&events).len() - 3].clone();
-    assert!(reason.contains("executable file not found"), "{reason}");
+    let log = simplified(&events);
+    let reason = &log[log.len() - 3 - usize::from(engine == Engine::Rootless)];
+    assert!(reason.contains(words), "{reason}");
 }
 
 /// Bad input never crashes the agent or leaves a container; the job log says what was wrong.
-#[test]
-fn bad_input_fails_with_a_job_log_line() {
-    let h = Harness::new("bad");
+fn bad_input_fails_with_a_job_log_line(engine: Engine) {
+    let h = Harness::new("bad", engine);
 
     h.check(
         &h.job(&[], &["echo never"]),
@@ -580,9 +678,8 @@ fn bad_input_fails_with_a_job_log_line() {
 
 /// Compose dying in the middle of the job (the container is removed under it): every later
 /// command fails, the epilogues still run their course, nothing is left.
-#[test]
-fn the_container_dying_midway_fails_the_job() {
-    let h = Harness::new("midway");
+fn the_container_dying_midway_fails_the_job(engine: Engine) {
+    let h = Harness::new("midway", engine);
     // Through the docker socket the job gets (the image has no docker CLI, curl speaks the API).
     let kill = "curl -s --unix-socket /var/run/docker.sock -X DELETE \"http://localhost/containers/$(hostname)?force=true\"; sleep 5";
     let mut request = h.main_job(&[kill, "echo never"]);
@@ -610,7 +707,7 @@ fn the_container_dying_midway_fails_the_job() {
 /// other call to the real one.
 #[test]
 fn image_pull_credentials_log_in_with_upstreams_lines() {
-    let mut h = Harness::new("login");
+    let mut h = Harness::new("login", Engine::Host);
     let record = tempfile::tempdir().unwrap();
     let real = containers::which("docker").expect("docker on PATH");
     let fake = containers::tools(&[(
@@ -686,7 +783,7 @@ fn fake_gpus(count: u32) -> Vec<Gpu> {
 /// A job that asks for GPUs on a machine without them fails at once with a line saying so.
 #[test]
 fn gpus_asked_for_on_a_machine_without_them_fail_clearly() {
-    let mut h = Harness::new("no-gpus");
+    let mut h = Harness::new("no-gpus", Engine::Host);
     h.options.compose = ComposeOptions {
         gpus: ContainerGpus::All,
         ..ComposeOptions::default()
@@ -715,7 +812,7 @@ fn gpus_asked_for_on_a_machine_without_them_fail_clearly() {
 /// job log, without hanging.
 #[test]
 fn gpus_are_reserved_for_main_in_the_compose_file() {
-    let mut h = Harness::new("gpus");
+    let mut h = Harness::new("gpus", Engine::Host);
     h.options.compose.host_gpus = fake_gpus(2);
     let capture = tempfile::tempdir().unwrap();
     let wrappers = compose_capturing_wrappers(capture.path());
@@ -793,7 +890,7 @@ fn the_agent_binary_wires_files_and_the_gpu_setting() {
     let host = tempfile::tempdir().unwrap();
     let file = host.path().join("file1.txt");
     std::fs::write(&file, "Hello from file1.txt").unwrap();
-    let h = Harness::new("agent-e2e");
+    let h = Harness::new("agent-e2e", Engine::Host);
     let request = h.main_job(&[
         "cat /tmp/agent/file1.txt",
         "echo \"gpus=$FLOTILLA_GPU_COUNT\"",
@@ -847,9 +944,8 @@ fn the_agent_binary_wires_files_and_the_gpu_setting() {
 
 /// A stop while the images are pulled and the services start: the job ends `stopped` at once and
 /// takes its containers with it.
-#[test]
-fn stop_during_the_pull() {
-    let h = Harness::new("stop-pull");
+fn stop_during_the_pull(engine: Engine) {
+    let h = Harness::new("stop-pull", engine);
     let request = h.job(
         &[("main", job_image()), ("db", service_image())],
         &["echo never"],
@@ -873,5 +969,103 @@ fn stop_during_the_pull() {
     assert!(
         !log.contains(&"directive: echo never".to_string()),
         "{log:#?}"
+    );
+}
+
+/// The job's engine is its own: `main`'s `/var/run/docker.sock` is a Podman whose containers are
+/// the job's (its `main` among them) and not the machine's (a container made on the machine's
+/// Docker beforehand is there, and not in the job's list). While the job runs, its engine's
+/// processes and run directory exist (so the checks that nothing of them is left after the job
+/// can see them).
+#[test]
+fn rootless_the_job_drives_its_own_engine_not_the_machines() {
+    let marker = format!("flotilla-ci-machine-{}", std::process::id());
+    let created = std::process::Command::new("docker")
+        .args(["create", "--name", &marker, job_image(), "true"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    assert!(
+        !containers::leftovers(&marker).is_empty(),
+        "the machine's Docker shows {marker}"
+    );
+    let h = Harness::new("own", Engine::Rootless);
+    let api = "curl -s --unix-socket /var/run/docker.sock";
+    let request = h.main_job(&[
+        &format!("{api} http://localhost/version | grep -o 'Podman Engine'"),
+        &format!("{api} 'http://localhost/containers/json?all=1' > /tmp/list; grep -o 'flotilla-cjr-own-[0-9a-f]*-main' /tmp/list"),
+        &format!("grep -c {marker} /tmp/list || true"),
+    ]);
+    let during = std::sync::Arc::new(Mutex::new(None));
+    let seen = during.clone();
+    let user = containers::rootless_user();
+    let watch = move |event: &LogEvent, _: &std::sync::Arc<agent::job::JobControl>| {
+        if matches!(event, LogEvent::CmdStarted { directive, .. } if directive.contains("/version"))
+        {
+            let runtime_dirs = containers::engine_run_dirs().len();
+            *seen.lock().unwrap() = Some((containers::user_processes(&user).len(), runtime_dirs));
+        }
+    };
+    let (result, events) = h.run_with(&request, watch);
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", &marker])
+        .output();
+    assert_eq!(result, JobResult::Passed, "{:#?}", simplified(&events));
+    let output = outputs(&events);
+    assert!(output.contains("Podman Engine\n"), "{output}");
+    assert!(output.contains("flotilla-cjr-own-"), "{output}");
+    assert!(
+        output.contains("\n0\n"),
+        "the job saw the machine's container: {output}"
+    );
+    let (processes, runtime_dirs) = during.lock().unwrap().expect("the watch saw the job run");
+    assert!(
+        processes >= 3,
+        "the engine's processes during the job: {processes}"
+    );
+    assert!(
+        runtime_dirs >= 1,
+        "the engine's run directory during the job"
+    );
+    assert_eq!(
+        containers::engine_run_dirs(),
+        Vec::<String>::new(),
+        "the engine's run directory is left"
+    );
+}
+
+/// A machine that cannot run the job's engine fails the job before anything starts, with a
+/// `Preparing the job executor` line that says what to do: no job user, a job user without
+/// subordinate ids, no Podman on the job's `PATH`.
+#[test]
+fn rootless_without_what_the_engine_needs_fails_clearly() {
+    let mut h = Harness::new("no-user", Engine::Rootless);
+    h.options.job_user = None;
+    h.check(
+        &h.main_job(&["echo never"]),
+        JobResult::Failed,
+        &prepare("The rootless container engine runs a job's containers as the job user, but this agent has no job-user. Set job-user, or container-engine: host.\n"),
+    );
+
+    let mut h = Harness::new("no-subids", Engine::Rootless);
+    let mut nobody = agent::job_user::JobUser::lookup("nobody").unwrap();
+    nobody.home = std::path::PathBuf::from("/");
+    h.options.job_user = Some(nobody);
+    h.check(
+        &h.main_job(&["echo never"]),
+        JobResult::Failed,
+        &prepare("The job user 'nobody' has no subordinate uids in /etc/subuid, so its containers cannot have users of their own. Add a range: usermod --add-subuids 100000-165535 nobody\n"),
+    );
+
+    let mut h = Harness::new("no-podman", Engine::Rootless);
+    let bin = containers::tools(&[]);
+    h.options.shell_env.retain(|(name, _)| name != "PATH");
+    h.options
+        .shell_env
+        .push(("PATH".into(), bin.path().display().to_string()));
+    h.check(
+        &h.main_job(&["echo never"]),
+        JobResult::Failed,
+        &prepare("No container engine: 'podman' is not installed on this machine (apt-get install podman), or run the agent with container-engine: host.\n"),
     );
 }

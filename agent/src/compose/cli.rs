@@ -135,9 +135,10 @@ impl Project {
         args
     }
 
-    /// The job's shell: bash in `main`, with the docker socket and the job's scratch directory
-    /// (read-only, where the agent writes the command and env files) mounted at their own paths.
-    pub fn shell_command(&self, scratch: &Path) -> Vec<String> {
+    /// The job's shell: bash in `main`, with the engine's socket at `/var/run/docker.sock` and the
+    /// job's scratch directory (read-only, where the agent writes the command and env files)
+    /// mounted at its own path.
+    pub fn shell_command(&self, scratch: &Path, socket: &Path) -> Vec<String> {
         let scratch = scratch.display().to_string();
         let mut args = self.base();
         args.extend([
@@ -146,7 +147,7 @@ impl Project {
             "--name".to_string(),
             self.main_container_name(),
             "-v".to_string(),
-            "/var/run/docker.sock:/var/run/docker.sock".to_string(),
+            format!("{}:/var/run/docker.sock", socket.display()),
             "-v".to_string(),
             format!("{scratch}:{scratch}:ro"),
             self.main.clone(),
@@ -229,8 +230,14 @@ mod tests {
             "docker compose --ansi never -f /tmp/j/docker-compose.yml -p flotilla-j1 run --rm main true"
         );
         assert_eq!(
-            project.shell_command(Path::new("/tmp/j")).join(" "),
+            project
+                .shell_command(Path::new("/tmp/j"), Path::new("/var/run/docker.sock"))
+                .join(" "),
             "docker compose --ansi never -f /tmp/j/docker-compose.yml -p flotilla-j1 run --rm --name flotilla-j1-main -v /var/run/docker.sock:/var/run/docker.sock -v /tmp/j:/tmp/j:ro main bash"
         );
+        assert!(project
+            .shell_command(Path::new("/tmp/j"), Path::new("/tmp/j/engine/podman.sock"))
+            .join(" ")
+            .contains(" -v /tmp/j/engine/podman.sock:/var/run/docker.sock "));
     }
 }

@@ -78,18 +78,22 @@ pub fn ecr_login_command(cli_v2: bool, account_id: Option<&str>) -> String {
     }
 }
 
+/// Where the logins run: the Compose CLI's environment, and its user (the job user for a job's
+/// own engine, whose pulls then read the logins from the job user's `HOME`; the agent otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub env: &'a [(String, String)],
+    pub user: Option<&'a crate::job_user::JobUser>,
+}
+
 /// Logs in with every credential; the directive's exit code (0, or 1 at the first failure).
-pub fn set_up(
-    credentials: &[ImagePullCredentials],
-    shell_env: &[(String, String)],
-    log: &JobLog,
-) -> i32 {
+pub fn set_up(credentials: &[ImagePullCredentials], login: &Login<'_>, log: &JobLog) -> i32 {
     let started_at = unix_now();
     log.cmd_started(DIRECTIVE);
     let mut exit = 0;
     for credential in credentials {
         exit = match strategy(credential) {
-            Ok(kind) => log_in(kind, credential, shell_env, log),
+            Ok(kind) => log_in(kind, credential, login, log),
             Err(error) => {
                 log.cmd_output(
                     format!("Failed to resolve docker login strategy: {error}\n").as_bytes(),
@@ -108,7 +112,7 @@ pub fn set_up(
 fn log_in(
     kind: Strategy,
     credential: &ImagePullCredentials,
-    shell_env: &[(String, String)],
+    login: &Login<'_>,
     log: &JobLog,
 ) -> i32 {
     let title = match kind {
@@ -119,7 +123,7 @@ fn log_in(
     };
     log.cmd_output(format!("Setting up credentials for {title}\n").as_bytes());
     let env = match decoded(&credential.env_vars) {
-        Ok(env) => command_env(env, shell_env),
+        Ok(env) => command_env(env, login),
         Err(name) => {
             log.cmd_output(format!("Failed to decode {name}\n").as_bytes());
             return 1;
@@ -128,14 +132,14 @@ fn log_in(
     let command = match kind {
         Strategy::DockerHub => "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin".to_string(),
         Strategy::GenericDocker => r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#.to_string(),
-        Strategy::Gcr => match write_files(credential, &env) {
+        Strategy::Gcr => match write_files_as(login.user, credential, &env) {
             Ok(()) => "cat /tmp/gcr/keyfile.json | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME".to_string(),
             Err(message) => {
                 log.cmd_output(format!("{message}\n").as_bytes());
                 return 1;
             }
         },
-        Strategy::Ecr => match ecr_command(&env) {
+        Strategy::Ecr => match ecr_command(&env, login.user) {
             Ok(command) => command,
             Err(message) => {
                 log.cmd_output(format!("Failed to determine docker login command: {message}\n").as_bytes());
@@ -144,7 +148,7 @@ fn log_in(
         },
     };
     log.cmd_output(format!("{command}\n").as_bytes());
-    let (success, output) = bash(&command, &env);
+    let (success, output) = bash(&command, &env, login.user);
     for line in output.split('\n') {
         log.cmd_output(format!("{line}\n").as_bytes());
     }
@@ -171,16 +175,32 @@ fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// The credential's variables, plus `PATH` (the job's) and the agent's own `HOME`.
-fn command_env(
-    mut env: Vec<(String, String)>,
-    shell_env: &[(String, String)],
-) -> Vec<(String, String)> {
-    let path = shell_env
-        .iter()
-        .find(|(name, _)| name == "PATH")
-        .map(|(_, v)| v.clone());
-    for (name, value) in [("PATH", path), ("HOME", std::env::var("HOME").ok())] {
+/// The credential's variables, plus `PATH` (the job's) and `HOME`: the agent's own, or with a job
+/// user the job's, with the engine's variables (`DOCKER_HOST`, Podman's configuration).
+fn command_env(mut env: Vec<(String, String)>, login: &Login<'_>) -> Vec<(String, String)> {
+    let from_client = |name: &str| {
+        login
+            .env
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let home = match login.user {
+        Some(_) => from_client("HOME"),
+        None => std::env::var("HOME").ok(),
+    };
+    let mut wanted = vec![("PATH", from_client("PATH")), ("HOME", home)];
+    if login.user.is_some() {
+        for name in [
+            "DOCKER_HOST",
+            "CONTAINERS_CONF",
+            "CONTAINERS_STORAGE_CONF",
+            "XDG_RUNTIME_DIR",
+        ] {
+            wanted.push((name, from_client(name)));
+        }
+    }
+    for (name, value) in wanted {
         if let (Some(value), false) = (value, env.iter().any(|(n, _)| n == name)) {
             env.push((name.to_string(), value));
         }
@@ -188,16 +208,28 @@ fn command_env(
     env
 }
 
-/// Runs `bash -c command` with exactly `env`; whether it exited 0, and its combined output.
-fn bash(command: &str, env: &[(String, String)]) -> (bool, String) {
-    let output = Command::new("bash")
+/// Runs `bash -c command` with exactly `env` (as `user` when given); whether it exited 0, and its
+/// combined output.
+fn bash(
+    command: &str,
+    env: &[(String, String)],
+    user: Option<&crate::job_user::JobUser>,
+) -> (bool, String) {
+    let mut process = Command::new("bash");
+    process
         .arg("-c")
         .arg(format!("{{ {command}\n}} 2>&1"))
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .output();
-    match output {
+        .stdin(Stdio::null());
+    if let Some(user) = user.cloned() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: become_in_child makes only async-signal-safe system calls.
+        unsafe {
+            process.pre_exec(move || user.become_in_child());
+        }
+    }
+    match process.output() {
         Ok(output) => (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -206,8 +238,11 @@ fn bash(command: &str, env: &[(String, String)]) -> (bool, String) {
     }
 }
 
-fn ecr_command(env: &[(String, String)]) -> Result<String, String> {
-    let (_, version) = bash("aws --version", env);
+fn ecr_command(
+    env: &[(String, String)],
+    user: Option<&crate::job_user::JobUser>,
+) -> Result<String, String> {
+    let (_, version) = bash("aws --version", env, user);
     let v2 = is_aws_cli_v2(&version)
         .ok_or_else(|| format!("cannot tell the AWS CLI version from '{}'", version.trim()))?;
     let account = env
@@ -219,6 +254,7 @@ fn ecr_command(env: &[(String, String)]) -> Result<String, String> {
             let (ok, output) = bash(
                 "aws sts get-caller-identity --query Account --output text",
                 env,
+                user,
             );
             if !ok {
                 return Err(format!("cannot find the AWS account id: {}", output.trim()));
@@ -228,6 +264,21 @@ fn ecr_command(env: &[(String, String)]) -> Result<String, String> {
         (_, account) => account,
     };
     Ok(ecr_login_command(v2, account.as_deref()))
+}
+
+/// [`write_files`] as `user` when there is one (the files are then the user's, and the user may
+/// write only where it could anyway).
+fn write_files_as(
+    user: Option<&crate::job_user::JobUser>,
+    credential: &ImagePullCredentials,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    match user {
+        Some(user) => user
+            .run_as(|| write_files(credential, env))
+            .map_err(|error| error.to_string())?,
+        None => write_files(credential, env),
+    }
 }
 
 /// Writes the credential's files (GCR's key file) on the host.

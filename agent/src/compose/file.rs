@@ -238,6 +238,20 @@ pub struct ComposeInput<'a> {
     pub host_files: &'a [(String, String)],
     pub gpu_mode: ContainerGpus,
     pub host_gpus: &'a [Gpu],
+    pub dialect: Dialect,
+}
+
+/// What the engine behind Compose understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Docker: GPUs as a Compose device reservation (`driver: nvidia`, NVIDIA's runtime), the
+    /// services as `links` of `main` (upstream's shape).
+    #[default]
+    Docker,
+    /// A rootless Podman: GPUs as CDI device names (`nvidia.com/gpu=all`, `nvidia.com/gpu=0`, from
+    /// the specs `nvidia-ctk cdi generate` writes); the services as `depends_on` of `main`
+    /// (Podman's API refuses links; its network's DNS answers the services' names).
+    Podman,
 }
 
 /// The compose file's text for `input`, or why the job cannot run.
@@ -258,9 +272,9 @@ pub fn compose_file(input: &ComposeInput<'_>) -> Result<String, ComposeFileError
             .cloned()
             .collect();
         env.extend(crate::gpu::job_env(&gpus, &env));
-        let mut service = service(container, &env, &grants[position]);
+        let mut service = service(container, &env, &grants[position], input.dialect);
         if position == 0 {
-            add_main_extras(&mut service, &names[1..], input.host_files);
+            add_main_extras(&mut service, &names[1..], input.host_files, input.dialect);
         }
         services.insert(container.name.clone().into(), Value::Mapping(service));
     }
@@ -276,7 +290,12 @@ fn literal(text: &str) -> Value {
     Value::String(text.replace('$', "$$"))
 }
 
-fn service(container: &Container, env: &[(String, String)], gpus: &GpuGrant) -> Mapping {
+fn service(
+    container: &Container,
+    env: &[(String, String)],
+    gpus: &GpuGrant,
+    dialect: Dialect,
+) -> Mapping {
     let mut service = Mapping::new();
     service.insert("image".into(), literal(&container.image));
     for (key, value) in [
@@ -295,16 +314,34 @@ fn service(container: &Container, env: &[(String, String)], gpus: &GpuGrant) -> 
         }
         service.insert("environment".into(), Value::Mapping(environment));
     }
-    if let Some(reservation) = gpu_reservation(gpus) {
-        service.insert("deploy".into(), reservation);
+    match dialect {
+        Dialect::Docker => {
+            if let Some(reservation) = gpu_reservation(gpus) {
+                service.insert("deploy".into(), reservation);
+            }
+        }
+        Dialect::Podman => {
+            if let Some(devices) = cdi_devices(gpus) {
+                service.insert("devices".into(), devices);
+            }
+        }
     }
     service
 }
 
-fn add_main_extras(service: &mut Mapping, others: &[&str], host_files: &[(String, String)]) {
+fn add_main_extras(
+    service: &mut Mapping,
+    others: &[&str],
+    host_files: &[(String, String)],
+    dialect: Dialect,
+) {
     if !others.is_empty() {
         let links = others.iter().map(|name| Value::from(*name)).collect();
-        service.insert("links".into(), Value::Sequence(links));
+        let key = match dialect {
+            Dialect::Docker => "links",
+            Dialect::Podman => "depends_on",
+        };
+        service.insert(key.into(), Value::Sequence(links));
     }
     if !host_files.is_empty() {
         let volumes = host_files
@@ -313,6 +350,19 @@ fn add_main_extras(service: &mut Mapping, others: &[&str], host_files: &[(String
             .collect();
         service.insert("volumes".into(), Value::Sequence(volumes));
     }
+}
+
+/// `devices: [nvidia.com/gpu=all]` or one CDI name per GPU index or UUID.
+fn cdi_devices(gpus: &GpuGrant) -> Option<Value> {
+    let names: Vec<Value> = match gpus {
+        GpuGrant::None => return None,
+        GpuGrant::All => vec!["nvidia.com/gpu=all".into()],
+        GpuGrant::Devices(ids) => ids
+            .iter()
+            .map(|id| Value::from(format!("nvidia.com/gpu={id}")))
+            .collect(),
+    };
+    Some(Value::Sequence(names))
 }
 
 /// `deploy.resources.reservations.devices: [{driver: nvidia, count|device_ids, capabilities: [gpu]}]`.
@@ -382,6 +432,7 @@ mod tests {
             host_files: files,
             gpu_mode: mode,
             host_gpus: host,
+            dialect: Dialect::Docker,
         })
     }
 
@@ -548,6 +599,33 @@ mod tests {
         );
         assert_eq!(main["environment"]["FLOTILLA_GPU_COUNT"], Value::from("1"));
         assert_eq!(main["environment"][VISIBLE_DEVICES], Value::from("1"));
+    }
+
+    #[test]
+    fn a_rootless_engine_gets_cdi_device_names_and_depends_on() {
+        let asked = container("main", "cuda", &[(VISIBLE_DEVICES, "1,GPU-0")]);
+        let table = [
+            (container("main", "cuda", &[]), vec!["nvidia.com/gpu=all"]),
+            (asked, vec!["nvidia.com/gpu=1", "nvidia.com/gpu=GPU-0"]),
+        ];
+        for (main, expected) in table {
+            let text = compose_file(&ComposeInput {
+                containers: &[main, container("db", "postgres", &[])],
+                host_files: &[],
+                gpu_mode: ContainerGpus::Auto,
+                host_gpus: &gpus(2),
+                dialect: Dialect::Podman,
+            })
+            .unwrap();
+            let value: Value = serde_yaml::from_str(&text).unwrap();
+            let main = &value["services"]["main"];
+            let expected: Vec<Value> = expected.into_iter().map(Value::from).collect();
+            assert_eq!(main["devices"], Value::Sequence(expected), "{text}");
+            assert_eq!(main.get("deploy"), None, "{text}");
+            assert_eq!(value["services"]["db"].get("devices"), None, "{text}");
+            assert_eq!(main.get("links"), None, "{text}");
+            assert_eq!(main["depends_on"][0], Value::from("db"), "{text}");
+        }
     }
 
     #[test]

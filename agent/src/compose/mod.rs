@@ -25,6 +25,7 @@
 
 pub mod cli;
 pub mod credentials;
+pub mod engine;
 pub mod file;
 pub mod inject;
 
@@ -33,6 +34,7 @@ use crate::job::{fail_before_shell, JobControl, JobOptions, PREPARE_DIRECTIVE};
 use crate::joblog::JobLog;
 use crate::shell::{pty, unix_now, Shell, ShellProgram};
 use cli::Project;
+use engine::{ContainerEngine, JobEngine};
 pub use file::ContainerGpus;
 use protocol::JobRequest;
 use std::io::{BufRead, Write};
@@ -48,7 +50,13 @@ pub const SHELL_READY_TIMEOUT: Duration = Duration::from_secs(300);
 const REFUSE: &[&str] = &[
     "executable file not found",
     "is already in use by container",
+    PODMAN_ATTACH_REFUSED,
 ];
+/// Podman's Docker API refuses the attach to a container that exited at once (its own words on
+/// why are lost behind it).
+const PODMAN_ATTACH_REFUSED: &str = "unable to upgrade to tcp, received 409";
+/// The job log's explanation of [`PODMAN_ATTACH_REFUSED`].
+pub const PODMAN_ATTACH_HINT: &str = "The container of the job's first image exited as soon as it started. The usual cause: the image has no bash, which runs the job's commands (an image such as Alpine's needs bash added).";
 
 /// What container jobs take from the agent's configuration.
 #[derive(Debug, Clone, Default)]
@@ -61,23 +69,91 @@ pub struct ComposeOptions {
     pub gpus: ContainerGpus,
     /// This machine's GPUs (the agent's inventory).
     pub host_gpus: Vec<Gpu>,
+    /// `container-engine`: the machine's Docker or a rootless engine of the job's own.
+    pub engine: ContainerEngine,
 }
 
-/// Prepares and starts the job's containers and returns the shell in `main` with the project to
-/// take down at the end; `None` when the job cannot run (the job log says why, except where
-/// upstream logs to the agent only, and nothing is left running).
+/// A container job's Compose project and, with `container-engine: rootless`, its own engine.
+#[derive(Debug)]
+pub struct Containers {
+    pub project: Project,
+    pub engine: Option<JobEngine>,
+}
+
+impl Containers {
+    /// The environment the Compose CLI runs with: the job's, plus the engine's own.
+    fn client_env<'a>(&'a self, options: &'a JobOptions) -> &'a [(String, String)] {
+        match &self.engine {
+            Some(engine) => engine.env(),
+            None => &options.shell_env,
+        }
+    }
+
+    /// Who runs the Compose CLI: the job user for a job's own engine (its socket is that user's
+    /// alone), the agent for the machine's Docker.
+    fn client_user(&self) -> Option<&crate::job_user::JobUser> {
+        self.engine.as_ref().map(JobEngine::user)
+    }
+
+    /// The socket `main` gets at `/var/run/docker.sock` (upstream mounts the machine's).
+    fn socket(&self) -> std::path::PathBuf {
+        match &self.engine {
+            Some(engine) => engine.socket(),
+            None => std::path::PathBuf::from("/var/run/docker.sock"),
+        }
+    }
+
+    /// Takes everything down: the project on the machine's Docker, or the job's whole engine.
+    pub fn down(self) {
+        match self.engine {
+            Some(engine) => engine.tear_down(),
+            None => self.project.down(),
+        }
+    }
+}
+
+/// Prepares and starts the job's containers and returns the shell in `main` with what to take
+/// down at the end; `None` when the job cannot run (the job log says why, except where upstream
+/// logs to the agent only, and nothing is left running).
 pub fn start(
     request: &JobRequest,
     options: &JobOptions,
     log: &JobLog,
     control: &JobControl,
     scratch: &Path,
-) -> Option<(Shell, Project)> {
+) -> Option<(Shell, Containers)> {
     let project = prepare(request, options, log, scratch)?;
-    match start_containers(request, options, log, control, scratch, &project) {
-        Some(shell) => Some((shell, project)),
+    let containers = Containers {
+        project,
+        engine: start_engine(options, log, scratch)?,
+    };
+    match start_containers(request, options, log, control, scratch, &containers) {
+        Some(shell) => Some((shell, containers)),
         None => {
-            project.down();
+            containers.down();
+            None
+        }
+    }
+}
+
+/// The job's own engine, for `container-engine: rootless`; `Some(None)` for the machine's Docker.
+fn start_engine(options: &JobOptions, log: &JobLog, scratch: &Path) -> Option<Option<JobEngine>> {
+    let ContainerEngine::Rootless(rootless) = &options.compose.engine else {
+        return Some(None);
+    };
+    let started = std::time::Instant::now();
+    let user = options.job_user.as_ref();
+    match JobEngine::start(rootless, user, scratch, &options.shell_env) {
+        Ok(engine) => {
+            tracing::info!(
+                "The job's container engine answered in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            Some(Some(engine))
+        }
+        Err(error) => {
+            tracing::error!("Error starting the job's container engine: {error}");
+            fail_before_shell(log, PREPARE_DIRECTIVE, &error.to_string());
             None
         }
     }
@@ -105,7 +181,9 @@ fn prepare(
             "Failed to share the scratch directory with the containers: {error}"
         ));
     }
-    if let Some(message) = docker_refused(options) {
+    if let (ContainerEngine::Host, Some(message)) =
+        (&options.compose.engine, docker_refused(options))
+    {
         return fail(message);
     }
     run_host_commands(request, options).ok()?;
@@ -125,6 +203,10 @@ fn prepare(
         host_files: &host_files,
         gpu_mode: options.compose.gpus,
         host_gpus: &options.compose.host_gpus,
+        dialect: match options.compose.engine {
+            ContainerEngine::Host => file::Dialect::Docker,
+            ContainerEngine::Rootless(_) => file::Dialect::Podman,
+        },
     };
     let text = match file::compose_file(&input) {
         Ok(text) => text,
@@ -160,9 +242,10 @@ fn docker_refused(options: &JobOptions) -> Option<String> {
     };
     (!user.may_use(Path::new(socket))).then(|| {
         format!(
-            "Container jobs need Docker, but the job user '{}' cannot use {socket}. On a Flotilla \
-             stack, set JobDockerAccess=true (membership of the docker group is root on this \
-             machine).",
+            "Container jobs need Docker, but the job user '{}' cannot use {socket}. Run the agent \
+             with container-engine: rootless (the job's own engine, the Flotilla stack's default), \
+             or on a Flotilla stack set JobDockerAccess=true (membership of the docker group is \
+             root on this machine).",
             user.name
         )
     })
@@ -244,33 +327,40 @@ fn start_containers(
     log: &JobLog,
     control: &JobControl,
     scratch: &Path,
-    project: &Project,
+    containers: &Containers,
 ) -> Option<Shell> {
     let credentials = &request.compose.image_pull_credentials;
-    if !credentials.is_empty() && credentials::set_up(credentials, &options.shell_env, log) != 0 {
+    let login = credentials::Login {
+        env: containers.client_env(options),
+        user: containers.client_user(),
+    };
+    if !credentials.is_empty() && credentials::set_up(credentials, &login, log) != 0 {
         tracing::error!("Failed to set up image pull secrets");
         return None;
     }
-    if control.is_stopped() || pull(project, options, log, control) != 0 {
+    if control.is_stopped() || pull(containers, options, log, control) != 0 {
         tracing::error!("Failed to pull images");
         return None;
     }
     if control.is_stopped() {
         return None;
     }
-    start_shell(project, options, log, scratch)
+    start_shell(containers, options, log, scratch)
 }
 
 /// `Pulling docker images...`: `run --rm main true` in a PTY, every line of its output logged.
-fn pull(project: &Project, options: &JobOptions, log: &JobLog, control: &JobControl) -> i32 {
+fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &JobControl) -> i32 {
     let started_at = unix_now();
     log.cmd_started(PULL_DIRECTIVE);
-    let exit = match run_in_pty(
-        &project.pull_command(),
-        &options.shell_env,
-        control,
-        &mut |line| log.cmd_output(format!("{line}\n").as_bytes()),
-    ) {
+    let pull = containers.project.pull_command();
+    let command = Client {
+        command: &pull,
+        env: containers.client_env(options),
+        user: containers.client_user(),
+    };
+    let exit = match run_in_pty(&command, control, &mut |line| {
+        log.cmd_output(format!("{line}\n").as_bytes())
+    }) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(error) => {
@@ -283,19 +373,26 @@ fn pull(project: &Project, options: &JobOptions, log: &JobLog, control: &JobCont
     exit
 }
 
-/// Runs `command` in a PTY of its own (as the agent), each output line (without its line end) to
-/// `on_line`; whether it exited 0. A stop kills it.
+/// A Compose CLI call: its arguments (program first), environment and user.
+struct Client<'a> {
+    command: &'a [String],
+    env: &'a [(String, String)],
+    user: Option<&'a crate::job_user::JobUser>,
+}
+
+/// Runs the client's command in a PTY of its own (as its user), each output line (without its
+/// line end) to `on_line`; whether it exited 0. A stop kills it.
 fn run_in_pty(
-    command: &[String],
-    env: &[(String, String)],
+    client: &Client<'_>,
     control: &JobControl,
     on_line: &mut dyn FnMut(&str),
 ) -> std::io::Result<bool> {
     let terminal = pty::open_pty()?;
+    let command = client.command;
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
-    let mut child = pty::spawn_in_pty(&terminal, &command[0], &args, env)?;
+    let mut child = pty::spawn_in_pty_as(&terminal, &command[0], &args, client.env, client.user)?;
     drop(terminal.slave);
-    control.attach(child.id() as i32, None);
+    control.attach(child.id() as i32, client.user);
     let mut reader = std::io::BufReader::new(terminal.master);
     let mut line = Vec::new();
     loop {
@@ -317,7 +414,7 @@ fn run_in_pty(
 
 /// `Starting the docker image...`: bash in `main`, through the Compose CLI in the job's PTY.
 fn start_shell(
-    project: &Project,
+    containers: &Containers,
     options: &JobOptions,
     log: &JobLog,
     scratch: &Path,
@@ -326,7 +423,9 @@ fn start_shell(
     log.cmd_started(START_DIRECTIVE);
     log.cmd_output(b"Starting a new bash session.\n");
     tracing::debug!("Starting stateful shell");
-    let command = project.shell_command(scratch);
+    let command = containers
+        .project
+        .shell_command(scratch, &containers.socket());
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     let program = ShellProgram {
         program: &command[0],
@@ -336,12 +435,16 @@ fn start_shell(
         user: options.job_user.as_ref(),
         ready_timeout: Some(SHELL_READY_TIMEOUT),
     };
-    let (exit, shell) = match Shell::start_program(&program, &options.shell_env, scratch) {
+    let env = containers.client_env(options);
+    let (exit, shell) = match Shell::start_program(&program, env, scratch) {
         Ok(shell) => (0, Some(shell)),
         Err(error) => {
             tracing::error!("Failed to start stateful shell err: {error}");
             log.cmd_output(b"Failed to start the docker image\n");
             log.cmd_output(format!("{error}\n").as_bytes());
+            if error.to_string().contains(PODMAN_ATTACH_REFUSED) {
+                log.cmd_output(format!("{PODMAN_ATTACH_HINT}\n").as_bytes());
+            }
             (1, None)
         }
     };

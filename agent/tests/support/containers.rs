@@ -136,3 +136,136 @@ pub fn which(program: &str) -> Option<PathBuf> {
             .find(|candidate| candidate.is_file())
     })
 }
+
+/// The job user of the rootless-engine tests: `flotilla-ci-job`, made here when missing (as the
+/// AMI makes `flotilla-job`), with the subordinate ids `useradd` gives a new user. Root only.
+pub const ROOTLESS_USER: &str = "flotilla-ci-job";
+
+pub fn rootless_user() -> agent::job_user::JobUser {
+    static MADE: OnceLock<()> = OnceLock::new();
+    MADE.get_or_init(|| {
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "the rootless-engine tests make a job user: run them as root (CI does)"
+        );
+        if agent::job_user::JobUser::lookup(ROOTLESS_USER).is_err() {
+            let status = Command::new("useradd")
+                .args(["--create-home", "--shell", "/bin/bash", ROOTLESS_USER])
+                .status()
+                .expect("useradd");
+            assert!(status.success(), "useradd {ROOTLESS_USER}");
+        }
+        for (file, flag) in [
+            ("/etc/subuid", "--add-subuids"),
+            ("/etc/subgid", "--add-subgids"),
+        ] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{ROOTLESS_USER}:")))
+            {
+                let status = Command::new("usermod")
+                    .args([flag, "300000-365535", ROOTLESS_USER])
+                    .status()
+                    .expect("usermod");
+                assert!(status.success(), "usermod {flag} {ROOTLESS_USER}");
+            }
+        }
+    });
+    agent::job_user::JobUser::lookup(ROOTLESS_USER).expect("the rootless job user")
+}
+
+/// A read-only image store for the job's engine holding `images` (from the host's Docker), as
+/// the AMI bakes one: written once per test run by the job user with `podman load`.
+pub fn rootless_store(images: &[&str]) -> PathBuf {
+    let user = rootless_user();
+    // One store for every run (loading what is there already costs nothing), not one per run left
+    // behind in /tmp.
+    let store = std::env::temp_dir().join("flotilla-ci-images");
+    let archive =
+        std::env::temp_dir().join(format!("flotilla-ci-images-{}.tar", std::process::id()));
+    let saved = Command::new("docker")
+        .arg("save")
+        .arg("-o")
+        .arg(&archive)
+        .args(images)
+        .status()
+        .expect("docker save");
+    assert!(saved.success(), "docker save {images:?}");
+    std::fs::set_permissions(
+        &archive,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let output = Command::new("su")
+        .args([ROOTLESS_USER, "-s", "/bin/bash", "-c"])
+        .arg(format!(
+            "cd / && XDG_RUNTIME_DIR={store}-run podman --root {store} --runroot {store}-run --storage-driver overlay load -i {archive}",
+            store = store.display(),
+            archive = archive.display()
+        ))
+        .output()
+        .expect("podman load");
+    let _ = std::fs::remove_file(&archive);
+    assert!(
+        output.status.success(),
+        "podman load into {}: {}{}",
+        store.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(user.uid > 0);
+    store
+}
+
+/// What is left of the job user's: its processes and those of its subordinate ids (zombies
+/// excepted: they hold nothing and their parent reaps them), as `pid uid command` lines.
+pub fn user_processes(user: &agent::job_user::JobUser) -> Vec<String> {
+    let subordinate = std::fs::read_to_string("/etc/subuid")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() == 3 && (fields[0] == user.name || fields[0] == user.uid.to_string()))
+                .then(|| {
+                    Some((
+                        fields[1].parse::<u32>().ok()?,
+                        fields[2].parse::<u32>().ok()?,
+                    ))
+                })
+                .flatten()
+        })
+        .collect::<Vec<_>>();
+    let output = Command::new("ps")
+        .args(["-e", "-o", "pid=,uid=,stat=,args="])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(uid), Some(stat)) = (fields.get(1), fields.get(2)) else {
+                return false;
+            };
+            let Ok(uid) = uid.parse::<u32>() else {
+                return false;
+            };
+            let ours = uid == user.uid
+                || subordinate
+                    .iter()
+                    .any(|(start, count)| uid >= *start && uid < start + count);
+            ours && !stat.starts_with('Z')
+        })
+        .map(|line| line.trim().to_string())
+        .collect()
+}
+
+/// The rootless engines' run directories on this machine (`/tmp/flotilla-engine-*`).
+pub fn engine_run_dirs() -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("flotilla-engine-"))
+        .collect()
+}
