@@ -106,6 +106,16 @@ variable "cuda_image" {
   description = "Image the GPU self-test runs `nvidia-smi` in (docker run --gpus all)."
 }
 
+variable "engine_images" {
+  type        = list(string)
+  default     = []
+  description = "Images baked into the store of every container job's rootless engine (/var/lib/flotilla-images): a job whose images are here starts without a pull. The GPU variant adds cuda_image."
+  validation {
+    condition     = length([for image in var.engine_images : image if regex_replace(image, "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", "") != ""]) == 0
+    error_message = "Each of engine_images must be an image reference such as nvidia/cuda:12.8.1-base-ubuntu24.04."
+  }
+}
+
 variable "nvidia_driver_branch" {
   type        = string
   default     = "580"
@@ -181,6 +191,7 @@ locals {
     "FLOTILLA_GPU=${var.gpu}",
     "FLOTILLA_NVIDIA_DRIVER_BRANCH=${var.nvidia_driver_branch}",
     "FLOTILLA_STAGING=/tmp/flotilla",
+    "FLOTILLA_ENGINE_IMAGES=${join(" ", concat(var.engine_images, var.gpu ? [var.cuda_image] : []))}",
   ]
 
   tags = {
@@ -308,6 +319,13 @@ build {
     script           = "${local.root}/scripts/install-gpu.sh"
     environment_vars = local.install_env
     execute_command  = var.gpu ? "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}" : "echo 'CPU variant: install-gpu.sh skipped'"
+  }
+
+  # 4b. Images for the container jobs' rootless engines (pulled as flotilla-job).
+  provisioner "shell" {
+    script           = "${local.root}/scripts/bake-images.sh"
+    environment_vars = local.install_env
+    execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
   }
 
   # 5. Make instances boot clean: cloud-init state, SSH host keys, machine id, logs, staging.

@@ -1,5 +1,7 @@
 //! Container-job benchmarks (figures, not assertions), each a ratio to the shell executor measured
-//! in the same run on the same machine:
+//! in the same run on the same machine, for both engines: the machine's Docker (`host`) and the
+//! job's own rootless Podman (`rootless`, as the job user `flotilla-ci-job`; its image from a baked
+//! store, its engine's start counted in the agent's part):
 //! (a) start overhead: job start → the first command's `cmd_started`, minus the time spent inside
 //!     `docker compose run` itself (the `Pulling docker images...` and `Starting the docker
 //!     image...` steps, timed from their own events) — what the agent adds around Compose; for the
@@ -8,7 +10,8 @@
 //!     and the agent's PTY, from the command's `cmd_started` to its `cmd_finished` in the job log;
 //!     and, for comparison, a bare `compose run main cat` read from a PTY (first byte to last), the
 //!     relay Compose itself manages without the agent.
-//! Needs Docker and Compose; the job image is the tests' base image (`.ci/base-image`).
+//! Needs Docker, Compose, Podman and root; the job image is the tests' base image
+//! (`.ci/base-image`).
 //! `cargo bench -p agent --bench containers [start|throughput]`; sizes: `BENCH_CONTAINER_JOBS`,
 //! `BENCH_CONTAINER_LOG_MB`, `BENCH_CONTAINER_ROUNDS`.
 
@@ -17,6 +20,7 @@ mod common;
 #[path = "../tests/support/containers.rs"]
 mod containers;
 
+use agent::compose::engine::{ContainerEngine, RootlessOptions};
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
 use common::{env_usize, make_data, median};
@@ -62,21 +66,58 @@ fn millis(from: Instant, to: Instant) -> f64 {
     to.duration_since(from).as_secs_f64() * 1000.0
 }
 
-fn options(scratch: &std::path::Path) -> JobOptions {
-    JobOptions {
-        shell_env: job_environment(std::env::vars()),
-        scratch_root: scratch.to_path_buf(),
-        ..JobOptions::default()
+/// Which executor, and for containers which engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Shell,
+    Host,
+    Rootless,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Shell, Kind::Host, Kind::Rootless];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Shell => "shell executor",
+            Kind::Host => "container, host Docker",
+            Kind::Rootless => "container, rootless engine",
+        }
     }
 }
 
-fn job(id: &str, container: bool, command: &str) -> JobRequest {
+fn options(scratch: &std::path::Path, kind: Kind) -> JobOptions {
+    let mut options = JobOptions {
+        shell_env: job_environment(std::env::vars()),
+        scratch_root: scratch.to_path_buf(),
+        ..JobOptions::default()
+    };
+    if kind == Kind::Rootless {
+        use std::os::unix::fs::PermissionsExt;
+        let user = containers::rootless_user();
+        std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711)).unwrap();
+        user.apply_to_environment(&mut options.shell_env);
+        options.job_user = Some(user);
+        options.compose.engine = ContainerEngine::Rootless(RootlessOptions {
+            image_store: Some(image_store().to_path_buf()),
+        });
+    }
+    options
+}
+
+/// The rootless engine's baked store, holding the base image.
+fn image_store() -> &'static std::path::Path {
+    static STORE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| containers::rootless_store(&[containers::base_image()]))
+}
+
+fn job(id: &str, kind: Kind, command: &str) -> JobRequest {
     let mut request = JobRequest {
         job_id: id.into(),
         commands: vec![Command::new(command)],
         ..JobRequest::default()
     };
-    if container {
+    if kind != Kind::Shell {
         request.executor = "dockercompose".into();
         request.compose = Compose {
             containers: vec![Container {
@@ -90,22 +131,22 @@ fn job(id: &str, container: bool, command: &str) -> JobRequest {
     request
 }
 
-/// (total, overhead) in ms of one job: job start → first command started, and that minus the
-/// time spent in the shell's start (Compose's two runs, or bash's start).
-fn start_figures(container: bool, scratch: &std::path::Path) -> (f64, f64, f64) {
-    let request = job(&format!("bench-start-{container}"), container, "true");
-    let timeline = run_timed(&request, &options(scratch), scratch);
+/// (total, shell start, overhead) in ms of one job: job start → first command started, the time
+/// spent in the shell's start (Compose's two runs, or bash's start), and the rest.
+fn start_figures(kind: Kind, scratch: &std::path::Path) -> (f64, f64, f64) {
+    let request = job(&format!("bench-start-{kind:?}"), kind, "true");
+    let timeline = run_timed(&request, &options(scratch, kind), scratch);
     let job_started = timeline[0].0;
     let (first, _) = span(&timeline, "true");
     let total = millis(job_started, first);
-    let shell = if container {
-        let (pull_start, pull_end) = span(&timeline, "Pulling docker images...");
-        let (shell_start, shell_end) = span(&timeline, "Starting the docker image...");
-        millis(pull_start, pull_end) + millis(shell_start, shell_end)
-    } else {
+    let shell = if kind == Kind::Shell {
         // Bash's start: from job_started to the export directive, which follows it at once.
         let (export, _) = span(&timeline, "Exporting environment variables");
         millis(job_started, export)
+    } else {
+        let (pull_start, pull_end) = span(&timeline, "Pulling docker images...");
+        let (shell_start, shell_end) = span(&timeline, "Starting the docker image...");
+        millis(pull_start, pull_end) + millis(shell_start, shell_end)
     };
     (total, shell, total - shell)
 }
@@ -113,29 +154,31 @@ fn start_figures(container: bool, scratch: &std::path::Path) -> (f64, f64, f64) 
 fn start_overhead() {
     let jobs = env_usize("BENCH_CONTAINER_JOBS", 5);
     let scratch = tempfile::tempdir().unwrap();
-    let mut figures: [Vec<(f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    let mut figures: [Vec<(f64, f64, f64)>; 3] = Default::default();
     for _ in 0..jobs {
-        for container in [false, true] {
-            figures[container as usize].push(start_figures(container, scratch.path()));
+        for (index, kind) in Kind::ALL.into_iter().enumerate() {
+            figures[index].push(start_figures(kind, scratch.path()));
         }
     }
     let column = |index: usize, pick: fn(&(f64, f64, f64)) -> f64| {
         median(figures[index].iter().map(pick).collect())
     };
-    let (shell_total, shell_own, shell_overhead) =
-        (column(0, |f| f.0), column(0, |f| f.1), column(0, |f| f.2));
-    let (ct_total, ct_compose, ct_overhead) =
-        (column(1, |f| f.0), column(1, |f| f.1), column(1, |f| f.2));
     println!(
         "(a) job start, median of {jobs} jobs each (job start -> first command's cmd_started):"
     );
-    println!("    shell executor      total {shell_total:8.1} ms, bash start {shell_own:8.1} ms, agent overhead {shell_overhead:6.1} ms");
-    println!("    container executor  total {ct_total:8.1} ms, compose run {ct_compose:7.1} ms, agent overhead {ct_overhead:6.1} ms");
-    println!(
-        "    ratio container / shell: total {:.1}x, agent overhead {:.1}x",
-        ct_total / shell_total,
-        ct_overhead / shell_overhead
-    );
+    let shell_total = column(0, |f| f.0);
+    for (index, kind) in Kind::ALL.into_iter().enumerate() {
+        let (total, own, overhead) = (
+            column(index, |f| f.0),
+            column(index, |f| f.1),
+            column(index, |f| f.2),
+        );
+        println!(
+            "    {:27} total {total:8.1} ms, shell start {own:8.1} ms, agent's part {overhead:7.1} ms; total - shell's {:7.1} ms",
+            kind.name(),
+            total - shell_total
+        );
+    }
     let detection: Vec<f64> = (0..jobs)
         .map(|_| {
             let started = Instant::now();
@@ -192,17 +235,17 @@ fn raw_compose_seconds(data: &std::path::Path, scratch: &std::path::Path) -> f64
 }
 
 /// Seconds from the `cat` command's start to its end in the job log.
-fn cat_seconds(container: bool, data: &std::path::Path, scratch: &std::path::Path) -> f64 {
-    let mut options = options(scratch);
-    let path = if container {
+fn cat_seconds(kind: Kind, data: &std::path::Path, scratch: &std::path::Path) -> f64 {
+    let mut options = options(scratch, kind);
+    let path = if kind == Kind::Shell {
+        data.display().to_string()
+    } else {
         options.compose.files = vec![(data.display().to_string(), "/data.txt".into())];
         "/data.txt".to_string()
-    } else {
-        data.display().to_string()
     };
     let command = format!("cat {path}");
     let timeline = run_timed(
-        &job(&format!("bench-cat-{container}"), container, &command),
+        &job(&format!("bench-cat-{kind:?}"), kind, &command),
         &options,
         scratch,
     );
@@ -214,63 +257,52 @@ fn throughput() {
     let megabytes = env_usize("BENCH_CONTAINER_LOG_MB", 50);
     let rounds = env_usize("BENCH_CONTAINER_ROUNDS", 3);
     let scratch = tempfile::tempdir().unwrap();
-    let data = scratch.path().join("data.txt");
+    // Readable by the rootless engine's job user, whose `main` mounts it.
+    let data = std::env::temp_dir().join(format!("flotilla-bench-{}.txt", std::process::id()));
     make_data(&data, megabytes, b"abcdefghijklmnopqrstuvwxyz");
-    let (mut shell, mut container, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seconds: [Vec<f64>; 3] = Default::default();
     let mut raw = Vec::new();
     for round in 0..rounds {
-        // Alternate which runs first, so drift on a noisy machine does not favour one side.
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        let mut seconds = [0.0; 2];
-        for is_container in order {
-            seconds[is_container as usize] = cat_seconds(is_container, &data, scratch.path());
+        // Rotate which runs first, so drift on a noisy machine favours none.
+        for step in 0..3 {
+            let index = (round + step) % 3;
+            seconds[index].push(cat_seconds(Kind::ALL[index], &data, scratch.path()));
         }
         raw.push(raw_compose_seconds(&data, scratch.path()));
-        shell.push(seconds[0]);
-        container.push(seconds[1]);
-        ratios.push(seconds[0] / seconds[1]);
         println!(
-            "  round {}: shell {:.2} s | container {:.2} s | ratio {:.2}x",
+            "  round {}: shell {:.2} s | host {:.2} s | rootless {:.2} s",
             round + 1,
-            seconds[0],
-            seconds[1],
-            seconds[0] / seconds[1]
+            seconds[0][round],
+            seconds[1][round],
+            seconds[2][round]
         );
     }
+    let _ = std::fs::remove_file(&data);
     let mb = megabytes as f64;
-    println!("(b) log throughput, {megabytes} MB `cat` into the job log, {rounds} paired rounds:");
+    println!("(b) log throughput, {megabytes} MB `cat` into the job log, {rounds} rounds:");
+    for (index, kind) in Kind::ALL.into_iter().enumerate() {
+        let ratios: Vec<f64> = (0..rounds)
+            .map(|round| seconds[0][round] / seconds[index][round])
+            .collect();
+        println!(
+            "    {:27} median {:8.1} MB/s, ratio to the shell executor (median of rounds) {:.2}x",
+            kind.name(),
+            mb / median(seconds[index].clone()),
+            median(ratios)
+        );
+    }
     println!(
-        "    shell executor, median      {:8.1} MB/s",
-        mb / median(shell)
-    );
-    println!(
-        "    container executor, median  {:8.1} MB/s",
-        mb / median(container.clone())
-    );
-    println!(
-        "    raw `compose run cat` from a PTY, median {:8.1} MB/s (Compose's own relay)",
-        mb / median(raw.clone())
-    );
-    let of_raw: Vec<f64> = raw.iter().zip(&container).map(|(r, c)| r / c).collect();
-    println!(
-        "    ratio container executor / raw compose run, median {:.2}x",
-        median(of_raw)
-    );
-    println!(
-        "    ratio container / shell, median of rounds {:.2}x",
-        median(ratios)
+        "    raw `compose run cat` on the host Docker from a PTY, median {:8.1} MB/s (Compose's own relay)",
+        mb / median(raw)
     );
 }
 
 fn main() {
     let only = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    // Build (or find) the image before anything is timed.
+    // Build (or find) the images before anything is timed.
     let _ = containers::base_image();
+    let _ = image_store();
     if wants("start") {
         start_overhead();
     }

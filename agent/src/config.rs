@@ -762,6 +762,14 @@ mod tests {
             let config = load_with(&[BASE, flags].concat(), &[], "").unwrap();
             assert_eq!(config.container_engine, *expected, "{flags:?}");
         }
+        // The AMI's agent unit sets it through the environment (flotilla-seal writes it).
+        let config = load_with(
+            BASE,
+            &[("SEMAPHORE_AGENT_CONTAINER_ENGINE", "rootless")],
+            "",
+        )
+        .unwrap();
+        assert_eq!(config.container_engine, rootless(DEFAULT_IMAGE_STORE));
         assert_eq!(
             load_with(&[BASE, &["--container-engine", "docker"]].concat(), &[], ""),
             Err(ConfigError::Invalid(

@@ -174,6 +174,10 @@ fn packer_validate_rejects_bad_variables() {
             "nvidia_driver_branch=latest",
             "nvidia_driver_branch must be",
         ),
+        (
+            r#"engine_images=["nvidia/cuda:12 ; rm -rf /"]"#,
+            "Each of engine_images must be an image reference",
+        ),
     ] {
         let output = run(packer_command(home.path())
             .arg("validate")
@@ -512,7 +516,7 @@ fn systemd_units_verify() {
         (
             "flotilla-agent.service",
             "EnvironmentFile",
-            "/run/flotilla/agent.env",
+            "/run/flotilla/agent.env /run/flotilla/container-engine.env",
         ),
         (
             "flotilla-agent.service",

@@ -37,6 +37,16 @@ usermod -aG flotilla-job flotilla
 # The agent drives Docker for container jobs; the job user gets the group only when the stack
 # says so (JobDockerAccess), because docker membership is root on the host.
 if getent group docker >/dev/null; then usermod -aG docker flotilla; fi
+# Each container job gets a rootless engine of its own, as flotilla-job (agent/src/compose/engine.rs):
+# its containers' users are flotilla-job's subordinate ids. useradd gives a new user a range where
+# login.defs says so; make sure of one, and of the store of images baked for those engines
+# (bake-images.sh), which flotilla-job fills and reads.
+for kind in uid gid; do
+  if ! grep -q "^flotilla-job:" "/etc/sub$kind"; then
+    usermod "--add-sub${kind}s" 100000-165535 flotilla-job
+  fi
+done
+install -d -o flotilla-job -g flotilla-job -m 0755 /var/lib/flotilla-images
 # GPU device nodes are group video/render on the GPU image: the job keeps the GPUs.
 for group in video render; do
   if getent group "$group" >/dev/null; then usermod -aG "$group" flotilla-job; fi

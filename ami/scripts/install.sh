@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packer step 3 (as root): install Flotilla into the image.
-#   - packages: Docker, git, jq, rsyslog, logrotate (+ curl/gnupg on Ubuntu);
+#   - packages: Docker, git, jq, rsyslog, logrotate (+ curl/gnupg on Ubuntu); Podman, uidmap and
+#     slirp4netns for the rootless engine each container job gets (container-engine rootless);
 #   - configure.sh: the users `flotilla` (agent) and `flotilla-job` (jobs), sudo, the job record's
 #     directory, binaries, scripts and units, sysctl, journald and rsyslog routing, logrotate;
 #   - the CloudWatch agent (configured per instance by flotilla-boot);
@@ -51,7 +52,8 @@ ubuntu-24.04)
   apt_opts=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
   apt-get "${apt_opts[@]}" update -q
   apt-get "${apt_opts[@]}" install -y -q --no-install-recommends \
-    docker.io docker-buildx docker-compose-v2 git jq rsyslog logrotate curl ca-certificates gnupg
+    docker.io docker-buildx docker-compose-v2 git jq rsyslog logrotate curl ca-certificates gnupg \
+    podman uidmap slirp4netns
   # No package work at boot or while a job runs: the image is rebuilt instead.
   systemctl disable --now apt-daily.timer apt-daily-upgrade.timer
   apt-get "${apt_opts[@]}" purge -y -q unattended-upgrades
@@ -60,6 +62,10 @@ ubuntu-24.04)
 al2023)
   # curl-minimal and gnupg2-minimal are already there; installing curl/gnupg2 would conflict.
   dnf install -y -q docker git jq rsyslog logrotate
+  # The rootless engine of container jobs; without it they need JobDockerAccess=true (the agent
+  # says so in the job log).
+  dnf install -y -q podman shadow-utils slirp4netns ||
+    log "WARNING: podman is not available on $BASE_OS: container jobs need JobDockerAccess=true"
   systemctl disable --now dnf-makecache.timer
   rsyslog_user=root
   ;;

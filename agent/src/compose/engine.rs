@@ -33,7 +33,7 @@ const SERVICE_STOP_GRACE: Duration = Duration::from_secs(5);
 const RUNTIME_PARENT: &str = "/tmp";
 const RUNTIME_PREFIX: &str = "flotilla-engine-";
 /// Where the AMI bakes images for the job's engine (`container-image-store`'s default).
-pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/flotilla/images";
+pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/flotilla-images";
 
 /// `container-engine`: which engine container jobs use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -566,10 +566,10 @@ mod tests {
     #[test]
     fn configuration_files() {
         let dir = Path::new("/var/tmp/job \"1\"/engine");
-        let storage = storage_conf(dir, Some(Path::new("/var/lib/flotilla/images")));
+        let storage = storage_conf(dir, Some(Path::new("/var/lib/flotilla-images")));
         assert_eq!(
             storage,
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"/var/tmp/job \\\"1\\\"/engine/storage\"\nrunroot = \"/var/tmp/job \\\"1\\\"/engine/run\"\nrootless_storage_path = \"/var/tmp/job \\\"1\\\"/engine/storage\"\n\n[storage.options]\nadditionalimagestores = [\"/var/lib/flotilla/images\"]\n"
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"/var/tmp/job \\\"1\\\"/engine/storage\"\nrunroot = \"/var/tmp/job \\\"1\\\"/engine/run\"\nrootless_storage_path = \"/var/tmp/job \\\"1\\\"/engine/storage\"\n\n[storage.options]\nadditionalimagestores = [\"/var/lib/flotilla-images\"]\n"
         );
         assert!(!storage_conf(dir, None).contains("additionalimagestores"));
         let containers = containers_conf();
