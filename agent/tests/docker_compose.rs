@@ -100,6 +100,7 @@ on_both_engines!(
     bad_input_fails_with_a_job_log_line,
     the_container_dying_midway_fails_the_job,
     stop_during_the_pull,
+    the_socket_in_main_is_as_strong_as_its_engine,
 );
 
 struct Harness {
@@ -1068,4 +1069,48 @@ fn rootless_without_what_the_engine_needs_fails_clearly() {
         JobResult::Failed,
         &prepare("No container engine: 'podman' is not installed on this machine (apt-get install podman), or run the agent with container-engine: host.\n"),
     );
+}
+
+/// What the job can do with its engine's socket: make a container with the machine's
+/// `/` mounted. On the machine's Docker that container reads a file only root may read (the
+/// socket is root-equivalent, which is why `JobDockerAccess` says so); on the rootless engine the
+/// same request gets the job user's rights and nothing more. A world-readable file beside it is
+/// read on both (the mount works, so the refusal is the engine's user namespace).
+fn the_socket_in_main_is_as_strong_as_its_engine(engine: Engine) {
+    let dir = tempfile::Builder::new()
+        .prefix("flotilla-ci-host-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (secret, public) = (dir.path().join("secret"), dir.path().join("public"));
+    std::fs::write(&secret, "ROOT-ONLY-CONTENT\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(&public, "WORLD-READABLE-CONTENT\n").unwrap();
+    std::fs::set_permissions(&public, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let h = Harness::new("mount-host", engine);
+    let read = |path: &std::path::Path| {
+        format!(
+            "S=/var/run/docker.sock; api() {{ curl -s --unix-socket $S -H 'Content-Type: application/json' \"$@\"; }}; \
+             ID=$(api -d '{{\"Image\":\"{image}\",\"Cmd\":[\"cat\",\"/host{path}\"],\"HostConfig\":{{\"Binds\":[\"/:/host\"]}}}}' http://localhost/containers/create | grep -o '\"Id\":\"[0-9a-f]*\"' | cut -d'\"' -f4); \
+             api -X POST http://localhost/containers/$ID/start; api -X POST http://localhost/containers/$ID/wait >/dev/null; \
+             api \"http://localhost/containers/$ID/logs?stdout=1&stderr=1\" | tr -cd '[:print:]\\n'; api -X DELETE \"http://localhost/containers/$ID?force=true\"",
+            image = job_image(),
+            path = path.display()
+        )
+    };
+    let (result, events) = h.run(&h.main_job(&[&read(&public), &read(&secret)]));
+    assert_eq!(result, JobResult::Passed, "{:#?}", simplified(&events));
+    let output = outputs(&events);
+    assert!(output.contains("WORLD-READABLE-CONTENT"), "{output}");
+    match engine {
+        Engine::Host => assert!(output.contains("ROOT-ONLY-CONTENT"), "{output}"),
+        Engine::Rootless => {
+            assert!(!output.contains("ROOT-ONLY-CONTENT"), "{output}");
+            assert!(output.contains("Permission denied"), "{output}");
+        }
+    }
 }

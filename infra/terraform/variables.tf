@@ -381,7 +381,7 @@ variable "job_sudo" {
 }
 
 variable "job_docker_access" {
-  description = "Put the job user in the docker group. Membership of docker is root-equivalent (a container can mount the host's file system): the same trade as job_sudo."
+  description = "Put the job user in the docker group, and run container jobs on the machine's Docker. Membership of docker is root-equivalent (a container can mount the host's file system): the same trade as job_sudo. Off, each container job gets a rootless engine of its own, run as the job user."
   type        = bool
   default     = false
 }
