@@ -182,8 +182,8 @@ locals {
   ami_name = "flotilla-${local.agent_version}-${var.base_os}-${var.arch}-${local.variant}-${local.content_hash}"
 
   self_test = (var.gpu
-    ? "sudo /usr/local/bin/agent self-test --gpu --docker-image '${var.cuda_image}'"
-  : "sudo /usr/local/bin/agent self-test")
+    ? "sudo /usr/local/bin/agent self-test --engine-user flotilla-job --gpu --docker-image '${var.cuda_image}'"
+  : "sudo /usr/local/bin/agent self-test --engine-user flotilla-job")
 
   install_env = [
     "FLOTILLA_BASE_OS=${var.base_os}",

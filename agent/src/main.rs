@@ -72,8 +72,9 @@ enum Commands {
         #[arg(long)]
         default: Option<String>,
     },
-    /// Check that this machine can run jobs: units, boot scripts, IMDSv2, and with --gpu the
-    /// NVIDIA driver and Docker's GPU runtime. Exits 1 if any check fails.
+    /// Check that this machine can run jobs: units, boot scripts, IMDSv2, with --engine-user the
+    /// rootless container engine, and with --gpu the NVIDIA driver and Docker's GPU runtime.
+    /// Exits 1 if any check fails.
     SelfTest {
         /// Also check the NVIDIA driver and Docker's nvidia runtime.
         #[arg(long)]
@@ -88,6 +89,10 @@ enum Commands {
         /// Instance metadata endpoint ("" skips the check, e.g. off EC2).
         #[arg(long, env = "FLOTILLA_IMDS_ENDPOINT", default_value = agent::cloud::imds::DEFAULT_ENDPOINT)]
         imds_endpoint: String,
+        /// Start and tear down the rootless container engine as this user (the job user), as a
+        /// container job does.
+        #[arg(long, default_value = "")]
+        engine_user: String,
     },
 }
 
@@ -122,6 +127,7 @@ fn main() {
             units_dir,
             scripts_dir,
             imds_endpoint,
+            engine_user,
         } => {
             let options = agent::selftest::SelfTestOptions {
                 units_dir,
@@ -129,6 +135,7 @@ fn main() {
                 imds_endpoint,
                 gpu,
                 docker_image,
+                engine_user,
             };
             ("self-test", Ok(self_test(&options)))
         }

@@ -1,7 +1,8 @@
 //! `agent self-test`: what an image must have before it is worth booting — run last by the Packer
 //! build and usable on any instance. It checks the installed units and boot scripts, that instance
-//! metadata answers over IMDSv2, and on the GPU variant that the driver answers (`nvidia-smi`) and
-//! that Docker can hand GPUs to containers. Every check runs; any failure means a non-zero exit.
+//! metadata answers over IMDSv2, that the job user's rootless container engine starts and stops
+//! (`--engine-user`), and on the GPU variant that the driver answers (`nvidia-smi`) and that Docker
+//! can hand GPUs to containers. Every check runs; any failure means a non-zero exit.
 
 use crate::command::{run_with_timeout, CommandError};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub struct SelfTestOptions {
     pub gpu: bool,
     /// With `gpu`: also run `nvidia-smi` in this image with `docker run --gpus all`.
     pub docker_image: String,
+    /// Non-empty: start and tear down the rootless container engine as this user, as a
+    /// container job does (`container-engine: rootless`).
+    pub engine_user: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +114,12 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
             imds.instance_id().map(|id| format!("instance {id}")),
         ));
     }
+    if !options.engine_user.is_empty() {
+        checks.push(check(
+            "rootless container engine",
+            rootless_engine(&options.engine_user),
+        ));
+    }
     if options.gpu {
         checks.push(check(
             "NVIDIA driver (nvidia-smi)",
@@ -152,6 +162,39 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// Starts the engine a container job gets, as `user`, in a scratch directory of its own, and tears
+/// it down: how long it took to answer.
+fn rootless_engine(user: &str) -> Result<String, String> {
+    let user = crate::job_user::JobUser::lookup(user).map_err(|e| e.to_string())?;
+    let scratch = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-self-test-")
+        .map_err(|e| e.to_string())?;
+    let result = engine_round_trip(&user, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn engine_round_trip(user: &crate::job_user::JobUser, scratch: &Path) -> Result<String, String> {
+    use crate::compose::engine::{JobEngine, RootlessOptions, DEFAULT_IMAGE_STORE};
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| e.to_string())?;
+    let mut env = crate::job::job_environment(std::env::vars());
+    user.apply_to_environment(&mut env);
+    let options = RootlessOptions {
+        image_store: Some(PathBuf::from(DEFAULT_IMAGE_STORE)),
+    };
+    let started = std::time::Instant::now();
+    let engine =
+        JobEngine::start(&options, Some(user), scratch, &env).map_err(|e| e.to_string())?;
+    let answered = started.elapsed();
+    engine.tear_down();
+    Ok(format!(
+        "as {} answered in {} ms and was torn down",
+        user.name,
+        answered.as_millis()
+    ))
 }
 
 /// One line per check, `ok` or `FAIL`.

@@ -336,7 +336,7 @@ fn template_ends_with_the_self_test_and_records_a_manifest() {
         "the last provisioner must run the self-test:\n{last_block}"
     );
     assert!(template.contains(
-        "\"sudo /usr/local/bin/agent self-test --gpu --docker-image '${var.cuda_image}'\""
+        "\"sudo /usr/local/bin/agent self-test --engine-user flotilla-job --gpu --docker-image '${var.cuda_image}'\""
     ));
     assert!(template.contains("post-processor \"manifest\""));
     assert!(

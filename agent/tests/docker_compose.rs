@@ -103,6 +103,9 @@ on_both_engines!(
     the_socket_in_main_is_as_strong_as_its_engine,
 );
 
+/// Rootless jobs take turns: the end of one kills every process of the job user.
+static ONE_ROOTLESS_JOB: Mutex<()> = Mutex::new(());
+
 struct Harness {
     scratch: tempfile::TempDir,
     options: JobOptions,
@@ -210,7 +213,6 @@ impl Harness {
     /// the scratch root (its engine's storage included). Rootless jobs take turns: the end of a
     /// job kills every process of the job user, as on an instance.
     fn run_with(&self, request: &JobRequest, watch: impl Watch) -> (JobResult, Vec<LogEvent>) {
-        static ONE_ROOTLESS_JOB: Mutex<()> = Mutex::new(());
         let _turn = (self.engine == Engine::Rootless)
             .then(|| ONE_ROOTLESS_JOB.lock().unwrap_or_else(|p| p.into_inner()));
         let log_path = self.scratch.path().join("job_log.json");
@@ -1113,4 +1115,35 @@ fn the_socket_in_main_is_as_strong_as_its_engine(engine: Engine) {
             assert!(output.contains("Permission denied"), "{output}");
         }
     }
+}
+
+/// `agent self-test --engine-user USER` (the image's last build step) starts and tears down the
+/// rootless engine as that user: it passes for the tests' job user, leaves nothing of it, and fails
+/// for a user without subordinate ids, saying so.
+#[test]
+fn rootless_self_test_starts_and_tears_down_the_engine() {
+    let options = |user: &str| agent::selftest::SelfTestOptions {
+        units_dir: std::path::PathBuf::from("/nonexistent"),
+        scripts_dir: std::path::PathBuf::from("/nonexistent"),
+        imds_endpoint: String::new(),
+        gpu: false,
+        docker_image: String::new(),
+        engine_user: user.to_string(),
+    };
+    let engine_check = |user: &str| {
+        agent::selftest::run_checks(&options(user))
+            .into_iter()
+            .find(|check| check.name == "rootless container engine")
+            .expect("the engine is checked")
+    };
+    let _turn = ONE_ROOTLESS_JOB.lock().unwrap_or_else(|p| p.into_inner());
+    let passed = engine_check(containers::ROOTLESS_USER);
+    assert!(passed.ok, "{passed:?}");
+    assert!(passed.detail.contains("answered in"), "{passed:?}");
+    let user = containers::rootless_user();
+    assert_eq!(containers::user_processes(&user), Vec::<String>::new());
+    assert_eq!(containers::engine_run_dirs(), Vec::<String>::new());
+    let failed = engine_check("nobody");
+    assert!(!failed.ok, "{failed:?}");
+    assert!(failed.detail.contains("no subordinate uids"), "{failed:?}");
 }

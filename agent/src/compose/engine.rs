@@ -329,8 +329,8 @@ fn check_machine(user: &JobUser, shell_env: &[(String, String)]) -> Result<(), E
     Ok(())
 }
 
-/// `scratch/engine` (the agent's, which the job user may write in through the scratch directory's
-/// group, and anyone may pass through: Podman makes every directory above a container's state
+/// `scratch/engine` (the agent's, which the job user may write in through its group, the job
+/// user's, and anyone may pass through: Podman makes every directory above a container's state
 /// passable for the container's users, and fails where it cannot) holding `dir`, the engine's
 /// state (the job user's own), the two configuration files beside them (the agent's: the job
 /// cannot change them) and the clients' environment.
@@ -345,6 +345,7 @@ fn lay_out(
     std::fs::DirBuilder::new()
         .mode(0o2771)
         .create(shared)
+        .and_then(|()| std::os::unix::fs::chown(shared, None, Some(user.gid)))
         .and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o2771))
