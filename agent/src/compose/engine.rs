@@ -286,14 +286,15 @@ impl JobEngine {
             .then_some(path)
     }
 
-    /// Runs `podman args` as the job user with the engine's configuration.
+    /// Runs `podman args` as the job user with the engine's configuration (from `/`: the job may
+    /// have removed the engine's directory, and the teardown must still run).
     fn podman(&self, args: &[&str]) -> Result<String, CommandError> {
         let mut command = Command::new("podman");
         command
             .args(args)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&self.dir);
+            .current_dir("/");
         as_user(&mut command, &self.user);
         crate::command::run_command_with_timeout(command, "podman", args, TEARDOWN_STEP_TIMEOUT)
     }
