@@ -1147,3 +1147,133 @@ fn rootless_self_test_starts_and_tears_down_the_engine() {
     assert!(!failed.ok, "{failed:?}");
     assert!(failed.detail.contains("no subordinate uids"), "{failed:?}");
 }
+
+/// A TCP listener on every address of this machine that answers each connection `REACHED`.
+struct Listener {
+    port: u16,
+}
+
+impl Listener {
+    fn start() -> Listener {
+        let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let serve = |listener: std::net::TcpListener| {
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    use std::io::Write;
+                    let mut stream = stream;
+                    let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nREACHED\n");
+                }
+            });
+        };
+        serve(v4);
+        Listener { port }
+    }
+}
+
+/// This machine's IPv4 address (the source of its default route).
+fn host_v4() -> String {
+    let output = std::process::Command::new("ip")
+        .args(["-4", "route", "get", "1.1.1.1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let mut words = text.split_whitespace();
+    words.find(|word| *word == "src");
+    words
+        .next()
+        .unwrap_or_else(|| panic!("no source address in {text}"))
+        .to_string()
+}
+
+/// An `OUTPUT` rule that resets the job user's connections to `address:port`; removed when
+/// dropped.
+struct OwnerRule {
+    args: Vec<String>,
+}
+
+impl OwnerRule {
+    fn add(address: &str, port: u16) -> OwnerRule {
+        let args: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            address,
+            "--dport",
+            &port.to_string(),
+            "-m",
+            "owner",
+            "--uid-owner",
+            containers::ROOTLESS_USER,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let status = std::process::Command::new("iptables")
+            .args(["-w", "-I"])
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "iptables -I {args:?}");
+        OwnerRule { args }
+    }
+}
+
+impl Drop for OwnerRule {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-w", "-D"])
+            .args(&self.args)
+            .status();
+    }
+}
+
+/// Container traffic on the rootless engine leaves as the job user's own (slirp4netns is a process
+/// of the job user), so a rule on the job user's connections, such as the sealed instance's
+/// metadata rule, holds for it; on the machine's Docker it is forwarded traffic, which no owner
+/// rule sees (the sealed instance's `DOCKER-USER` drop exists for that). Without the rule `main`
+/// reaches the listener on both engines (the positive control), and root still does with it.
+/// IPv6 has no route out of either engine's network.
+#[test]
+fn rootless_container_traffic_is_the_job_users_own() {
+    let listener = Listener::start();
+    let address = host_v4();
+    let url = format!("http://{address}:{}/", listener.port);
+    let fetch = format!("curl -s -m 5 {url} || echo BLOCKED-v4");
+    let v6 = "curl -s -m 5 -6 'http://[fd00:ec2::254]/' || echo NO-ROUTE-v6";
+    let run = |engine: Engine, name: &str| {
+        let h = Harness::new(name, engine);
+        let (result, events) = h.run(&h.main_job(&[&fetch, v6]));
+        assert_eq!(result, JobResult::Passed, "{:#?}", simplified(&events));
+        outputs(&events)
+    };
+    for engine in [Engine::Rootless, Engine::Host] {
+        let output = run(engine, "traffic-open");
+        assert!(
+            output.contains("REACHED"),
+            "{engine:?} without the rule: {output}"
+        );
+        assert!(output.contains("NO-ROUTE-v6"), "{engine:?}: {output}");
+    }
+    let _rule = OwnerRule::add(&address, listener.port);
+    let root = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", &url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&root.stdout).contains("REACHED"),
+        "root is let through"
+    );
+    let rootless = run(Engine::Rootless, "traffic-ruled");
+    assert!(rootless.contains("BLOCKED-v4"), "{rootless}");
+    assert!(!rootless.contains("REACHED"), "{rootless}");
+    let host = run(Engine::Host, "traffic-ruled");
+    assert!(
+        host.contains("REACHED"),
+        "the machine's Docker forwards past owner rules: {host}"
+    );
+}
