@@ -10,11 +10,19 @@
 //! agent is killed; the boot deadline removes an instance whose agent never registered. Inside the
 //! booted system, as the job: reading the token, the agent's environment and the instance role's
 //! credentials, `sudo`, killing or stopping the agent, removing the job record, forging the agent's
-//! log lines, and waiting for a second job all fail.
+//! log lines, and waiting for a second job all fail. A container job on the stack's default engine
+//! (a rootless Podman of the job's own) runs its attacks from `main` and from a service container:
+//! the metadata service over IPv4 and IPv6, a Docker of the machine's, the boot environment, the
+//! job record and the agent's home through a container that mounts the machine's `/`; each has a
+//! positive control (the network, the engine, the mount, the service's verdict, root's view), and
+//! nothing of the engine is left after the job.
 //!
 //! Test-only pieces (never in the image Packer builds): the NAT rule to the fake IMDS, an
-//! environment file with moto's address (AWS_ENDPOINT_URL) for every unit, and a boot deadline
-//! counted from the container's start (`OnStartupSec=`), since a container's boot time is the host's.
+//! environment file with moto's address (AWS_ENDPOINT_URL) for every unit, a boot deadline
+//! counted from the container's start (`OnStartupSec=`), since a container's boot time is the
+//! host's; what a VM has and a container lacks: `/dev/net/tun`, and a file system of its own for
+//! the engines' image store (overlay layers cannot live on the container's overlay root); and
+//! Debian's `podman-docker` as the `docker` that Compose 1.29's `run` calls.
 
 mod support;
 
@@ -83,7 +91,13 @@ impl Drop for Network {
     }
 }
 
-/// The image: the base, configure.sh run over the staged files, and the test-only units.
+/// What the AMI installs for container jobs' rootless engines (ami/scripts/install.sh), in
+/// Debian's names: Podman and its helpers, and Compose (the `docker` its `run` calls is Podman's
+/// `podman-docker`, where the AMI has Docker's CLI).
+const ENGINE_PACKAGES: &str = "podman uidmap slirp4netns docker-compose podman-docker";
+
+/// The image: the base, the engine's packages (from Debian's registry: the build uses the
+/// machine's network), configure.sh run over the staged files, and the test-only units.
 fn build_image() -> String {
     let base = Command::new("bash")
         .arg(repo().join(".ci/base-image"))
@@ -114,6 +128,8 @@ fn build_image() -> String {
         context.path().join("Dockerfile"),
         format!(
             "FROM {base}\n\
+             RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+             --no-install-recommends {ENGINE_PACKAGES} >/dev/null && rm -rf /var/lib/apt/lists/*\n\
              COPY staging /tmp/flotilla\n\
              COPY test/ /etc/systemd/system/\n\
              RUN FLOTILLA_RSYSLOG_USER=root bash /tmp/flotilla/scripts/configure.sh \
@@ -127,6 +143,8 @@ fn build_image() -> String {
     let tag = format!("flotilla-sealed-test:{:016x}", hash_dir(context.path()));
     docker_ok(&[
         "build",
+        "--network",
+        "host",
         "-q",
         "-t",
         &tag,
@@ -219,12 +237,19 @@ fn boot(
         "seccomp=unconfined",
         "--security-opt",
         "apparmor=unconfined",
+        // What a VM has and the job's rootless engine uses: slirp4netns opens the tun device.
+        "--device",
+        "/dev/net/tun",
         "--tmpfs",
         "/run",
         "--tmpfs",
         "/run/lock",
         "--tmpfs",
         "/tmp",
+        // The engines' image store holds overlay layers, which the container's own overlay root
+        // file system cannot (a VM's disk can): a file system of its own, flotilla-job's (uid 2001).
+        "--tmpfs",
+        "/var/lib/flotilla-images:uid=2001,gid=2001,mode=0755",
         "-v",
         "/sys/fs/cgroup:/sys/fs/cgroup:rw",
         "-v",
@@ -388,32 +413,10 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
     );
     let instance = boot(&image, &mut network, &moto, &ids[0]);
 
-    instance.wait_for_hub(&hub, "the attack job to finish", |state| {
-        state.finished.iter().any(|(job, _)| job == "job-attacks")
-    });
-    instance.wait_for(
-        "the agent to exit 0 after its one job",
-        Duration::from_secs(60),
-        "systemctl show -p ActiveState,Result --value flotilla-agent.service | paste -sd,",
-        "success,inactive",
-    );
+    wait_for_the_one_job(&instance, &hub, "job-attacks");
     let log = hub.simplified_log("job-attacks").join("\n");
     assert!(log.contains("job runs as flotilla-job"), "{log}");
-    for (name, _) in ATTACKS {
-        assert!(
-            log.contains(&format!("BLOCKED {name}")),
-            "{name} was not blocked:\n{log}"
-        );
-    }
-    assert!(
-        !log.lines().any(|line| line.starts_with("CROSSED")),
-        "{log}"
-    );
-    assert!(
-        !log.contains(TOKEN),
-        "the job saw the registration token:\n{log}"
-    );
-    assert!(!log.contains(support::INSTANCE_ROLE_SECRET), "{log}");
+    every_attack_blocked(&log, ATTACKS);
 
     // Root (and the agent) still reach the metadata service: the firewall is an owner match,
     // not a blanket block.
@@ -430,22 +433,7 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
     );
     assert!(agent_sudo.contains("poweroff-allowed"), "{agent_sudo}");
     assert!(agent_sudo.contains("shell-refused"), "{agent_sudo}");
-    let as_root = instance.root("curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token");
-    assert!(as_root.starts_with("token-"), "{as_root}");
-    // One job only: the second was never fetched, the instance left its group with decrement.
-    let state = hub.state();
-    assert!(
-        state.queue.contains(&"second-job".to_string()),
-        "{:?}",
-        state.queue
-    );
-    drop(state);
-    let (desired, members, _) = moto.group(&runtime, "sealed");
-    assert_eq!(
-        (desired, members.len()),
-        (0, 0),
-        "the instance removed itself"
-    );
+    root_reaches_imds_and_the_one_job_machine_left(&instance, &hub, &moto, &runtime);
     // Logs: the agent's lines reach P/agent; the job's forged lines and auth lines go nowhere.
     let agent_log = instance.root("cat /var/log/flotilla/agent.log");
     assert!(
@@ -555,4 +543,224 @@ fn an_agent_killed_mid_job_removes_the_instance_and_one_that_never_registers_is_
         journal.contains("has not registered within the boot deadline"),
         "{journal}"
     );
+}
+
+/// What a container job tries from its `main` container on the sealed instance's default engine
+/// (each line prints `BLOCKED name` or `CROSSED name`); `SOCKET` is `main`'s engine socket.
+const CONTAINER_ATTACKS: &[(&str, &str)] = &[
+    ("imds-token", "curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token"),
+    ("imds-credentials", "curl -sf -m 3 http://169.254.169.254/latest/meta-data/iam/security-credentials/"),
+    ("imds-ipv6", "curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' 'http://[fd00:ec2::254]/latest/api/token'"),
+    ("host-docker", "curl -sf -m 3 --unix-socket /var/run/docker.sock http://localhost/version | grep -v 'Podman Engine' | grep -q Version"),
+    ("mount-boot-env", "host_cat /run/flotilla/agent.env | grep -q SEMAPHORE_AGENT"),
+    ("mount-job-record", "host_cat /var/lib/flotilla/job-taken | grep -q container-attacks"),
+    ("mount-agent-home", "host_cat /home/flotilla/.bashrc | grep -q 'executed by bash'"),
+    ("service-imds", "service_says SVC-CROSSED"),
+];
+
+/// Shell functions for the attacks: `host_cat PATH` reads PATH through a container with the
+/// machine's `/` mounted, made through `main`'s engine socket;
+/// `service_says WORD` waits for the service container's verdict in its log.
+const CONTAINER_TOOLS: &str = r#"api() { curl -s --unix-socket /var/run/docker.sock -H 'Content-Type: application/json' "$@"; }
+host_cat() { made=$(api -d "{\"Image\":\"$IMAGE\",\"Cmd\":[\"cat\",\"/host$1\"],\"HostConfig\":{\"Binds\":[\"/:/host\"]}}" http://localhost/containers/create); id=$(echo "$made" | grep -o '"Id":"[0-9a-f]*"' | cut -d'"' -f4); [ -n "$id" ] || { echo "create: $made"; return 1; }; api -X POST "http://localhost/containers/$id/start" >/dev/null; api -X POST "http://localhost/containers/$id/wait" >/dev/null; api "http://localhost/containers/$id/logs?stdout=1&stderr=1" | tr -cd '[:print:]\n'; api -X DELETE "http://localhost/containers/$id?force=true" >/dev/null; }
+service_says() { for _ in $(seq 40); do svc=$(api 'http://localhost/containers/json' | grep -o '"Names":\["[^"]*svc[^"]*"' | cut -d'"' -f4 | tr -d /); out=$(api "http://localhost/containers/$svc/logs?stdout=1" | tr -cd '[:print:]\n'); case "$out" in *SVC-*) echo "$out" | grep -q "$1"; return;; esac; sleep 0.5; done; return 1; }"#;
+
+fn container_attack_job(image: &str, hub: &str) -> protocol::JobRequest {
+    let mut commands = vec![
+        protocol::Command::new(format!("export IMAGE={image}")),
+        protocol::Command::new(CONTAINER_TOOLS),
+        // Positive controls: the network out works, the socket is the job's own engine, and a
+        // mount of the machine's / reads what the job user may read.
+        protocol::Command::new(format!(
+            "curl -s -m 5 -o /dev/null -w 'SEEN network %{{http_code}}\\n' {hub}/"
+        )),
+        protocol::Command::new(
+            "api http://localhost/version | grep -q 'Podman Engine' && echo 'SEEN own-engine' || echo 'MISSING own-engine'",
+        ),
+        protocol::Command::new(
+            "service_says SVC- && echo 'SEEN service' || echo 'MISSING service'",
+        ),
+        protocol::Command::new(
+            "out=$(host_cat /etc/os-release); case \"$out\" in *ID=*) echo 'SEEN mount';; *) echo \"MISSING mount: $out\";; esac",
+        ),
+    ];
+    for (name, attack) in CONTAINER_ATTACKS {
+        commands.push(protocol::Command::new(format!(
+            "if ( {attack} ) >/dev/null 2>&1; then echo 'CROSSED {name}'; else echo 'BLOCKED {name}'; fi"
+        )));
+    }
+    let service = protocol::Container {
+        name: "svc".into(),
+        image: image.into(),
+        command: "bash -c \"if curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token; then echo SVC-CROSSED; else echo SVC-BLOCKED; fi; sleep 600\"".into(),
+        ..Default::default()
+    };
+    protocol::JobRequest {
+        job_id: "container-attacks".into(),
+        executor: "dockercompose".into(),
+        compose: protocol::Compose {
+            containers: vec![
+                protocol::Container {
+                    name: "main".into(),
+                    image: image.into(),
+                    ..Default::default()
+                },
+                service,
+            ],
+            ..Default::default()
+        },
+        commands,
+        ..Default::default()
+    }
+}
+
+/// Bakes `image` (from the machine's Docker) into the booted instance's engine image store, as
+/// `ami/scripts/bake-images.sh` does at build time: pulled (here: loaded) as flotilla-job.
+fn bake_into(instance: &Instance, image: &str) {
+    let archive = tempfile::tempdir().unwrap();
+    let tar = archive.path().join("image.tar");
+    docker_ok(&["save", "-o", &tar.display().to_string(), image]);
+    docker_ok(&[
+        "cp",
+        &tar.display().to_string(),
+        &format!("{}:/var/tmp/image.tar", instance.name),
+    ]);
+    let loaded = instance.root(
+        "chmod 644 /var/tmp/image.tar && run=$(runuser -u flotilla-job -- mktemp -d /tmp/bake-XXXXXX) && cd / && \
+         runuser -u flotilla-job -- env XDG_RUNTIME_DIR=$run podman --root /var/lib/flotilla-images \
+         --runroot $run/containers --storage-driver overlay load -i /var/tmp/image.tar && echo BAKED; \
+         pkill -KILL -u flotilla-job; rm -rf $run /var/tmp/image.tar",
+    );
+    assert!(loaded.contains("BAKED"), "{loaded}\n{}", instance.journal());
+}
+
+#[test]
+fn a_booted_instance_runs_a_container_job_on_its_own_engine_which_stays_sealed() {
+    let image = build_image();
+    let base = image_base();
+    let mut network = Network::create("containers");
+    let runtime = runtime();
+    let moto = moto::MotoServer::start_on(&network.gateway);
+    let hub = FakeHub::start_on(&network.gateway);
+    let ids = aws(&runtime, &moto, &hub.address, 1);
+    let instance = boot(&image, &mut network, &moto, &ids[0]);
+    instance.wait_for_hub(&hub, "the agent to register", |state| {
+        state.registered.is_some()
+    });
+    bake_into(&instance, &base);
+    hub.assign(container_attack_job(&base, &hub.address), "jwt");
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "second-job".into(),
+            commands: vec![protocol::Command::new("echo a second job")],
+            ..Default::default()
+        },
+        "jwt",
+    );
+    wait_for_the_one_job(&instance, &hub, "container-attacks");
+    let log = hub.simplified_log("container-attacks").join("\n");
+    // The table as the job saw it (`--nocapture` shows it).
+    println!("{log}");
+    // Output lines, not the directives that print them.
+    let printed = |text: &str| log.lines().any(|line| line.trim_end() == text);
+    for seen in ["SEEN own-engine", "SEEN mount", "SEEN service"] {
+        assert!(
+            printed(seen),
+            "{seen} missing:\n{log}\n{}",
+            instance.journal()
+        );
+    }
+    assert!(
+        log.lines().any(|line| line.starts_with("SEEN network ")),
+        "{log}"
+    );
+    every_attack_blocked(&log, CONTAINER_ATTACKS);
+    // What the mount rows looked for is there, for root: they were refused, not wrong.
+    let as_root = instance
+        .root("cat /var/lib/flotilla/job-taken /home/flotilla/.bashrc /run/flotilla/agent.env");
+    for wanted in ["container-attacks", "executed by bash", "SEMAPHORE_AGENT"] {
+        assert!(
+            as_root.contains(wanted),
+            "{wanted} not found by root:\n{as_root}"
+        );
+    }
+
+    // Nothing of the job's engine is left: no process of flotilla-job or its subordinate ids.
+    let left = instance.root(
+        "range=$(grep '^flotilla-job:' /etc/subuid | cut -d: -f2,3); start=${range%:*}; count=${range#*:}; \
+         job=$(id -u flotilla-job); ps -e -o uid=,stat=,args= | \
+         awk -v j=$job -v s=$start -v c=$count '($1==j || ($1>=s && $1<s+c)) && $2 !~ /^Z/' ; \
+         ls -d /tmp/flotilla-engine-* 2>/dev/null; echo END",
+    );
+    assert_eq!(left.trim(), "END", "left after the job:\n{left}");
+    root_reaches_imds_and_the_one_job_machine_left(&instance, &hub, &moto, &runtime);
+}
+
+/// Every attack printed `BLOCKED name` (an output line, not the directive that prints it), none
+/// `CROSSED`, and neither the registration token nor the role's secret reached the job's log.
+fn every_attack_blocked(log: &str, attacks: &[(&str, &str)]) {
+    for (name, _) in attacks {
+        assert!(
+            log.lines()
+                .any(|line| line.trim_end() == format!("BLOCKED {name}")),
+            "{name} was not blocked:\n{log}"
+        );
+    }
+    assert!(
+        !log.lines().any(|line| line.starts_with("CROSSED")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(TOKEN),
+        "the job saw the registration token:\n{log}"
+    );
+    assert!(!log.contains(support::INSTANCE_ROLE_SECRET), "{log}");
+}
+
+/// Waits for `job` to finish and the agent to exit 0 after it.
+fn wait_for_the_one_job(instance: &Instance, hub: &FakeHub, job: &str) {
+    instance.wait_for_hub(hub, &format!("{job} to finish"), |state| {
+        state.finished.iter().any(|(done, _)| done == job)
+    });
+    instance.wait_for(
+        "the agent to exit 0 after its one job",
+        Duration::from_secs(60),
+        "systemctl show -p ActiveState,Result --value flotilla-agent.service | paste -sd,",
+        "success,inactive",
+    );
+}
+
+/// Root still reaches the metadata service (the firewall is an owner match, not a blanket block);
+/// one job only: the second was never fetched, and the instance left its group with decrement.
+fn root_reaches_imds_and_the_one_job_machine_left(
+    instance: &Instance,
+    hub: &FakeHub,
+    moto: &moto::MotoServer,
+    runtime: &tokio::runtime::Runtime,
+) {
+    let as_root = instance.root("curl -sf -m 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' http://169.254.169.254/latest/api/token");
+    assert!(as_root.starts_with("token-"), "{as_root}");
+    let state = hub.state();
+    assert!(
+        state.queue.contains(&"second-job".to_string()),
+        "{:?}",
+        state.queue
+    );
+    drop(state);
+    let (desired, members, _) = moto.group(runtime, "sealed");
+    assert_eq!(
+        (desired, members.len()),
+        (0, 0),
+        "the instance removed itself"
+    );
+}
+
+/// The shared base image's tag (the booted image's own base, with curl and bash for jobs).
+fn image_base() -> String {
+    let base = Command::new("bash")
+        .arg(repo().join(".ci/base-image"))
+        .output()
+        .expect("run .ci/base-image");
+    assert!(base.status.success());
+    String::from_utf8_lossy(&base.stdout).trim().to_string()
 }

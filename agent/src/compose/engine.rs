@@ -251,6 +251,9 @@ impl JobEngine {
             }
         }
         stop_child(&mut self.service, SERVICE_STOP_GRACE);
+        // Every process of the job user goes first: the engine's namespace holder keeps its
+        // mounts (and so its storage) busy while it lives.
+        self.user.kill_all();
         // What reset leaves may belong to the job user's subordinate ids, which only the job
         // user's namespace may remove.
         let dir = self.dir.display().to_string();
@@ -440,7 +443,9 @@ fn spawn_service(
         .args(["system", "service", "--time=0", &socket])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(dir)
+        // From `/`: the directory is changed before the child becomes the job user, and the
+        // agent itself may not enter the job user's private directories.
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().map_err(EngineError::Start)?))
         .stderr(Stdio::from(log));
