@@ -325,9 +325,11 @@ const ABCD: [(&str, &str); 4] = [
     ("D", "$PATH:/etc/a"),
 ];
 
+/// Also: on the rootless engine a job whose images are all baked into the store pulls nothing
+/// (one line says so); on the machine's Docker, Compose's `run` does the pull as upstream's.
 fn hello_world(engine: Engine) {
     let h = Harness::new("hello", engine);
-    h.check(
+    let events = h.check(
         &h.main_job(&["echo Hello World", "cat /etc/flotilla-test-image"]),
         JobResult::Passed,
         &log![
@@ -337,6 +339,13 @@ fn hello_world(engine: Engine) {
             result_export(),
             ["job_finished: passed"],
         ],
+    );
+    let baked = simplified(&events).contains(&format!("{}\n", agent::compose::BAKED_LINE));
+    assert_eq!(
+        baked,
+        engine == Engine::Rootless,
+        "{:#?}",
+        simplified(&events)
     );
 }
 
@@ -586,6 +595,11 @@ fn an_image_that_does_not_exist_fails_the_pull(engine: Engine) {
         &["echo Hello World"],
     );
     let events = h.check(&request, JobResult::Failed, &pull_failed());
+    assert!(
+        !outputs(&events).contains(agent::compose::BAKED_LINE),
+        "{}",
+        outputs(&events)
+    );
     assert!(
         outputs(&events).contains("flotilla-test-does-not-exist"),
         "{}",

@@ -208,6 +208,19 @@ impl JobEngine {
         &self.user
     }
 
+    /// Whether every one of `images` is in the engine already (baked into the machine's store):
+    /// then nothing needs a pull.
+    pub fn has_images<'a>(&self, mut images: impl Iterator<Item = &'a str>) -> bool {
+        let socket = self.socket();
+        images.all(|image| {
+            is_image_reference(image)
+                && self
+                    .user
+                    .run_as(|| answers_ok(&socket, &format!("/images/{image}/json")))
+                    .unwrap_or(false)
+        })
+    }
+
     fn wait_until_ready(&mut self, timeout: Duration) -> Result<(), EngineError> {
         let deadline = Instant::now() + timeout;
         let socket = self.socket();
@@ -491,18 +504,31 @@ fn remove_entries_as(user: &JobUser, dir: &Path) -> std::io::Result<()> {
 
 /// Whether the engine at `socket` answers `GET /_ping` with 200.
 fn ping(socket: &Path) -> bool {
+    answers_ok(socket, "/_ping")
+}
+
+/// Whether the engine at `socket` answers `GET path` with 200 (`path` is the agent's, or checked
+/// by [`is_image_reference`]).
+fn answers_ok(socket: &Path, path: &str) -> bool {
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /_ping HTTP/1.0\r\nHost: engine\r\n\r\n")
-        .is_err()
-    {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: engine\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+/// Whether `image` is a plain image reference (what may go into a request path as it is).
+pub fn is_image_reference(image: &str) -> bool {
+    !image.is_empty()
+        && image.len() <= 512
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/:@-".contains(&b))
 }
 
 /// SIGTERM, up to `grace` to exit, then SIGKILL; always reaped.
@@ -584,6 +610,28 @@ mod tests {
             containers.contains("cgroup_manager = \"cgroupfs\"\n"),
             "{containers}"
         );
+    }
+
+    #[test]
+    fn image_references_that_may_go_into_a_path() {
+        for good in [
+            "postgres:16",
+            "nvidia/cuda:12.8.1-base-ubuntu24.04",
+            "a.io/b/c@sha256:00ff",
+        ] {
+            assert!(is_image_reference(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "x\r\nHost: y",
+            "a?b",
+            "a#b",
+            "a%20b",
+            &"a".repeat(513),
+        ] {
+            assert!(!is_image_reference(bad), "{bad:?}");
+        }
     }
 
     #[test]

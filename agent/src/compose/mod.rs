@@ -55,6 +55,9 @@ const REFUSE: &[&str] = &[
 /// Podman's Docker API refuses the attach to a container that exited at once (its own words on
 /// why are lost behind it).
 const PODMAN_ATTACH_REFUSED: &str = "unable to upgrade to tcp, received 409";
+/// The pull's line when every image is baked into the machine's image store.
+pub const BAKED_LINE: &str =
+    "Every image of the job is in this machine's image store: nothing to pull.";
 /// The job log's explanation of [`PODMAN_ATTACH_REFUSED`].
 pub const PODMAN_ATTACH_HINT: &str = "The container of the job's first image exited as soon as it started. The usual cause: the image has no bash, which runs the job's commands (an image such as Alpine's needs bash added).";
 
@@ -338,7 +341,14 @@ fn start_containers(
         tracing::error!("Failed to set up image pull secrets");
         return None;
     }
-    if control.is_stopped() || pull(containers, options, log, control) != 0 {
+    let baked = containers.engine.as_ref().is_some_and(|engine| {
+        engine.has_images(request.compose.containers.iter().map(|c| c.image.as_str()))
+    });
+    let pulled = match baked {
+        true => nothing_to_pull(log),
+        false => pull(containers, options, log, control),
+    };
+    if control.is_stopped() || pulled != 0 {
         tracing::error!("Failed to pull images");
         return None;
     }
@@ -371,6 +381,16 @@ fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &J
     tracing::info!("Docker pull finished. Exit Code: {exit}");
     log.cmd_finished(PULL_DIRECTIVE, exit, started_at, unix_now());
     exit
+}
+
+/// `Pulling docker images...` when every image is baked into the job's engine: no `run` (the
+/// shell's own `run` starts the services), a line that says why.
+fn nothing_to_pull(log: &JobLog) -> i32 {
+    let started_at = unix_now();
+    log.cmd_started(PULL_DIRECTIVE);
+    log.cmd_output(format!("{BAKED_LINE}\n").as_bytes());
+    log.cmd_finished(PULL_DIRECTIVE, 0, started_at, unix_now());
+    0
 }
 
 /// A Compose CLI call: its arguments (program first), environment and user.
