@@ -178,7 +178,7 @@ fn run_in_shell(
     let shell_starting = std::time::Instant::now();
     let user = options.job_user.as_ref();
     match start_shell(request, options, log, control, scratch) {
-        Ok((shell, container)) => {
+        Ok((shell, teardown)) => {
             tracing::info!(
                 "{SHELL_READY_LOG} {:.1} ms",
                 shell_starting.elapsed().as_secs_f64() * 1000.0
@@ -191,7 +191,10 @@ fn run_in_shell(
                 control,
                 shell,
                 scratch,
-                container: container.as_ref().map(|c| &c.project),
+                container: match &teardown {
+                    Teardown::Containers(containers) => Some(&containers.project),
+                    _ => None,
+                },
             };
             let result = runner.run();
             runner.shell.close();
@@ -199,9 +202,7 @@ fn run_in_shell(
                 user.kill_all();
             }
             control.detach();
-            if let Some(containers) = container {
-                containers.down();
-            }
+            teardown.run();
             result
         }
         Err(NoShell::Containers) => {
@@ -230,23 +231,51 @@ enum NoShell {
     Containers,
 }
 
-/// The job's shell: bash in a PTY, or for `dockercompose` bash in the job's `main` container with
-/// the Compose project to take down at the end.
+/// What to take down when the job's shell is done.
+enum Teardown {
+    Nothing,
+    /// A container job's project (and its engine, on the rootless engine).
+    Containers(crate::compose::Containers),
+    /// A shell job's own container engine.
+    Engine(crate::compose::engine::JobEngine),
+}
+
+impl Teardown {
+    fn run(self) {
+        match self {
+            Teardown::Nothing => {}
+            Teardown::Containers(containers) => containers.down(),
+            Teardown::Engine(engine) => engine.tear_down(),
+        }
+    }
+}
+
+/// The job's shell: bash in a PTY (with an engine of the job's own on `container-engine:
+/// rootless`), or for `dockercompose` bash in the job's `main` container, with what to take down
+/// at the end.
 fn start_shell(
     request: &JobRequest,
     options: &JobOptions,
     log: &JobLog,
     control: &JobControl,
     scratch: &Path,
-) -> Result<(Shell, Option<crate::compose::Containers>), NoShell> {
+) -> Result<(Shell, Teardown), NoShell> {
     if request.executor == "dockercompose" {
         return crate::compose::start(request, options, log, control, scratch)
-            .map(|(shell, containers)| (shell, Some(containers)))
+            .map(|(shell, containers)| (shell, Teardown::Containers(containers)))
             .ok_or(NoShell::Containers);
     }
-    Shell::start(&options.shell_env, scratch, options.job_user.as_ref())
-        .map(|shell| (shell, None))
-        .map_err(NoShell::Bash)
+    let engine = crate::compose::start_shell_engine(options, scratch);
+    let env = engine.as_ref().map_or(&options.shell_env[..], |e| e.env());
+    match Shell::start(env, scratch, options.job_user.as_ref()) {
+        Ok(shell) => Ok((shell, engine.map_or(Teardown::Nothing, Teardown::Engine))),
+        Err(error) => {
+            if let Some(engine) = engine {
+                engine.tear_down();
+            }
+            Err(NoShell::Bash(error))
+        }
+    }
 }
 
 pub(crate) fn fail_before_shell(log: &JobLog, directive: &str, message: &str) {
@@ -338,11 +367,17 @@ impl Runner<'_> {
             .agent_env_vars
             .iter()
             .map(|(name, value)| (name.clone(), Ok(value.as_bytes().to_vec())));
+        // A stop that lands while the shell starts kills it under the first step: that step
+        // fails, and the job was stopped, not failed.
+        let failed = || match self.control.is_stopped() {
+            true => JobResult::Stopped,
+            false => JobResult::Failed,
+        };
         if self.export_env_vars(job_vars.chain(agent_vars).collect()) != 0 {
-            return JobResult::Failed;
+            return failed();
         }
         if self.inject_files() != 0 {
-            return JobResult::Failed;
+            return failed();
         }
         if !self.options.pre_job_hook_path.is_empty() {
             let verb = if self.options.source_pre_job_hook {

@@ -139,6 +139,36 @@ pub fn start(
     }
 }
 
+/// The engine of a shell job on `container-engine: rootless`, so that its `docker` (and `podman`)
+/// commands have an engine of the job's own (`DOCKER_HOST` in the job's environment); `None` for
+/// the machine's Docker, and where the engine cannot start (the agent log says why; the job runs
+/// all the same, since it may not need one).
+pub fn start_shell_engine(options: &JobOptions, scratch: &Path) -> Option<JobEngine> {
+    let ContainerEngine::Rootless(rootless) = &options.compose.engine else {
+        return None;
+    };
+    if let Err(error) = share_scratch(scratch) {
+        tracing::error!("The job's container engine cannot use the scratch directory: {error}");
+        return None;
+    }
+    let user = options.job_user.as_ref();
+    match JobEngine::start(rootless, user, scratch, &options.shell_env) {
+        Ok(engine) => Some(engine),
+        Err(error) => {
+            tracing::error!("The job's container engine did not start, docker commands in the job will fail: {error}");
+            None
+        }
+    }
+}
+
+/// Lets anyone pass through the scratch directory (not list it): a container's user may be
+/// anyone and reaches the command and env files by name, and the engine makes every directory
+/// above a container's state passable.
+fn share_scratch(scratch: &Path) -> std::io::Result<()> {
+    let mode = std::fs::metadata(scratch)?.permissions().mode();
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(mode | 0o011))
+}
+
 /// The job's own engine, for `container-engine: rootless`; `Some(None)` for the machine's Docker.
 fn start_engine(options: &JobOptions, log: &JobLog, scratch: &Path) -> Option<Option<JobEngine>> {
     let ContainerEngine::Rootless(rootless) = &options.compose.engine else {
@@ -173,13 +203,7 @@ fn prepare(
         fail_before_shell(log, PREPARE_DIRECTIVE, &message);
         None
     };
-    // The container's user may be anyone: it must reach the command and env files (by name).
-    let mode = std::fs::metadata(scratch)
-        .map(|m| m.permissions().mode())
-        .unwrap_or(0o700);
-    if let Err(error) =
-        std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(mode | 0o011))
-    {
+    if let Err(error) = share_scratch(scratch) {
         return fail(format!(
             "Failed to share the scratch directory with the containers: {error}"
         ));
