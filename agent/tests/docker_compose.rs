@@ -1072,6 +1072,27 @@ fn rootless_without_what_the_engine_needs_fails_clearly() {
         &prepare("The job user 'nobody' has no subordinate uids in /etc/subuid, so its containers cannot have users of their own. Add a range: usermod --add-subuids 100000-165535 nobody\n"),
     );
 
+    // A machine whose kernel refuses the job user a user namespace (a sysctl, or Ubuntu's AppArmor
+    // rule): faked, since switching namespaces off here would switch them off for every test.
+    let mut h = Harness::new("no-userns", Engine::Rootless);
+    let fake = containers::tools(&[(
+        "podman",
+        "#!/bin/sh\necho 'Error: cannot set up namespace using \"/usr/bin/newuidmap\": exit status 1' >&2\nexit 125\n",
+    )]);
+    h.options.shell_env.retain(|(name, _)| name != "PATH");
+    h.options.shell_env.push((
+        "PATH".into(),
+        format!("{}:/usr/bin:/bin", fake.path().display()),
+    ));
+    let (result, events) = h.run(&h.main_job(&["echo never"]));
+    assert_eq!(result, JobResult::Failed);
+    let output = outputs(&events);
+    assert!(
+        output.contains("does not let the job user make the user namespace")
+            && output.contains("exit status 1"),
+        "{output}"
+    );
+
     let mut h = Harness::new("no-podman", Engine::Rootless);
     let bin = containers::tools(&[]);
     h.options.shell_env.retain(|(name, _)| name != "PATH");

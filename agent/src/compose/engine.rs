@@ -91,6 +91,28 @@ pub enum EngineError {
     Start(std::io::Error),
     #[error("The job's container engine did not answer within {} s. Its last words: {log}", waited.as_secs())]
     NotReady { waited: Duration, log: String },
+    #[error("The job's container engine stopped as it started. Its last words: {log}")]
+    Exited { log: String },
+    #[error("This machine does not let the job user make the user namespace its container engine needs: check `sysctl user.max_user_namespaces` and, on Ubuntu 24.04, `kernel.apparmor_restrict_unprivileged_userns`, or run container jobs on the machine's Docker (JobDockerAccess=true). Podman said: {log}")]
+    NoUserNamespaces { log: String },
+}
+
+/// Why the engine's service did not come up, from whether it exited and its last words.
+pub fn diagnose(exited: bool, waited: Duration, log: String) -> EngineError {
+    const NO_NAMESPACE: &[&str] = &[
+        "uid_map",
+        "gid_map",
+        "newuidmap",
+        "user namespace",
+        "cannot clone",
+    ];
+    if NO_NAMESPACE.iter().any(|words| log.contains(words)) {
+        return EngineError::NoUserNamespaces { log };
+    }
+    match exited {
+        true => EngineError::Exited { log },
+        false => EngineError::NotReady { waited, log },
+    }
 }
 
 /// The job user's subordinate id range in `/etc/subuid` or `/etc/subgid` text (`name:start:count`
@@ -230,10 +252,7 @@ impl JobEngine {
             }
             let exited = matches!(self.service.try_wait(), Ok(Some(_)));
             if exited || Instant::now() > deadline {
-                return Err(EngineError::NotReady {
-                    waited: timeout,
-                    log: self.service_log_tail(),
-                });
+                return Err(diagnose(exited, timeout, self.service_log_tail()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -610,6 +629,27 @@ mod tests {
             containers.contains("cgroup_manager = \"cgroupfs\"\n"),
             "{containers}"
         );
+    }
+
+    #[test]
+    fn why_the_engine_did_not_come_up() {
+        let waited = Duration::from_secs(30);
+        let userns = "Error: cannot set up namespace using \"/usr/bin/newuidmap\": exit status 1";
+        let table = [
+            (true, userns, "user namespace"),
+            (
+                false,
+                "write to uid_map failed: Operation not permitted",
+                "user namespace",
+            ),
+            (true, "Error: database is locked", "stopped as it started"),
+            (false, "(nothing)", "did not answer within 30 s"),
+        ];
+        for (exited, log, expected) in table {
+            let message = diagnose(exited, waited, log.to_string()).to_string();
+            assert!(message.contains(expected), "{log}: {message}");
+            assert!(message.contains(log), "{message}");
+        }
     }
 
     #[test]
