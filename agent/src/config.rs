@@ -39,6 +39,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("container-gpus", Kind::Text),
     ("container-engine", Kind::Text),
     ("container-image-store", Kind::Text),
+    ("container-pull-stall-timeout", Kind::Int),
     ("ec2", Kind::Flag),
     ("imds-endpoint", Kind::Text),
     ("ec2-poll-seconds", Kind::Int),
@@ -92,6 +93,9 @@ pub struct Config {
     /// (a rootless Podman of the job's own, as the job user; `container-image-store` names its
     /// store of baked images).
     pub container_engine: crate::compose::engine::ContainerEngine,
+    /// Seconds a container job's pull may print nothing before it is stopped (0: the default,
+    /// [`crate::compose::DEFAULT_PULL_STALL`]).
+    pub container_pull_stall_timeout: i64,
     /// Running on EC2: name = instance id, wait out warm pools, spot notices interrupt.
     pub ec2: bool,
     /// Instance metadata service base URL ("" = the standard address).
@@ -347,6 +351,17 @@ fn int(values: &BTreeMap<&'static str, Raw>, key: &str, default: i64) -> Result<
     })
 }
 
+/// An integer option that may not be negative (0: its default).
+fn non_negative(values: &BTreeMap<&'static str, Raw>, key: &str) -> Result<i64, ConfigError> {
+    let value = int(values, key, 0)?;
+    if value < 0 {
+        return Err(invalid(format!(
+            "Invalid value '{value}' for '{key}': expected 0 or more seconds. Exiting..."
+        )));
+    }
+    Ok(value)
+}
+
 fn list(values: &BTreeMap<&'static str, Raw>, key: &str) -> Result<Vec<String>, ConfigError> {
     Ok(match values.get(key) {
         None => Vec::new(),
@@ -442,6 +457,7 @@ fn build(
         report_gpus: flag(values, "report-gpus")?,
         container_gpus: container_gpus(values)?,
         container_engine: container_engine(values)?,
+        container_pull_stall_timeout: non_negative(values, "container-pull-stall-timeout")?,
         ec2: flag(values, "ec2")?,
         ec2_keep_instance: flag(values, "ec2-keep-instance")?,
         ec2_poweroff_command: match values.get("ec2-poweroff-command") {
@@ -762,6 +778,19 @@ mod tests {
             let config = load_with(&[BASE, flags].concat(), &[], "").unwrap();
             assert_eq!(config.container_engine, *expected, "{flags:?}");
         }
+        let config = load_with(
+            &[BASE, &["--container-pull-stall-timeout", "90"]].concat(),
+            &[],
+            "",
+        )
+        .unwrap();
+        assert_eq!(config.container_pull_stall_timeout, 90);
+        assert_eq!(
+            load_with(&[BASE, &["--container-pull-stall-timeout", "-1"]].concat(), &[], ""),
+            Err(ConfigError::Invalid(
+                "Invalid value '-1' for 'container-pull-stall-timeout': expected 0 or more seconds. Exiting...".into()
+            ))
+        );
         // The AMI's agent unit sets it through the environment (flotilla-seal writes it).
         let config = load_with(
             BASE,

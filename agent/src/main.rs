@@ -395,6 +395,8 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
             gpus: config.container_gpus,
             host_gpus: gpus.to_vec(),
             engine: config.container_engine.clone(),
+            pull_stall_timeout: (config.container_pull_stall_timeout > 0)
+                .then(|| Duration::from_secs(config.container_pull_stall_timeout as u64)),
         },
     })
 }

@@ -1358,3 +1358,72 @@ fn rootless_shell_jobs_get_an_engine_of_their_own() {
         outputs(&events)
     );
 }
+
+/// A pull that prints nothing for `container-pull-stall-timeout` (a registry that accepts and never
+/// answers; here a Compose that stalls at the pull's `run` and passes every other call on) is
+/// stopped: the job fails with a line that says what to check, and nothing of it is left running.
+#[test]
+fn a_pull_that_stalls_is_stopped_with_a_line_saying_why() {
+    let stall = |real: Option<std::path::PathBuf>| {
+        let real = real
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "false".into());
+        format!(
+            "#!/bin/bash\ncase \" $* \" in *\" run --rm main true \"*) echo 'Pulling main...'; exec sleep 600;; esac\nexec {real} \"$@\"\n"
+        )
+    };
+    let fakes = containers::tools(&[
+        ("docker", &stall(containers::which("docker"))),
+        (
+            "docker-compose",
+            &stall(containers::which("docker-compose")),
+        ),
+    ]);
+    let mut h = Harness::new("stall", Engine::Host);
+    let path = std::env::var("PATH").unwrap_or_default();
+    h.options.shell_env.retain(|(name, _)| name != "PATH");
+    h.options
+        .shell_env
+        .push(("PATH".into(), format!("{}:{path}", fakes.path().display())));
+    h.options.compose.pull_stall_timeout = Some(Duration::from_secs(2));
+    let sleeping = || {
+        let found = std::process::Command::new("pgrep")
+            .args(["-f", "^sleep 600$"])
+            .output()
+            .unwrap();
+        !found.stdout.is_empty()
+    };
+    // While the pull stalls, its process is there to be seen (so that its absence later means
+    // something).
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let saw = seen.clone();
+    let watch = move |event: &LogEvent, _: &std::sync::Arc<agent::job::JobControl>| {
+        if matches!(event, LogEvent::CmdOutput { output, .. } if output.contains("Pulling main")) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while !sleeping() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            saw.store(sleeping(), std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let started = std::time::Instant::now();
+    let (result, events) = h.run_with(&h.main_job(&["echo never"]), watch);
+    assert!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        "the stalled pull was never seen"
+    );
+    assert_eq!(result, JobResult::Failed, "{:#?}", simplified(&events));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = simplified(&events);
+    assert!(log.contains(&"Pulling main...\n".to_string()), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|line| line.starts_with("The pull printed nothing for 2 s and was stopped")),
+        "{log:#?}"
+    );
+    assert!(!sleeping(), "the stalled pull is still running");
+}

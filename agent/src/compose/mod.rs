@@ -74,7 +74,14 @@ pub struct ComposeOptions {
     pub host_gpus: Vec<Gpu>,
     /// `container-engine`: the machine's Docker or a rootless engine of the job's own.
     pub engine: ContainerEngine,
+    /// `container-pull-stall-timeout`: how long the pull may go without a line of output before
+    /// it is stopped and the job fails ([`DEFAULT_PULL_STALL`] when `None`).
+    pub pull_stall_timeout: Option<Duration>,
 }
+
+/// A pull that prints nothing for this long is stuck (a registry that accepts and never answers):
+/// Compose prints progress lines while layers move.
+pub const DEFAULT_PULL_STALL: Duration = Duration::from_secs(600);
 
 /// A container job's Compose project and, with `container-engine: rootless`, its own engine.
 #[derive(Debug)]
@@ -392,11 +399,23 @@ fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &J
         env: containers.client_env(options),
         user: containers.client_user(),
     };
-    let exit = match run_in_pty(&command, control, &mut |line| {
+    let stall = options
+        .compose
+        .pull_stall_timeout
+        .unwrap_or(DEFAULT_PULL_STALL);
+    let exit = match run_in_pty(&command, control, stall, &mut |line| {
         log.cmd_output(format!("{line}\n").as_bytes())
     }) {
-        Ok(true) => 0,
-        Ok(false) => 1,
+        Ok(PtyEnd::Exited(true)) => 0,
+        Ok(PtyEnd::Exited(false)) => 1,
+        Ok(PtyEnd::Stalled) => {
+            let message = format!(
+                "The pull printed nothing for {} s and was stopped: a registry that does not answer? Check the image names and this machine's network (or raise container-pull-stall-timeout).",
+                stall.as_secs()
+            );
+            log.cmd_output(format!("{message}\n").as_bytes());
+            1
+        }
         Err(error) => {
             tracing::error!("Failed to initialize docker pull, err: {error}");
             1
@@ -424,19 +443,30 @@ struct Client<'a> {
     user: Option<&'a crate::job_user::JobUser>,
 }
 
+/// How a command in a PTY ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PtyEnd {
+    /// It exited: whether with 0.
+    Exited(bool),
+    /// It printed nothing for the stall time and was killed.
+    Stalled,
+}
+
 /// Runs the client's command in a PTY of its own (as its user), each output line (without its
-/// line end) to `on_line`; whether it exited 0. A stop kills it.
+/// line end) to `on_line`. A stop kills it, and so does `stall` without a byte of output.
 fn run_in_pty(
     client: &Client<'_>,
     control: &JobControl,
+    stall: Duration,
     on_line: &mut dyn FnMut(&str),
-) -> std::io::Result<bool> {
+) -> std::io::Result<PtyEnd> {
     let terminal = pty::open_pty()?;
     let command = client.command;
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     let mut child = pty::spawn_in_pty_as(&terminal, &command[0], &args, client.env, client.user)?;
     drop(terminal.slave);
     control.attach(child.id() as i32, client.user);
+    let watchdog = Watchdog::start(child.id() as i32, stall);
     let mut reader = std::io::BufReader::new(terminal.master);
     let mut line = Vec::new();
     loop {
@@ -444,6 +474,7 @@ fn run_in_pty(
         match reader.read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) => {
+                watchdog.fed();
                 let text = String::from_utf8_lossy(&line);
                 on_line(text.trim_end_matches(['\n', '\r']));
             }
@@ -453,7 +484,63 @@ fn run_in_pty(
     }
     let status = child.wait();
     control.detach();
-    Ok(status?.success())
+    let stalled = watchdog.finish();
+    match stalled {
+        true => Ok(PtyEnd::Stalled),
+        false => Ok(PtyEnd::Exited(status?.success())),
+    }
+}
+
+/// Kills a PTY session that has printed nothing for its stall time.
+struct Watchdog {
+    state: std::sync::Arc<WatchdogState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    fed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    done: std::sync::atomic::AtomicBool,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl Watchdog {
+    fn start(session: i32, stall: Duration) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(WatchdogState::default());
+        *state.fed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        let watched = state.clone();
+        let thread = std::thread::spawn(move || {
+            while !watched.done.load(Ordering::SeqCst) {
+                let fed_at = *watched.fed_at.lock().unwrap_or_else(|p| p.into_inner());
+                if fed_at.is_some_and(|at| at.elapsed() > stall) {
+                    watched.fired.store(true, Ordering::SeqCst);
+                    pty::kill_session(session);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Watchdog {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    fn fed(&self) {
+        *self.state.fed_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+    }
+
+    /// Stops watching; whether it fired.
+    fn finish(mut self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.state.done.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.state.fired.load(Ordering::SeqCst)
+    }
 }
 
 /// `Starting the docker image...`: bash in `main`, through the Compose CLI in the job's PTY.
