@@ -1,17 +1,18 @@
 //! The container engine a job's Compose talks to (`container-engine`). `host` is the machine's
 //! Docker daemon, as upstream's agent uses it: whoever may use its socket is root on the machine.
 //! `rootless` gives each job an engine of its own: a rootless Podman, run as the job user, whose
-//! Docker-compatible API the job's Compose (and a `docker` CLI in `main`) reaches through
-//! `DOCKER_HOST`. Its containers live in a user namespace whose root is the job user and whose
+//! Docker-compatible API the job's Compose, a `docker` CLI in `main` and a shell job's `docker`
+//! reach through `DOCKER_HOST`. Its containers live in a user namespace whose root is the job user and whose
 //! other users are the job user's subordinate ids, so nothing a job does through it is more than
 //! the job user could do, and its traffic leaves through slirp4netns as the job user's own, where
 //! the metadata service's owner rule applies.
 //!
-//! One engine per job: storage and run state live in the job's scratch directory (`engine/`), the
-//! configuration beside it where the job cannot change it, images baked into the machine come from
-//! a read-only additional image store (no pull, no copy), and at the end of the job every container
-//! is removed, the storage reset, and every process of the job user killed. Why Podman and not
-//! rootless Docker: docs/ARCHITECTURE.md, "Container jobs".
+//! One engine per job: its storage lives in the job's scratch directory (`engine/state`), its run
+//! state in a short private directory under `/tmp`, the configuration beside the storage where the
+//! job cannot change it; images baked into the machine come from a read-only additional image
+//! store (no pull, no copy); at the end of the job every container is removed, the storage reset,
+//! and every process of the job user killed. Why Podman and not rootless Docker:
+//! docs/ARCHITECTURE.md, key decision 7.
 
 use crate::command::CommandError;
 use crate::job_user::JobUser;
