@@ -164,30 +164,41 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
     checks
 }
 
+/// Why the engine check failed.
+#[derive(Debug, thiserror::Error)]
+enum EngineCheckError {
+    #[error(transparent)]
+    User(#[from] crate::job_user::JobUserError),
+    #[error("cannot make a scratch directory for the engine: {0}")]
+    Scratch(#[from] std::io::Error),
+    #[error(transparent)]
+    Engine(#[from] crate::compose::engine::EngineError),
+}
+
 /// Starts the engine a container job gets, as `user`, in a scratch directory of its own, and tears
 /// it down: how long it took to answer.
-fn rootless_engine(user: &str) -> Result<String, String> {
-    let user = crate::job_user::JobUser::lookup(user).map_err(|e| e.to_string())?;
-    let scratch = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-self-test-")
-        .map_err(|e| e.to_string())?;
+fn rootless_engine(user: &str) -> Result<String, EngineCheckError> {
+    let user = crate::job_user::JobUser::lookup(user)?;
+    let scratch = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-self-test-")?;
     let result = engine_round_trip(&user, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-fn engine_round_trip(user: &crate::job_user::JobUser, scratch: &Path) -> Result<String, String> {
+fn engine_round_trip(
+    user: &crate::job_user::JobUser,
+    scratch: &Path,
+) -> Result<String, EngineCheckError> {
     use crate::compose::engine::{JobEngine, RootlessOptions, DEFAULT_IMAGE_STORE};
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))?;
     let mut env = crate::job::job_environment(std::env::vars());
     user.apply_to_environment(&mut env);
     let options = RootlessOptions {
         image_store: Some(PathBuf::from(DEFAULT_IMAGE_STORE)),
     };
     let started = std::time::Instant::now();
-    let engine =
-        JobEngine::start(&options, Some(user), scratch, &env).map_err(|e| e.to_string())?;
+    let engine = JobEngine::start(&options, Some(user), scratch, &env)?;
     let answered = started.elapsed();
     engine.tear_down();
     Ok(format!(

@@ -22,6 +22,27 @@ use thiserror::Error;
 pub const DIRECTIVE: &str = "Setting up image pull credentials";
 const TYPE_VARIABLE: &str = "DOCKER_CREDENTIAL_TYPE";
 
+/// Why a login could not be prepared; each message is the job log's line (upstream's texts).
+#[derive(Debug, Error)]
+pub enum LoginError {
+    #[error("Failed to decode {0}")]
+    BadVariable(String),
+    #[error(
+        "Failed to determine docker login command: cannot tell the AWS CLI version from '{0}'"
+    )]
+    AwsCliVersion(String),
+    #[error("Failed to determine docker login command: cannot find the AWS account id: {0}")]
+    AwsAccount(String),
+    #[error("Failed to decode the content of the file.")]
+    BadFileContent,
+    #[error("Failed to create destination path {0}: HOME is not set")]
+    NoHome(String),
+    #[error("Failed to set file mode to {0}")]
+    BadFileMode(String),
+    #[error("Failed to create destination path {path}: {error}")]
+    Write { path: String, error: String },
+}
+
 /// The registry kinds upstream knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -122,30 +143,12 @@ fn log_in(
         Strategy::Gcr => "GCR",
     };
     log.cmd_output(format!("Setting up credentials for {title}\n").as_bytes());
-    let env = match decoded(&credential.env_vars) {
-        Ok(env) => command_env(env, login),
-        Err(name) => {
-            log.cmd_output(format!("Failed to decode {name}\n").as_bytes());
+    let (command, env) = match login_command(kind, credential, login) {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            log.cmd_output(format!("{error}\n").as_bytes());
             return 1;
         }
-    };
-    let command = match kind {
-        Strategy::DockerHub => "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin".to_string(),
-        Strategy::GenericDocker => r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#.to_string(),
-        Strategy::Gcr => match write_files_as(login.user, credential, &env) {
-            Ok(()) => "cat /tmp/gcr/keyfile.json | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME".to_string(),
-            Err(message) => {
-                log.cmd_output(format!("{message}\n").as_bytes());
-                return 1;
-            }
-        },
-        Strategy::Ecr => match ecr_command(&env, login.user) {
-            Ok(command) => command,
-            Err(message) => {
-                log.cmd_output(format!("Failed to determine docker login command: {message}\n").as_bytes());
-                return 1;
-            }
-        },
     };
     log.cmd_output(format!("{command}\n").as_bytes());
     let (success, output) = bash(&command, &env, login.user);
@@ -159,8 +162,27 @@ fn log_in(
     }
 }
 
-/// The credential's variables decoded, or the name of the first one that is not valid base64.
-fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, String> {
+/// The login command for `kind` and the environment it runs with; GCR's key file written.
+fn login_command(
+    kind: Strategy,
+    credential: &ImagePullCredentials,
+    login: &Login<'_>,
+) -> Result<(String, Vec<(String, String)>), LoginError> {
+    let env = command_env(decoded(&credential.env_vars)?, login);
+    let command = match kind {
+        Strategy::DockerHub => "echo $DOCKERHUB_PASSWORD | docker login --username $DOCKERHUB_USERNAME --password-stdin".to_string(),
+        Strategy::GenericDocker => r#"docker login -u "$DOCKER_USERNAME" -p "$DOCKER_PASSWORD" $DOCKER_URL"#.to_string(),
+        Strategy::Gcr => {
+            write_files_as(login.user, credential, &env)?;
+            "cat /tmp/gcr/keyfile.json | docker login -u _json_key --password-stdin https://$GCR_HOSTNAME".to_string()
+        }
+        Strategy::Ecr => ecr_command(&env, login.user)?,
+    };
+    Ok((command, env))
+}
+
+/// The credential's variables decoded; the first one that is not valid base64 is named.
+fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, LoginError> {
     vars.iter()
         .map(|var| {
             var.decode_value()
@@ -170,7 +192,7 @@ fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, String> {
                         String::from_utf8_lossy(&value).into_owned(),
                     )
                 })
-                .map_err(|_| var.name.clone())
+                .map_err(|_| LoginError::BadVariable(var.name.clone()))
         })
         .collect()
 }
@@ -241,10 +263,10 @@ fn bash(
 fn ecr_command(
     env: &[(String, String)],
     user: Option<&crate::job_user::JobUser>,
-) -> Result<String, String> {
+) -> Result<String, LoginError> {
     let (_, version) = bash("aws --version", env, user);
     let v2 = is_aws_cli_v2(&version)
-        .ok_or_else(|| format!("cannot tell the AWS CLI version from '{}'", version.trim()))?;
+        .ok_or_else(|| LoginError::AwsCliVersion(version.trim().to_string()))?;
     let account = env
         .iter()
         .find(|(name, _)| name == "AWS_ACCOUNT_ID")
@@ -257,7 +279,7 @@ fn ecr_command(
                 user,
             );
             if !ok {
-                return Err(format!("cannot find the AWS account id: {}", output.trim()));
+                return Err(LoginError::AwsAccount(output.trim().to_string()));
             }
             Some(output.trim().to_string())
         }
@@ -272,17 +294,23 @@ fn write_files_as(
     user: Option<&crate::job_user::JobUser>,
     credential: &ImagePullCredentials,
     env: &[(String, String)],
-) -> Result<(), String> {
+) -> Result<(), LoginError> {
     match user {
         Some(user) => user
             .run_as(|| write_files(credential, env))
-            .map_err(|error| error.to_string())?,
+            .map_err(|error| LoginError::Write {
+                path: "~".to_string(),
+                error: error.to_string(),
+            })?,
         None => write_files(credential, env),
     }
 }
 
 /// Writes the credential's files (GCR's key file) on the host.
-fn write_files(credential: &ImagePullCredentials, env: &[(String, String)]) -> Result<(), String> {
+fn write_files(
+    credential: &ImagePullCredentials,
+    env: &[(String, String)],
+) -> Result<(), LoginError> {
     let home = env
         .iter()
         .find(|(name, _)| name == "HOME")
@@ -290,26 +318,19 @@ fn write_files(credential: &ImagePullCredentials, env: &[(String, String)]) -> R
     for file in &credential.files {
         let content = file
             .decode_content()
-            .map_err(|_| "Failed to decode the content of the file.".to_string())?;
+            .map_err(|_| LoginError::BadFileContent)?;
         let destination = match (file.path.strip_prefix("~/"), &home) {
             _ if file.path.starts_with('/') => PathBuf::from(&file.path),
             (Some(rest), Some(home)) => home.join(rest),
             (None, Some(home)) => home.join(&file.path),
-            (_, None) => {
-                return Err(format!(
-                    "Failed to create destination path {}: HOME is not set",
-                    file.path
-                ))
-            }
+            (_, None) => return Err(LoginError::NoHome(file.path.clone())),
         };
         let mode = file
             .parse_mode()
-            .ok_or_else(|| format!("Failed to set file mode to {}", file.mode))?;
-        write_file(&destination, &content, mode).map_err(|error| {
-            format!(
-                "Failed to create destination path {}: {error}",
-                destination.display()
-            )
+            .ok_or_else(|| LoginError::BadFileMode(file.mode.clone()))?;
+        write_file(&destination, &content, mode).map_err(|error| LoginError::Write {
+            path: destination.display().to_string(),
+            error: error.to_string(),
         })?;
     }
     Ok(())
@@ -335,6 +356,26 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_errors_read_as_upstreams_lines() {
+        let table = [
+            (LoginError::BadVariable("X".into()), "Failed to decode X"),
+            (
+                LoginError::AwsCliVersion("aws: not found".into()),
+                "Failed to determine docker login command: cannot tell the AWS CLI version from 'aws: not found'",
+            ),
+            (LoginError::BadFileContent, "Failed to decode the content of the file."),
+            (
+                LoginError::NoHome("~/k.json".into()),
+                "Failed to create destination path ~/k.json: HOME is not set",
+            ),
+            (LoginError::BadFileMode("abc".into()), "Failed to set file mode to abc"),
+        ];
+        for (error, text) in table {
+            assert_eq!(error.to_string(), text);
+        }
+    }
 
     fn credential(kind: Option<&str>) -> ImagePullCredentials {
         ImagePullCredentials {
