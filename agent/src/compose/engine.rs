@@ -181,6 +181,8 @@ fn toml_string(path: &Path) -> String {
 pub struct JobEngine {
     user: JobUser,
     dir: PathBuf,
+    /// The run directory under `/tmp` (`XDG_RUNTIME_DIR` in `env`).
+    runtime: PathBuf,
     env: Vec<(String, String)>,
     service: Child,
 }
@@ -201,11 +203,12 @@ impl JobEngine {
             .image_store
             .as_deref()
             .filter(|store| store.is_dir());
-        let env = lay_out(user, scratch, &dir, image_store, shell_env)?;
+        let Layout { env, runtime } = lay_out(user, scratch, &dir, image_store, shell_env)?;
         let service = spawn_service(user, &dir, &env)?;
         let mut engine = JobEngine {
             user: user.clone(),
             dir,
+            runtime,
             env,
             service,
         };
@@ -299,27 +302,13 @@ impl JobEngine {
         if let Err(error) = remove_entries_as(&self.user, shared) {
             tracing::error!("Error removing the job's container engine files: {error}");
         }
-        if let Some(runtime) = self.runtime_dir() {
-            let removed = self.user.run_as(|| std::fs::remove_dir_all(&runtime));
-            if let Err(error) = removed
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-            {
-                tracing::error!("Error removing the job's container engine run directory: {error}");
-            }
+        let removed = self.user.run_as(|| std::fs::remove_dir_all(&self.runtime));
+        if let Err(error) = removed
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            tracing::error!("Error removing the job's container engine run directory: {error}");
         }
-    }
-
-    /// The engine's `XDG_RUNTIME_DIR`, when it is one this engine made.
-    fn runtime_dir(&self) -> Option<PathBuf> {
-        let (_, value) = self
-            .env
-            .iter()
-            .find(|(name, _)| name == "XDG_RUNTIME_DIR")?;
-        let path = PathBuf::from(value);
-        let name = path.file_name()?.to_str()?;
-        (path.parent() == Some(Path::new(RUNTIME_PARENT)) && name.starts_with(RUNTIME_PREFIX))
-            .then_some(path)
     }
 
     /// Runs `podman args` as the job user with the engine's configuration (from `/`: the job may
@@ -377,7 +366,7 @@ fn lay_out(
     dir: &Path,
     image_store: Option<&Path>,
     shell_env: &[(String, String)],
-) -> Result<Vec<(String, String)>, EngineError> {
+) -> Result<Layout, EngineError> {
     let shared = dir.parent().unwrap_or(scratch);
     std::fs::DirBuilder::new()
         .mode(0o2771)
@@ -415,7 +404,13 @@ fn lay_out(
     ] {
         env.push((name.to_string(), value));
     }
-    Ok(env)
+    Ok(Layout { env, runtime: xdg })
+}
+
+/// What [`lay_out`] made: the clients' environment and the run directory.
+struct Layout {
+    env: Vec<(String, String)>,
+    runtime: PathBuf,
 }
 
 /// Where Podman keeps its run state (`XDG_RUNTIME_DIR`): a new private directory of the job

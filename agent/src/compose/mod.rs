@@ -497,9 +497,8 @@ struct Watchdog {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-#[derive(Default)]
 struct WatchdogState {
-    fed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    fed_at: std::sync::Mutex<std::time::Instant>,
     done: std::sync::atomic::AtomicBool,
     fired: std::sync::atomic::AtomicBool,
 }
@@ -507,13 +506,16 @@ struct WatchdogState {
 impl Watchdog {
     fn start(session: i32, stall: Duration) -> Watchdog {
         use std::sync::atomic::Ordering;
-        let state = std::sync::Arc::new(WatchdogState::default());
-        *state.fed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        let state = std::sync::Arc::new(WatchdogState {
+            fed_at: std::sync::Mutex::new(std::time::Instant::now()),
+            done: Default::default(),
+            fired: Default::default(),
+        });
         let watched = state.clone();
         let thread = std::thread::spawn(move || {
             while !watched.done.load(Ordering::SeqCst) {
                 let fed_at = *watched.fed_at.lock().unwrap_or_else(|p| p.into_inner());
-                if fed_at.is_some_and(|at| at.elapsed() > stall) {
+                if fed_at.elapsed() > stall {
                     watched.fired.store(true, Ordering::SeqCst);
                     pty::kill_session(session);
                     return;
@@ -528,8 +530,7 @@ impl Watchdog {
     }
 
     fn fed(&self) {
-        *self.state.fed_at.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(std::time::Instant::now());
+        *self.state.fed_at.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     /// Stops watching; whether it fired.
