@@ -18,6 +18,45 @@ pub enum GpuError {
     Command(#[from] CommandError),
 }
 
+/// Why a CDI spec gives the rootless engine no GPUs.
+#[derive(Debug, Error)]
+pub enum CdiError {
+    #[error("the CDI spec is not YAML or JSON of the CDI format: {0}")]
+    Malformed(#[from] serde_yaml::Error),
+    #[error("the CDI spec is of kind '{0}', not nvidia.com/gpu")]
+    WrongKind(String),
+    #[error("the CDI spec has no device named 'all' (it has: {0})")]
+    NoAll(String),
+}
+
+/// The part of a CDI spec (the Container Device Interface's file, written by `nvidia-ctk cdi
+/// generate`) that says which device names a container may ask for.
+#[derive(Debug, serde::Deserialize)]
+struct CdiSpec {
+    kind: String,
+    #[serde(default)]
+    devices: Vec<CdiDevice>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CdiDevice {
+    name: String,
+}
+
+/// The device names of an `nvidia.com/gpu` CDI spec, which must include `all` (what the rootless
+/// engine's compose file asks for with `--container-gpus all|auto`, `agent/src/compose/file.rs`).
+pub fn cdi_gpu_devices(spec: &str) -> Result<Vec<String>, CdiError> {
+    let spec: CdiSpec = serde_yaml::from_str(spec)?;
+    if spec.kind != "nvidia.com/gpu" {
+        return Err(CdiError::WrongKind(spec.kind));
+    }
+    let names: Vec<String> = spec.devices.into_iter().map(|d| d.name).collect();
+    match names.iter().any(|name| name == "all") {
+        true => Ok(names),
+        false => Err(CdiError::NoAll(names.join(", "))),
+    }
+}
+
 /// The wire type the registration extension carries.
 pub type Gpu = protocol::GpuInfo;
 
@@ -172,6 +211,33 @@ pub fn add_to_environment(environment: &mut Vec<(String, String)>, gpus: &[Gpu])
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cdi_specs_name_their_gpus_and_need_all() {
+        let spec = "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits: {}\n- name: GPU-4b1e\n- name: all\ncontainerEdits:\n  env: [NVIDIA_VISIBLE_DEVICES=void]\n";
+        assert_eq!(
+            super::cdi_gpu_devices(spec).unwrap(),
+            ["0", "GPU-4b1e", "all"]
+        );
+        let json = r#"{"cdiVersion":"0.5.0","kind":"nvidia.com/gpu","devices":[{"name":"all"}]}"#;
+        assert_eq!(super::cdi_gpu_devices(json).unwrap(), ["all"]);
+        let errors = [
+            (
+                "kind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n",
+                "no device named 'all' (it has: 0)",
+            ),
+            (
+                "kind: example.com/fpga\ndevices: []\n",
+                "of kind 'example.com/fpga'",
+            ),
+            ("devices: []\n", "not YAML or JSON of the CDI format"),
+            ("[", "not YAML or JSON of the CDI format"),
+        ];
+        for (text, words) in errors {
+            let error = super::cdi_gpu_devices(text).unwrap_err().to_string();
+            assert!(error.contains(words), "{text}: {error}");
+        }
+    }
+
     use super::*;
 
     const SMI: &str = "0, NVIDIA A10G, GPU-6a5a0c2b-1111-2222-3333-444455556666, 23028, 550.54.15\n1, NVIDIA A10G, GPU-7b6b1d3c-1111-2222-3333-444455556666, 23028, 550.54.15\n";

@@ -1,8 +1,9 @@
 //! `agent self-test`: what an image must have before it is worth booting — run last by the Packer
 //! build and usable on any instance. It checks the installed units and boot scripts, that instance
 //! metadata answers over IMDSv2, that the job user's rootless container engine starts and stops
-//! (`--engine-user`), and on the GPU variant that the driver answers (`nvidia-smi`) and that Docker
-//! can hand GPUs to containers. Every check runs; any failure means a non-zero exit.
+//! (`--engine-user`), and on the GPU variant that the driver answers (`nvidia-smi`), that Docker
+//! can hand GPUs to containers and (with `--engine-user`) that the NVIDIA Container Toolkit makes
+//! the CDI spec the rootless engine's GPUs come from. Every check runs; any failure means a non-zero exit.
 
 use crate::command::{run_with_timeout, CommandError};
 use std::path::{Path, PathBuf};
@@ -141,6 +142,9 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
                 Err(error) => Err(error.to_string()),
             },
         ));
+        if !options.engine_user.is_empty() {
+            checks.push(check("CDI specs for the rootless engine", cdi_check()));
+        }
         if !options.docker_image.is_empty() {
             checks.push(check(
                 "docker run --gpus all",
@@ -162,6 +166,21 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// What `flotilla-seal` does at every boot for the rootless engine's GPUs (`nvidia-ctk cdi
+/// generate`), here into a file of the check's own, and the GPU device names the spec gives.
+fn cdi_check() -> Result<String, String> {
+    let dir = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-cdi-check-")
+        .map_err(|e| e.to_string())?;
+    let output = dir.join("nvidia.yaml");
+    let output_arg = format!("--output={}", output.display());
+    let generated = run("nvidia-ctk", &["cdi", "generate", &output_arg], 120)
+        .map_err(|e| e.to_string())
+        .and_then(|_| std::fs::read_to_string(&output).map_err(|e| e.to_string()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let names = crate::gpu::cdi_gpu_devices(&generated?).map_err(|e| e.to_string())?;
+    Ok(format!("nvidia.com/gpu={}", names.join(", ")))
 }
 
 /// Why the engine check failed.

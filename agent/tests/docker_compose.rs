@@ -53,6 +53,23 @@ image!(
 );
 
 image!(
+    /// An image whose user is not root (`USER builder`): main's bash must still reach the
+    /// agent's terminal.
+    user_image,
+    "user",
+    "RUN useradd --create-home builder\nUSER builder\n",
+    &[]
+);
+
+image!(
+    /// The job image plus 40 MB that do not compress: a pull that needs room.
+    fat_image,
+    "fat",
+    "RUN head -c 40000000 /dev/urandom > /fat\n",
+    &[]
+);
+
+image!(
     /// An image without bash (like Alpine's): the shell cannot start.
     no_bash_image,
     "no-bash",
@@ -87,6 +104,7 @@ macro_rules! on_both_engines {
 
 on_both_engines!(
     hello_world,
+    main_runs_on_the_agents_terminal_whatever_its_user,
     env_vars_container_env_vars_and_aliases,
     files_are_injected_in_the_container,
     failing_and_unknown_commands_run_the_on_fail_epilogue,
@@ -254,7 +272,7 @@ impl Harness {
 fn image_store() -> &'static std::path::Path {
     static STORE: OnceLock<std::path::PathBuf> = OnceLock::new();
     STORE.get_or_init(|| {
-        containers::rootless_store(&[job_image(), service_image(), no_bash_image()])
+        containers::rootless_store(&[job_image(), service_image(), no_bash_image(), user_image()])
     })
 }
 
@@ -346,6 +364,34 @@ fn hello_world(engine: Engine) {
         engine == Engine::Rootless,
         "{:#?}",
         simplified(&events)
+    );
+}
+
+/// Bash in main has the agent's terminal as its stdin, stdout and controlling terminal (so
+/// `/dev/tty` opens), whoever the image's user is; its output reaches the job log as in the
+/// shell executor, without Compose's relay.
+fn main_runs_on_the_agents_terminal_whatever_its_user(engine: Engine) {
+    let h = Harness::new("terminal", engine);
+    let commands = [
+        "tty",
+        "id -un",
+        "test -t 0 && test -t 1 && echo both-terminals",
+        "echo through-dev-tty > /dev/tty",
+        "echo $TERM",
+    ];
+    h.check(
+        &h.job(&[("main", user_image())], &commands),
+        JobResult::Passed,
+        &log![
+            prologue(&[]),
+            cmd("tty", &["/dev/flotilla-tty\n"], 0),
+            cmd("id -un", &["builder\n"], 0),
+            cmd(commands[2], &["both-terminals\n"], 0),
+            cmd(commands[3], &["through-dev-tty\n"], 0),
+            cmd("echo $TERM", &["xterm\n"], 0),
+            result_export(),
+            ["job_finished: passed"],
+        ],
     );
 }
 
@@ -1262,6 +1308,65 @@ impl Drop for OwnerRule {
             .args(["-w", "-D"])
             .args(&self.args)
             .status();
+    }
+}
+
+/// A pull that runs out of disk (the job's engine storage on a 24 MB file system) fails the job
+/// with the engine's words and a line saying what to do, and leaves nothing behind; the same pull
+/// with room passes (the positive control: the registry and the image are fine).
+#[test]
+fn rootless_a_full_disk_during_the_pull_fails_with_what_to_do() {
+    let registry = containers::Registry::start();
+    let reference = registry.push(fat_image(), "flotilla-test-fat");
+    let job = |h: &Harness| {
+        h.job(
+            &[("main", reference.as_str())],
+            &["test -s /fat && echo fat"],
+        )
+    };
+    let roomy = Harness::new("pull-room", Engine::Rootless);
+    let (result, events) = roomy.run(&job(&roomy));
+    assert_eq!(result, JobResult::Passed, "{:#?}", simplified(&events));
+    let roomy_text = outputs(&events);
+    assert!(roomy_text.contains("fat\n"), "{roomy_text}");
+    assert!(
+        !roomy_text.contains(agent::compose::DISK_FULL_HINT),
+        "{roomy_text}"
+    );
+
+    let full = Harness::new("pull-full", Engine::Rootless);
+    let _small = SmallDisk::mount(full.scratch.path(), "24m");
+    let (result, events) = full.run(&job(&full));
+    let text = outputs(&events);
+    assert_eq!(result, JobResult::Failed, "{:#?}", simplified(&events));
+    assert!(text.contains("no space left on device"), "{text}");
+    assert!(text.contains(agent::compose::DISK_FULL_HINT), "{text}");
+}
+
+/// A small tmpfs over a directory for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0711"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs on {}", path.display());
+        SmallDisk(path.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 

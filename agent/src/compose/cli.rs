@@ -94,6 +94,18 @@ pub fn detect() -> Result<ComposeCli, ComposeCliError> {
     }
 }
 
+/// Where `main` sees the agent's terminal (the slave side of the job's PTY, bind-mounted).
+pub const CONTAINER_TERMINAL: &str = "/dev/flotilla-tty";
+/// What `bash -c` runs first in `main`: the agent's terminal becomes bash's stdin, stdout and
+/// stderr (and, bash being the session leader of the container, its controlling terminal), then
+/// an interactive bash replaces it, as upstream's `run main bash`. `TERM` as the engine sets it
+/// when it allocates the terminal (`xterm`, unless the image sets one; Compose 1 sets `dumb` for
+/// `-T`). A container user that cannot open the terminal ends here, and
+/// its line says so ([`TERMINAL_REFUSED`]).
+pub const SHELL_PRELUDE: &str = "case \"$TERM\" in ''|dumb) export TERM=xterm;; esac; exec </dev/flotilla-tty >/dev/flotilla-tty 2>&1 && exec bash";
+/// The start of bash's line when the container's user cannot open the agent's terminal.
+pub const TERMINAL_REFUSED: &str = "/dev/flotilla-tty: ";
+
 /// One job's Compose project: its file, its name, and the name of its `main` container.
 #[derive(Debug, Clone)]
 pub struct Project {
@@ -135,23 +147,31 @@ impl Project {
         args
     }
 
-    /// The job's shell: bash in `main`, with the engine's socket at `/var/run/docker.sock` and the
+    /// The job's shell: bash in `main`, with the engine's socket at `/var/run/docker.sock`, the
     /// job's scratch directory (read-only, where the agent writes the command and env files)
-    /// mounted at its own path.
-    pub fn shell_command(&self, scratch: &Path, socket: &Path) -> Vec<String> {
+    /// mounted at its own path, and the agent's terminal (`terminal`, the slave side of the job's
+    /// PTY) at [`CONTAINER_TERMINAL`]. Compose allocates no terminal (`-T`): bash makes the
+    /// agent's its stdin, stdout, stderr and controlling terminal ([`SHELL_PRELUDE`]), so the
+    /// job's output reaches the agent without passing through Compose's relay.
+    pub fn shell_command(&self, scratch: &Path, socket: &Path, terminal: &Path) -> Vec<String> {
         let scratch = scratch.display().to_string();
         let mut args = self.base();
         args.extend([
             "run".to_string(),
             "--rm".to_string(),
+            "-T".to_string(),
             "--name".to_string(),
             self.main_container_name(),
             "-v".to_string(),
             format!("{}:/var/run/docker.sock", socket.display()),
             "-v".to_string(),
             format!("{scratch}:{scratch}:ro"),
+            "-v".to_string(),
+            format!("{}:{CONTAINER_TERMINAL}", terminal.display()),
             self.main.clone(),
             "bash".to_string(),
+            "-c".to_string(),
+            SHELL_PRELUDE.to_string(),
         ]);
         args
     }
@@ -229,14 +249,20 @@ mod tests {
             project.pull_command().join(" "),
             "docker compose --ansi never -f /tmp/j/docker-compose.yml -p flotilla-j1 run --rm main true"
         );
+        let tty = Path::new("/dev/pts/7");
+        let shell =
+            project.shell_command(Path::new("/tmp/j"), Path::new("/var/run/docker.sock"), tty);
         assert_eq!(
-            project
-                .shell_command(Path::new("/tmp/j"), Path::new("/var/run/docker.sock"))
-                .join(" "),
-            "docker compose --ansi never -f /tmp/j/docker-compose.yml -p flotilla-j1 run --rm --name flotilla-j1-main -v /var/run/docker.sock:/var/run/docker.sock -v /tmp/j:/tmp/j:ro main bash"
+            shell[..shell.len() - 1].join(" "),
+            "docker compose --ansi never -f /tmp/j/docker-compose.yml -p flotilla-j1 run --rm -T --name flotilla-j1-main -v /var/run/docker.sock:/var/run/docker.sock -v /tmp/j:/tmp/j:ro -v /dev/pts/7:/dev/flotilla-tty main bash -c"
         );
+        assert_eq!(shell.last().unwrap(), SHELL_PRELUDE);
         assert!(project
-            .shell_command(Path::new("/tmp/j"), Path::new("/tmp/j/engine/podman.sock"))
+            .shell_command(
+                Path::new("/tmp/j"),
+                Path::new("/tmp/j/engine/podman.sock"),
+                tty
+            )
             .join(" ")
             .contains(" -v /tmp/j/engine/podman.sock:/var/run/docker.sock "));
     }

@@ -262,6 +262,31 @@ impl JobEngine {
         }
     }
 
+    /// Why the first of `images` that is not in the engine cannot be pulled, in Podman's words
+    /// (the last line it printed), found by pulling it with Podman's own CLI within `timeout`;
+    /// `None` when every image pulls. Compose 1 drops the error the Docker API streams for a
+    /// failed pull (it says only `no such image` after it), so the job log gets it this way.
+    pub fn pull_error<'a>(
+        &self,
+        images: impl Iterator<Item = &'a str>,
+        timeout: Duration,
+    ) -> Option<String> {
+        for image in images {
+            if !is_image_reference(image) || self.has_images(std::iter::once(image)) {
+                continue;
+            }
+            let args = ["pull", "--quiet", image];
+            match self.podman_within(&args, timeout) {
+                Ok(_) => {}
+                Err(CommandError::Failed { stderr, .. }) => {
+                    return stderr.lines().last().map(str::to_string);
+                }
+                Err(error) => return Some(error.to_string()),
+            }
+        }
+        None
+    }
+
     fn service_log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -314,6 +339,10 @@ impl JobEngine {
     /// Runs `podman args` as the job user with the engine's configuration (from `/`: the job may
     /// have removed the engine's directory, and the teardown must still run).
     fn podman(&self, args: &[&str]) -> Result<String, CommandError> {
+        self.podman_within(args, TEARDOWN_STEP_TIMEOUT)
+    }
+
+    fn podman_within(&self, args: &[&str], timeout: Duration) -> Result<String, CommandError> {
         let mut command = Command::new("podman");
         command
             .args(args)
@@ -321,7 +350,7 @@ impl JobEngine {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/");
         as_user(&mut command, &self.user);
-        crate::command::run_command_with_timeout(command, "podman", args, TEARDOWN_STEP_TIMEOUT)
+        crate::command::run_command_with_timeout(command, "podman", args, timeout)
     }
 }
 

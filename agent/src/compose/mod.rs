@@ -5,9 +5,12 @@
 //! This module prepares and starts the containers and hands back the job's shell; the phases after
 //! that (env vars, files, commands, epilogues, `SEMAPHORE_JOB_RESULT`, stop) are the shell
 //! executor's own ([`crate::job`]), because the shell is the same [`Shell`] and marker protocol,
-//! only started as `<compose> run main bash` in the PTY instead of `bash --login`. The commands
-//! and env files reach the container through the job's scratch directory, mounted read-only at its
-//! own path. Files are put in place inside the container ([`inject`]).
+//! only started as `<compose> run -T main bash -c ...` instead of `bash --login`. Bash in `main`
+//! runs on the agent's own PTY, whose slave side is mounted into the container
+//! ([`cli::CONTAINER_TERMINAL`]): the job's output goes from bash to the agent as in a shell job,
+//! not through Compose's and the engine's terminal relays (three copies, a third of the speed).
+//! The commands and env files reach the container through the job's scratch directory, mounted
+//! read-only at its own path. Files are put in place inside the container ([`inject`]).
 //!
 //! Prepare (upstream's order): host set-up commands on the host (agent log only), the Compose CLI,
 //! the agent's `--files`, the compose file ([`file`], pure). Start: image pull credentials
@@ -17,7 +20,10 @@
 //!
 //! Departures from upstream: each job is a Compose project of its own in its scratch directory
 //! (upstream shares `/tmp/docker-compose.yml` and names the container `main`, so two jobs on one
-//! machine, or a container a crashed agent left, collide); no SSH jump point is set up (Flotilla
+//! machine, or a container a crashed agent left, collide); the job's terminal is the agent's, not
+//! one the engine allocates (above; `TERM` is `xterm` as the engine would set it); a pull that
+//! fails on the job's own engine gets Podman's own words on why, and a full disk a line saying
+//! what to do; no SSH jump point is set up (Flotilla
 //! machines take no debug sessions, and upstream's writes to the agent's `authorized_keys`); bad
 //! input upstream crashes on or ignores (no containers, an env var that is not base64, GPUs a
 //! machine lacks) fails the job with a `Preparing the job executor` line saying why; the shell
@@ -51,6 +57,7 @@ const REFUSE: &[&str] = &[
     "executable file not found",
     "is already in use by container",
     PODMAN_ATTACH_REFUSED,
+    cli::TERMINAL_REFUSED,
 ];
 /// Podman's Docker API refuses the attach to a container that exited at once (its own words on
 /// why are lost behind it).
@@ -78,6 +85,11 @@ pub struct ComposeOptions {
     /// it is stopped and the job fails ([`DEFAULT_PULL_STALL`] when `None`).
     pub pull_stall_timeout: Option<Duration>,
 }
+
+/// The engine's words (the kernel's `ENOSPC`) when the pull ran out of disk.
+const DISK_FULL: &str = "no space left on device";
+/// The job log's line after a pull that failed with [`DISK_FULL`].
+pub const DISK_FULL_HINT: &str = "The pull ran out of disk space on this machine. Use smaller images, bake the big ones into the machine's image (the Packer variable engine_images), or give the agent type a larger disk (the stack's RootVolumeSize).";
 
 /// A pull that prints nothing for this long is stuck (a registry that accepts and never answers):
 /// Compose prints progress lines while layers move.
@@ -372,12 +384,19 @@ fn start_containers(
         tracing::error!("Failed to set up image pull secrets");
         return None;
     }
-    let baked = containers.engine.as_ref().is_some_and(|engine| {
-        engine.has_images(request.compose.containers.iter().map(|c| c.image.as_str()))
-    });
+    let images: Vec<&str> = request
+        .compose
+        .containers
+        .iter()
+        .map(|c| c.image.as_str())
+        .collect();
+    let baked = containers
+        .engine
+        .as_ref()
+        .is_some_and(|engine| engine.has_images(images.iter().copied()));
     let pulled = match baked {
         true => nothing_to_pull(log),
-        false => pull(containers, options, log, control),
+        false => pull(&images, containers, options, log, control),
     };
     if control.is_stopped() || pulled != 0 {
         tracing::error!("Failed to pull images");
@@ -390,7 +409,13 @@ fn start_containers(
 }
 
 /// `Pulling docker images...`: `run --rm main true` in a PTY, every line of its output logged.
-fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &JobControl) -> i32 {
+fn pull(
+    request_images: &[&str],
+    containers: &Containers,
+    options: &JobOptions,
+    log: &JobLog,
+    control: &JobControl,
+) -> i32 {
     let started_at = unix_now();
     log.cmd_started(PULL_DIRECTIVE);
     let pull = containers.project.pull_command();
@@ -403,11 +428,16 @@ fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &J
         .compose
         .pull_stall_timeout
         .unwrap_or(DEFAULT_PULL_STALL);
+    let mut disk_full = false;
     let exit = match run_in_pty(&command, control, stall, &mut |line| {
+        disk_full |= line.contains(DISK_FULL);
         log.cmd_output(format!("{line}\n").as_bytes())
     }) {
         Ok(PtyEnd::Exited(true)) => 0,
-        Ok(PtyEnd::Exited(false)) => 1,
+        Ok(PtyEnd::Exited(false)) => {
+            explain_failed_pull(request_images, containers, stall, disk_full, log);
+            1
+        }
         Ok(PtyEnd::Stalled) => {
             let message = format!(
                 "The pull printed nothing for {} s and was stopped: a registry that does not answer? Check the image names and this machine's network (or raise container-pull-stall-timeout).",
@@ -424,6 +454,26 @@ fn pull(containers: &Containers, options: &JobOptions, log: &JobLog, control: &J
     tracing::info!("Docker pull finished. Exit Code: {exit}");
     log.cmd_finished(PULL_DIRECTIVE, exit, started_at, unix_now());
     exit
+}
+
+/// After a failed pull: on the job's own engine, Podman's own words on why (what Compose 1 does not
+/// pass on), and a line saying what to do when the disk is full.
+fn explain_failed_pull(
+    images: &[&str],
+    containers: &Containers,
+    timeout: Duration,
+    mut disk_full: bool,
+    log: &JobLog,
+) {
+    if let Some(engine) = containers.engine.as_ref().filter(|_| !disk_full) {
+        if let Some(words) = engine.pull_error(images.iter().copied(), timeout) {
+            log.cmd_output(format!("The job's container engine: {words}\n").as_bytes());
+            disk_full = words.contains(DISK_FULL);
+        }
+    }
+    if disk_full {
+        log.cmd_output(format!("{DISK_FULL_HINT}\n").as_bytes());
+    }
 }
 
 /// `Pulling docker images...` when every image is baked into the job's engine: no `run` (the
@@ -555,9 +605,35 @@ fn start_shell(
     log.cmd_started(START_DIRECTIVE);
     log.cmd_output(b"Starting a new bash session.\n");
     tracing::debug!("Starting stateful shell");
+    let (exit, shell) = match open_shell(containers, options, scratch) {
+        Ok(shell) => (0, Some(shell)),
+        Err(error) => {
+            tracing::error!("Failed to start stateful shell err: {error}");
+            log.cmd_output(b"Failed to start the docker image\n");
+            log.cmd_output(format!("{error}\n").as_bytes());
+            if let Some(hint) = start_hint(&error.to_string()) {
+                log.cmd_output(format!("{hint}\n").as_bytes());
+            }
+            (1, None)
+        }
+    };
+    log.cmd_finished(START_DIRECTIVE, exit, started_at, unix_now());
+    shell
+}
+
+/// Bash in `main` on a terminal of the agent's own: the PTY is opened here, its slave side shared
+/// by name and mounted into `main`, and the Compose CLI writes its own lines (a refusal, an
+/// entrypoint's output) to it without holding it as its terminal ([`pty::Attach::OutputOnly`]).
+fn open_shell(
+    containers: &Containers,
+    options: &JobOptions,
+    scratch: &Path,
+) -> Result<Shell, crate::shell::StartError> {
+    let terminal = pty::open_pty()?;
+    let slave = terminal.share_slave()?;
     let command = containers
         .project
-        .shell_command(scratch, &containers.socket());
+        .shell_command(scratch, &containers.socket(), &slave);
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     let program = ShellProgram {
         program: &command[0],
@@ -566,23 +642,25 @@ fn start_shell(
         command_file_mode: 0o644,
         user: options.job_user.as_ref(),
         ready_timeout: Some(SHELL_READY_TIMEOUT),
+        attach: pty::Attach::OutputOnly,
     };
     let env = containers.client_env(options);
-    let (exit, shell) = match Shell::start_program(&program, env, scratch) {
-        Ok(shell) => (0, Some(shell)),
-        Err(error) => {
-            tracing::error!("Failed to start stateful shell err: {error}");
-            log.cmd_output(b"Failed to start the docker image\n");
-            log.cmd_output(format!("{error}\n").as_bytes());
-            if error.to_string().contains(PODMAN_ATTACH_REFUSED) {
-                log.cmd_output(format!("{PODMAN_ATTACH_HINT}\n").as_bytes());
-            }
-            (1, None)
-        }
-    };
-    log.cmd_finished(START_DIRECTIVE, exit, started_at, unix_now());
-    shell
+    Shell::start_program_on(terminal, &program, env, scratch)
 }
+
+/// What to tell the job about a shell that did not start, beyond the engine's own words.
+fn start_hint(error: &str) -> Option<&'static str> {
+    if error.contains(PODMAN_ATTACH_REFUSED) {
+        Some(PODMAN_ATTACH_HINT)
+    } else if error.contains(cli::TERMINAL_REFUSED) {
+        Some(TERMINAL_HINT)
+    } else {
+        None
+    }
+}
+
+/// The job log's explanation of [`cli::TERMINAL_REFUSED`].
+pub const TERMINAL_HINT: &str = "Bash in the job's first container could not open the job's terminal (mounted at /dev/flotilla-tty): the image's user lacks the access the agent gave it, or a security profile forbids it.";
 
 /// Writes the compose file for the job's docker CLI (the agent, or the job user through the
 /// scratch directory's group); it holds the containers' env vars, so nobody else may read it.
@@ -599,6 +677,25 @@ fn write_shared(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shell_that_did_not_start_gets_the_hint_for_its_cause() {
+        let table = [
+            (
+                "bash: line 1: /dev/flotilla-tty: Permission denied",
+                Some(TERMINAL_HINT),
+            ),
+            (
+                "Error: unable to upgrade to tcp, received 409",
+                Some(PODMAN_ATTACH_HINT),
+            ),
+            ("exec: \"bash\": executable file not found in $PATH", None),
+            ("/dev/flotilla-tty", None),
+        ];
+        for (error, hint) in table {
+            assert_eq!(start_hint(error), hint, "{error}");
+        }
+    }
 
     #[test]
     fn project_names_are_compose_safe_and_unique() {

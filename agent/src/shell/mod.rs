@@ -76,7 +76,10 @@ impl Shell {
     ) -> std::io::Result<Shell> {
         // The job user reads the command file through the scratch directory's group.
         let mode = if user.is_some() { 0o640 } else { 0o600 };
-        let mut shell = Shell::launch(scratch_dir, mode, |pty| pty::spawn_bash(pty, env, user))?;
+        let terminal = pty::open_pty()?;
+        let mut shell = Shell::launch(terminal, scratch_dir, mode, |pty| {
+            pty::spawn_bash(pty, env, user)
+        })?;
         // Bash that dies before it is ready leaves a dead shell: every command then fails.
         let _ = shell.wait_ready(&[], None);
         Ok(shell)
@@ -91,8 +94,19 @@ impl Shell {
         env: &[(String, String)],
         scratch_dir: &Path,
     ) -> Result<Shell, StartError> {
-        let mut shell = Shell::launch(scratch_dir, program.command_file_mode, |pty| {
-            pty::spawn_in_pty_as(pty, program.program, program.args, env, program.user)
+        Shell::start_program_on(pty::open_pty()?, program, env, scratch_dir)
+    }
+
+    /// [`Shell::start_program`] on a PTY the caller opened (and may have shared by name).
+    pub fn start_program_on(
+        terminal: pty::Pty,
+        program: &ShellProgram<'_>,
+        env: &[(String, String)],
+        scratch_dir: &Path,
+    ) -> Result<Shell, StartError> {
+        let mut shell = Shell::launch(terminal, scratch_dir, program.command_file_mode, |pty| {
+            let (name, args, user) = (program.program, program.args, program.user);
+            pty::spawn_on_pty(pty, name, args, env, user, program.attach)
         })?;
         match shell.wait_ready(program.refuse, program.ready_timeout) {
             Startup::Ready => Ok(shell),
@@ -108,11 +122,11 @@ impl Shell {
     }
 
     fn launch(
+        pty: pty::Pty,
         scratch_dir: &Path,
         command_file_mode: u32,
         spawn: impl FnOnce(&pty::Pty) -> std::io::Result<Child>,
     ) -> std::io::Result<Shell> {
-        let pty = pty::open_pty()?;
         let child = spawn(&pty)?;
         drop(pty.slave);
         let pid = child.id() as i32;
@@ -381,6 +395,9 @@ pub struct ShellProgram<'a> {
     pub user: Option<&'a JobUser>,
     /// Give up when bash has not answered by then.
     pub ready_timeout: Option<Duration>,
+    /// How the program holds the PTY: as its terminal, or only for its output while bash opens
+    /// the slave by name (the docker-compose executor).
+    pub attach: pty::Attach,
 }
 
 /// Why [`Shell::start_program`] has no shell.
@@ -638,6 +655,7 @@ mod tests {
             command_file_mode: 0o640,
             user: None,
             ready_timeout: Some(Duration::from_secs(1)),
+            attach: pty::Attach::Controlling,
         };
         Shell::start_program(&program, &env, scratch)
     }

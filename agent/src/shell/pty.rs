@@ -85,6 +85,28 @@ pub fn spawn_in_pty_as(
     env: &[(String, String)],
     user: Option<&JobUser>,
 ) -> io::Result<Child> {
+    spawn_on_pty(pty, program, args, env, user, Attach::Controlling)
+}
+
+/// How a program started on a PTY holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// stdin, stdout and stderr, and its controlling terminal.
+    Controlling,
+    /// stdout and stderr only (stdin is `/dev/null`), and not its controlling terminal, so that a
+    /// process that opens the slave by name later (bash in a container) can take it as its own.
+    OutputOnly,
+}
+
+/// Starts `program` as a session leader on `pty` as `attach` says, as `user` when there is one.
+pub fn spawn_on_pty(
+    pty: &Pty,
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    user: Option<&JobUser>,
+    attach: Attach,
+) -> io::Result<Child> {
     let user = user.cloned();
     let mut command = Command::new(program);
     if let Some(user) = &user {
@@ -99,7 +121,10 @@ pub fn spawn_in_pty_as(
     command.env_clear();
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command
-        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdin(match attach {
+            Attach::Controlling => Stdio::from(pty.slave.try_clone()?),
+            Attach::OutputOnly => Stdio::null(),
+        })
         .stdout(Stdio::from(pty.slave.try_clone()?))
         .stderr(Stdio::from(pty.slave.try_clone()?));
     // SAFETY: only async-signal-safe calls between fork and exec.
@@ -109,7 +134,7 @@ pub fn spawn_in_pty_as(
                 return Err(io::Error::last_os_error());
             }
             // stdin is the slave side: make it our controlling terminal.
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+            if attach == Attach::Controlling && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             // Restore default signal dispositions the agent may have changed.
@@ -123,6 +148,31 @@ pub fn spawn_in_pty_as(
         });
     }
     command.spawn()
+}
+
+impl Pty {
+    /// Opens the slave side to anyone who can name it (mode 0666) and returns its path, for a
+    /// process that can only reach it by name: bash in the job's container, whose user may be any
+    /// user of the image, mapped to any id of the job user's subordinate range. Who else could
+    /// name it is a process of this machine outside the job, all of which are trusted: the job
+    /// reaching its own terminal is no new power.
+    pub fn share_slave(&self) -> io::Result<std::path::PathBuf> {
+        // SAFETY: fchmod on an fd we own.
+        if unsafe { libc::fchmod(self.slave.as_raw_fd(), 0o666) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut name = [0 as libc::c_char; 128];
+        // SAFETY: ptsname_r writes a NUL-terminated name of at most `name.len()` bytes.
+        let rc = unsafe { libc::ptsname_r(self.master.as_raw_fd(), name.as_mut_ptr(), name.len()) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
+        let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+        Ok(std::path::PathBuf::from(
+            name.to_string_lossy().into_owned(),
+        ))
+    }
 }
 
 /// Waits until `fd` is readable or `timeout` passes. Returns true when readable (or hung up).

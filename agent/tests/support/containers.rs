@@ -269,3 +269,97 @@ pub fn engine_run_dirs() -> Vec<String> {
         .filter(|name| name.starts_with("flotilla-engine-"))
         .collect()
 }
+
+/// A registry of this machine's own (Debian's `docker-registry`, the CNCF distribution server) on
+/// a loopback port, for the tests that need a real pull: nothing outside can be reached. Docker
+/// pushes to it over plain HTTP (loopback registries are insecure by default); the job's Podman
+/// is told so by a drop-in under `/etc/containers/registries.conf.d`, removed with the registry.
+pub struct Registry {
+    process: std::process::Child,
+    pub address: String,
+    drop_in: PathBuf,
+    _storage: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let program = which("docker-registry")
+            .expect("docker-registry is missing: apt-get install docker-registry");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let storage = tempfile::tempdir().unwrap();
+        let config = storage.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: {address}\nlog:\n  level: error\n",
+                storage.path().display()
+            ),
+        )
+        .unwrap();
+        let process = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let drop_in = PathBuf::from(format!(
+            "/etc/containers/registries.conf.d/flotilla-test-{port}.conf"
+        ));
+        std::fs::create_dir_all(drop_in.parent().unwrap()).unwrap();
+        std::fs::write(
+            &drop_in,
+            format!("[[registry]]\nlocation = \"{address}\"\ninsecure = true\n"),
+        )
+        .unwrap();
+        let registry = Registry {
+            process,
+            address,
+            drop_in,
+            _storage: storage,
+        };
+        registry.wait_ready();
+        registry
+    }
+
+    /// Waits (up to 30 s) until the registry accepts connections.
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not listen on {}",
+                self.address
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Pushes a local Docker image as `<registry>/<name>:1` and returns that reference.
+    pub fn push(&self, image: &str, name: &str) -> String {
+        let reference = format!("{}/{name}:1", self.address);
+        assert!(docker_ok(&["tag", image, &reference]), "docker tag {image}");
+        let output = Command::new("docker")
+            .args(["push", &reference])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "docker push {reference}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        docker_ok(&["rmi", &reference]);
+        reference
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_file(&self.drop_in);
+    }
+}
