@@ -523,20 +523,16 @@ impl Runner<'_> {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let path = self.scratch.join(format!(".env-{nanos}"));
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            // A container's user may be anyone: it reads the file through the scratch mount.
-            .mode(if self.container.is_some() {
-                0o644
-            } else if self.options.job_user.is_some() {
-                0o640
-            } else {
-                0o600
-            })
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .and_then(|mut file| file.write_all(&content));
+        // A container's user may be anyone: it reads the file through the scratch mount.
+        let mode = if self.container.is_some() {
+            0o644
+        } else if self.options.job_user.is_some() {
+            0o640
+        } else {
+            0o600
+        };
+        let written =
+            crate::secure_fs::write(&path, mode, crate::secure_fs::Existing::Refuse, &content);
         let exit = match written {
             Ok(()) => {
                 self.shell

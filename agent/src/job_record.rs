@@ -120,13 +120,9 @@ impl JobRecord {
                 .create(parent)
                 .map_err(write_error)?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(write_error)?;
+        let mut file =
+            crate::secure_fs::create(&self.path, 0o600, crate::secure_fs::Existing::Refuse)
+                .map_err(write_error)?;
         file.write_all(render(job_id, unix_now, std::process::id()).as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(write_error)?;

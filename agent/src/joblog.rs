@@ -7,7 +7,7 @@ use protocol::gojson::utf8_lossy_per_byte;
 use protocol::{JobResult, LogEvent};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -65,13 +65,7 @@ impl JobLog {
     /// the job's secrets as it printed them. A file already there gets 0600 before anything is
     /// written; a symbolic link there is an error, not followed.
     pub fn create(path: PathBuf, observer: Option<Observer>) -> std::io::Result<JobLog> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)?;
+        let file = crate::secure_fs::create(&path, 0o600, crate::secure_fs::Existing::Replace)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(JobLog {
             inner: Mutex::new(Inner {

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod logging;
 pub mod pusher;
 pub mod retry;
+pub mod secure_fs;
 pub mod selftest;
 pub mod shell;
 pub mod state;

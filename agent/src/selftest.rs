@@ -170,17 +170,27 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
 
 /// What `flotilla-seal` does at every boot for the rootless engine's GPUs (`nvidia-ctk cdi
 /// generate`), here into a file of the check's own, and the GPU device names the spec gives.
-fn cdi_check() -> Result<String, String> {
-    let dir = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-cdi-check-")
-        .map_err(|e| e.to_string())?;
+fn cdi_check() -> Result<String, CdiCheckError> {
+    let dir = crate::job::create_unique_dir(&std::env::temp_dir(), "flotilla-cdi-check-")?;
     let output = dir.join("nvidia.yaml");
     let output_arg = format!("--output={}", output.display());
     let generated = run("nvidia-ctk", &["cdi", "generate", &output_arg], 120)
-        .map_err(|e| e.to_string())
-        .and_then(|_| std::fs::read_to_string(&output).map_err(|e| e.to_string()));
+        .map_err(CdiCheckError::from)
+        .and_then(|_| Ok(std::fs::read_to_string(&output)?));
     let _ = std::fs::remove_dir_all(&dir);
-    let names = crate::gpu::cdi_gpu_devices(&generated?).map_err(|e| e.to_string())?;
+    let names = crate::gpu::cdi_gpu_devices(&generated?)?;
     Ok(format!("nvidia.com/gpu={}", names.join(", ")))
+}
+
+/// Why the CDI check failed.
+#[derive(Debug, thiserror::Error)]
+enum CdiCheckError {
+    #[error("the spec file: {0}")]
+    File(#[from] std::io::Error),
+    #[error(transparent)]
+    Generate(#[from] CommandError),
+    #[error(transparent)]
+    Spec(#[from] crate::gpu::CdiError),
 }
 
 /// Why the engine check failed.

@@ -13,8 +13,7 @@ use crate::joblog::JobLog;
 use crate::shell::unix_now;
 use protocol::job::ImagePullCredentials;
 use protocol::EnvVar;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
@@ -343,14 +342,12 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
             .mode(0o700)
             .create(parent)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode & 0o7777)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    file.write_all(content)
+    crate::secure_fs::write(
+        path,
+        mode & 0o7777,
+        crate::secure_fs::Existing::Replace,
+        content,
+    )
 }
 
 #[cfg(test)]

@@ -16,8 +16,9 @@
 
 use crate::command::CommandError;
 use crate::job_user::JobUser;
+use crate::secure_fs::{self, Existing};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -465,14 +466,7 @@ fn is_engine_variable(name: &str) -> bool {
 }
 
 fn write_config(path: &Path, text: &str) -> Result<(), EngineError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
-        .map_err(EngineError::Prepare)
+    secure_fs::write(path, 0o644, Existing::Refuse, text.as_bytes()).map_err(EngineError::Prepare)
 }
 
 /// `podman system service --time=0 unix://DIR/podman.sock` as the job user, its output in
@@ -484,14 +478,7 @@ fn spawn_service(
 ) -> Result<Child, EngineError> {
     let log_path = dir.join("service.log");
     let log = user
-        .run_as(|| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&log_path)
-        })
+        .run_as(|| secure_fs::create(&log_path, 0o600, Existing::Refuse))
         .map_err(|error| EngineError::Start(std::io::Error::other(error.to_string())))?
         .map_err(EngineError::Start)?;
     let socket = format!("unix://{}", dir.join("podman.sock").display());

@@ -12,8 +12,6 @@ use crate::job::INJECT_DIRECTIVE as DIRECTIVE;
 use crate::joblog::JobLog;
 use crate::shell::{shell_quote, unix_now, Shell};
 use protocol::File;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// A path as the container's shell should see it: `~` and `~/` stay unquoted (the shell expands
@@ -120,13 +118,7 @@ fn inject_one(shell: &mut Shell, log: &JobLog, file: &File, staged: &Path) -> i3
 /// Writes the content where the container can read it (0644: the container's user may be anyone).
 fn stage(path: &Path, content: &[u8]) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?
-        .write_all(content)
+    crate::secure_fs::write(path, 0o644, crate::secure_fs::Existing::Refuse, content)
 }
 
 #[cfg(test)]

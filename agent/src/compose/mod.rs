@@ -43,8 +43,8 @@ use cli::Project;
 use engine::{ContainerEngine, JobEngine};
 pub use file::ContainerGpus;
 use protocol::JobRequest;
-use std::io::{BufRead, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -665,13 +665,7 @@ pub const TERMINAL_HINT: &str = "Bash in the job's first container could not ope
 /// Writes the compose file for the job's docker CLI (the agent, or the job user through the
 /// scratch directory's group); it holds the containers' env vars, so nobody else may read it.
 fn write_shared(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?
-        .write_all(bytes)
+    crate::secure_fs::write(path, 0o640, crate::secure_fs::Existing::Refuse, bytes)
 }
 
 #[cfg(test)]

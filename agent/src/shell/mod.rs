@@ -573,16 +573,7 @@ pub fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
 /// directory decides who may read it: 0700 for the agent alone, or 2750 with the job user's group
 /// when jobs run as another user.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?
-        .write_all(bytes)
+    crate::secure_fs::write(path, mode, crate::secure_fs::Existing::Replace, bytes)
 }
 
 #[cfg(test)]
