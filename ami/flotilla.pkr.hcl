@@ -116,6 +116,25 @@ variable "engine_images" {
   }
 }
 
+variable "toolbox_version" {
+  type        = string
+  default     = "v1.41.0"
+  description = "Semaphore's toolbox release installed for the job user (checkout, cache, artifact, test-results, retry): a tag of github.com/semaphoreci/toolbox."
+  validation {
+    condition     = regex_replace(var.toolbox_version, "^v[0-9]+\\.[0-9]+\\.[0-9]+$", "") == ""
+    error_message = "The toolbox_version must be a toolbox release tag such as v1.41.0."
+  }
+}
+
+variable "toolbox_sha256" {
+  type        = string
+  description = "SHA-256 of that release's self-hosted-linux.tar (self-hosted-linux-arm.tar for arm64); the build fails on any other file. Required: pin it from the release you reviewed (curl -fsSL <asset URL> | sha256sum)."
+  validation {
+    condition     = regex_replace(var.toolbox_sha256, "^[0-9a-f]{64}$", "") == ""
+    error_message = "The toolbox_sha256 must be 64 lowercase hex digits (sha256sum of the toolbox tarball)."
+  }
+}
+
 variable "nvidia_driver_branch" {
   type        = string
   default     = "580"
@@ -175,15 +194,16 @@ locals {
   content_hash = substr(sha256(join("\n", concat(
     [for f in local.content_files : "${f} ${sha256(file("${local.root}/${f}"))}"],
     ["binaries ${var.binaries_sha256}", "base_os ${var.base_os}", "arch ${var.arch}", "gpu ${var.gpu}",
-    "driver ${var.nvidia_driver_branch}", "cuda_image ${var.cuda_image}"],
+      "driver ${var.nvidia_driver_branch}", "cuda_image ${var.cuda_image}",
+    "toolbox ${var.toolbox_version} ${var.toolbox_sha256}"],
   ))), 0, 12)
 
   variant  = var.gpu ? "gpu" : "cpu"
   ami_name = "flotilla-${local.agent_version}-${var.base_os}-${var.arch}-${local.variant}-${local.content_hash}"
 
   self_test = (var.gpu
-    ? "sudo /usr/local/bin/agent self-test --engine-user flotilla-job --gpu --docker-image '${var.cuda_image}'"
-  : "sudo /usr/local/bin/agent self-test --engine-user flotilla-job")
+    ? "sudo /usr/local/bin/agent self-test --engine-user flotilla-job --toolbox-user flotilla-job --gpu --docker-image '${var.cuda_image}'"
+  : "sudo /usr/local/bin/agent self-test --engine-user flotilla-job --toolbox-user flotilla-job")
 
   install_env = [
     "FLOTILLA_BASE_OS=${var.base_os}",
@@ -192,6 +212,8 @@ locals {
     "FLOTILLA_NVIDIA_DRIVER_BRANCH=${var.nvidia_driver_branch}",
     "FLOTILLA_STAGING=/tmp/flotilla",
     "FLOTILLA_ENGINE_IMAGES=${join(" ", concat(var.engine_images, var.gpu ? [var.cuda_image] : []))}",
+    "FLOTILLA_TOOLBOX_VERSION=${var.toolbox_version}",
+    "FLOTILLA_TOOLBOX_SHA256=${var.toolbox_sha256}",
   ]
 
   tags = {
@@ -310,6 +332,13 @@ build {
   # 3. Install: user, Docker, binaries, units, log shipping, CloudWatch agent.
   provisioner "shell" {
     script           = "${local.root}/scripts/install.sh"
+    environment_vars = local.install_env
+    execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+  }
+
+  # 3b. Semaphore's toolbox for the job user (pinned release, SHA-256 checked).
+  provisioner "shell" {
+    script           = "${local.root}/scripts/install-toolbox.sh"
     environment_vars = local.install_env
     execute_command  = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
   }

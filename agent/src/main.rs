@@ -73,7 +73,8 @@ enum Commands {
         default: Option<String>,
     },
     /// Check that this machine can run jobs: units, boot scripts, IMDSv2, with --engine-user the
-    /// rootless container engine, and with --gpu the NVIDIA driver and Docker's GPU runtime.
+    /// rootless container engine, with --toolbox-user Semaphore's toolbox, and with --gpu the
+    /// NVIDIA driver and Docker's GPU runtime.
     /// Exits 1 if any check fails.
     SelfTest {
         /// Also check the NVIDIA driver and Docker's nvidia runtime.
@@ -93,6 +94,10 @@ enum Commands {
         /// container job does.
         #[arg(long, default_value = "")]
         engine_user: String,
+        /// Check that this user's login shell has Semaphore's toolbox (checkout, cache, artifact,
+        /// test-results, retry), as a shell job sees it.
+        #[arg(long, default_value = "")]
+        toolbox_user: String,
     },
 }
 
@@ -128,6 +133,7 @@ fn main() {
             scripts_dir,
             imds_endpoint,
             engine_user,
+            toolbox_user,
         } => {
             let options = agent::selftest::SelfTestOptions {
                 units_dir,
@@ -136,6 +142,7 @@ fn main() {
                 gpu,
                 docker_image,
                 engine_user,
+                toolbox_user,
             };
             ("self-test", Ok(self_test(&options)))
         }

@@ -1,7 +1,8 @@
 //! `agent self-test`: what an image must have before it is worth booting — run last by the Packer
 //! build and usable on any instance. It checks the installed units and boot scripts, that instance
 //! metadata answers over IMDSv2, that the job user's rootless container engine starts and stops
-//! (`--engine-user`), and on the GPU variant that the driver answers (`nvidia-smi`), that Docker
+//! (`--engine-user`), that the job user's login shell has Semaphore's toolbox (`--toolbox-user`),
+//! and on the GPU variant that the driver answers (`nvidia-smi`), that Docker
 //! can hand GPUs to containers and (with `--engine-user`) that the NVIDIA Container Toolkit makes
 //! the CDI spec the rootless engine's GPUs come from. Every check runs; any failure means a non-zero exit.
 
@@ -35,7 +36,12 @@ pub struct SelfTestOptions {
     /// Non-empty: start and tear down the rootless container engine as this user, as a
     /// container job does (`container-engine: rootless`).
     pub engine_user: String,
+    /// Non-empty: this user's login shell must find Semaphore's toolbox ([`TOOLBOX_COMMANDS`]).
+    pub toolbox_user: String,
 }
+
+/// What a Semaphore pipeline calls from the toolbox (`checkout` is a shell function).
+pub const TOOLBOX_COMMANDS: &[&str] = &["checkout", "cache", "artifact", "test-results", "retry"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -121,49 +127,62 @@ pub fn run_checks(options: &SelfTestOptions) -> Vec<Check> {
             rootless_engine(&options.engine_user),
         ));
     }
+    if !options.toolbox_user.is_empty() {
+        checks.push(check(
+            "Semaphore toolbox",
+            toolbox_check(&options.toolbox_user),
+        ));
+    }
     if options.gpu {
+        checks.extend(gpu_checks(options));
+    }
+    checks
+}
+
+/// `--gpu`: the driver, Docker's runtime, the rootless engine's CDI spec, a GPU container.
+fn gpu_checks(options: &SelfTestOptions) -> Vec<Check> {
+    let mut checks = Vec::new();
+    checks.push(check(
+        "NVIDIA driver (nvidia-smi)",
+        match crate::gpu::nvidia_smi() {
+            Ok(gpus) if gpus.is_empty() => Err("nvidia-smi lists no GPU".to_string()),
+            Ok(gpus) => Ok(crate::gpu::describe(&gpus)),
+            Err(error) => Err(error.to_string()),
+        },
+    ));
+    checks.push(check(
+        "Docker NVIDIA runtime",
+        match run("docker", &["info", "--format", "{{json .Runtimes}}"], 30) {
+            Ok(runtimes) if runtimes.contains("nvidia") => {
+                Ok("docker knows the nvidia runtime".to_string())
+            }
+            Ok(runtimes) => Err(format!(
+                "docker has no nvidia runtime (run `nvidia-ctk runtime configure --runtime=docker`): {runtimes}"
+            )),
+            Err(error) => Err(error.to_string()),
+        },
+    ));
+    if !options.engine_user.is_empty() {
+        checks.push(check("CDI specs for the rootless engine", cdi_check()));
+    }
+    if !options.docker_image.is_empty() {
         checks.push(check(
-            "NVIDIA driver (nvidia-smi)",
-            match crate::gpu::nvidia_smi() {
-                Ok(gpus) if gpus.is_empty() => Err("nvidia-smi lists no GPU".to_string()),
-                Ok(gpus) => Ok(crate::gpu::describe(&gpus)),
-                Err(error) => Err(error.to_string()),
-            },
+            "docker run --gpus all",
+            run(
+                "docker",
+                &[
+                    "run",
+                    "--rm",
+                    "--gpus",
+                    "all",
+                    &options.docker_image,
+                    "nvidia-smi",
+                    "-L",
+                ],
+                600,
+            )
+            .map(|out| out.lines().next().unwrap_or_default().to_string()),
         ));
-        checks.push(check(
-            "Docker NVIDIA runtime",
-            match run("docker", &["info", "--format", "{{json .Runtimes}}"], 30) {
-                Ok(runtimes) if runtimes.contains("nvidia") => {
-                    Ok("docker knows the nvidia runtime".to_string())
-                }
-                Ok(runtimes) => Err(format!(
-                    "docker has no nvidia runtime (run `nvidia-ctk runtime configure --runtime=docker`): {runtimes}"
-                )),
-                Err(error) => Err(error.to_string()),
-            },
-        ));
-        if !options.engine_user.is_empty() {
-            checks.push(check("CDI specs for the rootless engine", cdi_check()));
-        }
-        if !options.docker_image.is_empty() {
-            checks.push(check(
-                "docker run --gpus all",
-                run(
-                    "docker",
-                    &[
-                        "run",
-                        "--rm",
-                        "--gpus",
-                        "all",
-                        &options.docker_image,
-                        "nvidia-smi",
-                        "-L",
-                    ],
-                    600,
-                )
-                .map(|out| out.lines().next().unwrap_or_default().to_string()),
-            ));
-        }
     }
     checks
 }
@@ -191,6 +210,75 @@ enum CdiCheckError {
     Generate(#[from] CommandError),
     #[error(transparent)]
     Spec(#[from] crate::gpu::CdiError),
+}
+
+/// Asks the user's login shell (`bash --login`, as a shell job starts) what each toolbox command
+/// is: `found <name> <type>` or `missing <name>` per line.
+fn toolbox_check(user: &str) -> Result<String, ToolboxCheckError> {
+    use std::os::unix::process::CommandExt;
+    let user = crate::job_user::JobUser::lookup(user)?;
+    let script: String = TOOLBOX_COMMANDS
+        .iter()
+        .map(|name| {
+            format!("if t=$(type -t {name}); then echo \"found {name} $t\"; else echo \"missing {name}\"; fi\n")
+        })
+        .collect();
+    let mut env = crate::job::job_environment(std::env::vars());
+    user.apply_to_environment(&mut env);
+    let mut command = std::process::Command::new("bash");
+    command
+        .args(["--login", "-c", &script])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir("/");
+    let job_user = user.clone();
+    // SAFETY: become_in_child makes only async-signal-safe system calls.
+    unsafe {
+        command.pre_exec(move || job_user.become_in_child());
+    }
+    let output = crate::command::run_command_with_timeout(
+        command,
+        "bash",
+        &["--login"],
+        Duration::from_secs(60),
+    )?;
+    toolbox_verdict(&user.name, &output)
+}
+
+/// The toolbox check's verdict from its shell's lines: every command found, or which are not.
+pub fn toolbox_verdict(user: &str, lines: &str) -> Result<String, ToolboxCheckError> {
+    let found: Vec<String> = lines
+        .lines()
+        .filter_map(|line| line.strip_prefix("found "))
+        .map(|rest| rest.replacen(' ', " (", 1) + ")")
+        .collect();
+    let missing: Vec<&str> = TOOLBOX_COMMANDS
+        .iter()
+        .copied()
+        .filter(|name| {
+            !lines
+                .lines()
+                .any(|l| l.starts_with(&format!("found {name} ")))
+        })
+        .collect();
+    match missing.is_empty() {
+        true => Ok(format!("{user}'s login shell has {}", found.join(", "))),
+        false => Err(ToolboxCheckError::Missing {
+            user: user.to_string(),
+            missing: missing.join(", "),
+        }),
+    }
+}
+
+/// Why the toolbox check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolboxCheckError {
+    #[error(transparent)]
+    User(#[from] crate::job_user::JobUserError),
+    #[error(transparent)]
+    Shell(#[from] CommandError),
+    #[error("{user}'s login shell lacks Semaphore's toolbox commands: {missing} (ami/scripts/install-toolbox.sh installs them)")]
+    Missing { user: String, missing: String },
 }
 
 /// Why the engine check failed.
@@ -250,4 +338,32 @@ pub fn render(checks: &[Check]) -> String {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_toolbox_verdict_names_what_is_missing() {
+        let all = "found checkout function\nfound cache file\nfound artifact file\nfound test-results file\nfound retry file\n";
+        assert_eq!(
+            toolbox_verdict("job", all).unwrap(),
+            "job's login shell has checkout (function), cache (file), artifact (file), test-results (file), retry (file)"
+        );
+        let some = "found checkout function\nmissing cache\nfound artifact file\nmissing test-results\nfound retry file\n";
+        let error = toolbox_verdict("job", some).unwrap_err().to_string();
+        assert!(
+            error.contains("lacks Semaphore's toolbox commands: cache, test-results"),
+            "{error}"
+        );
+        // A line that merely mentions a name is not a find.
+        let error = toolbox_verdict("job", "found checkoutx function\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("checkout, cache, artifact, test-results, retry"),
+            "{error}"
+        );
+    }
 }

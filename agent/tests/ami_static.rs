@@ -8,6 +8,8 @@
 
 #[path = "support/imds.rs"]
 mod imds;
+#[path = "support/toolbox.rs"]
+mod toolbox;
 
 use imds::{FakeImds, ImdsState};
 use std::collections::BTreeMap;
@@ -122,10 +124,14 @@ fn packer_vars(binaries_sha256: &str) -> PackerVars {
         format!("scaler_binary={}", scaler.display()),
         "-var".into(),
         format!("binaries_sha256={binaries_sha256}"),
+        "-var".into(),
+        format!("toolbox_sha256={TOOLBOX_SHA256}"),
     ];
     PackerVars { _dir: dir, args }
 }
 
+/// A stand-in for the toolbox tarball's pinned SHA-256 (the variable has no default).
+const TOOLBOX_SHA256: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const HASH_A: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_B: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
@@ -178,6 +184,14 @@ fn packer_validate_rejects_bad_variables() {
             r#"engine_images=["nvidia/cuda:12 ; rm -rf /"]"#,
             "Each of engine_images must be an image reference",
         ),
+        (
+            "toolbox_version=latest",
+            "toolbox_version must be a toolbox release tag",
+        ),
+        (
+            "toolbox_sha256=abc",
+            "toolbox_sha256 must be 64 lowercase hex",
+        ),
     ] {
         let output = run(packer_command(home.path())
             .arg("validate")
@@ -202,6 +216,7 @@ fn packer_validate_rejects_bad_variables() {
         .args(["-var", "agent_binary=/nonexistent/agent"])
         .args(["-var", "scaler_binary=/nonexistent/scaler"])
         .args(["-var", &format!("binaries_sha256={HASH_A}")])
+        .args(["-var", &format!("toolbox_sha256={TOOLBOX_SHA256}")])
         .arg("ami/flotilla.pkr.hcl"));
     assert!(
         !output.status.success() && text(&output).contains("Bad source '/nonexistent/agent'"),
@@ -336,7 +351,7 @@ fn template_ends_with_the_self_test_and_records_a_manifest() {
         "the last provisioner must run the self-test:\n{last_block}"
     );
     assert!(template.contains(
-        "\"sudo /usr/local/bin/agent self-test --engine-user flotilla-job --gpu --docker-image '${var.cuda_image}'\""
+        "\"sudo /usr/local/bin/agent self-test --engine-user flotilla-job --toolbox-user flotilla-job --gpu --docker-image '${var.cuda_image}'\""
     ));
     assert!(template.contains("post-processor \"manifest\""));
     assert!(
@@ -616,6 +631,115 @@ fn the_image_has_a_root_owned_job_record_directory_and_no_record() {
         cleanup.contains("rm -f /var/lib/flotilla/job-taken\n"),
         "cleanup.sh leaves no job record in the image"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semaphore's toolbox (ami/scripts/install-toolbox.sh)
+
+/// The user the toolbox tests install for (made once, with a home, as configure.sh makes
+/// flotilla-job).
+const TOOLBOX_USER: &str = "flotilla-ci-toolbox";
+
+fn toolbox_user_home() -> PathBuf {
+    let exists = Command::new("id").arg(TOOLBOX_USER).output().unwrap();
+    if !exists.status.success() {
+        let made = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/bash", TOOLBOX_USER])
+            .status()
+            .unwrap();
+        assert!(
+            made.success(),
+            "useradd {TOOLBOX_USER} (the tests run as root)"
+        );
+    }
+    PathBuf::from(format!("/home/{TOOLBOX_USER}"))
+}
+
+/// Runs install-toolbox.sh with the tarball and checksum, its links and profile snippet in
+/// `out` (not the machine's /usr/local/bin and /etc/profile.d).
+fn install_toolbox(tarball: &Path, sha256: &str, out: &Path) -> Output {
+    run(Command::new("bash")
+        .arg(ami().join("scripts/install-toolbox.sh"))
+        .env("FLOTILLA_TOOLBOX_TARBALL", tarball)
+        .env("FLOTILLA_TOOLBOX_SHA256", sha256)
+        .env("FLOTILLA_JOB_USER", TOOLBOX_USER)
+        .env("FLOTILLA_TOOLBOX_BIN_DIR", out.join("bin"))
+        .env("FLOTILLA_PROFILE_D", out.join("profile.d")))
+}
+
+/// What the job user's login shell finds, reading the profile snippets as /etc/profile does.
+fn toolbox_as_job_user(out: &Path) -> String {
+    let script = format!(
+        "for f in {dir}/profile.d/*.sh; do . \"$f\"; done; PATH={dir}/bin:$PATH; \
+         for c in checkout cache artifact test-results retry; do \
+         if t=$(type -t $c); then echo \"found $c $t\"; else echo \"missing $c\"; fi; done; \
+         checkout; cache",
+        dir = out.display()
+    );
+    let output = run(Command::new("runuser")
+        .args(["-u", TOOLBOX_USER, "--", "bash", "-c", &script])
+        .current_dir("/"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A wrong checksum fails the bake before anything is unpacked, and so does a tarball that lacks
+/// a command; the right one lays the toolbox out, root's, where the job user's login shell finds
+/// `checkout` (a function) and the commands (the positive control of the refusals above: the
+/// same check, after the same script, sees them).
+#[test]
+fn install_toolbox_checks_the_checksum_and_lays_out_the_toolbox_for_the_job_user() {
+    let home = toolbox_user_home();
+    let _ = fs::remove_dir_all(home.join(".toolbox"));
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join("bin")).unwrap();
+    let (good, sha) = toolbox::tarball(dir.path(), "good", "");
+    let (lacking, lacking_sha) = toolbox::tarball(dir.path(), "lacking", "cache");
+
+    let wrong = if sha.starts_with('0') { "1" } else { "0" }.repeat(64);
+    let refused = install_toolbox(&good, &wrong, &out);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(text(&refused).contains("refusing it"), "{}", text(&refused));
+    let refused = install_toolbox(&lacking, &lacking_sha, &out);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("has no cache"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !home.join(".toolbox").exists(),
+        "a refused tarball left files"
+    );
+    assert!(toolbox_as_job_user(&out).contains("missing checkout"));
+
+    let installed = install_toolbox(&good, &sha, &out);
+    assert!(installed.status.success(), "{}", text(&installed));
+    let found = toolbox_as_job_user(&out);
+    for line in [
+        "found checkout function",
+        "found cache file",
+        "found artifact file",
+        "found test-results file",
+        "found retry file",
+        "checkout-stand-in",
+        "cache-stand-in",
+    ] {
+        assert!(found.contains(line), "{line} not in:\n{found}");
+    }
+    let meta = fs::metadata(home.join(".toolbox/libcheckout")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        0,
+        "the toolbox is root's"
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o022,
+        0,
+        "nobody else may change it"
+    );
+    fs::remove_dir_all(home.join(".toolbox")).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1208,6 +1208,7 @@ fn rootless_self_test_starts_and_tears_down_the_engine() {
         gpu: false,
         docker_image: String::new(),
         engine_user: user.to_string(),
+        toolbox_user: String::new(),
     };
     let engine_check = |user: &str| {
         agent::selftest::run_checks(&options(user))

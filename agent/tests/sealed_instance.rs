@@ -28,6 +28,8 @@ mod support;
 
 #[path = "support/moto.rs"]
 mod moto;
+#[path = "support/toolbox.rs"]
+mod toolbox;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -124,6 +126,10 @@ fn build_image() -> String {
         &repo().join("agent/tests/sealed"),
         &context.path().join("test"),
     );
+    // Semaphore's toolbox, as the Packer build installs it (a stand-in release built here).
+    let (toolbox, toolbox_sha256) = toolbox::tarball(context.path(), "toolbox", "");
+    std::fs::rename(&toolbox, staging.join("toolbox.tar")).unwrap();
+    std::fs::remove_dir_all(context.path().join("toolbox-tree")).unwrap();
     std::fs::write(
         context.path().join("Dockerfile"),
         format!(
@@ -133,6 +139,8 @@ fn build_image() -> String {
              COPY staging /tmp/flotilla\n\
              COPY test/ /etc/systemd/system/\n\
              RUN FLOTILLA_RSYSLOG_USER=root bash /tmp/flotilla/scripts/configure.sh \
+             && FLOTILLA_TOOLBOX_TARBALL=/tmp/flotilla/toolbox.tar \
+             FLOTILLA_TOOLBOX_SHA256={toolbox_sha256} bash /tmp/flotilla/scripts/install-toolbox.sh \
              && systemctl enable flotilla-test-imds.service && rm -rf /tmp/flotilla \
              && mkdir -p /var/log/journal\n"
         ),
@@ -377,6 +385,8 @@ const ATTACKS: &[(&str, &str)] = &[
 fn attack_job() -> protocol::JobRequest {
     let mut commands = vec![
         protocol::Command::new("echo \"job runs as $(id -un)\""),
+        // Semaphore's toolbox in the job's login shell, as a pipeline's first line needs it.
+        protocol::Command::new("checkout && cache && echo \"checkout is a $(type -t checkout)\""),
         protocol::Command::new("AGENT_PID=$(systemctl show -p MainPID --value flotilla-agent.service); echo \"agent pid $AGENT_PID\""),
         protocol::Command::new("logger -t flotilla-agent FORGED-BY-THE-JOB; logger -p authpriv.notice -t sudo FORGED-AUTH-LINE; true"),
     ];
@@ -416,6 +426,20 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
     wait_for_the_one_job(&instance, &hub, "job-attacks");
     let log = hub.simplified_log("job-attacks").join("\n");
     assert!(log.contains("job runs as flotilla-job"), "{log}");
+    for line in [
+        "checkout-stand-in",
+        "cache-stand-in",
+        "checkout is a function",
+    ] {
+        assert!(log.contains(line), "{line} not in:\n{log}");
+    }
+    let self_test = instance.root(
+        "/usr/local/bin/agent self-test --toolbox-user flotilla-job --imds-endpoint '' | grep toolbox",
+    );
+    assert!(
+        self_test.contains("flotilla-job's login shell has checkout (function)"),
+        "{self_test}"
+    );
     every_attack_blocked(&log, ATTACKS);
 
     // Root (and the agent) still reach the metadata service: the firewall is an owner match,
