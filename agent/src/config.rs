@@ -51,6 +51,11 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("registered-file", Kind::Text),
     ("job-record-file", Kind::Text),
     ("job-user", Kind::Text),
+    ("job-role-arn", Kind::Text),
+    ("job-role-listen", Kind::Text),
+    ("job-role-stack", Kind::Text),
+    ("job-role-agent-type", Kind::Text),
+    ("cache-bucket", Kind::Text),
     ("give-up-after", Kind::Int),
 ];
 
@@ -118,6 +123,10 @@ pub struct Config {
     /// Run jobs as this unprivileged user instead of the agent's own ([`crate::job_user`]);
     /// empty: the agent's user, as upstream does.
     pub job_user: String,
+    /// `job-role-arn`, `job-role-listen`, `job-role-stack`, `job-role-agent-type`,
+    /// `cache-bucket`: the role assumed for each job, whose credentials the job gets from the
+    /// agent's endpoint ([`crate::job_role`]); an empty ARN: none. The region is the agent's.
+    pub job_role: crate::job_role::JobRoleOptions,
     /// Seconds without a successful sync after which the agent gives up (stops its job, exits
     /// `UNABLE_TO_SYNC`); 0 in a `Config::default()` means [`protocol::GIVE_UP_AFTER_SECS`].
     pub give_up_after: i64,
@@ -469,9 +478,23 @@ fn build(
         registered_file: text(values, "registered-file")?,
         job_record_file,
         job_user: text(values, "job-user")?,
+        job_role: job_role(values)?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
         give_up_after: give_up_after(values)?,
+    })
+}
+
+fn job_role(
+    values: &BTreeMap<&'static str, Raw>,
+) -> Result<crate::job_role::JobRoleOptions, ConfigError> {
+    Ok(crate::job_role::JobRoleOptions {
+        role_arn: text(values, "job-role-arn")?,
+        listen: text(values, "job-role-listen")?,
+        cache_bucket: text(values, "cache-bucket")?,
+        stack: text(values, "job-role-stack")?,
+        agent_type: text(values, "job-role-agent-type")?,
+        region: String::new(),
     })
 }
 
@@ -958,6 +981,33 @@ mod tests {
         );
         let error = load_with(&["--config-file", "c.yaml"], &[], "- just\n- a list\n").unwrap_err();
         assert!(error.to_string().contains("expected a mapping"), "{error}");
+    }
+
+    #[test]
+    fn the_job_role_comes_from_flags_env_or_file() {
+        let config = load_with(
+            &[
+                BASE,
+                &[
+                    "--config-file",
+                    "c.yaml",
+                    "--job-role-arn",
+                    "arn:aws:iam::1:role/j",
+                ],
+                &["--cache-bucket", "b"],
+            ]
+            .concat(),
+            &[("SEMAPHORE_AGENT_JOB_ROLE_STACK", "gpu-fleet")],
+            "job-role-agent-type: s1-gpu\njob-role-listen: 127.0.0.1:51681\n",
+        )
+        .unwrap();
+        let role = &config.job_role;
+        assert_eq!(role.role_arn, "arn:aws:iam::1:role/j");
+        assert_eq!(role.cache_bucket, "b");
+        assert_eq!(role.stack, "gpu-fleet");
+        assert_eq!(role.agent_type, "s1-gpu");
+        assert_eq!(role.listen, "127.0.0.1:51681");
+        assert_eq!(load_with(BASE, &[], "").unwrap().job_role.role_arn, "");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct JobOptions {
     pub job_user: Option<JobUser>,
     /// How container jobs (`dockercompose`) run: `--files`, GPUs ([`crate::compose`]).
     pub compose: crate::compose::ComposeOptions,
+    /// `job-role-arn`: short-lived credentials of the stack's job role for each job
+    /// ([`crate::job_role`]); `None`: the job gets no AWS credentials from the agent.
+    pub job_role: Option<crate::job_role::JobRole>,
 }
 
 /// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
@@ -157,14 +160,37 @@ pub fn run_job(
             return JobResult::Failed;
         }
     };
+    // The job's credentials are valid from here until the grant is dropped, after the job.
+    // Container jobs get none: their loopback is their own, where the endpoint is not.
+    let grant = options
+        .job_role
+        .as_ref()
+        .filter(|_| request.executor != "dockercompose")
+        .map(|role| role.grant(request, options.job_user.as_ref()));
+    let granted_options;
+    let options = match &grant {
+        Some(grant) => {
+            granted_options = with_agent_env(options, &grant.env);
+            &granted_options
+        }
+        None => options,
+    };
     let result = if control.is_stopped() {
         log.job_finished(JobResult::Stopped);
         JobResult::Stopped
     } else {
         run_in_shell(request, options, log, control, &scratch)
     };
+    drop(grant);
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// `options` with `env` among the agent's env vars (exported into the job over its own values).
+fn with_agent_env(options: &JobOptions, env: &[(String, String)]) -> JobOptions {
+    let mut options = options.clone();
+    options.agent_env_vars.extend(env.iter().cloned());
+    options
 }
 
 /// Starts the job's shell (bash, or bash in the job's container) and runs the job in it.

@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod host;
 pub mod job;
 pub mod job_record;
+pub mod job_role;
 pub mod job_user;
 pub mod joblog;
 pub mod listener;

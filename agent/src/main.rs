@@ -251,8 +251,9 @@ fn start(options: &[String]) -> Result<i32> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     init_agent_log(&env)?;
     let mut config = load_config(options, &env)?;
-    let needs_aws =
-        !config.token_ssm_parameter.is_empty() || (config.ec2 && !config.ec2_keep_instance);
+    let needs_aws = !config.token_ssm_parameter.is_empty()
+        || (config.ec2 && !config.ec2_keep_instance)
+        || !config.job_role.role_arn.is_empty();
     let aws = match needs_aws {
         true => Some(Aws::load(&config.aws_region).map_err(StartError::Aws)?),
         false => None,
@@ -277,7 +278,13 @@ fn start(options: &[String]) -> Result<i32> {
     // On EC2 the agent removes its own instance when it exits, unless told to keep it.
     let remove_instance = config.ec2 && !config.ec2_keep_instance;
     let poweroff_command = config.ec2_poweroff_command.clone();
-    let job_options = job_options(&config, &gpus)?;
+    let mut job_options = job_options(&config, &gpus)?;
+    if let Some(aws) = aws
+        .as_ref()
+        .filter(|_| !config.job_role.role_arn.is_empty())
+    {
+        job_options.job_role = Some(start_job_role(&config, aws)?);
+    }
     let mut listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
     if let Some(identity) = ec2.as_ref().and_then(|ec2| ec2.identity.clone()) {
         listener = listener.with_instance_identity(identity);
@@ -405,7 +412,22 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
             pull_stall_timeout: (config.container_pull_stall_timeout > 0)
                 .then(|| Duration::from_secs(config.container_pull_stall_timeout as u64)),
         },
+        job_role: None,
     })
+}
+
+/// The job credential endpoint (`job-role-arn`); one that cannot start is fatal, since the jobs
+/// this machine is for would fail without it.
+fn start_job_role(config: &Config, aws: &Aws) -> Result<agent::job_role::JobRole> {
+    let options = agent::job_role::JobRoleOptions {
+        region: aws
+            .sdk_config()
+            .region()
+            .map(|region| region.to_string())
+            .unwrap_or_default(),
+        ..config.job_role.clone()
+    };
+    Ok(agent::job_role::JobRole::start(options, aws.sdk_config())?)
 }
 
 /// Parses a job request: JSON when the file says so (or looks like it), YAML otherwise.

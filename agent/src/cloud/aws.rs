@@ -51,6 +51,11 @@ impl Aws {
         Ok(Aws { runtime, config })
     }
 
+    /// The SDK configuration (credentials, region, endpoint) for other clients of the agent's.
+    pub fn sdk_config(&self) -> &aws_config::SdkConfig {
+        &self.config
+    }
+
     /// The decrypted value of an SSM parameter.
     pub fn ssm_parameter(&self, name: &str) -> Result<String, AwsError> {
         let client = aws_sdk_ssm::Client::new(&self.config);

@@ -1,0 +1,213 @@
+//! Short-lived AWS credentials for the job, without the instance's role (issue 26). The sealed
+//! instance keeps its role away from jobs; instead, for each job the agent assumes the stack's
+//! job role (STS `AssumeRole`: session name = job id, session tags = stack, agent type and job,
+//! a session policy narrowing it to the job's project in the cache bucket, 15 minutes) and serves
+//! the credentials through the standard container credential provider, which every AWS SDK, the
+//! AWS CLI and the toolbox's `cache` read: `AWS_CONTAINER_CREDENTIALS_FULL_URI` (an endpoint on
+//! loopback) and `AWS_CONTAINER_AUTHORIZATION_TOKEN` (a random token of this job's own).
+//!
+//! The endpoint answers only while the job runs ([`Grant`] revokes its token when dropped), only
+//! with the job's token, and only to a connection owned by the job's user (the kernel's TCP
+//! table names the owner of a loopback connection; [`rules::socket_owner`]). Credentials are
+//! fetched at the first request, not at job start (a job that needs none costs no STS call), and
+//! fetched again when fewer than five minutes are left. Not served: the job's containers (their
+//! loopback is their own), which reach AWS only with credentials of their own for now.
+
+pub mod rules;
+mod server;
+
+use crate::job_user::JobUser;
+use protocol::JobRequest;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// The path the endpoint serves credentials at.
+pub const CREDENTIALS_PATH: &str = "/v1/credentials";
+/// Where the endpoint listens unless told otherwise (`job-role-listen`).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:51680";
+
+#[derive(Debug, Error)]
+pub enum JobRoleError {
+    #[error("job-role-listen must be a loopback IPv4 address and port such as {DEFAULT_LISTEN}, got '{0}'")]
+    BadListen(String),
+    #[error("cannot listen for job credential requests on {address}: {error}")]
+    Listen {
+        address: String,
+        error: std::io::Error,
+    },
+    #[error("cannot start the job credential endpoint: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What the agent's configuration says about the job role.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobRoleOptions {
+    /// `job-role-arn`: the role assumed for each job.
+    pub role_arn: String,
+    /// `job-role-listen`: loopback address and port of the endpoint (port 0: any free one).
+    pub listen: String,
+    /// `cache-bucket`: the toolbox cache's bucket ("" : no cache variables, no S3 access).
+    pub cache_bucket: String,
+    /// The stack and agent type, for the session's tags (`job-role-stack`, `job-role-agent-type`).
+    pub stack: String,
+    pub agent_type: String,
+    /// The region the jobs' SDKs use.
+    pub region: String,
+}
+
+/// The running endpoint. Cheap to share: jobs take [`Grant`]s from it.
+#[derive(Debug, Clone)]
+pub struct JobRole {
+    shared: Arc<server::Shared>,
+    options: JobRoleOptions,
+    address: SocketAddrV4,
+}
+
+impl JobRole {
+    /// Binds the endpoint and serves it on a thread of its own; STS is reached with `sdk`.
+    pub fn start(
+        options: JobRoleOptions,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<JobRole, JobRoleError> {
+        let address = parse_listen(&options.listen)?;
+        let listener =
+            std::net::TcpListener::bind(address).map_err(|error| JobRoleError::Listen {
+                address: address.to_string(),
+                error,
+            })?;
+        let address = match listener.local_addr() {
+            Ok(std::net::SocketAddr::V4(bound)) => bound,
+            _ => address,
+        };
+        let shared = Arc::new(server::Shared {
+            grants: Mutex::new(Vec::new()),
+            role_arn: options.role_arn.clone(),
+            sts: aws_sdk_sts::Client::new(sdk),
+            address,
+        });
+        server::spawn(listener, shared.clone()).map_err(JobRoleError::Runtime)?;
+        tracing::info!(
+            "Serving job credentials (role {}) on {address}",
+            options.role_arn
+        );
+        Ok(JobRole {
+            shared,
+            options,
+            address,
+        })
+    }
+
+    /// The endpoint's address (the port is the bound one when 0 was asked for).
+    pub fn address(&self) -> SocketAddrV4 {
+        self.address
+    }
+
+    /// A grant for one job: its token is accepted from `user`'s connections (the agent's own
+    /// user's without one) until the grant is dropped; its `env` goes into the job.
+    pub fn grant(&self, request: &JobRequest, user: Option<&JobUser>) -> Grant {
+        let project = request
+            .env_vars
+            .iter()
+            .find(|var| var.name == "SEMAPHORE_PROJECT_ID")
+            .and_then(|var| var.decode_value().ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let identity = rules::JobIdentity {
+            job_id: &request.job_id,
+            project_id: project.as_deref(),
+            stack: &self.options.stack,
+            agent_type: &self.options.agent_type,
+        };
+        let session = rules::session(&identity, &self.options.cache_bucket);
+        // SAFETY: geteuid has no preconditions.
+        let uid = user.map_or_else(|| unsafe { libc::geteuid() }, |user| user.uid);
+        let token = random_token();
+        server::admit(&self.shared, &token, uid, session);
+        Grant {
+            env: self.env(&token),
+            shared: self.shared.clone(),
+            token,
+        }
+    }
+
+    fn env(&self, token: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI".to_string(),
+                format!("http://{}{CREDENTIALS_PATH}", self.address),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_string(),
+                token.to_string(),
+            ),
+        ];
+        if !self.options.region.is_empty() {
+            for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+                env.push((name.to_string(), self.options.region.clone()));
+            }
+        }
+        if !self.options.cache_bucket.is_empty() {
+            env.push(("SEMAPHORE_CACHE_BACKEND".to_string(), "s3".to_string()));
+            env.push((
+                "SEMAPHORE_CACHE_S3_BUCKET".to_string(),
+                self.options.cache_bucket.clone(),
+            ));
+        }
+        env
+    }
+}
+
+/// One job's access to the endpoint, revoked when dropped (the end of the job).
+#[derive(Debug)]
+pub struct Grant {
+    /// What the job's environment gets (the endpoint, its token, the region, the cache).
+    pub env: Vec<(String, String)>,
+    shared: Arc<server::Shared>,
+    token: String,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        server::revoke(&self.shared, &self.token);
+    }
+}
+
+/// 32 random bytes, hex: the job's token.
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_listen(listen: &str) -> Result<SocketAddrV4, JobRoleError> {
+    let listen = if listen.is_empty() {
+        DEFAULT_LISTEN
+    } else {
+        listen
+    };
+    match listen.parse::<SocketAddrV4>() {
+        Ok(address) if address.ip().is_loopback() => Ok(address),
+        _ => Err(JobRoleError::BadListen(listen.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_listens_on_loopback_only() {
+        assert_eq!(parse_listen("").unwrap().to_string(), DEFAULT_LISTEN);
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        for bad in [
+            "0.0.0.0:51680",
+            "10.0.0.1:80",
+            "[::1]:80",
+            "localhost:80",
+            "x",
+        ] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+        assert_ne!(random_token(), random_token());
+        assert_eq!(random_token().len(), 64);
+    }
+}
