@@ -64,6 +64,10 @@ locals {
     no-https: ${startswith(var.queue_endpoint, "http://")}
     token-ssm-parameter: ${local.token_parameter}
     disconnect-after-idle-timeout: ${var.idle_timeout}
+    job-role-arn: ${aws_iam_role.job.arn}
+    job-role-stack: ${var.stack_name}
+    job-role-agent-type: ${local.fleet_name}
+    cache-bucket: ${aws_s3_bucket.cache.id}
   EOT
 
   # `scaler run` on the scaler instance reads this YAML.
@@ -143,6 +147,19 @@ resource "aws_kms_key" "this" {
             "kms:ViaService"                      = local.ssm_service
             "kms:EncryptionContext:PARAMETER_ARN" = local.token_arn
           }
+        }
+      },
+      {
+        # The job role uses the key only through S3, for the cache bucket (its IAM policy names
+        # the bucket).
+        Sid       = "JobRoleUsesTheKeyThroughS3"
+        Effect    = "Allow"
+        Principal = { AWS = local.account_root }
+        Action    = ["kms:Decrypt", "kms:GenerateDataKey"]
+        Resource  = "*"
+        Condition = {
+          ArnEquals    = { "aws:PrincipalArn" = aws_iam_role.job.arn }
+          StringEquals = { "kms:ViaService" = "s3.${local.region}.${local.url_suffix}" }
         }
       },
       {
@@ -315,6 +332,13 @@ resource "aws_iam_role_policy" "agent" {
         Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
         Resource = ["${aws_cloudwatch_log_group.this["agent"].arn}:*", "${aws_cloudwatch_log_group.this["system"].arn}:*"]
       },
+      {
+        # Each job's credentials (agent/src/job_role/): the job role only, tagged sessions.
+        Sid      = "AssumeTheJobRole"
+        Effect   = "Allow"
+        Action   = ["sts:AssumeRole", "sts:TagSession"]
+        Resource = aws_iam_role.job.arn
+      },
     ]
   })
 }
@@ -330,6 +354,136 @@ resource "aws_iam_instance_profile" "instance" {
   name = "flotilla-${var.stack_name}-agent"
   role = aws_iam_role.instance.name
   tags = local.tags
+}
+
+# ---------------------------------------------------------------- the jobs' role and cache
+# What a job may do in AWS (issue 26): the agent assumes this role for each job and serves the
+# credentials to the job alone (docs/aws-contract.md, "Job credentials"); only the agent role may
+# assume it. Its policy: the cache bucket's objects and the module's key through S3, nothing else.
+
+resource "aws_iam_role" "job" {
+  name                 = "flotilla-${var.stack_name}-job"
+  description          = "Flotilla ${var.stack_name} jobs (assumed by the agent for each job)"
+  max_session_duration = 3600
+  permissions_boundary = var.permissions_boundary_arn != "" ? var.permissions_boundary_arn : null
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { AWS = aws_iam_role.instance.arn }
+      Action    = ["sts:AssumeRole", "sts:TagSession"]
+    }]
+  })
+  tags = merge(local.tags, { "flotilla:role" = "job" })
+}
+
+resource "aws_iam_role_policy" "job" {
+  name = "flotilla-job"
+  role = aws_iam_role.job.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "CacheObjects"
+        Effect   = "Allow"
+        Action   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+        Resource = "${aws_s3_bucket.cache.arn}/*"
+      },
+      {
+        Sid      = "CacheListing"
+        Effect   = "Allow"
+        Action   = "s3:ListBucket"
+        Resource = aws_s3_bucket.cache.arn
+      },
+      {
+        Sid      = "CacheKeyThroughS3"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt", "kms:GenerateDataKey"]
+        Resource = local.kms_key_arn
+        Condition = {
+          StringEquals = { "kms:ViaService" = "s3.${local.region}.${local.url_suffix}" }
+          ArnLike      = { "kms:EncryptionContext:aws:s3:arn" = aws_s3_bucket.cache.arn }
+        }
+      },
+    ]
+  })
+}
+
+# The toolbox's `cache` (SEMAPHORE_CACHE_BACKEND=s3): the module's key, no public access, TLS
+# only, objects gone after cache_retention_days (replaced versions after a day).
+resource "aws_s3_bucket" "cache" {
+  #checkov:skip=CKV_AWS_18:Access logs would need a second bucket (and that one its own); the jobs' requests are attributable in CloudTrail, each by a session named after its job.
+  #checkov:skip=CKV_AWS_144:A cache is rebuilt by the next job; copying it to a second region would cost more than losing it.
+  #checkov:skip=CKV2_AWS_62:Nothing consumes events of a cache.
+  bucket_prefix = "flotilla-${lower(var.stack_name)}-cache-"
+  force_destroy = true
+  tags          = local.tags
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "cache" {
+  bucket = aws_s3_bucket.cache.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = local.kms_key_arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "cache" {
+  bucket                  = aws_s3_bucket.cache.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+resource "aws_s3_bucket_ownership_controls" "cache" {
+  bucket = aws_s3_bucket.cache.id
+  rule {
+    object_ownership = "BucketOwnerEnforced"
+  }
+}
+
+resource "aws_s3_bucket_versioning" "cache" {
+  bucket = aws_s3_bucket.cache.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_lifecycle_configuration" "cache" {
+  bucket = aws_s3_bucket.cache.id
+  rule {
+    id     = "ExpireTheCache"
+    status = "Enabled"
+    filter {}
+    expiration {
+      days = var.cache_retention_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "cache" {
+  bucket = aws_s3_bucket.cache.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Sid       = "TlsOnly"
+      Effect    = "Deny"
+      Principal = "*"
+      Action    = "s3:*"
+      Resource  = [aws_s3_bucket.cache.arn, "${aws_s3_bucket.cache.arn}/*"]
+      Condition = { Bool = { "aws:SecureTransport" = "false" } }
+    }]
+  })
 }
 
 # ---------------------------------------------------------------- IAM: scaler

@@ -35,6 +35,16 @@ output "scaler_role_arn" {
   value       = aws_iam_role.scaler.arn
 }
 
+output "job_role_arn" {
+  description = "IAM role the agents assume for each job (the jobs' short-lived credentials)"
+  value       = aws_iam_role.job.arn
+}
+
+output "cache_bucket_name" {
+  description = "S3 bucket of the jobs' cache (the toolbox's cache with SEMAPHORE_CACHE_BACKEND=s3)"
+  value       = aws_s3_bucket.cache.id
+}
+
 output "log_groups" {
   description = "CloudWatch log groups (agent, scaler, system), comma-separated"
   value       = join(",", [for name in ["agent", "scaler", "system"] : aws_cloudwatch_log_group.this[name].name])

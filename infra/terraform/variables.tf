@@ -361,6 +361,17 @@ variable "kms_key_arn" {
   }
 }
 
+variable "cache_retention_days" {
+  description = "Days the jobs' cache (the toolbox's `cache`, in the module's cache bucket) keeps an object before it expires."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.cache_retention_days >= 1 && var.cache_retention_days <= 3650
+    error_message = "cache_retention_days must be between 1 and 3650."
+  }
+}
+
 variable "log_retention_days" {
   description = "Days to keep the module's CloudWatch logs."
   type        = number

@@ -93,6 +93,8 @@ impl Rendered {
         json!(match path {
             "InstanceRole.Arn" => role_arn("InstanceRole"),
             "ScalerRole.Arn" => role_arn("ScalerRole"),
+            "JobRole.Arn" => role_arn("JobRole"),
+            "CacheBucket.Arn" => cache_bucket_arn(),
             "KmsKey.Arn" => stack_key_arn(),
             "AgentLogGroup.Arn" => log_group_arn("agent"),
             "ScalerLogGroup.Arn" => log_group_arn("scaler"),
@@ -253,6 +255,8 @@ impl Rendered {
             ),
             agent_role_arn: role_arn("InstanceRole"),
             scaler_role_arn: role_arn("ScalerRole"),
+            job_role_arn: role_arn("JobRole"),
+            cache_bucket_arn: cache_bucket_arn(),
             group_arns: vec![group("AgentGroup"), group("FallbackGroup")],
         }
     }
@@ -269,6 +273,10 @@ fn scalar(value: &serde_yaml::Value) -> String {
 
 fn role_arn(logical_id: &str) -> String {
     format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-{logical_id}-ABCDEFGH")
+}
+
+fn cache_bucket_arn() -> String {
+    format!("arn:aws:s3:::{STACK}-cachebucket-abcdefgh")
 }
 
 fn stack_key_arn() -> String {
@@ -449,4 +457,104 @@ fn the_job_settings_and_the_hop_limit_follow_the_parameters() {
         "true"
     );
     assert_eq!(metadata(&opened)["HttpPutResponseHopLimit"], "2");
+}
+
+/// The job role (issue 26): only the cache bucket's objects and the key through S3 for it, only
+/// assumable by the agent role, and the agent role may assume nothing else. The checks see what
+/// they refuse: the same rules flag a job policy widened to the token, Auto Scaling and the key.
+#[test]
+fn the_job_role_reaches_the_cache_and_nothing_else() {
+    for (what, parameters, key) in variants() {
+        let rendered = Rendered::new(&parameters);
+        let stack = rendered.stack(&key);
+        let job = rendered.inline_policies("JobRole");
+        assert!(!job.is_empty(), "{what}: no job policy");
+        let managed =
+            policy_rules::strings(&rendered.properties("JobRole").unwrap()["ManagedPolicyArns"]);
+        assert_none(
+            &format!("{what}: the job role"),
+            policy_rules::job_role_problems(&stack, &job, &managed),
+        );
+        let trust = &rendered.properties("JobRole").unwrap()["AssumeRolePolicyDocument"];
+        assert_none(
+            &format!("{what}: the job role's trust"),
+            policy_rules::job_trust_problems(&stack, trust),
+        );
+        let mut widened = job[0].clone();
+        widened["Statement"].as_array_mut().unwrap().extend([
+            json!({"Sid": "Token", "Effect": "Allow", "Action": "ssm:GetParameter", "Resource": stack.token_arn}),
+            json!({"Sid": "Groups", "Effect": "Allow", "Action": "autoscaling:SetDesiredCapacity", "Resource": "*"}),
+            json!({"Sid": "Key", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key}),
+        ]);
+        let problems = policy_rules::job_role_problems(&stack, &[widened], &[]);
+        for sid in ["Token", "Groups", "Key"] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(&format!("job statement {sid}:"))),
+                "{what}: {sid} not flagged: {problems:?}"
+            );
+        }
+        let bad_trust = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:root")}, "Action": "sts:AssumeRole"}]});
+        assert!(!policy_rules::job_trust_problems(&stack, &bad_trust).is_empty());
+    }
+    // The agent gets the role and the cache in its configuration.
+    let config = Rendered::new(&[])
+        .properties("AgentConfigParameter")
+        .unwrap()["Value"]
+        .clone();
+    let config = config.as_str().unwrap();
+    for line in [
+        format!("job-role-arn: {}", role_arn("JobRole")),
+        format!("job-role-stack: {STACK}"),
+        format!("job-role-agent-type: {STACK}"),
+        "cache-bucket: <Ref:CacheBucket>".to_string(),
+    ] {
+        assert!(config.contains(&line), "{line} not in:\n{config}");
+    }
+}
+
+/// The cache bucket: the key in use, no public access, TLS only, objects expire.
+#[test]
+fn the_cache_bucket_is_private_encrypted_and_expires() {
+    for (what, parameters, key) in variants() {
+        let rendered = Rendered::new(&parameters);
+        let bucket = rendered.properties("CacheBucket").unwrap();
+        let encryption = &bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0];
+        assert_eq!(
+            encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"], "aws:kms",
+            "{what}"
+        );
+        assert_eq!(
+            encryption["ServerSideEncryptionByDefault"]["KMSMasterKeyID"],
+            json!(key),
+            "{what}"
+        );
+        for flag in [
+            "BlockPublicAcls",
+            "BlockPublicPolicy",
+            "IgnorePublicAcls",
+            "RestrictPublicBuckets",
+        ] {
+            assert_eq!(
+                bucket["PublicAccessBlockConfiguration"][flag], true,
+                "{what}: {flag}"
+            );
+        }
+        let rule = &bucket["LifecycleConfiguration"]["Rules"][0];
+        assert_eq!(rule["ExpirationInDays"], "30", "{what}");
+        let policy = rendered.properties("CacheBucketPolicy").unwrap()["PolicyDocument"].clone();
+        let statement = &policy_rules::statements(&policy)[0];
+        assert_eq!(statement["Effect"], "Deny");
+        assert_eq!(
+            statement["Condition"]["Bool"]["aws:SecureTransport"],
+            "false"
+        );
+    }
+    let short = Rendered::new(&[("CacheRetentionDays", "3")]);
+    assert_eq!(
+        short.properties("CacheBucket").unwrap()["LifecycleConfiguration"]["Rules"][0]
+            ["ExpirationInDays"],
+        "3"
+    );
 }

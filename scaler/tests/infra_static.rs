@@ -132,6 +132,16 @@ const KINDS: &[(&str, &str)] = &[
     ("AWS::KMS::Alias", "aws_kms_alias"),
     ("AWS::CloudWatch::Dashboard", "aws_cloudwatch_dashboard"),
     ("AWS::CloudWatch::Alarm", "aws_cloudwatch_metric_alarm"),
+    ("AWS::S3::Bucket", "aws_s3_bucket"),
+    (
+        "AWS::S3::Bucket",
+        "aws_s3_bucket_server_side_encryption_configuration",
+    ),
+    ("AWS::S3::Bucket", "aws_s3_bucket_public_access_block"),
+    ("AWS::S3::Bucket", "aws_s3_bucket_ownership_controls"),
+    ("AWS::S3::Bucket", "aws_s3_bucket_versioning"),
+    ("AWS::S3::Bucket", "aws_s3_bucket_lifecycle_configuration"),
+    ("AWS::S3::BucketPolicy", "aws_s3_bucket_policy"),
 ];
 
 /// `keyword "a"` blocks of the module: the first label of each.
@@ -281,6 +291,10 @@ fn contract_agent_keys() -> BTreeSet<String> {
         "no-https",
         "token-ssm-parameter",
         "disconnect-after-idle-timeout",
+        "job-role-arn",
+        "job-role-stack",
+        "job-role-agent-type",
+        "cache-bucket",
     ])
 }
 
@@ -319,6 +333,10 @@ fn agent_config_follows_the_contract() {
         ("no-https", "<NoHttps>"),
         ("token-ssm-parameter", "<TokenParameter>"),
         ("disconnect-after-idle-timeout", "<IdleTimeout>"),
+        ("job-role-arn", "<JobRole.Arn>"),
+        ("job-role-stack", "<AWS::StackName>"),
+        ("job-role-agent-type", "<FleetName>"),
+        ("cache-bucket", "<CacheBucket>"),
     ] {
         assert_eq!(value[key].as_str(), Some(from), "agent-config {key}");
     }

@@ -126,6 +126,14 @@ fn policy_stack(state: &[(String, Value)]) -> policy_rules::Stack {
             .as_str()
             .unwrap()
             .into(),
+        job_role_arn: resource(state, "aws_iam_role.job")["arn"]
+            .as_str()
+            .unwrap()
+            .into(),
+        cache_bucket_arn: resource(state, "aws_s3_bucket.cache")["arn"]
+            .as_str()
+            .unwrap()
+            .into(),
         group_arns: vec![
             group("flotilla-gpu-fleet-agent"),
             group("flotilla-gpu-fleet-agent-fallback"),
@@ -159,9 +167,19 @@ fn check_policies(state: &[(String, Value)], session_manager: bool) {
         (expected, expected),
         "inline policies per role"
     );
+    let job = of_role(&format!("flotilla-{STACK}-job"));
+    assert_eq!(job.len(), 1, "the job role's inline policies");
+    let job_trust: Value = serde_json::from_str(
+        resource(state, "aws_iam_role.job")["assume_role_policy"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     let problems = [
         policy_rules::agent_role_problems(&stack, &agent, &managed),
         policy_rules::scaler_role_problems(&stack, &scaler),
+        policy_rules::job_role_problems(&stack, &job, &[]),
+        policy_rules::job_trust_problems(&stack, &job_trust),
         policy_rules::key_policy_problems(
             &stack,
             &document(resource(state, "aws_kms_key.this[0]")),

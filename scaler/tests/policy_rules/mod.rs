@@ -3,8 +3,12 @@
 //! Terraform applied to moto (`terraform_e2e.rs`), so both deployments are held to the same rules:
 //! the agent role reads only its own stack's parameters, decrypts only the token with the stack's
 //! key, may remove instances only in its stack's groups and only from an EC2 instance, has no
-//! mutating EC2 action and no AWS-managed policy; the key policy names only the stack's roles
-//! (beside the account's administration and CloudWatch Logs for the stack's log groups).
+//! mutating EC2 action and no AWS-managed policy, and may assume only the job role; the job role
+//! (issue 26) may use only the cache bucket's objects and the key through S3 for that bucket (no
+//! parameter, no Auto Scaling, no EC2, no STS, no direct use of the key) and is assumable by the
+//! agent role alone; the key policy lets only the agent and scaler roles read the token (beside
+//! the account's administration, CloudWatch Logs for the stack's log groups, and the job role
+//! through S3).
 //! Each check returns the problems it found, so one failing test lists them all.
 #![allow(dead_code)]
 
@@ -21,6 +25,9 @@ pub struct Stack {
     pub token_arn: String,
     pub agent_role_arn: String,
     pub scaler_role_arn: String,
+    pub job_role_arn: String,
+    /// The cache bucket's ARN (`arn:aws:s3:::NAME`).
+    pub cache_bucket_arn: String,
     /// The only Auto Scaling group ARNs (patterns) the roles may act on.
     pub group_arns: Vec<String>,
 }
@@ -124,6 +131,86 @@ pub fn agent_role_problems(stack: &Stack, policies: &[Value], managed: &[String]
                     sid(&statement)
                 ));
             }
+            problems.extend(sts_problems(stack, &statement, &action));
+        }
+    }
+    problems
+}
+
+/// The agent role's STS: assuming (and tagging sessions of) the job role, nothing else.
+fn sts_problems(stack: &Stack, statement: &Value, action: &str) -> Vec<String> {
+    let lower = action.to_ascii_lowercase();
+    if statement["Effect"] != "Allow" || !(lower == "*" || lower.starts_with("sts:")) {
+        return Vec::new();
+    }
+    let resources = strings(&statement["Resource"]);
+    let allowed = ["sts:AssumeRole", "sts:TagSession"];
+    if !allowed.contains(&action) || resources != [stack.job_role_arn.clone()] {
+        return vec![format!(
+            "agent statement {}: {action} on {resources:?}, not only assuming the job role",
+            sid(statement)
+        )];
+    }
+    Vec::new()
+}
+
+/// The rules for the job role: its inline policies may reach the cache bucket's objects (and
+/// list it) and use the stack's key only through S3 for that bucket; nothing else at all.
+pub fn job_role_problems(stack: &Stack, policies: &[Value], managed: &[String]) -> Vec<String> {
+    let mut problems: Vec<String> = managed
+        .iter()
+        .map(|arn| format!("the job role has the managed policy {arn}"))
+        .collect();
+    let objects = format!("{}/*", stack.cache_bucket_arn);
+    for statement in policies.iter().flat_map(statements) {
+        if statement["Effect"] != "Allow" {
+            continue;
+        }
+        let resources = strings(&statement["Resource"]);
+        for action in strings(&statement["Action"]) {
+            let fits = match action.as_str() {
+                "s3:GetObject" | "s3:PutObject" | "s3:DeleteObject" => {
+                    resources == [objects.clone()]
+                }
+                "s3:ListBucket" => resources == [stack.cache_bucket_arn.clone()],
+                "kms:Decrypt" | "kms:GenerateDataKey" => {
+                    resources == [stack.key_arn.clone()]
+                        && key_through_s3_for_the_cache(stack, &statement)
+                }
+                _ => false,
+            };
+            if !fits {
+                problems.push(format!(
+                    "job statement {}: {action} on {resources:?} is beyond the cache",
+                    sid(&statement)
+                ));
+            }
+        }
+    }
+    problems
+}
+
+fn key_through_s3_for_the_cache(stack: &Stack, statement: &Value) -> bool {
+    let condition = &statement["Condition"];
+    strings(&condition["StringEquals"]["kms:ViaService"])
+        == [format!("s3.{}.amazonaws.com", stack.region)]
+        && strings(&condition["ArnLike"]["kms:EncryptionContext:aws:s3:arn"])
+            == [stack.cache_bucket_arn.clone()]
+}
+
+/// The job role's trust policy: the agent role alone may assume it (and tag its sessions).
+pub fn job_trust_problems(stack: &Stack, trust: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    for statement in statements(trust) {
+        let principals = strings(&statement["Principal"]["AWS"]);
+        let services = strings(&statement["Principal"]["Service"]);
+        if statement["Effect"] == "Allow"
+            && (principals != [stack.agent_role_arn.clone()] || !services.is_empty())
+        {
+            problems.push(format!(
+                "the job role may be assumed by {}, not only the agent role",
+                statement["Principal"]
+            ));
         }
     }
     problems
@@ -309,7 +396,12 @@ fn account_statement_problems(
         == [format!("ssm.{}.amazonaws.com", stack.region)]
         && strings(&equals["kms:EncryptionContext:PARAMETER_ARN"]) == [stack.token_arn.clone()];
     let role_arns = strings(&statement["Condition"]["ArnEquals"]["aws:PrincipalArn"]);
-    if grants(statement, "kms:Decrypt") {
+    let job_role_through_s3 = role_arns == [stack.job_role_arn.clone()]
+        && strings(&equals["kms:ViaService"]) == [format!("s3.{}.amazonaws.com", stack.region)]
+        && equals.get("kms:EncryptionContext:PARAMETER_ARN").is_none();
+    if grants(statement, "kms:Decrypt") && job_role_through_s3 {
+        // The cache's objects (the job role's IAM policy names the bucket); not a token reader.
+    } else if grants(statement, "kms:Decrypt") {
         if role_arns.is_empty() || !through_ssm_for_token {
             problems.push(format!(
                 "key statement {} lets the account decrypt beyond the roles and the token: {statement}",
