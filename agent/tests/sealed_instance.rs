@@ -39,6 +39,9 @@ use support::{repo, runtime, FakeHub, FakeImds};
 const AGENT_CONFIG: &str = "/flotilla/sealed/agent-config";
 const TOKEN_PARAMETER: &str = "/flotilla/sealed/agent-token";
 const TOKEN: &str = "registration-token-that-jobs-must-not-see";
+/// The stack's job role and cache bucket, as the agent's configuration names them.
+const JOB_ROLE: &str = "arn:aws:iam::123456789012:role/sealed-job";
+const CACHE_BUCKET: &str = "sealed-cache";
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker")
@@ -94,9 +97,9 @@ impl Drop for Network {
 }
 
 /// What the AMI installs for container jobs' rootless engines (ami/scripts/install.sh), in
-/// Debian's names: Podman and its helpers, and Compose (the `docker` its `run` calls is Podman's
+/// Debian's names (the AWS CLI for the job that uses its job credentials): Podman and its helpers, and Compose (the `docker` its `run` calls is Podman's
 /// `podman-docker`, where the AMI has Docker's CLI).
-const ENGINE_PACKAGES: &str = "podman uidmap slirp4netns docker-compose podman-docker";
+const ENGINE_PACKAGES: &str = "podman uidmap slirp4netns docker-compose podman-docker awscli";
 
 /// The image: the base, the engine's packages (from Debian's registry: the build uses the
 /// machine's network), configure.sh run over the staged files, and the test-only units.
@@ -351,8 +354,12 @@ fn aws(
     let (_, ids, _) = moto.group(runtime, "sealed");
     moto.put_secret(runtime, TOKEN_PARAMETER, TOKEN);
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk(runtime));
-    let config =
-        format!("endpoint: {hub}\nno-https: true\ntoken-ssm-parameter: {TOKEN_PARAMETER}\n");
+    let config = format!(
+        "endpoint: {hub}\nno-https: true\ntoken-ssm-parameter: {TOKEN_PARAMETER}\n\
+         job-role-arn: {JOB_ROLE}\njob-role-stack: sealed\njob-role-agent-type: sealed\n\
+         cache-bucket: {CACHE_BUCKET}\n"
+    );
+    make_bucket(moto, CACHE_BUCKET);
     runtime
         .block_on(
             ssm.put_parameter()
@@ -363,6 +370,21 @@ fn aws(
         )
         .unwrap();
     ids
+}
+
+/// Makes an S3 bucket in moto with the AWS CLI (`.ci/run` installs it, `FLOTILLA_AWS_CLI`).
+fn make_bucket(moto: &moto::MotoServer, bucket: &str) {
+    let cli = std::env::var("FLOTILLA_AWS_CLI").unwrap_or("/opt/flotilla-awscli/bin/aws".into());
+    let made = Command::new(&cli)
+        .args(["s3", "mb", &format!("s3://{bucket}")])
+        .envs(moto.env())
+        .output()
+        .unwrap_or_else(|error| panic!("{cli} (pip install awscli; .ci/run does): {error}"));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }
 
 /// The job's attacks: each prints `BLOCKED name` when it fails and `CROSSED name` when it works.
@@ -378,6 +400,9 @@ const ATTACKS: &[(&str, &str)] = &[
     ("remove-job-record", "rm /var/lib/flotilla/job-taken"),
     ("read-boot-env", "cat /run/flotilla/agent.env"),
     ("read-agent-home", "ls /home/flotilla"),
+    // The job credential endpoint: nothing without the job's token, no other role through it.
+    ("credentials-without-token", "curl -sf -m 3 \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\""),
+    ("credentials-of-another-role", "curl -sf -m 3 -H \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" http://127.0.0.1:51680/v1/credentials/agent-role"),
     ("write-agent-log", "echo forged >> /var/log/flotilla/agent.log"),
     ("capabilities", "grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status | grep -v '0000000000000000$'"),
 ];
@@ -387,6 +412,10 @@ fn attack_job() -> protocol::JobRequest {
         protocol::Command::new("echo \"job runs as $(id -un)\""),
         // Semaphore's toolbox in the job's login shell, as a pipeline's first line needs it.
         protocol::Command::new("checkout && cache && echo \"checkout is a $(type -t checkout)\""),
+        // The job role's credentials, from the agent's endpoint, with no settings changed: who
+        // the job is, and an object of its project in the cache bucket written and read back.
+        protocol::Command::new("aws --endpoint-url \"$AWS_ENDPOINT_URL\" sts get-caller-identity --query Arn --output text"),
+        protocol::Command::new("echo cached-by-the-job > object && aws --endpoint-url \"$AWS_ENDPOINT_URL\" s3 cp --quiet object \"s3://$SEMAPHORE_CACHE_S3_BUCKET/proj-sealed/k\" && aws --endpoint-url \"$AWS_ENDPOINT_URL\" s3 cp \"s3://$SEMAPHORE_CACHE_S3_BUCKET/proj-sealed/k\" -"),
         protocol::Command::new("AGENT_PID=$(systemctl show -p MainPID --value flotilla-agent.service); echo \"agent pid $AGENT_PID\""),
         protocol::Command::new("logger -t flotilla-agent FORGED-BY-THE-JOB; logger -p authpriv.notice -t sudo FORGED-AUTH-LINE; true"),
     ];
@@ -398,6 +427,10 @@ fn attack_job() -> protocol::JobRequest {
     protocol::JobRequest {
         job_id: "job-attacks".into(),
         commands,
+        env_vars: vec![protocol::EnvVar::plain(
+            "SEMAPHORE_PROJECT_ID",
+            "proj-sealed",
+        )],
         ..Default::default()
     }
 }
@@ -430,6 +463,8 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
         "checkout-stand-in",
         "cache-stand-in",
         "checkout is a function",
+        "assumed-role/sealed-job/job-attacks",
+        "cached-by-the-job",
     ] {
         assert!(log.contains(line), "{line} not in:\n{log}");
     }
@@ -743,9 +778,16 @@ fn every_attack_blocked(log: &str, attacks: &[(&str, &str)]) {
 
 /// Waits for `job` to finish and the agent to exit 0 after it.
 fn wait_for_the_one_job(instance: &Instance, hub: &FakeHub, job: &str) {
-    instance.wait_for_hub(hub, &format!("{job} to finish"), |state| {
-        state.finished.iter().any(|(done, _)| done == job)
-    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !hub.state().finished.iter().any(|(done, _)| done == job) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {job} to finish; its log so far:\n{}\n{}",
+            hub.simplified_log(job).join("\n"),
+            instance.journal()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     instance.wait_for(
         "the agent to exit 0 after its one job",
         Duration::from_secs(60),

@@ -140,6 +140,9 @@ impl JobRole {
                 "AWS_CONTAINER_AUTHORIZATION_TOKEN".to_string(),
                 token.to_string(),
             ),
+            // The AWS CLI (v2) pages its output on a terminal, and the job's is one: it would
+            // wait for a key press forever.
+            ("AWS_PAGER".to_string(), String::new()),
         ];
         if !self.options.region.is_empty() {
             for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
