@@ -3,8 +3,8 @@
 //! gets credentials through the standard container credential provider, is the assumed job
 //! role's session named after the job, and writes and reads an object of its project in the
 //! cache bucket. Then the endpoint's refusals, each beside the request that succeeds: another
-//! local user (root) with the job's token, no token, a wrong token, and the token of a finished
-//! job. (moto does not enforce IAM: what the role's policies allow is checked on the stacks'
+//! local user (root) with the job's token, no token, a wrong token, the token of a finished job,
+//! and a job's token at another machine's endpoint. (moto does not enforce IAM: what the role's policies allow is checked on the stacks'
 //! rendered policies, not here.)
 
 #[path = "support/containers.rs"]
@@ -185,6 +185,31 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
     // No other path: a role cannot be named.
     let other = format!("http://{}/v1/credentials/agent-role", role.address());
     assert_eq!(status(&ask(Some(user), &other, Some(&token))), "404");
+    // Another machine's endpoint (another agent) does not know this job's token; its own job's
+    // token works there (the positive control).
+    let other_machine = JobRole::start(
+        JobRoleOptions {
+            role_arn: ROLE.into(),
+            listen: "127.0.0.1:0".into(),
+            ..JobRoleOptions::default()
+        },
+        &moto.sdk(&runtime),
+    )
+    .unwrap();
+    let other_url = format!(
+        "http://{}{}",
+        other_machine.address(),
+        agent::job_role::CREDENTIALS_PATH
+    );
+    assert_eq!(status(&ask(Some(user), &other_url, Some(&token))), "403");
+    let its_own = other_machine.grant(&job("job-role-test-3", &[]), options.job_user.as_ref());
+    let its_token = &its_own
+        .env
+        .iter()
+        .find(|(name, _)| name == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        .unwrap()
+        .1;
+    assert_eq!(status(&ask(Some(user), &other_url, Some(its_token))), "200");
     drop(grant);
     assert_eq!(status(&ask(Some(user), &url, Some(&token))), "403");
     let _ = std::fs::remove_file(format!("{home}/token"));
