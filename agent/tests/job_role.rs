@@ -4,8 +4,8 @@
 //! role's session named after the job, and writes and reads an object of its project in the
 //! cache bucket. Then the endpoint's refusals, each beside the request that succeeds: another
 //! local user (root) with the job's token, no token, a wrong token, the token of a finished job,
-//! and a job's token at another machine's endpoint. (moto does not enforce IAM: what the role's policies allow is checked on the stacks'
-//! rendered policies, not here.)
+//! and a job's token at another machine's endpoint. (moto does not enforce IAM: what the role's
+//! policies allow is checked on the stacks' rendered policies, not here.)
 
 #[path = "support/containers.rs"]
 mod containers;
