@@ -301,7 +301,8 @@ impl Instance {
         );
     }
 
-    /// Waits up to two minutes for `condition` on the hub, showing the instance's journal if not.
+    /// Waits up to two minutes for `condition` on the hub, showing what each job logged so far
+    /// and the instance's journal if not.
     fn wait_for_hub(
         &self,
         hub: &FakeHub,
@@ -310,11 +311,18 @@ impl Instance {
     ) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !condition(&hub.state()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.journal()
-            );
+            if Instant::now() >= deadline {
+                let jobs: Vec<String> = hub.state().jobs.keys().cloned().collect();
+                let logs: Vec<String> = jobs
+                    .iter()
+                    .map(|job| format!("{job}:\n{}", hub.simplified_log(job).join("\n")))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}\n{}\n{}",
+                    logs.join("\n"),
+                    self.journal()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -778,16 +786,9 @@ fn every_attack_blocked(log: &str, attacks: &[(&str, &str)]) {
 
 /// Waits for `job` to finish and the agent to exit 0 after it.
 fn wait_for_the_one_job(instance: &Instance, hub: &FakeHub, job: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !hub.state().finished.iter().any(|(done, _)| done == job) {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {job} to finish; its log so far:\n{}\n{}",
-            hub.simplified_log(job).join("\n"),
-            instance.journal()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    instance.wait_for_hub(hub, &format!("{job} to finish"), |state| {
+        state.finished.iter().any(|(done, _)| done == job)
+    });
     instance.wait_for(
         "the agent to exit 0 after its one job",
         Duration::from_secs(60),
