@@ -7,9 +7,6 @@
 
 mod common;
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use agent::config::Config;
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
@@ -21,7 +18,7 @@ use protocol::{Command, JobRequest, JobResult};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::FakeHub;
+use testkit::mock_hub::FakeHub;
 
 /// The characters of `make_data`'s lines.
 const ALPHABET: &[u8] =

@@ -17,8 +17,7 @@
 
 mod common;
 
-#[path = "../tests/support/containers.rs"]
-mod containers;
+use testkit::containers;
 
 use agent::compose::engine::{ContainerEngine, RootlessOptions};
 use agent::job::{job_environment, run_job, JobControl, JobOptions};

@@ -288,6 +288,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn transition_table() {
         use AgentState::*;
         let wait = Effect::NextSyncIn { millis: None };

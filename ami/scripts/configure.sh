@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packer step 3b (as root), run by install.sh once packages are in; also run as-is by the
-# sealed-instance boot test (agent/tests/sealed_instance.rs) to build the image's root file system,
+# sealed-instance boot test (agent/tests/it/sealed_instance.rs) to build the image's root file system,
 # so what is tested is what ships. It sets up everything that is Flotilla's own:
 #   - users: `flotilla` (the agent; uid 2000 when free) and `flotilla-job` (jobs; uid 2001 when
 #     free). The agent starts the job's shell as flotilla-job (`--job-user`), with the

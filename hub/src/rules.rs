@@ -384,6 +384,7 @@ mod tests {
     );
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn sync_decisions() {
         use AgentState::*;
         let now = 1_000;

@@ -1,5 +1,5 @@
 # Inputs of the Flotilla hub module: the snake_case twins of infra/cloudformation/hub.yaml's
-# parameters (same defaults and validations; scaler/tests/hub_stack_static.rs holds them in step),
+# parameters (same defaults and validations; scaler/tests/it/hub_stack_static.rs holds them in step),
 # plus stack_name, which CloudFormation takes from the stack.
 
 variable "stack_name" {

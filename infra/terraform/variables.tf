@@ -1,6 +1,6 @@
 # Inputs of the Flotilla fleet module. Each variable is a parameter of
 # infra/cloudformation/fleet.yaml in snake_case, with the same default and meaning
-# (scaler/tests/infra_static.rs keeps them in step). The one addition is stack_name, which
+# (scaler/tests/it/infra_static.rs keeps them in step). The one addition is stack_name, which
 # stands for CloudFormation's AWS::StackName.
 
 variable "stack_name" {

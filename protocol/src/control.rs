@@ -154,11 +154,16 @@ mod optional_result {
     use super::JobResult;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Option<JobResult>, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        value: &Option<JobResult>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.serialize_str(value.map(JobResult::as_str).unwrap_or(""))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JobResult>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<JobResult>, D::Error> {
         let text = String::deserialize(d)?;
         Ok(JobResult::parse(&text))
     }

@@ -2,7 +2,7 @@
 //! lines, filtered by `FLOTILLA_LOG` (default `info`). Every subcommand that logs calls [`init`].
 
 /// Installs the subscriber; a second call (tests) keeps the first.
-pub fn init(format: &str) {
+pub(crate) fn init(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
         .unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

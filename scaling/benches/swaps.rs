@@ -109,7 +109,7 @@ mod old_metrics {
         ),
     ];
 
-    pub fn render_metrics(statuses: &[LoopStatus]) -> String {
+    pub(crate) fn render_metrics(statuses: &[LoopStatus]) -> String {
         let mut out = String::new();
         for gauge in GAUGES {
             write_family(&mut out, gauge, "gauge", statuses);

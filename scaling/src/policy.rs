@@ -523,6 +523,7 @@ mod tests {
     );
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn decision_table() {
         let config = PolicyConfig {
             spare: 1,

@@ -6,21 +6,21 @@
 use std::io::Write;
 
 /// `name` from the environment as a number, or `default`.
-pub fn env_usize(name: &str, default: usize) -> usize {
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-pub fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
 }
 
 /// A file of printable lines (100 bytes each with the newline) drawn from `alphabet`,
 /// `megabytes` MB in all.
-pub fn make_data(path: &std::path::Path, megabytes: usize, alphabet: &[u8]) {
+pub(crate) fn make_data(path: &std::path::Path, megabytes: usize, alphabet: &[u8]) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut line = [0u8; 100];
     for index in 0..megabytes * 10_000 {

@@ -476,6 +476,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn gpu_plan_table() {
         use ContainerGpus::*;
         let all = GpuGrant::All;

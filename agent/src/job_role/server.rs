@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 /// What the endpoint and the grants share.
 #[derive(Debug)]
-pub struct Shared {
+pub(super) struct Shared {
     pub grants: Mutex<Vec<Granted>>,
     pub role_arn: String,
     pub sts: aws_sdk_sts::Client,
@@ -20,7 +20,7 @@ pub struct Shared {
 
 /// A job's token, whose connections it is accepted from, its session, its credentials so far.
 #[derive(Debug)]
-pub struct Granted {
+pub(super) struct Granted {
     token: String,
     uid: u32,
     session: Session,
@@ -33,7 +33,7 @@ struct Cached {
     expiration: i64,
 }
 
-pub fn admit(shared: &Shared, token: &str, uid: u32, session: Session) {
+pub(super) fn admit(shared: &Shared, token: &str, uid: u32, session: Session) {
     lock(shared).push(Granted {
         token: token.to_string(),
         uid,
@@ -42,7 +42,7 @@ pub fn admit(shared: &Shared, token: &str, uid: u32, session: Session) {
     });
 }
 
-pub fn revoke(shared: &Shared, token: &str) {
+pub(super) fn revoke(shared: &Shared, token: &str) {
     lock(shared).retain(|granted| !same_token(&granted.token, token));
 }
 
@@ -55,7 +55,7 @@ fn same_token(a: &str, b: &str) -> bool {
 }
 
 /// Serves `listener` on a thread with a runtime of its own, for the agent's lifetime.
-pub fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+pub(super) fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

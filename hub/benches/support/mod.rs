@@ -5,14 +5,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-pub fn env_u64(name: &str, default: u64) -> u64 {
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -20,7 +20,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// One keep-alive connection that sends a request and reads the answer.
-pub struct Connection {
+pub(crate) struct Connection {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
     writer: tokio::net::tcp::OwnedWriteHalf,
     line: String,
@@ -28,7 +28,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub async fn open(address: &str) -> Connection {
+    pub(crate) async fn open(address: &str) -> Connection {
         let stream = tokio::net::TcpStream::connect(address).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (read, writer) = stream.into_split();
@@ -41,7 +41,7 @@ impl Connection {
     }
 
     /// POSTs `body` to `path`; returns (status, body).
-    pub async fn post(&mut self, path: &str, token: &str, body: &[u8]) -> (u16, &[u8]) {
+    pub(crate) async fn post(&mut self, path: &str, token: &str, body: &[u8]) -> (u16, &[u8]) {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: hub\r\nAuthorization: Token {token}\r\nUser-Agent: SemaphoreAgent/bench\r\nContent-Length: {}\r\n\r\n",
             body.len()
@@ -77,7 +77,7 @@ impl Connection {
     }
 }
 
-pub fn psql(url: &str, sql: &str) {
+pub(crate) fn psql(url: &str, sql: &str) {
     let output = std::process::Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-qtA", "-c", sql])
@@ -91,14 +91,14 @@ pub fn psql(url: &str, sql: &str) {
 }
 
 /// A fresh database for one variant, dropped afterwards.
-pub struct BenchDatabase {
+pub(crate) struct BenchDatabase {
     server: String,
     name: String,
     pub url: String,
 }
 
 impl BenchDatabase {
-    pub fn create() -> BenchDatabase {
+    pub(crate) fn create() -> BenchDatabase {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let server = std::env::var("FLOTILLA_BENCH_POSTGRES")
             .or_else(|_| std::env::var("FLOTILLA_TEST_POSTGRES"))

@@ -32,17 +32,17 @@ fn login_form(refused: bool) -> Markup {
     )
 }
 
-pub async fn login_page() -> Response {
+pub(super) async fn login_page() -> Response {
     page(login_form(false))
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(super) struct LoginForm {
     #[serde(default)]
     token: String,
 }
 
-pub async fn login(
+pub(super) async fn login(
     State(console): State<Console>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
@@ -70,12 +70,12 @@ pub async fn login(
 }
 
 #[derive(Deserialize)]
-pub struct CsrfForm {
+pub(super) struct CsrfForm {
     #[serde(default)]
     csrf: String,
 }
 
-pub async fn logout(
+pub(super) async fn logout(
     State(console): State<Console>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
@@ -89,7 +89,7 @@ pub async fn logout(
     ))
 }
 
-pub async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> Page {
+pub(super) async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
     let types = console.hub.agent_types()?;
     let body = html! {
@@ -123,7 +123,7 @@ pub async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> 
 }
 
 #[derive(Deserialize)]
-pub struct SubmitForm {
+pub(super) struct SubmitForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
@@ -154,7 +154,7 @@ fn spec_of(form: &SubmitForm) -> Result<JobSpec, HubError> {
     Ok(spec)
 }
 
-pub async fn submit(
+pub(super) async fn submit(
     State(console): State<Console>,
     headers: HeaderMap,
     Form(form): Form<SubmitForm>,
@@ -165,7 +165,7 @@ pub async fn submit(
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }
 
-pub async fn stop(
+pub(super) async fn stop(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,

@@ -21,7 +21,7 @@ fn gpus(agent: &AgentView) -> String {
     format!("{} × {}", agent.gpus.len(), models.join(", "))
 }
 
-pub async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
+pub(super) async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
     let agents = console.hub.agents();
     let now = unix_now();
@@ -62,12 +62,12 @@ pub async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
 }
 
 #[derive(serde::Deserialize)]
-pub struct ShutdownForm {
+pub(super) struct ShutdownForm {
     #[serde(default)]
     csrf: String,
 }
 
-pub async fn shutdown(
+pub(super) async fn shutdown(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(name): Path<String>,

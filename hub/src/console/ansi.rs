@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 /// The SGR state carried from one chunk of output to the next.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Style {
+pub(super) struct Style {
     /// Foreground colour 0-15.
     fg: Option<u8>,
     /// Background colour 0-15.
@@ -88,7 +88,7 @@ fn extended_colour(codes: &mut impl Iterator<Item = u16>) -> Option<u8> {
 }
 
 /// Appends `text` with `<`, `>`, `&`, `"` and `'` escaped.
-pub fn escape_into(out: &mut String, text: &str) {
+pub(super) fn escape_into(out: &mut String, text: &str) {
     for c in text.chars() {
         match c {
             '<' => out.push_str("&lt;"),
@@ -103,7 +103,7 @@ pub fn escape_into(out: &mut String, text: &str) {
 
 /// Renders terminal output as escaped HTML, starting in `style` and leaving it where the text
 /// ends (the next chunk continues in it). Spans open only around text, so no empty ones.
-pub fn to_html(text: &str, style: &mut Style) -> String {
+pub(super) fn to_html(text: &str, style: &mut Style) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let mut open = false;
     let mut chars = text.chars().peekable();

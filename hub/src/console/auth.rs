@@ -12,15 +12,15 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 
 /// How long a session lasts after sign-in.
-pub const SESSION_TTL_SECS: i64 = 12 * 3600;
+pub(super) const SESSION_TTL_SECS: i64 = 12 * 3600;
 /// The session cookie's name.
-pub const COOKIE: &str = "flotilla_session";
+pub(super) const COOKIE: &str = "flotilla_session";
 /// Sessions kept at most; signing in beyond it drops the oldest.
 const MAX_SESSIONS: usize = 1000;
 
 /// A signed-in browser.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
+pub(super) struct Session {
     /// Sent back in every action's form.
     pub csrf: String,
     pub expires_at: i64,
@@ -28,7 +28,7 @@ pub struct Session {
 
 /// The live sessions, keyed by the SHA-256 of their cookie value.
 #[derive(Default)]
-pub struct Sessions {
+pub(super) struct Sessions {
     by_hash: Mutex<HashMap<String, Session>>,
 }
 
@@ -40,7 +40,7 @@ impl Sessions {
     }
 
     /// Starts a session; returns its cookie value.
-    pub fn start(&self, now: i64) -> String {
+    pub(super) fn start(&self, now: i64) -> String {
         let id = tokens::new_token();
         let session = Session {
             csrf: tokens::new_token(),
@@ -62,7 +62,7 @@ impl Sessions {
     }
 
     /// The unexpired session the request's cookie names.
-    pub fn find(&self, headers: &HeaderMap, now: i64) -> Option<Session> {
+    pub(super) fn find(&self, headers: &HeaderMap, now: i64) -> Option<Session> {
         let id = cookie(headers)?;
         let hash = tokens::hash(&id);
         let mut sessions = self.lock();
@@ -77,7 +77,7 @@ impl Sessions {
     }
 
     /// Ends the session the request's cookie names.
-    pub fn end(&self, headers: &HeaderMap) {
+    pub(super) fn end(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers) {
             self.lock().remove(&tokens::hash(&id));
         }
@@ -98,7 +98,7 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The `Set-Cookie` value that stores `id` (or, with `None`, deletes the cookie).
-pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
+pub(super) fn set_cookie(id: Option<&str>, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     match id {
         Some(id) => format!(
@@ -109,7 +109,7 @@ pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
 }
 
 /// Whether a submitted CSRF token is the session's.
-pub fn csrf_ok(session: &Session, submitted: &str) -> bool {
+pub(super) fn csrf_ok(session: &Session, submitted: &str) -> bool {
     !submitted.is_empty() && tokens::constant_time_eq(&session.csrf, submitted)
 }
 
@@ -117,7 +117,7 @@ pub fn csrf_ok(session: &Session, submitted: &str) -> bool {
 /// at once at most. Guessing the admin token is hopeless anyway (256 bits); this keeps a client
 /// from spending the hub's time on it. GCRA per address (`governor`); addresses not seen for a
 /// minute are forgotten every [`FORGET_EVERY`] attempts, so the table stays small.
-pub struct SignInLimiter {
+pub(super) struct SignInLimiter {
     limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
     attempts: std::sync::atomic::AtomicU64,
 }
@@ -138,7 +138,7 @@ impl Default for SignInLimiter {
 
 impl SignInLimiter {
     /// Whether `client` may try to sign in now (the attempt is counted).
-    pub fn allow(&self, client: std::net::IpAddr) -> bool {
+    pub(super) fn allow(&self, client: std::net::IpAddr) -> bool {
         let seen = self
             .attempts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -152,7 +152,7 @@ impl SignInLimiter {
 /// The address a request comes from: the peer's, or, when a proxy the hub trusts is in front
 /// (`--plain-http-behind-proxy`), the last address in `X-Forwarded-For` (the one that proxy
 /// appended; earlier ones are the client's to write).
-pub fn client_address(
+pub(super) fn client_address(
     peer: Option<std::net::SocketAddr>,
     headers: &HeaderMap,
     trust_forwarded_for: bool,

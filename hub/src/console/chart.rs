@@ -58,7 +58,7 @@ fn points(
 }
 
 /// The chart of `samples` (oldest first) for `title`, or a note when there are too few.
-pub fn chart(title: &str, samples: &[Sample]) -> Markup {
+pub(super) fn chart(title: &str, samples: &[Sample]) -> Markup {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return html! { p.note { "No samples yet: the chart fills in as the hub runs." } };
     };

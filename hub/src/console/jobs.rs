@@ -16,10 +16,10 @@ use protocol::{JobSpec, JobState};
 use serde::Deserialize;
 
 /// Jobs per page of the list.
-pub const PAGE_SIZE: u32 = 50;
+pub(super) const PAGE_SIZE: u32 = 50;
 
 #[derive(Deserialize, Default)]
-pub struct ListQuery {
+pub(super) struct ListQuery {
     #[serde(default)]
     state: String,
     #[serde(default)]
@@ -90,7 +90,7 @@ fn state_badge(job: &JobView) -> Markup {
     html! { span class=(format!("badge s-{text}")) { (text) } }
 }
 
-pub async fn list(
+pub(super) async fn list(
     State(console): State<Console>,
     headers: HeaderMap,
     Query(query): Query<ListQuery>,
@@ -222,7 +222,7 @@ fn summary(job: &JobView, session: &super::auth::Session) -> Markup {
     }
 }
 
-pub async fn show(
+pub(super) async fn show(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,

@@ -12,7 +12,7 @@ const SCRIPT: &str = include_str!("../../assets/console.js");
 
 /// The pages in the navigation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
+pub(super) enum Nav {
     Overview,
     Jobs,
     Agents,
@@ -37,7 +37,7 @@ fn head(title: &str) -> Markup {
 }
 
 /// A signed-in page: navigation (the current page marked), sign-out, then `body`.
-pub fn page(title: &str, current: Nav, session: &Session, body: Markup) -> Markup {
+pub(super) fn page(title: &str, current: Nav, session: &Session, body: Markup) -> Markup {
     html! {
         html lang="en" {
             head { (head(title)) script src="/console/assets/console.js" defer {} }
@@ -70,7 +70,7 @@ pub fn page(title: &str, current: Nav, session: &Session, body: Markup) -> Marku
 }
 
 /// A page for someone not signed in (the login page).
-pub fn bare(title: &str, body: Markup) -> Markup {
+pub(super) fn bare(title: &str, body: Markup) -> Markup {
     html! {
         html lang="en" {
             head { (head(title)) }
@@ -79,7 +79,7 @@ pub fn bare(title: &str, body: Markup) -> Markup {
     }
 }
 
-pub fn error_page(status: StatusCode, message: &str) -> Markup {
+pub(super) fn error_page(status: StatusCode, message: &str) -> Markup {
     bare(
         status.canonical_reason().unwrap_or("Error"),
         html! {
@@ -90,12 +90,12 @@ pub fn error_page(status: StatusCode, message: &str) -> Markup {
 }
 
 /// The hidden field every action's form carries.
-pub fn csrf_field(session: &Session) -> Markup {
+pub(super) fn csrf_field(session: &Session) -> Markup {
     html! { input type="hidden" name="csrf" value=(session.csrf); }
 }
 
 /// A Unix time as UTC `YYYY-MM-DD HH:MM:SS` inside `<time>`.
-pub fn time(unix: i64) -> Markup {
+pub(super) fn time(unix: i64) -> Markup {
     let text = jiff::Timestamp::from_second(unix)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|_| unix.to_string());
@@ -106,7 +106,7 @@ pub fn time(unix: i64) -> Markup {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
-pub fn url_encode(text: &str) -> String {
+pub(super) fn url_encode(text: &str) -> String {
     text.bytes()
         .map(|byte| match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -118,15 +118,15 @@ pub fn url_encode(text: &str) -> String {
 }
 
 /// Seconds as `1h2m3s`.
-pub fn duration(seconds: i64) -> String {
+pub(super) fn duration(seconds: i64) -> String {
     protocol::spec::human_duration(seconds.max(0) as u64)
 }
 
-pub async fn stylesheet() -> Response {
+pub(super) async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", STYLESHEET)
 }
 
-pub async fn script() -> Response {
+pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 

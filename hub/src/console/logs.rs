@@ -27,7 +27,7 @@ const FOLLOW_LINES: i64 = 1000;
 /// One thing the log view shows, in order. `html` fields are already escaped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
-pub enum Item {
+pub(super) enum Item {
     /// A job-level line (`job started`, `job finished: passed`).
     Job { text: String },
     /// A command starts: a new fold.
@@ -40,7 +40,7 @@ pub enum Item {
 
 /// The items of raw log lines (JSON events; unreadable lines are shown as they are). The colour
 /// state runs through the lines and restarts at each command.
-pub fn items(lines: &[String]) -> Vec<Item> {
+pub(super) fn items(lines: &[String]) -> Vec<Item> {
     let mut style = Style::default();
     let mut items = Vec::with_capacity(lines.len());
     for line in lines {
@@ -78,7 +78,10 @@ pub fn items(lines: &[String]) -> Vec<Item> {
 
 /// The log lines the job page renders: the first [`FIRST_PAGE_LINES`], cut to
 /// [`FIRST_PAGE_BYTES`].
-pub fn first_page(hub: &crate::hub::Hub, job_id: &str) -> Result<LogPage, crate::hub::HubError> {
+pub(super) fn first_page(
+    hub: &crate::hub::Hub,
+    job_id: &str,
+) -> Result<LogPage, crate::hub::HubError> {
     let mut page = hub.logs(job_id, 0, FIRST_PAGE_LINES)?;
     let mut bytes = 0;
     let keep = page
@@ -117,7 +120,7 @@ fn fold_markup(fold: &Fold) -> Markup {
 }
 
 /// The log view of a job's first page of lines; the script continues from `data-next`.
-pub fn rendered(job_id: &str, log: &LogPage) -> Markup {
+pub(super) fn rendered(job_id: &str, log: &LogPage) -> Markup {
     let mut blocks: Vec<Markup> = Vec::new();
     let mut fold: Option<Fold> = None;
     for item in items(&log.lines) {
@@ -155,7 +158,7 @@ pub fn rendered(job_id: &str, log: &LogPage) -> Markup {
 }
 
 #[derive(Deserialize)]
-pub struct FollowQuery {
+pub(super) struct FollowQuery {
     #[serde(default)]
     from: i64,
     /// Seconds to wait for new lines when there are none yet.
@@ -172,7 +175,7 @@ struct Follow {
 }
 
 /// New log items from `from`, waiting up to `wait` seconds for some while the job runs.
-pub async fn follow(
+pub(super) async fn follow(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,
@@ -198,7 +201,7 @@ pub async fn follow(
 }
 
 /// The whole log as a terminal transcript (`text/plain`, escapes as they are).
-pub async fn raw(
+pub(super) async fn raw(
     State(console): State<Console>,
     headers: HeaderMap,
     Path(id): Path<String>,

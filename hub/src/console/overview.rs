@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use maud::html;
 
-pub async fn overview(State(console): State<Console>, headers: HeaderMap) -> Page {
+pub(super) async fn overview(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
     let (types, _) = console.hub.all_metrics(unix_now());
     let body = html! {

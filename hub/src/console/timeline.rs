@@ -6,7 +6,7 @@
 /// The moments of a job's life, in Unix seconds; `None` where it has not happened or is not
 /// known (the launch time comes from the instance's identity document, on EC2 only).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Moments {
+pub(super) struct Moments {
     pub queued: i64,
     pub launched: Option<i64>,
     pub registered: Option<i64>,
@@ -17,7 +17,7 @@ pub struct Moments {
 
 /// What a stretch of the timeline was spent on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(super) enum Phase {
     /// Queued with no machine for it yet (before its instance was launched, or, when the launch
     /// time is unknown, before its agent registered).
     WaitingForMachine,
@@ -31,7 +31,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Phase::WaitingForMachine => "waiting for a machine",
             Phase::Booting => "machine booting",
@@ -42,7 +42,7 @@ impl Phase {
     }
 
     /// The CSS class of its bar segment.
-    pub fn class(self) -> &'static str {
+    pub(super) fn class(self) -> &'static str {
         match self {
             Phase::WaitingForMachine => "p-wait",
             Phase::Booting => "p-boot",
@@ -55,7 +55,7 @@ impl Phase {
 
 /// One phase: from `start` to `end` (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
+pub(super) struct Span {
     pub phase: Phase,
     pub start: i64,
     pub end: i64,
@@ -64,7 +64,7 @@ pub struct Span {
 /// The phases of a job up to `now`, in order; empty phases are left out. An agent that was
 /// already waiting when the job was queued makes the machine phases empty; a phase not yet
 /// over ends at `now`, and a job stopped before it ran ends in the phase it was in.
-pub fn phases(moments: &Moments, now: i64) -> Vec<Span> {
+pub(super) fn phases(moments: &Moments, now: i64) -> Vec<Span> {
     let queued = moments.queued;
     let open_end = moments.finished.unwrap_or(now).max(queued);
     // Each boundary is clamped into [queued, open_end] and kept in order.

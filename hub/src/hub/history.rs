@@ -25,13 +25,13 @@ pub struct Sample {
 
 /// Samples per agent type, oldest first.
 #[derive(Debug, Default)]
-pub struct History {
+pub(super) struct History {
     by_type: BTreeMap<String, VecDeque<Sample>>,
 }
 
 impl History {
     /// Adds `sample` for `agent_type` and forgets what is older than [`HISTORY_SECS`].
-    pub fn record(&mut self, agent_type: &str, sample: Sample) {
+    pub(super) fn record(&mut self, agent_type: &str, sample: Sample) {
         let samples = self.by_type.entry(agent_type.to_string()).or_default();
         samples.push_back(sample);
         while samples
@@ -42,7 +42,7 @@ impl History {
         }
     }
 
-    pub fn samples(&self, agent_type: &str) -> Vec<Sample> {
+    pub(super) fn samples(&self, agent_type: &str) -> Vec<Sample> {
         self.by_type
             .get(agent_type)
             .map(|samples| samples.iter().copied().collect())

@@ -71,26 +71,26 @@ pub(super) struct Changes {
 }
 
 impl Changes {
-    pub fn job(job: JobRow) -> Changes {
+    pub(super) fn job(job: JobRow) -> Changes {
         Changes {
             jobs: vec![job],
             agents: Vec::new(),
         }
     }
 
-    pub fn agent(agent: AgentRow) -> Changes {
+    pub(super) fn agent(agent: AgentRow) -> Changes {
         Changes {
             jobs: Vec::new(),
             agents: vec![agent],
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.jobs.is_empty() && self.agents.is_empty()
     }
 
     /// The rows as the commit at `revision` stored them.
-    pub fn at_revision(mut self, revision: i64) -> Changes {
+    pub(super) fn at_revision(mut self, revision: i64) -> Changes {
         for job in &mut self.jobs {
             job.revision = revision;
         }
@@ -112,7 +112,7 @@ pub(super) struct Applied {
 
 impl Core {
     /// The connected agent an access token belongs to.
-    pub fn agent(&self, access_token: &str) -> HubResult<&AgentMem> {
+    pub(super) fn agent(&self, access_token: &str) -> HubResult<&AgentMem> {
         self.agent_by_token
             .get(&tokens::hash(access_token))
             .and_then(|name| self.agents.get(name))
@@ -120,14 +120,14 @@ impl Core {
     }
 
     /// The agent type a registration token belongs to.
-    pub fn type_of_token(&self, registration_token: &str) -> HubResult<&String> {
+    pub(super) fn type_of_token(&self, registration_token: &str) -> HubResult<&String> {
         self.type_by_token
             .get(&tokens::hash(registration_token))
             .ok_or(HubError::Unauthorized)
     }
 
     /// A live (unfinished) job.
-    pub fn job(&self, job_id: &str) -> HubResult<&JobMem> {
+    pub(super) fn job(&self, job_id: &str) -> HubResult<&JobMem> {
         self.jobs
             .get(job_id)
             .ok_or_else(|| HubError::NotFound(format!("job {job_id} is not active")))
@@ -137,7 +137,7 @@ impl Core {
     /// `job_id`). `spread` > 0 after a lost race for the queue's head with another replica:
     /// one of the first `spread` queued jobs, picked at random, so that replicas retrying
     /// together stop colliding on the same job.
-    pub fn next_job_for(&self, agent: &AgentMem, spread: usize) -> Option<&str> {
+    pub(super) fn next_job_for(&self, agent: &AgentMem, spread: usize) -> Option<&str> {
         let agent_type = &agent.row.agent_type;
         let requested = &agent.registration.job_id;
         if !requested.is_empty() {
@@ -158,7 +158,7 @@ impl Core {
     }
 
     /// Adds a connected agent read from the store (at start).
-    pub fn insert_agent(&mut self, row: AgentRow) {
+    pub(super) fn insert_agent(&mut self, row: AgentRow) {
         self.agent_by_token
             .insert(row.token_hash.clone(), row.name.clone());
         let idle_since = row.last_sync_at;
@@ -167,7 +167,7 @@ impl Core {
     }
 
     /// Adds an unfinished job (submitted, or read from the store at start), queued if it waits.
-    pub fn insert_job(&mut self, job: JobMem) {
+    pub(super) fn insert_job(&mut self, job: JobMem) {
         if job.row.state == JobState::Queued {
             self.queues
                 .entry(job.row.agent_type.clone())
@@ -178,7 +178,7 @@ impl Core {
     }
 
     /// Records what a sync reported that is not job state (flushed in batches by `maintain`).
-    pub fn touch(&mut self, name: &str, report: &SyncRequest, now: i64) {
+    pub(super) fn touch(&mut self, name: &str, report: &SyncRequest, now: i64) {
         let Some(agent) = self.agents.get_mut(name) else {
             return;
         };
@@ -192,14 +192,14 @@ impl Core {
 
     /// This process committed `revision`: memory is at it if it was at the one before
     /// (otherwise other replicas' commits lie between, and the next catch-up reads them).
-    pub fn committed(&mut self, revision: i64) {
+    pub(super) fn committed(&mut self, revision: i64) {
         if revision == self.revision + 1 {
             self.revision = revision;
         }
     }
 
     /// An agent type, as stored.
-    pub fn apply_type(&mut self, row: AgentTypeRow) {
+    pub(super) fn apply_type(&mut self, row: AgentTypeRow) {
         self.type_by_token.insert(row.token_hash, row.name.clone());
         match row.time_limit {
             Some(seconds) => self.type_time_limits.insert(row.name.clone(), seconds),
@@ -209,7 +209,7 @@ impl Core {
     }
 
     /// Puts committed rows into memory: queues, the live set and the counters follow the rows.
-    pub fn apply(&mut self, changes: Changes, now: i64) -> Applied {
+    pub(super) fn apply(&mut self, changes: Changes, now: i64) -> Applied {
         let mut applied = Applied::default();
         for job in changes.jobs {
             self.apply_job(job, true, &mut applied);
@@ -223,7 +223,7 @@ impl Core {
     /// Puts rows other replicas committed into memory (their transitions count in their own
     /// `/metrics`, not here). Lost agents within `give_up_after` are remembered, so that one
     /// whose link heals through this replica may resume.
-    pub fn apply_feed(&mut self, feed: Feed, now: i64, give_up_after: i64) -> Applied {
+    pub(super) fn apply_feed(&mut self, feed: Feed, now: i64, give_up_after: i64) -> Applied {
         let mut applied = Applied::default();
         for row in feed.agent_types {
             self.apply_type(row);

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 /// Tags on a group that bound the warm pool the scaler may keep (the stack's parameters). A group
 /// with a warm pool and no max tag keeps the size it has.
-pub const WARM_POOL_MIN_TAG: &str = "flotilla:warm-pool-min";
-pub const WARM_POOL_MAX_TAG: &str = "flotilla:warm-pool-max";
+pub(crate) const WARM_POOL_MIN_TAG: &str = "flotilla:warm-pool-min";
+pub(crate) const WARM_POOL_MAX_TAG: &str = "flotilla:warm-pool-max";
 
 /// How long a group that failed to launch counts as short.
 const SHORT_FOR: Duration = Duration::from_secs(300);
@@ -37,7 +37,7 @@ const CAPACITY_ERRORS: &[&str] = &[
     "InsufficientCapacity",
 ];
 
-pub struct AwsFleet {
+pub(crate) struct AwsFleet {
     runtime: tokio::runtime::Runtime,
     client: aws_sdk_autoscaling::Client,
     ec2: aws_sdk_ec2::Client,
@@ -55,7 +55,11 @@ fn api_error<E: std::error::Error>(operation: String) -> impl FnOnce(E) -> Fleet
 
 impl AwsFleet {
     /// Connects, checks that every group exists, and suspends AZRebalance on them.
-    pub fn new(region: &str, endpoint_url: &str, groups: Vec<String>) -> anyhow::Result<AwsFleet> {
+    pub(crate) fn new(
+        region: &str,
+        endpoint_url: &str,
+        groups: Vec<String>,
+    ) -> anyhow::Result<AwsFleet> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

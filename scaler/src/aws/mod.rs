@@ -4,8 +4,8 @@
 //! stacks client used by `deploy`/`status`/`destroy` ([`stacks`]). Only this module links the AWS
 //! SDK; the decisions it serves live in the `scaling` crate.
 
-pub mod fleet;
-pub mod stacks;
+pub(crate) mod fleet;
+pub(crate) mod stacks;
 
 use anyhow::{bail, Context, Result};
 use aws_config::BehaviorVersion;
@@ -13,7 +13,7 @@ use aws_sdk_ssm::error::DisplayErrorContext;
 use std::time::Duration;
 
 /// A single-threaded runtime for the SDK's futures (the scaler's loops are threads).
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -22,7 +22,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// Loads SDK configuration: credentials and region from the standard chain, `endpoint_url`
 /// when given (moto in tests), adaptive retries with short back-offs.
-pub fn sdk_config(
+pub(crate) fn sdk_config(
     runtime: &tokio::runtime::Runtime,
     region: &str,
     endpoint_url: &str,
@@ -49,7 +49,7 @@ pub fn sdk_config(
 }
 
 /// Reads an SSM parameter (decrypted).
-pub fn ssm_parameter(
+pub(crate) fn ssm_parameter(
     runtime: &tokio::runtime::Runtime,
     config: &aws_config::SdkConfig,
     name: &str,

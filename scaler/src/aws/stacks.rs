@@ -18,7 +18,7 @@ const STACK_NOT_FOUND_CODE: &str = "ValidationError";
 
 /// A stack as it is now.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stack {
+pub(crate) struct Stack {
     pub status: StackStatus,
     /// Parameter values as CloudFormation reports them (moto writes lists as Python lists).
     pub parameters: BTreeMap<String, String>,
@@ -27,7 +27,7 @@ pub struct Stack {
 }
 
 impl Stack {
-    pub fn output(&self, key: &str) -> Option<&str> {
+    pub(crate) fn output(&self, key: &str) -> Option<&str> {
         self.outputs
             .iter()
             .find(|(k, _)| k == key)
@@ -37,7 +37,7 @@ impl Stack {
 
 /// One stack event.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
+pub(crate) struct Event {
     pub id: String,
     pub logical_id: String,
     pub resource_type: String,
@@ -47,7 +47,7 @@ pub struct Event {
 
 /// A change set as described, with the resources it would change.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChangeSet {
+pub(crate) struct ChangeSet {
     pub status: Option<ChangeSetStatus>,
     pub reason: String,
     pub changes: Vec<ResourceChange>,
@@ -55,7 +55,7 @@ pub struct ChangeSet {
 
 /// One planned change: `Add`, `Modify`, `Remove`… of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResourceChange {
+pub(crate) struct ResourceChange {
     pub action: String,
     pub logical_id: String,
     pub resource_type: String,
@@ -63,7 +63,7 @@ pub struct ResourceChange {
 
 /// An Auto Scaling group's sizes and instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub desired: i32,
     pub min: i32,
     pub max: i32,
@@ -73,7 +73,7 @@ pub struct Pool {
 
 /// One recent scaling activity of a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Activity {
+pub(crate) struct Activity {
     pub group: String,
     pub started: String,
     pub status: String,
@@ -81,7 +81,7 @@ pub struct Activity {
 }
 
 /// What a new stack or change set is built from.
-pub struct Definition<'a> {
+pub(crate) struct Definition<'a> {
     pub stack: &'a str,
     pub template: &'a str,
     pub parameters: &'a [(String, String)],
@@ -108,7 +108,7 @@ impl Definition<'_> {
     }
 }
 
-pub struct Stacks {
+pub(crate) struct Stacks {
     runtime: tokio::runtime::Runtime,
     config: aws_config::SdkConfig,
     cloudformation: aws_sdk_cloudformation::Client,
@@ -118,7 +118,7 @@ pub struct Stacks {
 
 impl Stacks {
     /// Credentials and region from the standard chain (`region` overrides it when not empty).
-    pub fn connect(region: &str) -> Result<Stacks> {
+    pub(crate) fn connect(region: &str) -> Result<Stacks> {
         let runtime = super::runtime()?;
         let config = super::sdk_config(&runtime, region, "")?;
         Ok(Stacks {
@@ -143,12 +143,12 @@ impl Stacks {
     }
 
     /// An SSM parameter's (decrypted) value, through the scaler's shared reader.
-    pub fn parameter(&self, name: &str) -> Result<String> {
+    pub(crate) fn parameter(&self, name: &str) -> Result<String> {
         super::ssm_parameter(&self.runtime, &self.config, name)
     }
 
     /// The stack, `None` when there is none (or only a deleted one) by that name.
-    pub fn stack(&self, name: &str) -> Result<Option<Stack>> {
+    pub(crate) fn stack(&self, name: &str) -> Result<Option<Stack>> {
         let described = self.runtime.block_on(
             self.cloudformation
                 .describe_stacks()
@@ -191,7 +191,7 @@ impl Stacks {
     }
 
     /// The template the stack was last deployed with.
-    pub fn template(&self, name: &str) -> Result<String> {
+    pub(crate) fn template(&self, name: &str) -> Result<String> {
         let request = self.cloudformation.get_template().stack_name(name);
         let output = self.call(request.send(), || {
             format!("reading the template of stack {name}")
@@ -200,7 +200,7 @@ impl Stacks {
     }
 
     /// The stack's events, oldest first.
-    pub fn events(&self, name: &str) -> Result<Vec<Event>> {
+    pub(crate) fn events(&self, name: &str) -> Result<Vec<Event>> {
         let request = self.cloudformation.describe_stack_events().stack_name(name);
         let output = self.call(request.send(), || {
             format!("reading the events of stack {name}")
@@ -224,7 +224,7 @@ impl Stacks {
     }
 
     /// `CreateStack` (rollback on failure is its default), tagged with the stack's name.
-    pub fn create_stack(&self, definition: &Definition) -> Result<()> {
+    pub(crate) fn create_stack(&self, definition: &Definition) -> Result<()> {
         let create = self
             .cloudformation
             .create_stack()
@@ -241,7 +241,7 @@ impl Stacks {
     }
 
     /// `CreateChangeSet`; returns the change set's id.
-    pub fn create_change_set(
+    pub(crate) fn create_change_set(
         &self,
         definition: &Definition,
         change_set: &str,
@@ -262,7 +262,7 @@ impl Stacks {
         Ok(created.id().unwrap_or(change_set).to_string())
     }
 
-    pub fn change_set(&self, stack: &str, id: &str) -> Result<ChangeSet> {
+    pub(crate) fn change_set(&self, stack: &str, id: &str) -> Result<ChangeSet> {
         let request = self
             .cloudformation
             .describe_change_set()
@@ -286,7 +286,7 @@ impl Stacks {
         })
     }
 
-    pub fn execute_change_set(&self, stack: &str, id: &str) -> Result<()> {
+    pub(crate) fn execute_change_set(&self, stack: &str, id: &str) -> Result<()> {
         let execute = self
             .cloudformation
             .execute_change_set()
@@ -296,7 +296,7 @@ impl Stacks {
         Ok(())
     }
 
-    pub fn delete_change_set(&self, stack: &str, id: &str) -> Result<()> {
+    pub(crate) fn delete_change_set(&self, stack: &str, id: &str) -> Result<()> {
         let delete = self
             .cloudformation
             .delete_change_set()
@@ -306,7 +306,7 @@ impl Stacks {
         Ok(())
     }
 
-    pub fn delete_stack(&self, name: &str) -> Result<()> {
+    pub(crate) fn delete_stack(&self, name: &str) -> Result<()> {
         let request = self.cloudformation.delete_stack().stack_name(name);
         self.call(request.send(), || format!("deleting stack {name}"))?;
         Ok(())
@@ -314,7 +314,7 @@ impl Stacks {
 
     /// Writes (or overwrites) an SSM SecureString encrypted under the KMS key `key_id`; the value
     /// never appears in an error.
-    pub fn put_secure_string(
+    pub(crate) fn put_secure_string(
         &self,
         name: &str,
         value: &str,
@@ -336,7 +336,7 @@ impl Stacks {
 
     /// The KMS key an SSM parameter is encrypted under, as SSM names it (`""` for a plain String),
     /// from its metadata: nothing is decrypted. `None` when there is no such parameter.
-    pub fn parameter_key(&self, name: &str) -> Result<Option<String>> {
+    pub(crate) fn parameter_key(&self, name: &str) -> Result<Option<String>> {
         let filter = ParameterStringFilter::builder()
             .key("Name")
             .option("Equals")
@@ -354,7 +354,7 @@ impl Stacks {
             .map(|p| p.key_id().unwrap_or_default().to_string()))
     }
 
-    pub fn delete_parameter(&self, name: &str) -> Result<()> {
+    pub(crate) fn delete_parameter(&self, name: &str) -> Result<()> {
         let request = self.ssm.delete_parameter().name(name);
         self.call(request.send(), || {
             format!("deleting the SSM parameter {name}")
@@ -363,7 +363,7 @@ impl Stacks {
     }
 
     /// The named Auto Scaling groups, in the order asked; `None` for one that does not exist.
-    pub fn pools(&self, groups: &[String]) -> Result<Vec<Option<Pool>>> {
+    pub(crate) fn pools(&self, groups: &[String]) -> Result<Vec<Option<Pool>>> {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
@@ -397,7 +397,7 @@ impl Stacks {
     }
 
     /// A group's newest `count` scaling activities, newest first.
-    pub fn activities(&self, group: &str, count: i32) -> Result<Vec<Activity>> {
+    pub(crate) fn activities(&self, group: &str, count: i32) -> Result<Vec<Activity>> {
         let request = self
             .autoscaling
             .describe_scaling_activities()

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Subcommand)]
-pub enum JobsCommand {
+pub(crate) enum JobsCommand {
     /// Submit a job from a YAML/JSON job spec, or from --command.
     Submit {
         /// The job spec file (YAML or JSON).
@@ -62,7 +62,7 @@ pub enum JobsCommand {
 }
 
 #[derive(Subcommand)]
-pub enum AgentTypesCommand {
+pub(crate) enum AgentTypesCommand {
     /// Create an agent type and print its registration token (shown only once).
     Create {
         /// The new agent type's name (letters, digits, `-` and `_`).
@@ -87,7 +87,7 @@ pub enum AgentTypesCommand {
 }
 
 #[derive(Subcommand)]
-pub enum AgentsCommand {
+pub(crate) enum AgentsCommand {
     /// List connected agents: type, state, job, GPUs, host.
     List,
     /// Ask an agent to shut down at its next sync (after its current job).
@@ -309,7 +309,7 @@ fn submit(client: &Client, spec: JobSpec, follow: bool) -> Result<i32> {
     })
 }
 
-pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
+pub(crate) fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
         JobsCommand::Submit {
@@ -349,7 +349,7 @@ pub fn jobs(access: &HubAccess, command: JobsCommand) -> Result<i32> {
     }
 }
 
-pub fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32> {
+pub(crate) fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
         AgentTypesCommand::Create {
@@ -385,7 +385,7 @@ pub fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Result<i32
     Ok(0)
 }
 
-pub fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {
+pub(crate) fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {
     let client = Client::new(access)?;
     match command {
         AgentsCommand::List => {

@@ -28,14 +28,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The fleet template, as deployed.
-pub const TEMPLATE: &str = include_str!("../../../infra/cloudformation/fleet.yaml");
+pub(crate) const TEMPLATE: &str = include_str!("../../../infra/cloudformation/fleet.yaml");
 
 /// The hub template, as deployed.
-pub const HUB_TEMPLATE: &str = include_str!("../../../infra/cloudformation/hub.yaml");
+pub(crate) const HUB_TEMPLATE: &str = include_str!("../../../infra/cloudformation/hub.yaml");
 
 /// Which embedded template a stack is made from.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TemplateKind {
+pub(crate) enum TemplateKind {
     /// CI agents, their Auto Scaling groups and the scaler (`fleet.yaml`).
     #[default]
     Fleet,
@@ -45,13 +45,13 @@ pub enum TemplateKind {
 
 impl TemplateKind {
     /// Whether `scaler deploy` stores a registration token in SSM for stacks of this kind.
-    pub fn has_token_step(self) -> bool {
+    pub(crate) fn has_token_step(self) -> bool {
         self == TemplateKind::Fleet
     }
 
     /// The kind of a deployed stack, told by a parameter only its template declares (the stack's
     /// parameters are there whatever state it is in). `None`: neither.
-    pub fn of_stack(parameters: &BTreeMap<String, String>) -> Option<TemplateKind> {
+    pub(crate) fn of_stack(parameters: &BTreeMap<String, String>) -> Option<TemplateKind> {
         if parameters.contains_key("QueueEndpoint") {
             Some(TemplateKind::Fleet)
         } else if parameters.contains_key("CertificateArn") {
@@ -63,7 +63,7 @@ impl TemplateKind {
 }
 
 #[derive(clap::Args, Clone, Debug)]
-pub struct StackArgs {
+pub(crate) struct StackArgs {
     /// The stack's name (also the fleet's name: /flotilla/NAME/… parameters and log groups).
     #[arg(long)]
     pub stack: String,
@@ -73,7 +73,7 @@ pub struct StackArgs {
 }
 
 #[derive(clap::Args, Clone, Debug)]
-pub struct DeployArgs {
+pub(crate) struct DeployArgs {
     #[command(flatten)]
     pub stack: StackArgs,
     /// Which built-in template: a fleet of agents, or the hub they use as their queue.
@@ -101,7 +101,7 @@ pub struct DeployArgs {
 }
 
 #[derive(clap::Args, Clone, Debug)]
-pub struct DestroyArgs {
+pub(crate) struct DestroyArgs {
     #[command(flatten)]
     pub stack: StackArgs,
     /// Keep the registration token parameter that deploy created.
@@ -113,7 +113,7 @@ pub struct DestroyArgs {
 
 /// One template parameter's declaration.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ParameterSpec {
+pub(crate) struct ParameterSpec {
     pub name: String,
     pub kind: String,
     pub default: Option<String>,
@@ -125,7 +125,7 @@ pub struct ParameterSpec {
 /// A template as deploy needs it: its text, its parameters in declaration order, and how many
 /// resources it declares (the denominator of the progress lines).
 #[derive(Debug, Clone)]
-pub struct Template {
+pub(crate) struct Template {
     pub body: String,
     pub parameters: Vec<ParameterSpec>,
     pub resources: usize,
@@ -133,19 +133,19 @@ pub struct Template {
 
 impl Template {
     /// The fleet template built into this binary.
-    pub fn embedded() -> Result<Template> {
+    pub(crate) fn embedded() -> Result<Template> {
         Template::parse(TEMPLATE)
     }
 
     /// The built-in template of this kind.
-    pub fn embedded_kind(kind: TemplateKind) -> Result<Template> {
+    pub(crate) fn embedded_kind(kind: TemplateKind) -> Result<Template> {
         match kind {
             TemplateKind::Fleet => Template::embedded(),
             TemplateKind::Hub => Template::parse(HUB_TEMPLATE),
         }
     }
 
-    pub fn parse(body: &str) -> Result<Template> {
+    pub(crate) fn parse(body: &str) -> Result<Template> {
         let document: serde_yaml::Value =
             serde_yaml::from_str(body).context("the embedded template is not YAML")?;
         let declared = document
@@ -168,7 +168,7 @@ impl Template {
     }
 
     /// What a stack of this template with these parameter values is made from.
-    pub fn definition<'a>(
+    pub(crate) fn definition<'a>(
         &'a self,
         stack: &'a str,
         parameters: &'a [(String, String)],
@@ -207,7 +207,7 @@ fn scalar(value: &serde_yaml::Value) -> Option<String> {
 }
 
 /// `g6.xlarge`, `p4d.24xlarge`, `u-6tb1.metal`: FAMILY.SIZE.
-pub fn valid_instance_type(text: &str) -> bool {
+pub(crate) fn valid_instance_type(text: &str) -> bool {
     let Some((family, size)) = text.split_once('.') else {
         return false;
     };
@@ -222,7 +222,7 @@ pub fn valid_instance_type(text: &str) -> bool {
 }
 
 /// A stack name CloudFormation accepts.
-pub fn valid_stack_name(name: &str) -> bool {
+pub(crate) fn valid_stack_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && name.len() <= 128
@@ -231,7 +231,7 @@ pub fn valid_stack_name(name: &str) -> bool {
 
 /// Parses `KEY=VALUE` arguments and checks each against the template, and MinSize ≤ MaxSize
 /// when both are given. Needs no AWS: what the stack holds now is checked in [`resolve_parameters`].
-pub fn parse_parameters(
+pub(crate) fn parse_parameters(
     specs: &[ParameterSpec],
     given: &[String],
 ) -> Result<BTreeMap<String, String>> {
@@ -259,7 +259,7 @@ pub fn parse_parameters(
 /// The full parameter set: what is given, else the stack's current value (`previous`, empty on
 /// create); a parameter without a default must have one of the two. MinSize ≤ MaxSize is checked
 /// on the values in effect (defaults included).
-pub fn resolve_parameters(
+pub(crate) fn resolve_parameters(
     specs: &[ParameterSpec],
     given: &BTreeMap<String, String>,
     previous: &BTreeMap<String, String>,
@@ -344,7 +344,7 @@ fn check_value(spec: &ParameterSpec, value: &str) -> Result<()> {
 
 /// A list parameter's current value as `a,b`. AWS reports it so; moto reports a Python list
 /// (`['a', 'b']`), which is read the same way so an update never writes that text back.
-pub fn normalize_list_value(value: &str) -> String {
+pub(crate) fn normalize_list_value(value: &str) -> String {
     let trimmed = value.trim();
     if !(trimmed.starts_with("['") && trimmed.ends_with("']")) && trimmed != "[]" {
         return value.to_string();
@@ -358,7 +358,7 @@ pub fn normalize_list_value(value: &str) -> String {
 }
 
 /// Where the registration token parameter lives for these values.
-pub fn token_parameter_name(stack: &str, values: &BTreeMap<String, String>) -> String {
+pub(crate) fn token_parameter_name(stack: &str, values: &BTreeMap<String, String>) -> String {
     match values.get("AgentTokenParameter") {
         Some(name) if !name.is_empty() => name.clone(),
         _ => format!("/flotilla/{stack}/agent-token"),
@@ -366,10 +366,10 @@ pub fn token_parameter_name(stack: &str, values: &BTreeMap<String, String>) -> S
 }
 
 /// The stack output naming the KMS key the token is stored under.
-pub const KEY_OUTPUT: &str = "KmsKeyArn";
+pub(crate) const KEY_OUTPUT: &str = "KmsKeyArn";
 
 /// Whether the token parameter is one the user named (`AgentTokenParameter`) and manages.
-pub fn user_manages_token(values: &BTreeMap<String, String>) -> bool {
+pub(crate) fn user_manages_token(values: &BTreeMap<String, String>) -> bool {
     values
         .get("AgentTokenParameter")
         .is_some_and(|name| !name.is_empty())
@@ -377,7 +377,7 @@ pub fn user_manages_token(values: &BTreeMap<String, String>) -> bool {
 
 /// What becomes of the registration token once the stack's key exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenStep {
+pub(crate) enum TokenStep {
     /// Store the token given on the command line under the key.
     Store,
     /// The stored token is under the key already.
@@ -392,7 +392,7 @@ pub enum TokenStep {
 /// Decides [`TokenStep`] from whether a token was given, whose the parameter is, the key it is
 /// stored under now (`None`: no parameter) and the stack's key (its ARN, and its alias when the
 /// stack made it). SSM may name a key by ARN, id or alias; any of the three is the same key.
-pub fn token_step(
+pub(crate) fn token_step(
     given: bool,
     user_managed: bool,
     stored_under: Option<&str>,
@@ -418,7 +418,7 @@ pub fn token_step(
 
 /// What deploy was asked for, checked before any AWS call.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
+pub(crate) struct Request {
     pub stack: String,
     /// The parameters given on the command line, each checked against the template.
     pub given: BTreeMap<String, String>,
@@ -428,7 +428,7 @@ pub struct Request {
 
 /// The stack as deploy finds it (settled: see [`check_settled`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Existing {
+pub(crate) struct Existing {
     /// Its parameter values, lists read as `a,b` ([`normalize_list_value`]).
     pub parameters: BTreeMap<String, String>,
     /// The template it was last deployed with.
@@ -437,7 +437,7 @@ pub struct Existing {
 
 /// What a deploy does. Parameters are the values to pass, in name order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
+pub(crate) enum Plan {
     /// The stack runs this template with these values already.
     NoChange,
     /// No stack yet: `CreateStack` (or, for `--dry-run`, a CREATE change set).
@@ -450,7 +450,7 @@ pub enum Plan {
 /// What is passed: every value given, every list, and every value that differs from the
 /// template's default (moto cannot take `UsePreviousValue`, and AWS reads a value left out as the
 /// default).
-pub fn plan(
+pub(crate) fn plan(
     template: &Template,
     request: &Request,
     values: &BTreeMap<String, String>,
@@ -487,14 +487,14 @@ pub fn plan(
 
 /// How a stack operation ended, read from the stack's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     InProgress,
     Succeeded,
     Failed,
     Gone,
 }
 
-pub fn outcome(status: &StackStatus) -> Outcome {
+pub(crate) fn outcome(status: &StackStatus) -> Outcome {
     use StackStatus as S;
     match status {
         S::CreateComplete | S::UpdateComplete | S::ImportComplete => Outcome::Succeeded,
@@ -515,7 +515,7 @@ pub fn outcome(status: &StackStatus) -> Outcome {
 }
 
 /// Whether a stack in `status` can be deployed to now.
-pub fn check_settled(stack: &str, status: &StackStatus) -> Result<()> {
+pub(crate) fn check_settled(stack: &str, status: &StackStatus) -> Result<()> {
     if *status == StackStatus::RollbackComplete {
         bail!("stack {stack} is ROLLBACK_COMPLETE (its first create failed): run `scaler destroy --stack {stack}` first");
     }
@@ -528,14 +528,14 @@ pub fn check_settled(stack: &str, status: &StackStatus) -> Result<()> {
 /// Whether a change set failed only because it holds nothing to do. AWS says so only in the change
 /// set's status reason (there is no code for it). An empty list of changes is not enough: moto
 /// lists none for any update.
-pub fn is_no_changes(change_set: &ChangeSet) -> bool {
+pub(crate) fn is_no_changes(change_set: &ChangeSet) -> bool {
     const NO_CHANGES: [&str; 2] = ["didn't contain changes", "No updates are to be performed"];
     change_set.status == Some(ChangeSetStatus::Failed)
         && NO_CHANGES.iter().any(|r| change_set.reason.contains(r))
 }
 
 /// `scaler deploy`.
-pub fn run(args: DeployArgs) -> Result<i32> {
+pub(crate) fn run(args: DeployArgs) -> Result<i32> {
     let template = Template::embedded_kind(args.template)?;
     let request = check_request(&args, &template)?;
     let stack = request.stack.as_str();
@@ -608,7 +608,7 @@ fn apply(
 
 /// A stack of one kind is never updated with the other kind's template (that would replace
 /// everything it holds).
-pub fn check_kind(
+pub(crate) fn check_kind(
     stack: &str,
     kind: TemplateKind,
     parameters: &BTreeMap<String, String>,
@@ -1100,6 +1100,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn the_token_ends_under_the_stacks_key() {
         let arn = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab";
         let alias = Some("alias/flotilla/gpu-fleet");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// `scaler destroy`.
-pub fn run(args: DestroyArgs) -> Result<i32> {
+pub(crate) fn run(args: DestroyArgs) -> Result<i32> {
     let name = &args.stack.stack;
     let stacks = Stacks::connect(&args.stack.region)?;
     let Some(stack) = stacks.stack(name)? else {

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// `scaler hub`: serve, or one of the administration commands.
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct HubCommand {
+pub(crate) struct HubCommand {
     #[command(subcommand)]
     pub admin: Option<super::hub_admin::HubAdmin>,
     #[command(flatten)]
@@ -31,7 +31,7 @@ pub struct HubCommand {
 /// Where the hub's state lives: PostgreSQL when `--database` is given, else SQLite in the data
 /// directory.
 #[derive(clap::Args, Clone, Debug)]
-pub struct DatabaseArgs {
+pub(crate) struct DatabaseArgs {
     /// A PostgreSQL URL (postgres://USER:PASSWORD@HOST:5432/DB?sslmode=require): several hub
     /// replicas share it. Prefer the environment variable: arguments are visible to every user.
     #[arg(long, env = "FLOTILLA_DATABASE_URL", hide_env_values = true)]
@@ -44,7 +44,7 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     /// The store these flags name, SQLite in `data_dir` by default.
-    pub fn location(&self, data_dir: &Path) -> StoreLocation {
+    pub(crate) fn location(&self, data_dir: &Path) -> StoreLocation {
         match &self.database {
             Some(url) => StoreLocation::Postgres {
                 url: url.clone(),
@@ -58,7 +58,7 @@ impl DatabaseArgs {
 }
 
 #[derive(clap::Args)]
-pub struct HubArgs {
+pub(crate) struct HubArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// With --database: the default agent type's registration token (created with it when the
@@ -162,7 +162,7 @@ pub struct HubArgs {
 
 /// Files and directories the process creates are its user's only. `scaler hub` and `scaler up`
 /// call this first: the hub's database holds jobs' secrets.
-pub fn private_umask() {
+pub(crate) fn private_umask() {
     // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
     unsafe {
         libc::umask(0o077);
@@ -181,7 +181,7 @@ fn check_plain_http(listen: SocketAddr, tls: bool, behind_proxy: bool) -> Result
     )
 }
 
-pub fn run(command: HubCommand) -> Result<i32> {
+pub(crate) fn run(command: HubCommand) -> Result<i32> {
     private_umask();
     if let Some(admin) = command.admin {
         return super::hub_admin::run(admin);

@@ -11,7 +11,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
-pub enum HubAdmin {
+pub(crate) enum HubAdmin {
     /// Apply the store's schema migrations and print its version.
     Migrate(StoreArgs),
     /// Write a hub's state (agent types, agents, jobs, logs) as JSON lines. Stop the hub first.
@@ -34,7 +34,7 @@ pub enum HubAdmin {
 
 /// Which store: PostgreSQL (`--database`) or SQLite in `--data-dir`.
 #[derive(clap::Args)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// The SQLite hub's data directory (without --database).
@@ -56,7 +56,7 @@ impl StoreArgs {
     }
 }
 
-pub fn run(command: HubAdmin) -> Result<i32> {
+pub(crate) fn run(command: HubAdmin) -> Result<i32> {
     match command {
         HubAdmin::Migrate(args) => {
             let store = args.open()?;

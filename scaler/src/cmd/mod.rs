@@ -2,29 +2,29 @@
 //! point returning the process exit code. [`HubAccess`] is shared by the hub's client commands,
 //! `watch` (stack event progress) by `deploy` and `destroy`.
 
-pub mod client;
-pub mod deploy;
-pub mod destroy;
-pub mod hub;
-pub mod hub_admin;
-pub mod run;
-pub mod simulate;
-pub mod status;
-pub mod up;
-pub mod watch;
+pub(crate) mod client;
+pub(crate) mod deploy;
+pub(crate) mod destroy;
+pub(crate) mod hub;
+pub(crate) mod hub_admin;
+pub(crate) mod run;
+pub(crate) mod simulate;
+pub(crate) mod status;
+pub(crate) mod up;
+pub(crate) mod watch;
 
 use anyhow::{Context, Result};
 use protocol::JobSpec;
 use std::path::{Path, PathBuf};
 
 /// Where `scaler up` records the URL its hub serves on, inside the data directory.
-pub const HUB_URL_FILE: &str = "hub-url";
+pub(crate) const HUB_URL_FILE: &str = "hub-url";
 /// The hub's address when nothing else says where it is (`scaler hub`'s default).
-pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:8080";
+pub(crate) const DEFAULT_HUB_URL: &str = "http://127.0.0.1:8080";
 
 /// How a client command reaches the hub.
 #[derive(clap::Args, Clone)]
-pub struct HubAccess {
+pub(crate) struct HubAccess {
     /// The hub's URL [default: the one a running `scaler up` recorded in <data-dir>/hub-url,
     /// else http://127.0.0.1:8080].
     #[arg(long, env = "FLOTILLA_HUB_URL", global = true)]
@@ -49,7 +49,7 @@ pub struct HubAccess {
 
 impl HubAccess {
     /// `--hub` / `FLOTILLA_HUB_URL`, else the URL a running `scaler up` recorded, else the default.
-    pub fn hub_url(&self) -> String {
+    pub(crate) fn hub_url(&self) -> String {
         if let Some(url) = &self.hub {
             return url.clone();
         }
@@ -62,7 +62,7 @@ impl HubAccess {
 }
 
 /// Reads and checks a job spec file: JSON by its extension, else YAML.
-pub fn load_job_spec(path: &Path) -> Result<JobSpec> {
+pub(crate) fn load_job_spec(path: &Path) -> Result<JobSpec> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let invalid = || format!("{} is not a valid job spec", path.display());

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// The scaler's YAML config (see examples/scaler.yaml).
     #[arg(
         long,
@@ -104,7 +104,7 @@ fn read_token(fleet: &ResolvedFleet) -> Result<String> {
 }
 
 /// Reads and validates the whole config and every token; nothing starts if anything is wrong.
-pub fn load(args: &RunArgs) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
+pub(crate) fn load(args: &RunArgs) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
     let (text, origin, base) = read_config_text(args)?;
     let (config, mut fleets) = parse(&text, &origin, &base)?;
     for fleet in &mut fleets {
@@ -115,7 +115,7 @@ pub fn load(args: &RunArgs) -> Result<(ScalerConfig, Vec<ResolvedFleet>)> {
 }
 
 /// Serves `/metrics` and `/healthz` from the loops' statuses, on a thread of its own.
-pub fn serve_metrics(
+pub(crate) fn serve_metrics(
     listen: std::net::SocketAddr,
     statuses: Vec<Arc<Mutex<LoopStatus>>>,
 ) -> Result<()> {
@@ -153,7 +153,7 @@ pub fn serve_metrics(
 }
 
 /// Sets `stop` on SIGINT/SIGTERM.
-pub fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+pub(crate) fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot watch for signals")?;
     }
@@ -188,7 +188,7 @@ fn fleet_loop(fleet: ResolvedFleet, dry_run: bool, poll_interval: Duration) -> R
     })
 }
 
-pub fn run(args: RunArgs) -> Result<i32> {
+pub(crate) fn run(args: RunArgs) -> Result<i32> {
     crate::logging::init(&args.log_format);
     let (config, fleets) = load(&args)?;
     let stop = Arc::new(AtomicBool::new(false));

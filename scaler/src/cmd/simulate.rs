@@ -9,7 +9,7 @@ use sim::{trace, PolicyKind};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// A built-in scenario (bursty-day, gpu-shortage, steady) or a CSV file
     /// (submit_time,duration,agent_type; seconds).
     #[arg(long, default_value = "bursty-day")]
@@ -69,7 +69,7 @@ pub struct SimulateArgs {
     pub save_trace: Option<PathBuf>,
 }
 
-pub fn run(args: SimulateArgs) -> Result<i32> {
+pub(crate) fn run(args: SimulateArgs) -> Result<i32> {
     let (jobs, mut config) = load_trace(&args)?;
     if jobs.is_empty() {
         bail!("the trace has no jobs");

@@ -22,7 +22,7 @@ const ACTIVITIES_PER_GROUP: i32 = 5;
 
 /// A deployed fleet, as `scaler status` shows it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FleetStatus {
+pub(crate) struct FleetStatus {
     pub stack: String,
     pub status: StackStatus,
     /// The agent groups in priority order; `None` for one the stack names but that is missing.
@@ -37,7 +37,7 @@ pub struct FleetStatus {
 
 /// The queue's counts, or why there are none.
 #[derive(Debug, Clone, PartialEq)]
-pub enum QueueReading {
+pub(crate) enum QueueReading {
     Counts(QueueSnapshot),
     Unreachable(String),
     NoToken {
@@ -50,20 +50,20 @@ pub enum QueueReading {
 
 impl FleetStatus {
     /// Whether the stack's last operation succeeded.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         outcome(&self.status) == Outcome::Succeeded
     }
 }
 
 /// `scaler status`.
-pub fn run(args: StackArgs) -> Result<i32> {
+pub(crate) fn run(args: StackArgs) -> Result<i32> {
     let stacks = Stacks::connect(&args.region)?;
     let status = collect(&stacks, &args.stack)?;
     print!("{status}");
     Ok(if status.healthy() { 0 } else { 1 })
 }
 
-pub fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
+pub(crate) fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
     let Some(stack) = stacks.stack(name)? else {
         bail!("stack {name} does not exist");
     };

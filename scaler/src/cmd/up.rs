@@ -26,7 +26,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const AGENT_TYPE: &str = protocol::spec::DEFAULT_AGENT_TYPE;
 
 #[derive(clap::Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Where the hub keeps its database, tokens and the fleet's working directories.
     #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = "flotilla-data")]
     pub data_dir: PathBuf,
@@ -285,7 +285,7 @@ fn follow_progress(
     }
 }
 
-pub fn run(args: UpArgs) -> Result<i32> {
+pub(crate) fn run(args: UpArgs) -> Result<i32> {
     super::hub::private_umask();
     if args.max_agents == 0 {
         bail!("--max-agents must be at least 1");

@@ -16,7 +16,7 @@ const POLL_EVERY: Duration = Duration::from_secs(2);
 
 /// Which events were shown, and which resources are done.
 #[derive(Debug, Clone)]
-pub struct Progress {
+pub(crate) struct Progress {
     stack: String,
     total: usize,
     seen: HashSet<String>,
@@ -25,7 +25,11 @@ pub struct Progress {
 
 impl Progress {
     /// Progress over `total` resources, not showing the events in `seen` (earlier operations').
-    pub fn new(stack: &str, total: usize, seen: impl IntoIterator<Item = String>) -> Progress {
+    pub(crate) fn new(
+        stack: &str,
+        total: usize,
+        seen: impl IntoIterator<Item = String>,
+    ) -> Progress {
         Progress {
             stack: stack.to_string(),
             total,
@@ -35,7 +39,7 @@ impl Progress {
     }
 
     /// One line per event not shown yet (events oldest first).
-    pub fn lines(&mut self, events: &[Event]) -> Vec<String> {
+    pub(crate) fn lines(&mut self, events: &[Event]) -> Vec<String> {
         let mut lines = Vec::new();
         for event in events {
             if !self.seen.insert(event.id.clone()) {
@@ -89,7 +93,7 @@ fn is_failure(status: &ResourceStatus) -> bool {
 }
 
 /// Progress that skips the events the stack has now (an update or a delete shows only its own).
-pub fn progress_after(stacks: &Stacks, stack: &str, total: usize) -> Progress {
+pub(crate) fn progress_after(stacks: &Stacks, stack: &str, total: usize) -> Progress {
     // A stack without readable events has nothing to skip.
     let events = stacks.events(stack).unwrap_or_default();
     Progress::new(stack, total, events.into_iter().map(|e| e.id))
@@ -97,7 +101,7 @@ pub fn progress_after(stacks: &Stacks, stack: &str, total: usize) -> Progress {
 
 /// Prints new events until the stack settles; returns its final status (`DELETE_COMPLETE` once
 /// it is gone).
-pub fn follow(
+pub(crate) fn follow(
     stacks: &Stacks,
     stack: &str,
     mut progress: Progress,
@@ -129,7 +133,12 @@ pub fn follow(
 
 /// Follows a create or update to its end: 0 with the outputs on success, 1 with the first
 /// failure otherwise.
-pub fn finish(stacks: &Stacks, stack: &str, progress: Progress, timeout: Duration) -> Result<i32> {
+pub(crate) fn finish(
+    stacks: &Stacks,
+    stack: &str,
+    progress: Progress,
+    timeout: Duration,
+) -> Result<i32> {
     let status = follow(stacks, stack, progress, timeout)?;
     if outcome(&status) != Outcome::Succeeded {
         report_failure(stacks, stack, &status);
@@ -143,7 +152,7 @@ pub fn finish(stacks: &Stacks, stack: &str, progress: Progress, timeout: Duratio
 }
 
 /// Says on stderr how the stack ended and the first resource that failed.
-pub fn report_failure(stacks: &Stacks, stack: &str, status: &StackStatus) {
+pub(crate) fn report_failure(stacks: &Stacks, stack: &str, status: &StackStatus) {
     let events = stacks.events(stack).unwrap_or_default();
     eprintln!("{}", failure_line(stack, status, &events));
     if *status == StackStatus::RollbackComplete {
@@ -151,7 +160,7 @@ pub fn report_failure(stacks: &Stacks, stack: &str, status: &StackStatus) {
     }
 }
 
-pub fn failure_line(stack: &str, status: &StackStatus, events: &[Event]) -> String {
+pub(crate) fn failure_line(stack: &str, status: &StackStatus, events: &[Event]) -> String {
     let cause = first_failure(events)
         .map(|e| format!("{} ({}): {}", e.logical_id, e.resource_type, e.reason))
         .unwrap_or_else(|| "no failure reason was reported".into());
@@ -161,7 +170,7 @@ pub fn failure_line(stack: &str, status: &StackStatus, events: &[Event]) -> Stri
 /// The first failure among events (oldest first), the cause users need. Resources CloudFormation
 /// stopped because another one failed are marked failed too, with a reason saying so (event
 /// data; there is no status for it): they are skipped.
-pub fn first_failure(events: &[Event]) -> Option<&Event> {
+pub(crate) fn first_failure(events: &[Event]) -> Option<&Event> {
     const CONSEQUENCES: [&str; 2] = ["Resource creation cancelled", "Resource update cancelled"];
     events.iter().find(|e| {
         is_failure(&e.status)
@@ -171,7 +180,7 @@ pub fn first_failure(events: &[Event]) -> Option<&Event> {
 }
 
 /// A change set's planned changes, one line each.
-pub fn print_changes(changes: &[ResourceChange]) {
+pub(crate) fn print_changes(changes: &[ResourceChange]) {
     for change in changes {
         println!(
             "  {:<8} {} ({})",
@@ -181,7 +190,7 @@ pub fn print_changes(changes: &[ResourceChange]) {
 }
 
 /// A stack's outputs as printed after a deploy and by `status`.
-pub struct Outputs<'a>(pub &'a [(String, String)]);
+pub(crate) struct Outputs<'a>(pub &'a [(String, String)]);
 
 impl fmt::Display for Outputs<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 
-pub struct Connection {
+pub(super) struct Connection {
     pub client: Client,
     statements: HashMap<String, Statement>,
 }
@@ -20,7 +20,7 @@ pub struct Connection {
 impl Connection {
     /// Connects (TLS when `ca_file` names the server's certificate authorities), starts the
     /// thread that drives the connection, and listens for other replicas' commits.
-    pub fn open(
+    pub(super) fn open(
         url: &str,
         ca_file: Option<&Path>,
         (signal, heard_at): (Arc<tokio::sync::Notify>, Arc<AtomicI64>),
@@ -62,7 +62,7 @@ impl Connection {
     }
 
     /// `sql` prepared on this connection (once).
-    pub fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
+    pub(super) fn statement(&mut self, sql: &str) -> StoreResult<Statement> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
         }
@@ -72,7 +72,7 @@ impl Connection {
     }
 
     /// Runs `work` between BEGIN and COMMIT (ROLLBACK when it fails).
-    pub fn in_transaction<T>(
+    pub(super) fn in_transaction<T>(
         &mut self,
         work: impl FnOnce(&mut Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
@@ -83,7 +83,7 @@ impl Connection {
         result
     }
 
-    pub fn execute(
+    pub(super) fn execute(
         &mut self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
@@ -97,7 +97,7 @@ type Connected = StoreResult<Client>;
 
 /// The signal to raise for other backends' notifications, this connection's backend, and when
 /// (Unix seconds) another backend last announced a commit.
-pub type Listener = (Arc<tokio::sync::Notify>, Arc<AtomicI32>, Arc<AtomicI64>);
+pub(super) type Listener = (Arc<tokio::sync::Notify>, Arc<AtomicI32>, Arc<AtomicI64>);
 
 /// The connection thread: connects, hands the client back, then drives the connection until the
 /// client is dropped or the server goes away, raising `signal` for other backends' notifications.

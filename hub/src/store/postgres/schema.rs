@@ -88,7 +88,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// The schema version of the database (0: empty).
-pub fn version(connection: &mut Connection) -> StoreResult<i64> {
+pub(super) fn version(connection: &mut Connection) -> StoreResult<i64> {
     block_on(connection.client.batch_execute(
         "CREATE TABLE IF NOT EXISTS hub_schema (version BIGINT NOT NULL);
          INSERT INTO hub_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM hub_schema)",
@@ -102,7 +102,7 @@ pub fn version(connection: &mut Connection) -> StoreResult<i64> {
 }
 
 /// Brings the database to the newest schema; refuses one newer than this hub knows.
-pub fn migrate(connection: &mut Connection) -> StoreResult<()> {
+pub(super) fn migrate(connection: &mut Connection) -> StoreResult<()> {
     connection.in_transaction(migrate_locked)
 }
 
@@ -124,7 +124,7 @@ fn migrate_locked(connection: &mut Connection) -> StoreResult<()> {
 }
 
 /// Writes a job's changed columns where its stored revision is still the row's ($16).
-pub const WRITE_JOB: &str =
+pub(super) const WRITE_JOB: &str =
     "UPDATE jobs SET state = $2, result = $3, reason = $4, attempts = $5, agent = $6,
        stop_requested = $7, log_token_hash = $8, log_token_expires_at = $9, log_trimmed = $10,
        assigned_at = $11, started_at = $12, finished_at = $13, log_base = $14, revision = $15
@@ -132,7 +132,7 @@ pub const WRITE_JOB: &str =
 
 /// Writes an agent row where its stored revision is still the row's ($14; 0 for a new
 /// registration, which may replace only a row that is not live).
-pub const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, token_hash, state, job_id, jobs_finished,
+pub(super) const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, token_hash, state, job_id, jobs_finished,
        registered_at, last_sync_at, interrupted_at, disconnected_at, registration, shutdown_requested, revision)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
      ON CONFLICT (name) DO UPDATE SET agent_type = excluded.agent_type, token_hash = excluded.token_hash,
@@ -145,10 +145,10 @@ pub const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, token_hash,
      WHERE agents.revision = $14 OR ($14 = 0 AND agents.disconnected_at IS NOT NULL)";
 
 /// Owned parameter values (a statement's arguments outlive the rows they came from).
-pub type Values = Vec<Box<dyn ToSql + Sync + Send>>;
+pub(super) type Values = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// [`WRITE_JOB`]'s arguments.
-pub fn job_params(job: &JobRow, revision: i64) -> Values {
+pub(super) fn job_params(job: &JobRow, revision: i64) -> Values {
     vec![
         Box::new(job.id.clone()),
         Box::new(job.state.as_str()),
@@ -170,7 +170,7 @@ pub fn job_params(job: &JobRow, revision: i64) -> Values {
 }
 
 /// [`WRITE_AGENT`]'s arguments.
-pub fn agent_params(agent: &AgentRow, revision: i64) -> Values {
+pub(super) fn agent_params(agent: &AgentRow, revision: i64) -> Values {
     vec![
         Box::new(agent.name.clone()),
         Box::new(agent.agent_type.clone()),
@@ -190,7 +190,7 @@ pub fn agent_params(agent: &AgentRow, revision: i64) -> Values {
 }
 
 /// Borrowed views of owned arguments, as `execute` takes them.
-pub fn borrowed(values: &Values) -> Vec<&(dyn ToSql + Sync)> {
+pub(super) fn borrowed(values: &Values) -> Vec<&(dyn ToSql + Sync)> {
     values
         .iter()
         .map(|value| value.as_ref() as &(dyn ToSql + Sync))
@@ -198,7 +198,11 @@ pub fn borrowed(values: &Values) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 /// Writes an export's rows into an empty hub's tables as they are, `seq`s included.
-pub fn import(connection: &mut Connection, batch: &ImportBatch, revision: i64) -> StoreResult<()> {
+pub(super) fn import(
+    connection: &mut Connection,
+    batch: &ImportBatch,
+    revision: i64,
+) -> StoreResult<()> {
     for (row, policy) in &batch.agent_types {
         connection.execute(
             "INSERT INTO agent_types (name, token_hash, created_at, execution_time_limit, revision)
