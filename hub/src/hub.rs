@@ -31,7 +31,9 @@ pub use console_api::JobDetail;
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
 
-use crate::store::{self, Durability, JobRow, SqliteStore, Store, StoreError, StoreLocation};
+use crate::store::{
+    self, AgentStatus, Durability, JobRow, SqliteStore, Store, StoreError, StoreLocation,
+};
 use crate::tokens;
 use memory::{Changes, Core, JobMem};
 use protocol::JobSpec;
@@ -183,7 +185,7 @@ impl Hub {
             if row.disconnected_at.is_none() {
                 row.last_sync_at = row.last_sync_at.max(now);
                 core.insert_agent(row);
-            } else if row.state == memory::LOST
+            } else if row.state == AgentStatus::Lost
                 && now - row.last_sync_at <= config.give_up_after_secs
             {
                 core.lost.insert(row.token_hash.clone(), row);

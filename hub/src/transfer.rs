@@ -5,14 +5,18 @@
 //! file is refused rather than half-imported; the target must be empty. Jobs keep their `seq`
 //! (list order), tokens stay hashes (agents and users keep theirs).
 
-use crate::store::{AgentRow, AgentTypeRow, ImportBatch, InstanceRow, JobRow, Store, StoreError};
+use crate::store::{
+    AgentRow, AgentTypeImport, AgentTypeRow, ImportBatch, InstanceRow, JobHolderRow, JobRow,
+    LogLineRow, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use thiserror::Error;
 
-/// The export format's version.
-const FORMAT: u32 = 1;
+/// The export format's version. Format 2 writes an instance's row as an object (format 1 wrote a
+/// list of its fields in their order); both read.
+const FORMAT: u32 = 2;
 /// Jobs (with their logs) read or written per batch.
 const JOBS_PER_BATCH: u32 = 200;
 /// Log lines written per transaction on import.
@@ -86,7 +90,11 @@ fn emit(out: &mut dyn Write, record: &Record) -> Result<(), TransferError> {
 pub fn export(store: &dyn Store, out: &mut dyn Write) -> Result<Counts, TransferError> {
     let mut counts = Counts::default();
     emit(out, &Record::Header { format: FORMAT })?;
-    let mut policies: HashMap<String, String> = store.identity_policies()?.into_iter().collect();
+    let mut policies: HashMap<String, String> = store
+        .identity_policies()?
+        .into_iter()
+        .map(|row| (row.agent_type, row.policy))
+        .collect();
     for row in store.agent_types()? {
         let identity_policy = policies.remove(&row.name);
         counts.agent_types += 1;
@@ -101,13 +109,13 @@ pub fn export(store: &dyn Store, out: &mut dyn Write) -> Result<Counts, Transfer
     for row in store.instances()? {
         emit(out, &Record::Instance { row })?;
     }
-    for (name, agent_type, job_id) in store.job_holders()? {
+    for holder in store.job_holders()? {
         emit(
             out,
             &Record::JobHolder {
-                name,
-                agent_type,
-                job_id,
+                name: holder.name,
+                agent_type: holder.agent_type,
+                job_id: holder.job_id,
             },
         )?;
     }
@@ -178,7 +186,7 @@ pub fn import(store: &mut dyn Store, input: &mut dyn BufRead) -> Result<Counts, 
         let record: Record =
             serde_json::from_str(&line).map_err(|error| format_error(error.to_string()))?;
         match record {
-            Record::Header { format } if format == FORMAT && !header => header = true,
+            Record::Header { format } if (1..=FORMAT).contains(&format) && !header => header = true,
             Record::Header { format } => {
                 return Err(format_error(format!("a second header, or format {format}")))
             }
@@ -212,14 +220,21 @@ fn add(batch: &mut ImportBatch, seen: &mut Counts, record: Record) {
             identity_policy,
         } => {
             seen.agent_types += 1;
-            batch.agent_types.push((row, identity_policy));
+            batch.agent_types.push(AgentTypeImport {
+                row,
+                identity_policy,
+            });
         }
         Record::Instance { row } => batch.instances.push(row),
         Record::JobHolder {
             name,
             agent_type,
             job_id,
-        } => batch.job_holders.push((name, agent_type, job_id)),
+        } => batch.job_holders.push(JobHolderRow {
+            name,
+            agent_type,
+            job_id,
+        }),
         Record::Agent { row } => {
             seen.agents += 1;
             batch.agents.push(row);
@@ -234,7 +249,11 @@ fn add(batch: &mut ImportBatch, seen: &mut Counts, record: Record) {
             line,
         } => {
             seen.log_lines += 1;
-            batch.log_lines.push((job_id, index, line));
+            batch.log_lines.push(LogLineRow {
+                job_id,
+                index,
+                line,
+            });
         }
         Record::Header { .. } | Record::End { .. } => {}
     }

@@ -8,13 +8,13 @@
 //! `rules::decide_healed` whether it may resume (taking its re-queued job back) before the call
 //! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
-use super::memory::{AgentMem, Changes, Core, LOST, REVOKED};
+use super::memory::{AgentMem, Changes, Core};
 use super::{admission, jobs, Hub, HubError, HubResult, Inner};
 use crate::identity::{self, Certificates, IdentityDocument};
 use crate::rules::{
     self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
 };
-use crate::store::{AgentRow, JobRow, Store, StoreError};
+use crate::store::{AgentRow, AgentStatus, InstanceRow, JobRow, Store, StoreError};
 use crate::tokens;
 use protocol::views::IdentityPolicy;
 use protocol::{
@@ -81,14 +81,14 @@ impl Hub {
         if let Some(document) = &instance {
             // Recorded before the agent row: a crash in between leaves the instance spent, never
             // registrable twice.
-            let row = (
-                document.instance_id.clone(),
-                agent_type.clone(),
-                document.account_id.clone(),
-                document.region.clone(),
-                now,
-                document.launched_at(),
-            );
+            let row = InstanceRow {
+                instance_id: document.instance_id.clone(),
+                agent_type: agent_type.clone(),
+                account_id: document.account_id.clone(),
+                region: document.region.clone(),
+                registered_at: now,
+                launched_at: document.launched_at(),
+            };
             *recorded_here |= store.record_instance(&row)?;
         }
         let mut changes = Changes::default();
@@ -108,7 +108,7 @@ impl Hub {
             name: name.clone(),
             agent_type,
             token_hash: tokens::hash(&token),
-            state: AgentState::WaitingForJobs.as_str().to_string(),
+            state: AgentStatus::Reported(AgentState::WaitingForJobs),
             job_id: None,
             jobs_finished: 0,
             registered_at: now,
@@ -319,7 +319,7 @@ impl Hub {
         self.locked(now, |store, core| {
             let name = core.agent(access_token)?.row.name.clone();
             let why = "its agent disconnected";
-            self.remove_agent(store, core, &name, "disconnected", now, why)
+            self.remove_agent(store, core, &name, AgentStatus::Disconnected, now, why)
         })
     }
 
@@ -330,7 +330,7 @@ impl Hub {
         store: &mut dyn Store,
         core: &mut Core,
         name: &str,
-        state: &str,
+        state: AgentStatus,
         now: i64,
         why: &str,
     ) -> HubResult<()> {
@@ -339,8 +339,12 @@ impl Hub {
         };
         // A lost agent's row keeps the job it had: if its link heals, it may take it back.
         let row = AgentRow {
-            state: state.to_string(),
-            job_id: agent.row.job_id.clone().filter(|_| state == LOST),
+            state,
+            job_id: agent
+                .row
+                .job_id
+                .clone()
+                .filter(|_| state == AgentStatus::Lost),
             disconnected_at: Some(now),
             ..agent.row.clone()
         };
@@ -383,7 +387,7 @@ impl Hub {
                 tracing::warn!(agent = %lost.name, "a lost agent came back, refused: {refusal}");
                 // Stored as revoked, so that a restarted hub does not weigh it again.
                 let revoked = AgentRow {
-                    state: REVOKED.to_string(),
+                    state: AgentStatus::Revoked,
                     ..lost
                 };
                 return self.commit(store, core, Changes::agent(revoked), now);

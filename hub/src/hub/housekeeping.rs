@@ -5,9 +5,9 @@
 //! With several replicas on one store, only the leader (`Store::try_lead`: PostgreSQL's advisory
 //! lock, held until its connection ends) sweeps and purges; every replica flushes its syncs.
 
-use super::memory::{Core, LOST};
+use super::memory::Core;
 use super::{Hub, HubError, HubResult, Inner};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{AgentStatus, AgentTouch, SqliteStore, Store, StoreError};
 use protocol::JobSpec;
 
 impl Hub {
@@ -67,7 +67,14 @@ impl Hub {
         }
         for name in &lost {
             tracing::warn!(agent = %name, "agent lost: no sync for {} s", self.config.lost_after_secs);
-            self.remove_agent(store, core, name, LOST, now, "its agent was lost")?;
+            self.remove_agent(
+                store,
+                core,
+                name,
+                AgentStatus::Lost,
+                now,
+                "its agent was lost",
+            )?;
             core.counters.lost_agents += 1;
         }
         self.enforce_time_limits(store, core, now)?;
@@ -123,18 +130,18 @@ impl Hub {
 }
 
 /// Agents whose last sync and reported state changed since the last flush (marks them clean).
-fn take_touched(core: &mut Core) -> Vec<(String, i64, String, i64)> {
+fn take_touched(core: &mut Core) -> Vec<AgentTouch> {
     core.agents
         .values_mut()
         .filter(|agent| agent.touched)
         .map(|agent| {
             agent.touched = false;
-            (
-                agent.row.name.clone(),
-                agent.row.last_sync_at,
-                agent.row.state.clone(),
-                agent.row.interrupted_at,
-            )
+            AgentTouch {
+                name: agent.row.name.clone(),
+                last_sync_at: agent.row.last_sync_at,
+                state: agent.row.state,
+                interrupted_at: agent.row.interrupted_at,
+            }
         })
         .collect()
 }

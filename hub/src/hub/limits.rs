@@ -122,7 +122,7 @@ pub(super) fn log_stop_notes(store: &mut dyn Store, jobs: &[JobRow], now: i64) {
         };
         // Other replicas may have stored lines this one's memory has not counted.
         let end = match store.shared() {
-            true => store.log_counts(&job.id).map(|(lines, _)| lines),
+            true => store.log_counts(&job.id).map(|counts| counts.lines),
             false => Ok(job.log_lines),
         };
         let note = stop_note(reason, now);

@@ -46,7 +46,8 @@ impl Hub {
         }
         if store.shared() {
             // Other replicas may have stored this job's earlier batches.
-            (job.log_lines, job.log_bytes) = store.log_counts(job_id)?;
+            let counts = store.log_counts(job_id)?;
+            (job.log_lines, job.log_bytes) = (counts.lines, counts.bytes);
         }
         if job.log_bytes >= self.config.max_log_bytes {
             return self.log_full(store, core, job_id, now);
@@ -65,8 +66,8 @@ impl Hub {
         let fitting = lines_that_fit(new, self.config.max_log_bytes - job.log_bytes);
         // The first log push is the job starting, even if no sync reported it yet.
         let starts = job.state == JobState::Assigned;
-        (job.log_lines, job.log_bytes) =
-            store.append_log(job_id, job.log_lines, &new[..fitting])?;
+        let counts = store.append_log(job_id, job.log_lines, &new[..fitting])?;
+        (job.log_lines, job.log_bytes) = (counts.lines, counts.bytes);
         if starts {
             let started = jobs::started(job, now);
             self.commit(store, core, Changes::job(started), now)?;

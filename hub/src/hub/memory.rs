@@ -7,7 +7,7 @@
 
 use super::metrics::HubCounters;
 use super::{HubError, HubResult};
-use crate::store::{AgentRow, AgentTypeRow, Feed, JobRow};
+use crate::store::{AgentRow, AgentStatus, AgentTypeRow, Feed, JobRow};
 use crate::tokens;
 use protocol::{JobSpec, JobState, RegisterRequest, SyncRequest};
 use std::collections::{BTreeMap, HashMap};
@@ -56,11 +56,6 @@ pub(super) struct Core {
     /// The store's revision memory has caught up to.
     pub revision: i64,
 }
-
-/// The stored state of an agent that stopped syncing for `lost_after`.
-pub(super) const LOST: &str = crate::store::LOST_STATE;
-/// The stored state of a lost agent that came back and was refused (`rules::decide_healed`).
-pub(super) const REVOKED: &str = "revoked";
 
 /// Rows one call rewrites: committed in one transaction, then applied to memory. An agent row
 /// with `disconnected_at` set leaves memory; one with a new token hash is a new registration.
@@ -182,7 +177,7 @@ impl Core {
         let Some(agent) = self.agents.get_mut(name) else {
             return;
         };
-        agent.row.state = report.state.as_str().to_string();
+        agent.row.state = AgentStatus::Reported(report.state);
         agent.row.last_sync_at = now;
         if agent.row.interrupted_at == 0 && report.interrupted_at > 0 {
             agent.row.interrupted_at = report.interrupted_at;
@@ -263,7 +258,7 @@ impl Core {
             // Syncs this replica served are newer than the row's flushed time.
             row.last_sync_at = row.last_sync_at.max(memory.row.last_sync_at);
         }
-        if row.state == LOST && now - row.last_sync_at > give_up_after {
+        if row.state == AgentStatus::Lost && now - row.last_sync_at > give_up_after {
             return; // Gone for good: it gave up long ago.
         }
         self.apply_agent(row, now, applied);
@@ -295,7 +290,7 @@ impl Core {
 
     fn apply_agent(&mut self, row: AgentRow, now: i64, applied: &mut Applied) {
         // A lost agent is remembered (until it gives up), so that one whose link heals may resume.
-        if row.disconnected_at.is_some() && row.state == LOST {
+        if row.disconnected_at.is_some() && row.state == AgentStatus::Lost {
             self.lost.insert(row.token_hash.clone(), row.clone());
         } else {
             self.lost.remove(&row.token_hash);
@@ -334,8 +329,10 @@ impl Core {
 
 #[cfg(test)]
 mod tests {
-    use super::{Core, Feed, JobMem, LOST};
+    use super::{Core, Feed, JobMem};
+    use crate::store::AgentStatus::{self, Lost};
     use crate::store::{AgentRow, JobRow};
+    use protocol::AgentState::WaitingForJobs;
     use protocol::{JobSpec, JobState};
 
     fn job(id: &str, seq: i64, state: JobState, revision: i64) -> JobRow {
@@ -349,12 +346,12 @@ mod tests {
         }
     }
 
-    fn agent(name: &str, state: &str, disconnected: bool, revision: i64) -> AgentRow {
+    fn agent(name: &str, state: AgentStatus, disconnected: bool, revision: i64) -> AgentRow {
         AgentRow {
             name: name.into(),
             agent_type: "linux".into(),
             token_hash: format!("hash-{name}"),
-            state: state.into(),
+            state,
             job_id: None,
             jobs_finished: 0,
             registered_at: 0,
@@ -387,7 +384,7 @@ mod tests {
                 job("b", 2, JobState::Queued, 8),
                 job("c", 3, JobState::Finished, 9),
             ],
-            agents: vec![agent("x", "waiting-for-jobs", false, 7)],
+            agents: vec![agent("x", AgentStatus::Reported(WaitingForJobs), false, 7)],
         };
         let applied = core.apply_feed(feed(), 100, 600);
         assert!(applied.counts_changed);
@@ -419,14 +416,14 @@ mod tests {
         let mut core = Core::default();
         let feed = Feed {
             revision: 3,
-            agents: vec![agent("x", "waiting-for-jobs", false, 2)],
+            agents: vec![agent("x", AgentStatus::Reported(WaitingForJobs), false, 2)],
             ..Feed::default()
         };
         core.apply_feed(feed, 100, 600);
         assert!(core.agent_by_token.contains_key("hash-x"));
         let lost = Feed {
             revision: 4,
-            agents: vec![agent("x", LOST, true, 4), agent("old", LOST, true, 4)],
+            agents: vec![agent("x", Lost, true, 4), agent("old", Lost, true, 4)],
             ..Feed::default()
         };
         // "old" last synced at 100; at 800 it gave up long ago (600 s).
@@ -436,7 +433,7 @@ mod tests {
         let mut late = Core::default();
         let lost_long_ago = Feed {
             revision: 4,
-            agents: vec![agent("old", LOST, true, 4)],
+            agents: vec![agent("old", Lost, true, 4)],
             ..Feed::default()
         };
         late.apply_feed(lost_long_ago, 800, 600);

@@ -87,8 +87,9 @@ impl Hub {
     pub fn agent_types(&self) -> HubResult<Vec<(String, i64, IdentityPolicy)>> {
         let guard = self.fresh()?;
         let mut policies: HashMap<String, IdentityPolicy> = HashMap::new();
-        for (name, policy) in guard.store.identity_policies()? {
-            policies.insert(name, super::agent_api::identity_policy(&policy)?);
+        for row in guard.store.identity_policies()? {
+            let policy = super::agent_api::identity_policy(&row.policy)?;
+            policies.insert(row.agent_type, policy);
         }
         let types = guard.core.types.iter().map(|(name, created)| {
             let policy = policies.remove(name).unwrap_or_default();
@@ -125,7 +126,8 @@ impl Hub {
         let text = serde_json::to_string(spec).map_err(|e| HubError::BadRequest(e.to_string()))?;
         let id = tokens::new_job_id();
         let mut row = JobRow::queued(id, spec.agent_type.clone(), text, now);
-        (row.seq, row.revision) = store.insert_job(&row)?;
+        let inserted = store.insert_job(&row)?;
+        (row.seq, row.revision) = (inserted.seq, inserted.revision);
         core.committed(row.revision);
         let view = job_view(&row);
         let spec = spec.clone();
@@ -230,7 +232,7 @@ fn agent_view(agent: &AgentMem) -> AgentView {
     AgentView {
         name: row.name.clone(),
         agent_type: row.agent_type.clone(),
-        state: row.state.clone(),
+        state: row.state.to_string(),
         job_id: row.job_id.clone(),
         jobs_finished: row.jobs_finished,
         registered_at: row.registered_at,

@@ -1,7 +1,9 @@
 //! The hub's durable state behind one trait, [`Store`], with two implementations: SQLite in WAL
 //! mode (`sqlite.rs`, the embedded default: one hub process, one file) and PostgreSQL
 //! (`postgres.rs`: any number of hub replicas on one database, the database the source of truth).
-//! Every method is one transaction.
+//! Every method is one transaction. Every row is a named struct here; `rows.rs` declares each
+//! table's columns once and reads a row of either backend by column name. The contract both
+//! stores keep is stated as tests in `hub/tests/it/store_contract.rs`, run on each.
 //!
 //! Several replicas stay consistent through two things every store keeps:
 //! - **Revisions.** Each job, agent and agent-type row carries the revision of the commit that last
@@ -14,12 +16,13 @@
 //!   out exactly once across replicas.
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-use protocol::{JobResult, JobState};
+use protocol::{AgentState, JobResult, JobState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -144,8 +147,72 @@ impl JobRow {
 /// Agent rows forgotten by one `Store::prune_agents` call.
 pub const PRUNE_BATCH: i64 = 5000;
 
-/// The stored state of an agent that stopped syncing (it may heal until the give-up time).
-pub const LOST_STATE: &str = "lost";
+/// What the hub knows of an agent's state: the state its last sync reported, or one the hub gave
+/// it. Stored as text: a protocol state's wire name, `disconnected`, `lost` or `revoked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AgentStatus {
+    /// The state of the agent's last sync.
+    Reported(AgentState),
+    /// It said goodbye (disconnect) and left.
+    Disconnected,
+    /// It stopped syncing (it may heal until the give-up time).
+    Lost,
+    /// Its token was revoked by a user (it is told to shut down and may not come back).
+    Revoked,
+}
+
+impl AgentStatus {
+    const REPORTED: [AgentState; 5] = [
+        AgentState::WaitingForJobs,
+        AgentState::StartingJob,
+        AgentState::RunningJob,
+        AgentState::StoppingJob,
+        AgentState::FinishedJob,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Reported(state) => state.as_str(),
+            AgentStatus::Disconnected => "disconnected",
+            AgentStatus::Lost => "lost",
+            AgentStatus::Revoked => "revoked",
+        }
+    }
+
+    /// The status a stored text names, if any.
+    pub fn parse(text: &str) -> Option<AgentStatus> {
+        match text {
+            "disconnected" => Some(AgentStatus::Disconnected),
+            "lost" => Some(AgentStatus::Lost),
+            "revoked" => Some(AgentStatus::Revoked),
+            _ => AgentStatus::REPORTED
+                .into_iter()
+                .find(|state| state.as_str() == text)
+                .map(AgentStatus::Reported),
+        }
+    }
+}
+
+impl From<AgentStatus> for String {
+    fn from(status: AgentStatus) -> String {
+        status.as_str().to_string()
+    }
+}
+
+impl TryFrom<String> for AgentStatus {
+    type Error = String;
+    fn try_from(text: String) -> Result<AgentStatus, String> {
+        AgentStatus::parse(&text).ok_or_else(|| format!("unknown agent state '{text}'"))
+    }
+}
+
+impl std::fmt::Display for AgentStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
 
 /// An agent row, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -153,7 +220,7 @@ pub struct AgentRow {
     pub name: String,
     pub agent_type: String,
     pub token_hash: String,
-    pub state: String,
+    pub state: AgentStatus,
     pub job_id: Option<String>,
     pub jobs_finished: i64,
     pub registered_at: i64,
@@ -214,30 +281,83 @@ impl JobQuery {
     }
 }
 
-/// A registered instance, as stored (instance id, agent type, account, region, registered at,
-/// launched at).
-pub type InstanceRow = (String, String, String, String, i64, Option<i64>);
+/// An instance that registered (once, ever), as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InstanceRow {
+    pub instance_id: String,
+    pub agent_type: String,
+    pub account_id: String,
+    pub region: String,
+    pub registered_at: i64,
+    /// Its identity document's `pendingTime`, when it had one.
+    pub launched_at: Option<i64>,
+}
 
-/// The lines of a batch pushed at `start_from` that a log holding `count` lines of `bytes` bytes
-/// does not have yet (a retried batch adds nothing twice), with their indices, and the log's
-/// line and byte counts once they are stored (each line with its newline).
-pub fn new_log_lines<'a>(
-    start_from: i64,
-    (count, bytes): (i64, i64),
-    lines: &[&'a str],
-) -> (Vec<(i64, &'a str)>, (i64, i64)) {
-    let (mut count, mut bytes) = (count, bytes);
+/// An agent name that held a job: a single-job agent never registers under it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobHolderRow {
+    pub name: String,
+    pub agent_type: String,
+    pub job_id: String,
+}
+
+/// An agent type's instance-identity rule (JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPolicyRow {
+    pub agent_type: String,
+    pub policy: String,
+}
+
+/// What one sync tells about an agent, written in batches by [`Store::touch_agents`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTouch {
+    pub name: String,
+    pub last_sync_at: i64,
+    pub state: AgentStatus,
+    pub interrupted_at: i64,
+}
+
+/// A job's stored log: how many lines, and their bytes (each line with its newline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCounts {
+    pub lines: i64,
+    pub bytes: i64,
+}
+
+/// Where [`Store::insert_job`] put a new job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// Its place in the list of jobs.
+    pub seq: i64,
+    /// The commit that stored it.
+    pub revision: i64,
+}
+
+/// The lines of a pushed batch that a log does not have yet ([`new_log_lines`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewLogLines<'a> {
+    /// Each new line with its index in the log.
+    pub lines: Vec<(i64, &'a str)>,
+    /// The log's counts once they are stored.
+    pub counts: LogCounts,
+}
+
+/// The lines of a batch pushed at `start_from` that a log holding `stored` does not have yet (a
+/// retried batch adds nothing twice), with their indices, and the log's counts once they are
+/// stored.
+pub fn new_log_lines<'a>(start_from: i64, stored: LogCounts, lines: &[&'a str]) -> NewLogLines<'a> {
+    let mut counts = stored;
     let mut new = Vec::new();
     for (offset, line) in lines.iter().enumerate() {
         let index = start_from + offset as i64;
-        if index < count {
+        if index < counts.lines {
             continue;
         }
         new.push((index, *line));
-        count = index + 1;
-        bytes += line.len() as i64 + 1;
+        counts.lines = index + 1;
+        counts.bytes += line.len() as i64 + 1;
     }
-    (new, (count, bytes))
+    NewLogLines { lines: new, counts }
 }
 
 /// The hub's durable state. Every method is one transaction.
@@ -271,7 +391,7 @@ pub trait Store: Send {
     ) -> StoreResult<bool>;
     fn agent_types(&self) -> StoreResult<Vec<AgentTypeRow>>;
     /// The instance-identity rule (JSON) of each agent type that has one.
-    fn identity_policies(&self) -> StoreResult<Vec<(String, String)>>;
+    fn identity_policies(&self) -> StoreResult<Vec<IdentityPolicyRow>>;
     fn identity_policy(&self, agent_type: &str) -> StoreResult<Option<String>>;
     fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()>;
     /// Records that an instance registered; false if it had registered before (nothing written).
@@ -294,11 +414,11 @@ pub trait Store: Send {
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize>;
     /// Records when each agent last synced, its reported state and interruption (batched; not
     /// a job state change, no revision). A time never moves backwards.
-    fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()>;
+    fn touch_agents(&mut self, updates: &[AgentTouch]) -> StoreResult<()>;
 
     // --- jobs
     /// Stores a new job; returns its `seq` and revision.
-    fn insert_job(&mut self, job: &JobRow) -> StoreResult<(i64, i64)>;
+    fn insert_job(&mut self, job: &JobRow) -> StoreResult<Inserted>;
     /// Writes changed jobs and agents in one transaction, each only if its stored revision is
     /// the row's (else [`StoreError::Conflict`] and nothing is written). Returns the revision.
     fn commit(&mut self, jobs: &[&JobRow], agents: &[&AgentRow]) -> StoreResult<i64>;
@@ -325,15 +445,15 @@ pub trait Store: Send {
         job_id: &str,
         start_from: i64,
         lines: &[&str],
-    ) -> StoreResult<(i64, i64)>;
+    ) -> StoreResult<LogCounts>;
     /// A job's stored line and byte counts.
-    fn log_counts(&self, job_id: &str) -> StoreResult<(i64, i64)>;
+    fn log_counts(&self, job_id: &str) -> StoreResult<LogCounts>;
     /// Up to `limit` log lines from `start_from`.
     fn log_lines(&self, job_id: &str, start_from: i64, limit: i64) -> StoreResult<Vec<String>>;
 
     // --- moving a hub (export / import)
     fn instances(&self) -> StoreResult<Vec<InstanceRow>>;
-    fn job_holders(&self) -> StoreResult<Vec<(String, String, String)>>;
+    fn job_holders(&self) -> StoreResult<Vec<JobHolderRow>>;
     /// Jobs with `seq` above `after`, oldest first, at most `limit`.
     fn jobs_after(&self, after: i64, limit: u32) -> StoreResult<Vec<JobRow>>;
     /// Writes rows exported from another hub as they are (same `seq`s, revisions renewed).
@@ -343,11 +463,25 @@ pub trait Store: Send {
 /// Rows from another hub, written by [`Store::import`] in one transaction.
 #[derive(Debug, Default)]
 pub struct ImportBatch {
-    pub agent_types: Vec<(AgentTypeRow, Option<String>)>,
+    pub agent_types: Vec<AgentTypeImport>,
     pub instances: Vec<InstanceRow>,
-    pub job_holders: Vec<(String, String, String)>,
+    pub job_holders: Vec<JobHolderRow>,
     pub agents: Vec<AgentRow>,
     pub jobs: Vec<JobRow>,
-    /// (job id, line index, line)
-    pub log_lines: Vec<(String, i64, String)>,
+    pub log_lines: Vec<LogLineRow>,
+}
+
+/// An agent type from another hub, with its instance-identity rule if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTypeImport {
+    pub row: AgentTypeRow,
+    pub identity_policy: Option<String>,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLineRow {
+    pub job_id: String,
+    pub index: i64,
+    pub line: String,
 }

@@ -12,14 +12,20 @@
 mod connection;
 mod schema;
 
-use super::{
-    AgentRow, AgentTypeRow, Feed, ImportBatch, InstanceRow, JobQuery, JobRow, Store, StoreError,
-    StoreResult, LOST_STATE,
+use super::rows::{
+    agent_from, agent_type_from, identity_policy_from, instance_from, job_from, job_holder_from,
+    Columns, AGENT_COLUMNS, AGENT_TYPE_COLUMNS, IDENTITY_POLICY_COLUMNS, INSTANCE_COLUMNS,
+    JOB_COLUMNS, JOB_HOLDER_COLUMNS,
 };
-use connection::Connection;
+use super::{
+    AgentRow, AgentStatus, AgentTouch, AgentTypeRow, Feed, IdentityPolicyRow, ImportBatch,
+    Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, Store, StoreError,
+    StoreResult,
+};
+use connection::{Connection, Transaction};
 use futures_executor::block_on;
 use futures_util::future::try_join_all;
-use protocol::{JobResult, JobState};
+use protocol::JobState;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -77,9 +83,7 @@ impl PostgresStore {
     }
 
     fn rows(&self, sql: &str, params: Params) -> StoreResult<Vec<Row>> {
-        let mut connection = self.connection()?;
-        let statement = connection.statement(sql)?;
-        Ok(block_on(connection.client.query(&statement, params))?)
+        rows_on(&mut *self.connection()?, sql, params)
     }
 
     fn execute(&self, sql: &str, params: Params) -> StoreResult<u64> {
@@ -92,9 +96,9 @@ impl PostgresStore {
         &self,
         sql: &str,
         params: Params,
-        map: fn(&Row) -> StoreResult<T>,
+        map: fn(&dyn Columns) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
-        self.rows(sql, params)?.iter().map(map).collect()
+        mapped_on(&mut *self.connection()?, sql, params, map)
     }
 
     /// Runs `work` in one transaction that holds the next revision (which also queues other
@@ -103,17 +107,42 @@ impl PostgresStore {
         &mut self,
         work: impl FnOnce(&mut Connection, i64) -> StoreResult<T>,
     ) -> StoreResult<(T, i64)> {
-        let mut connection = self.connection()?;
-        block_on(connection.client.batch_execute("BEGIN"))?;
-        let result = next_revision(&mut connection)
-            .and_then(|revision| Ok((work(&mut connection, revision)?, revision)));
-        let end = match result {
-            Ok(_) => "SELECT pg_notify('flotilla_hub', ''); COMMIT",
-            Err(_) => "ROLLBACK",
-        };
-        block_on(connection.client.batch_execute(end))?;
-        result
+        self.connection()?
+            .in_transaction(Transaction::ANNOUNCED, |connection| {
+                let revision = next_revision(connection)?;
+                Ok((work(connection, revision)?, revision))
+            })
     }
+}
+
+/// The rows `sql` selects on `connection`.
+fn rows_on(connection: &mut Connection, sql: &str, params: Params) -> StoreResult<Vec<Row>> {
+    let statement = connection.statement(sql)?;
+    Ok(block_on(connection.client.query(&statement, params))?)
+}
+
+/// The rows `sql` selects on `connection`, each read by `map` (by column name, `store/rows.rs`).
+fn mapped_on<T>(
+    connection: &mut Connection,
+    sql: &str,
+    params: Params,
+    map: fn(&dyn Columns) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    rows_on(connection, sql, params)?
+        .iter()
+        .map(|row| map(row))
+        .collect()
+}
+
+/// The newest committed revision, read on `connection`.
+fn head_on(connection: &mut Connection) -> StoreResult<i64> {
+    let rows = rows_on(
+        connection,
+        "SELECT value FROM hub_revision WHERE id = 1",
+        &[],
+    )?;
+    let row = rows.first().ok_or_else(|| corrupt("revision", "none"))?;
+    row.int("value")
 }
 
 fn next_revision(connection: &mut Connection) -> StoreResult<i64> {
@@ -123,95 +152,8 @@ fn next_revision(connection: &mut Connection) -> StoreResult<i64> {
     Ok(row.try_get(0)?)
 }
 
-const JOB_COLUMNS: &str = "seq, id, agent_type, spec, state, result, reason, attempts, agent, stop_requested, \
-    log_token_hash, log_token_expires_at, log_lines, log_bytes, log_trimmed, queued_at, assigned_at, started_at, finished_at, log_base, revision";
-
-const AGENT_COLUMNS: &str =
-    "name, agent_type, token_hash, state, job_id, jobs_finished, registered_at, last_sync_at, \
-    interrupted_at, disconnected_at, registration, shutdown_requested, revision";
-
-const AGENT_TYPE_COLUMNS: &str = "name, token_hash, created_at, execution_time_limit, revision";
-
 fn corrupt(what: &str, text: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} '{text}'"))
-}
-
-fn job_from_row(row: &Row) -> StoreResult<JobRow> {
-    let state: String = row.try_get(4)?;
-    let result: Option<String> = row.try_get(5)?;
-    Ok(JobRow {
-        seq: row.try_get(0)?,
-        id: row.try_get(1)?,
-        agent_type: row.try_get(2)?,
-        spec: row.try_get(3)?,
-        state: state.parse().map_err(|_| corrupt("job state", &state))?,
-        result: match result {
-            Some(text) => Some(JobResult::parse(&text).ok_or_else(|| corrupt("result", &text))?),
-            None => None,
-        },
-        reason: row.try_get(6)?,
-        attempts: row.try_get(7)?,
-        agent: row.try_get(8)?,
-        stop_requested: row.try_get(9)?,
-        log_token_hash: row.try_get(10)?,
-        log_token_expires_at: row.try_get(11)?,
-        log_lines: row.try_get(12)?,
-        log_bytes: row.try_get(13)?,
-        log_trimmed: row.try_get(14)?,
-        queued_at: row.try_get(15)?,
-        assigned_at: row.try_get(16)?,
-        started_at: row.try_get(17)?,
-        finished_at: row.try_get(18)?,
-        log_base: row.try_get(19)?,
-        revision: row.try_get(20)?,
-    })
-}
-
-fn agent_from_row(row: &Row) -> StoreResult<AgentRow> {
-    Ok(AgentRow {
-        name: row.try_get(0)?,
-        agent_type: row.try_get(1)?,
-        token_hash: row.try_get(2)?,
-        state: row.try_get(3)?,
-        job_id: row.try_get(4)?,
-        jobs_finished: row.try_get(5)?,
-        registered_at: row.try_get(6)?,
-        last_sync_at: row.try_get(7)?,
-        interrupted_at: row.try_get(8)?,
-        disconnected_at: row.try_get(9)?,
-        registration: row.try_get(10)?,
-        shutdown_requested: row.try_get(11)?,
-        revision: row.try_get(12)?,
-    })
-}
-
-fn agent_type_from_row(row: &Row) -> StoreResult<AgentTypeRow> {
-    Ok(AgentTypeRow {
-        name: row.try_get(0)?,
-        token_hash: row.try_get(1)?,
-        created_at: row.try_get(2)?,
-        time_limit: row.try_get(3)?,
-        revision: row.try_get(4)?,
-    })
-}
-
-fn pair(row: &Row) -> StoreResult<(String, String)> {
-    Ok((row.try_get(0)?, row.try_get(1)?))
-}
-
-fn triple(row: &Row) -> StoreResult<(String, String, String)> {
-    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-}
-
-fn instance_from_row(row: &Row) -> StoreResult<InstanceRow> {
-    Ok((
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-        row.try_get(4)?,
-        row.try_get(5)?,
-    ))
 }
 
 const INSERT_TYPE: &str =
@@ -246,37 +188,37 @@ impl Store for PostgresStore {
     }
 
     fn head_revision(&self) -> StoreResult<i64> {
-        let rows = self.rows("SELECT value FROM hub_revision WHERE id = 1", &[])?;
-        let row = rows.first().ok_or_else(|| corrupt("revision", "none"))?;
-        Ok(row.try_get(0)?)
+        head_on(&mut *self.connection()?)
     }
 
     fn changes_since(&self, revision: i64) -> StoreResult<Feed> {
         // One snapshot: every row at or below the head it reads is in it (see store/mod.rs).
-        let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-        block_on(self.connection()?.client.batch_execute(begin))?;
-        let feed = (|| {
-            Ok(Feed {
-                revision: self.head_revision()?,
-                agent_types: self.mapped(
-                    &format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types WHERE revision > $1"),
-                    &[&revision],
-                    agent_type_from_row,
-                )?,
-                jobs: self.mapped(
-                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE revision > $1 ORDER BY seq"),
-                    &[&revision],
-                    job_from_row,
-                )?,
-                agents: self.mapped(
-                    &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE revision > $1"),
-                    &[&revision],
-                    agent_from_row,
-                )?,
+        self.connection()?
+            .in_transaction(Transaction::SNAPSHOT, |connection| {
+                Ok(Feed {
+                    revision: head_on(connection)?,
+                    agent_types: mapped_on(
+                        connection,
+                        &format!(
+                            "SELECT {AGENT_TYPE_COLUMNS} FROM agent_types WHERE revision > $1"
+                        ),
+                        &[&revision],
+                        agent_type_from,
+                    )?,
+                    jobs: mapped_on(
+                        connection,
+                        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE revision > $1 ORDER BY seq"),
+                        &[&revision],
+                        job_from,
+                    )?,
+                    agents: mapped_on(
+                        connection,
+                        &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE revision > $1"),
+                        &[&revision],
+                        agent_from,
+                    )?,
+                })
             })
-        })();
-        block_on(self.connection()?.client.batch_execute("COMMIT"))?;
-        feed
     }
 
     fn insert_agent_type(&mut self, name: &str, token_hash: &str, now: i64) -> StoreResult<bool> {
@@ -309,23 +251,24 @@ impl Store for PostgresStore {
 
     fn agent_types(&self) -> StoreResult<Vec<AgentTypeRow>> {
         let sql = format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types ORDER BY name");
-        self.mapped(&sql, &[], agent_type_from_row)
+        self.mapped(&sql, &[], agent_type_from)
     }
 
-    fn identity_policies(&self) -> StoreResult<Vec<(String, String)>> {
-        self.mapped(
-            "SELECT agent_type, policy FROM agent_type_identity",
-            &[],
-            pair,
-        )
+    fn identity_policies(&self) -> StoreResult<Vec<IdentityPolicyRow>> {
+        let sql = format!(
+            "SELECT {IDENTITY_POLICY_COLUMNS} FROM agent_type_identity ORDER BY agent_type"
+        );
+        self.mapped(&sql, &[], identity_policy_from)
     }
 
     fn identity_policy(&self, agent_type: &str) -> StoreResult<Option<String>> {
-        let sql = "SELECT agent_type, policy FROM agent_type_identity WHERE agent_type = $1";
+        let sql = format!(
+            "SELECT {IDENTITY_POLICY_COLUMNS} FROM agent_type_identity WHERE agent_type = $1"
+        );
         Ok(self
-            .mapped(sql, &[&agent_type], pair)?
+            .mapped(&sql, &[&agent_type], identity_policy_from)?
             .pop()
-            .map(|(_, policy)| policy))
+            .map(|row| row.policy))
     }
 
     fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()> {
@@ -339,11 +282,12 @@ impl Store for PostgresStore {
     }
 
     fn record_instance(&mut self, instance: &InstanceRow) -> StoreResult<bool> {
-        let (id, agent_type, account, region, now, launched_at) = instance;
         let inserted = self.execute(
-            "INSERT INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            &[id, agent_type, account, region, now, launched_at],
+            &format!(
+                "INSERT INTO registered_instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT DO NOTHING"
+            ),
+            &schema::instance_params(instance),
         )?;
         Ok(inserted == 1)
     }
@@ -354,7 +298,7 @@ impl Store for PostgresStore {
             &[&instance_id],
         )?;
         Ok(match rows.first() {
-            Some(row) => row.try_get(0)?,
+            Some(row) => row.maybe_int("launched_at")?,
             None => None,
         })
     }
@@ -371,14 +315,14 @@ impl Store for PostgresStore {
 
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = $1");
-        Ok(self.mapped(&sql, &[&name], agent_from_row)?.pop())
+        Ok(self.mapped(&sql, &[&name], agent_from)?.pop())
     }
 
     fn agents(&self, include_disconnected: bool) -> StoreResult<Vec<AgentRow>> {
         let sql = format!(
             "SELECT {AGENT_COLUMNS} FROM agents WHERE $1 OR disconnected_at IS NULL ORDER BY name"
         );
-        self.mapped(&sql, &[&include_disconnected], agent_from_row)
+        self.mapped(&sql, &[&include_disconnected], agent_from)
     }
 
     fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>> {
@@ -386,7 +330,11 @@ impl Store for PostgresStore {
             "SELECT {AGENT_COLUMNS} FROM agents
              WHERE disconnected_at IS NULL OR (state = $1 AND last_sync_at >= $2) ORDER BY name"
         );
-        self.mapped(&sql, &[&LOST_STATE, &lost_since], agent_from_row)
+        self.mapped(
+            &sql,
+            &[&AgentStatus::Lost.as_str(), &lost_since],
+            agent_from,
+        )
     }
 
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
@@ -398,11 +346,11 @@ impl Store for PostgresStore {
         Ok(usize::try_from(pruned).unwrap_or(usize::MAX))
     }
 
-    fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()> {
-        let names: Vec<&str> = updates.iter().map(|u| u.0.as_str()).collect();
-        let times: Vec<i64> = updates.iter().map(|u| u.1).collect();
-        let states: Vec<&str> = updates.iter().map(|u| u.2.as_str()).collect();
-        let interrupted: Vec<i64> = updates.iter().map(|u| u.3).collect();
+    fn touch_agents(&mut self, updates: &[AgentTouch]) -> StoreResult<()> {
+        let names: Vec<&str> = updates.iter().map(|touch| touch.name.as_str()).collect();
+        let times: Vec<i64> = updates.iter().map(|touch| touch.last_sync_at).collect();
+        let states: Vec<&str> = updates.iter().map(|touch| touch.state.as_str()).collect();
+        let interrupted: Vec<i64> = updates.iter().map(|touch| touch.interrupted_at).collect();
         self.execute(
             "UPDATE agents SET last_sync_at = GREATEST(agents.last_sync_at, u.at), state = u.state,
                interrupted_at = GREATEST(agents.interrupted_at, u.interrupted)
@@ -413,7 +361,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    fn insert_job(&mut self, job: &JobRow) -> StoreResult<(i64, i64)> {
+    fn insert_job(&mut self, job: &JobRow) -> StoreResult<Inserted> {
         let (seq, revision) = self.write(|connection, revision| {
             let statement = connection.statement(
                 "INSERT INTO jobs (id, agent_type, spec, state, attempts, queued_at, revision)
@@ -429,9 +377,9 @@ impl Store for PostgresStore {
                 &revision,
             ];
             let row = block_on(connection.client.query_one(&statement, params))?;
-            Ok(row.try_get::<_, i64>(0)?)
+            row.int("seq")
         })?;
-        Ok((seq, revision))
+        Ok(Inserted { seq, revision })
     }
 
     fn commit(&mut self, jobs: &[&JobRow], agents: &[&AgentRow]) -> StoreResult<i64> {
@@ -447,12 +395,12 @@ impl Store for PostgresStore {
 
     fn job(&self, id: &str) -> StoreResult<Option<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        Ok(self.mapped(&sql, &[&id], job_from_row)?.pop())
+        Ok(self.mapped(&sql, &[&id], job_from)?.pop())
     }
 
     fn unfinished_jobs(&self) -> StoreResult<Vec<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state != $1 ORDER BY seq");
-        self.mapped(&sql, &[&JobState::Finished.as_str()], job_from_row)
+        self.mapped(&sql, &[&JobState::Finished.as_str()], job_from)
     }
 
     fn list_jobs(&self, state: Option<JobState>, limit: u32) -> StoreResult<Vec<JobRow>> {
@@ -460,7 +408,7 @@ impl Store for PostgresStore {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) ORDER BY seq DESC LIMIT $2"
         );
         let state = state.map(JobState::as_str);
-        self.mapped(&sql, &[&state, &i64::from(limit)], job_from_row)
+        self.mapped(&sql, &[&state, &i64::from(limit)], job_from)
     }
 
     fn query_jobs(&self, query: &JobQuery) -> StoreResult<(Vec<JobRow>, bool)> {
@@ -480,7 +428,7 @@ impl Store for PostgresStore {
             &query.before,
             &fetch,
         ];
-        Ok(query.page(self.mapped(&sql, params, job_from_row)?))
+        Ok(query.page(self.mapped(&sql, params, job_from)?))
     }
 
     fn purge_job_secrets(
@@ -488,19 +436,28 @@ impl Store for PostgresStore {
         finished_before: i64,
         redact: &dyn Fn(&str) -> String,
     ) -> StoreResult<usize> {
-        let due = self.mapped(
-            "SELECT id, spec FROM jobs WHERE NOT secrets_purged AND finished_at < $1",
-            &[&finished_before],
-            pair,
-        )?;
-        let ids: Vec<&str> = due.iter().map(|(id, _)| id.as_str()).collect();
-        let specs: Vec<String> = due.iter().map(|(_, spec)| redact(spec)).collect();
-        self.execute(
-            "UPDATE jobs SET spec = u.spec, secrets_purged = TRUE
-             FROM unnest($1::text[], $2::text[]) AS u(id, spec) WHERE jobs.id = u.id",
-            &[&ids, &specs],
-        )?;
-        Ok(due.len())
+        // One transaction, the due rows locked: two replicas' sweeps purge each job once.
+        self.connection()?
+            .in_transaction(Transaction::QUIET, |connection| {
+                let due = rows_on(
+                    connection,
+                    "SELECT id, spec FROM jobs WHERE NOT secrets_purged AND finished_at < $1
+                     FOR UPDATE",
+                    &[&finished_before],
+                )?;
+                let mut ids = Vec::with_capacity(due.len());
+                let mut specs = Vec::with_capacity(due.len());
+                for row in &due {
+                    ids.push(row.text("id")?);
+                    specs.push(redact(&row.text("spec")?));
+                }
+                connection.execute(
+                    "UPDATE jobs SET spec = u.spec, secrets_purged = TRUE
+                     FROM unnest($1::text[], $2::text[]) AS u(id, spec) WHERE jobs.id = u.id",
+                    &[&ids, &specs],
+                )?;
+                Ok(due.len())
+            })
     }
 
     fn append_log(
@@ -508,13 +465,14 @@ impl Store for PostgresStore {
         job_id: &str,
         start_from: i64,
         lines: &[&str],
-    ) -> StoreResult<(i64, i64)> {
-        self.connection()?.in_transaction(|connection| {
-            append_in_transaction(connection, job_id, start_from, lines)
-        })
+    ) -> StoreResult<LogCounts> {
+        self.connection()?
+            .in_transaction(Transaction::QUIET, |connection| {
+                append_in_transaction(connection, job_id, start_from, lines)
+            })
     }
 
-    fn log_counts(&self, job_id: &str) -> StoreResult<(i64, i64)> {
+    fn log_counts(&self, job_id: &str) -> StoreResult<LogCounts> {
         let rows = self.rows(
             "SELECT log_lines, log_bytes FROM jobs WHERE id = $1",
             &[&job_id],
@@ -522,7 +480,7 @@ impl Store for PostgresStore {
         let row = rows
             .first()
             .ok_or_else(|| StoreError::Corrupt(format!("no job {job_id}")))?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        log_counts_from(row)
     }
 
     fn log_lines(&self, job_id: &str, start_from: i64, limit: i64) -> StoreResult<Vec<String>> {
@@ -530,26 +488,23 @@ impl Store for PostgresStore {
             "SELECT line FROM job_logs WHERE job_id = $1 AND line_index >= $2 ORDER BY line_index LIMIT $3",
             &[&job_id, &start_from, &limit],
         )?;
-        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+        rows.iter().map(|row| row.text("line")).collect()
     }
 
     fn instances(&self) -> StoreResult<Vec<InstanceRow>> {
-        self.mapped(
-            "SELECT instance_id, agent_type, account_id, region, registered_at, launched_at
-             FROM registered_instances ORDER BY instance_id",
-            &[],
-            instance_from_row,
-        )
+        let sql =
+            format!("SELECT {INSTANCE_COLUMNS} FROM registered_instances ORDER BY instance_id");
+        self.mapped(&sql, &[], instance_from)
     }
 
-    fn job_holders(&self) -> StoreResult<Vec<(String, String, String)>> {
-        let sql = "SELECT name, agent_type, job_id FROM job_holders ORDER BY name";
-        self.mapped(sql, &[], triple)
+    fn job_holders(&self) -> StoreResult<Vec<JobHolderRow>> {
+        let sql = format!("SELECT {JOB_HOLDER_COLUMNS} FROM job_holders ORDER BY name");
+        self.mapped(&sql, &[], job_holder_from)
     }
 
     fn jobs_after(&self, after: i64, limit: u32) -> StoreResult<Vec<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > $1 ORDER BY seq LIMIT $2");
-        self.mapped(&sql, &[&after, &i64::from(limit)], job_from_row)
+        self.mapped(&sql, &[&after, &i64::from(limit)], job_from)
     }
 
     fn import(&mut self, batch: &ImportBatch) -> StoreResult<()> {
@@ -566,10 +521,10 @@ fn write_rows(
     revision: i64,
 ) -> StoreResult<Vec<u64>> {
     let write_job = connection.statement(schema::WRITE_JOB)?;
-    let write_agent = connection.statement(schema::WRITE_AGENT)?;
-    let holder = connection.statement(
-        "INSERT INTO job_holders (name, agent_type, job_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )?;
+    let write_agent = connection.statement(&schema::WRITE_AGENT)?;
+    let holder = connection.statement(&format!(
+        "INSERT INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+    ))?;
     let job_values: Vec<_> = jobs
         .iter()
         .map(|job| schema::job_params(job, revision))
@@ -614,13 +569,12 @@ fn append_in_transaction(
     job_id: &str,
     start_from: i64,
     lines: &[&str],
-) -> StoreResult<(i64, i64)> {
+) -> StoreResult<LogCounts> {
     let counts =
         connection.statement("SELECT log_lines, log_bytes FROM jobs WHERE id = $1 FOR UPDATE")?;
     let row = block_on(connection.client.query_one(&counts, &[&job_id]))?;
-    let stored = (row.try_get(0)?, row.try_get(1)?);
-    let (new, (count, bytes)) = super::new_log_lines(start_from, stored, lines);
-    let (indices, texts): (Vec<i64>, Vec<&str>) = new.into_iter().unzip();
+    let new = super::new_log_lines(start_from, log_counts_from(&row)?, lines);
+    let (indices, texts): (Vec<i64>, Vec<&str>) = new.lines.into_iter().unzip();
     let insert = connection.statement(
         "INSERT INTO job_logs (job_id, line_index, line)
          SELECT $1, u.i, u.line FROM unnest($2::bigint[], $3::text[]) AS u(i, line)
@@ -631,7 +585,15 @@ fn append_in_transaction(
     let client = &connection.client;
     block_on(futures_util::future::try_join(
         client.execute(&insert, &[&job_id, &indices, &texts]),
-        client.execute(&update, &[&job_id, &count, &bytes]),
+        client.execute(&update, &[&job_id, &new.counts.lines, &new.counts.bytes]),
     ))?;
-    Ok((count, bytes))
+    Ok(new.counts)
+}
+
+/// A job's log counts from a row holding `log_lines` and `log_bytes`.
+fn log_counts_from(row: &Row) -> StoreResult<LogCounts> {
+    Ok(LogCounts {
+        lines: row.int("log_lines")?,
+        bytes: row.int("log_bytes")?,
+    })
 }

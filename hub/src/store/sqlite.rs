@@ -4,12 +4,17 @@
 //! that caused it. One hub process owns the file; revisions and conditional writes (see
 //! `store/mod.rs`) work here too, so the hub's code is the same on both stores.
 
+use super::rows::{
+    agent_from, agent_type_from, identity_policy_from, instance_from, job_from, job_holder_from,
+    Columns, AGENT_COLUMNS, AGENT_TYPE_COLUMNS, IDENTITY_POLICY_COLUMNS, INSTANCE_COLUMNS,
+    JOB_COLUMNS, JOB_HOLDER_COLUMNS,
+};
 use super::{
-    AgentRow, AgentTypeRow, Durability, Feed, ImportBatch, InstanceRow, JobQuery, JobRow, Store,
-    StoreError, StoreResult, LOST_STATE,
+    AgentRow, AgentStatus, AgentTouch, AgentTypeRow, Durability, Feed, IdentityPolicyRow,
+    ImportBatch, Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, Store,
+    StoreError, StoreResult,
 };
 use protocol::{JobResult, JobState};
-use rusqlite::types::Type;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::Arc;
@@ -106,75 +111,6 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX agents_by_revision ON agents(revision);",
 ];
 
-const JOB_COLUMNS: &str = "seq, id, agent_type, spec, state, result, reason, attempts, agent, stop_requested, \
-    log_token_hash, log_token_expires_at, log_lines, log_bytes, log_trimmed, queued_at, assigned_at, started_at, finished_at, log_base, revision";
-
-fn job_from_row(row: &rusqlite::Row) -> rusqlite::Result<JobRow> {
-    Ok(JobRow {
-        seq: row.get(0)?,
-        id: row.get(1)?,
-        agent_type: row.get(2)?,
-        spec: row.get(3)?,
-        state: parsed(row, 4, |text| text.parse().ok())?,
-        result: match row.get::<_, Option<String>>(5)? {
-            Some(_) => Some(parsed(row, 5, JobResult::parse)?),
-            None => None,
-        },
-        reason: row.get(6)?,
-        attempts: row.get(7)?,
-        agent: row.get(8)?,
-        stop_requested: row.get(9)?,
-        log_token_hash: row.get(10)?,
-        log_token_expires_at: row.get(11)?,
-        log_lines: row.get(12)?,
-        log_bytes: row.get(13)?,
-        log_trimmed: row.get(14)?,
-        queued_at: row.get(15)?,
-        assigned_at: row.get(16)?,
-        started_at: row.get(17)?,
-        finished_at: row.get(18)?,
-        log_base: row.get(19)?,
-        revision: row.get(20)?,
-    })
-}
-
-/// A text column holding one of an enum's wire strings.
-fn parsed<T>(
-    row: &rusqlite::Row,
-    index: usize,
-    parse: impl Fn(&str) -> Option<T>,
-) -> rusqlite::Result<T> {
-    let text: String = row.get(index)?;
-    parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            Type::Text,
-            format!("unknown value '{text}'").into(),
-        )
-    })
-}
-
-const AGENT_COLUMNS: &str =
-    "name, agent_type, token_hash, state, job_id, jobs_finished, registered_at, last_sync_at, interrupted_at, disconnected_at, registration, shutdown_requested, revision";
-
-fn agent_from_row(row: &rusqlite::Row) -> rusqlite::Result<AgentRow> {
-    Ok(AgentRow {
-        name: row.get(0)?,
-        agent_type: row.get(1)?,
-        token_hash: row.get(2)?,
-        state: row.get(3)?,
-        job_id: row.get(4)?,
-        jobs_finished: row.get(5)?,
-        registered_at: row.get(6)?,
-        last_sync_at: row.get(7)?,
-        interrupted_at: row.get(8)?,
-        disconnected_at: row.get(9)?,
-        registration: row.get(10)?,
-        shutdown_requested: row.get(11)?,
-        revision: row.get(12)?,
-    })
-}
-
 pub struct SqliteStore {
     connection: Connection,
 }
@@ -249,15 +185,30 @@ impl SqliteStore {
         Ok(found)
     }
 
+    /// The rows `sql` selects, each read by `map` (by column name, `store/rows.rs`).
     fn select<T>(
         &self,
         sql: &str,
         arguments: impl rusqlite::Params,
-        map: impl FnMut(&rusqlite::Row) -> rusqlite::Result<T>,
+        map: fn(&dyn Columns) -> StoreResult<T>,
     ) -> StoreResult<Vec<T>> {
         let mut statement = self.connection.prepare_cached(sql)?;
-        let rows = statement.query_map(arguments, map)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows = statement.query(arguments)?;
+        let mut mapped = Vec::new();
+        while let Some(row) = rows.next()? {
+            mapped.push(map(row)?);
+        }
+        Ok(mapped)
+    }
+
+    /// The row `sql` selects, if any.
+    fn select_one<T>(
+        &self,
+        sql: &str,
+        arguments: impl rusqlite::Params,
+        map: fn(&dyn Columns) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        Ok(self.select(sql, arguments, map)?.into_iter().next())
     }
 }
 
@@ -269,18 +220,6 @@ fn next_revision(transaction: &Connection) -> StoreResult<i64> {
         |row| row.get(0),
     )?)
 }
-
-fn agent_type_from_row(row: &rusqlite::Row) -> rusqlite::Result<AgentTypeRow> {
-    Ok(AgentTypeRow {
-        name: row.get(0)?,
-        token_hash: row.get(1)?,
-        created_at: row.get(2)?,
-        time_limit: row.get(3)?,
-        revision: row.get(4)?,
-    })
-}
-
-const AGENT_TYPE_COLUMNS: &str = "name, token_hash, created_at, execution_time_limit, revision";
 
 impl Store for SqliteStore {
     fn schema_version(&self) -> StoreResult<i64> {
@@ -319,17 +258,17 @@ impl Store for SqliteStore {
         let agent_types = self.select(
             &format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types WHERE revision > ?1"),
             params![revision],
-            agent_type_from_row,
+            agent_type_from,
         )?;
         let jobs = self.select(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE revision > ?1 ORDER BY seq"),
             params![revision],
-            job_from_row,
+            job_from,
         )?;
         let agents = self.select(
             &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE revision > ?1"),
             params![revision],
-            agent_from_row,
+            agent_from,
         )?;
         transaction.commit()?;
         Ok(Feed {
@@ -378,15 +317,17 @@ impl Store for SqliteStore {
         self.select(
             &format!("SELECT {AGENT_TYPE_COLUMNS} FROM agent_types ORDER BY name"),
             [],
-            agent_type_from_row,
+            agent_type_from,
         )
     }
 
-    fn identity_policies(&self) -> StoreResult<Vec<(String, String)>> {
+    fn identity_policies(&self) -> StoreResult<Vec<IdentityPolicyRow>> {
         self.select(
-            "SELECT agent_type, policy FROM agent_type_identity",
+            &format!(
+                "SELECT {IDENTITY_POLICY_COLUMNS} FROM agent_type_identity ORDER BY agent_type"
+            ),
             [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            identity_policy_from,
         )
     }
 
@@ -413,11 +354,11 @@ impl Store for SqliteStore {
     }
 
     fn record_instance(&mut self, instance: &InstanceRow) -> StoreResult<bool> {
-        let (id, agent_type, account, region, now, launched_at) = instance;
         let inserted = self.connection.execute(
-            "INSERT OR IGNORE INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, agent_type, account, region, now, launched_at],
+            &format!(
+                "INSERT OR IGNORE INTO registered_instances ({INSTANCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            instance_params(instance),
         )?;
         Ok(inserted == 1)
     }
@@ -443,14 +384,11 @@ impl Store for SqliteStore {
     }
 
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {
-        Ok(self
-            .connection
-            .query_row(
-                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1"),
-                params![name],
-                agent_from_row,
-            )
-            .optional()?)
+        self.select_one(
+            &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1"),
+            params![name],
+            agent_from,
+        )
     }
 
     fn agents(&self, include_disconnected: bool) -> StoreResult<Vec<AgentRow>> {
@@ -460,7 +398,7 @@ impl Store for SqliteStore {
             "WHERE disconnected_at IS NULL"
         };
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents {filter} ORDER BY name");
-        self.select(&sql, [], agent_from_row)
+        self.select(&sql, [], agent_from)
     }
 
     fn live_agents(&self, lost_since: i64) -> StoreResult<Vec<AgentRow>> {
@@ -468,7 +406,11 @@ impl Store for SqliteStore {
             "SELECT {AGENT_COLUMNS} FROM agents
              WHERE disconnected_at IS NULL OR (state = ?1 AND last_sync_at >= ?2) ORDER BY name"
         );
-        self.select(&sql, params![LOST_STATE, lost_since], agent_from_row)
+        self.select(
+            &sql,
+            params![AgentStatus::Lost.as_str(), lost_since],
+            agent_from,
+        )
     }
 
     fn prune_agents(&mut self, left_before: i64) -> StoreResult<usize> {
@@ -480,7 +422,7 @@ impl Store for SqliteStore {
         Ok(pruned)
     }
 
-    fn touch_agents(&mut self, updates: &[(String, i64, String, i64)]) -> StoreResult<()> {
+    fn touch_agents(&mut self, updates: &[AgentTouch]) -> StoreResult<()> {
         let transaction = self.connection.transaction()?;
         {
             let mut statement = transaction.prepare_cached(
@@ -488,15 +430,20 @@ impl Store for SqliteStore {
                    interrupted_at = max(interrupted_at, ?4)
                  WHERE name = ?1 AND disconnected_at IS NULL",
             )?;
-            for (name, last_sync_at, state, interrupted_at) in updates {
-                statement.execute(params![name, last_sync_at, state, interrupted_at])?;
+            for touch in updates {
+                statement.execute(params![
+                    touch.name,
+                    touch.last_sync_at,
+                    touch.state.as_str(),
+                    touch.interrupted_at
+                ])?;
             }
         }
         transaction.commit()?;
         Ok(())
     }
 
-    fn insert_job(&mut self, job: &JobRow) -> StoreResult<(i64, i64)> {
+    fn insert_job(&mut self, job: &JobRow) -> StoreResult<Inserted> {
         let transaction = self.connection.transaction()?;
         let revision = next_revision(&transaction)?;
         transaction.execute(
@@ -513,7 +460,7 @@ impl Store for SqliteStore {
         )?;
         let seq = transaction.last_insert_rowid();
         transaction.commit()?;
-        Ok((seq, revision))
+        Ok(Inserted { seq, revision })
     }
 
     fn commit(&mut self, jobs: &[&JobRow], agents: &[&AgentRow]) -> StoreResult<i64> {
@@ -531,30 +478,23 @@ impl Store for SqliteStore {
     }
 
     fn job(&self, id: &str) -> StoreResult<Option<JobRow>> {
-        Ok(self
-            .connection
-            .query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                params![id],
-                job_from_row,
-            )
-            .optional()?)
+        self.select_one(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            params![id],
+            job_from,
+        )
     }
 
     fn unfinished_jobs(&self) -> StoreResult<Vec<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state != ?1 ORDER BY seq");
-        self.select(&sql, params![JobState::Finished.as_str()], job_from_row)
+        self.select(&sql, params![JobState::Finished.as_str()], job_from)
     }
 
     fn list_jobs(&self, state: Option<JobState>, limit: u32) -> StoreResult<Vec<JobRow>> {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY seq DESC LIMIT ?2"
         );
-        self.select(
-            &sql,
-            params![state.map(JobState::as_str), limit],
-            job_from_row,
-        )
+        self.select(&sql, params![state.map(JobState::as_str), limit], job_from)
     }
 
     fn query_jobs(&self, query: &JobQuery) -> StoreResult<(Vec<JobRow>, bool)> {
@@ -568,7 +508,7 @@ impl Store for SqliteStore {
         let state = query.state.map(JobState::as_str);
         let fetch = query.fetch();
         let arguments = params![state, query.agent_type, query.name, query.before, fetch];
-        Ok(query.page(self.select(&sql, arguments, job_from_row)?))
+        Ok(query.page(self.select(&sql, arguments, job_from)?))
     }
 
     fn purge_job_secrets(
@@ -582,7 +522,7 @@ impl Store for SqliteStore {
                 "SELECT id, spec FROM jobs WHERE secrets_purged = 0 AND finished_at < ?1",
             )?;
             let rows = statement.query_map(params![finished_before], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+                Ok((row.get("id")?, row.get("spec")?))
             })?;
             rows.collect::<Result<_, _>>()?
         };
@@ -601,75 +541,57 @@ impl Store for SqliteStore {
         job_id: &str,
         start_from: i64,
         lines: &[&str],
-    ) -> StoreResult<(i64, i64)> {
+    ) -> StoreResult<LogCounts> {
         let transaction = self.connection.transaction()?;
-        let stored: (i64, i64) = transaction.query_row(
-            "SELECT log_lines, log_bytes FROM jobs WHERE id = ?1",
-            params![job_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        let (new, (count, bytes)) = super::new_log_lines(start_from, stored, lines);
+        let stored = log_counts_in(&transaction, job_id)?;
+        let new = super::new_log_lines(start_from, stored, lines);
         {
             let mut insert = transaction.prepare_cached(
                 "INSERT OR IGNORE INTO job_logs (job_id, line_index, line) VALUES (?1, ?2, ?3)",
             )?;
-            for (index, line) in new {
+            for (index, line) in new.lines {
                 insert.execute(params![job_id, index, line])?;
             }
         }
         transaction.execute(
             "UPDATE jobs SET log_lines = ?2, log_bytes = ?3 WHERE id = ?1",
-            params![job_id, count, bytes],
+            params![job_id, new.counts.lines, new.counts.bytes],
         )?;
         transaction.commit()?;
-        Ok((count, bytes))
+        Ok(new.counts)
     }
 
-    fn log_counts(&self, job_id: &str) -> StoreResult<(i64, i64)> {
-        Ok(self.connection.query_row(
-            "SELECT log_lines, log_bytes FROM jobs WHERE id = ?1",
-            params![job_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?)
+    fn log_counts(&self, job_id: &str) -> StoreResult<LogCounts> {
+        log_counts_in(&self.connection, job_id)
     }
 
     fn log_lines(&self, job_id: &str, start_from: i64, limit: i64) -> StoreResult<Vec<String>> {
         self.select(
             "SELECT line FROM job_logs WHERE job_id = ?1 AND line_index >= ?2 ORDER BY line_index LIMIT ?3",
             params![job_id, start_from, limit],
-            |row| row.get(0),
+            |row| row.text("line"),
         )
     }
 
     fn instances(&self) -> StoreResult<Vec<InstanceRow>> {
         self.select(
-            "SELECT instance_id, agent_type, account_id, region, registered_at, launched_at
-             FROM registered_instances ORDER BY instance_id",
+            &format!("SELECT {INSTANCE_COLUMNS} FROM registered_instances ORDER BY instance_id"),
             [],
-            |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                ))
-            },
+            instance_from,
         )
     }
 
-    fn job_holders(&self) -> StoreResult<Vec<(String, String, String)>> {
+    fn job_holders(&self) -> StoreResult<Vec<JobHolderRow>> {
         self.select(
-            "SELECT name, agent_type, job_id FROM job_holders ORDER BY name",
+            &format!("SELECT {JOB_HOLDER_COLUMNS} FROM job_holders ORDER BY name"),
             [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            job_holder_from,
         )
     }
 
     fn jobs_after(&self, after: i64, limit: u32) -> StoreResult<Vec<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2");
-        self.select(&sql, params![after, limit], job_from_row)
+        self.select(&sql, params![after, limit], job_from)
     }
 
     fn import(&mut self, batch: &ImportBatch) -> StoreResult<()> {
@@ -679,6 +601,32 @@ impl Store for SqliteStore {
         transaction.commit()?;
         Ok(())
     }
+}
+
+/// A job's stored log counts.
+fn log_counts_in(connection: &Connection, job_id: &str) -> StoreResult<LogCounts> {
+    Ok(connection.query_row(
+        "SELECT log_lines, log_bytes FROM jobs WHERE id = ?1",
+        params![job_id],
+        |row| {
+            Ok(LogCounts {
+                lines: row.get("log_lines")?,
+                bytes: row.get("log_bytes")?,
+            })
+        },
+    )?)
+}
+
+/// An instance's columns, in [`INSTANCE_COLUMNS`]' order.
+fn instance_params(instance: &InstanceRow) -> [&dyn rusqlite::ToSql; 6] {
+    [
+        &instance.instance_id,
+        &instance.agent_type,
+        &instance.account_id,
+        &instance.region,
+        &instance.registered_at,
+        &instance.launched_at,
+    ]
 }
 
 /// Writes a job's changed columns if its stored revision is still the row's.
@@ -718,7 +666,9 @@ fn write_job(connection: &Connection, job: &JobRow, revision: i64) -> StoreResul
 fn record_job_holder(connection: &Connection, job: &JobRow) -> StoreResult<()> {
     if let (JobState::Assigned, Some(agent)) = (job.state, &job.agent) {
         connection.execute(
-            "INSERT OR IGNORE INTO job_holders (name, agent_type, job_id) VALUES (?1, ?2, ?3)",
+            &format!(
+                "INSERT OR IGNORE INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES (?1, ?2, ?3)"
+            ),
             params![agent, job.agent_type, job.id],
         )?;
     }
@@ -744,7 +694,7 @@ fn write_agent(connection: &Connection, agent: &AgentRow, revision: i64) -> Stor
             agent.name,
             agent.agent_type,
             agent.token_hash,
-            agent.state,
+            agent.state.as_str(),
             agent.job_id,
             agent.jobs_finished,
             agent.registered_at,
@@ -765,7 +715,8 @@ fn write_agent(connection: &Connection, agent: &AgentRow, revision: i64) -> Stor
 
 /// Writes an export's rows into an empty hub's tables as they are.
 fn import_batch(connection: &Connection, batch: &ImportBatch, revision: i64) -> StoreResult<()> {
-    for (row, policy) in &batch.agent_types {
+    for imported in &batch.agent_types {
+        let row = &imported.row;
         connection.execute(
             "INSERT INTO agent_types (name, token_hash, created_at, execution_time_limit, revision)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -777,24 +728,25 @@ fn import_batch(connection: &Connection, batch: &ImportBatch, revision: i64) -> 
                 revision
             ],
         )?;
-        if let Some(policy) = policy {
+        if let Some(policy) = &imported.identity_policy {
             connection.execute(
                 "INSERT INTO agent_type_identity (agent_type, policy) VALUES (?1, ?2)",
                 params![row.name, policy],
             )?;
         }
     }
-    for (id, agent_type, account, region, registered, launched) in &batch.instances {
+    for instance in &batch.instances {
         connection.execute(
-            "INSERT INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, agent_type, account, region, registered, launched],
+            &format!(
+                "INSERT INTO registered_instances ({INSTANCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            instance_params(instance),
         )?;
     }
-    for (name, agent_type, job_id) in &batch.job_holders {
+    for holder in &batch.job_holders {
         connection.execute(
-            "INSERT INTO job_holders (name, agent_type, job_id) VALUES (?1, ?2, ?3)",
-            params![name, agent_type, job_id],
+            &format!("INSERT INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES (?1, ?2, ?3)"),
+            params![holder.name, holder.agent_type, holder.job_id],
         )?;
     }
     for agent in &batch.agents {
@@ -810,10 +762,10 @@ fn import_batch(connection: &Connection, batch: &ImportBatch, revision: i64) -> 
     for job in &batch.jobs {
         import_job(connection, job, revision)?;
     }
-    for (job_id, index, line) in &batch.log_lines {
+    for log_line in &batch.log_lines {
         connection.execute(
             "INSERT INTO job_logs (job_id, line_index, line) VALUES (?1, ?2, ?3)",
-            params![job_id, index, line],
+            params![log_line.job_id, log_line.index, log_line.line],
         )?;
     }
     Ok(())

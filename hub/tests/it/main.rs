@@ -16,3 +16,4 @@ mod red_team_edge;
 mod red_team_limits;
 mod red_team_registration;
 mod replicas;
+mod store_contract;

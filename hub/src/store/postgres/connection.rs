@@ -12,6 +12,31 @@ use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::{AsyncMessage, Client, Statement};
 
+/// How a transaction begins and how it commits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Transaction {
+    begin: &'static str,
+    commit: &'static str,
+}
+
+impl Transaction {
+    /// Reads and writes nobody else needs to hear of (log lines, migrations, purges).
+    pub(super) const QUIET: Transaction = Transaction {
+        begin: "BEGIN",
+        commit: "COMMIT",
+    };
+    /// A write of rows the other replicas follow: they are told on commit.
+    pub(super) const ANNOUNCED: Transaction = Transaction {
+        begin: "BEGIN",
+        commit: "SELECT pg_notify('flotilla_hub', ''); COMMIT",
+    };
+    /// Reads from one snapshot (the change feed: every row at or below the head it reads).
+    pub(super) const SNAPSHOT: Transaction = Transaction {
+        begin: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        commit: "COMMIT",
+    };
+}
+
 pub(super) struct Connection {
     pub client: Client,
     statements: HashMap<String, Statement>,
@@ -71,14 +96,20 @@ impl Connection {
         Ok(statement)
     }
 
-    /// Runs `work` between BEGIN and COMMIT (ROLLBACK when it fails).
+    /// Runs `work` in one transaction of `kind`: it ends with `kind`'s commit when `work`
+    /// succeeded, and with ROLLBACK when it failed. The store's one way to run a transaction.
     pub(super) fn in_transaction<T>(
         &mut self,
+        kind: Transaction,
         work: impl FnOnce(&mut Connection) -> StoreResult<T>,
     ) -> StoreResult<T> {
-        block_on(self.client.batch_execute("BEGIN"))?;
+        block_on(self.client.batch_execute(kind.begin))?;
         let result = work(self);
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let end = if result.is_ok() {
+            kind.commit
+        } else {
+            "ROLLBACK"
+        };
         block_on(self.client.batch_execute(end))?;
         result
     }

@@ -3,10 +3,14 @@
 //! own, starting at the shape SQLite reached at its version 6. Migrations run in one transaction
 //! under an advisory lock, so replicas started together migrate once.
 
-use super::super::{AgentRow, ImportBatch, JobRow, StoreError, StoreResult};
-use super::connection::Connection;
+use super::super::rows::{AGENT_COLUMNS, INSTANCE_COLUMNS, JOB_HOLDER_COLUMNS};
+use super::super::{
+    AgentRow, ImportBatch, InstanceRow, JobRow, LogLineRow, StoreError, StoreResult,
+};
+use super::connection::{Connection, Transaction};
 use futures_executor::block_on;
 use protocol::JobResult;
+use std::sync::LazyLock;
 use tokio_postgres::types::ToSql;
 
 /// The advisory lock migrations hold ("flotmigr").
@@ -103,7 +107,7 @@ pub(super) fn version(connection: &mut Connection) -> StoreResult<i64> {
 
 /// Brings the database to the newest schema; refuses one newer than this hub knows.
 pub(super) fn migrate(connection: &mut Connection) -> StoreResult<()> {
-    connection.in_transaction(migrate_locked)
+    connection.in_transaction(Transaction::QUIET, migrate_locked)
 }
 
 fn migrate_locked(connection: &mut Connection) -> StoreResult<()> {
@@ -132,9 +136,9 @@ pub(super) const WRITE_JOB: &str =
 
 /// Writes an agent row where its stored revision is still the row's ($14; 0 for a new
 /// registration, which may replace only a row that is not live).
-pub(super) const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, token_hash, state, job_id, jobs_finished,
-       registered_at, last_sync_at, interrupted_at, disconnected_at, registration, shutdown_requested, revision)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+pub(super) static WRITE_AGENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO agents ({AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
      ON CONFLICT (name) DO UPDATE SET agent_type = excluded.agent_type, token_hash = excluded.token_hash,
        state = excluded.state, job_id = excluded.job_id, jobs_finished = excluded.jobs_finished,
        registered_at = excluded.registered_at,
@@ -142,7 +146,9 @@ pub(super) const WRITE_AGENT: &str = "INSERT INTO agents (name, agent_type, toke
        interrupted_at = excluded.interrupted_at, disconnected_at = excluded.disconnected_at,
        registration = excluded.registration, shutdown_requested = excluded.shutdown_requested,
        revision = excluded.revision
-     WHERE agents.revision = $14 OR ($14 = 0 AND agents.disconnected_at IS NOT NULL)";
+     WHERE agents.revision = $14 OR ($14 = 0 AND agents.disconnected_at IS NOT NULL)"
+    )
+});
 
 /// Owned parameter values (a statement's arguments outlive the rows they came from).
 pub(super) type Values = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -169,13 +175,13 @@ pub(super) fn job_params(job: &JobRow, revision: i64) -> Values {
     ]
 }
 
-/// [`WRITE_AGENT`]'s arguments.
+/// [`WRITE_AGENT`]'s arguments ([`AGENT_COLUMNS`]' order, then the revision read).
 pub(super) fn agent_params(agent: &AgentRow, revision: i64) -> Values {
     vec![
         Box::new(agent.name.clone()),
         Box::new(agent.agent_type.clone()),
         Box::new(agent.token_hash.clone()),
-        Box::new(agent.state.clone()),
+        Box::new(agent.state.as_str()),
         Box::new(agent.job_id.clone()),
         Box::new(agent.jobs_finished),
         Box::new(agent.registered_at),
@@ -186,6 +192,18 @@ pub(super) fn agent_params(agent: &AgentRow, revision: i64) -> Values {
         Box::new(agent.shutdown_requested),
         Box::new(revision),
         Box::new(agent.revision),
+    ]
+}
+
+/// An instance's columns, in [`INSTANCE_COLUMNS`]' order.
+pub(super) fn instance_params(instance: &InstanceRow) -> [&(dyn ToSql + Sync); 6] {
+    [
+        &instance.instance_id,
+        &instance.agent_type,
+        &instance.account_id,
+        &instance.region,
+        &instance.registered_at,
+        &instance.launched_at,
     ]
 }
 
@@ -203,7 +221,8 @@ pub(super) fn import(
     batch: &ImportBatch,
     revision: i64,
 ) -> StoreResult<()> {
-    for (row, policy) in &batch.agent_types {
+    for imported in &batch.agent_types {
+        let row = &imported.row;
         connection.execute(
             "INSERT INTO agent_types (name, token_hash, created_at, execution_time_limit, revision)
              VALUES ($1, $2, $3, $4, $5)",
@@ -215,24 +234,23 @@ pub(super) fn import(
                 &revision,
             ],
         )?;
-        if let Some(policy) = policy {
+        if let Some(policy) = &imported.identity_policy {
             connection.execute(
                 "INSERT INTO agent_type_identity (agent_type, policy) VALUES ($1, $2)",
                 &[&row.name, policy],
             )?;
         }
     }
-    for (id, agent_type, account, region, registered, launched) in &batch.instances {
+    for instance in &batch.instances {
         connection.execute(
-            "INSERT INTO registered_instances (instance_id, agent_type, account_id, region, registered_at, launched_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[id, agent_type, account, region, registered, launched],
+            &format!("INSERT INTO registered_instances ({INSTANCE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+            &instance_params(instance),
         )?;
     }
-    for (name, agent_type, job_id) in &batch.job_holders {
+    for holder in &batch.job_holders {
         connection.execute(
-            "INSERT INTO job_holders (name, agent_type, job_id) VALUES ($1, $2, $3)",
-            &[name, agent_type, job_id],
+            &format!("INSERT INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES ($1, $2, $3)"),
+            &[&holder.name, &holder.agent_type, &holder.job_id],
         )?;
     }
     for agent in &batch.agents {
@@ -243,7 +261,7 @@ pub(super) fn import(
             },
             revision,
         );
-        connection.execute(WRITE_AGENT, &borrowed(&values))?;
+        connection.execute(&WRITE_AGENT, &borrowed(&values))?;
     }
     for job in &batch.jobs {
         import_job(connection, job, revision)?;
@@ -284,13 +302,10 @@ fn import_job(connection: &mut Connection, job: &JobRow, revision: i64) -> Store
     Ok(())
 }
 
-fn import_log_lines(
-    connection: &mut Connection,
-    lines: &[(String, i64, String)],
-) -> StoreResult<()> {
-    let ids: Vec<&str> = lines.iter().map(|line| line.0.as_str()).collect();
-    let indices: Vec<i64> = lines.iter().map(|line| line.1).collect();
-    let texts: Vec<&str> = lines.iter().map(|line| line.2.as_str()).collect();
+fn import_log_lines(connection: &mut Connection, lines: &[LogLineRow]) -> StoreResult<()> {
+    let ids: Vec<&str> = lines.iter().map(|line| line.job_id.as_str()).collect();
+    let indices: Vec<i64> = lines.iter().map(|line| line.index).collect();
+    let texts: Vec<&str> = lines.iter().map(|line| line.line.as_str()).collect();
     connection.execute(
         "INSERT INTO job_logs (job_id, line_index, line)
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
