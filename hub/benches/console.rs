@@ -26,7 +26,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 /// `jobs` jobs over two agent types, 90% of them finished (stopped), and one running job with
 /// a 400-line log; returns the hub and the running job's id.
 fn populate(dir: &std::path::Path, jobs: usize) -> (Arc<Hub>, String) {
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     let hub = Hub::open(dir, HubConfig::new("http://127.0.0.1", ADMIN), now).unwrap();
     let token = hub.create_agent_type("linux", now).unwrap();
     hub.create_agent_type("gpu", now).unwrap();

@@ -61,9 +61,9 @@ fn serve(runtime: &tokio::runtime::Runtime, postgres: bool) -> Served {
     };
     let mut config = HubConfig::new("http://127.0.0.1", "bench-admin-token");
     config.lost_after_secs = 3600;
-    let hub = Arc::new(Hub::open_at(&location, config, hub::api::unix_now()).unwrap());
+    let hub = Arc::new(Hub::open_at(&location, config, hub::clock::unix_now()).unwrap());
     let registration_token = hub
-        .create_agent_type("bench", hub::api::unix_now())
+        .create_agent_type("bench", hub::clock::unix_now())
         .unwrap();
     let _entered = runtime.enter();
     let listener = hub::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -89,7 +89,7 @@ fn register(served: &Served, count: usize, prefix: &str) -> Vec<String> {
                 name: format!("{prefix}-{index:06}"),
                 ..RegisterRequest::default()
             };
-            let now = hub::api::unix_now();
+            let now = hub::clock::unix_now();
             let registered = served
                 .hub
                 .register(&served.registration_token, request, now);
@@ -377,7 +377,7 @@ fn idle_attack(client: &tokio::runtime::Runtime, served: &Served, tokens: &[Stri
 
 fn log_flood(client: &tokio::runtime::Runtime, served: &Served, tokens: &[String], base: f64) {
     let job = protocol::JobSpec::from_commands("bench", &["true".to_string()]);
-    let job_id = served.hub.submit(job, hub::api::unix_now()).unwrap().id;
+    let job_id = served.hub.submit(job, hub::clock::unix_now()).unwrap().id;
     let peak = PeakRss::start();
     let attacker = attack("logs", &served.address, 200, &job_id);
     let p99 = under(client, served, tokens);
@@ -465,7 +465,7 @@ fn restart_over_history(rows: u64) -> (f64, f64) {
     drop(database);
     let before = rss_mib();
     let started = Instant::now();
-    let hub = Hub::open(dir.path(), config, hub::api::unix_now()).unwrap();
+    let hub = Hub::open(dir.path(), config, hub::clock::unix_now()).unwrap();
     let (took, grown) = (started.elapsed().as_secs_f64(), rss_mib() - before);
     drop(hub);
     (took, grown)

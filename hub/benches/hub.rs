@@ -78,7 +78,7 @@ fn open_hub(location: &StoreLocation, durability: Durability) -> Arc<Hub> {
     let mut config = HubConfig::new("http://127.0.0.1", "bench-admin-token");
     config.durability = durability;
     config.lost_after_secs = 3600;
-    Arc::new(Hub::open_at(location, config, hub::api::unix_now()).unwrap())
+    Arc::new(Hub::open_at(location, config, hub::clock::unix_now()).unwrap())
 }
 
 fn start_servers(
@@ -102,7 +102,7 @@ fn start_servers(
     // The agent type exists before the other replicas open: they load it.
     let first = open_hub(&location, durability);
     let registration_token = first
-        .create_agent_type("bench", hub::api::unix_now())
+        .create_agent_type("bench", hub::clock::unix_now())
         .unwrap();
     let mut hubs = vec![first];
     while hubs.len() < variant.replicas {
@@ -138,7 +138,7 @@ fn start_servers(
 
 /// Agent `index` registers with replica `index mod replicas`, the one its connection goes to.
 fn register_agents(servers: &Servers, count: u64, single_job: bool) -> Vec<String> {
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     (0..count as usize)
         .map(|index| {
             let request = RegisterRequest {
@@ -284,7 +284,7 @@ async fn dispatch_loop(address: String, token: String, jobs: u64, dispatched: Ar
 
 /// Submits `jobs`, job j on replica j mod replicas; returns once every replica sees them all.
 fn submit_jobs(servers: &Servers, jobs: u64) {
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     for index in 0..jobs as usize {
         let spec = JobSpec::from_commands("bench", &["true".to_string()]);
         servers.hub(index).submit(spec, now).unwrap();

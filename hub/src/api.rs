@@ -36,13 +36,6 @@ pub const MAX_AGENT_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl IntoResponse for HubError {
     fn into_response(self) -> Response {
         let (status, message) = match &self {
@@ -194,10 +187,10 @@ async fn blocking_holding<T: Send + 'static, H: Send + 'static>(
 /// real agents' calls out of the core.
 async fn admit(hub: &Arc<Hub>, admission: Admission) -> HubResult<()> {
     let arrived = hub.arrival();
-    let mut look = hub.first_look(&admission, unix_now());
+    let mut look = hub.first_look(&admission, hub.now());
     if look == FirstLook::Busy {
         let asked = admission.clone();
-        look = blocking(hub, move |hub| Ok(hub.look(&asked, unix_now()))).await?;
+        look = blocking(hub, move |hub| Ok(hub.look(&asked, hub.now()))).await?;
     }
     if look == FirstLook::Admitted {
         return Ok(());
@@ -206,7 +199,7 @@ async fn admit(hub: &Arc<Hub>, admission: Admission) -> HubResult<()> {
         return Err(HubError::ShuttingDown); // never closed
     };
     blocking_holding(hub, turn, move |hub| {
-        hub.admit_since(&admission, arrived, unix_now())
+        hub.admit_since(&admission, arrived, hub.now())
     })
     .await
 }
@@ -389,7 +382,7 @@ async fn register(
     let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: RegisterRequest = json_body(&body)?;
     let registered = blocking(&edge.hub, move |hub| {
-        hub.register(&token, request, unix_now())
+        hub.register(&token, request, hub.now())
     })
     .await?;
     Ok(Json(registered).into_response())
@@ -408,10 +401,10 @@ async fn sync(
     let body = read_body(body, MAX_AGENT_BODY, edge.limits.body_read_timeout).await?;
     let request: SyncRequest = json_body(&body)?;
     // The usual sync changes nothing and is answered from memory; any other on the blocking side.
-    if let Some(reply) = edge.hub.sync_in_memory(&token, &request, unix_now()) {
+    if let Some(reply) = edge.hub.sync_in_memory(&token, &request, edge.hub.now()) {
         return Ok(Json(reply).into_response());
     }
-    let reply = blocking(&edge.hub, move |hub| hub.sync(&token, &request, unix_now())).await?;
+    let reply = blocking(&edge.hub, move |hub| hub.sync(&token, &request, hub.now())).await?;
     Ok(Json(reply).into_response())
 }
 
@@ -428,7 +421,7 @@ async fn job_request(
         },
     )
     .await?;
-    let job = blocking(&hub, move |hub| hub.job_request(&token, &id, unix_now())).await?;
+    let job = blocking(&hub, move |hub| hub.job_request(&token, &id, hub.now())).await?;
     Ok(Json(job).into_response())
 }
 
@@ -441,7 +434,7 @@ async fn refresh(State(hub): Shared, headers: HeaderMap) -> Result<Response, Hub
         },
     )
     .await?;
-    let token = blocking(&hub, move |hub| hub.refresh_log_token(&token, unix_now())).await?;
+    let token = blocking(&hub, move |hub| hub.refresh_log_token(&token, hub.now())).await?;
     Ok(Json(RefreshResponse { token }).into_response())
 }
 
@@ -454,7 +447,7 @@ async fn disconnect(State(hub): Shared, headers: HeaderMap) -> Result<Response, 
         },
     )
     .await?;
-    blocking(&hub, move |hub| hub.disconnect(&token, unix_now())).await?;
+    blocking(&hub, move |hub| hub.disconnect(&token, hub.now())).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -479,7 +472,7 @@ async fn queue_metrics(
     )
     .await?;
     let asked = token.clone();
-    let mut metrics = blocking(&hub, move |hub| hub.metrics(&asked, unix_now())).await?;
+    let mut metrics = blocking(&hub, move |hub| hub.metrics(&asked, hub.now())).await?;
     if let (Some(version), Some(wait)) = (query.version, query.wait) {
         if metrics.version == Some(version) && wait > 0 {
             let mut changes = hub.subscribe_version();
@@ -493,7 +486,7 @@ async fn queue_metrics(
                     break;
                 }
             }
-            metrics = blocking(&hub, move |hub| hub.metrics(&token, unix_now())).await?;
+            metrics = blocking(&hub, move |hub| hub.metrics(&token, hub.now())).await?;
         }
     }
     Ok(Json(metrics).into_response())
@@ -541,7 +534,7 @@ async fn push_logs(
     blocking_holding(&edge.hub, permit, move |hub| {
         let text = std::str::from_utf8(&body)
             .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
-        hub.push_logs(&id, &token, start_from, text, unix_now())
+        hub.push_logs(&id, &token, start_from, text, hub.now())
     })
     .await?;
     Ok(StatusCode::OK.into_response())
@@ -566,7 +559,7 @@ async fn create_agent_type(
     }
     let created = blocking(hub, move |hub| {
         let registration_token =
-            hub.create_agent_type_with(&request.name, &request.identity, unix_now())?;
+            hub.create_agent_type_with(&request.name, &request.identity, hub.now())?;
         if request.execution_time_limit.is_some() {
             hub.set_agent_type_time_limit(&request.name, request.execution_time_limit)?;
         }
@@ -601,7 +594,7 @@ async fn submit_job(
     admin(&edge.hub, &headers)?;
     let body = read_body(body, MAX_BODY, edge.limits.body_read_timeout).await?;
     let spec: JobSpec = json_body(&body)?;
-    let job = blocking(&edge.hub, move |hub| hub.submit(spec, unix_now())).await?;
+    let job = blocking(&edge.hub, move |hub| hub.submit(spec, hub.now())).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
@@ -645,7 +638,7 @@ async fn stop_job(
     Path(id): Path<String>,
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
-    let job = blocking(&hub, move |hub| hub.stop_job(&id, unix_now())).await?;
+    let job = blocking(&hub, move |hub| hub.stop_job(&id, hub.now())).await?;
     Ok(Json(job).into_response())
 }
 
@@ -692,7 +685,7 @@ async fn shutdown_agent(
 ) -> Result<Response, HubError> {
     admin(&hub, &headers)?;
     blocking(&hub, move |hub| {
-        hub.request_agent_shutdown(&name, unix_now())
+        hub.request_agent_shutdown(&name, hub.now())
     })
     .await?;
     Ok(StatusCode::OK.into_response())
@@ -727,7 +720,7 @@ async fn prometheus(State(edge): State<Edge>, headers: HeaderMap) -> Result<Resp
 
 /// The hub's metrics in Prometheus's text format.
 fn render_prometheus(hub: &Hub) -> String {
-    let (types, counters) = hub.all_metrics(unix_now());
+    let (types, counters) = hub.all_metrics(hub.now());
     let mut out = String::new();
     out.push_str(
         "# HELP flotilla_hub_jobs Jobs by agent type and state.\n# TYPE flotilla_hub_jobs gauge\n",

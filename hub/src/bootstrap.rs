@@ -6,7 +6,7 @@
 //! and token files and the database (which holds jobs' environment secrets) are 0600 (SQLite
 //! gives its WAL and shared-memory files the database file's mode).
 
-use crate::api::unix_now;
+use crate::clock::unix_now;
 use crate::hub::HubConfig;
 use crate::store::{Durability, SqliteStore, Store, StoreError};
 use crate::tokens;

@@ -31,6 +31,7 @@ pub use console_api::JobDetail;
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
 
+use crate::clock::{Clock, SystemClock};
 use crate::store::{
     self, AgentStatus, Durability, JobRow, SqliteStore, Store, StoreError, StoreLocation,
 };
@@ -69,6 +70,8 @@ pub struct HubConfig {
     pub secret_retention_secs: i64,
     /// Live agents one agent type may have at once; registrations beyond get 429.
     pub max_agents_per_type: usize,
+    /// Where the HTTP API, the console and the housekeeping loop read the time.
+    pub clock: std::sync::Arc<dyn Clock>,
 }
 
 impl HubConfig {
@@ -86,6 +89,7 @@ impl HubConfig {
             default_time_limit_secs: 3600,
             secret_retention_secs: 3600,
             max_agents_per_type: 10_000,
+            clock: std::sync::Arc::new(SystemClock),
         }
     }
 }
@@ -210,6 +214,11 @@ impl Hub {
         })
     }
 
+    /// The time now, by the hub's clock (`HubConfig::clock`).
+    pub fn now(&self) -> i64 {
+        self.config.clock.now()
+    }
+
     pub fn config(&self) -> &HubConfig {
         &self.config
     }
@@ -309,7 +318,7 @@ impl Hub {
     fn fresh(&self) -> HubResult<MutexGuard<'_, Inner>> {
         let mut guard = self.lock();
         let Inner { store, core } = &mut *guard;
-        self.catch_up(store.as_ref(), core, crate::api::unix_now())?;
+        self.catch_up(store.as_ref(), core, self.now())?;
         Ok(guard)
     }
 

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod clock;
 pub mod console;
 pub mod hub;
 pub mod identity;

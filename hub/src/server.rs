@@ -14,7 +14,7 @@
 //! as hyper leaves it to the server: the permit per connection, the TLS handshake and the first
 //! request's deadline.
 
-use crate::api::{router_with, unix_now, EdgeLimits};
+use crate::api::{router_with, EdgeLimits};
 use crate::hub::Hub;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,17 +80,18 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> tokio::task::JoinHandle<()> {
             ticks += 1;
             let hub = hub.clone();
             let result = tokio::task::spawn_blocking(move || {
-                hub.refresh(unix_now())?;
-                let lost = hub.maintain(unix_now())?;
+                let now = hub.now();
+                hub.refresh(now)?;
+                let lost = hub.maintain(now)?;
                 if ticks.is_multiple_of(5) {
                     hub.checkpoint()?;
                 }
                 if ticks % crate::hub::SAMPLE_EVERY_SECS as u64 == 1 {
-                    hub.sample_history(unix_now());
+                    hub.sample_history(now);
                 }
                 if ticks % PURGE_EVERY_TICKS == 1 {
-                    hub.purge_secrets(unix_now())?;
-                    hub.prune_agents(unix_now())?;
+                    hub.purge_secrets(now)?;
+                    hub.prune_agents(now)?;
                 }
                 Ok::<_, crate::hub::HubError>(lost)
             })
@@ -111,7 +112,7 @@ async fn follow_replicas(hub: std::sync::Weak<Hub>, signal: Arc<tokio::sync::Not
         let Some(hub) = hub.upgrade() else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || hub.refresh(unix_now())).await;
+        let result = tokio::task::spawn_blocking(move || hub.refresh(hub.now())).await;
         if let Ok(Err(error)) = result {
             tracing::warn!(%error, "catching up with other replicas failed");
         }
@@ -185,7 +186,7 @@ pub async fn serve_limited(
     let result = connections::serve(listener, app, acceptor, limits, shutdown).await;
     housekeeping.abort();
     // A last flush of agents' last-sync times.
-    let _ = tokio::task::spawn_blocking(move || hub.maintain(unix_now())).await;
+    let _ = tokio::task::spawn_blocking(move || hub.maintain(hub.now())).await;
     result
 }
 

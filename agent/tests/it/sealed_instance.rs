@@ -507,6 +507,12 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
         "{agent_log}\n{}",
         instance.journal()
     );
+    // The positive control: the job's forged lines were written, and the journal holds them.
+    let journal = instance.root("journalctl --no-pager -o cat");
+    assert!(
+        journal.contains("FORGED-BY-THE-JOB") && journal.contains("FORGED-AUTH-LINE"),
+        "the job's logger lines are not in the journal: {journal}"
+    );
     let shipped = instance.root("cat /var/log/flotilla/*.log");
     assert!(!shipped.contains("FORGED"), "{shipped}");
     assert!(!shipped.contains("COMMAND="), "{shipped}");

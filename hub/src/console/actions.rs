@@ -4,7 +4,6 @@
 
 use super::layout::{self, csrf_field, Nav};
 use super::{auth, page, Console, Page};
-use crate::api::unix_now;
 use crate::hub::HubError;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -64,7 +63,7 @@ pub(super) async fn login(
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         return response;
     }
-    let id = console.sessions.start(unix_now());
+    let id = console.sessions.start(console.hub.now());
     let cookie = auth::set_cookie(Some(&id), console.secure);
     super::secured(([(header::SET_COOKIE, cookie)], Redirect::to("/console")).into_response())
 }
@@ -160,7 +159,7 @@ pub(super) async fn submit(
     Form(form): Form<SubmitForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    let job = console.hub.submit(spec_of(&form)?, unix_now())?;
+    let job = console.hub.submit(spec_of(&form)?, console.hub.now())?;
     tracing::info!(job = %job.id, "console: job submitted");
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }
@@ -172,7 +171,7 @@ pub(super) async fn stop(
     Form(form): Form<CsrfForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    let job = console.hub.stop_job(&id, unix_now())?;
+    let job = console.hub.stop_job(&id, console.hub.now())?;
     tracing::info!(job = %job.id, "console: stop requested");
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }

@@ -4,7 +4,6 @@
 
 use super::layout::{self, csrf_field, Nav};
 use super::{page, Console, Page};
-use crate::api::unix_now;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
@@ -24,7 +23,7 @@ fn gpus(agent: &AgentView) -> String {
 pub(super) async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
     let agents = console.hub.agents();
-    let now = unix_now();
+    let now = console.hub.now();
     let body = html! {
         @if agents.is_empty() { p.note { "No agent is connected." } }
         @else {
@@ -76,7 +75,7 @@ pub(super) async fn shutdown(
     console.action(&headers, &form.csrf)?;
     console
         .hub
-        .request_agent_shutdown(&name, crate::api::unix_now())?;
+        .request_agent_shutdown(&name, console.hub.now())?;
     tracing::info!(agent = %name, "console: shutdown requested");
     Ok(Redirect::to("/console/agents").into_response())
 }

@@ -5,7 +5,6 @@
 use super::layout::{self, csrf_field, Nav};
 use super::timeline::{self, Moments};
 use super::{logs, page, Console, Page};
-use crate::api::unix_now;
 use crate::hub::JobDetail;
 use crate::store::JobQuery;
 use axum::extract::{Path, Query, State};
@@ -103,7 +102,7 @@ pub(super) async fn list(
         .into_iter()
         .map(|t| t.0)
         .collect();
-    let now = unix_now();
+    let now = console.hub.now();
     let body = html! {
         (filters(&query, &types))
         table.jobs {
@@ -235,7 +234,7 @@ pub(super) async fn show(
         (summary(job, &session))
         section aria-labelledby="timeline" {
             h2 #timeline { "Timeline" }
-            (timeline_bar(&detail, unix_now()))
+            (timeline_bar(&detail, console.hub.now()))
         }
         section aria-labelledby="log" {
             h2 #log { "Log" }

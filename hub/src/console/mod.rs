@@ -21,7 +21,6 @@ mod logs;
 mod overview;
 mod timeline;
 
-use crate::api::unix_now;
 use crate::hub::{Hub, HubError};
 use auth::{Session, Sessions};
 use axum::extract::State;
@@ -83,7 +82,7 @@ impl Console {
     /// The signed-in session of a request, or [`ConsoleError::SignIn`].
     fn session(&self, headers: &HeaderMap) -> Result<Session, ConsoleError> {
         self.sessions
-            .find(headers, unix_now())
+            .find(headers, self.hub.now())
             .ok_or(ConsoleError::SignIn)
     }
 

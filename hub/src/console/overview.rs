@@ -3,14 +3,13 @@
 
 use super::layout::{self, Nav};
 use super::{chart, page, Console, Page};
-use crate::api::unix_now;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use maud::html;
 
 pub(super) async fn overview(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
-    let (types, _) = console.hub.all_metrics(unix_now());
+    let (types, _) = console.hub.all_metrics(console.hub.now());
     let body = html! {
         section aria-labelledby="now" {
             h2 #now { "Now" }

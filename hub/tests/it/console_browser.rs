@@ -197,14 +197,14 @@ async fn watch_the_queue_rise(client: &Client, served: &Served) {
     for index in 0..3 {
         let mut spec = JobSpec::from_commands("linux", &["make".into()]);
         spec.name = format!("waiting-{index}");
-        served.hub.submit(spec, console_support::now()).unwrap();
+        served.hub.submit(spec, served.now()).unwrap();
     }
     // No reload: the page's script refreshes the numbers.
     eventually("the overview shows 3 queued", || async {
         queued(client, "linux").await == "3"
     })
     .await;
-    served.hub.sample_history(console_support::now());
+    served.hub.sample_history(served.now());
     client.refresh().await.unwrap();
     screenshot(client, "overview").await;
 }
@@ -246,7 +246,7 @@ async fn follow_a_running_job_and_stop_it(client: &Client, served: &Served) {
         "live line 3"
     );
     // A command that runs stays unfolded: the next one's output shows as it arrives.
-    let t = console_support::now();
+    let t = served.now();
     served.push(
         &mut agent,
         &[
@@ -286,12 +286,12 @@ async fn follow_a_running_job_and_stop_it(client: &Client, served: &Served) {
 /// A GPU job whose every phase takes a second: queued, its instance launched, its agent
 /// registered, assigned, started, finished.
 async fn timeline_of_a_finished_job(client: &Client, served: &Served) {
-    let pause = || std::thread::sleep(Duration::from_millis(1100));
+    let pause = || served.clock.advance(1);
     let mut spec = JobSpec::from_commands("gpu", &["nvidia-smi".into()]);
     spec.name = "train".into();
-    let job = served.hub.submit(spec, console_support::now()).unwrap();
+    let job = served.hub.submit(spec, served.now()).unwrap();
     pause();
-    let launched = console_support::now();
+    let launched = served.now();
     pause();
     let mut agent = served.gpu_agent("i-0console00000001", launched);
     pause();
@@ -343,7 +343,7 @@ async fn hostile_text_stays_text(client: &Client, served: &Served) {
     let hostile = "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=1</script>\u{1b}[31m";
     let mut spec = JobSpec::from_commands("linux", &[format!("echo '{hostile}'")]);
     spec.name = hostile.into();
-    let job = served.hub.submit(spec, console_support::now()).unwrap();
+    let job = served.hub.submit(spec, served.now()).unwrap();
     goto(client, served, &format!("/console/jobs/{}", job.id)).await;
     assert_eq!(text(client, "h1").await, hostile);
     assert!(client

@@ -223,7 +223,7 @@ fn hostile_names_spec_values_and_log_lines_render_as_text_and_secrets_are_masked
     let mut spec = JobSpec::from_commands("linux", &[format!("echo {HOSTILE}")]);
     spec.name = format!("name {HOSTILE}");
     spec.env = BTreeMap::from([("API_KEY".to_string(), "sup3r-s3cret-value".to_string())]);
-    let job = served.hub.submit(spec, console_support::now()).unwrap();
+    let job = served.hub.submit(spec, served.now()).unwrap();
     let mut agent = served.linux_agent("hostile-agent");
     served.take_job(&mut agent);
     served.command(
@@ -284,7 +284,7 @@ fn the_jobs_list_filters_and_pages_newest_first() {
             "{}-{index:03}",
             if index % 2 == 0 { "build" } else { "test" }
         );
-        served.hub.submit(spec, console_support::now()).unwrap();
+        served.hub.submit(spec, served.now()).unwrap();
     }
     let first = browser.page("/console/jobs");
     assert!(
@@ -316,10 +316,10 @@ fn the_overview_and_agents_pages_show_the_queue_and_the_fleet() {
     let mut agent = served.linux_agent("worker-1");
     for _ in 0..3 {
         let spec = JobSpec::from_commands("linux", &["true".into()]);
-        served.hub.submit(spec, console_support::now()).unwrap();
+        served.hub.submit(spec, served.now()).unwrap();
     }
     served.take_job(&mut agent);
-    served.hub.sample_history(console_support::now());
+    served.hub.sample_history(served.now());
     let overview = browser.page("/console");
     let row = &overview[overview.find("data-agent-type=\"linux\"").unwrap()..];
     assert!(
@@ -367,10 +367,10 @@ fn the_instances_launch_time_from_its_identity_document_is_on_the_timeline() {
     let served = serve();
     let browser = sign_in(&served);
     let spec = JobSpec::from_commands("gpu", &["nvidia-smi".into()]);
-    let job = served.hub.submit(spec, console_support::now()).unwrap();
+    let job = served.hub.submit(spec, served.now()).unwrap();
     // Launched after the job was queued (pendingTime), registered later.
-    let launched = console_support::now() + 1;
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let launched = served.now() + 1;
+    served.clock.advance(2);
     let mut agent = served.gpu_agent("i-0http0000000001", launched);
     served.take_job(&mut agent);
     let page = browser.page(&format!("/console/jobs/{}", job.id));

@@ -7,6 +7,7 @@
 
 pub(crate) use testkit::imds;
 
+use hub::clock::{Clock, ManualClock};
 use hub::hub::{Hub, HubConfig};
 use hub::identity::Certificates;
 use hub::server::ConnectionLimits;
@@ -28,12 +29,10 @@ pub(crate) struct Served {
     /// Registration token of agent type "gpu" (instance identity required).
     pub gpu_token: String,
     pub signing_key: std::path::PathBuf,
+    /// The hub's clock: a test moves it instead of sleeping.
+    pub clock: Arc<ManualClock>,
     _server: Server,
     _dir: tempfile::TempDir,
-}
-
-pub(crate) fn now() -> i64 {
-    hub::api::unix_now()
 }
 
 /// Starts a hub with agent types "linux" and "gpu" (the latter bound to EC2 instances, with a
@@ -41,16 +40,19 @@ pub(crate) fn now() -> i64 {
 pub(crate) fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let (signing_key, cert) = imds::signing_key(dir.path(), "console-test");
+    let clock = Arc::new(ManualClock::starting_at(hub::clock::unix_now()));
     let mut config = HubConfig::new("http://127.0.0.1", ADMIN);
     config.identity_certificates = Some(Arc::new(Certificates::from_file(&cert).unwrap()));
-    let hub = Arc::new(testkit::stores::open(dir.path(), config, now()).unwrap());
-    let linux_token = hub.create_agent_type("linux", now()).unwrap();
+    config.clock = clock.clone();
+    let now = clock.now();
+    let hub = Arc::new(testkit::stores::open(dir.path(), config, now).unwrap());
+    let linux_token = hub.create_agent_type("linux", now).unwrap();
     let policy = IdentityPolicy {
         require_instance_identity: true,
         allowed_accounts: vec![ACCOUNT.into()],
         allowed_regions: vec![],
     };
-    let gpu_token = hub.create_agent_type_with("gpu", &policy, now()).unwrap();
+    let gpu_token = hub.create_agent_type_with("gpu", &policy, now).unwrap();
     let server = spawn_server(hub.clone(), ConnectionLimits::default());
     Served {
         url: format!("http://{}", server.address),
@@ -58,6 +60,7 @@ pub(crate) fn serve() -> Served {
         linux_token,
         gpu_token,
         signing_key,
+        clock,
         _server: server,
         _dir: dir,
     }
@@ -115,6 +118,11 @@ pub(crate) struct Agent {
 }
 
 impl Served {
+    /// The time now, by the hub's clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// Registers a single-job "linux" agent.
     pub(crate) fn linux_agent(&self, name: &str) -> Agent {
         self.register(&self.linux_token, name, None)
@@ -139,7 +147,7 @@ impl Served {
             flotilla_instance_identity: identity,
             ..RegisterRequest::default()
         };
-        let registered = self.hub.register(token, request, now()).unwrap();
+        let registered = self.hub.register(token, request, self.now()).unwrap();
         Agent {
             name: registered.name,
             token: registered.token,
@@ -157,7 +165,12 @@ impl Served {
 
     /// The job's first log push: the hub marks it started.
     pub(crate) fn start(&self, agent: &mut Agent) {
-        self.push(agent, &[LogEvent::JobStarted { timestamp: now() }]);
+        self.push(
+            agent,
+            &[LogEvent::JobStarted {
+                timestamp: self.now(),
+            }],
+        );
     }
 
     /// The agent syncs, is given the next job and fetches it.
@@ -166,12 +179,12 @@ impl Served {
             state: AgentState::WaitingForJobs,
             ..SyncRequest::default()
         };
-        let answer = self.hub.sync(&agent.token, &waiting, now()).unwrap();
+        let answer = self.hub.sync(&agent.token, &waiting, self.now()).unwrap();
         assert_eq!(answer.action, SyncAction::RunJob, "the agent gets a job");
         agent.job_id = answer.job_id;
         let request = self
             .hub
-            .job_request(&agent.token, &agent.job_id, now())
+            .job_request(&agent.token, &agent.job_id, self.now())
             .unwrap();
         agent.log_token = request.logger.token.clone();
     }
@@ -184,14 +197,14 @@ impl Served {
             .collect();
         let (job, token) = (&agent.job_id, &agent.log_token);
         self.hub
-            .push_logs(job, token, agent.lines, &body, now())
+            .push_logs(job, token, agent.lines, &body, self.now())
             .unwrap();
         agent.lines += events.len() as i64;
     }
 
     /// Pushes one command with `output` and its end.
     pub(crate) fn command(&self, agent: &mut Agent, directive: &str, output: &str, exit_code: i32) {
-        let t = now();
+        let t = self.now();
         let directive = directive.to_string();
         self.push(
             agent,
@@ -220,7 +233,7 @@ impl Served {
         self.push(
             agent,
             &[LogEvent::JobFinished {
-                timestamp: now(),
+                timestamp: self.now(),
                 result,
             }],
         );
@@ -230,7 +243,7 @@ impl Served {
             job_result: Some(result),
             ..SyncRequest::default()
         };
-        self.hub.sync(&agent.token, &finished, now()).unwrap();
+        self.hub.sync(&agent.token, &finished, self.now()).unwrap();
     }
 
     /// What the hub answers the agent's next sync while it runs its job.
@@ -240,6 +253,9 @@ impl Served {
             job_id: agent.job_id.clone(),
             ..SyncRequest::default()
         };
-        self.hub.sync(&agent.token, &running, now()).unwrap().action
+        self.hub
+            .sync(&agent.token, &running, self.now())
+            .unwrap()
+            .action
     }
 }

@@ -21,7 +21,7 @@ const ADMIN: &str = "edge-admin-token-0123456789";
 const METRICS_TOKEN: &str = "metrics-token-0123456789";
 
 fn now() -> i64 {
-    hub::api::unix_now()
+    hub::clock::unix_now()
 }
 
 /// A hub with agent type "linux", served on 127.0.0.1 within `limits`; stopped when dropped.

@@ -219,7 +219,7 @@ pub(crate) fn run(command: HubCommand) -> Result<i32> {
     }
     let public_url = public_url(&args);
     let config = hub_config(&args, secrets.hub_config(&public_url))?;
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     let hub = Hub::open(&args.data_dir, config, now)
         .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
     let store = args.data_dir.display().to_string();
@@ -251,7 +251,7 @@ fn serve_replica(args: &HubArgs) -> Result<i32> {
     }
     let public_url = public_url(args);
     let config = hub_config(args, HubConfig::new(&public_url, &admin_token))?;
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     let location = args.database.location(&args.data_dir);
     let hub = Hub::open_at(&location, config, now)
         .context("cannot open the hub's PostgreSQL database")?;

@@ -157,7 +157,7 @@ fn start_hub(args: &UpArgs) -> Result<RunningHub> {
     let listener = bind(&runtime, args.listen)?;
     let address = listener.local_addr()?;
     let url = format!("http://{address}");
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     let secrets = hub::bootstrap(&args.data_dir)?;
     let mut config = secrets.hub_config(&url);
     config.lost_after_secs = args.lost_after;
@@ -189,7 +189,7 @@ fn submit_all(hub: &Hub, specs: Vec<(PathBuf, JobSpec)>) -> Result<Vec<String>> 
     for (file, mut spec) in specs {
         spec.agent_type = AGENT_TYPE.to_string();
         let job = hub
-            .submit(spec, hub::api::unix_now())
+            .submit(spec, hub::clock::unix_now())
             .with_context(|| format!("submitting {}", file.display()))?;
         submitted.push(job.id);
     }

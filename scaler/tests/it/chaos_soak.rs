@@ -1,9 +1,10 @@
 //! The chaos soak: jobs through a real hub, `scaler run` and its local fleet (the scaler and its
-//! agents in a network namespace of their own, the hub on the host; `support/netbed.rs`) while a
+//! agents in a network namespace of their own, the hub on the host; `testkit::netbed`) while a
 //! seeded, replayable chaos driver SIGKILLs agents, `kill -9`s and restarts the hub, and cuts the
 //! link between them. Afterwards every job has ended exactly once and passed (each may be
 //! re-queued up to 20 times), its last attempt's log is complete, in order and without
-//! duplicates, the fleet is back to zero and no agent process is left.
+//! duplicates, the fleet is back to zero and no agent process is left; and the chaos happened:
+//! each kind at least once while the jobs ran (the kinds not done yet come first).
 //!
 //! Profiles: CI runs 200 jobs (`FLOTILLA_SOAK_JOBS`, default 200) with seed
 //! `FLOTILLA_SOAK_SEED` (default 18); the long profile is e.g. `FLOTILLA_SOAK_JOBS=1000`. The
@@ -42,6 +43,45 @@ struct Counts {
     link_cuts: u32,
 }
 
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    KillAgent,
+    RestartHub,
+    CutLink,
+    Nothing,
+}
+
+impl Counts {
+    /// The kinds of chaos not done yet.
+    fn missing(&self) -> Vec<Kind> {
+        [
+            (self.agents_killed, Kind::KillAgent),
+            (self.hub_restarts, Kind::RestartHub),
+            (self.link_cuts, Kind::CutLink),
+        ]
+        .into_iter()
+        .filter(|(count, _)| *count == 0)
+        .map(|(_, kind)| kind)
+        .collect()
+    }
+}
+
+/// The next kind of chaos: those not done yet first (in the seed's order), so that every run,
+/// however short, has each at least once; then 4 in 10 kills, 2 restarts, 3 cuts, 1 pause.
+fn choose(chaos: &mut Chaos, counts: &Counts) -> Kind {
+    let missing = counts.missing();
+    if !missing.is_empty() {
+        return missing[chaos.next(missing.len() as u64) as usize];
+    }
+    match chaos.next(10) {
+        0..=3 => Kind::KillAgent,
+        4 | 5 => Kind::RestartHub,
+        6..=8 => Kind::CutLink,
+        _ => Kind::Nothing,
+    }
+}
+
 fn submit_jobs(hub: &BedHub, count: usize) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     (0..count)
@@ -56,10 +96,11 @@ fn submit_jobs(hub: &BedHub, count: usize) -> Vec<String> {
         .collect()
 }
 
-/// One chaos action, chosen by the seed.
+/// One chaos action, chosen by the seed ([`choose`]). A kill finds no busy agent to kill now and
+/// then (it counts only when it killed one).
 fn act(chaos: &mut Chaos, hub: &mut BedHub, link: &Link, counts: &mut Counts) {
-    match chaos.next(10) {
-        0..=3 => {
+    match choose(chaos, counts) {
+        Kind::KillAgent => {
             let agents = hub.admin_get("/api/v1/agents");
             let busy: Vec<i64> = agents
                 .as_array()
@@ -74,18 +115,18 @@ fn act(chaos: &mut Chaos, hub: &mut BedHub, link: &Link, counts: &mut Counts) {
                 counts.agents_killed += 1;
             }
         }
-        4 | 5 => {
+        Kind::RestartHub => {
             hub.kill_9();
             hub.launch();
             counts.hub_restarts += 1;
         }
-        6..=8 => {
+        Kind::CutLink => {
             link.cut_port(hub.port);
             std::thread::sleep(Duration::from_millis(1000 + chaos.next(3000)));
             link.heal();
             counts.link_cuts += 1;
         }
-        _ => {}
+        Kind::Nothing => {}
     }
 }
 
@@ -144,6 +185,9 @@ fn jobs_end_exactly_once_through_killed_agents_hub_restarts_and_cut_links() {
         std::thread::sleep(Duration::from_millis(1500));
     }
     let elapsed = started.elapsed();
+    // The chaos happened: every kind at least once while jobs ran (a kill counts only when it
+    // killed a busy agent).
+    assert!(counts.missing().is_empty(), "chaos not done: {counts:?}");
     let mut attempts = 0;
     for (index, job) in jobs.iter().enumerate() {
         let view = hub.job(job);
