@@ -9,6 +9,7 @@ pub mod clock;
 pub mod console;
 pub mod hub;
 pub mod identity;
+pub mod prometheus;
 pub mod rules;
 pub mod server;
 pub mod store;

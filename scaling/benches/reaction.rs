@@ -63,7 +63,7 @@ fn measure(long_poll: bool, samples: usize) -> Vec<f64> {
         .enable_all()
         .build()
         .unwrap();
-    let now = hub::api::unix_now();
+    let now = hub::clock::unix_now();
     let hub = Arc::new(
         Hub::in_memory(HubConfig::new("http://127.0.0.1", "bench-admin-token"), now).unwrap(),
     );
@@ -107,7 +107,7 @@ fn measure(long_poll: bool, samples: usize) -> Vec<f64> {
         let enqueued = Instant::now();
         hub.submit(
             JobSpec::from_commands("default", &["true".to_string()]),
-            hub::api::unix_now(),
+            hub::clock::unix_now(),
         )
         .unwrap();
         let at = raised

@@ -10,7 +10,7 @@ use protocol::{AgentCounts, JobCounts, JobState, QueueMetrics};
 use std::collections::BTreeMap;
 
 /// Counters for the Prometheus endpoint.
-#[derive(Default, Clone)]
+#[derive(Debug, Default, Clone)]
 pub struct HubCounters {
     /// Finished jobs by (agent type, result).
     pub finished: BTreeMap<(String, String), u64>,
@@ -43,7 +43,7 @@ impl HubCounters {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Histogram {
     pub bounds: Vec<f64>,
     pub counts: Vec<u64>,

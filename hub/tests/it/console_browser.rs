@@ -8,7 +8,6 @@
 //! `target/` (cargo's test scratch directory), or to `docs/console/` (the README shows one)
 //! when `FLOTILLA_UPDATE_SCREENSHOTS=1`: a test run leaves the tree as it found it.
 
-
 use crate::console_support::{serve, Served, ADMIN};
 use fantoccini::elements::Element;
 use fantoccini::key::Key;

@@ -4,7 +4,6 @@
 //! lines rendered as text, secret values masked, the jobs list's filters and pages, and every
 //! page under 100 KB.
 
-
 use crate::console_support::{serve, Served, ADMIN};
 use protocol::{JobResult, JobSpec};
 use reqwest::blocking::{Client, Response};
