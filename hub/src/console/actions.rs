@@ -4,6 +4,7 @@
 
 use super::layout::{self, csrf_field, Nav};
 use super::{auth, page, Console, Page};
+use crate::api::blocking;
 use crate::hub::HubError;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -90,7 +91,7 @@ pub(super) async fn logout(
 
 pub(super) async fn submit_page(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
-    let types = console.hub.agent_types()?;
+    let types = blocking(&console.hub, |hub| hub.agent_types()).await?;
     let body = html! {
         form.submit method="post" action="/console/jobs" {
             (csrf_field(&session))
@@ -159,7 +160,8 @@ pub(super) async fn submit(
     Form(form): Form<SubmitForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    let job = console.hub.submit(spec_of(&form)?, console.hub.now())?;
+    let spec = spec_of(&form)?;
+    let job = blocking(&console.hub, move |hub| hub.submit(spec, hub.now())).await?;
     tracing::info!(job = %job.id, "console: job submitted");
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }
@@ -171,7 +173,7 @@ pub(super) async fn stop(
     Form(form): Form<CsrfForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    let job = console.hub.stop_job(&id, console.hub.now())?;
+    let job = blocking(&console.hub, move |hub| hub.stop_job(&id, hub.now())).await?;
     tracing::info!(job = %job.id, "console: stop requested");
     Ok(Redirect::to(&format!("/console/jobs/{}", job.id)).into_response())
 }

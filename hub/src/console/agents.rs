@@ -4,6 +4,7 @@
 
 use super::layout::{self, csrf_field, Nav};
 use super::{page, Console, Page};
+use crate::api::blocking;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect};
@@ -73,9 +74,11 @@ pub(super) async fn shutdown(
     Form(form): Form<ShutdownForm>,
 ) -> Page {
     console.action(&headers, &form.csrf)?;
-    console
-        .hub
-        .request_agent_shutdown(&name, console.hub.now())?;
+    let asked = name.clone();
+    blocking(&console.hub, move |hub| {
+        hub.request_agent_shutdown(&asked, hub.now())
+    })
+    .await?;
     tracing::info!(agent = %name, "console: shutdown requested");
     Ok(Redirect::to("/console/agents").into_response())
 }

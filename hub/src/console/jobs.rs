@@ -5,6 +5,7 @@
 use super::layout::{self, csrf_field, Nav};
 use super::timeline::{self, Moments};
 use super::{logs, page, Console, Page};
+use crate::api::blocking;
 use crate::hub::JobDetail;
 use crate::store::JobQuery;
 use axum::extract::{Path, Query, State};
@@ -95,7 +96,8 @@ pub(super) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Page {
     let session = console.session(&headers)?;
-    let (jobs, more) = console.hub.query_jobs(&query.job_query())?;
+    let asked = query.job_query();
+    let (jobs, more) = blocking(&console.hub, move |hub| hub.query_jobs(&asked)).await?;
     let types: Vec<String> = console
         .hub
         .agent_types()?
@@ -227,8 +229,10 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Page {
     let session = console.session(&headers)?;
-    let detail = console.hub.job_detail(&id)?;
-    let log = logs::first_page(&console.hub, &id)?;
+    let (detail, log) = blocking(&console.hub, move |hub| {
+        Ok((hub.job_detail(&id)?, logs::first_page(hub, &id)?))
+    })
+    .await?;
     let job = &detail.view;
     let body = html! {
         (summary(job, &session))

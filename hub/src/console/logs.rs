@@ -5,6 +5,7 @@
 
 use super::ansi::{self, Style};
 use super::{Console, Page};
+use crate::api::blocking;
 use crate::api::MAX_WAIT_SECONDS;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
@@ -186,11 +187,13 @@ pub(super) async fn follow(
     let notified = hub.logs_changed().notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let mut log = hub.logs(&id, query.from, FOLLOW_LINES)?;
+    let from = query.from;
+    let page = |id: String| blocking(hub, move |hub| hub.logs(&id, from, FOLLOW_LINES));
+    let mut log = page(id.clone()).await?;
     let wait = query.wait.min(MAX_WAIT_SECONDS);
     if log.lines.is_empty() && !log.job_finished && wait > 0 {
         let _ = tokio::time::timeout(Duration::from_secs(wait), notified).await;
-        log = hub.logs(&id, query.from, FOLLOW_LINES)?;
+        log = page(id).await?;
     }
     let answer = Follow {
         items: items(&log.lines),
@@ -211,7 +214,8 @@ pub(super) async fn raw(
     let mut text = String::new();
     let mut from = 0;
     loop {
-        let log = console.hub.logs(&id, from, 5000)?;
+        let asked = id.clone();
+        let log = blocking(&console.hub, move |hub| hub.logs(&asked, from, 5000)).await?;
         for line in &log.lines {
             match serde_json::from_str::<LogEvent>(line) {
                 Ok(event) => text.push_str(&renderer.render(&event)),
