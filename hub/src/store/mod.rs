@@ -27,19 +27,40 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// What went wrong in a store, named by situation whichever backend it came from (the hub's code
+/// and its HTTP edge never see a backend's own error types).
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The database did not answer, or answered with an error a later try may not meet (a lost
+    /// connection, a failover, a server shutting down): the caller may retry.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A statement failed in a way a retry does not fix (a bug, a full disk, a broken file).
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("cannot connect to PostgreSQL: {0}")]
+    Failed(String),
+    /// The database could not be opened or connected to as configured.
+    #[error("cannot connect to the database: {0}")]
     Connect(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A row changed since it was read (another replica wrote it): nothing was written.
     #[error("a row changed under this write (another hub replica wrote it)")]
     Conflict,
+}
+
+/// SQLite runs in this process: its errors are the statement's own, and a retry does not help.
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Failed(error.to_string())
+    }
+}
+
+/// PostgreSQL is a server over the network: its errors are treated as passing (the connection is
+/// made again at the next call, `postgres.rs`).
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> StoreError {
+        StoreError::Unavailable(format!("PostgreSQL: {error}"))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
