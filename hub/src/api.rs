@@ -48,7 +48,8 @@ impl IntoResponse for HubError {
             HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             HubError::Limit(message) => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
             HubError::Store(
-                error @ (StoreError::Conflict | StoreError::Unavailable(_) | StoreError::Connect(_)),
+                error
+                @ (StoreError::Conflict | StoreError::Unavailable(_) | StoreError::Connect(_)),
             ) => {
                 // Busy or briefly unreachable (a database failover): the client retries.
                 tracing::warn!(%error, "store unavailable");

@@ -84,7 +84,28 @@ fn scaler_run_with(
     for (name, value) in aws_env {
         command.env(name, value);
     }
+    // Every decision in the log, those that change nothing included: "nothing more happened" is
+    // then read off decisions made, not off a pause.
+    command.env("FLOTILLA_LOG", "info,scaling::control=debug");
     command.spawn().unwrap()
+}
+
+/// Waits until the scaler in `dir` has logged `more` decisions after those it had logged when
+/// called: the loop demonstrably went round (the positive control of a "nothing changed" check).
+fn wait_for_decisions(dir: &std::path::Path, more: usize) {
+    let decisions = || {
+        std::fs::read_to_string(dir.join("scaler.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(" decision"))
+            .count()
+    };
+    let before = decisions();
+    testkit::wait_for(
+        &format!("{more} more decisions"),
+        Duration::from_secs(30),
+        || decisions() >= before + more,
+    );
 }
 
 #[test]
@@ -114,8 +135,8 @@ fn queued_jobs_raise_the_groups_in_priority_order() {
         .group(&runtime, "gpu-ondemand")
         .2
         .contains(&"AZRebalance".to_string()));
-    // Raise only: a steady queue changes nothing more.
-    std::thread::sleep(Duration::from_secs(1));
+    // Raise only: a steady queue changes nothing more, over three more decisions.
+    wait_for_decisions(dir.path(), 3);
     assert_eq!(moto.group(&runtime, "gpu-ondemand").0, 3, "{}", log());
     assert!(log().contains("decision"), "{}", log());
     let _ = scaler.kill();
@@ -274,7 +295,7 @@ fn a_pool_that_cannot_launch_spills_its_share_to_the_next_pool() {
         Duration::from_secs(60),
         || moto.group(&runtime, "gpu-ondemand").0 == 4,
     );
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_decisions(dir.path(), 3);
     assert_eq!(
         moto.group(&runtime, "gpu-spot").1.len(),
         0,
