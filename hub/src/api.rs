@@ -36,35 +36,39 @@ pub const MAX_AGENT_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
+/// The HTTP status of each of the hub's errors: the one table, for the API and the console.
+pub(crate) fn status_of(error: &HubError) -> StatusCode {
+    match error {
+        HubError::Unauthorized => StatusCode::UNAUTHORIZED,
+        HubError::NotFound(_) => StatusCode::NOT_FOUND,
+        HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        HubError::Conflict(_) => StatusCode::CONFLICT,
+        HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+        HubError::LogFull => StatusCode::UNPROCESSABLE_ENTITY,
+        HubError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+        HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        // Busy or briefly unreachable (a database failover): the client retries.
+        HubError::Store(
+            StoreError::Conflict | StoreError::Unavailable(_) | StoreError::Connect(_),
+        ) => StatusCode::SERVICE_UNAVAILABLE,
+        HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for HubError {
     fn into_response(self) -> Response {
-        let (status, message) = match &self {
-            HubError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized".to_string()),
-            HubError::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
-            HubError::BadRequest(message) => (StatusCode::BAD_REQUEST, message.clone()),
-            HubError::Conflict(message) => (StatusCode::CONFLICT, message.clone()),
-            HubError::Forbidden(message) => (StatusCode::FORBIDDEN, message.clone()),
-            HubError::LogFull => (StatusCode::UNPROCESSABLE_ENTITY, self.to_string()),
-            HubError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
-            HubError::Limit(message) => (StatusCode::TOO_MANY_REQUESTS, message.clone()),
-            HubError::Store(
-                error
-                @ (StoreError::Conflict | StoreError::Unavailable(_) | StoreError::Connect(_)),
-            ) => {
-                // Busy or briefly unreachable (a database failover): the client retries.
+        let status = status_of(&self);
+        // A store's own words stay in the log.
+        let message = match &self {
+            HubError::Store(error) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::warn!(%error, "store unavailable");
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the hub's database is busy or unavailable; retry".to_string(),
-                )
+                "the hub's database is busy or unavailable; retry".to_string()
             }
             HubError::Store(error) => {
                 tracing::error!(%error, "store error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error".to_string(),
-                )
+                "internal error".to_string()
             }
+            other => other.to_string(),
         };
         (status, Json(ErrorBody { error: message })).into_response()
     }
@@ -723,4 +727,54 @@ async fn prometheus(State(edge): State<Edge>, headers: HeaderMap) -> Result<Resp
 fn render_prometheus(hub: &Hub) -> String {
     let (types, counters) = hub.all_metrics(hub.now());
     crate::prometheus::render(crate::prometheus::Scrape { types, counters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_status_and_a_store_never_shows_its_words() {
+        let table = [
+            (HubError::Unauthorized, StatusCode::UNAUTHORIZED),
+            (HubError::NotFound("no job x".into()), StatusCode::NOT_FOUND),
+            (HubError::BadRequest("bad".into()), StatusCode::BAD_REQUEST),
+            (HubError::Conflict("taken".into()), StatusCode::CONFLICT),
+            (HubError::Forbidden("no".into()), StatusCode::FORBIDDEN),
+            (HubError::LogFull, StatusCode::UNPROCESSABLE_ENTITY),
+            (
+                HubError::Limit("slow down".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (HubError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                HubError::Store(StoreError::Conflict),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                HubError::Store(StoreError::Unavailable("secret-host:5432".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                HubError::Store(StoreError::Failed("secret-table".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (error, status) in table {
+            assert_eq!(status_of(&error), status, "{error}");
+            let (words, from_store) = (error.to_string(), matches!(error, HubError::Store(_)));
+            let body = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(axum::body::to_bytes(
+                    error.into_response().into_body(),
+                    4096,
+                ))
+                .unwrap();
+            let body = String::from_utf8_lossy(&body);
+            // The positive control: the other errors' own words are in their bodies.
+            assert_eq!(body.contains(&words), !from_store, "{body}");
+            assert!(!body.contains("secret"), "{body}");
+        }
+    }
 }

@@ -114,7 +114,7 @@ impl IntoResponse for ConsoleError {
         let status = match &self {
             ConsoleError::SignIn => return Redirect::to("/console/login").into_response(),
             ConsoleError::Csrf => StatusCode::FORBIDDEN,
-            ConsoleError::Hub(error) => error_status(error),
+            ConsoleError::Hub(error) => crate::api::status_of(error),
         };
         let message = match &self {
             ConsoleError::Hub(HubError::Store(error)) => {
@@ -126,20 +126,6 @@ impl IntoResponse for ConsoleError {
         let mut response = page(layout::error_page(status, &message));
         *response.status_mut() = status;
         response
-    }
-}
-
-fn error_status(error: &HubError) -> StatusCode {
-    match error {
-        HubError::Unauthorized => StatusCode::UNAUTHORIZED,
-        HubError::NotFound(_) => StatusCode::NOT_FOUND,
-        HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        HubError::Conflict(_) => StatusCode::CONFLICT,
-        HubError::Forbidden(_) => StatusCode::FORBIDDEN,
-        HubError::LogFull => StatusCode::UNPROCESSABLE_ENTITY,
-        HubError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
-        HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        HubError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
