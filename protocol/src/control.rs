@@ -104,6 +104,22 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    /// Every state, in the order an agent goes through them.
+    pub const ALL: [AgentState; 5] = [
+        AgentState::WaitingForJobs,
+        AgentState::StartingJob,
+        AgentState::RunningJob,
+        AgentState::StoppingJob,
+        AgentState::FinishedJob,
+    ];
+
+    /// The state a wire name names, if any.
+    pub fn parse(text: &str) -> Option<AgentState> {
+        AgentState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::WaitingForJobs => "waiting-for-jobs",
@@ -467,5 +483,15 @@ mod tests {
     fn refresh_response_decodes() {
         let response: RefreshResponse = serde_json::from_str(r#"{"token":"new-token"}"#).unwrap();
         assert_eq!(response.token, "new-token");
+    }
+
+    #[test]
+    fn every_agent_state_parses_back_from_its_wire_name() {
+        for state in AgentState::ALL {
+            assert_eq!(AgentState::parse(state.as_str()), Some(state));
+            let wire = serde_json::to_string(&state).unwrap();
+            assert_eq!(wire, format!("\"{}\"", state.as_str()));
+        }
+        assert_eq!(AgentState::parse("lost"), None);
     }
 }

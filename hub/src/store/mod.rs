@@ -184,14 +184,6 @@ pub enum AgentStatus {
 }
 
 impl AgentStatus {
-    const REPORTED: [AgentState; 5] = [
-        AgentState::WaitingForJobs,
-        AgentState::StartingJob,
-        AgentState::RunningJob,
-        AgentState::StoppingJob,
-        AgentState::FinishedJob,
-    ];
-
     /// The stored text.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -208,10 +200,7 @@ impl AgentStatus {
             "disconnected" => Some(AgentStatus::Disconnected),
             "lost" => Some(AgentStatus::Lost),
             "revoked" => Some(AgentStatus::Revoked),
-            _ => AgentStatus::REPORTED
-                .into_iter()
-                .find(|state| state.as_str() == text)
-                .map(AgentStatus::Reported),
+            _ => AgentState::parse(text).map(AgentStatus::Reported),
         }
     }
 }
