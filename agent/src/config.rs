@@ -53,6 +53,8 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("job-user", Kind::Text),
     ("job-role-arn", Kind::Text),
     ("job-role-listen", Kind::Text),
+    ("job-role-container-listen", Kind::Text),
+    ("job-ecr-repositories", Kind::List),
     ("job-role-stack", Kind::Text),
     ("job-role-agent-type", Kind::Text),
     ("cache-bucket", Kind::Text),
@@ -491,11 +493,27 @@ fn job_role(
     Ok(crate::job_role::JobRoleOptions {
         role_arn: text(values, "job-role-arn")?,
         listen: text(values, "job-role-listen")?,
+        container_listen: text(values, "job-role-container-listen")?,
+        ecr_repositories: ecr_repositories(values)?,
         cache_bucket: text(values, "cache-bucket")?,
         stack: text(values, "job-role-stack")?,
         agent_type: text(values, "job-role-agent-type")?,
         region: String::new(),
     })
+}
+
+/// `job-ecr-repositories`: repository names only, as ECR spells them (nothing that widens an ARN).
+fn ecr_repositories(values: &BTreeMap<&'static str, Raw>) -> Result<Vec<String>, ConfigError> {
+    let names = list(values, "job-ecr-repositories")?;
+    match names
+        .iter()
+        .find(|name| !crate::job_role::rules::is_repository_name(name))
+    {
+        Some(bad) => Err(invalid(format!(
+            "Invalid ECR repository name '{bad}' in job-ecr-repositories: lower-case letters, digits and ._/- only. Exiting..."
+        ))),
+        None => Ok(names),
+    }
 }
 
 fn upload_job_logs(values: &BTreeMap<&'static str, Raw>) -> Result<UploadJobLogs, ConfigError> {
@@ -998,7 +1016,7 @@ mod tests {
             ]
             .concat(),
             &[("SEMAPHORE_AGENT_JOB_ROLE_STACK", "gpu-fleet")],
-            "job-role-agent-type: s1-gpu\njob-role-listen: 127.0.0.1:51681\n",
+            "job-role-agent-type: s1-gpu\njob-role-listen: 127.0.0.1:51681\njob-ecr-repositories: [team/app, base]\njob-role-container-listen: 169.254.170.2:51680\n",
         )
         .unwrap();
         let role = &config.job_role;
@@ -1007,7 +1025,16 @@ mod tests {
         assert_eq!(role.stack, "gpu-fleet");
         assert_eq!(role.agent_type, "s1-gpu");
         assert_eq!(role.listen, "127.0.0.1:51681");
+        assert_eq!(role.container_listen, "169.254.170.2:51680");
+        assert_eq!(role.ecr_repositories, ["team/app", "base"]);
         assert_eq!(load_with(BASE, &[], "").unwrap().job_role.role_arn, "");
+        let error = load_with(
+            BASE,
+            &[("SEMAPHORE_AGENT_JOB_ECR_REPOSITORIES", "ok *")],
+            "",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("'*'"), "{error}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! session is killed on stop and at the end (no leaked background processes); the job shell
 //! never sees the agent's `SEMAPHORE_AGENT_*` settings (tokens included).
 
+use crate::job_role::Caller;
 use crate::job_user::JobUser;
 use crate::joblog::JobLog;
 use crate::shell::{shell_quote_bytes, unix_now, Shell};
@@ -161,12 +162,10 @@ pub fn run_job(
         }
     };
     // The job's credentials are valid from here until the grant is dropped, after the job.
-    // Container jobs get none: their loopback is their own, where the endpoint is not.
-    let grant = options
-        .job_role
-        .as_ref()
-        .filter(|_| request.executor != "dockercompose")
-        .map(|role| role.grant(request, options.job_user.as_ref()));
+    let grant = match (&options.job_role, credentials_caller(request, options)) {
+        (Some(role), Some(caller)) => role.grant(request, options.job_user.as_ref(), caller),
+        _ => None,
+    };
     let granted_options;
     let options = match &grant {
         Some(grant) => {
@@ -184,6 +183,17 @@ pub fn run_job(
     drop(grant);
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Where the job calls the credential endpoint from: the machine (a shell job), `main` on the
+/// job's rootless engine, or nowhere (containers on the machine's Docker come from its bridge,
+/// which no local user owns: see [`crate::job_role`]).
+fn credentials_caller(request: &JobRequest, options: &JobOptions) -> Option<Caller> {
+    match (request.executor == "dockercompose", &options.compose.engine) {
+        (false, _) => Some(Caller::Host),
+        (true, crate::compose::engine::ContainerEngine::Rootless(_)) => Some(Caller::Container),
+        (true, crate::compose::engine::ContainerEngine::Host) => None,
+    }
 }
 
 /// `options` with `env` among the agent's env vars (exported into the job over its own values).

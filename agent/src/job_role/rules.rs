@@ -36,10 +36,20 @@ pub struct JobIdentity<'a> {
     pub agent_type: &'a str,
 }
 
+/// What the job role may reach, as far as the session policy narrows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach<'a> {
+    /// The toolbox cache's bucket ("": none).
+    pub cache_bucket: &'a str,
+    /// ECR repositories (names) the job may pull from and push to (`job-ecr-repositories`).
+    pub ecr_repositories: &'a [String],
+}
+
 /// The session for a job: its name is the job id (STS's characters only, 2–64 of them), its tags
 /// name the stack, agent type and job, and its policy allows the cache bucket's objects under the
-/// job's project (the toolbox's `cache` keeps them under `<project id>/`), nothing else.
-pub fn session(identity: &JobIdentity<'_>, cache_bucket: &str) -> Session {
+/// job's project (the toolbox's `cache` keeps them under `<project id>/`) and the named ECR
+/// repositories, nothing else.
+pub fn session(identity: &JobIdentity<'_>, reach: &Reach<'_>) -> Session {
     let tags = [
         ("flotilla:stack", identity.stack),
         ("flotilla:agent-type", identity.agent_type),
@@ -54,7 +64,7 @@ pub fn session(identity: &JobIdentity<'_>, cache_bucket: &str) -> Session {
     Session {
         name: session_name(identity.job_id),
         tags,
-        policy: session_policy(cache_bucket, identity.project_id),
+        policy: session_policy(reach, identity.project_id),
     }
 }
 
@@ -88,35 +98,82 @@ fn tag_value(value: &str) -> String {
         .collect()
 }
 
-/// The session policy: the cache's objects under the project, and listing that prefix. A job
-/// without a project (or a stack without a cache) gets a policy that allows nothing, so its
-/// credentials can do nothing but say who they are.
-pub fn session_policy(cache_bucket: &str, project_id: Option<&str>) -> String {
+/// The session policy: the cache's objects under the project and listing that prefix, and the
+/// named ECR repositories. A job that may reach nothing (no project or no cache, no repository)
+/// gets a policy that denies everything, so its credentials can do nothing but say who they are.
+/// The session policy only narrows: the stack's job role policy is what allows.
+pub fn session_policy(reach: &Reach<'_>, project_id: Option<&str>) -> String {
     let project = project_id.filter(|p| is_safe_prefix(p));
-    let statements = match (cache_bucket.is_empty(), project) {
-        (false, Some(project)) => serde_json::json!([
-            {
-                "Sid": "CacheObjectsOfThisProject",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                "Resource": format!("arn:aws:s3:::{cache_bucket}/{project}/*"),
-            },
-            {
-                "Sid": "ListThisProjectsCache",
-                "Effect": "Allow",
-                "Action": "s3:ListBucket",
-                "Resource": format!("arn:aws:s3:::{cache_bucket}"),
-                "Condition": {"StringLike": {"s3:prefix": [format!("{project}/*"), project]}},
-            },
-        ]),
-        _ => serde_json::json!([{
+    let mut statements = Vec::new();
+    if let (false, Some(project)) = (reach.cache_bucket.is_empty(), project) {
+        let bucket = reach.cache_bucket;
+        statements.push(serde_json::json!({
+            "Sid": "CacheObjectsOfThisProject",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": format!("arn:aws:s3:::{bucket}/{project}/*"),
+        }));
+        statements.push(serde_json::json!({
+            "Sid": "ListThisProjectsCache",
+            "Effect": "Allow",
+            "Action": "s3:ListBucket",
+            "Resource": format!("arn:aws:s3:::{bucket}"),
+            "Condition": {"StringLike": {"s3:prefix": [format!("{project}/*"), project]}},
+        }));
+    }
+    let repositories: Vec<String> = reach
+        .ecr_repositories
+        .iter()
+        .filter(|name| is_repository_name(name))
+        .map(|name| format!("arn:aws:ecr:*:*:repository/{name}"))
+        .collect();
+    if !repositories.is_empty() {
+        statements.push(serde_json::json!({
+            "Sid": "EcrLogin",
+            "Effect": "Allow",
+            "Action": "ecr:GetAuthorizationToken",
+            "Resource": "*",
+        }));
+        statements.push(serde_json::json!({
+            "Sid": "EcrPullAndPushTheNamedRepositories",
+            "Effect": "Allow",
+            "Action": ECR_ACTIONS,
+            "Resource": repositories,
+        }));
+    }
+    if statements.is_empty() {
+        statements.push(serde_json::json!({
             "Sid": "Nothing",
             "Effect": "Deny",
             "Action": "*",
             "Resource": "*",
-        }]),
-    };
+        }));
+    }
     serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// What a job may do in a named ECR repository: pull and push images (the stacks' job role
+/// policy allows the same list, `infra/`).
+pub const ECR_ACTIONS: &[&str] = &[
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:BatchGetImage",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:DescribeImages",
+    "ecr:ListImages",
+    "ecr:InitiateLayerUpload",
+    "ecr:UploadLayerPart",
+    "ecr:CompleteLayerUpload",
+    "ecr:PutImage",
+];
+
+/// An ECR repository name as ECR allows it (lower-case letters, digits, `._/-`, 2–256
+/// characters): nothing that could widen an ARN (`*`, `?`, `:`).
+pub fn is_repository_name(name: &str) -> bool {
+    (2..=256).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._/-".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// A project id that can stand in an ARN's resource path as it is (Semaphore's are UUIDs).
@@ -133,15 +190,18 @@ pub fn needs_refresh(expiration: i64, now: i64) -> bool {
     expiration - now < REFRESH_BEFORE_SECS
 }
 
-/// The uid owning the TCP socket whose local address is `peer` and remote address `server`, from
-/// the text of `/proc/net/tcp`: on loopback, the process that called the endpoint.
-pub fn socket_owner(table: &str, peer: SocketAddrV4, server: SocketAddrV4) -> Option<u32> {
-    let (peer, server) = (proc_address(peer), proc_address(server));
+/// The uid owning the TCP socket whose local address is `peer` and remote address one of
+/// `servers` (the endpoint's addresses), from the text of `/proc/net/tcp`: on this machine's own
+/// addresses, the process that called the endpoint (for a container on the job's rootless engine,
+/// its network helper, which runs as the job user).
+pub fn socket_owner(table: &str, peer: SocketAddrV4, servers: &[SocketAddrV4]) -> Option<u32> {
+    let peer = proc_address(peer);
+    let servers: Vec<String> = servers.iter().map(|s| proc_address(*s)).collect();
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let matches = fields.len() > 7
             && fields[1].eq_ignore_ascii_case(&peer)
-            && fields[2].eq_ignore_ascii_case(&server);
+            && servers.iter().any(|s| fields[2].eq_ignore_ascii_case(s));
         matches.then(|| fields[7].parse().ok()).flatten()
     })
 }
@@ -193,8 +253,12 @@ mod tests {
 
     #[test]
     fn the_session_policy_allows_the_projects_cache_and_nothing_else() {
+        let cache = |bucket| Reach {
+            cache_bucket: bucket,
+            ecr_repositories: &[],
+        };
         let policy: serde_json::Value =
-            serde_json::from_str(&session_policy("cache-b", Some("p-1"))).unwrap();
+            serde_json::from_str(&session_policy(&cache("cache-b"), Some("p-1"))).unwrap();
         let statements = policy["Statement"].as_array().unwrap();
         assert_eq!(statements[0]["Resource"], "arn:aws:s3:::cache-b/p-1/*");
         assert_eq!(statements[1]["Resource"], "arn:aws:s3:::cache-b");
@@ -209,12 +273,46 @@ mod tests {
             ("cache-b", Some("../other")),
         ] {
             let policy: serde_json::Value =
-                serde_json::from_str(&session_policy(bucket, project)).unwrap();
+                serde_json::from_str(&session_policy(&cache(bucket), project)).unwrap();
             assert_eq!(
                 policy["Statement"][0]["Effect"], "Deny",
                 "{bucket} {project:?}"
             );
         }
+    }
+
+    #[test]
+    fn named_ecr_repositories_are_pulled_from_and_pushed_to_and_nothing_wider() {
+        let repositories = ["team/app".to_string(), "*".to_string(), "a:b".to_string()];
+        let reach = Reach {
+            cache_bucket: "",
+            ecr_repositories: &repositories,
+        };
+        let policy: serde_json::Value =
+            serde_json::from_str(&session_policy(&reach, Some("p-1"))).unwrap();
+        let statements = policy["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 2, "{policy}");
+        assert_eq!(statements[0]["Action"], "ecr:GetAuthorizationToken");
+        assert_eq!(
+            statements[1]["Resource"],
+            serde_json::json!(["arn:aws:ecr:*:*:repository/team/app"])
+        );
+        assert!(statements[1]["Action"]
+            .as_array()
+            .unwrap()
+            .contains(&"ecr:PutImage".into()));
+        // Only names that would widen the ARN: nothing allowed at all.
+        let wide = ["*".to_string(), "x?".to_string(), "".to_string()];
+        let policy = session_policy(
+            &Reach {
+                cache_bucket: "",
+                ecr_repositories: &wide,
+            },
+            None,
+        );
+        let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+        assert_eq!(policy["Statement"][0]["Effect"], "Deny", "{policy}");
+        assert_eq!(policy["Statement"].as_array().unwrap().len(), 1);
     }
 
     #[test]
@@ -225,7 +323,7 @@ mod tests {
             stack: "gpu-fleet",
             agent_type: "s1-gpu;evil",
         };
-        let session = session(&identity, "b");
+        let session = session(&identity, &Reach::default());
         let tags: Vec<(&str, &str)> = session
             .tags
             .iter()
@@ -259,11 +357,14 @@ mod tests {
 ";
         let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0xC8D0);
         let peer = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0xD2F0);
-        assert_eq!(socket_owner(table, peer, server), Some(2001));
+        let link_local = SocketAddrV4::new(Ipv4Addr::new(169, 254, 170, 2), 0xC8D0);
+        assert_eq!(socket_owner(table, peer, &[server]), Some(2001));
+        assert_eq!(socket_owner(table, peer, &[link_local, server]), Some(2001));
         // The server's own end of the same connection is root's: the direction matters.
-        assert_eq!(socket_owner(table, server, peer), Some(0));
+        assert_eq!(socket_owner(table, server, &[peer]), Some(0));
         let elsewhere = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0xD2F1);
-        assert_eq!(socket_owner(table, elsewhere, server), None);
+        assert_eq!(socket_owner(table, elsewhere, &[server]), None);
+        assert_eq!(socket_owner(table, peer, &[link_local]), None);
         assert_eq!(
             proc_address(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 15), 80)),
             "0F02000A:0050"

@@ -15,7 +15,8 @@ pub(super) struct Shared {
     pub grants: Mutex<Vec<Granted>>,
     pub role_arn: String,
     pub sts: aws_sdk_sts::Client,
-    pub address: SocketAddrV4,
+    /// Every address the endpoint listens on (a caller's socket points at one of them).
+    pub addresses: Vec<SocketAddrV4>,
 }
 
 /// A job's token, whose connections it is accepted from, its session, its credentials so far.
@@ -54,9 +55,14 @@ fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Serves `listener` on a thread with a runtime of its own, for the agent's lifetime.
-pub(super) fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
+/// Serves `listeners` on a thread with a runtime of its own, for the agent's lifetime.
+pub(super) fn spawn(
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+) -> std::io::Result<()> {
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -64,23 +70,31 @@ pub(super) fn spawn(listener: std::net::TcpListener, shared: Arc<Shared>) -> std
         .name("job-credentials".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::error!("The job credential endpoint cannot listen: {error}");
-                        return;
-                    }
-                };
-                let app = axum::Router::new()
-                    .route(super::CREDENTIALS_PATH, axum::routing::get(credentials))
-                    .with_state(shared)
-                    .into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(error) = axum::serve(listener, app).await {
-                    tracing::error!("The job credential endpoint stopped: {error}");
+                let mut served = tokio::task::JoinSet::new();
+                for listener in listeners {
+                    served.spawn(serve(listener, shared.clone()));
                 }
+                while served.join_next().await.is_some() {}
             });
         })?;
     Ok(())
+}
+
+async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!("The job credential endpoint cannot listen: {error}");
+            return;
+        }
+    };
+    let app = axum::Router::new()
+        .route(super::CREDENTIALS_PATH, axum::routing::get(credentials))
+        .with_state(shared)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!("The job credential endpoint stopped: {error}");
+    }
 }
 
 /// Why a request gets no credentials (mapped to a status here, at the edge).
@@ -118,7 +132,7 @@ async fn credentials(
     let caller = match peer {
         SocketAddr::V4(peer) => std::fs::read_to_string("/proc/net/tcp")
             .ok()
-            .and_then(|table| rules::socket_owner(&table, peer, shared.address)),
+            .and_then(|table| rules::socket_owner(&table, peer, &shared.addresses)),
         SocketAddr::V6(_) => None,
     };
     let (session, cached) = {

@@ -12,7 +12,7 @@ use testkit::moto;
 use testkit::sequences;
 
 use agent::job::{job_environment, JobOptions};
-use agent::job_role::{JobRole, JobRoleOptions};
+use agent::job_role::{Caller, JobRole, JobRoleOptions};
 use protocol::{EnvVar, JobRequest, JobResult};
 use sequences::{commands, run_watched, simplified};
 use std::process::Command;
@@ -124,6 +124,7 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
         stack: "test-stack".into(),
         agent_type: "s1-test".into(),
         region: moto::REGION.into(),
+        ..JobRoleOptions::default()
     };
     let role = JobRole::start(options, &moto.sdk(&runtime)).unwrap();
     let url = format!(
@@ -167,7 +168,13 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
     assert_eq!(status(&ask(Some(user), &url, Some(finished))), "403");
 
     // A running job's token: its user gets credentials (the positive control of every refusal).
-    let grant = role.grant(&job("job-role-test-2", &[]), options.job_user.as_ref());
+    let grant = role
+        .grant(
+            &job("job-role-test-2", &[]),
+            options.job_user.as_ref(),
+            Caller::Host,
+        )
+        .unwrap();
     let token = grant
         .env
         .iter()
@@ -201,7 +208,13 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
         agent::job_role::CREDENTIALS_PATH
     );
     assert_eq!(status(&ask(Some(user), &other_url, Some(&token))), "403");
-    let its_own = other_machine.grant(&job("job-role-test-3", &[]), options.job_user.as_ref());
+    let its_own = other_machine
+        .grant(
+            &job("job-role-test-3", &[]),
+            options.job_user.as_ref(),
+            Caller::Host,
+        )
+        .unwrap();
     let its_token = &its_own
         .env
         .iter()

@@ -628,6 +628,11 @@ const CONTAINER_ATTACKS: &[(&str, &str)] = &[
     ("mount-job-record", "host_cat /var/lib/flotilla/job-taken | grep -q container-attacks"),
     ("mount-agent-home", "host_cat /home/flotilla/.bashrc | grep -q 'executed by bash'"),
     ("service-imds", "service_says SVC-CROSSED"),
+    // The job credential endpoint, as `main` reaches it: nothing without the job's token, no
+    // other role, and the machine's loopback address is `main`'s own.
+    ("credentials-without-token", "curl -sf -m 3 \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\""),
+    ("credentials-of-another-role", "curl -sf -m 3 -H \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \"${AWS_CONTAINER_CREDENTIALS_FULL_URI%/v1/*}/v1/credentials/agent-role\""),
+    ("credentials-on-host-loopback", "curl -sf -m 3 -H \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" http://127.0.0.1:51680/v1/credentials"),
 ];
 
 /// Shell functions for the attacks: `host_cat PATH` reads PATH through a container with the
@@ -654,6 +659,10 @@ fn container_attack_job(image: &str, hub: &str) -> protocol::JobRequest {
         ),
         protocol::Command::new(
             "out=$(host_cat /etc/os-release); case \"$out\" in *ID=*) echo 'SEEN mount';; *) echo \"MISSING mount: $out\";; esac",
+        ),
+        // The job role's credentials reach `main` (the positive control of the endpoint's rows).
+        protocol::Command::new(
+            "out=$(curl -s -m 5 -H \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" \"$AWS_CONTAINER_CREDENTIALS_FULL_URI\"); case \"$out\" in *AccessKeyId*) echo 'SEEN container-credentials';; *) echo \"MISSING container-credentials at $AWS_CONTAINER_CREDENTIALS_FULL_URI: $out\";; esac",
         ),
     ];
     for (name, attack) in CONTAINER_ATTACKS {
@@ -735,7 +744,12 @@ fn a_booted_instance_runs_a_container_job_on_its_own_engine_which_stays_sealed()
     println!("{log}");
     // Output lines, not the directives that print them.
     let printed = |text: &str| log.lines().any(|line| line.trim_end() == text);
-    for seen in ["SEEN own-engine", "SEEN mount", "SEEN service"] {
+    for seen in [
+        "SEEN own-engine",
+        "SEEN mount",
+        "SEEN service",
+        "SEEN container-credentials",
+    ] {
         assert!(
             printed(seen),
             "{seen} missing:\n{log}\n{}",
