@@ -59,6 +59,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("job-role-agent-type", Kind::Text),
     ("cache-bucket", Kind::Text),
     ("give-up-after", Kind::Int),
+    ("keep-failed-instance-minutes", Kind::Int),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +133,9 @@ pub struct Config {
     /// Seconds without a successful sync after which the agent gives up (stops its job, exits
     /// `UNABLE_TO_SYNC`); 0 in a `Config::default()` means [`protocol::GIVE_UP_AFTER_SECS`].
     pub give_up_after: i64,
+    /// Debug jobs: on EC2, keep the instance this many minutes after a failed job (in Standby)
+    /// before removing it; 0: never.
+    pub keep_failed_instance_minutes: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -484,6 +488,7 @@ fn build(
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
         give_up_after: give_up_after(values)?,
+        keep_failed_instance_minutes: keep_failed_instance_minutes(values)?,
     })
 }
 
@@ -621,6 +626,19 @@ fn give_up_after(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigErro
     Ok(seconds)
 }
 
+/// The most a failed job's instance may be kept: a day (the stacks allow 12 hours).
+pub const MAX_KEEP_FAILED_MINUTES: i64 = 24 * 60;
+
+fn keep_failed_instance_minutes(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigError> {
+    let minutes = int(values, "keep-failed-instance-minutes", 0)?;
+    if !(0..=MAX_KEEP_FAILED_MINUTES).contains(&minutes) {
+        return Err(invalid(format!(
+            "keep-failed-instance-minutes must be 0 to {MAX_KEEP_FAILED_MINUTES}, got {minutes}. Exiting..."
+        )));
+    }
+    Ok(minutes)
+}
+
 /// docs/protocol.md §2.8: a URL (Go's `url.ParseRequestURI`) has no length limit; any other name
 /// must have 8..=80 bytes.
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
@@ -717,6 +735,30 @@ mod tests {
         for (list, message) in table {
             let error = load(&args(list), &env(&[]), &no_file).unwrap_err();
             assert_eq!(error.to_string(), *message, "args {list:?}");
+        }
+    }
+
+    #[test]
+    fn failed_instances_are_kept_only_within_a_day() {
+        assert_eq!(
+            load_with(BASE, &[], "")
+                .unwrap()
+                .keep_failed_instance_minutes,
+            0
+        );
+        let config = load_with(BASE, &[], "keep-failed-instance-minutes: 30\n").unwrap();
+        assert_eq!(config.keep_failed_instance_minutes, 30);
+        for bad in ["-1", "1441"] {
+            let error = load_with(
+                &[BASE, &["--keep-failed-instance-minutes", bad]].concat(),
+                &[],
+                "",
+            )
+            .unwrap_err();
+            assert!(
+                error.to_string().contains("keep-failed-instance-minutes"),
+                "{error}"
+            );
         }
     }
 

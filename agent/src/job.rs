@@ -53,6 +53,8 @@ pub struct JobOptions {
     /// `job-role-arn`: short-lived credentials of the stack's job role for each job
     /// ([`crate::job_role`]); `None`: the job gets no AWS credentials from the agent.
     pub job_role: Option<crate::job_role::JobRole>,
+    /// Debug jobs: a failed job's scratch directory (its environment files) is kept, not removed.
+    pub keep_failed_scratch: bool,
 }
 
 /// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
@@ -181,7 +183,12 @@ pub fn run_job(
         run_in_shell(request, options, log, control, &scratch)
     };
     drop(grant);
-    let _ = std::fs::remove_dir_all(&scratch);
+    // A failed job's environment files stay for a debug session (`flotilla-debug-job`).
+    if result == JobResult::Failed && options.keep_failed_scratch {
+        tracing::info!("Keeping the failed job's files in {}", scratch.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     result
 }
 

@@ -102,6 +102,21 @@ impl Interrupter {
     }
 }
 
+/// The result of the listener's last job, readable after [`Listener::run`] returns (the agent
+/// keeps a failed job's instance for debugging: `keep-failed-instance-minutes`).
+#[derive(Debug, Clone, Default)]
+pub struct LastJob(Arc<std::sync::Mutex<Option<JobResult>>>);
+
+impl LastJob {
+    pub fn get(&self) -> Option<JobResult> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, result: JobResult) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+    }
+}
+
 struct RunningJob {
     control: Arc<JobControl>,
     thread: JoinHandle<()>,
@@ -122,6 +137,7 @@ pub struct Listener {
     job_record: Option<JobRecord>,
     /// The EC2 instance identity sent at registration (a Flotilla extension; `--ec2` only).
     instance_identity: Option<protocol::InstanceIdentity>,
+    last_job: LastJob,
 }
 
 impl Listener {
@@ -144,7 +160,13 @@ impl Listener {
             job: None,
             gpus: Vec::new(),
             instance_identity: None,
+            last_job: LastJob::default(),
         }
+    }
+
+    /// A handle on the result of the last job this listener runs.
+    pub fn last_job(&self) -> LastJob {
+        self.last_job.clone()
     }
 
     /// A handle that interrupts this listener from another thread.
@@ -325,6 +347,9 @@ impl Listener {
     }
 
     fn apply(&mut self, event: Event, wait: &mut Option<Duration>) -> Applied {
+        if let Event::JobFinished { result } = &event {
+            self.last_job.set(*result);
+        }
         let (next, effects) = step(&self.state, event);
         self.state = next;
         let mut applied = Applied::Continue;

@@ -14,6 +14,7 @@ use protocol::{JobRequest, JobResult, LogEvent};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::level_filters::LevelFilter;
@@ -199,7 +200,9 @@ fn remove_instance(reason: &str, imds_endpoint: &str, region: &str, poweroff: &s
         .context("cannot read the instance id")?;
     let aws = Aws::load(region)?;
     println!("removing instance {instance_id} ({reason})");
-    let (steps, leaving) = aws.remove_instance(&instance_id, poweroff);
+    // A kept debug instance (Standby) was decremented when it was kept: not a second time.
+    let in_standby = aws.in_standby(&instance_id);
+    let (steps, leaving) = aws.remove_instance(&instance_id, poweroff, in_standby);
     for step in steps {
         println!("  {step}");
     }
@@ -277,6 +280,7 @@ fn start(options: &[String]) -> Result<i32> {
     tracing::info!("{}", agent::gpu::describe(&gpus));
     // On EC2 the agent removes its own instance when it exits, unless told to keep it.
     let remove_instance = config.ec2 && !config.ec2_keep_instance;
+    let keep_minutes = config.keep_failed_instance_minutes;
     let poweroff_command = config.ec2_poweroff_command.clone();
     let mut job_options = job_options(&config, &gpus)?;
     if let Some(aws) = aws
@@ -298,14 +302,49 @@ fn start(options: &[String]) -> Result<i32> {
             tracing::error!("Could not watch for spot interruption notices: {error}");
         }
     }
+    let last_job = listener.last_job();
     let code = listener.run(name);
     if let (Some(aws), Some(ec2), true) = (&aws, &ec2, remove_instance) {
         // Logs are flushed: the job's teardown delivered them before the last sync.
-        for step in aws.remove_instance(&ec2.instance_id, &poweroff_command).0 {
+        let kept = agent::cloud::keep_failed_for(keep_minutes, last_job.get(), remove_instance)
+            .is_some_and(|keep| keep_for_debugging(aws, &ec2.instance_id, keep));
+        for step in aws
+            .remove_instance(&ec2.instance_id, &poweroff_command, kept)
+            .0
+        {
             tracing::info!("Instance removal: {step}");
         }
     }
     Ok(code)
+}
+
+/// Debug jobs: keeps this instance, in Standby, for `keep` (or until the agent is told to stop)
+/// so that someone can connect with Session Manager and run `sudo flotilla-debug-job`. Returns
+/// whether it was kept (in Standby, to be terminated without a second decrement).
+fn keep_for_debugging(aws: &Aws, instance_id: &str, keep: std::time::Duration) -> bool {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(error) = signal_hook::flag::register(signal, stop.clone()) {
+            tracing::error!("Not keeping the instance: cannot watch for signals: {error}");
+            return false;
+        }
+    }
+    match aws.enter_standby(instance_id) {
+        Ok(group) => tracing::info!(
+            "The job failed: keeping {instance_id} for {} minutes, in Standby in {group} (out of the queue and of scale-in). To debug it: connect with Session Manager and run 'sudo flotilla-debug-job' (a shell as the job user in the job's environment).",
+            keep.as_secs() / 60
+        ),
+        Err(error) => {
+            tracing::error!("Not keeping the failed job's instance: {error}");
+            return false;
+        }
+    }
+    let until = std::time::Instant::now() + keep;
+    while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    tracing::info!("Done keeping {instance_id} for debugging: removing it");
+    true
 }
 
 /// The agent's own log, at `SEMAPHORE_AGENT_LOG_LEVEL`, to stdout and the log file.
@@ -413,6 +452,9 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
                 .then(|| Duration::from_secs(config.container_pull_stall_timeout as u64)),
         },
         job_role: None,
+        keep_failed_scratch: config.ec2
+            && !config.ec2_keep_instance
+            && config.keep_failed_instance_minutes > 0,
     })
 }
 

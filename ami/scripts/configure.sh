@@ -76,6 +76,8 @@ if [ -f "$STAGING/scaler" ]; then install -m 0755 "$STAGING/scaler" /usr/local/b
 install -d -m 0755 /usr/local/lib/flotilla
 install -m 0755 "$STAGING/scripts/flotilla-boot" "$STAGING/scripts/flotilla-boot-deadline" \
   "$STAGING/scripts/flotilla-seal" "$STAGING/scripts/flotilla-hub-boot" /usr/local/lib/flotilla/
+# Debug jobs (KeepFailedInstanceMinutes): `sudo flotilla-debug-job` from a Session Manager session.
+install -m 0755 "$STAGING/scripts/flotilla-debug-job" /usr/local/bin/flotilla-debug-job
 if [ -f "$STAGING/cloudwatch-agent.json" ]; then
   install -m 0644 "$STAGING/cloudwatch-agent.json" /usr/local/lib/flotilla/cloudwatch-agent.json
 fi

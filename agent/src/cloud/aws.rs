@@ -1,7 +1,8 @@
 //! The AWS calls an agent makes: its registration token from an SSM SecureString, and removing its
 //! own instance after its last job — `TerminateInstanceInAutoScalingGroup` with decrement, then
 //! without (at MinSize the first is refused), then `SetInstanceHealth(Unhealthy)` and a power-off,
-//! so a one-job machine never lingers. Credentials and region come from the standard chain (on EC2:
+//! so a one-job machine never lingers; for a debug job, first `EnterStandby` (out of service, out of
+//! scale-in and the reaper, desired capacity decremented) while the instance is kept. Credentials and region come from the standard chain (on EC2:
 //! the instance profile and IMDS); `AWS_ENDPOINT_URL` points the SDK elsewhere (tests use moto).
 
 use aws_config::BehaviorVersion;
@@ -22,6 +23,10 @@ pub enum AwsError {
     NoSuchParameter { name: String },
     #[error("reading SSM parameter '{name}': {message}")]
     Ssm { name: String, message: String },
+    #[error("instance {instance} is in no Auto Scaling group")]
+    NoGroup { instance: String },
+    #[error("putting instance {instance} into Standby: {message}")]
+    Standby { instance: String, message: String },
 }
 
 pub struct Aws {
@@ -92,16 +97,76 @@ impl Aws {
         }
     }
 
+    /// Whether `instance_id` is in Standby in its group (a kept debug instance); `false` when that
+    /// cannot be told.
+    pub fn in_standby(&self, instance_id: &str) -> bool {
+        let client = aws_sdk_autoscaling::Client::new(&self.config);
+        let described = self.runtime.block_on(
+            client
+                .describe_auto_scaling_instances()
+                .instance_ids(instance_id)
+                .send(),
+        );
+        described.ok().is_some_and(|described| {
+            described
+                .auto_scaling_instances()
+                .iter()
+                .any(|instance| instance.lifecycle_state() == Some("Standby"))
+        })
+    }
+
+    /// Puts `instance_id` into Standby in its group, decrementing desired capacity: the group
+    /// neither replaces it nor scales it in, and the reaper judges in-service instances only.
+    /// Returns the group's name.
+    pub fn enter_standby(&self, instance_id: &str) -> Result<String, AwsError> {
+        let client = aws_sdk_autoscaling::Client::new(&self.config);
+        let failed = |error: String| AwsError::Standby {
+            instance: instance_id.to_string(),
+            message: error,
+        };
+        let described = self
+            .runtime
+            .block_on(
+                client
+                    .describe_auto_scaling_instances()
+                    .instance_ids(instance_id)
+                    .send(),
+            )
+            .map_err(|error| failed(DisplayErrorContext(&error).to_string()))?;
+        let group = described
+            .auto_scaling_instances()
+            .first()
+            .and_then(|instance| instance.auto_scaling_group_name())
+            .ok_or_else(|| AwsError::NoGroup {
+                instance: instance_id.to_string(),
+            })?
+            .to_string();
+        self.runtime
+            .block_on(
+                client
+                    .enter_standby()
+                    .auto_scaling_group_name(&group)
+                    .instance_ids(instance_id)
+                    .should_decrement_desired_capacity(true)
+                    .send(),
+            )
+            .map_err(|error| failed(DisplayErrorContext(&error).to_string()))?;
+        Ok(group)
+    }
+
     /// Removes `instance_id` from its group and ends it; returns what was done, step by step, and
-    /// whether the instance is on its way out (terminated, marked unhealthy or powered off).
+    /// whether the instance is on its way out (terminated, marked unhealthy or powered off). An
+    /// instance put into Standby was decremented already: it is terminated without a second.
     pub fn remove_instance(
         &self,
         instance_id: &str,
         poweroff_command: &str,
+        in_standby: bool,
     ) -> (Vec<String>, bool) {
         let client = aws_sdk_autoscaling::Client::new(&self.config);
         let mut steps = Vec::new();
-        for decrement in [true, false] {
+        let decrements: &[bool] = if in_standby { &[false] } else { &[true, false] };
+        for &decrement in decrements {
             let result = self.runtime.block_on(
                 client
                     .terminate_instance_in_auto_scaling_group()

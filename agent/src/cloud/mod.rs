@@ -1,7 +1,8 @@
 //! The agent as a citizen of an EC2 instance (`--ec2`): its name is the instance id, it waits while
 //! its Auto Scaling lifecycle state is `Warmed:*` (warm pools), and a spot interruption notice is
 //! treated like SIGTERM (reported as `interrupted_at`, so the server applies the grace period).
-//! Everything comes from instance metadata through IMDSv2 ([`imds`]).
+//! Everything comes from instance metadata through IMDSv2 ([`imds`]). Debug jobs: an instance
+//! whose job failed may be kept a while before it is removed ([`keep_failed_for`]).
 
 pub mod aws;
 pub mod imds;
@@ -22,6 +23,22 @@ pub enum CloudError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Debug jobs (`keep-failed-instance-minutes`): how long the agent keeps its instance after its
+/// last job before removing it. Only after a failed job (a passed or stopped one has nothing to
+/// inspect), only when the instance is to be removed at all, and never without a setting.
+pub fn keep_failed_for(
+    minutes: i64,
+    last_job: Option<protocol::JobResult>,
+    removing: bool,
+) -> Option<Duration> {
+    match (removing, last_job) {
+        (true, Some(protocol::JobResult::Failed)) if minutes > 0 => Some(Duration::from_secs(
+            minutes.unsigned_abs().saturating_mul(60),
+        )),
+        _ => None,
+    }
 }
 
 /// The spot notice, as `spot/instance-action` gives it.
@@ -100,4 +117,33 @@ pub fn watch_spot_notices(
             std::thread::sleep(poll);
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::JobResult::{Failed, Passed, Stopped};
+
+    #[test]
+    fn only_a_failed_jobs_instance_is_kept_and_only_when_asked() {
+        let minutes = |m: u64| Some(Duration::from_secs(m * 60));
+        let table = [
+            (30, Some(Failed), true, minutes(30)),
+            (1, Some(Failed), true, minutes(1)),
+            (0, Some(Failed), true, None),
+            (-5, Some(Failed), true, None),
+            (30, Some(Passed), true, None),
+            (30, Some(Stopped), true, None),
+            (30, None, true, None),
+            // `ec2-keep-instance`: the instance is not removed, so there is nothing to delay.
+            (30, Some(Failed), false, None),
+        ];
+        for (setting, last, removing, kept) in table {
+            assert_eq!(
+                keep_failed_for(setting, last, removing),
+                kept,
+                "{setting} {last:?} {removing}"
+            );
+        }
+    }
 }

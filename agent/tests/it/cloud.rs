@@ -208,6 +208,25 @@ fn run_ec2_agent(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> (i32, String) {
+    let mut child = spawn_ec2_agent(hub, imds, aws_env, dir, extra);
+    let out_file = dir.join("out");
+    let code = agent_process::wait_for_exit(&mut child, Duration::from_secs(60), || {
+        std::fs::read_to_string(&out_file).unwrap_or_default()
+    });
+    (
+        code,
+        std::fs::read_to_string(dir.join("out")).unwrap_or_default(),
+    )
+}
+
+/// Starts `agent start --ec2 ...` (output in `dir/out`, scratch directories in `dir`).
+fn spawn_ec2_agent(
+    hub: &FakeHub,
+    imds: &FakeImds,
+    aws_env: &[(&'static str, String)],
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
     let out = std::fs::File::create(dir.join("out")).unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_agent"));
     command
@@ -235,15 +254,132 @@ fn run_ec2_agent(
     for (name, value) in aws_env {
         command.env(name, value);
     }
-    let mut child = command.spawn().unwrap();
-    let out_file = dir.join("out");
-    let code = agent_process::wait_for_exit(&mut child, Duration::from_secs(60), || {
-        std::fs::read_to_string(&out_file).unwrap_or_default()
-    });
-    (
-        code,
-        std::fs::read_to_string(dir.join("out")).unwrap_or_default(),
-    )
+    command.spawn().unwrap()
+}
+
+/// The Auto Scaling lifecycle state of `instance` in moto.
+fn lifecycle_state(
+    runtime: &tokio::runtime::Runtime,
+    moto: &moto::MotoServer,
+    instance: &str,
+) -> String {
+    let client = aws_sdk_autoscaling::Client::new(&moto.sdk(runtime));
+    let described = runtime
+        .block_on(
+            client
+                .describe_auto_scaling_instances()
+                .instance_ids(instance)
+                .send(),
+        )
+        .expect("describe the instance");
+    described
+        .auto_scaling_instances()
+        .first()
+        .and_then(|i| i.lifecycle_state())
+        .unwrap_or("gone")
+        .to_string()
+}
+
+fn one_job(hub: &FakeHub, id: &str, command: &str) {
+    hub.assign(
+        protocol::JobRequest {
+            job_id: id.into(),
+            commands: vec![protocol::Command::new(command)],
+            env_vars: vec![protocol::EnvVar::plain("DEBUG_ME", "kept-value")],
+            ..Default::default()
+        },
+        "jwt",
+    );
+}
+
+#[test]
+fn a_failed_jobs_instance_is_kept_in_standby_with_its_files_then_removed_without_a_second_decrement(
+) {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "agents", 0, 3, 2);
+    moto.put_secret(&runtime, "/flotilla/agent-token", "token");
+    let (_, instances, _) = moto.group(&runtime, "agents");
+    let keep = [
+        "--disconnect-after-job",
+        "--keep-failed-instance-minutes",
+        "60",
+    ];
+    // The positive control: a passed job's instance is removed at once, with decrement.
+    let (passed_hub, passed_imds) = (FakeHub::start(), FakeImds::start(&instances[1]));
+    one_job(&passed_hub, "passes", "true");
+    let (code, output, _) =
+        run_ec2_agent_marking_power_off(&passed_hub, &passed_imds, &moto.env(), &keep);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("(decrement: true)"), "{output}");
+    assert_eq!(moto.group(&runtime, "agents").0, 1, "{output}");
+
+    let (hub, imds) = (FakeHub::start(), FakeImds::start(&instances[0]));
+    one_job(&hub, "fails", "echo about to fail; false");
+    let dir = tempfile::tempdir().unwrap();
+    let poweroff = format!("touch {}", dir.path().join("powered-off").display());
+    let args = [&keep[..], &["--ec2-poweroff-command", &poweroff]].concat();
+    let mut agent = spawn_ec2_agent(&hub, &imds, &moto.env(), dir.path(), &args);
+    let output = || std::fs::read_to_string(dir.path().join("out")).unwrap_or_default();
+    testkit::wait_for(
+        "the failed job's instance in Standby",
+        Duration::from_secs(60),
+        || lifecycle_state(&runtime, &moto, &instances[0]) == "Standby",
+    );
+    let (desired, members, _) = moto.group(&runtime, "agents");
+    assert_eq!(
+        desired,
+        0,
+        "decremented once, on entering Standby: {}",
+        output()
+    );
+    assert!(members.contains(&instances[0]), "kept in its group");
+    testkit::wait_for(
+        "the instructions in the log",
+        Duration::from_secs(10),
+        || output().contains("sudo flotilla-debug-job"),
+    );
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent waits while the instance is kept"
+    );
+    // The job's environment files stay for the debug session.
+    let kept: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("flotilla-job-fails-")
+        })
+        .flat_map(|job| {
+            std::fs::read_dir(job.path())
+                .unwrap()
+                .filter_map(Result::ok)
+        })
+        .map(|file| std::fs::read_to_string(file.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        kept.contains("export DEBUG_ME=kept-value"),
+        "{kept}
+{}",
+        output()
+    );
+
+    // Told to stop (an operator, a spot notice's shutdown): removed, without a second decrement.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let code = agent_process::wait_for_exit(&mut agent, Duration::from_secs(60), output);
+    assert_eq!(code, 0, "{}", output());
+    assert!(output().contains("(decrement: false)"), "{}", output());
+    let (desired, members, _) = moto.group(&runtime, "agents");
+    assert_eq!(
+        (desired, members.contains(&instances[0])),
+        (0, false),
+        "{}",
+        output()
+    );
 }
 
 /// `run_ec2_agent` with a power-off command that only leaves a marker: (code, output, powered off?).

@@ -350,12 +350,14 @@ impl Instance {
     }
 }
 
-/// moto with a group of `instances` and the stack's parameters; the hub's address in the config.
+/// moto with a group of `instances` and the stack's parameters; the hub's address in the config,
+/// and `extra` (YAML lines) after the stack's own.
 fn aws(
     runtime: &tokio::runtime::Runtime,
     moto: &moto::MotoServer,
     hub: &str,
     instances: u32,
+    extra: &str,
 ) -> Vec<String> {
     moto.create_group(runtime, "sealed", 0, 4, instances as i32);
     let (_, ids, _) = moto.group(runtime, "sealed");
@@ -364,7 +366,7 @@ fn aws(
     let config = format!(
         "endpoint: {hub}\nno-https: true\ntoken-ssm-parameter: {TOKEN_PARAMETER}\n\
          job-role-arn: {JOB_ROLE}\njob-role-stack: sealed\njob-role-agent-type: sealed\n\
-         cache-bucket: {CACHE_BUCKET}\n"
+         cache-bucket: {CACHE_BUCKET}\n{extra}"
     );
     make_bucket(moto, CACHE_BUCKET);
     runtime
@@ -449,7 +451,7 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
     let runtime = runtime();
     let moto = moto::MotoServer::start_on(&network.gateway);
     let hub = FakeHub::start_on(&network.gateway);
-    let ids = aws(&runtime, &moto, &hub.address, 1);
+    let ids = aws(&runtime, &moto, &hub.address, 1, "");
     hub.assign(attack_job(), "jwt");
     hub.assign(
         protocol::JobRequest {
@@ -527,7 +529,7 @@ fn an_agent_killed_mid_job_removes_the_instance_and_one_that_never_registers_is_
     let runtime = runtime();
     let moto = moto::MotoServer::start_on(&network.gateway);
     let hub = FakeHub::start_on(&network.gateway);
-    let ids = aws(&runtime, &moto, &hub.address, 2);
+    let ids = aws(&runtime, &moto, &hub.address, 2, "");
     // This stack turns JobSudo on: the job user gets sudo (and only then).
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk(&runtime));
     runtime
@@ -723,7 +725,7 @@ fn a_booted_instance_runs_a_container_job_on_its_own_engine_which_stays_sealed()
     let runtime = runtime();
     let moto = moto::MotoServer::start_on(&network.gateway);
     let hub = FakeHub::start_on(&network.gateway);
-    let ids = aws(&runtime, &moto, &hub.address, 1);
+    let ids = aws(&runtime, &moto, &hub.address, 1, "");
     let instance = boot(&image, &mut network, &moto, &ids[0]);
     instance.wait_for_hub(&hub, "the agent to register", |state| {
         state.registered.is_some()
@@ -849,4 +851,95 @@ fn image_base() -> String {
         .expect("run .ci/base-image");
     assert!(base.status.success());
     String::from_utf8_lossy(&base.stdout).trim().to_string()
+}
+
+#[test]
+fn a_failed_jobs_instance_is_kept_for_a_debug_session_as_the_job_user_then_removed() {
+    let image = build_image();
+    let mut network = Network::create("debug");
+    let runtime = runtime();
+    let moto = moto::MotoServer::start_on(&network.gateway);
+    let hub = FakeHub::start_on(&network.gateway);
+    let ids = aws(
+        &runtime,
+        &moto,
+        &hub.address,
+        1,
+        "keep-failed-instance-minutes: 30\n",
+    );
+    hub.assign(
+        protocol::JobRequest {
+            job_id: "failing-job".into(),
+            commands: vec![
+                // The endpoint's rows that need the machine while the job runs: the job hands
+                // its token over and waits until the test has asked with it.
+                protocol::Command::new(
+                    "echo \"$AWS_CONTAINER_AUTHORIZATION_TOKEN\" > /tmp/job-token",
+                ),
+                protocol::Command::new(
+                    "for _ in $(seq 240); do [ -e /tmp/asked ] && break; sleep 0.5; done",
+                ),
+                protocol::Command::new("echo failing now; false"),
+            ],
+            env_vars: vec![protocol::EnvVar::plain("DEBUG_ME", "the job's value")],
+            ..Default::default()
+        },
+        "jwt",
+    );
+    let instance = boot(&image, &mut network, &moto, &ids[0]);
+    instance.wait_for(
+        "the job's token",
+        Duration::from_secs(120),
+        "test -s /tmp/job-token && echo written",
+        "written",
+    );
+    // While the job runs: its user gets credentials with its token (the positive control);
+    // another local user and root, with the same token, do not.
+    let ask = |user: &str| {
+        instance.root(&format!(
+            "runuser -u {user} -- curl -s -m 5 -o /dev/null -w '%{{http_code}}' -H \"Authorization: $(cat /tmp/job-token)\" http://127.0.0.1:51680/v1/credentials"
+        ))
+    };
+    assert_eq!(ask("flotilla-job"), "200");
+    assert_eq!(ask("nobody"), "403");
+    assert_eq!(ask("root"), "403");
+    instance.root("touch /tmp/asked");
+    instance.wait_for_hub(&hub, "the job to fail", |state| {
+        state.finished.iter().any(|(done, _)| done == "failing-job")
+    });
+    instance.wait_for(
+        "the agent to keep the instance",
+        Duration::from_secs(60),
+        "journalctl -u flotilla-agent -o cat | grep -c 'sudo flotilla-debug-job' || true",
+        "1",
+    );
+    let (desired, members, _) = moto.group(&runtime, "sealed");
+    assert_eq!(
+        (desired, members.len()),
+        (0, 1),
+        "kept, out of the desired count"
+    );
+    // The agent (and its endpoint) still runs: the finished job's token, replayed, is refused.
+    assert_eq!(ask("flotilla-job"), "403");
+    // The documented one-liner, as the session's root: the job user, the job's environment.
+    let session = instance.root(
+        "flotilla-debug-job -c 'echo \"as $(id -un): $DEBUG_ME\"; sudo -n true || echo no-sudo; type -t checkout' 2>&1",
+    );
+    for wanted in ["as flotilla-job: the job's value", "no-sudo", "function"] {
+        assert!(session.contains(wanted), "{wanted} not in:\n{session}");
+    }
+    // Only root may open one: the job user (or the agent's) cannot.
+    let refused = instance.root(
+        "runuser -u flotilla-job -- /usr/local/bin/flotilla-debug-job -c true 2>&1; echo exit=$?",
+    );
+    assert!(
+        refused.contains("run it as root") && refused.contains("exit=1"),
+        "{refused}"
+    );
+    // Done debugging: stopping the agent removes the instance, without a second decrement.
+    instance.root("systemctl stop flotilla-agent.service");
+    testkit::wait_for("the kept instance removed", Duration::from_secs(60), || {
+        moto.group(&runtime, "sealed").1.is_empty()
+    });
+    assert_eq!(moto.group(&runtime, "sealed").0, 0);
 }
