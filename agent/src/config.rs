@@ -51,6 +51,7 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("registered-file", Kind::Text),
     ("job-record-file", Kind::Text),
     ("job-user", Kind::Text),
+    ("job-no-new-privileges", Kind::Flag),
     ("job-role-arn", Kind::Text),
     ("job-role-listen", Kind::Text),
     ("job-role-container-listen", Kind::Text),
@@ -126,6 +127,8 @@ pub struct Config {
     /// Run jobs as this unprivileged user instead of the agent's own ([`crate::job_user`]);
     /// empty: the agent's user, as upstream does.
     pub job_user: String,
+    /// The job user's processes get `no_new_privs` (no setuid binary raises them).
+    pub job_no_new_privileges: bool,
     /// `job-role-arn`, `job-role-listen`, `job-role-stack`, `job-role-agent-type`,
     /// `cache-bucket`: the role assumed for each job, whose credentials the job gets from the
     /// agent's endpoint ([`crate::job_role`]); an empty ARN: none. The region is the agent's.
@@ -484,6 +487,7 @@ fn build(
         registered_file: text(values, "registered-file")?,
         job_record_file,
         job_user: text(values, "job-user")?,
+        job_no_new_privileges: flag(values, "job-no-new-privileges")?,
         job_role: job_role(values)?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
@@ -739,6 +743,17 @@ mod tests {
     }
 
     #[test]
+    fn no_new_privileges_is_off_unless_the_image_turns_it_on() {
+        assert!(!load_with(BASE, &[], "").unwrap().job_no_new_privileges);
+        let config = load_with(
+            BASE,
+            &[("SEMAPHORE_AGENT_JOB_NO_NEW_PRIVILEGES", "true")],
+            "",
+        );
+        assert!(config.unwrap().job_no_new_privileges);
+    }
+
+    #[test]
     fn failed_instances_are_kept_only_within_a_day() {
         assert_eq!(
             load_with(BASE, &[], "")
@@ -746,7 +761,12 @@ mod tests {
                 .keep_failed_instance_minutes,
             0
         );
-        let config = load_with(BASE, &[], "keep-failed-instance-minutes: 30\n").unwrap();
+        let config = load_with(
+            &[BASE, &["--config-file", "c.yaml"]].concat(),
+            &[],
+            "keep-failed-instance-minutes: 30\n",
+        )
+        .unwrap();
         assert_eq!(config.keep_failed_instance_minutes, 30);
         for bad in ["-1", "1441"] {
             let error = load_with(

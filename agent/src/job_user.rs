@@ -35,6 +35,10 @@ pub struct JobUser {
     /// devices usable, `docker` only where the stack grants it.
     pub groups: Vec<u32>,
     pub home: PathBuf,
+    /// `job-no-new-privileges`: the job's processes get `no_new_privs`, so no setuid binary or
+    /// file capability on the machine raises them (the sealed image sets it unless `JobSudo`).
+    /// Not for the job's rootless engine, whose `newuidmap` is such a binary ([`Self::for_engine`]).
+    pub no_new_privs: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +74,17 @@ impl JobUser {
             gid,
             groups,
             home,
+            no_new_privs: false,
         })
+    }
+
+    /// This user as the job's container engine runs: without `no_new_privs` (rootless Podman
+    /// maps its user namespace with the setuid `newuidmap`).
+    pub fn for_engine(&self) -> JobUser {
+        JobUser {
+            no_new_privs: false,
+            ..self.clone()
+        }
     }
 
     /// The job's `HOME`, `USER` and `LOGNAME` are the job user's, not the agent's.
@@ -82,7 +96,8 @@ impl JobUser {
     }
 
     /// Becomes the job user in a forked child before `exec`: supplementary groups, gid, uid,
-    /// then empties the permitted, effective, inheritable and ambient capability sets.
+    /// then empties the permitted, effective, inheritable and ambient capability sets, and sets
+    /// `no_new_privs` when asked to ([`Self::no_new_privs`]).
     ///
     /// # Safety
     /// Only for `pre_exec`: it makes async-signal-safe system calls and does not allocate.
@@ -93,7 +108,11 @@ impl JobUser {
         {
             return Err(io::Error::last_os_error());
         }
-        drop_capabilities()
+        drop_capabilities()?;
+        if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Runs `work` on a new thread whose credentials (groups, gid, uid) alone are the job user's;

@@ -308,11 +308,17 @@ fn start(options: &[String]) -> Result<i32> {
         // Logs are flushed: the job's teardown delivered them before the last sync.
         let kept = agent::cloud::keep_failed_for(keep_minutes, last_job.get(), remove_instance)
             .is_some_and(|keep| keep_for_debugging(aws, &ec2.instance_id, keep));
-        for step in aws
-            .remove_instance(&ec2.instance_id, &poweroff_command, kept)
-            .0
-        {
+        let (steps, leaving) = aws.remove_instance(&ec2.instance_id, &poweroff_command, kept);
+        for step in steps {
             tracing::info!("Instance removal: {step}");
+        }
+        if !leaving {
+            // A failed unit runs its OnFailure= removal (as root, with retries): exit non-zero.
+            tracing::error!(
+                "every way of removing {} failed: exiting non-zero",
+                ec2.instance_id
+            );
+            return Ok(code.max(1));
         }
     }
     Ok(code)
@@ -427,9 +433,19 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
     let job_user = match config.job_user.as_str() {
         "" => None,
         name => {
-            let user = agent::job_user::JobUser::lookup(name)?;
+            let mut user = agent::job_user::JobUser::lookup(name)?;
+            user.no_new_privs = config.job_no_new_privileges;
             user.apply_to_environment(&mut shell_env);
-            tracing::info!("Jobs run as {} (uid {})", user.name, user.uid);
+            tracing::info!(
+                "Jobs run as {} (uid {}{})",
+                user.name,
+                user.uid,
+                if user.no_new_privs {
+                    ", no new privileges"
+                } else {
+                    ""
+                }
+            );
             Some(user)
         }
     };

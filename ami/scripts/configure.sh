@@ -86,6 +86,14 @@ systemctl daemon-reload 2>/dev/null || true
 systemctl enable flotilla-boot.service flotilla-seal.service flotilla-agent.service \
   flotilla-scaler.service flotilla-hub.service flotilla-boot-deadline.timer
 
+# --- cron and at: root only ------------------------------------------------------------------
+# A job's `crontab` or `at` entry would run on a later boot of the used machine, before anything
+# of Flotilla's; only root may schedule (flotilla-seal also clears the job user's spool when a
+# used machine boots again).
+printf 'root\n' >/etc/cron.allow
+printf 'root\n' >/etc/at.allow
+chmod 0644 /etc/cron.allow /etc/at.allow
+
 # --- processes --------------------------------------------------------------------------------
 # The job cannot attach to anything it did not start (it already cannot to other users' processes);
 # /proc is private to each user inside the agent's unit (ProtectProc=invisible there).
@@ -95,6 +103,14 @@ kernel.yama.ptrace_scope = 2
 kernel.dmesg_restrict = 1
 fs.protected_hardlinks = 1
 fs.protected_symlinks = 1
+fs.protected_regular = 2
+fs.protected_fifos = 2
+kernel.kptr_restrict = 2
+kernel.perf_event_paranoid = 3
+kernel.unprivileged_bpf_disabled = 1
+vm.unprivileged_userfaultfd = 0
+dev.tty.legacy_tiocsti = 0
+kernel.io_uring_disabled = 2
 CONF
 
 # --- logs -------------------------------------------------------------------------------------

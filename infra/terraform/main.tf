@@ -45,6 +45,33 @@ locals {
   subnets          = length(var.subnets) == 0 ? null : var.subnets
   agent_group_list = concat([aws_autoscaling_group.agent.name], aws_autoscaling_group.fallback[*].name)
 
+  # job_ecr_repositories: the registry's login token (GetAuthorizationToken has no resource type),
+  # then pull and push on the named repositories of this account and region only; no statement
+  # when the list is empty.
+  job_ecr_statements = [
+    for statement in [
+      {
+        Sid      = "EcrLogin"
+        Effect   = "Allow"
+        Action   = "ecr:GetAuthorizationToken"
+        Resource = "*"
+      },
+      {
+        Sid    = "EcrPullAndPush"
+        Effect = "Allow"
+        Action = [
+          "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+          "ecr:DescribeImages", "ecr:ListImages", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+          "ecr:CompleteLayerUpload", "ecr:PutImage",
+        ]
+        Resource = [
+          for name in var.job_ecr_repositories :
+          "arn:${local.partition}:ecr:${local.region}:${local.account_id}:repository/${name}"
+        ]
+      },
+    ] : statement if length(var.job_ecr_repositories) > 0
+  ]
+
   tags = { "flotilla:stack" = var.stack_name }
 
   group_metrics = [
@@ -68,6 +95,8 @@ locals {
     job-role-stack: ${var.stack_name}
     job-role-agent-type: ${local.fleet_name}
     cache-bucket: ${aws_s3_bucket.cache.id}
+    job-ecr-repositories: '${join(" ", var.job_ecr_repositories)}'
+    keep-failed-instance-minutes: ${var.keep_failed_instance_minutes}
   EOT
 
   # `scaler run` on the scaler instance reads this YAML.
@@ -313,10 +342,11 @@ resource "aws_iam_role_policy" "agent" {
       {
         # Only the module's agent groups, only from an EC2 instance (credentials copied off the
         # instance do not work here). Auto Scaling has no instance-id condition key, so this
-        # cannot be narrowed to the caller's own instance.
+        # cannot be narrowed to the caller's own instance. EnterStandby: with
+        # keep_failed_instance_minutes, a failed job's instance waits in Standby.
         Sid      = "RemoveOwnInstance"
         Effect   = "Allow"
-        Action   = ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth"]
+        Action   = ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth", "autoscaling:EnterStandby"]
         Resource = local.agent_group_arns
         Condition = {
           StringEquals = {
@@ -325,6 +355,15 @@ resource "aws_iam_role_policy" "agent" {
           }
           Null = { "ec2:SourceInstanceARN" = "false" }
         }
+      },
+      {
+        # keep_failed_instance_minutes: EnterStandby needs the instance's group, which only this
+        # read-only call names (it takes no resource).
+        Sid       = "FindOwnGroup"
+        Effect    = "Allow"
+        Action    = "autoscaling:DescribeAutoScalingInstances"
+        Resource  = "*"
+        Condition = { Null = { "ec2:SourceInstanceARN" = "false" } }
       },
       {
         Sid      = "WriteOwnLogs"
@@ -359,7 +398,8 @@ resource "aws_iam_instance_profile" "instance" {
 # ---------------------------------------------------------------- the jobs' role and cache
 # What a job may do in AWS (issue 26): the agent assumes this role for each job and serves the
 # credentials to the job alone (docs/aws-contract.md, "Job credentials"); only the agent role may
-# assume it. Its policy: the cache bucket's objects and the module's key through S3, nothing else.
+# assume it. Its policy: the cache bucket's objects and the module's key through S3, and with
+# job_ecr_repositories pull and push on those ECR repositories; nothing else.
 
 resource "aws_iam_role" "job" {
   name                 = "flotilla-${var.stack_name}-job"
@@ -382,7 +422,7 @@ resource "aws_iam_role_policy" "job" {
   role = aws_iam_role.job.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat([
       {
         Sid      = "CacheObjects"
         Effect   = "Allow"
@@ -405,7 +445,7 @@ resource "aws_iam_role_policy" "job" {
           ArnLike      = { "kms:EncryptionContext:aws:s3:arn" = aws_s3_bucket.cache.arn }
         }
       },
-    ]
+    ], local.job_ecr_statements)
   })
 }
 

@@ -58,6 +58,17 @@ variable "idle_timeout" {
   }
 }
 
+variable "keep_failed_instance_minutes" {
+  description = "For debugging failed jobs: minutes an agent whose job failed keeps its instance before it terminates it (0 = never kept). The agent puts the instance into Standby (desired capacity decremented): it takes no job, is out of scale-in and of the scaler's reaper (max_instance_lifetime does not apply), and you can connect with Session Manager (enable_session_manager) to inspect the job. A kept instance costs what a running one does."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.keep_failed_instance_minutes >= 0 && var.keep_failed_instance_minutes <= 720
+    error_message = "keep_failed_instance_minutes must be 0 to 720."
+  }
+}
+
 # --- Image and instances
 
 variable "image_id" {
@@ -369,6 +380,17 @@ variable "cache_retention_days" {
   validation {
     condition     = var.cache_retention_days >= 1 && var.cache_retention_days <= 3650
     error_message = "cache_retention_days must be between 1 and 3650."
+  }
+}
+
+variable "job_ecr_repositories" {
+  description = "ECR repositories of this account and region, by name (e.g. team/app; not ARNs; up to 10, as in the stack), that jobs may pull from and push to with the job role ([] = none). A name is lower-case letters, digits and ._/-, starting with a letter or digit, 2 to 256 characters. Adds ecr:GetAuthorizationToken (it has no resource) and the pull and push actions on these repositories only; the agent gives each job's session the same repositories."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.job_ecr_repositories) <= 10 && alltrue([for name in var.job_ecr_repositories : can(regex("^[a-z0-9][a-z0-9._/-]{1,255}$", name))])
+    error_message = "job_ecr_repositories must hold up to 10 ECR repository names (lower-case letters, digits and ._/-, starting with a letter or digit, 2 to 256 characters)."
   }
 }
 

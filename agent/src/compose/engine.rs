@@ -502,7 +502,7 @@ fn spawn_service(
 /// inherited without close-on-exec (a parent's pipe) must not reach the engine, whose
 /// container monitors would hold it for as long as they live.
 fn as_user(command: &mut Command, user: &JobUser) {
-    let user = user.clone();
+    let user = user.for_engine();
     // SAFETY: setsid, close_range and become_in_child make only async-signal-safe system calls.
     unsafe {
         command.pre_exec(move || {

@@ -492,15 +492,20 @@ fn self_removal_retries_through_throttling_and_outages() {
     assert!(!powered_off, "the retries made power-off unnecessary");
 }
 
-#[test]
-fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
-    let runtime = runtime();
+/// moto with the token, an instance id no group knows, and a hub that shuts the agent down.
+fn an_instance_of_no_group() -> (moto::MotoServer, FakeImds, FakeHub) {
     let moto = moto::MotoServer::start();
-    moto.put_secret(&runtime, "/flotilla/agent-token", "t");
-    // An instance id no group knows: both terminate calls fail; power-off is the last resort.
+    moto.put_secret(&runtime(), "/flotilla/agent-token", "t");
     let imds = FakeImds::start("i-00000000000000000");
     let hub = FakeHub::start();
     hub.state().shutdown_scheduled = true;
+    (moto, imds, hub)
+}
+
+#[test]
+fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
+    // An instance id no group knows: both terminate calls fail; power-off is the last resort.
+    let (moto, imds, hub) = an_instance_of_no_group();
     let (code, output, powered_off) =
         run_ec2_agent_marking_power_off(&hub, &imds, &moto.env(), &[]);
     assert_eq!(code, 0, "{output}");
@@ -522,6 +527,24 @@ fn an_instance_the_group_cannot_remove_falls_back_to_power_off() {
         "fallbacks in order: {output}"
     );
     assert!(powered_off);
+}
+
+#[test]
+fn an_agent_whose_instance_could_not_be_removed_exits_non_zero() {
+    // No group knows the instance and the power-off fails too: the unit must fail, so that its
+    // OnFailure= removal (as root, with retries) runs.
+    let (moto, imds, hub) = an_instance_of_no_group();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, output) = run_ec2_agent(
+        &hub,
+        &imds,
+        &moto.env(),
+        dir.path(),
+        &["--ec2-poweroff-command", "false"],
+    );
+    assert!(output.contains("ran 'false'"), "{output}");
+    assert!(output.contains("every way of removing"), "{output}");
+    assert_eq!(code, 1, "{output}");
 }
 
 #[test]

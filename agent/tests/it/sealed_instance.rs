@@ -98,7 +98,8 @@ impl Drop for Network {
 /// What the AMI installs for container jobs' rootless engines (ami/scripts/install.sh), in
 /// Debian's names (the AWS CLI for the job that uses its job credentials): Podman and its helpers, and Compose (the `docker` its `run` calls is Podman's
 /// `podman-docker`, where the AMI has Docker's CLI).
-const ENGINE_PACKAGES: &str = "podman uidmap slirp4netns docker-compose podman-docker awscli";
+const ENGINE_PACKAGES: &str =
+    "podman uidmap slirp4netns docker-compose podman-docker awscli cron at";
 
 /// The image: the base, the engine's packages (from Debian's registry: the build uses the
 /// machine's network), configure.sh run over the staged files, and the test-only units.
@@ -414,6 +415,12 @@ const ATTACKS: &[(&str, &str)] = &[
     ("credentials-of-another-role", "curl -sf -m 3 -H \"Authorization: $AWS_CONTAINER_AUTHORIZATION_TOKEN\" http://127.0.0.1:51680/v1/credentials/agent-role"),
     ("write-agent-log", "echo forged >> /var/log/flotilla/agent.log"),
     ("capabilities", "grep -E '^Cap(Inh|Prm|Eff|Amb):' /proc/self/status | grep -v '0000000000000000$'"),
+    // A setuid binary does not raise the job (no_new_privs): sudo then runs without euid 0 and
+    // says so; any other answer (a password it asks for) means it ran as root.
+    // Persistence: an entry that would run on a later boot of the used machine.
+    ("crontab", "echo '@reboot touch /tmp/cron-ran' | crontab -"),
+    ("at", "echo 'touch /tmp/at-ran' | at now + 10 minutes"),
+    ("setuid-root", "out=$(sudo -n true 2>&1); case \"$out\" in *'no new privileges'*|*'effective uid is not 0'*) false;; *) true;; esac"),
 ];
 
 fn attack_job() -> protocol::JobRequest {
@@ -485,6 +492,14 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
         "{self_test}"
     );
     every_attack_blocked(&log, ATTACKS);
+    // The persistence rows could see a crossing: cron and at are there and root may use them.
+    let scheduled = instance.root(
+        "echo '@reboot true' | crontab - && crontab -l; echo true | at now + 10 minutes 2>&1; atq | wc -l",
+    );
+    assert!(
+        scheduled.contains("@reboot true") && scheduled.trim_end().ends_with('1'),
+        "{scheduled}"
+    );
 
     // Root (and the agent) still reach the metadata service: the firewall is an owner match,
     // not a blanket block.
@@ -935,6 +950,22 @@ fn a_failed_jobs_instance_is_kept_for_a_debug_session_as_the_job_user_then_remov
     assert!(
         refused.contains("run it as root") && refused.contains("exit=1"),
         "{refused}"
+    );
+    // A used machine booting again: the seal clears the job user's crontab (planted here by
+    // root, in the spool itself, since neither the job nor `crontab` may), and leaves root's.
+    let planted = instance.root(
+        "install -o flotilla-job -g crontab -m 0600 /dev/null /var/spool/cron/crontabs/flotilla-job \
+         && echo '@reboot touch /tmp/x' > /var/spool/cron/crontabs/flotilla-job \
+         && echo '@reboot true' | crontab - && ls /var/spool/cron/crontabs",
+    );
+    assert!(planted.contains("flotilla-job"), "{planted}");
+    let restarted =
+        instance.root("systemctl restart flotilla-seal.service 2>&1; echo restarted=$?");
+    let left = instance.root("ls /var/spool/cron/crontabs 2>&1; crontab -l 2>&1");
+    assert!(
+        !left.contains("flotilla-job") && left.contains("@reboot true"),
+        "{planted} {restarted} {left}\n{}",
+        instance.root("journalctl -u flotilla-seal -o cat | tail -n 20")
     );
     // Done debugging: stopping the agent removes the instance, without a second decrement.
     instance.root("systemctl stop flotilla-agent.service");

@@ -97,6 +97,8 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         &image_parameter,
         "QueueEndpoint=https://example.semaphoreci.com",
         "MaxSize=6",
+        "JobEcrRepositories=team/app,base",
+        "KeepFailedInstanceMinutes=30",
     ];
     // A dry run shows the plan and leaves nothing behind.
     let dry_run: Vec<&str> = create.iter().copied().chain(["--dry-run"]).collect();
@@ -155,6 +157,15 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         agent_config.contains("token-ssm-parameter: /flotilla/gpu-fleet/agent-token"),
         "{agent_config}"
     );
+    for line in [
+        "job-ecr-repositories: 'team/app base'",
+        "keep-failed-instance-minutes: 30",
+    ] {
+        assert!(
+            agent_config.contains(line),
+            "{line} not in:\n{agent_config}"
+        );
+    }
 
     // The groups: the GPU types as overrides, max as given, scale-in protection.
     let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);

@@ -257,7 +257,19 @@ impl Rendered {
             job_role_arn: role_arn("JobRole"),
             cache_bucket_arn: cache_bucket_arn(),
             group_arns: vec![group("AgentGroup"), group("FallbackGroup")],
+            ecr_repositories: policy_rules::strings(&self.parameters["JobEcrRepositories"])
+                .into_iter()
+                .filter(|name| !name.is_empty())
+                .collect(),
         }
+    }
+
+    /// The agents' configuration YAML as the stack stores it, parsed.
+    fn agent_config(&self) -> serde_yaml::Value {
+        let value = self.properties("AgentConfigParameter").unwrap()["Value"].clone();
+        let text = value.as_str().unwrap();
+        serde_yaml::from_str(text)
+            .unwrap_or_else(|e| panic!("agent-config is not YAML ({e}):\n{text}"))
     }
 }
 
@@ -312,6 +324,14 @@ fn variants() -> Vec<Variant> {
             vec![("KmsKeyArn", OWN_KEY)],
             OWN_KEY.to_string(),
         ),
+        (
+            "ECR repositories for the jobs, failed instances kept",
+            vec![
+                ("JobEcrRepositories", "team/app,base"),
+                ("KeepFailedInstanceMinutes", "30"),
+            ],
+            stack_key_arn(),
+        ),
     ]
 }
 
@@ -344,10 +364,35 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
             "agent-token",
             "TerminateInstanceInAutoScalingGroup",
             "SetInstanceHealth",
+            "EnterStandby",
         ] {
             assert!(
                 text.contains(needed),
                 "{what}: the agent role lacks {needed}"
+            );
+        }
+        // The checks see what they refuse: Standby (or anything else of Auto Scaling's) on every
+        // group, or from anywhere, and Auto Scaling actions beyond removing the instance.
+        let mut widened = agent[0].clone();
+        widened["Statement"].as_array_mut().unwrap().extend([
+            json!({"Sid": "StandbyAnywhere", "Effect": "Allow", "Action": "autoscaling:EnterStandby", "Resource": "*",
+                   "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
+            json!({"Sid": "StandbyOffTheInstance", "Effect": "Allow", "Action": "autoscaling:EnterStandby", "Resource": stack.group_arns.clone(),
+                   "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}}}),
+            json!({"Sid": "BackInService", "Effect": "Allow", "Action": "autoscaling:ExitStandby", "Resource": stack.group_arns.clone(),
+                   "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
+        ]);
+        let problems = policy_rules::agent_role_problems(&stack, &[widened], &[]);
+        for (sid, problem) in [
+            ("StandbyAnywhere", "acts on groups *"),
+            ("StandbyOffTheInstance", "works from anywhere"),
+            ("BackInService", "beyond removing its own instance"),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.contains(&format!("statement {sid}")) && p.contains(problem)),
+                "{what}: {sid} not flagged ({problem}): {problems:?}"
             );
         }
     }
@@ -485,6 +530,10 @@ fn the_job_role_reaches_the_cache_and_nothing_else() {
             json!({"Sid": "Groups", "Effect": "Allow", "Action": "autoscaling:SetDesiredCapacity", "Resource": "*"}),
             json!({"Sid": "Key", "Effect": "Allow", "Action": "kms:Decrypt", "Resource": key}),
         ]);
+        assert_none(
+            &format!("{what}: the job role's ECR grants"),
+            policy_rules::job_ecr_missing(&stack, &job),
+        );
         let problems = policy_rules::job_role_problems(&stack, &[widened], &[]);
         for sid in ["Token", "Groups", "Key"] {
             assert!(
@@ -511,6 +560,158 @@ fn the_job_role_reaches_the_cache_and_nothing_else() {
     ] {
         assert!(config.contains(&line), "{line} not in:\n{config}");
     }
+}
+
+/// JobEcrRepositories: no ECR statement without it; with it, the login token and pull and push
+/// on exactly the named repositories (one ARN each, up to the template's 10 slots), and the
+/// names in the agents' configuration. The rules flag a job policy widened beyond them.
+#[test]
+fn the_job_role_reaches_only_the_named_ecr_repositories() {
+    let sids = |r: &Rendered| -> Vec<String> {
+        r.inline_policies("JobRole")
+            .iter()
+            .flat_map(policy_rules::statements)
+            .map(|s| s["Sid"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let defaults = Rendered::new(&[]);
+    let stack = defaults.stack(&stack_key_arn());
+    assert!(stack.ecr_repositories.is_empty());
+    assert_eq!(
+        sids(&defaults),
+        ["CacheObjects", "CacheListing", "CacheKeyThroughS3"]
+    );
+    assert_eq!(defaults.agent_config()["job-ecr-repositories"], "");
+
+    let one = Rendered::new(&[("JobEcrRepositories", "team/app")]);
+    let stack = one.stack(&stack_key_arn());
+    assert_eq!(stack.ecr_repositories, ["team/app"]);
+    let job = one.inline_policies("JobRole");
+    assert_eq!(
+        sids(&one),
+        [
+            "CacheObjects",
+            "CacheListing",
+            "CacheKeyThroughS3",
+            "EcrLogin",
+            "EcrPullAndPush"
+        ]
+    );
+    assert_none(
+        "team/app",
+        policy_rules::job_role_problems(&stack, &job, &[]),
+    );
+    assert_none("team/app", policy_rules::job_ecr_missing(&stack, &job));
+    let pull_and_push = policy_rules::statements(&job[0])
+        .into_iter()
+        .find(|s| s["Sid"] == "EcrPullAndPush")
+        .unwrap();
+    assert_eq!(
+        policy_rules::strings(&pull_and_push["Action"]),
+        policy_rules::ECR_PULL_AND_PUSH
+    );
+    assert_eq!(
+        pull_and_push["Resource"],
+        json!([format!(
+            "arn:aws:ecr:{REGION}:{ACCOUNT}:repository/team/app"
+        )])
+    );
+    assert_eq!(one.agent_config()["job-ecr-repositories"], "team/app");
+    // The same statements, held to a stack without repositories: nothing of ECR is allowed there.
+    let problems = policy_rules::job_role_problems(&defaults.stack(&stack_key_arn()), &job, &[]);
+    assert_eq!(
+        problems.len(),
+        1 + policy_rules::ECR_PULL_AND_PUSH.len(),
+        "{problems:?}"
+    );
+    // Without the pull and push statement the grants are found missing.
+    let mut without = job[0].clone();
+    without["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|s| s["Sid"] != "EcrPullAndPush");
+    assert_eq!(
+        policy_rules::job_ecr_missing(&stack, &[without]).len(),
+        policy_rules::ECR_PULL_AND_PUSH.len()
+    );
+
+    // Widened copies: every ECR action, pull on every repository, push into another account's,
+    // another region's or a pattern of repositories, another repository, deleting images.
+    let other_account = format!("arn:aws:ecr:{REGION}:210987654321:repository/team/app");
+    let other_region = format!("arn:aws:ecr:eu-west-1:{ACCOUNT}:repository/team/app");
+    let pattern = format!("arn:aws:ecr:{REGION}:{ACCOUNT}:repository/team/*");
+    let other = format!("arn:aws:ecr:{REGION}:{ACCOUNT}:repository/other");
+    let own = stack.ecr_repository_arn("team/app");
+    let mut widened = job[0].clone();
+    widened["Statement"].as_array_mut().unwrap().extend([
+        json!({"Sid": "EcrAll", "Effect": "Allow", "Action": "ecr:*", "Resource": own}),
+        json!({"Sid": "PullAnywhere", "Effect": "Allow", "Action": "ecr:BatchGetImage", "Resource": "*"}),
+        json!({"Sid": "OtherAccount", "Effect": "Allow", "Action": "ecr:PutImage", "Resource": other_account}),
+        json!({"Sid": "OtherRegion", "Effect": "Allow", "Action": "ecr:PutImage", "Resource": other_region}),
+        json!({"Sid": "Pattern", "Effect": "Allow", "Action": "ecr:PutImage", "Resource": [own, pattern]}),
+        json!({"Sid": "OtherRepository", "Effect": "Allow", "Action": "ecr:BatchGetImage", "Resource": other}),
+        json!({"Sid": "Delete", "Effect": "Allow", "Action": "ecr:BatchDeleteImage", "Resource": own}),
+        json!({"Sid": "LoginOnARepository", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": own}),
+    ]);
+    let problems = policy_rules::job_role_problems(&stack, &[widened], &[]);
+    for sid in [
+        "EcrAll",
+        "PullAnywhere",
+        "OtherAccount",
+        "OtherRegion",
+        "Pattern",
+        "OtherRepository",
+        "Delete",
+        "LoginOnARepository",
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("job statement {sid}:"))),
+            "{sid} not flagged: {problems:?}"
+        );
+    }
+    assert!(
+        !problems
+            .iter()
+            .any(|p| p.contains("job statement Ecr") && !p.contains("job statement EcrAll:")),
+        "the stack's own ECR statements flagged: {problems:?}"
+    );
+
+    // All ten slots, in order.
+    let names: Vec<String> = (1..=10).map(|i| format!("team/app{i}")).collect();
+    let joined = names.join(",");
+    let ten = Rendered::new(&[("JobEcrRepositories", joined.as_str())]);
+    let stack = ten.stack(&stack_key_arn());
+    let job = ten.inline_policies("JobRole");
+    assert_none(
+        "ten repositories",
+        policy_rules::job_role_problems(&stack, &job, &[]),
+    );
+    assert_none(
+        "ten repositories",
+        policy_rules::job_ecr_missing(&stack, &job),
+    );
+    let resources: Vec<String> = policy_rules::statements(&job[0])
+        .iter()
+        .filter(|s| s["Sid"] == "EcrPullAndPush")
+        .flat_map(|s| policy_rules::strings(&s["Resource"]))
+        .collect();
+    let expected: Vec<String> = names.iter().map(|n| stack.ecr_repository_arn(n)).collect();
+    assert_eq!(resources, expected);
+    assert_eq!(
+        ten.agent_config()["job-ecr-repositories"],
+        names.join(" ").as_str()
+    );
+}
+
+/// KeepFailedInstanceMinutes reaches the agents' configuration (0 by default: never kept).
+#[test]
+fn the_agents_configuration_keeps_failed_instances_only_on_request() {
+    let config = Rendered::new(&[]).agent_config();
+    assert_eq!(config["keep-failed-instance-minutes"], 0);
+    let config = Rendered::new(&[("KeepFailedInstanceMinutes", "30")]).agent_config();
+    assert_eq!(config["keep-failed-instance-minutes"], 30);
 }
 
 /// The cache bucket: the key in use, no public access, TLS only, objects expire.

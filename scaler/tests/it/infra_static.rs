@@ -294,6 +294,8 @@ fn contract_agent_keys() -> BTreeSet<String> {
         "job-role-stack",
         "job-role-agent-type",
         "cache-bucket",
+        "job-ecr-repositories",
+        "keep-failed-instance-minutes",
     ])
 }
 
@@ -336,6 +338,11 @@ fn agent_config_follows_the_contract() {
         ("job-role-stack", "<AWS::StackName>"),
         ("job-role-agent-type", "<FleetName>"),
         ("cache-bucket", "<CacheBucket>"),
+        ("job-ecr-repositories", "<EcrRepositories>"),
+        (
+            "keep-failed-instance-minutes",
+            "<KeepFailedInstanceMinutes>",
+        ),
     ] {
         assert_eq!(value[key].as_str(), Some(from), "agent-config {key}");
     }

@@ -5,8 +5,9 @@
 //! key, may remove instances only in its stack's groups and only from an EC2 instance, has no
 //! mutating EC2 action and no AWS-managed policy, and may assume only the job role; the job role
 //! (issue 26) may use only the cache bucket's objects and the key through S3 for that bucket (no
-//! parameter, no Auto Scaling, no EC2, no STS, no direct use of the key) and is assumable by the
-//! agent role alone; the key policy lets only the agent and scaler roles read the token (beside
+//! parameter, no Auto Scaling, no EC2, no STS, no direct use of the key), and, with ECR
+//! repositories configured, the registry's login token and the pull and push actions on exactly
+//! those repositories of its account and region; it is assumable by the agent role alone; the key policy lets only the agent and scaler roles read the token (beside
 //! the account's administration, CloudWatch Logs for the stack's log groups, and the job role
 //! through S3).
 //! Each check returns the problems it found, so one failing test lists them all.
@@ -30,6 +31,8 @@ pub(crate) struct Stack {
     pub cache_bucket_arn: String,
     /// The only Auto Scaling group ARNs (patterns) the roles may act on.
     pub group_arns: Vec<String>,
+    /// The ECR repositories (names) the job role may pull from and push to; none by default.
+    pub ecr_repositories: Vec<String>,
 }
 
 impl Stack {
@@ -50,7 +53,29 @@ impl Stack {
     fn root(&self) -> String {
         format!("arn:aws:iam::{}:root", self.account)
     }
+
+    /// The ARN of one of the stack's ECR repositories (this account and region).
+    pub(crate) fn ecr_repository_arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:ecr:{}:{}:repository/{name}",
+            self.region, self.account
+        )
+    }
 }
+
+/// What a job may do in the repositories of `JobEcrRepositories`: pull and push, nothing else
+/// (no repository or policy administration, no deleting images).
+pub(crate) const ECR_PULL_AND_PUSH: [&str; 9] = [
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:BatchGetImage",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:DescribeImages",
+    "ecr:ListImages",
+    "ecr:InitiateLayerUpload",
+    "ecr:UploadLayerPart",
+    "ecr:CompleteLayerUpload",
+    "ecr:PutImage",
+];
 
 /// An IAM wildcard (`*`, `?`) matches `text`, ignoring case as IAM does for actions.
 pub(crate) fn wildcard_matches(pattern: &str, text: &str) -> bool {
@@ -124,9 +149,13 @@ pub(crate) fn agent_role_problems(
                     sid(&statement)
                 ));
             }
+            // EnterStandby: a failed job's instance kept for inspection (KeepFailedInstanceMinutes),
+            // in the group DescribeAutoScalingInstances names (read-only, on no resource).
             let autoscaling_allowed = [
                 "autoscaling:TerminateInstanceInAutoScalingGroup",
                 "autoscaling:SetInstanceHealth",
+                "autoscaling:EnterStandby",
+                "autoscaling:DescribeAutoScalingInstances",
             ];
             if lower.starts_with("autoscaling:") && !autoscaling_allowed.contains(&action.as_str())
             {
@@ -159,7 +188,10 @@ fn sts_problems(stack: &Stack, statement: &Value, action: &str) -> Vec<String> {
 }
 
 /// The rules for the job role: its inline policies may reach the cache bucket's objects (and
-/// list it) and use the stack's key only through S3 for that bucket; nothing else at all.
+/// list it) and use the stack's key only through S3 for that bucket; with ECR repositories
+/// configured, get the registry's login token (which has no resource: `*`) and pull and push on
+/// exactly those repositories' ARNs (never `*`, never a pattern, never another account or
+/// region); nothing else at all.
 pub(crate) fn job_role_problems(
     stack: &Stack,
     policies: &[Value],
@@ -185,17 +217,60 @@ pub(crate) fn job_role_problems(
                     resources == [stack.key_arn.clone()]
                         && key_through_s3_for_the_cache(stack, &statement)
                 }
+                "ecr:GetAuthorizationToken" => {
+                    !stack.ecr_repositories.is_empty() && resources == ["*"]
+                }
+                pull_or_push if ECR_PULL_AND_PUSH.contains(&pull_or_push) => {
+                    !resources.is_empty()
+                        && resources.iter().all(|resource| {
+                            stack
+                                .ecr_repositories
+                                .iter()
+                                .any(|name| *resource == stack.ecr_repository_arn(name))
+                        })
+                }
                 _ => false,
             };
             if !fits {
                 problems.push(format!(
-                    "job statement {}: {action} on {resources:?} is beyond the cache",
-                    sid(&statement)
+                    "job statement {}: {action} on {resources:?} is beyond the cache and the ECR repositories {:?}",
+                    sid(&statement),
+                    stack.ecr_repositories
                 ));
             }
         }
     }
     problems
+}
+
+/// What the job role must grant when ECR repositories are configured (`job_role_problems` says
+/// what it may): the registry's login token, and each pull and push action on each repository.
+pub(crate) fn job_ecr_missing(stack: &Stack, policies: &[Value]) -> Vec<String> {
+    let allowed = |action: &str, resource: &str| {
+        policies.iter().flat_map(statements).any(|statement| {
+            statement["Effect"] == "Allow"
+                && strings(&statement["Action"]).iter().any(|a| a == action)
+                && strings(&statement["Resource"])
+                    .iter()
+                    .any(|r| r == resource)
+        })
+    };
+    let mut missing = Vec::new();
+    if stack.ecr_repositories.is_empty() {
+        return missing;
+    }
+    if !allowed("ecr:GetAuthorizationToken", "*") {
+        missing.push("the job role cannot get the ECR login token".to_string());
+    }
+    for name in &stack.ecr_repositories {
+        let arn = stack.ecr_repository_arn(name);
+        for action in ECR_PULL_AND_PUSH {
+            if !allowed(action, &arn) {
+                missing.push(format!("the job role lacks {action} on {arn}"));
+            }
+        }
+    }
+    missing
 }
 
 fn key_through_s3_for_the_cache(stack: &Stack, statement: &Value) -> bool {

@@ -2,10 +2,11 @@
 //! cannot be downloaded here), `terraform validate` of the module and of
 //! `infra/terraform/examples/gpu-fleet`, then `apply` and `destroy` of the example against moto
 //! server, twice: as written (the defaults: hop limit 1, job sudo and docker off, no Session
-//! Manager) and with an override file that turns those on. After each apply the resources are
-//! looked up in moto (the groups, the launch template's hop limit, the job-setting parameters, the
-//! KMS key with rotation and its alias, the log groups under the key) and the policies Terraform
-//! read back are held to the rules in `policy_rules` (shared with `iam_policy.rs`); after each
+//! Manager, no ECR repositories, failed instances not kept) and with an override file that turns
+//! those on. After each apply the resources are looked up in moto (the groups, the launch
+//! template's hop limit, the job-setting parameters, the agents' configuration, the KMS key with
+//! rotation and its alias, the log groups under the key) and the policies Terraform read back are
+//! held to the rules in `policy_rules` (shared with `iam_policy.rs`); after each
 //! destroy they are gone (the key pending deletion). Each apply is a fresh one: an update against
 //! moto hangs in the scaler group's instance refresh (docs/testing.md). A copy of infra/terraform
 //! in a temporary directory is what Terraform works in, so nothing is written into the tree.
@@ -75,7 +76,7 @@ fn aws_json(moto: &moto::MotoServer, service: &str, target: &str, body: Value) -
     serde_json::from_str(&text).unwrap()
 }
 
-fn policy_stack(state: &[(String, Value)]) -> policy_rules::Stack {
+fn policy_stack(state: &[(String, Value)], ecr_repositories: &[&str]) -> policy_rules::Stack {
     let group = |name: &str| {
         format!(
             "arn:aws:autoscaling:{}:{ACCOUNT}:autoScalingGroup:*:autoScalingGroupName/{name}",
@@ -114,12 +115,14 @@ fn policy_stack(state: &[(String, Value)]) -> policy_rules::Stack {
             group("flotilla-gpu-fleet-agent"),
             group("flotilla-gpu-fleet-agent-fallback"),
         ],
+        ecr_repositories: ecr_repositories.iter().map(|s| s.to_string()).collect(),
     }
 }
 
 /// The applied policies, held to the rules.
-fn check_policies(state: &[(String, Value)], session_manager: bool) {
-    let stack = policy_stack(state);
+fn check_policies(state: &[(String, Value)], variant: &Variant) {
+    let session_manager = variant.session_manager;
+    let stack = policy_stack(state, variant.ecr_repositories);
     let of_role = |role: &str| -> Vec<Value> {
         state
             .iter()
@@ -155,6 +158,7 @@ fn check_policies(state: &[(String, Value)], session_manager: bool) {
         policy_rules::agent_role_problems(&stack, &agent, &managed),
         policy_rules::scaler_role_problems(&stack, &scaler),
         policy_rules::job_role_problems(&stack, &job, &[]),
+        policy_rules::job_ecr_missing(&stack, &job),
         policy_rules::job_trust_problems(&stack, &job_trust),
         policy_rules::key_policy_problems(
             &stack,
@@ -179,12 +183,8 @@ fn check_policies(state: &[(String, Value)], session_manager: bool) {
 }
 
 /// What apply made, looked up in moto.
-fn check_applied(
-    moto: &moto::MotoServer,
-    runtime: &tokio::runtime::Runtime,
-    hop_limit: i32,
-    job_sudo: &str,
-) {
+fn check_applied(moto: &moto::MotoServer, runtime: &tokio::runtime::Runtime, variant: &Variant) {
+    let (hop_limit, job_sudo) = (variant.hop_limit, variant.job_sudo);
     let sdk = moto.sdk(runtime);
     // The groups exist, and the scaler alone raises them.
     for group in [
@@ -221,6 +221,27 @@ fn check_applied(
             .unwrap();
         assert_eq!(read.parameter().unwrap().value(), Some(value), "{name}");
     }
+    // The agents' configuration: the ECR repositories space-separated ('' when none), the
+    // minutes a failed job's instance is kept.
+    let read = runtime
+        .block_on(
+            ssm.get_parameter()
+                .name(format!("/flotilla/{STACK}/agent-config"))
+                .send(),
+        )
+        .unwrap();
+    let text = read.parameter().unwrap().value().unwrap().to_string();
+    let config: serde_yaml::Value = serde_yaml::from_str(&text)
+        .unwrap_or_else(|e| panic!("agent-config is not YAML ({e}):\n{text}"));
+    assert_eq!(
+        config["job-ecr-repositories"],
+        variant.ecr_repositories.join(" ").as_str(),
+        "{text}"
+    );
+    assert_eq!(
+        config["keep-failed-instance-minutes"], variant.keep_failed_minutes,
+        "{text}"
+    );
     let key = key_by_alias(moto).expect("the alias alias/flotilla/gpu-fleet");
     let described = aws_json(
         moto,
@@ -293,6 +314,8 @@ struct Variant {
     session_manager: bool,
     hop_limit: i32,
     job_sudo: &'static str,
+    ecr_repositories: &'static [&'static str],
+    keep_failed_minutes: u32,
 }
 
 /// One fresh apply of the example, checked in moto and in the state, then destroyed.
@@ -304,8 +327,8 @@ fn apply_check_destroy(
 ) {
     terraform.apply();
     let state = state(terraform);
-    check_policies(&state, variant.session_manager);
-    check_applied(moto, runtime, variant.hop_limit, variant.job_sudo);
+    check_policies(&state, &variant);
+    check_applied(moto, runtime, &variant);
     let key_arn = resource(&state, "aws_kms_key.this[0]")["arn"]
         .as_str()
         .unwrap()
@@ -338,21 +361,42 @@ fn the_module_validates_applies_and_destroys_against_moto() {
         .unwrap();
 
     // As written (the defaults), then the opt-ins through an override file: Session Manager,
-    // job sudo, containers reach IMDS.
-    let opt_in = "module \"gpu_fleet\" {\n  enable_session_manager = true\n  job_sudo               = true\n  metadata_hop_limit     = 2\n}\n";
+    // job sudo, containers reach IMDS, an ECR repository for the jobs, failed instances kept.
+    let opt_in = concat!(
+        "module \"gpu_fleet\" {\n",
+        "  enable_session_manager       = true\n",
+        "  job_sudo                     = true\n",
+        "  metadata_hop_limit           = 2\n",
+        "  job_ecr_repositories         = [\"team/app\"]\n",
+        "  keep_failed_instance_minutes = 30\n",
+        "}\n",
+    );
     let variants = [
-        (None, (false, 1, "false")),
-        (Some(opt_in), (true, 2, "true")),
+        (
+            None,
+            Variant {
+                session_manager: false,
+                hop_limit: 1,
+                job_sudo: "false",
+                ecr_repositories: &[],
+                keep_failed_minutes: 0,
+            },
+        ),
+        (
+            Some(opt_in),
+            Variant {
+                session_manager: true,
+                hop_limit: 2,
+                job_sudo: "true",
+                ecr_repositories: &["team/app"],
+                keep_failed_minutes: 30,
+            },
+        ),
     ];
-    for (override_file, (session_manager, hop_limit, job_sudo)) in variants {
+    for (override_file, variant) in variants {
         if let Some(text) = override_file {
             std::fs::write(terraform.example.join("opt_in_override.tf"), text).unwrap();
         }
-        let variant = Variant {
-            session_manager,
-            hop_limit,
-            job_sudo,
-        };
         apply_check_destroy(&terraform, &moto, &runtime, variant);
     }
 }

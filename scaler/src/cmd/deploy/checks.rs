@@ -122,6 +122,21 @@ pub(crate) fn valid_instance_type(text: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
+/// The most names `JobEcrRepositories` takes: the template has one ARN slot per name (a list
+/// cannot be mapped to ARNs without a transform), as it has for instance types.
+pub(crate) const MAX_ECR_REPOSITORIES: usize = 10;
+
+/// An ECR repository name (`team/app`): lower-case letters, digits and `._/-`, starting with a
+/// letter or digit, 2 to 256 characters; nothing that would widen an ARN (`*`, `?`, `:`).
+pub(crate) fn valid_ecr_repository(name: &str) -> bool {
+    let mut chars = name.chars();
+    (2..=256).contains(&name.len())
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._/-".contains(c))
+}
+
 /// A stack name CloudFormation accepts.
 pub(crate) fn valid_stack_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -234,6 +249,20 @@ pub(super) fn check_value(spec: &ParameterSpec, value: &str) -> Result<()> {
         if let Some(bad) = types.iter().find(|t| !valid_instance_type(t)) {
             bail!(
                 "parameter InstanceTypes: '{bad}' is not an instance type (FAMILY.SIZE, such as g6.xlarge)"
+            );
+        }
+    }
+    if name == "JobEcrRepositories" && !value.trim().is_empty() {
+        let names: Vec<&str> = value.split(',').map(str::trim).collect();
+        if let Some(bad) = names.iter().find(|n| !valid_ecr_repository(n)) {
+            bail!(
+                "parameter JobEcrRepositories: '{bad}' is not an ECR repository name (lower-case letters, digits and ._/-, starting with a letter or digit, 2 to 256 characters; a name, not an ARN)"
+            );
+        }
+        if names.len() > MAX_ECR_REPOSITORIES {
+            bail!(
+                "parameter JobEcrRepositories: {} repositories, the stack takes at most {MAX_ECR_REPOSITORIES}",
+                names.len()
             );
         }
     }

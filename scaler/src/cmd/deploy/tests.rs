@@ -40,6 +40,23 @@ fn instance_types_and_stack_names() {
         assert!(!valid_instance_type(bad), "{bad}");
     }
     assert!(valid_stack_name("gpu-fleet"));
+    for good in ["team/app", "base", "a1", "team.x/app_y-z", "0cache"] {
+        assert!(valid_ecr_repository(good), "{good}");
+    }
+    for bad in [
+        "",
+        "a",
+        "Team/app",
+        "team/*",
+        "team/ap?",
+        "/team",
+        "-app",
+        "arn:aws:ecr:us-east-1:123456789012:repository/app",
+        "team app",
+    ] {
+        assert!(!valid_ecr_repository(bad), "{bad}");
+    }
+    assert!(valid_ecr_repository(&"a".repeat(256)) && !valid_ecr_repository(&"a".repeat(257)));
     assert!(!valid_stack_name("1fleet") && !valid_stack_name("gpu_fleet") && !valid_stack_name(""));
 }
 
@@ -88,6 +105,14 @@ fn parameters_are_checked_against_the_template() {
     assert!(error(&["MaxSize=lots"]).contains("'lots' is not a number"));
     assert!(error(&["FallbackPools=sometimes"]).contains("is not one of"));
     assert!(error(&["QueueEndpoint=org.semaphoreci.com"]).contains("http:// or https://"));
+    assert!(resolve(&["JobEcrRepositories=team/app,base"], &BTreeMap::new()).is_ok());
+    assert!(resolve(&["JobEcrRepositories="], &BTreeMap::new()).is_ok());
+    assert!(error(&["JobEcrRepositories=team/*"]).contains("'team/*' is not an ECR repository"));
+    assert!(error(&["JobEcrRepositories=team/app,,base"]).contains("'' is not an ECR repository"));
+    let eleven: Vec<String> = (0..11).map(|i| format!("repo{i}")).collect();
+    let eleven = format!("JobEcrRepositories={}", eleven.join(","));
+    assert!(error(&[eleven.as_str()]).contains("11 repositories, the stack takes at most 10"));
+    assert!(error(&["KeepFailedInstanceMinutes=721"]).contains("outside 0..720"));
     assert!(error(&["MaxSize"]).contains("is not KEY=VALUE"));
     assert!(error(&["MaxSize=3", "MaxSize=4"]).contains("given twice"));
     // An update keeps what is not given; MinSize is checked against the kept MaxSize.
