@@ -52,6 +52,9 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("job-record-file", Kind::Text),
     ("job-user", Kind::Text),
     ("job-no-new-privileges", Kind::Flag),
+    ("job-cgroups", Kind::Flag),
+    ("job-memory-max", Kind::Text),
+    ("job-pids-max", Kind::Int),
     ("job-role-arn", Kind::Text),
     ("job-role-listen", Kind::Text),
     ("job-role-container-listen", Kind::Text),
@@ -129,6 +132,9 @@ pub struct Config {
     pub job_user: String,
     /// The job user's processes get `no_new_privs` (no setuid binary raises them).
     pub job_no_new_privileges: bool,
+    /// Each job in a cgroup of its own under the agent's delegated one ([`crate::job_cgroup`]),
+    /// with `job-memory-max` and `job-pids-max` as its limits.
+    pub job_cgroups: Option<crate::job_cgroup::Limits>,
     /// `job-role-arn`, `job-role-listen`, `job-role-stack`, `job-role-agent-type`,
     /// `cache-bucket`: the role assumed for each job, whose credentials the job gets from the
     /// agent's endpoint ([`crate::job_role`]); an empty ARN: none. The region is the agent's.
@@ -488,6 +494,7 @@ fn build(
         job_record_file,
         job_user: text(values, "job-user")?,
         job_no_new_privileges: flag(values, "job-no-new-privileges")?,
+        job_cgroups: job_cgroups(values)?,
         job_role: job_role(values)?,
         imds_endpoint: text(values, "imds-endpoint")?,
         ec2_poll_seconds: ec2_poll_seconds(values)?,
@@ -630,6 +637,36 @@ fn give_up_after(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigErro
     Ok(seconds)
 }
 
+/// A job's task limit in its cgroup unless `job-pids-max` says otherwise (0: none): far above
+/// what a build's processes and threads need, far below what would starve the machine.
+pub const DEFAULT_JOB_PIDS_MAX: i64 = 32_768;
+
+/// `job-cgroups` and its limits (which need it).
+fn job_cgroups(
+    values: &BTreeMap<&'static str, Raw>,
+) -> Result<Option<crate::job_cgroup::Limits>, ConfigError> {
+    let memory_max = crate::job_cgroup::parse_size(&text(values, "job-memory-max")?)
+        .map_err(|error| invalid(format!("{error}. Exiting...")))?;
+    let pids_max = int(values, "job-pids-max", DEFAULT_JOB_PIDS_MAX)?;
+    if pids_max < 0 {
+        return Err(invalid(
+            "job-pids-max must be 0 (no limit) or more. Exiting...",
+        ));
+    }
+    let pids_max = (pids_max > 0).then_some(pids_max.unsigned_abs());
+    let limited = memory_max.is_some() || values.contains_key("job-pids-max");
+    match flag(values, "job-cgroups")? {
+        true => Ok(Some(crate::job_cgroup::Limits {
+            memory_max,
+            pids_max,
+        })),
+        false if limited => Err(invalid(
+            "job-memory-max and job-pids-max need job-cgroups. Exiting...",
+        )),
+        false => Ok(None),
+    }
+}
+
 /// The most a failed job's instance may be kept: a day (the stacks allow 12 hours).
 pub const MAX_KEEP_FAILED_MINUTES: i64 = 24 * 60;
 
@@ -739,6 +776,42 @@ mod tests {
         for (list, message) in table {
             let error = load(&args(list), &env(&[]), &no_file).unwrap_err();
             assert_eq!(error.to_string(), *message, "args {list:?}");
+        }
+    }
+
+    #[test]
+    fn job_cgroups_and_their_limits() {
+        assert_eq!(load_with(BASE, &[], "").unwrap().job_cgroups, None);
+        let args = [
+            BASE,
+            &[
+                "--job-cgroups",
+                "--job-memory-max",
+                "64M",
+                "--job-pids-max",
+                "200",
+            ],
+        ];
+        let limits = load_with(&args.concat(), &[], "")
+            .unwrap()
+            .job_cgroups
+            .unwrap();
+        assert_eq!(limits.memory_max, Some(64 << 20));
+        assert_eq!(limits.pids_max, Some(200));
+        let defaults = load_with(&[BASE, &["--job-cgroups"]].concat(), &[], "").unwrap();
+        assert_eq!(defaults.job_cgroups.unwrap().pids_max, Some(32_768));
+        let unlimited = [BASE, &["--job-cgroups", "--job-pids-max", "0"]].concat();
+        let unlimited = load_with(&unlimited, &[], "").unwrap().job_cgroups.unwrap();
+        assert_eq!((unlimited.pids_max, unlimited.memory_max), (None, None));
+        for bad in [
+            &["--job-memory-max", "64M"][..],
+            &["--job-cgroups", "--job-memory-max", "lots"],
+            &["--job-cgroups", "--job-pids-max", "-1"],
+        ] {
+            assert!(
+                load_with(&[BASE, bad].concat(), &[], "").is_err(),
+                "{bad:?}"
+            );
         }
     }
 

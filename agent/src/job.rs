@@ -55,6 +55,8 @@ pub struct JobOptions {
     pub job_role: Option<crate::job_role::JobRole>,
     /// Debug jobs: a failed job's scratch directory (its environment files) is kept, not removed.
     pub keep_failed_scratch: bool,
+    /// `job-cgroups`: where each job (with a job user) gets a cgroup of its own.
+    pub job_cgroups: Option<crate::job_cgroup::JobCgroups>,
 }
 
 /// The agent's environment without its own configuration and secrets: every `SEMAPHORE_AGENT_*`
@@ -163,6 +165,22 @@ pub fn run_job(
             return JobResult::Failed;
         }
     };
+    // How the job is stopped, made before it runs: its cgroup (every process of the job user
+    // joins it, and it is killed as one), or a killer thread it cannot signal.
+    let for_this_job;
+    let options = match stoppable(request, options) {
+        Ok(Some(with_cgroup)) => {
+            for_this_job = with_cgroup;
+            &for_this_job
+        }
+        Ok(None) => options,
+        Err(error) => {
+            fail_before_shell(log, PREPARE_DIRECTIVE, &error);
+            log.job_finished(JobResult::Failed);
+            let _ = std::fs::remove_dir_all(&scratch);
+            return JobResult::Failed;
+        }
+    };
     // The job's credentials are valid from here until the grant is dropped, after the job.
     let grant = match (&options.job_role, credentials_caller(request, options)) {
         (Some(role), Some(caller)) => role.grant(request, options.job_user.as_ref(), caller),
@@ -190,6 +208,31 @@ pub fn run_job(
         let _ = std::fs::remove_dir_all(&scratch);
     }
     result
+}
+
+/// `options` whose job user is in a new cgroup of this job's (`job-cgroups`) or has a killer of
+/// this job's; `None` without a job user.
+fn stoppable(request: &JobRequest, options: &JobOptions) -> Result<Option<JobOptions>, String> {
+    let Some(user) = &options.job_user else {
+        return Ok(None);
+    };
+    let mut user = user.clone();
+    match &options.job_cgroups {
+        Some(cgroups) => {
+            let cgroup = cgroups.create(&request.job_id).map_err(|e| e.to_string())?;
+            user.cgroup = Some(crate::job_user::JobCgroupHandle(std::sync::Arc::new(
+                cgroup,
+            )));
+        }
+        None => {
+            let killer = crate::job_user::Killer::spawn(user.uid)
+                .map_err(|error| format!("cannot prepare stopping the job: {error}"))?;
+            user.killer = Some(crate::job_user::KillerHandle(std::sync::Arc::new(killer)));
+        }
+    }
+    let mut options = options.clone();
+    options.job_user = Some(user);
+    Ok(Some(options))
 }
 
 /// Where the job calls the credential endpoint from: the machine (a shell job), `main` on the
@@ -369,6 +412,9 @@ pub(crate) fn create_unique_dir(root: &Path, prefix: &str) -> std::io::Result<Pa
     ))
 }
 
+/// The job log's directive when the kernel killed a process of the job for lack of memory.
+pub const OUT_OF_MEMORY_DIRECTIVE: &str = "The job ran out of memory";
+
 struct Runner<'a> {
     request: &'a JobRequest,
     options: &'a JobOptions,
@@ -381,8 +427,38 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// When the kernel killed processes of the job for lack of memory (its cgroup's count), the
+    /// job log says so in a step of its own, failed, so the reason is not a bare exit code 137.
+    fn report_out_of_memory(&self) {
+        let Some(cgroup) = self
+            .options
+            .job_user
+            .as_ref()
+            .and_then(|u| u.cgroup.as_ref())
+        else {
+            return;
+        };
+        let kills = cgroup.0.oom_kills();
+        if kills == 0 {
+            return;
+        }
+        let limit = match cgroup.0.memory_max() {
+            Some(bytes) => format!("its limit, {} MiB (job-memory-max)", bytes >> 20),
+            None => "the machine's memory".to_string(),
+        };
+        let started_at = unix_now();
+        self.log.cmd_started(OUT_OF_MEMORY_DIRECTIVE);
+        self.log.cmd_output(
+            format!("The kernel killed {kills} process(es) of the job: it used more than {limit}. Use less memory, or a larger instance type for this agent type.\n")
+                .as_bytes(),
+        );
+        self.log
+            .cmd_finished(OUT_OF_MEMORY_DIRECTIVE, 1, started_at, unix_now());
+    }
+
     fn run(&mut self) -> JobResult {
         let mut result = self.run_regular_commands();
+        self.report_out_of_memory();
         let mut epilogues_ran = false;
         if !self.control.is_stopped() {
             self.run_epilogues(result);

@@ -12,17 +12,17 @@
 //!   on a thread of its own whose credentials alone are switched with the raw system calls (glibc's
 //!   wrappers would switch every thread of the agent), so permissions and ownership are the job
 //!   user's and the agent's privileges never touch a path the job chose;
-//! - stopping: [`JobUser::kill_all`] sends SIGKILL to every process of the job user (`kill -1` as
-//!   that user), which also reaches processes that left the job's session with `setsid`.
+//! - stopping: [`JobUser::kill_all`] kills the job's cgroup when it has one
+//!   ([`crate::job_cgroup`]), or sends SIGKILL to every process of the job user (`kill(-1)` from
+//!   a thread acting for that user that the job cannot signal: [`Killer`]), which also reaches
+//!   processes that left the job's session with `setsid`.
 //!
 //! Users and groups are read with `getpwnam_r` and `getgrouplist`, so NSS sources work as they
 //! do for `login`; no crate wraps both without pulling in more than these two calls.
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A resolved job user: everything the child needs is allocated before `fork`.
@@ -39,7 +39,24 @@ pub struct JobUser {
     /// file capability on the machine raises them (the sealed image sets it unless `JobSudo`).
     /// Not for the job's rootless engine, whose `newuidmap` is such a binary ([`Self::for_engine`]).
     pub no_new_privs: bool,
+    /// The running job's cgroup (`job-cgroups`): every process started as this user joins it, and
+    /// [`Self::kill_all`] kills it there.
+    pub cgroup: Option<JobCgroupHandle>,
+    /// The running job's [`Killer`], made when the job starts.
+    pub killer: Option<KillerHandle>,
 }
+
+/// A job's cgroup, shared by the clones of its job user (equal when it is the same cgroup).
+#[derive(Debug, Clone)]
+pub struct JobCgroupHandle(pub std::sync::Arc<crate::job_cgroup::JobCgroup>);
+
+impl PartialEq for JobCgroupHandle {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for JobCgroupHandle {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobUserError {
@@ -75,6 +92,8 @@ impl JobUser {
             groups,
             home,
             no_new_privs: false,
+            cgroup: None,
+            killer: None,
         })
     }
 
@@ -97,11 +116,16 @@ impl JobUser {
 
     /// Becomes the job user in a forked child before `exec`: supplementary groups, gid, uid,
     /// then empties the permitted, effective, inheritable and ambient capability sets, and sets
-    /// `no_new_privs` when asked to ([`Self::no_new_privs`]).
+    /// `no_new_privs` when asked to ([`Self::no_new_privs`]); before all that, it joins the job's
+    /// cgroup when there is one.
     ///
     /// # Safety
     /// Only for `pre_exec`: it makes async-signal-safe system calls and does not allocate.
     pub unsafe fn become_in_child(&self) -> io::Result<()> {
+        // First, while the agent's: the job user may not move a process between cgroups.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.0.join_in_child()?;
+        }
         if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
             || libc::setresgid(self.gid, self.gid, self.gid) != 0
             || libc::setresuid(self.uid, self.uid, self.uid) != 0
@@ -159,35 +183,106 @@ impl JobUser {
             .unwrap_or(false)
     }
 
-    /// SIGKILLs every process of the job user, three sweeps apart (a job that forks while the
-    /// first lands is caught by the next). `kill -1` run as the job user reaches exactly that
-    /// user's processes, wherever they are, and nothing of the agent's.
+    /// SIGKILLs every process of the job user: in the job's cgroup when it has one, else with
+    /// `kill(-1)` from a thread of the agent's acting for the job user ([`Killer`]).
     pub fn kill_all(&self) {
-        for sweep in 0..3 {
-            if sweep > 0 {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let user = self.clone();
-            // bash's own `kill` (procps' refuses the pid -1).
-            let mut command = Command::new("bash");
-            command
-                .args(["-c", "kill -s KILL -1"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: become_in_child is async-signal-safe.
-            unsafe {
-                command.pre_exec(move || user.become_in_child());
-            }
-            // `kill -1` exits non-zero when there was nothing left to kill.
-            if let Err(error) = command.status() {
-                tracing::warn!(
-                    "cannot stop the processes of job-user {}: {error}",
-                    self.name
-                );
-                return;
-            }
+        // In its cgroup the job is killed by the kernel, all of it at once, stopped processes
+        // too: no helper the job could freeze.
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.0.kill(crate::job_cgroup::KILL_DEADLINE);
+            return;
         }
+        let done = match &self.killer {
+            Some(killer) => killer.0.kill_all(KILL_WAIT),
+            None => Killer::spawn(self.uid).is_ok_and(|killer| killer.kill_all(KILL_WAIT)),
+        };
+        if !done {
+            tracing::warn!("cannot stop the processes of job-user {}", self.name);
+        }
+    }
+}
+
+/// How long [`JobUser::kill_all`] waits for its sweeps.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// A uid no process has: the real and saved uid of the [`Killer`]'s thread.
+const KILLER_UID: u32 = u32::MAX - 2;
+
+/// A thread of the agent's that kills the job user's processes, made before the job runs. It
+/// acts with the job user's uid as its effective uid and no capability (so `kill(-1)` reaches
+/// exactly the job user's processes) and [`KILLER_UID`] as its real and saved ones, which no process of the job
+/// has: the job cannot signal it back (stop it, as it could stop a helper that became the job
+/// user), and it needs no new process or thread when it is asked (a job that forked up to the
+/// task limit cannot keep it from running). A thread of its own, because the switch is one way
+/// for a process that started as root, and other threads keep the agent's credentials.
+#[derive(Debug)]
+pub struct Killer {
+    requests: std::sync::Mutex<std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>>,
+}
+
+/// A job's killer, shared by the clones of its job user.
+#[derive(Debug, Clone)]
+pub struct KillerHandle(pub std::sync::Arc<Killer>);
+
+impl PartialEq for KillerHandle {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for KillerHandle {}
+
+impl Killer {
+    /// Starts the thread; it switches its credentials at once and waits for requests.
+    pub fn spawn(uid: u32) -> io::Result<Killer> {
+        let (requests, incoming) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("job-killer".into())
+            .spawn(move || {
+                // SAFETY: raw system calls change only this thread's credentials; without its
+                // capabilities (the agent's CAP_KILL would let kill(-1) reach every process).
+                let switched = unsafe {
+                    match libc::syscall(libc::SYS_setresuid, KILLER_UID, uid, KILLER_UID) {
+                        0 => drop_capabilities(),
+                        _ => Err(io::Error::last_os_error()),
+                    }
+                };
+                let failed = switched.is_err();
+                let _ = ready_tx.send(switched);
+                if failed {
+                    return;
+                }
+                for done in incoming {
+                    for sweep in 0..3 {
+                        if sweep > 0 {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        // SAFETY: kill takes no pointers; -1 is every process this thread may
+                        // signal except the agent's own.
+                        unsafe { libc::kill(-1, libc::SIGKILL) };
+                    }
+                    let _ = done.send(());
+                }
+            })?;
+        ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the killer thread ended")))?;
+        Ok(Killer {
+            requests: std::sync::Mutex::new(requests),
+        })
+    }
+
+    /// Kills every process of the job user (three sweeps, 20 ms apart: a job that forks while
+    /// the first lands is caught by the next); whether the thread answered within `wait`.
+    pub fn kill_all(&self, wait: Duration) -> bool {
+        let (done, answer) = std::sync::mpsc::channel();
+        let sent = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(done);
+        sent.is_ok() && answer.recv_timeout(wait).is_ok()
     }
 }
 

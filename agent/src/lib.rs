@@ -9,6 +9,7 @@ pub mod config;
 pub mod gpu;
 pub mod host;
 pub mod job;
+pub mod job_cgroup;
 pub mod job_record;
 pub mod job_role;
 pub mod job_user;

@@ -468,10 +468,30 @@ fn job_options(config: &Config, gpus: &[agent::gpu::Gpu]) -> Result<JobOptions> 
                 .then(|| Duration::from_secs(config.container_pull_stall_timeout as u64)),
         },
         job_role: None,
+        job_cgroups: match config.job_cgroups {
+            Some(limits) => adopt_job_cgroups(limits)?,
+            None => None,
+        },
         keep_failed_scratch: config.ec2
             && !config.ec2_keep_instance
             && config.keep_failed_instance_minutes > 0,
     })
+}
+
+/// `job-cgroups`: the agent's delegated cgroup. On cgroup v1 (no per-job cgroups) jobs are still
+/// stopped by a thread they cannot signal, without limits of their own; anything else wrong
+/// (cgroup v2 without `Delegate=yes`) is fatal: the image asked for them.
+fn adopt_job_cgroups(
+    limits: agent::job_cgroup::Limits,
+) -> Result<Option<agent::job_cgroup::JobCgroups>> {
+    match agent::job_cgroup::JobCgroups::adopt(limits) {
+        Ok(cgroups) => Ok(Some(cgroups)),
+        Err(agent::job_cgroup::CgroupError::NotV2) => {
+            tracing::warn!("job-cgroups: this machine has cgroup v1, so jobs get no cgroup (and no job-memory-max or job-pids-max) of their own; they are stopped from a thread they cannot signal");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The job credential endpoint (`job-role-arn`); one that cannot start is fatal, since the jobs

@@ -36,7 +36,9 @@ resource "aws_kms_key" "this" {
         Effect    = "Allow"
         Principal = { AWS = local.account_root }
         Action = [
-          "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+          # CreateAlias, not Create*: kms:CreateGrant would let a grantee use the key outside
+          # this policy's conditions.
+          "kms:CreateAlias", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
           "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
           "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
           "kms:RotateKeyOnDemand",

@@ -141,7 +141,9 @@ resource "aws_kms_key" "this" {
         Effect    = "Allow"
         Principal = { AWS = local.account_root }
         Action = [
-          "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
+          # CreateAlias, not Create*: kms:CreateGrant would let a grantee use the key outside
+          # this policy's conditions.
+          "kms:CreateAlias", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*", "kms:Update*",
           "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*", "kms:TagResource",
           "kms:UntagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
           "kms:RotateKeyOnDemand",
@@ -671,7 +673,9 @@ resource "aws_launch_template" "agent" {
     http_tokens   = "required"
     # 1 by default: IMDS answers never reach a container (metadata_hop_limit).
     http_put_response_hop_limit = var.metadata_hop_limit
-    instance_metadata_tags      = "disabled"
+    # No IPv6 metadata endpoint (fd00:ec2::254): one address to seal, not two.
+    http_protocol_ipv6     = "disabled"
+    instance_metadata_tags = "disabled"
   }
 
   block_device_mappings {
@@ -735,6 +739,7 @@ resource "aws_launch_template" "scaler" {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
+    http_protocol_ipv6          = "disabled"
     instance_metadata_tags      = "disabled"
   }
 

@@ -8,6 +8,12 @@
 //! (`AWS_REGION` is enough; the account comes from `AWS_ACCOUNT_ID` or `sts get-caller-identity`).
 //! Each login command runs with the credential's variables only (upstream's rule), plus `PATH`
 //! and the agent's `HOME` so the CLIs are found and the login lands where the pull will read it.
+//!
+//! On the machine's Docker the logins run as the agent's user while the job runs as the job user,
+//! and a credential's variables and files are the job's to choose: so a variable that steers the
+//! shell or the command search (`BASH_ENV`, `PATH`, exported functions, `LD_*`, ...) is dropped
+//! ([`is_reserved`]), and a file goes only under `HOME` or upstream's `/tmp/gcr`, never through
+//! a `..`, a symbolic link or a directory of another user's ([`write_file`]).
 
 use crate::joblog::JobLog;
 use crate::shell::unix_now;
@@ -196,9 +202,36 @@ fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, LoginError> {
         .collect()
 }
 
-/// The credential's variables, plus `PATH` (the job's) and `HOME`: the agent's own, or with a job
-/// user the job's, with the engine's variables (`DOCKER_HOST`, Podman's configuration).
+/// A variable a credential may not set: it would choose what the login's shell runs (bash's
+/// start-up file, exported functions, options and prompts, the command search, the loader) or
+/// where it writes (`HOME`), or which engine it talks to.
+pub fn is_reserved(name: &str) -> bool {
+    const RESERVED: [&str; 16] = [
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "IFS",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PATH",
+        "HOME",
+        "DOCKER_HOST",
+        "DOCKER_CONFIG",
+        "CONTAINERS_CONF",
+        "CONTAINERS_STORAGE_CONF",
+        "XDG_RUNTIME_DIR",
+    ];
+    RESERVED.contains(&name) || name.starts_with("BASH_FUNC_") || name.starts_with("LD_")
+}
+
+/// The credential's variables (the reserved ones dropped), plus `PATH` (the job's) and `HOME`: the
+/// agent's own, or with a job user the job's, with the engine's variables (`DOCKER_HOST`,
+/// Podman's configuration).
 fn command_env(mut env: Vec<(String, String)>, login: &Login<'_>) -> Vec<(String, String)> {
+    env.retain(|(name, _)| !is_reserved(name));
     let from_client = |name: &str| {
         login
             .env
@@ -324,6 +357,12 @@ fn write_files(
             (None, Some(home)) => home.join(&file.path),
             (_, None) => return Err(LoginError::NoHome(file.path.clone())),
         };
+        if !allowed_destination(&destination, home.as_deref()) {
+            return Err(LoginError::Write {
+                path: destination.display().to_string(),
+                error: "credential files go under HOME or /tmp/gcr only, without '..'".into(),
+            });
+        }
         let mode = file
             .parse_mode()
             .ok_or_else(|| LoginError::BadFileMode(file.mode.clone()))?;
@@ -335,12 +374,37 @@ fn write_files(
     Ok(())
 }
 
+/// Upstream's GCR key file lives here (its login command reads it).
+const GCR_DIR: &str = "/tmp/gcr";
+
+/// Whether a credential file may be written at `path`: under `home` or [`GCR_DIR`], with no `..`.
+pub fn allowed_destination(path: &Path, home: Option<&Path>) -> bool {
+    let no_parent = !path
+        .components()
+        .any(|part| part == std::path::Component::ParentDir);
+    let under_home = home.is_some_and(|home| path.starts_with(home));
+    no_parent && (under_home || path.starts_with(GCR_DIR))
+}
+
+/// Writes `path`, making its directories; every directory on the way must be a real directory
+/// (no symbolic link) and, where the writer made it or owns it, the writer's: a directory another
+/// user prepared (a job's `/tmp/gcr` pointing at the agent's home) is refused.
 fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(parent)?;
+        let meta = std::fs::symlink_metadata(parent)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        use std::os::unix::fs::MetadataExt;
+        if !meta.is_dir() || meta.uid() != me {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} is not a directory of this user's", parent.display()),
+            ));
+        }
     }
     crate::secure_fs::write(
         path,
@@ -353,6 +417,74 @@ fn write_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_cannot_choose_what_the_logins_shell_runs() {
+        let login = Login {
+            env: &[("PATH".into(), "/usr/bin:/bin".into())],
+            user: None,
+        };
+        let mut vars: Vec<(String, String)> = [
+            "BASH_ENV",
+            "ENV",
+            "BASH_FUNC_docker%%",
+            "LD_PRELOAD",
+            "PATH",
+            "HOME",
+            "SHELLOPTS",
+            "PS4",
+            "DOCKER_HOST",
+        ]
+        .iter()
+        .map(|name| (name.to_string(), "/tmp/evil".to_string()))
+        .collect();
+        vars.push(("DOCKER_PASSWORD".into(), "secret".into()));
+        let env = command_env(vars, &login);
+        assert!(env.contains(&("DOCKER_PASSWORD".into(), "secret".into())));
+        assert!(env.contains(&("PATH".into(), "/usr/bin:/bin".into())));
+        assert!(
+            !env.iter().any(|(_, value)| value == "/tmp/evil"),
+            "{env:?}"
+        );
+    }
+
+    #[test]
+    fn credential_files_go_under_home_or_upstreams_gcr_directory() {
+        let home = Path::new("/home/flotilla");
+        for (path, allowed) in [
+            ("/home/flotilla/.docker/key.json", true),
+            ("/tmp/gcr/keyfile.json", true),
+            ("/home/flotilla/../root/.bashrc", false),
+            ("/tmp/gcr/../../etc/cron.d/x", false),
+            ("/etc/passwd", false),
+            ("/home/flotillax/k", false),
+        ] {
+            assert_eq!(
+                allowed_destination(Path::new(path), Some(home)),
+                allowed,
+                "{path}"
+            );
+        }
+        assert!(!allowed_destination(Path::new("/home/flotilla/k"), None));
+    }
+
+    #[test]
+    fn a_directory_another_user_prepared_or_a_link_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        // The positive control: a directory of the writer's own takes the file.
+        write_file(&real.join("key.json"), b"{}", 0o600).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let error = write_file(&link.join("other.json"), b"{}", 0o600).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{error}"
+        );
+        assert!(!real.join("other.json").exists());
+    }
 
     #[test]
     fn login_errors_read_as_upstreams_lines() {

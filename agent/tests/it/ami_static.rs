@@ -394,6 +394,7 @@ fn shellcheck_every_script() {
 const AGENT_EXEC_START: &str = "ExecStart=/usr/local/bin/agent start --ec2 --report-gpus \
     --disconnect-after-job --registered-file /run/flotilla/registered \
     --job-record-file /var/lib/flotilla/job-taken --job-user flotilla-job \
+    --job-cgroups \
     --ec2-poweroff-command \"sudo /usr/bin/systemctl poweroff\"";
 
 fn unit_settings(body: &str) -> BTreeMap<String, Vec<String>> {
@@ -519,8 +520,13 @@ fn systemd_units_verify() {
         (
             "flotilla-seal.service",
             "Before",
-            "docker.service flotilla-agent.service",
+            "docker.service flotilla-agent.service cron.service atd.service",
         ),
+        // Each job in a cgroup of its own under the agent's (agent/src/job_cgroup.rs); a job's
+        // out-of-memory kill fails the job, not the unit.
+        ("flotilla-agent.service", "Delegate", "yes"),
+        ("flotilla-agent.service", "OOMPolicy", "continue"),
+        ("flotilla-agent.service", "TasksMax", "infinity"),
         (
             "flotilla-agent.service",
             "ConditionPathExists",

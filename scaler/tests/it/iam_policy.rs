@@ -448,6 +448,17 @@ fn the_key_policy_names_only_the_stacks_roles() {
         "the key policy",
         policy_rules::key_policy_problems(&rendered.stack(&stack_key_arn()), &key["KeyPolicy"]),
     );
+    // The positive control: administration by a wildcard that takes in CreateGrant is flagged.
+    let mut widened = key["KeyPolicy"].clone();
+    widened["Statement"][0]["Action"]
+        .as_array_mut()
+        .expect("the administration statement lists its actions")
+        .push(json!("kms:Create*"));
+    let problems = policy_rules::key_policy_problems(&rendered.stack(&stack_key_arn()), &widened);
+    assert!(
+        problems.iter().any(|p| p.contains("kms:CreateGrant")),
+        "{problems:?}"
+    );
     let alias = rendered.properties("KmsKeyAlias").unwrap();
     assert_eq!(alias["AliasName"], "alias/flotilla/gpu-fleet");
     // The log groups and the output take the key in use; a key of one's own replaces the stack's.
@@ -478,6 +489,8 @@ fn the_job_settings_and_the_hop_limit_follow_the_parameters() {
     let defaults = Rendered::new(&[]);
     assert_eq!(metadata(&defaults)["HttpPutResponseHopLimit"], "1");
     assert_eq!(metadata(&defaults)["HttpTokens"], "required");
+    // One metadata address to seal: the IPv6 endpoint is off, explicitly.
+    assert_eq!(metadata(&defaults)["HttpProtocolIpv6"], "disabled");
     for (resource, name) in [
         ("JobSudoParameter", "job-sudo"),
         ("JobDockerParameter", "job-docker"),

@@ -493,6 +493,12 @@ fn account_statement_problems(
         }
         decrypters.extend(role_arns);
     }
+    if grants(statement, "kms:CreateGrant") {
+        problems.push(format!(
+            "key statement {} grants kms:CreateGrant (a grantee uses the key outside the policy)",
+            sid(statement)
+        ));
+    }
     if grants(statement, "kms:ReEncryptFrom") {
         problems.push(format!(
             "key statement {} grants kms:ReEncryptFrom",

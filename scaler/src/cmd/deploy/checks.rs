@@ -20,11 +20,13 @@ pub(crate) struct ParameterSpec {
     pub max_value: Option<f64>,
 }
 
-/// A template as deploy needs it: its text, its parameters in declaration order, and how many
-/// resources it declares (the denominator of the progress lines).
+/// A template as deploy needs it: its text, the body it sends ([`super::wire`]), its parameters
+/// in declaration order, and how many resources it declares (the denominator of the progress
+/// lines).
 #[derive(Debug, Clone)]
 pub(crate) struct Template {
     pub body: String,
+    pub wire: String,
     pub parameters: Vec<ParameterSpec>,
     pub resources: usize,
 }
@@ -59,6 +61,7 @@ impl Template {
             .and_then(|r| r.as_mapping())
             .map_or(0, |m| m.len());
         Ok(Template {
+            wire: super::wire::compact(&document)?,
             body: body.to_string(),
             parameters,
             resources,
@@ -73,7 +76,7 @@ impl Template {
     ) -> Definition<'a> {
         Definition {
             stack,
-            template: &self.body,
+            template: &self.wire,
             parameters,
         }
     }

@@ -24,6 +24,7 @@ mod checks;
 mod plan;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use calls::{apply, existing_stack, secure_token};
 use checks::{check_kind, check_request, resolve_parameters, user_manages_token};

@@ -105,7 +105,9 @@ pub(crate) fn plan(
             .filter_map(|s| Some((s.name.clone(), value(s)?)))
             .collect()
     };
-    if existing.template == template.body && in_effect(&existing.parameters) == in_effect(values) {
+    // A stack deployed before deploy sent compact bodies holds the YAML text.
+    let same_template = existing.template == template.wire || existing.template == template.body;
+    if same_template && in_effect(&existing.parameters) == in_effect(values) {
         Plan::NoChange
     } else {
         Plan::Update(passed)
