@@ -476,3 +476,38 @@ fn the_hub_serves_https_with_a_certificate_and_key() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn a_database_on_another_machine_is_reached_over_tls_or_not_at_all() {
+    // No connection is tried: the URL alone decides (an address nothing answers at).
+    let hub = |url: &str, extra: &[&str]| {
+        std::process::Command::new(testkit::hub_process::scaler_binary())
+            .args([
+                "hub",
+                "--database",
+                url,
+                "--registration-token",
+                "0123456789abcdef0",
+            ])
+            .args(extra)
+            .env("FLOTILLA_ADMIN_TOKEN", "0123456789abcdef0123")
+            .output()
+            .unwrap()
+    };
+    let refused = hub("postgres://u:p@10.255.0.9:5432/db", &[]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{text}");
+    assert!(text.contains("needs TLS"), "{text}");
+    // The positive control: plaintext asked for by name gets past the rule to connecting (and
+    // fails there, with nothing at that address).
+    let plain = hub(
+        "postgres://u:p@10.255.0.9:5432/db?sslmode=disable&connect_timeout=1",
+        &[],
+    );
+    let text = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success(), "{text}");
+    assert!(
+        !text.contains("needs TLS") && text.contains("error communicating with the server"),
+        "{text}"
+    );
+}

@@ -50,21 +50,21 @@ impl Connection {
         ca_file: Option<&Path>,
         (signal, heard_at): (Arc<tokio::sync::Notify>, Arc<AtomicI64>),
     ) -> StoreResult<Connection> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|error| StoreError::Connect(format!("the database URL: {error}")))?;
-        let tls = match ca_file {
-            Some(path) => Some(tls_connector(path)?),
-            None => {
-                if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-                    return Err(StoreError::Connect(
-                        "sslmode=require needs the server's certificate authorities \
-                         (--database-ca FILE, e.g. the RDS CA bundle)"
-                            .into(),
-                    ));
-                }
-                None
+        let asked = DatabaseTls {
+            loopback_only: config.get_hosts().iter().all(is_loopback),
+            ssl_mode: config.get_ssl_mode(),
+            mode_in_url: url.contains("sslmode="),
+            ca_given: ca_file.is_some(),
+        };
+        let tls = match (tls_policy(&asked).map_err(StoreError::Connect)?, ca_file) {
+            (TlsPolicy::Required, Some(path)) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tls_connector(path)?)
             }
+            _ => None,
         };
         let (sender, receiver) = std::sync::mpsc::channel();
         let own_backend = Arc::new(AtomicI32::new(0));
@@ -194,6 +194,64 @@ async fn run<S, T>(
     }
 }
 
+/// What decides whether a database connection must be encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DatabaseTls {
+    /// Every host of the URL is this machine (a loopback address, `localhost` or a socket).
+    pub loopback_only: bool,
+    pub ssl_mode: tokio_postgres::config::SslMode,
+    /// The URL names its `sslmode` (else it is the library's default, `prefer`).
+    pub mode_in_url: bool,
+    /// `--database-ca` was given.
+    pub ca_given: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TlsPolicy {
+    /// TLS, the server's certificate checked against the given authorities; never plaintext.
+    Required,
+    /// Plaintext: the database is on this machine, or the URL says `sslmode=disable`.
+    Plain,
+}
+
+/// TLS unless the database is on this machine or the operator wrote `sslmode=disable`: with
+/// authorities given it is required (never `prefer`'s silent fall-back to plaintext, which a
+/// network in the middle could force), and a remote database without them is refused.
+pub(super) fn tls_policy(asked: &DatabaseTls) -> Result<TlsPolicy, String> {
+    use tokio_postgres::config::SslMode;
+    let disabled = asked.mode_in_url && asked.ssl_mode == SslMode::Disable;
+    match (asked.ca_given, disabled) {
+        (true, true) => Err("sslmode=disable contradicts --database-ca: drop one of them".into()),
+        (true, false) => Ok(TlsPolicy::Required),
+        (false, true) => Ok(TlsPolicy::Plain),
+        (false, false) if asked.ssl_mode == SslMode::Require => Err(
+            "sslmode=require needs the server's certificate authorities (--database-ca FILE, \
+             e.g. the RDS CA bundle)"
+                .into(),
+        ),
+        (false, false) if asked.loopback_only => Ok(TlsPolicy::Plain),
+        (false, false) => Err(
+            "a database on another machine needs TLS: give its certificate \
+             authorities with --database-ca FILE (or write sslmode=disable in the URL to accept \
+             plaintext)"
+                .into(),
+        ),
+    }
+}
+
+fn is_loopback(host: &tokio_postgres::config::Host) -> bool {
+    match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    }
+}
+
 /// rustls with the certificate authorities in `path` (PEM) as the only roots.
 fn tls_connector(path: &Path) -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
     let pem = std::fs::read(path)
@@ -226,4 +284,51 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::SslMode::{Disable, Prefer, Require};
+
+    #[test]
+    fn a_remote_database_is_reached_over_tls_or_not_at_all() {
+        let asked = |loopback_only, ssl_mode, mode_in_url, ca_given| DatabaseTls {
+            loopback_only,
+            ssl_mode,
+            mode_in_url,
+            ca_given,
+        };
+        let table = [
+            // With the authorities: required, whatever the URL's default says.
+            (asked(false, Prefer, false, true), Ok(TlsPolicy::Required)),
+            (asked(false, Prefer, true, true), Ok(TlsPolicy::Required)),
+            (asked(true, Require, true, true), Ok(TlsPolicy::Required)),
+            (asked(false, Disable, true, true), Err(())),
+            // Without them: this machine, or plaintext asked for by name.
+            (asked(true, Prefer, false, false), Ok(TlsPolicy::Plain)),
+            (asked(false, Disable, true, false), Ok(TlsPolicy::Plain)),
+            (asked(false, Prefer, false, false), Err(())),
+            (asked(false, Prefer, true, false), Err(())),
+            (asked(true, Require, true, false), Err(())),
+        ];
+        for (asked, expected) in table {
+            assert_eq!(tls_policy(&asked).map_err(|_| ()), expected, "{asked:?}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_this_machine() {
+        use tokio_postgres::config::Host;
+        for (host, loopback) in [
+            (Host::Tcp("127.0.0.1".into()), true),
+            (Host::Tcp("localhost".into()), true),
+            (Host::Tcp("::1".into()), true),
+            (Host::Unix("/run/postgresql".into()), true),
+            (Host::Tcp("db.example.com".into()), false),
+            (Host::Tcp("10.0.0.5".into()), false),
+        ] {
+            assert_eq!(is_loopback(&host), loopback, "{host:?}");
+        }
+    }
 }
