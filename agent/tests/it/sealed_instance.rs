@@ -1012,9 +1012,11 @@ fn a_job_that_freezes_its_killer_is_still_stopped() {
             job_id: "freezing-job".into(),
             commands: vec![
                 protocol::Command::new("echo freezing now"),
+                // kill(-1) from the job: every other process of its user, in a tight loop, so
+                // a process that becomes the job user is stopped at once.
                 protocol::Command::new(
-                    "setsid bash -c 'while :; do for p in $(pgrep -u flotilla-job); do \
-                     [ \"$p\" = \"$$\" ] || kill -STOP \"$p\" 2>/dev/null; done; done' \
+                    "setsid python3 -c 'import os, signal\nwhile True:\n    try:\n        \
+                     os.kill(-1, signal.SIGSTOP)\n    except OSError:\n        pass' \
                      </dev/null >/dev/null 2>&1 & sleep 600",
                 ),
             ],
