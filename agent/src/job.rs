@@ -220,14 +220,12 @@ fn stoppable(request: &JobRequest, options: &JobOptions) -> Result<Option<JobOpt
     match &options.job_cgroups {
         Some(cgroups) => {
             let cgroup = cgroups.create(&request.job_id).map_err(|e| e.to_string())?;
-            user.cgroup = Some(crate::job_user::JobCgroupHandle(std::sync::Arc::new(
-                cgroup,
-            )));
+            user.cgroup = Some(crate::job_user::PerJob::new(cgroup));
         }
         None => {
             let killer = crate::job_user::Killer::spawn(user.uid)
                 .map_err(|error| format!("cannot prepare stopping the job: {error}"))?;
-            user.killer = Some(crate::job_user::KillerHandle(std::sync::Arc::new(killer)));
+            user.killer = Some(crate::job_user::PerJob::new(killer));
         }
     }
     let mut options = options.clone();

@@ -41,22 +41,35 @@ pub struct JobUser {
     pub no_new_privs: bool,
     /// The running job's cgroup (`job-cgroups`): every process started as this user joins it, and
     /// [`Self::kill_all`] kills it there.
-    pub cgroup: Option<JobCgroupHandle>,
+    pub cgroup: Option<PerJob<crate::job_cgroup::JobCgroup>>,
     /// The running job's [`Killer`], made when the job starts.
-    pub killer: Option<KillerHandle>,
+    pub killer: Option<PerJob<Killer>>,
 }
 
-/// A job's cgroup, shared by the clones of its job user (equal when it is the same cgroup).
-#[derive(Debug, Clone)]
-pub struct JobCgroupHandle(pub std::sync::Arc<crate::job_cgroup::JobCgroup>);
+/// Something of the running job's that every clone of its job user shares (its cgroup, its
+/// killer); two are equal when they are the same one.
+#[derive(Debug)]
+pub struct PerJob<T>(pub std::sync::Arc<T>);
 
-impl PartialEq for JobCgroupHandle {
+impl<T> PerJob<T> {
+    pub fn new(value: T) -> PerJob<T> {
+        PerJob(std::sync::Arc::new(value))
+    }
+}
+
+impl<T> Clone for PerJob<T> {
+    fn clone(&self) -> Self {
+        PerJob(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for PerJob<T> {
     fn eq(&self, other: &Self) -> bool {
         std::sync::Arc::ptr_eq(&self.0, &other.0)
     }
 }
 
-impl Eq for JobCgroupHandle {}
+impl<T> Eq for PerJob<T> {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobUserError {
@@ -219,18 +232,6 @@ const KILLER_UID: u32 = u32::MAX - 2;
 pub struct Killer {
     requests: std::sync::Mutex<std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>>,
 }
-
-/// A job's killer, shared by the clones of its job user.
-#[derive(Debug, Clone)]
-pub struct KillerHandle(pub std::sync::Arc<Killer>);
-
-impl PartialEq for KillerHandle {
-    fn eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for KillerHandle {}
 
 impl Killer {
     /// Starts the thread; it switches its credentials at once and waits for requests.

@@ -101,6 +101,20 @@ fn job(id: &str, commands_: &[&str]) -> JobRequest {
     }
 }
 
+/// A running job's grant on `role` (for `options`' job user) and its token.
+fn granted(role: &JobRole, id: &str, options: &JobOptions) -> (agent::job_role::Grant, String) {
+    let grant = role
+        .grant(&job(id, &[]), options.job_user.as_ref(), Caller::Host)
+        .expect("a host caller always gets a grant");
+    let token = grant
+        .env
+        .iter()
+        .find(|(name, _)| name == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
+        .map(|(_, value)| value.clone())
+        .expect("a grant's environment has its token");
+    (grant, token)
+}
+
 #[test]
 fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
     // The job and the endpoint's callers are the rootless tests' job user: its turn, for all of it.
@@ -168,19 +182,7 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
     assert_eq!(status(&ask(Some(user), &url, Some(finished))), "403");
 
     // A running job's token: its user gets credentials (the positive control of every refusal).
-    let grant = role
-        .grant(
-            &job("job-role-test-2", &[]),
-            options.job_user.as_ref(),
-            Caller::Host,
-        )
-        .unwrap();
-    let token = grant
-        .env
-        .iter()
-        .find(|(name, _)| name == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
-        .map(|(_, value)| value.clone())
-        .unwrap();
+    let (grant, token) = granted(&role, "job-role-test-2", &options);
     let answer = ask(Some(user), &url, Some(&token));
     assert_eq!(status(&answer), "200", "{answer}");
     assert!(answer.contains("\"AccessKeyId\""), "{answer}");
@@ -208,20 +210,11 @@ fn a_job_gets_its_roles_credentials_from_the_endpoint_and_only_it_does() {
         agent::job_role::CREDENTIALS_PATH
     );
     assert_eq!(status(&ask(Some(user), &other_url, Some(&token))), "403");
-    let its_own = other_machine
-        .grant(
-            &job("job-role-test-3", &[]),
-            options.job_user.as_ref(),
-            Caller::Host,
-        )
-        .unwrap();
-    let its_token = &its_own
-        .env
-        .iter()
-        .find(|(name, _)| name == "AWS_CONTAINER_AUTHORIZATION_TOKEN")
-        .unwrap()
-        .1;
-    assert_eq!(status(&ask(Some(user), &other_url, Some(its_token))), "200");
+    let (_its_own, its_token) = granted(&other_machine, "job-role-test-3", &options);
+    assert_eq!(
+        status(&ask(Some(user), &other_url, Some(&its_token))),
+        "200"
+    );
     drop(grant);
     assert_eq!(status(&ask(Some(user), &url, Some(&token))), "403");
     let _ = std::fs::remove_file(format!("{home}/token"));
