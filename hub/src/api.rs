@@ -10,7 +10,7 @@
 //! runs on tokio's blocking pool ([`blocking`]), never on the async workers; `/metrics` may ask
 //! for a bearer token and renders at most once a second.
 
-use crate::hub::{Admission, FirstLook, Hub, HubError, HubResult};
+use crate::hub::{Admission, FirstLook, Hub, HubError, HubResult, Invalid};
 use crate::store::StoreError;
 use crate::tokens;
 use axum::body::{Body, Bytes};
@@ -40,12 +40,21 @@ pub const MAX_WAIT_SECONDS: u64 = 60;
 pub(crate) fn status_of(error: &HubError) -> StatusCode {
     match error {
         HubError::Unauthorized => StatusCode::UNAUTHORIZED,
-        HubError::NotFound(_) => StatusCode::NOT_FOUND,
-        HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        HubError::Conflict(_) => StatusCode::CONFLICT,
-        HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+        HubError::IdentityRefused(_) => StatusCode::FORBIDDEN,
+        HubError::Invalid(_) | HubError::JobForUnknownAgentType { .. } => StatusCode::BAD_REQUEST,
+        HubError::NoSuchJob { .. }
+        | HubError::JobNotRunning { .. }
+        | HubError::JobNotAssigned { .. }
+        | HubError::AgentHasNoJob
+        | HubError::NoSuchAgent { .. }
+        | HubError::NoSuchAgentType { .. } => StatusCode::NOT_FOUND,
+        HubError::AgentTypeExists { .. }
+        | HubError::AgentTypeTokenMismatch { .. }
+        | HubError::AgentTypeMadeElsewhere { .. }
+        | HubError::RegistrationRefused { .. }
+        | HubError::LogGap { .. } => StatusCode::CONFLICT,
         HubError::LogFull => StatusCode::UNPROCESSABLE_ENTITY,
-        HubError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+        HubError::AgentTypeFull { .. } => StatusCode::TOO_MANY_REQUESTS,
         HubError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         // Busy or briefly unreachable (a database failover): the client retries.
         HubError::Store(
@@ -99,8 +108,7 @@ fn admin(hub: &Hub, headers: &HeaderMap) -> Result<(), HubError> {
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
-    serde_json::from_slice(body)
-        .map_err(|error| HubError::BadRequest(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(body).map_err(|error| Invalid::Json(error).into())
 }
 
 /// What one client may make the API do (the connection-level limits are `server`'s).
@@ -528,7 +536,7 @@ async fn push_logs(
     let token = token(&headers)?;
     let start_from = query
         .start_from
-        .ok_or_else(|| HubError::BadRequest("start_from is required".into()))?;
+        .ok_or(HubError::Invalid(Invalid::Missing("start_from")))?;
     let admission = Admission::LogPush {
         job_id: id.clone(),
         bearer: token.clone(),
@@ -537,8 +545,7 @@ async fn push_logs(
     let permit = edge.log_pushes.admit(&id)?;
     let body = read_body(body, MAX_LOG_BODY, edge.limits.body_read_timeout).await?;
     blocking_holding(&edge.hub, permit, move |hub| {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| HubError::BadRequest("the body is not UTF-8".into()))?;
+        let text = std::str::from_utf8(&body).map_err(|_| HubError::Invalid(Invalid::NotUtf8))?;
         hub.push_logs(&id, &token, start_from, text, hub.now())
     })
     .await?;
@@ -557,10 +564,7 @@ async fn create_agent_type(
     let body = read_body(body, MAX_BODY, edge.limits.body_read_timeout).await?;
     let request: NewAgentType = json_body(&body)?;
     if request.execution_time_limit == Some(0) {
-        return Err(HubError::BadRequest(
-            "execution_time_limit must be more than 0 seconds".into(),
-        )
-        .into());
+        return Err(HubError::Invalid(Invalid::ZeroTimeLimit).into());
     }
     let created = blocking(hub, move |hub| {
         let registration_token =
@@ -618,7 +622,7 @@ async fn list_jobs(
     let state = match query.state.as_deref() {
         Some(text) => Some(
             text.parse::<JobState>()
-                .map_err(|error| HubError::BadRequest(error.to_string()))?,
+                .map_err(|error| HubError::Invalid(error.into()))?,
         ),
         None => None,
     };
@@ -733,17 +737,74 @@ fn render_prometheus(hub: &Hub) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_error_has_its_status_and_a_store_never_shows_its_words() {
-        let table = [
+    /// One of each of the hub's errors, with the status it must map to.
+    #[allow(clippy::too_many_lines)] // a table: one row per situation, read top to bottom
+    fn every_situation() -> Vec<(HubError, StatusCode)> {
+        let (job_id, name) = (|| "job-x".to_string(), || "worker".to_string());
+        vec![
             (HubError::Unauthorized, StatusCode::UNAUTHORIZED),
-            (HubError::NotFound("no job x".into()), StatusCode::NOT_FOUND),
-            (HubError::BadRequest("bad".into()), StatusCode::BAD_REQUEST),
-            (HubError::Conflict("taken".into()), StatusCode::CONFLICT),
-            (HubError::Forbidden("no".into()), StatusCode::FORBIDDEN),
+            (
+                HubError::IdentityRefused(crate::identity::IdentityError::Missing),
+                StatusCode::FORBIDDEN,
+            ),
+            (HubError::Invalid(Invalid::NotUtf8), StatusCode::BAD_REQUEST),
+            (
+                HubError::JobForUnknownAgentType { name: name() },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                HubError::NoSuchJob { job_id: job_id() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                HubError::JobNotRunning { job_id: job_id() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                HubError::JobNotAssigned { job_id: job_id() },
+                StatusCode::NOT_FOUND,
+            ),
+            (HubError::AgentHasNoJob, StatusCode::NOT_FOUND),
+            (
+                HubError::NoSuchAgent { name: name() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                HubError::NoSuchAgentType { name: name() },
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                HubError::AgentTypeExists { name: name() },
+                StatusCode::CONFLICT,
+            ),
+            (
+                HubError::AgentTypeTokenMismatch { name: name() },
+                StatusCode::CONFLICT,
+            ),
+            (
+                HubError::AgentTypeMadeElsewhere { name: name() },
+                StatusCode::CONFLICT,
+            ),
+            (
+                HubError::RegistrationRefused {
+                    name: name(),
+                    refusal: crate::rules::RegisterRefusal::NameHeldAJob,
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                HubError::LogGap {
+                    start_from: 9,
+                    lines: 2,
+                },
+                StatusCode::CONFLICT,
+            ),
             (HubError::LogFull, StatusCode::UNPROCESSABLE_ENTITY),
             (
-                HubError::Limit("slow down".into()),
+                HubError::AgentTypeFull {
+                    agent_type: name(),
+                    live: 2,
+                },
                 StatusCode::TOO_MANY_REQUESTS,
             ),
             (HubError::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE),
@@ -759,7 +820,12 @@ mod tests {
                 HubError::Store(StoreError::Failed("secret-table".into())),
                 StatusCode::INTERNAL_SERVER_ERROR,
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn every_error_has_its_status_and_a_store_never_shows_its_words() {
+        let table = every_situation();
         for (error, status) in table {
             assert_eq!(status_of(&error), status, "{error}");
             let (words, from_store) = (error.to_string(), matches!(error, HubError::Store(_)));

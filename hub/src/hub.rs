@@ -17,6 +17,7 @@
 mod admission;
 mod agent_api;
 mod console_api;
+mod error;
 mod history;
 mod housekeeping;
 mod jobs;
@@ -28,6 +29,7 @@ mod user_api;
 
 pub use admission::{Admission, FirstLook, RegistrationLimits};
 pub use console_api::JobDetail;
+pub use error::{HubError, Invalid};
 pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
 pub use metrics::{Histogram, HubCounters};
 
@@ -41,7 +43,6 @@ use protocol::JobSpec;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use thiserror::Error;
 
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -92,31 +93,6 @@ impl HubConfig {
             clock: std::sync::Arc::new(SystemClock),
         }
     }
-}
-
-#[derive(Debug, Error)]
-pub enum HubError {
-    #[error("unauthorized")]
-    Unauthorized,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// Refused for who the caller is (an instance identity that does not check out).
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("the job's log is full")]
-    LogFull,
-    /// The hub is shutting down: the call did not run (503: retry, elsewhere).
-    #[error("the hub is shutting down")]
-    ShuttingDown,
-    /// Refused because a limit of the hub is reached (429: retry later).
-    #[error("{0}")]
-    Limit(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 pub type HubResult<T> = Result<T, HubError>;
@@ -363,7 +339,7 @@ impl Hub {
         loop {
             let result = operation(store.as_mut(), core);
             let conflict = matches!(result, Err(HubError::Store(StoreError::Conflict)));
-            let unseen = matches!(result, Err(HubError::Unauthorized | HubError::NotFound(_)));
+            let unseen = result.as_ref().is_err_and(HubError::may_be_unseen);
             let unseen_since_arrival =
                 unseen && attempt == 1 && self.catch_ups_done.load(Ordering::SeqCst) > arrived;
             if attempt >= MAX_ATTEMPTS

@@ -5,7 +5,7 @@
 use super::layout::{self, csrf_field, Nav};
 use super::{auth, page, Console, Page};
 use crate::api::blocking;
-use crate::hub::HubError;
+use crate::hub::{HubError, Invalid};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -140,7 +140,7 @@ pub(super) struct SubmitForm {
 fn spec_of(form: &SubmitForm) -> Result<JobSpec, HubError> {
     if !form.spec.trim().is_empty() {
         return serde_yaml::from_str(&form.spec)
-            .map_err(|error| HubError::BadRequest(format!("the job spec is not valid: {error}")));
+            .map_err(|error| Invalid::JobSpecText(error.to_string()).into());
     }
     let commands: Vec<String> = form
         .commands

@@ -6,7 +6,7 @@
 //! agents of its type.
 
 use super::memory::Core;
-use super::{logs, Hub, HubError, HubResult};
+use super::{logs, Hub, HubError, HubResult, Invalid};
 use protocol::RegisterRequest;
 
 /// The largest value a registration may carry in each field (bytes), and the longest GPU list.
@@ -62,7 +62,9 @@ impl Admission {
             }
             Admission::LogPush { job_id, bearer } => {
                 let Some(job) = core.jobs.get(job_id) else {
-                    return Err(HubError::NotFound(format!("job {job_id} is not running")));
+                    return Err(HubError::JobNotRunning {
+                        job_id: job_id.clone(),
+                    });
                 };
                 logs::log_token_valid(&job.row, bearer, now)
             }
@@ -147,11 +149,11 @@ pub(super) fn check_registration(request: &RegisterRequest) -> HubResult<()> {
         }
     }
     if request.flotilla_gpus.len() > RegistrationLimits::GPUS {
-        return Err(HubError::BadRequest(format!(
-            "flotilla_gpus lists {} GPUs; at most {} are accepted",
-            request.flotilla_gpus.len(),
-            RegistrationLimits::GPUS
-        )));
+        return Err(Invalid::TooManyGpus {
+            count: request.flotilla_gpus.len(),
+            max: RegistrationLimits::GPUS,
+        }
+        .into());
     }
     for gpu in &request.flotilla_gpus {
         let longest = [&gpu.name, &gpu.uuid, &gpu.driver]
@@ -177,8 +179,8 @@ pub(super) fn check_registration(request: &RegisterRequest) -> HubResult<()> {
     Ok(())
 }
 
-fn too_long(field: &str, limit: usize) -> HubError {
-    HubError::BadRequest(format!("{field} is longer than {limit} bytes"))
+fn too_long(field: &'static str, limit: usize) -> HubError {
+    Invalid::FieldTooLong { field, limit }.into()
 }
 
 /// Refuses one more live agent of `agent_type` when it has `max` already (a re-registration
@@ -202,10 +204,10 @@ pub(super) fn check_type_capacity(
         .filter(|agent| agent.row.agent_type == agent_type)
         .count();
     if live >= max {
-        return Err(HubError::Limit(format!(
-            "agent type '{agent_type}' has {live} live agents, the most this hub allows \
-             (--max-agents-per-type); retry when one has left"
-        )));
+        return Err(HubError::AgentTypeFull {
+            agent_type: agent_type.to_string(),
+            live,
+        });
     }
     Ok(())
 }

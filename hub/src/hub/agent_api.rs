@@ -9,7 +9,7 @@
 //! goes on; refused, the token stays unknown and the call gets 401, on which the agent leaves.
 
 use super::memory::{AgentMem, Changes, Core};
-use super::{admission, jobs, Hub, HubError, HubResult, Inner};
+use super::{admission, jobs, Hub, HubError, HubResult, Inner, Invalid};
 use crate::identity::{self, Certificates, IdentityDocument};
 use crate::rules::{
     self, AgentFacts, AssignedJob, HealFacts, JobChange, LostJob, RegisterFacts, Reply,
@@ -76,8 +76,10 @@ impl Hub {
                 None => false,
             },
         };
-        rules::decide_register(&facts)
-            .map_err(|refusal| HubError::Conflict(format!("agent '{name}': {refusal}")))?;
+        rules::decide_register(&facts).map_err(|refusal| HubError::RegistrationRefused {
+            name: name.clone(),
+            refusal,
+        })?;
         if let Some(document) = &instance {
             // Recorded before the agent row: a crash in between leaves the instance spent, never
             // registrable twice.
@@ -142,7 +144,7 @@ impl Hub {
         let identity = request.flotilla_instance_identity.as_ref();
         identity::verify(certificates, &policy, identity)
             .map(Some)
-            .map_err(|error| HubError::Forbidden(format!("registration refused: {error}")))
+            .map_err(HubError::IdentityRefused)
     }
 
     pub fn sync(
@@ -266,8 +268,8 @@ impl Hub {
                     && job.row.agent_type == agent.row.agent_type
                     && job.row.state.is_active()
             })
-            .ok_or_else(|| {
-                HubError::NotFound(format!("job {job_id} is not assigned to this agent"))
+            .ok_or_else(|| HubError::JobNotAssigned {
+                job_id: job_id.to_string(),
             })?;
         let token = tokens::new_token();
         let logger = Logger {
@@ -303,11 +305,13 @@ impl Hub {
             .row
             .job_id
             .as_deref()
-            .ok_or_else(|| HubError::NotFound("the agent has no job".into()))?;
+            .ok_or(HubError::AgentHasNoJob)?;
         let job = core
             .jobs
             .get(job_id)
-            .ok_or_else(|| HubError::NotFound("the agent's job is not active".into()))?;
+            .ok_or_else(|| HubError::JobNotRunning {
+                job_id: job_id.to_string(),
+            })?;
         let token = tokens::new_token();
         let expires_at = now + self.config.log_token_ttl_secs;
         let row = jobs::with_log_token(&job.row, &token, expires_at);
@@ -432,14 +436,14 @@ pub(super) fn identity_policy(json: &str) -> HubResult<IdentityPolicy> {
 /// The name an agent registers under: its own, or a random one; never a URL.
 fn agent_name(request: &RegisterRequest) -> HubResult<String> {
     if request.name.contains("://") {
-        return Err(HubError::BadRequest(
-            "agent names that are URLs are not supported by this hub".into(),
-        ));
+        return Err(Invalid::AgentNameIsUrl.into());
     }
     if request.name.len() > 255 {
-        return Err(HubError::BadRequest(
-            "agent name is longer than 255 bytes".into(),
-        ));
+        return Err(Invalid::FieldTooLong {
+            field: "agent name",
+            limit: 255,
+        }
+        .into());
     }
     if request.name.is_empty() {
         return Ok(format!("agent-{}", &tokens::new_token()[..16]));

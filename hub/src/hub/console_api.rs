@@ -37,7 +37,9 @@ impl Hub {
             None => guard
                 .store
                 .job(job_id)?
-                .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))?,
+                .ok_or_else(|| HubError::NoSuchJob {
+                    job_id: job_id.to_string(),
+                })?,
         };
         let (registered_at, launched_at) = match &row.agent {
             Some(agent) => (

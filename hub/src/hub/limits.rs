@@ -6,7 +6,7 @@
 //! log. Whether a job is over its limit is a pure function of its row, its limit and the time.
 
 use super::memory::{Changes, Core, JobMem};
-use super::{jobs, Hub, HubConfig, HubError, HubResult, Inner};
+use super::{jobs, Hub, HubConfig, HubError, HubResult, Inner, Invalid};
 use crate::store::{JobRow, Store};
 use protocol::spec::human_duration;
 use protocol::{JobState, LogEvent};
@@ -15,18 +15,16 @@ impl Hub {
     /// Sets an agent type's default job time limit (`None`: the hub's default).
     pub fn set_agent_type_time_limit(&self, name: &str, seconds: Option<u64>) -> HubResult<()> {
         let seconds = match seconds {
-            Some(0) => {
-                return Err(HubError::BadRequest(
-                    "execution_time_limit must be more than 0 seconds".into(),
-                ))
-            }
+            Some(0) => return Err(Invalid::ZeroTimeLimit.into()),
             Some(seconds) => Some(i64::try_from(seconds).unwrap_or(i64::MAX)),
             None => None,
         };
         let mut guard = self.fresh()?;
         let Inner { store, core } = &mut *guard;
         if !core.types.contains_key(name) {
-            return Err(HubError::NotFound(format!("no agent type '{name}'")));
+            return Err(HubError::NoSuchAgentType {
+                name: name.to_string(),
+            });
         }
         store.set_agent_type_time_limit(name, seconds)?;
         match seconds {

@@ -3,7 +3,7 @@
 //! to the store; memory keeps only each live job's line and byte counts.
 
 use super::memory::{Changes, Core};
-use super::{jobs, Hub, HubError, HubResult};
+use super::{jobs, Hub, HubError, HubResult, Invalid};
 use crate::store::{JobRow, Store};
 use crate::tokens;
 use protocol::views::LogPage;
@@ -39,7 +39,9 @@ impl Hub {
         now: i64,
     ) -> HubResult<()> {
         let Some(job) = core.jobs.get_mut(job_id).map(|job| &mut job.row) else {
-            return Err(HubError::NotFound(format!("job {job_id} is not running")));
+            return Err(HubError::JobNotRunning {
+                job_id: job_id.to_string(),
+            });
         };
         if !log_token_valid(job, bearer, now) {
             return Err(HubError::Unauthorized);
@@ -55,10 +57,10 @@ impl Hub {
         // The agent counts from its own attempt's first line; earlier attempts' lines come first.
         let at = job.log_base.saturating_add(start_from);
         if start_from < 0 || at > job.log_lines {
-            return Err(HubError::Conflict(format!(
-                "start_from {start_from} leaves a gap: this attempt's log has {} lines",
-                job.log_lines - job.log_base
-            )));
+            return Err(HubError::LogGap {
+                start_from,
+                lines: job.log_lines - job.log_base,
+            });
         }
         // Lines before the log's end are already stored (a retried batch): only the rest counts.
         let stored = usize::try_from(job.log_lines - at).unwrap_or(0);
@@ -106,7 +108,9 @@ impl Hub {
                 guard
                     .store
                     .job(job_id)?
-                    .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))?;
+                    .ok_or_else(|| HubError::NoSuchJob {
+                        job_id: job_id.to_string(),
+                    })?;
                 true
             }
         };
@@ -147,10 +151,7 @@ fn json_lines(body: &str) -> HubResult<Vec<&str>> {
         .iter()
         .position(|line| serde_json::from_str::<serde::de::IgnoredAny>(line).is_err())
     {
-        Some(bad) => Err(HubError::BadRequest(format!(
-            "line {} of the batch is not JSON",
-            bad + 1
-        ))),
+        Some(bad) => Err(Invalid::LogLineNotJson { line: bad + 1 }.into()),
         None => Ok(lines),
     }
 }

@@ -125,7 +125,9 @@ impl Core {
     pub(super) fn job(&self, job_id: &str) -> HubResult<&JobMem> {
         self.jobs
             .get(job_id)
-            .ok_or_else(|| HubError::NotFound(format!("job {job_id} is not active")))
+            .ok_or_else(|| HubError::JobNotRunning {
+                job_id: job_id.to_string(),
+            })
     }
 
     /// The next queued job `agent` may take (only its requested job, if it registered with

@@ -3,7 +3,7 @@
 //! ones from memory. Answers are the `protocol::views` types the CLI reads.
 
 use super::memory::{AgentMem, Changes, Core, JobMem};
-use super::{jobs, Hub, HubError, HubResult};
+use super::{jobs, Hub, HubError, HubResult, Invalid};
 use crate::store::{AgentRow, JobRow, Store};
 use crate::tokens;
 use protocol::views::{AgentView, IdentityPolicy, JobView};
@@ -24,15 +24,15 @@ impl Hub {
         now: i64,
     ) -> HubResult<String> {
         if !protocol::spec::valid_agent_type(name) {
-            return Err(HubError::BadRequest(format!(
-                "agent type names are 1-64 characters of letters, digits, '-', '_' or '.'; got '{name}'"
-            )));
+            return Err(Invalid::AgentTypeName(name.to_string()).into());
         }
         if let Some(why) = crate::identity::check_policy(identity) {
-            return Err(HubError::BadRequest(why));
+            return Err(Invalid::IdentityPolicy(why).into());
         }
         self.locked(now, |store, core| {
-            let exists = || HubError::Conflict(format!("agent type '{name}' already exists"));
+            let exists = || HubError::AgentTypeExists {
+                name: name.to_string(),
+            };
             if core.types.contains_key(name) {
                 return Err(exists());
             }
@@ -59,26 +59,31 @@ impl Hub {
     /// token, and a type of that name with another token is refused.
     pub fn ensure_agent_type(&self, name: &str, token: &str, now: i64) -> HubResult<()> {
         if !protocol::spec::valid_agent_type(name) {
-            return Err(HubError::BadRequest(format!(
-                "'{name}' is not a valid agent type name"
-            )));
+            return Err(Invalid::AgentTypeName(name.to_string()).into());
         }
         let token_hash = tokens::hash(token);
         self.locked(now, |store, core| {
-            if core.type_by_token.get(&token_hash).is_some_and(|owner| owner == name) {
+            if core
+                .type_by_token
+                .get(&token_hash)
+                .is_some_and(|owner| owner == name)
+            {
                 return Ok(());
             }
             if core.types.contains_key(name) || core.type_by_token.contains_key(&token_hash) {
-                return Err(HubError::Conflict(format!(
-                    "agent type '{name}' exists with another registration token (or the token is another type's)"
-                )));
+                return Err(HubError::AgentTypeTokenMismatch {
+                    name: name.to_string(),
+                });
             }
             if !store.insert_agent_type(name, &token_hash, now)? {
                 // Made meanwhile by another replica: catch up and look again.
-                return Err(HubError::NotFound(format!("agent type '{name}'")));
+                return Err(HubError::AgentTypeMadeElsewhere {
+                    name: name.to_string(),
+                });
             }
             core.types.insert(name.to_string(), now);
-            core.type_by_token.insert(token_hash.clone(), name.to_string());
+            core.type_by_token
+                .insert(token_hash.clone(), name.to_string());
             Ok(())
         })
     }
@@ -99,8 +104,7 @@ impl Hub {
     }
 
     pub fn submit(&self, spec: JobSpec, now: i64) -> HubResult<JobView> {
-        spec.validate()
-            .map_err(|error| HubError::BadRequest(error.to_string()))?;
+        spec.validate().map_err(Invalid::JobSpec)?;
         self.locked(now, |store, core| {
             self.submit_locked(store, core, &spec, now)
         })
@@ -118,12 +122,11 @@ impl Hub {
             self.catch_up(store, core, now)?;
         }
         if !core.types.contains_key(&spec.agent_type) {
-            return Err(HubError::BadRequest(format!(
-                "no agent type '{}': create it first (scaler agent-types create {})",
-                spec.agent_type, spec.agent_type
-            )));
+            return Err(HubError::JobForUnknownAgentType {
+                name: spec.agent_type.clone(),
+            });
         }
-        let text = serde_json::to_string(spec).map_err(|e| HubError::BadRequest(e.to_string()))?;
+        let text = serde_json::to_string(spec).map_err(Invalid::Json)?;
         let id = tokens::new_job_id();
         let mut row = JobRow::queued(id, spec.agent_type.clone(), text, now);
         let inserted = store.insert_job(&row)?;
@@ -145,7 +148,9 @@ impl Hub {
             .store
             .job(job_id)?
             .map(|row| job_view(&row))
-            .ok_or_else(|| HubError::NotFound(format!("no job {job_id}")))
+            .ok_or_else(|| HubError::NoSuchJob {
+                job_id: job_id.to_string(),
+            })
     }
 
     /// The newest jobs first, optionally only those in `state`.
@@ -166,7 +171,9 @@ impl Hub {
                 return match store.job(job_id)? {
                     Some(row) if row.state.is_finished() => Ok(job_view(&row)),
                     // Unfinished but not in memory: submitted through another replica.
-                    Some(_) | None => Err(HubError::NotFound(format!("no job {job_id}"))),
+                    Some(_) | None => Err(HubError::NoSuchJob {
+                        job_id: job_id.to_string(),
+                    }),
                 };
             };
             let job = jobs::stop_requested(&memory.row, now);
@@ -189,10 +196,9 @@ impl Hub {
     /// Asks an agent to shut down at its next sync (after its job, if it has one).
     pub fn request_agent_shutdown(&self, name: &str, now: i64) -> HubResult<()> {
         self.locked(now, |store, core| {
-            let agent = core
-                .agents
-                .get(name)
-                .ok_or_else(|| HubError::NotFound(format!("no agent {name}")))?;
+            let agent = core.agents.get(name).ok_or_else(|| HubError::NoSuchAgent {
+                name: name.to_string(),
+            })?;
             if agent.row.shutdown_requested {
                 return Ok(());
             }

@@ -4,7 +4,7 @@
 use testkit::stores;
 
 use crate::core_support::{config, report};
-use hub::hub::{Hub, HubError};
+use hub::hub::{Hub, HubError, Invalid};
 use protocol::{
     AgentState, JobResult, JobSpec, JobState, RegisterRequest, ShutdownReason, SyncAction,
     SyncRequest,
@@ -137,7 +137,10 @@ fn a_job_runs_from_queue_to_passed() {
     assert!(matches!(
         s.hub
             .push_logs(&job_id, &request.logger.token, 9, line, T0 + 2),
-        Err(HubError::Conflict(_))
+        Err(HubError::LogGap {
+            start_from: 9,
+            lines: 3
+        })
     ));
     assert!(matches!(
         s.hub.push_logs(&job_id, "wrong", 3, line, T0 + 2),
@@ -146,7 +149,7 @@ fn a_job_runs_from_queue_to_passed() {
     assert!(matches!(
         s.hub
             .push_logs(&job_id, &request.logger.token, 3, "not json", T0 + 2),
-        Err(HubError::BadRequest(_))
+        Err(HubError::Invalid(Invalid::LogLineNotJson { line: 1 }))
     ));
 
     let response = s
@@ -202,15 +205,15 @@ fn bad_tokens_are_refused() {
             },
             T0
         ),
-        Err(HubError::BadRequest(_))
+        Err(HubError::JobForUnknownAgentType { .. })
     ));
     assert!(matches!(
         s.hub.create_agent_type("linux", T0),
-        Err(HubError::Conflict(_))
+        Err(HubError::AgentTypeExists { .. })
     ));
     assert!(matches!(
         s.hub.create_agent_type("bad name", T0),
-        Err(HubError::BadRequest(_))
+        Err(HubError::Invalid(Invalid::AgentTypeName(_)))
     ));
 }
 

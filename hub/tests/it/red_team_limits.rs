@@ -3,7 +3,7 @@
 //! batch, and secrets left in the database long after their job finished. Each test failed
 //! before the limit existed.
 
-use hub::hub::{Hub, HubConfig, HubError};
+use hub::hub::{Hub, HubConfig, HubError, Invalid};
 use hub::store::{self, Durability};
 use protocol::spec::{TimeLimit, TimeLimitParts};
 use protocol::{
@@ -125,11 +125,11 @@ fn the_agent_types_default_limit_applies_and_a_queued_job_is_not_timed() {
     });
     assert!(matches!(
         hub.set_agent_type_time_limit("nope", Some(5)),
-        Err(HubError::NotFound(_))
+        Err(HubError::NoSuchAgentType { .. })
     ));
     assert!(matches!(
         hub.set_agent_type_time_limit("linux", Some(0)),
-        Err(HubError::BadRequest(_))
+        Err(HubError::Invalid(Invalid::ZeroTimeLimit))
     ));
     hub.set_agent_type_time_limit("linux", Some(60)).unwrap();
     let first = hub.submit(spec(&["sleep infinity"]), T0).unwrap().id;

@@ -8,7 +8,7 @@
 use testkit::imds;
 use testkit::stores;
 
-use hub::hub::{Hub, HubConfig, HubError};
+use hub::hub::{Hub, HubConfig, HubError, Invalid};
 use hub::identity::Certificates;
 use protocol::views::IdentityPolicy;
 use protocol::{
@@ -64,14 +64,14 @@ fn take_job(hub: &Hub, token: &str, name: &str, single_job: bool) -> (String, St
 
 fn conflict(result: Result<protocol::RegisterResponse, HubError>) -> String {
     match result {
-        Err(HubError::Conflict(why)) => why,
+        Err(error @ HubError::RegistrationRefused { .. }) => error.to_string(),
         other => panic!("expected a refusal (409), got {other:?}"),
     }
 }
 
 fn forbidden(result: Result<protocol::RegisterResponse, HubError>) -> String {
     match result {
-        Err(HubError::Forbidden(why)) => why,
+        Err(error @ HubError::IdentityRefused(_)) => error.to_string(),
         other => panic!("expected a refusal (403), got {other:?}"),
     }
 }
@@ -186,7 +186,7 @@ fn an_agents_token_works_only_for_its_own_types_jobs_and_logs() {
     let (b_access, _) = take_job(&hub, &b_token, "agent-type-b-01", true);
     assert!(matches!(
         hub.job_request(&a_access, &b_job, T0 + 2),
-        Err(HubError::NotFound(_))
+        Err(HubError::JobNotAssigned { .. })
     ));
     let a_logs = hub.job_request(&a_access, &a_job, T0 + 2).unwrap().logger;
     let b_logs = hub.job_request(&b_access, &b_job, T0 + 2).unwrap().logger;
@@ -331,7 +331,7 @@ fn agent_types_keep_their_identity_rule_and_bad_rules_are_refused() {
     };
     assert!(matches!(
         fleet.hub.create_agent_type_with("open", &no_account, T0),
-        Err(HubError::BadRequest(_))
+        Err(HubError::Invalid(Invalid::IdentityPolicy(_)))
     ));
     // A type without the rule registers agents as before (Semaphore's agent, no document).
     let plain = fleet.hub.create_agent_type("plain", T0).unwrap();
