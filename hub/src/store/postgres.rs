@@ -22,7 +22,7 @@ use super::{
     Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, Store, StoreError,
     StoreResult,
 };
-use connection::{Connection, Transaction};
+use connection::{Begun, Connection, Transaction};
 use futures_executor::block_on;
 use futures_util::future::try_join_all;
 use protocol::JobState;
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{Client, Row, Statement};
 
 /// Another replica counts as writing this long after its last announced commit.
 const OTHERS_WRITING_SECS: i64 = 30;
@@ -145,9 +145,12 @@ fn head_on(connection: &mut Connection) -> StoreResult<i64> {
     row.int("value")
 }
 
+/// Raises the revision; the transaction holds it (and queues other writers) until it ends.
+const RAISE_REVISION: &str =
+    "UPDATE hub_revision SET value = value + 1 WHERE id = 1 RETURNING value";
+
 fn next_revision(connection: &mut Connection) -> StoreResult<i64> {
-    let statement = connection
-        .statement("UPDATE hub_revision SET value = value + 1 WHERE id = 1 RETURNING value")?;
+    let statement = connection.statement(RAISE_REVISION)?;
     let row = block_on(connection.client.query_one(&statement, &[]))?;
     Ok(row.try_get(0)?)
 }
@@ -383,14 +386,15 @@ impl Store for PostgresStore {
     }
 
     fn commit(&mut self, jobs: &[&JobRow], agents: &[&AgentRow]) -> StoreResult<i64> {
-        let (_, revision) = self.write(|connection, revision| {
-            let written = write_rows(connection, jobs, agents, revision)?;
-            if written.iter().any(|&count| count != 1) {
+        let mut connection = self.connection()?;
+        let statements = CommitStatements::prepare(&mut connection)?;
+        connection.in_pipelined_transaction(Transaction::ANNOUNCED, |client, begun| {
+            let committed = write_rows(client, begun, &statements, jobs, agents)?;
+            if committed.written.iter().any(|&count| count != 1) {
                 return Err(StoreError::Conflict);
             }
-            Ok(())
-        })?;
-        Ok(revision)
+            Ok(committed.revision)
+        })
     }
 
     fn job(&self, id: &str) -> StoreResult<Option<JobRow>> {
@@ -513,25 +517,48 @@ impl Store for PostgresStore {
     }
 }
 
-/// The job and agent writes of one commit, pipelined; each answers how many rows it wrote.
+/// The statements of a commit, prepared on its connection (once: `Connection::statement`).
+struct CommitStatements {
+    raise: Statement,
+    write_job: Statement,
+    write_agent: Statement,
+    holder: Statement,
+}
+
+impl CommitStatements {
+    fn prepare(connection: &mut Connection) -> StoreResult<CommitStatements> {
+        Ok(CommitStatements {
+            raise: connection.statement(RAISE_REVISION)?,
+            write_job: connection.statement(&schema::WRITE_JOB)?,
+            write_agent: connection.statement(&schema::WRITE_AGENT)?,
+            holder: connection.statement(&format!(
+                "INSERT INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+            ))?,
+        })
+    }
+}
+
+/// What a commit's writes answered: the revision they wrote and how many rows each wrote.
+struct Committed {
+    revision: i64,
+    written: Vec<u64>,
+}
+
+/// The job and agent writes of one commit, sent in one round trip with the transaction's BEGIN
+/// and the raise of the revision (which the writes read: `schema::WRITE_JOB`); the COMMIT is
+/// the second and last. Requests on one connection run in the order they are sent, and
+/// `try_join` polls (sends) its futures in the order given.
 fn write_rows(
-    connection: &mut Connection,
+    client: &Client,
+    begun: Begun<'_>,
+    statements: &CommitStatements,
     jobs: &[&JobRow],
     agents: &[&AgentRow],
-    revision: i64,
-) -> StoreResult<Vec<u64>> {
-    let write_job = connection.statement(schema::WRITE_JOB)?;
-    let write_agent = connection.statement(&schema::WRITE_AGENT)?;
-    let holder = connection.statement(&format!(
-        "INSERT INTO job_holders ({JOB_HOLDER_COLUMNS}) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-    ))?;
-    let job_values: Vec<_> = jobs
-        .iter()
-        .map(|job| schema::job_params(job, revision))
-        .collect();
+) -> StoreResult<Committed> {
+    let job_values: Vec<_> = jobs.iter().map(|job| schema::job_params(job)).collect();
     let agent_values: Vec<_> = agents
         .iter()
-        .map(|agent| schema::agent_params(agent, revision))
+        .map(|agent| schema::agent_params(agent))
         .collect();
     let job_args: Vec<_> = job_values.iter().map(schema::borrowed).collect();
     let agent_args: Vec<_> = agent_values.iter().map(schema::borrowed).collect();
@@ -545,21 +572,32 @@ fn write_rows(
             _ => None,
         })
         .collect();
-    let client = &connection.client;
     let mut writes: Vec<_> = job_args
         .iter()
-        .map(|args| client.execute(&write_job, args))
+        .map(|args| client.execute(&statements.write_job, args))
         .collect();
     writes.extend(
         agent_args
             .iter()
-            .map(|args| client.execute(&write_agent, args)),
+            .map(|args| client.execute(&statements.write_agent, args)),
     );
     let counts = writes.len();
-    writes.extend(holders.iter().map(|args| client.execute(&holder, args)));
-    let mut written = block_on(try_join_all(writes))?;
+    writes.extend(
+        holders
+            .iter()
+            .map(|args| client.execute(&statements.holder, args)),
+    );
+    let raise = client.query_one(&statements.raise, &[]);
+    let (_, raised, mut written) = block_on(futures_util::future::try_join3(
+        begun,
+        raise,
+        try_join_all(writes),
+    ))?;
     written.truncate(counts);
-    Ok(written)
+    Ok(Committed {
+        revision: raised.try_get(0)?,
+        written,
+    })
 }
 
 /// Stores lines at `start_from..` with the job's row locked, so two replicas appending the

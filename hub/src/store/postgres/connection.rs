@@ -105,6 +105,24 @@ impl Connection {
     ) -> StoreResult<T> {
         block_on(self.client.batch_execute(kind.begin))?;
         let result = work(self);
+        self.end(kind, result)
+    }
+
+    /// Runs `work` in one transaction of `kind` whose BEGIN goes in the same round trip as
+    /// `work`'s own first requests: `work` gets BEGIN's future to send (join) with them. The
+    /// transaction ends as [`Connection::in_transaction`]'s do.
+    pub(super) fn in_pipelined_transaction<T>(
+        &mut self,
+        kind: Transaction,
+        work: impl FnOnce(&Client, Begun<'_>) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let begun = Box::pin(self.client.batch_execute(kind.begin));
+        let result = work(&self.client, begun);
+        self.end(kind, result)
+    }
+
+    /// Ends the open transaction: `kind`'s commit when `result` is a success, else ROLLBACK.
+    fn end<T>(&mut self, kind: Transaction, result: StoreResult<T>) -> StoreResult<T> {
         let end = if result.is_ok() {
             kind.commit
         } else {
@@ -125,6 +143,11 @@ impl Connection {
 }
 
 type Connected = StoreResult<Client>;
+
+/// A transaction's BEGIN, sent when first polled.
+pub(super) type Begun<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>,
+>;
 
 /// The signal to raise for other backends' notifications, this connection's backend, and when
 /// (Unix seconds) another backend last announced a commit.

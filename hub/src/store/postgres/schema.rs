@@ -127,18 +127,28 @@ fn migrate_locked(connection: &mut Connection) -> StoreResult<()> {
     Ok(())
 }
 
-/// Writes a job's changed columns where its stored revision is still the row's ($16).
-pub(super) const WRITE_JOB: &str =
-    "UPDATE jobs SET state = $2, result = $3, reason = $4, attempts = $5, agent = $6,
-       stop_requested = $7, log_token_hash = $8, log_token_expires_at = $9, log_trimmed = $10,
-       assigned_at = $11, started_at = $12, finished_at = $13, log_base = $14, revision = $15
-     WHERE id = $1 AND revision = $16";
+/// The revision the writing transaction holds: every write runs after its transaction raised
+/// `hub_revision` (`PostgresStore::write`, `commit_rows`), and reads the raised value there
+/// instead of taking it as a parameter, so that a commit's writes need not wait for the raise's
+/// answer: they go in the same round trip.
+const HELD_REVISION: &str = "(SELECT value FROM hub_revision WHERE id = 1)";
 
-/// Writes an agent row where its stored revision is still the row's ($14; 0 for a new
+/// Writes a job's changed columns where its stored revision is still the row's ($15).
+pub(super) static WRITE_JOB: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET state = $2, result = $3, reason = $4, attempts = $5, agent = $6,
+       stop_requested = $7, log_token_hash = $8, log_token_expires_at = $9, log_trimmed = $10,
+       assigned_at = $11, started_at = $12, finished_at = $13, log_base = $14,
+       revision = {HELD_REVISION}
+     WHERE id = $1 AND revision = $15"
+    )
+});
+
+/// Writes an agent row where its stored revision is still the row's ($13; 0 for a new
 /// registration, which may replace only a row that is not live).
 pub(super) static WRITE_AGENT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "INSERT INTO agents ({AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        "INSERT INTO agents ({AGENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {HELD_REVISION})
      ON CONFLICT (name) DO UPDATE SET agent_type = excluded.agent_type, token_hash = excluded.token_hash,
        state = excluded.state, job_id = excluded.job_id, jobs_finished = excluded.jobs_finished,
        registered_at = excluded.registered_at,
@@ -146,7 +156,7 @@ pub(super) static WRITE_AGENT: LazyLock<String> = LazyLock::new(|| {
        interrupted_at = excluded.interrupted_at, disconnected_at = excluded.disconnected_at,
        registration = excluded.registration, shutdown_requested = excluded.shutdown_requested,
        revision = excluded.revision
-     WHERE agents.revision = $14 OR ($14 = 0 AND agents.disconnected_at IS NOT NULL)"
+     WHERE agents.revision = $13 OR ($13 = 0 AND agents.disconnected_at IS NOT NULL)"
     )
 });
 
@@ -154,7 +164,7 @@ pub(super) static WRITE_AGENT: LazyLock<String> = LazyLock::new(|| {
 pub(super) type Values = Vec<Box<dyn ToSql + Sync + Send>>;
 
 /// [`WRITE_JOB`]'s arguments.
-pub(super) fn job_params(job: &JobRow, revision: i64) -> Values {
+pub(super) fn job_params(job: &JobRow) -> Values {
     vec![
         Box::new(job.id.clone()),
         Box::new(job.state.as_str()),
@@ -170,13 +180,13 @@ pub(super) fn job_params(job: &JobRow, revision: i64) -> Values {
         Box::new(job.started_at),
         Box::new(job.finished_at),
         Box::new(job.log_base),
-        Box::new(revision),
         Box::new(job.revision),
     ]
 }
 
-/// [`WRITE_AGENT`]'s arguments ([`AGENT_COLUMNS`]' order, then the revision read).
-pub(super) fn agent_params(agent: &AgentRow, revision: i64) -> Values {
+/// [`WRITE_AGENT`]'s arguments ([`AGENT_COLUMNS`]' order but the revision written, then the
+/// revision read).
+pub(super) fn agent_params(agent: &AgentRow) -> Values {
     vec![
         Box::new(agent.name.clone()),
         Box::new(agent.agent_type.clone()),
@@ -190,7 +200,6 @@ pub(super) fn agent_params(agent: &AgentRow, revision: i64) -> Values {
         Box::new(agent.disconnected_at),
         Box::new(agent.registration.clone()),
         Box::new(agent.shutdown_requested),
-        Box::new(revision),
         Box::new(agent.revision),
     ]
 }
@@ -254,13 +263,10 @@ pub(super) fn import(
         )?;
     }
     for agent in &batch.agents {
-        let values = agent_params(
-            &AgentRow {
-                revision: 0,
-                ..agent.clone()
-            },
-            revision,
-        );
+        let values = agent_params(&AgentRow {
+            revision: 0,
+            ..agent.clone()
+        });
         connection.execute(&WRITE_AGENT, &borrowed(&values))?;
     }
     for job in &batch.jobs {
@@ -291,14 +297,11 @@ fn import_job(connection: &mut Connection, job: &JobRow, revision: i64) -> Store
             &job.log_bytes,
         ],
     )?;
-    let values = job_params(
-        &JobRow {
-            revision,
-            ..job.clone()
-        },
+    let values = job_params(&JobRow {
         revision,
-    );
-    connection.execute(WRITE_JOB, &borrowed(&values))?;
+        ..job.clone()
+    });
+    connection.execute(&WRITE_JOB, &borrowed(&values))?;
     Ok(())
 }
 
