@@ -269,6 +269,9 @@ pub struct RegisterFacts<'a> {
     pub single_job: bool,
     /// The agent type of the live agent that holds the name, if one does.
     pub live_holder: Option<&'a str>,
+    /// The agent type the name belongs to: the first that used it (a live, lost or departed
+    /// agent's, or the one a job was assigned under), if any did.
+    pub owner: Option<&'a str>,
     /// The token presented is that live agent's own access token.
     pub holders_own_token: bool,
     /// An agent of this name (of any type) was assigned a job before.
@@ -282,7 +285,7 @@ pub struct RegisterFacts<'a> {
 pub enum RegisterRefusal {
     /// One registration per instance, ever.
     InstanceRegisteredBefore,
-    /// Names are held per agent type: a live agent of another type has this one.
+    /// Names belong to the agent type that first used them: another type has this one.
     HeldByAnotherType(String),
     /// A live agent of this type has the name; only its own access token may replace it.
     HeldByLiveAgent,
@@ -294,26 +297,33 @@ impl std::fmt::Display for RegisterRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RegisterRefusal::InstanceRegisteredBefore => write!(f, "this instance has registered before; an instance registers once"),
-            RegisterRefusal::HeldByAnotherType(agent_type) => write!(f, "the name is held by a live agent of agent type '{agent_type}'"),
+            RegisterRefusal::HeldByAnotherType(agent_type) => write!(f, "the name belongs to agent type '{agent_type}'"),
             RegisterRefusal::HeldByLiveAgent => write!(f, "the name is held by a live agent; only its own access token may register it again (or wait until it is lost)"),
-            RegisterRefusal::NameHeldAJob => write!(f, "a single-job agent of this name has already held a job: this machine is used and takes no other job"),
+            RegisterRefusal::NameHeldAJob => write!(f, "an agent of this name has already held a job: only that agent itself may go on under it, and a single-job agent's machine is used and takes no other job"),
         }
     }
 }
 
-/// Whether an agent may register under a name: the name is not another type's live agent's,
-/// a live agent is replaced only by itself, and a single-job agent never registers again under
-/// a name that held a job, whatever token it presents.
+/// Whether an agent may register under a name: the name is not another type's (names belong
+/// to the type that first used them, live agent or not), a live agent is replaced only by
+/// itself, and a name that held a job is never registered afresh — whatever `single_job` the
+/// request claims: only its own live multi-job agent, presenting its own access token, goes on
+/// under it (a single-job agent never does: its machine is used).
 pub fn decide_register(facts: &RegisterFacts) -> Result<(), RegisterRefusal> {
     if facts.instance_registered_before {
         return Err(RegisterRefusal::InstanceRegisteredBefore);
     }
-    match facts.live_holder {
-        Some(holder) if holder != facts.agent_type => {
-            Err(RegisterRefusal::HeldByAnotherType(holder.to_string()))
+    if let Some(owner) = facts.live_holder.or(facts.owner) {
+        if owner != facts.agent_type {
+            return Err(RegisterRefusal::HeldByAnotherType(owner.to_string()));
         }
-        _ if facts.single_job && facts.name_held_a_job => Err(RegisterRefusal::NameHeldAJob),
-        Some(_) if !facts.holders_own_token => Err(RegisterRefusal::HeldByLiveAgent),
+    }
+    let itself = facts.live_holder.is_some() && facts.holders_own_token;
+    match facts.live_holder {
+        _ if facts.name_held_a_job && (facts.single_job || !itself) => {
+            Err(RegisterRefusal::NameHeldAJob)
+        }
+        Some(_) if !itself => Err(RegisterRefusal::HeldByLiveAgent),
         _ => Ok(()),
     }
 }
@@ -637,6 +647,7 @@ mod tests {
             agent_type: "a",
             single_job: true,
             live_holder: None,
+            owner: None,
             holders_own_token: false,
             name_held_a_job: false,
             instance_registered_before: false,
@@ -652,10 +663,37 @@ mod tests {
                 Err(NameHeldAJob),
             ),
             (
-                "a name that held a job, many jobs",
+                "a name that held a job, claiming many jobs",
                 RegisterFacts {
                     name_held_a_job: true,
                     single_job: false,
+                    ..fresh
+                },
+                Err(NameHeldAJob),
+            ),
+            (
+                "a live multi-job agent going on under its name with its own token",
+                RegisterFacts {
+                    name_held_a_job: true,
+                    single_job: false,
+                    live_holder: Some("a"),
+                    holders_own_token: true,
+                    ..fresh
+                },
+                Ok(()),
+            ),
+            (
+                "a lost agent's name, by another type",
+                RegisterFacts {
+                    owner: Some("b"),
+                    ..fresh
+                },
+                Err(HeldByAnotherType("b".into())),
+            ),
+            (
+                "a departed agent's name, by its own type",
+                RegisterFacts {
+                    owner: Some("a"),
                     ..fresh
                 },
                 Ok(()),

@@ -410,6 +410,9 @@ pub trait Store: Send {
     fn instance_registered(&self, instance_id: &str) -> StoreResult<bool>;
     /// Whether an agent of this name (of any type) was ever assigned a job.
     fn name_held_a_job(&self, name: &str) -> StoreResult<bool>;
+    /// The agent type `name` belongs to: the one a job was assigned under, else the one of
+    /// the agent row of that name (live, lost or departed, until pruned); `None` when free.
+    fn name_owner(&self, name: &str) -> StoreResult<Option<String>>;
 
     // --- agents
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>>;

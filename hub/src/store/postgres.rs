@@ -159,6 +159,12 @@ fn corrupt(what: &str, text: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} '{text}'"))
 }
 
+/// The type a name belongs to (`Store::name_owner`), in both SQL dialects' shared syntax.
+const NAME_OWNER: &str = "SELECT agent_type FROM (
+       SELECT agent_type, 0 AS rank FROM job_holders WHERE name = $1
+       UNION ALL SELECT agent_type, 1 AS rank FROM agents WHERE name = $1
+     ) AS owners ORDER BY rank LIMIT 1";
+
 const INSERT_TYPE: &str =
     "INSERT INTO agent_types (name, token_hash, created_at, revision) VALUES ($1, $2, $3, $4)
      ON CONFLICT DO NOTHING";
@@ -314,6 +320,11 @@ impl Store for PostgresStore {
     fn name_held_a_job(&self, name: &str) -> StoreResult<bool> {
         let sql = "SELECT 1 FROM job_holders WHERE name = $1";
         Ok(!self.rows(sql, &[&name])?.is_empty())
+    }
+
+    fn name_owner(&self, name: &str) -> StoreResult<Option<String>> {
+        let rows = self.rows(NAME_OWNER, &[&name])?;
+        rows.first().map(|row| row.text("agent_type")).transpose()
     }
 
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {

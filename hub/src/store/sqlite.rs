@@ -383,6 +383,18 @@ impl Store for SqliteStore {
         self.exists("job_holders WHERE name = ?1", name)
     }
 
+    fn name_owner(&self, name: &str) -> StoreResult<Option<String>> {
+        let sql = "SELECT agent_type FROM (
+               SELECT agent_type, 0 AS rank FROM job_holders WHERE name = ?1
+               UNION ALL SELECT agent_type, 1 AS rank FROM agents WHERE name = ?1
+             ) ORDER BY rank LIMIT 1";
+        let owner = self
+            .connection
+            .query_row(sql, params![name], |row| row.get(0))
+            .optional()?;
+        Ok(owner)
+    }
+
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {
         self.select_one(
             &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE name = ?1"),

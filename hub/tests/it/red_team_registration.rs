@@ -175,6 +175,38 @@ fn a_live_agent_is_replaced_only_by_itself_or_once_it_is_gone() {
 }
 
 #[test]
+fn a_name_belongs_to_the_type_that_first_used_it_even_after_its_agent_left() {
+    let hub = hub_with(HubConfig::new("http://hub.test", "admin"));
+    let gpu_token = hub.create_agent_type("gpu", T0).unwrap();
+    let cheap_token = hub.create_agent_type("cheap", T0).unwrap();
+    let gone = hub
+        .register(&gpu_token, registration("agent-gpu-0001", false), T0)
+        .unwrap();
+    hub.disconnect(&gone.token, T0 + 1).unwrap();
+    // Another type may not take the departed agent's name…
+    let taken = hub.register(&cheap_token, registration("agent-gpu-0001", false), T0 + 2);
+    assert!(conflict(taken).contains("belongs to agent type 'gpu'"));
+    // …while its own type may (the positive control: the name is free for it).
+    hub.register(&gpu_token, registration("agent-gpu-0001", false), T0 + 3)
+        .unwrap();
+}
+
+#[test]
+fn a_used_name_is_refused_whatever_single_job_the_request_claims() {
+    let hub = hub_with(HubConfig::new("http://hub.test", "admin"));
+    let token = hub.create_agent_type("linux", T0).unwrap();
+    submit(&hub, "linux");
+    let (access, _) = take_job(&hub, &token, "i-0bbbbbbbbbbbbbbb2", true);
+    hub.disconnect(&access, T0 + 5).unwrap();
+    // A token read on the used machine, registering a multi-job agent under its name: refused.
+    let again = hub.register(&token, registration("i-0bbbbbbbbbbbbbbb2", false), T0 + 6);
+    assert!(conflict(again).contains("has already held a job"));
+    // A name that never held a job registers as a multi-job agent (the check can pass).
+    hub.register(&token, registration("i-0ccccccccccccccc3", false), T0 + 7)
+        .unwrap();
+}
+
+#[test]
 fn an_agents_token_works_only_for_its_own_types_jobs_and_logs() {
     let hub = hub_with(HubConfig::new("http://hub.test", "admin"));
     let a_token = hub.create_agent_type("a", T0).unwrap();

@@ -174,6 +174,26 @@ fn a_retried_log_batch_adds_nothing_twice() {
 }
 
 #[test]
+fn a_name_belongs_to_the_type_it_was_first_used_under() {
+    let (_dir, location) = fresh();
+    let mut store = handle(&location);
+    assert_eq!(store.name_owner("agent-a").unwrap(), None, "a free name");
+    let gpu_agent = AgentRow {
+        agent_type: "gpu".into(),
+        ..registered("agent-a")
+    };
+    store.commit(&[], &[&gpu_agent]).unwrap();
+    assert_eq!(store.name_owner("agent-a").unwrap().as_deref(), Some("gpu"));
+    // A name a job was assigned under belongs to the job's type, agent row or not.
+    let job = stored_job(store.as_mut(), "job-1");
+    store.commit(&[&assigned(&job, "agent-b")], &[]).unwrap();
+    assert_eq!(
+        store.name_owner("agent-b").unwrap().as_deref(),
+        Some("linux")
+    );
+}
+
+#[test]
 fn a_finished_jobs_secrets_are_purged_once() {
     let (_dir, location) = fresh();
     let mut store = handle(&location);
