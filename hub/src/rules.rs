@@ -641,6 +641,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per scenario, read top to bottom
     fn register_decisions() {
         use RegisterRefusal::*;
         let fresh = RegisterFacts {
