@@ -269,6 +269,7 @@ mod tests {
             require_instance_identity: require,
             allowed_accounts: accounts.iter().map(|a| a.to_string()).collect(),
             allowed_regions: regions.iter().map(|r| r.to_string()).collect(),
+            single_job_only: None,
         };
         assert_eq!(check_policy(&policy(false, &[], &[])), None);
         assert_eq!(check_policy(&policy(true, &["123456789012"], &[])), None);

@@ -278,6 +278,8 @@ pub struct RegisterFacts<'a> {
     pub name_held_a_job: bool,
     /// The instance this registration is bound to has registered before.
     pub instance_registered_before: bool,
+    /// The agent type takes single-job agents only (`IdentityPolicy::single_job_only`).
+    pub single_job_only: bool,
 }
 
 /// Why a registration is refused.
@@ -291,11 +293,14 @@ pub enum RegisterRefusal {
     HeldByLiveAgent,
     /// A single-job agent under a name that already held a job: its machine is used.
     NameHeldAJob,
+    /// An agent that would take more than one job, of a type that takes single-job agents only.
+    MultiJobNotAllowed,
 }
 
 impl std::fmt::Display for RegisterRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            RegisterRefusal::MultiJobNotAllowed => write!(f, "this agent type takes single-job agents only (single_job: true; the type's single_job_only rule)"),
             RegisterRefusal::InstanceRegisteredBefore => write!(f, "this instance has registered before; an instance registers once"),
             RegisterRefusal::HeldByAnotherType(agent_type) => write!(f, "the name belongs to agent type '{agent_type}'"),
             RegisterRefusal::HeldByLiveAgent => write!(f, "the name is held by a live agent; only its own access token may register it again (or wait until it is lost)"),
@@ -312,6 +317,9 @@ impl std::fmt::Display for RegisterRefusal {
 pub fn decide_register(facts: &RegisterFacts) -> Result<(), RegisterRefusal> {
     if facts.instance_registered_before {
         return Err(RegisterRefusal::InstanceRegisteredBefore);
+    }
+    if facts.single_job_only && !facts.single_job {
+        return Err(RegisterRefusal::MultiJobNotAllowed);
     }
     if let Some(owner) = facts.live_holder.or(facts.owner) {
         if owner != facts.agent_type {
@@ -652,6 +660,7 @@ mod tests {
             holders_own_token: false,
             name_held_a_job: false,
             instance_registered_before: false,
+            single_job_only: false,
         };
         let cases: Vec<(&str, RegisterFacts, Result<(), RegisterRefusal>)> = vec![
             ("a new name", fresh, Ok(())),
@@ -679,6 +688,23 @@ mod tests {
                     single_job: false,
                     live_holder: Some("a"),
                     holders_own_token: true,
+                    ..fresh
+                },
+                Ok(()),
+            ),
+            (
+                "a multi-job agent of a single-job-only type",
+                RegisterFacts {
+                    single_job_only: true,
+                    single_job: false,
+                    ..fresh
+                },
+                Err(MultiJobNotAllowed),
+            ),
+            (
+                "a single-job agent of a single-job-only type",
+                RegisterFacts {
+                    single_job_only: true,
                     ..fresh
                 },
                 Ok(()),

@@ -151,6 +151,25 @@ pub struct IdentityPolicy {
     pub allowed_accounts: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_regions: Vec<String>,
+    /// Only agents that take one job register (`single_job`); unset: on for types that require
+    /// the instance identity, off for others ([`IdentityPolicy::single_job_only`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub single_job_only: Option<bool>,
+}
+
+impl IdentityPolicy {
+    /// Whether the type takes single-job agents only: as set, else exactly when it requires
+    /// the instance identity (a fleet of one-job machines; a token read on one of them must
+    /// not bring up an agent that takes job after job).
+    pub fn single_job_only(&self) -> bool {
+        self.single_job_only
+            .unwrap_or(self.require_instance_identity)
+    }
+
+    /// Whether the type has any rule at all (else nothing is stored for it).
+    pub fn is_default(&self) -> bool {
+        self == &IdentityPolicy::default()
+    }
 }
 
 /// The answer to `POST /api/v1/agent_types`: the registration token, shown only this once.

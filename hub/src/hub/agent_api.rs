@@ -56,7 +56,11 @@ impl Hub {
         recorded_here: &mut bool,
     ) -> HubResult<RegisterResponse> {
         let (agent_type, presenter) = presenter(core, presented_token)?;
-        let instance = self.verified_instance(store, &agent_type, request)?;
+        let policy = match store.identity_policy(&agent_type)? {
+            Some(json) => identity_policy(&json)?,
+            None => IdentityPolicy::default(),
+        };
+        let instance = self.verified_instance(&policy, request)?;
         let name = match &instance {
             Some(document) => document.instance_id.clone(),
             None => agent_name(request)?,
@@ -77,6 +81,7 @@ impl Hub {
                 }
                 None => false,
             },
+            single_job_only: policy.single_job_only(),
         };
         rules::decide_register(&facts).map_err(|refusal| HubError::RegistrationRefused {
             name: name.clone(),
@@ -131,20 +136,18 @@ impl Hub {
     /// (403) when the identity does not check out.
     fn verified_instance(
         &self,
-        store: &dyn Store,
-        agent_type: &str,
+        policy: &IdentityPolicy,
         request: &RegisterRequest,
     ) -> HubResult<Option<IdentityDocument>> {
-        let Some(policy) = store.identity_policy(agent_type)? else {
+        if !policy.require_instance_identity {
             return Ok(None);
-        };
-        let policy = identity_policy(&policy)?;
+        }
         let certificates = match &self.config.identity_certificates {
             Some(certificates) => certificates.as_ref(),
             None => Certificates::aws(),
         };
         let identity = request.flotilla_instance_identity.as_ref();
-        identity::verify(certificates, &policy, identity)
+        identity::verify(certificates, policy, identity)
             .map(Some)
             .map_err(HubError::IdentityRefused)
     }

@@ -3,7 +3,7 @@
 //! ones from memory. Answers are the `protocol::views` types the CLI reads.
 
 use super::memory::{AgentMem, Changes, Core, JobMem};
-use super::{jobs, Hub, HubError, HubResult, Invalid};
+use super::{jobs, Hub, HubError, HubResult, Inner, Invalid};
 use crate::store::{AgentRow, JobRow, Store};
 use crate::tokens;
 use protocol::views::{AgentView, IdentityPolicy, JobView};
@@ -14,6 +14,24 @@ impl Hub {
     /// Creates an agent type; returns its registration token (shown once, stored hashed).
     pub fn create_agent_type(&self, name: &str, now: i64) -> HubResult<String> {
         self.create_agent_type_with(name, &IdentityPolicy::default(), now)
+    }
+
+    /// Sets an agent type's registration rule (`identity::check_policy` first); the next
+    /// registration on any replica applies it.
+    pub fn set_agent_type_policy(&self, name: &str, policy: &IdentityPolicy) -> HubResult<()> {
+        if let Some(why) = crate::identity::check_policy(policy) {
+            return Err(Invalid::IdentityPolicy(why).into());
+        }
+        let mut guard = self.fresh()?;
+        let Inner { store, core } = &mut *guard;
+        if !core.types.contains_key(name) {
+            return Err(HubError::NoSuchAgentType {
+                name: name.to_string(),
+            });
+        }
+        let json = serde_json::to_string(policy).map_err(Invalid::Json)?;
+        store.set_identity_policy(name, (!policy.is_default()).then_some(json.as_str()))?;
+        Ok(())
     }
 
     /// Creates an agent type with its instance-identity rule (`identity::check_policy`).
@@ -38,7 +56,7 @@ impl Hub {
             }
             let token = tokens::new_token();
             let token_hash = tokens::hash(&token);
-            let inserted = if identity.require_instance_identity {
+            let inserted = if !identity.is_default() {
                 let policy = serde_json::to_string(identity).unwrap_or_default();
                 store.insert_agent_type_with_identity(name, &token_hash, now, &policy)?
             } else {

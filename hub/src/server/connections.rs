@@ -4,9 +4,11 @@
 //! request's head, idle keep-alive time included). The first request's head has a shorter
 //! deadline (`header_read_timeout`): a client that connects and sends nothing, or trickles its
 //! headers, holds a connection that long at most, and at the connection limit the oldest such
-//! connection is closed to make room for a new one ([`Silent`]). Each request carries its peer's address
-//! (`ConnectInfo`) for per-client limits. Shutdown stops accepting, lets in-flight requests
-//! finish (hyper-util's `GracefulShutdown`) for up to [`DRAIN`], then returns.
+//! connection is closed to make room for a new one ([`Silent`]); with none to close, new
+//! connections wait for one to end, and the hub logs when that starts and stops ([`AtLimit`]).
+//! Each request carries its peer's address (`ConnectInfo`) for per-client limits. Shutdown stops
+//! accepting, lets in-flight requests finish (hyper-util's `GracefulShutdown`) for up to
+//! [`DRAIN`], then returns.
 
 use super::ConnectionLimits;
 use axum::extract::ConnectInfo;
@@ -41,6 +43,10 @@ pub(super) async fn serve(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let silent = Arc::new(Silent::default());
+    let mut full = AtLimit {
+        max_connections: limits.max_connections.max(1),
+        waiting: false,
+    };
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -55,7 +61,7 @@ pub(super) async fn serve(
             () = &mut shutdown => break,
         };
         let permit = tokio::select! {
-            permit = place(&permits, &silent) => permit,
+            permit = place(&permits, &silent, &mut full, peer) => permit,
             () = &mut shutdown => break,
         };
         // Evictable from here, its TLS handshake included, until its first request.
@@ -96,13 +102,25 @@ pub(super) async fn serve(
 /// A place for a new connection: a free one, or, when every place is taken, the one the
 /// oldest connection that never sent a request leaves when it is closed for it (asked again
 /// every 100 ms while the new one waits, as connections come and go); with none silent, the
-/// new connection waits for any to end (as in the backlog).
-async fn place(permits: &Arc<Semaphore>, silent: &Silent) -> OwnedSemaphorePermit {
+/// new connection waits for any to end (as in the backlog), which `full` logs.
+async fn place(
+    permits: &Arc<Semaphore>,
+    silent: &Silent,
+    full: &mut AtLimit,
+    peer: SocketAddr,
+) -> OwnedSemaphorePermit {
+    let mut first_try = true;
     loop {
         if let Ok(permit) = permits.clone().try_acquire_owned() {
+            if first_try {
+                full.below(peer);
+            }
             return permit;
         }
-        silent.evict_oldest();
+        first_try = false;
+        if !silent.evict_oldest() {
+            full.waits(peer);
+        }
         let freed = tokio::time::timeout(EVICT_AGAIN, permits.clone().acquire_owned()).await;
         if let Ok(Ok(permit)) = freed {
             return permit;
@@ -112,6 +130,34 @@ async fn place(permits: &Arc<Semaphore>, silent: &Silent) -> OwnedSemaphorePermi
 
 /// How often a connection waiting for a place asks for another silent one to be closed.
 const EVICT_AGAIN: Duration = Duration::from_millis(100);
+
+/// Whether new connections wait because every place is held by a connection that sent a
+/// request, logged when that changes: the first connection that has to wait for one to end is
+/// named (an operator's sign that `--max-connections` is too low, or that clients hold their
+/// connections; a test's sign that a connection waits), and so is the first that finds a free
+/// place again. Once per change, not per connection: a flood at the limit logs one line.
+struct AtLimit {
+    max_connections: usize,
+    waiting: bool,
+}
+
+impl AtLimit {
+    fn waits(&mut self, peer: SocketAddr) {
+        if !std::mem::replace(&mut self.waiting, true) {
+            tracing::info!(
+                %peer,
+                max_connections = self.max_connections,
+                "at the connection limit, every connection busy: new connections wait for one to end"
+            );
+        }
+    }
+
+    fn below(&mut self, peer: SocketAddr) {
+        if std::mem::replace(&mut self.waiting, false) {
+            tracing::info!(%peer, "below the connection limit again");
+        }
+    }
+}
 
 /// Completes when the connection is evicted before its first request arrived; a request that
 /// arrived first wins (the eviction is then ignored, and the next waiter evicts another).
@@ -156,12 +202,14 @@ impl Silent {
         self.lock().remove(&id);
     }
 
-    /// Closes the oldest silent connection, if there is one.
-    fn evict_oldest(&self) {
+    /// Closes the oldest silent connection, if there is one (whether there was).
+    fn evict_oldest(&self) -> bool {
         let oldest = self.lock().pop_first();
-        if let Some((_, evict)) = oldest {
-            let _ = evict.send(());
-        }
+        let Some((_, evict)) = oldest else {
+            return false;
+        };
+        let _ = evict.send(());
+        true
     }
 }
 

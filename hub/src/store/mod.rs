@@ -403,6 +403,9 @@ pub trait Store: Send {
     /// The instance-identity rule (JSON) of each agent type that has one.
     fn identity_policies(&self) -> StoreResult<Vec<IdentityPolicyRow>>;
     fn identity_policy(&self, agent_type: &str) -> StoreResult<Option<String>>;
+    /// Sets (`Some`) or removes (`None`) an agent type's registration rule (JSON). Read at each
+    /// registration, never kept in memory: every replica applies the new rule at once.
+    fn set_identity_policy(&mut self, agent_type: &str, policy: Option<&str>) -> StoreResult<()>;
     fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()>;
     /// Records that an instance registered; false if it had registered before (nothing written).
     fn record_instance(&mut self, instance: &InstanceRow) -> StoreResult<bool>;

@@ -280,6 +280,21 @@ impl Store for PostgresStore {
             .map(|row| row.policy))
     }
 
+    fn set_identity_policy(&mut self, agent_type: &str, policy: Option<&str>) -> StoreResult<()> {
+        match policy {
+            Some(policy) => self.execute(
+                "INSERT INTO agent_type_identity (agent_type, policy) VALUES ($1, $2)
+                 ON CONFLICT (agent_type) DO UPDATE SET policy = excluded.policy",
+                &[&agent_type, &policy],
+            )?,
+            None => self.execute(
+                "DELETE FROM agent_type_identity WHERE agent_type = $1",
+                &[&agent_type],
+            )?,
+        };
+        Ok(())
+    }
+
     fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()> {
         self.write(|connection, revision| {
             connection.execute(

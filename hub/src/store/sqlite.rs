@@ -342,6 +342,21 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn set_identity_policy(&mut self, agent_type: &str, policy: Option<&str>) -> StoreResult<()> {
+        match policy {
+            Some(policy) => self.connection.execute(
+                "INSERT INTO agent_type_identity (agent_type, policy) VALUES (?1, ?2)
+                 ON CONFLICT (agent_type) DO UPDATE SET policy = excluded.policy",
+                params![agent_type, policy],
+            )?,
+            None => self.connection.execute(
+                "DELETE FROM agent_type_identity WHERE agent_type = ?1",
+                params![agent_type],
+            )?,
+        };
+        Ok(())
+    }
+
     fn set_agent_type_time_limit(&mut self, name: &str, seconds: Option<i64>) -> StoreResult<()> {
         let transaction = self.connection.transaction()?;
         let revision = next_revision(&transaction)?;

@@ -51,6 +51,7 @@ pub(crate) fn serve() -> Served {
         require_instance_identity: true,
         allowed_accounts: vec![ACCOUNT.into()],
         allowed_regions: vec![],
+        single_job_only: None,
     };
     let gpu_token = hub.create_agent_type_with("gpu", &policy, now).unwrap();
     let server = spawn_server(hub.clone(), ConnectionLimits::default());

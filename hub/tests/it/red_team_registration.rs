@@ -262,6 +262,7 @@ fn identity_fleet(hub_dir: Option<&Path>) -> IdentityFleet {
         require_instance_identity: true,
         allowed_accounts: vec![ACCOUNT.into()],
         allowed_regions: vec!["us-east-1".into()],
+        single_job_only: None,
     };
     let token = hub.create_agent_type_with("gpu", &policy, T0).unwrap();
     IdentityFleet {

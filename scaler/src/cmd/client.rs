@@ -6,7 +6,7 @@ use super::HubAccess;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use protocol::views::{
-    AgentView, CreatedAgentType, IdentityPolicy, JobView, LogPage, NewAgentType,
+    AgentTypeView, AgentView, CreatedAgentType, IdentityPolicy, JobView, LogPage, NewAgentType,
 };
 use protocol::{JobSpec, LogEvent};
 use std::io::Write;
@@ -67,16 +67,8 @@ pub(crate) enum AgentTypesCommand {
     Create {
         /// The new agent type's name (letters, digits, `-` and `_`).
         name: String,
-        /// Agents must send an AWS-signed instance identity document (`agent --ec2`); each is
-        /// named by its instance id, and an instance registers once, ever.
-        #[arg(long, requires = "allowed_accounts")]
-        require_instance_identity: bool,
-        /// An AWS account allowed to register (repeat; needed with --require-instance-identity).
-        #[arg(long = "allowed-account")]
-        allowed_accounts: Vec<String>,
-        /// A region allowed to register (repeat; none: any).
-        #[arg(long = "allowed-region")]
-        allowed_regions: Vec<String>,
+        #[command(flatten)]
+        rule: super::registration_rule::RegistrationRuleArgs,
         /// Default time limit, in seconds, of this type's jobs that set none [default: the hub's
         /// --job-time-limit].
         #[arg(long)]
@@ -354,18 +346,12 @@ pub(crate) fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Res
     match command {
         AgentTypesCommand::Create {
             name,
-            require_instance_identity,
-            allowed_accounts,
-            allowed_regions,
+            rule,
             execution_time_limit,
         } => {
             let request = NewAgentType {
                 name: name.clone(),
-                identity: IdentityPolicy {
-                    require_instance_identity,
-                    allowed_accounts,
-                    allowed_regions,
-                },
+                identity: rule.policy(),
                 execution_time_limit,
             };
             let created: CreatedAgentType =
@@ -376,13 +362,40 @@ pub(crate) fn agent_types(access: &HubAccess, command: AgentTypesCommand) -> Res
             );
         }
         AgentTypesCommand::List => {
-            let types: Vec<serde_json::Value> = client.get("/agent_types")?;
+            let types: Vec<AgentTypeView> = client.get("/agent_types")?;
+            println!("{:<24}  REGISTRATION RULE", "NAME");
             for agent_type in types {
-                println!("{}", agent_type["name"].as_str().unwrap_or_default());
+                println!(
+                    "{:<24}  {}",
+                    agent_type.name,
+                    rule_text(&agent_type.identity)
+                );
             }
         }
     }
     Ok(0)
+}
+
+/// An agent type's registration rule in one line.
+fn rule_text(policy: &IdentityPolicy) -> String {
+    let mut parts = Vec::new();
+    if policy.require_instance_identity {
+        let regions = match policy.allowed_regions.is_empty() {
+            true => "any region".to_string(),
+            false => format!("regions {}", policy.allowed_regions.join(",")),
+        };
+        parts.push(format!(
+            "instance identity of accounts {} ({regions})",
+            policy.allowed_accounts.join(",")
+        ));
+    }
+    if policy.single_job_only() {
+        parts.push("single-job agents only".to_string());
+    }
+    match parts.is_empty() {
+        true => "-".to_string(),
+        false => parts.join("; "),
+    }
 }
 
 pub(crate) fn agents(access: &HubAccess, command: AgentsCommand) -> Result<i32> {

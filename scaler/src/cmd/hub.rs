@@ -108,6 +108,10 @@ pub(crate) struct HubArgs {
     /// The agent type created on first start (its registration token goes to <data-dir>/<name>.token).
     #[arg(long, env = "FLOTILLA_DEFAULT_AGENT_TYPE", default_value = protocol::spec::DEFAULT_AGENT_TYPE)]
     pub default_agent_type: String,
+    /// The default agent type's registration rule, set at every start when any of these flags
+    /// is given (else left as it is).
+    #[command(flatten)]
+    pub default_type_rule: super::registration_rule::RegistrationRuleArgs,
     /// Log format.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -222,6 +226,7 @@ pub(crate) fn run(command: HubCommand) -> Result<i32> {
     let now = hub::clock::unix_now();
     let hub = Hub::open(&args.data_dir, config, now)
         .with_context(|| format!("cannot open the hub in {}", args.data_dir.display()))?;
+    set_default_type_rule(&args, &hub)?;
     let store = args.data_dir.display().to_string();
     serve_hub(&args, hub, public_url, store)
 }
@@ -259,7 +264,31 @@ fn serve_replica(args: &HubArgs) -> Result<i32> {
         hub.ensure_agent_type(&args.default_agent_type, token, now)
             .with_context(|| format!("agent type '{}'", args.default_agent_type))?;
     }
+    set_default_type_rule(args, &hub)?;
     serve_hub(args, hub, public_url, "PostgreSQL".to_string())
+}
+
+/// Sets the default agent type's registration rule when the flags state one.
+fn set_default_type_rule(args: &HubArgs, hub: &Hub) -> Result<()> {
+    let rule = &args.default_type_rule;
+    if !rule.given() {
+        return Ok(());
+    }
+    let policy = rule.policy();
+    hub.set_agent_type_policy(&args.default_agent_type, &policy)
+        .with_context(|| {
+            format!(
+                "the registration rule of agent type '{}'",
+                args.default_agent_type
+            )
+        })?;
+    tracing::info!(
+        agent_type = %args.default_agent_type,
+        require_instance_identity = policy.require_instance_identity,
+        single_job_only = policy.single_job_only(),
+        "set the default agent type's registration rule"
+    );
+    Ok(())
 }
 
 /// Serves `hub` until SIGINT/SIGTERM.

@@ -511,3 +511,39 @@ fn a_database_on_another_machine_is_reached_over_tls_or_not_at_all() {
         "{text}"
     );
 }
+
+/// Registers `name` with the hub's default type's token; answers the status.
+fn register_status(hub: &HubProcess, name: &str, single_job: bool) -> u16 {
+    let body = serde_json::json!({"name": name, "version": "v0", "pid": 1, "os": "", "arch": "",
+        "hostname": "", "single_job": single_job, "idle_timeout": 0,
+        "interruption_grace_period": 0, "job_id": ""});
+    let url = format!("{}/api/v1/self_hosted_agents/register", hub.url());
+    let token = format!("Token {}", hub.registration_token());
+    post(&url, &token, body.to_string()).unwrap().status
+}
+
+#[test]
+fn the_hubs_default_type_takes_its_registration_rule_from_the_flags() {
+    // Single-job agents only: a multi-job agent is refused, a single-job one registers.
+    let hub = HubProcess::start(&["--single-job-only"]);
+    assert_eq!(register_status(&hub, "agent-multi", false), 409);
+    assert_eq!(register_status(&hub, "agent-single", true), 200);
+    // Bound to the fleet's instances: a registration without an identity document is refused;
+    // the rule stays after a restart without the flags.
+    let mut hub = HubProcess::start(&[
+        "--require-instance-identity",
+        "--allowed-account",
+        "123456789012",
+    ]);
+    assert_eq!(register_status(&hub, "agent-plain", true), 403);
+    let (code, listing, stderr) = hub.cli(&["agent-types", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(listing.contains("123456789012"), "{listing}");
+    hub.kill_9();
+    hub.extra_args.clear();
+    hub.launch();
+    assert_eq!(register_status(&hub, "agent-plain", true), 403);
+    // Without the flags a hub's default type takes any agent (the positive control).
+    let open = HubProcess::start(&[]);
+    assert_eq!(register_status(&open, "agent-any", false), 200);
+}
