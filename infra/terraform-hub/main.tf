@@ -303,6 +303,9 @@ resource "aws_ssm_parameter" "hub_config" {
     database_secret_arn=${local.database_secret_arn}
     admin_token_secret_arn=${aws_secretsmanager_secret.admin_token.arn}
     registration_token_secret_arn=${aws_secretsmanager_secret.registration_token.arn}
+    require_instance_identity=${var.require_instance_identity}
+    agent_accounts=${join(",", coalescelist(var.agent_account_ids, [local.account_id]))}
+    agent_regions=${join(",", coalescelist(var.agent_regions, [local.region]))}
   CONFIG
   tags        = local.tags
 }

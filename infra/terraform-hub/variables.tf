@@ -131,6 +131,34 @@ variable "root_volume_size" {
   }
 }
 
+# --- Agent registration (the hub's default agent type)
+
+variable "require_instance_identity" {
+  description = "Agents of the default type must prove with AWS's signed instance identity document that they run on an EC2 instance of agent_account_ids in agent_regions; each instance registers once and its agent takes one job."
+  type        = bool
+  default     = true
+}
+
+variable "agent_account_ids" {
+  description = "AWS accounts whose instances may register (12-digit ids; empty = this stack's account)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for id in var.agent_account_ids : can(regex("^[0-9]{12}$", id))])
+    error_message = "agent_account_ids are 12-digit AWS account ids."
+  }
+}
+
+variable "agent_regions" {
+  description = "Regions whose instances may register (empty = this stack's region)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for region in var.agent_regions : can(regex("^[a-z0-9-]+$", region))])
+    error_message = "agent_regions are region names such as eu-west-1."
+  }
+}
+
 # --- Database
 
 variable "database_engine_version" {

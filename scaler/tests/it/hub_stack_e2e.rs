@@ -349,6 +349,42 @@ fn check_secrets_and_config(
         values.iter().all(|v| !text.contains(v.as_str())),
         "a secret in {text}"
     );
+    // The default type's rule: this account's and region's instances, by default.
+    assert!(
+        text.contains(
+            "require_instance_identity=true\nagent_accounts=123456789012\nagent_regions=us-east-1"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_hub_boot_script_states_the_default_types_registration_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = r#"{"username": "flotilla", "password": "secret-password"}"#;
+    let rule = "require_instance_identity=true\nagent_accounts=123456789012,210987654321\n\
+                agent_regions=eu-west-1\n";
+    let (code, stderr, env) = hub_boot(dir.path(), &hub_config(rule), database);
+    assert_eq!(code, 0, "{stderr}");
+    let env = env.expect("hub.env");
+    for line in [
+        "FLOTILLA_REQUIRE_INSTANCE_IDENTITY=true",
+        "FLOTILLA_ALLOWED_ACCOUNTS=123456789012,210987654321",
+        "FLOTILLA_ALLOWED_REGIONS=eu-west-1",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} in:\n{env}");
+    }
+    // Turned off, or a parameter written before the rule existed: no rule lines.
+    for config in [
+        hub_config("require_instance_identity=false\nagent_accounts=123456789012\n"),
+        hub_config(""),
+    ] {
+        let (code, stderr, env) = hub_boot(dir.path(), &config, database);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(!env
+            .expect("hub.env")
+            .contains("FLOTILLA_REQUIRE_INSTANCE_IDENTITY"));
+    }
 }
 
 fn check_gone(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer) {
@@ -499,6 +535,18 @@ fn the_hub_boot_script_writes_the_secrets_only_into_a_root_only_env_file() {
             hub_config(""),
             r#"{"username": "flotilla"}"#,
             "no username or password",
+        ),
+        (
+            "identity without accounts",
+            hub_config("require_instance_identity=true\n"),
+            database,
+            "names no agent_accounts",
+        ),
+        (
+            "an account that is no account id",
+            hub_config("require_instance_identity=true\nagent_accounts=12345,x\n"),
+            database,
+            "agent_accounts is not valid",
         ),
     ];
     for (scenario, config, database, expected) in rows {
