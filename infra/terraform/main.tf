@@ -24,7 +24,10 @@ locals {
   token_parameter = var.agent_token_parameter != "" ? var.agent_token_parameter : "${local.prefix}/agent-token"
   image_id        = var.image_id_parameter != "" ? nonsensitive(data.aws_ssm_parameter.image[0].value) : var.image_id
   fleet_name      = var.agent_type != "" ? var.agent_type : var.stack_name
-  use_fallback    = var.fallback_pools == "on-demand"
+  # A plain-HTTP queue only through the variable that says so (queue_endpoint takes https://).
+  plain_http     = var.plain_http_queue_endpoint != ""
+  queue_endpoint = local.plain_http ? var.plain_http_queue_endpoint : var.queue_endpoint
+  use_fallback   = var.fallback_pools == "on-demand"
 
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name
@@ -87,8 +90,8 @@ locals {
 
   # The agent reads this YAML at boot (keys are Semaphore agent options); no secrets in it.
   agent_config = <<-EOT
-    endpoint: ${split("://", var.queue_endpoint)[1]}
-    no-https: ${startswith(var.queue_endpoint, "http://")}
+    endpoint: ${trimprefix(local.queue_endpoint, local.plain_http ? "http://" : "https://")}
+    no-https: ${local.plain_http}
     token-ssm-parameter: ${local.token_parameter}
     disconnect-after-idle-timeout: ${var.idle_timeout}
     job-role-arn: ${aws_iam_role.job.arn}
@@ -105,7 +108,7 @@ locals {
     fleets:
       - agent_type: ${local.fleet_name}
         queue:
-          endpoint: ${var.queue_endpoint}
+          endpoint: ${local.queue_endpoint}
           token_ssm_parameter: ${local.token_parameter}
         aws:
           groups: [${join(", ", local.agent_group_list)}]
@@ -342,10 +345,11 @@ resource "aws_iam_role_policy" "agent" {
         }
       },
       {
-        # Only the module's agent groups, only from an EC2 instance (credentials copied off the
-        # instance do not work here). Auto Scaling has no instance-id condition key, so this
-        # cannot be narrowed to the caller's own instance. EnterStandby: with
-        # keep_failed_instance_minutes, a failed job's instance waits in Standby.
+        # Only the module's agent groups, only with a session EC2 made for an instance
+        # (ec2:SourceInstanceARN is a property of the session: it travels with credentials copied
+        # off the instance; require_vpc_endpoints is what keeps them there). Auto Scaling has no
+        # instance-id condition key, so this cannot be narrowed to the caller's own instance.
+        # EnterStandby: with keep_failed_instance_minutes, a failed job's instance waits in Standby.
         Sid      = "RemoveOwnInstance"
         Effect   = "Allow"
         Action   = ["autoscaling:TerminateInstanceInAutoScalingGroup", "autoscaling:SetInstanceHealth", "autoscaling:EnterStandby"]
@@ -379,6 +383,46 @@ resource "aws_iam_role_policy" "agent" {
         Effect   = "Allow"
         Action   = ["sts:AssumeRole", "sts:TagSession"]
         Resource = aws_iam_role.job.arn
+      },
+    ]
+  })
+}
+
+# require_vpc_endpoints: the agent role's credentials work only on their instance, with AWS's
+# documented pair of statements (docs/aws-contract.md, "Where the agent role's credentials work"):
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-ec2instancesourceprivateip4
+# aws:SourceVpc and aws:VpcSourceIp exist only through a VPC endpoint, so a call to a public
+# endpoint is refused too; calls services make for the agent (KMS through SSM) are not affected.
+# A policy of its own, as in the stack (a Deny binds the whole role).
+resource "aws_iam_role_policy" "agent_vpc_endpoints" {
+  count = var.require_vpc_endpoints ? 1 : 0
+
+  name = "flotilla-agent-vpc-endpoints"
+  role = aws_iam_role.instance.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "OnlyThroughOwnVpcEndpoints"
+        Effect   = "Deny"
+        Action   = "*"
+        Resource = "*"
+        Condition = {
+          StringNotEquals = { "aws:Ec2InstanceSourceVpc" = "$${aws:SourceVpc}" }
+          Null            = { "ec2:SourceInstanceARN" = "false" }
+          BoolIfExists    = { "aws:ViaAWSService" = "false" }
+        }
+      },
+      {
+        Sid      = "OnlyFromOwnAddress"
+        Effect   = "Deny"
+        Action   = "*"
+        Resource = "*"
+        Condition = {
+          StringNotEquals = { "aws:Ec2InstanceSourcePrivateIPv4" = "$${aws:VpcSourceIp}" }
+          Null            = { "ec2:SourceInstanceARN" = "false" }
+          BoolIfExists    = { "aws:ViaAWSService" = "false" }
+        }
       },
     ]
   })
@@ -707,6 +751,10 @@ resource "aws_launch_template" "agent" {
     precondition {
       condition     = (var.image_id == "") != (var.image_id_parameter == "")
       error_message = "Set exactly one of image_id and image_id_parameter."
+    }
+    precondition {
+      condition     = (var.queue_endpoint == "") != (var.plain_http_queue_endpoint == "")
+      error_message = "Set exactly one of queue_endpoint (https://) and plain_http_queue_endpoint (http://)."
     }
     precondition {
       condition     = (var.vpc_id == "") == (length(var.subnets) == 0)

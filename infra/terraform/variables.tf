@@ -16,12 +16,24 @@ variable "stack_name" {
 # --- Queue and agents
 
 variable "queue_endpoint" {
-  description = "Base URL of the job queue the agents register with and the scaler polls, e.g. https://ORG.semaphoreci.com (scheme and host[:port], no path). http:// turns HTTPS off."
+  description = "Base URL of the job queue the agents register with and the scaler polls, e.g. https://ORG.semaphoreci.com (https://host[:port], no path). Set this or plain_http_queue_endpoint, not both."
   type        = string
+  default     = ""
 
   validation {
-    condition     = can(regex("^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$", var.queue_endpoint))
-    error_message = "queue_endpoint must be http(s)://host[:port] without a path or trailing slash."
+    condition     = can(regex("^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$", var.queue_endpoint))
+    error_message = "queue_endpoint must be https://host[:port] without a path or trailing slash (a plain http:// queue goes in plain_http_queue_endpoint)."
+  }
+}
+
+variable "plain_http_queue_endpoint" {
+  description = "The queue's URL when it speaks plain HTTP only (http://host[:port], no path), in place of queue_endpoint: HTTPS is off, so the registration token and every job cross the network unencrypted. Only for a queue on a network you trust."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(http://[A-Za-z0-9.-]+(:[0-9]{1,5})?)?$", var.plain_http_queue_endpoint))
+    error_message = "plain_http_queue_endpoint must be empty or http://host[:port] without a path or trailing slash."
   }
 }
 
@@ -335,6 +347,12 @@ variable "security_group_ids" {
 
 variable "enable_session_manager" {
   description = "Shell access to the instances through Session Manager: grants both roles the Session Manager actions only (ssm:UpdateInstanceInformation, ssmmessages:*Channel), never AmazonSSMManagedInstanceCore, whose parameter reads on * would hand every job every parameter the account's keys let it decrypt."
+  type        = bool
+  default     = false
+}
+
+variable "require_vpc_endpoints" {
+  description = "true: the agent role's credentials work only through interface VPC endpoints in the agents' own VPC, and only from the instance they were delivered to (aws:SourceVpc = aws:Ec2InstanceSourceVpc, aws:VpcSourceIp = aws:Ec2InstanceSourcePrivateIPv4), so credentials taken off an instance are refused everywhere else. Needs interface endpoints with private DNS for ssm, autoscaling, logs and sts in that VPC (and ssmmessages with enable_session_manager); without them the agents cannot even read their configuration."
   type        = bool
   default     = false
 }

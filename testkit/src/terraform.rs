@@ -75,12 +75,7 @@ impl Terraform {
 
     /// Runs terraform in `dir`; its stdout, or the test fails with everything it said.
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> String {
-        let mut command = Command::new("terraform");
-        command.arg(format!("-chdir={}", dir.display())).args(args);
-        command.envs(self.env.iter().map(|(name, value)| (*name, value)));
-        let output = command.output().unwrap_or_else(|e| {
-            panic!("cannot run terraform ({e}): https://developer.hashicorp.com/terraform/install")
-        });
+        let output = self.output_in(dir, args);
         let stdout = String::from_utf8_lossy(&output.stdout).to_string();
         assert!(
             output.status.success(),
@@ -89,6 +84,35 @@ impl Terraform {
             String::from_utf8_lossy(&output.stderr)
         );
         stdout
+    }
+
+    /// Runs terraform in the example, which must fail (an input the module refuses): everything
+    /// it said, its diagnostics' frames dropped and its lines joined (Terraform wraps messages),
+    /// so a test can look for a sentence.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let output = self.output_in(&self.example, args);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            !output.status.success(),
+            "terraform {args:?} succeeded:\n{said}"
+        );
+        said.replace('│', " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn output_in(&self, dir: &Path, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new("terraform");
+        command.arg(format!("-chdir={}", dir.display())).args(args);
+        command.envs(self.env.iter().map(|(name, value)| (*name, value)));
+        command.output().unwrap_or_else(|e| {
+            panic!("cannot run terraform ({e}): https://developer.hashicorp.com/terraform/install")
+        })
     }
 }
 

@@ -27,7 +27,7 @@ pub(crate) struct FleetStatus {
     pub status: StackStatus,
     /// The agent groups in priority order; `None` for one the stack names but that is missing.
     pub pools: Vec<(String, Option<Pool>)>,
-    /// The stack's `QueueEndpoint`.
+    /// The stack's `QueueEndpoint` (or `PlainHttpQueueEndpoint`).
     pub endpoint: String,
     pub queue: QueueReading,
     /// Newest first within each group.
@@ -82,9 +82,17 @@ pub(crate) fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
         .map(str::to_string)
         .collect();
     let pools = groups.iter().cloned().zip(stacks.pools(&groups)?).collect();
+    // A fleet names its queue in QueueEndpoint, or in PlainHttpQueueEndpoint when it is http://.
+    let parameter = |name: &str| {
+        stack
+            .parameters
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
     let endpoint = match hub {
         true => stack.output("QueueEndpoint").map(str::to_string),
-        false => stack.parameters.get("QueueEndpoint").cloned(),
+        false => parameter("QueueEndpoint").or_else(|| parameter("PlainHttpQueueEndpoint")),
     }
     .unwrap_or_default();
     let token = stack

@@ -307,7 +307,8 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         )
         .unwrap();
 
-    // An update with a changed parameter.
+    // An update with a changed parameter, the queue moved to a plain-HTTP one (which clears
+    // QueueEndpoint), and the agent role's credentials kept to the VPC's endpoints (issue 27).
     let update = [
         "deploy",
         "--stack",
@@ -315,6 +316,8 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         "--existing-token",
         "--parameters",
         "MaxSize=8",
+        "PlainHttpQueueEndpoint=http://hub.internal:8080",
+        "RequireVpcEndpoints=true",
     ];
     let (code, output) = scaler(&env, &update);
     assert_eq!(code, 0, "{output}");
@@ -369,6 +372,28 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         image.as_deref(),
         Some(image_parameter.trim_start_matches("ImageId="))
     );
+    let value = |key: &str| {
+        stack
+            .parameters()
+            .iter()
+            .find(|p| p.parameter_key() == Some(key))
+            .and_then(|p| p.parameter_value().map(str::to_string))
+    };
+    assert_eq!(value("QueueEndpoint").as_deref(), Some(""));
+    assert_eq!(
+        value("PlainHttpQueueEndpoint").as_deref(),
+        Some("http://hub.internal:8080")
+    );
+    let denies = runtime
+        .block_on(
+            cloudformation
+                .describe_stack_resource()
+                .stack_name("gpu-fleet")
+                .logical_resource_id("AgentVpcEndpointPolicy")
+                .send(),
+        )
+        .unwrap();
+    assert!(denies.stack_resource_detail().is_some(), "{denies:?}");
 
     // The same again: nothing to do, and it says so.
     let (code, output) = scaler(&env, &update);
@@ -394,7 +419,7 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         "{output}"
     );
     assert!(
-        output.contains("Queue (https://example.semaphoreci.com)"),
+        output.contains("Queue (http://hub.internal:8080)"),
         "{output}"
     );
 
@@ -452,6 +477,10 @@ fn bad_input_is_refused_before_any_aws_call() {
             vec!["MinSize=4", "MaxSize=2"],
             "MinSize (4) is greater than MaxSize (2)",
         ),
+        (
+            vec!["PlainHttpQueueEndpoint=http://hub.internal:8080"],
+            "QueueEndpoint and PlainHttpQueueEndpoint are both set",
+        ),
     ];
     for (extra, expected) in cases {
         let args: Vec<&str> = base.iter().copied().chain(extra).collect();
@@ -475,6 +504,24 @@ fn bad_input_is_refused_before_any_aws_call() {
     );
     assert_eq!(code, 1);
     assert!(output.contains("no registration token"), "{output}");
+    // A plain-HTTP queue only under its own name, and the message says which (issue 27).
+    let (code, output) = scaler(
+        &env,
+        &[
+            "deploy",
+            "--stack",
+            "gpu-fleet",
+            "--token-file",
+            &token,
+            "--parameters",
+            "QueueEndpoint=http://hub.internal:8080",
+        ],
+    );
+    assert_eq!(code, 1, "{output}");
+    assert!(
+        output.contains("PlainHttpQueueEndpoint=http://hub.internal:8080"),
+        "{output}"
+    );
     let (code, output) = scaler(
         &env,
         &["deploy", "--stack", "gpu_fleet", "--token-file", &token],

@@ -332,6 +332,11 @@ fn variants() -> Vec<Variant> {
             ],
             stack_key_arn(),
         ),
+        (
+            "the agent role's credentials only through its VPC's endpoints",
+            vec![("RequireVpcEndpoints", "true")],
+            stack_key_arn(),
+        ),
     ]
 }
 
@@ -372,12 +377,13 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
             );
         }
         // The checks see what they refuse: Standby (or anything else of Auto Scaling's) on every
-        // group, or from anywhere, and Auto Scaling actions beyond removing the instance.
+        // group, or for sessions EC2 did not make, and Auto Scaling actions beyond removing the
+        // instance.
         let mut widened = agent[0].clone();
         widened["Statement"].as_array_mut().unwrap().extend([
             json!({"Sid": "StandbyAnywhere", "Effect": "Allow", "Action": "autoscaling:EnterStandby", "Resource": "*",
                    "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
-            json!({"Sid": "StandbyOffTheInstance", "Effect": "Allow", "Action": "autoscaling:EnterStandby", "Resource": stack.group_arns.clone(),
+            json!({"Sid": "StandbyInAnySession", "Effect": "Allow", "Action": "autoscaling:EnterStandby", "Resource": stack.group_arns.clone(),
                    "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}}}),
             json!({"Sid": "BackInService", "Effect": "Allow", "Action": "autoscaling:ExitStandby", "Resource": stack.group_arns.clone(),
                    "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
@@ -385,7 +391,7 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
         let problems = policy_rules::agent_role_problems(&stack, &[widened], &[]);
         for (sid, problem) in [
             ("StandbyAnywhere", "acts on groups *"),
-            ("StandbyOffTheInstance", "works from anywhere"),
+            ("StandbyInAnySession", "not limited to sessions EC2 made"),
             ("BackInService", "beyond removing its own instance"),
         ] {
             assert!(
@@ -770,4 +776,195 @@ fn the_cache_bucket_is_private_encrypted_and_expires() {
             ["ExpirationInDays"],
         "3"
     );
+}
+
+/// RequireVpcEndpoints (issue 27): off by default (the default VPC has no interface endpoints, and
+/// the agents could not read their configuration); on, the agent role carries AWS's documented
+/// pair of Denies, so its credentials work only through its own VPC's endpoints and from the
+/// instance they were delivered to. The rule sees what it refuses: each Deny left out, the two
+/// merged into one statement (ANDed), `...IfExists` (a public endpoint passes), and no exception for
+/// calls through AWS services (KMS through SSM would be refused).
+#[test]
+fn require_vpc_endpoints_keeps_the_agents_credentials_on_their_instance() {
+    let defaults = Rendered::new(&[]).inline_policies("InstanceRole");
+    assert_eq!(
+        policy_rules::source_vpc_problems(&defaults).len(),
+        2,
+        "the default agent role has neither Deny"
+    );
+    let on = Rendered::new(&[("RequireVpcEndpoints", "true")]);
+    let agent = on.inline_policies("InstanceRole");
+    assert_none(
+        "RequireVpcEndpoints=true",
+        policy_rules::source_vpc_problems(&agent),
+    );
+    // Nothing else of the agent's policy changed: the same Allow statements as by default.
+    let allows = |policies: &[Value]| -> Vec<Value> {
+        policies
+            .iter()
+            .flat_map(policy_rules::statements)
+            .filter(|s| s["Effect"] == "Allow")
+            .collect()
+    };
+    assert_eq!(allows(&agent), allows(&defaults));
+
+    // The Denies are a policy of their own (no statement list with a NoValue for moto).
+    assert_eq!(agent.len(), defaults.len() + 1);
+    let (vpc, address) = {
+        let found: Vec<Value> = agent
+            .iter()
+            .flat_map(policy_rules::statements)
+            .filter(|s| s["Effect"] == "Deny")
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        (found[0].clone(), found[1].clone())
+    };
+    // The agent's own policy with other Denies in their place.
+    let with_denies = |replaced: Vec<Value>| -> Value {
+        let mut copy = defaults[0].clone();
+        copy["Statement"].as_array_mut().unwrap().extend(replaced);
+        copy
+    };
+    let mut merged = vpc.clone();
+    merged["Condition"]["StringNotEquals"]
+        .as_object_mut()
+        .unwrap()
+        .extend(
+            address["Condition"]["StringNotEquals"]
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+    let mut if_exists = vpc.clone();
+    let compared = if_exists["Condition"]
+        .as_object_mut()
+        .unwrap()
+        .remove("StringNotEquals")
+        .unwrap();
+    if_exists["Condition"]["StringNotEqualsIfExists"] = compared;
+    let mut no_service_exception = address.clone();
+    no_service_exception["Condition"]
+        .as_object_mut()
+        .unwrap()
+        .remove("BoolIfExists");
+    for (what, statements, refused) in [
+        (
+            "without the VPC's Deny",
+            vec![address.clone()],
+            "aws:Ec2InstanceSourceVpc",
+        ),
+        (
+            "without the address's Deny",
+            vec![vpc.clone()],
+            "aws:Ec2InstanceSourcePrivateIPv4",
+        ),
+        (
+            "the two merged into one statement",
+            vec![merged],
+            "aws:Ec2InstanceSourceVpc",
+        ),
+        (
+            "StringNotEqualsIfExists",
+            vec![if_exists, address.clone()],
+            "aws:Ec2InstanceSourceVpc",
+        ),
+        (
+            "no exception for calls through AWS services",
+            vec![vpc.clone(), no_service_exception],
+            "aws:Ec2InstanceSourcePrivateIPv4",
+        ),
+    ] {
+        let problems = policy_rules::source_vpc_problems(&[with_denies(statements)]);
+        assert!(
+            problems.iter().any(|p| p.contains(refused)),
+            "{what}: not flagged: {problems:?}"
+        );
+    }
+}
+
+/// A pattern that can only match `scheme` URLs (or nothing): it starts with the literal scheme
+/// (`^scheme…` or `^(scheme…)?$`) and has no alternation or optional character before it.
+fn takes_only(pattern: &str, scheme: &str) -> bool {
+    let rest = pattern
+        .strip_prefix("^(")
+        .or_else(|| pattern.strip_prefix('^'))
+        .unwrap_or_default();
+    rest.starts_with(scheme) && !pattern.contains('|')
+}
+
+/// A plain-HTTP queue only when the parameter that says so is used (issue 27). QueueEndpoint's
+/// pattern takes https:// alone, PlainHttpQueueEndpoint's http:// alone, and the Rule wants
+/// exactly one of the two; the agents turn HTTPS off (`no-https`) only for the second, and both
+/// configurations carry the endpoint given. The pattern check sees what it refuses: the old
+/// `^https?://` pattern.
+#[test]
+fn the_queue_is_https_unless_plain_http_is_named() {
+    let template = template();
+    let pattern = |name: &str| scalar(&template["Parameters"][name]["AllowedPattern"]);
+    assert!(
+        takes_only(&pattern("QueueEndpoint"), "https://"),
+        "{}",
+        pattern("QueueEndpoint")
+    );
+    assert!(takes_only(&pattern("PlainHttpQueueEndpoint"), "http://"));
+    assert!(!takes_only(
+        "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        "https://"
+    ));
+    assert!(!takes_only(
+        "^(https://[a-z.]+|http://[a-z.]+)$",
+        "https://"
+    ));
+    for name in ["QueueEndpoint", "PlainHttpQueueEndpoint"] {
+        assert_eq!(
+            scalar(&template["Parameters"][name]["Default"]),
+            "",
+            "{name}"
+        );
+    }
+
+    let https = "https://org.semaphoreci.com";
+    let http = "http://hub.internal:8080";
+    for (queue, plain, accepted) in [
+        (https, "", true),
+        ("", http, true),
+        ("", "", false),
+        (https, http, false),
+    ] {
+        let rendered =
+            Rendered::new(&[("QueueEndpoint", queue), ("PlainHttpQueueEndpoint", plain)]);
+        let rule =
+            &rendered.template["Rules"]["ExactlyOneQueueEndpoint"]["Assertions"][0]["Assert"];
+        assert_eq!(
+            rendered.eval(rule),
+            Some(json!(accepted)),
+            "QueueEndpoint={queue:?} PlainHttpQueueEndpoint={plain:?}"
+        );
+    }
+
+    for (given, host, no_https, url) in [
+        (
+            ("QueueEndpoint", https),
+            "org.semaphoreci.com",
+            false,
+            https,
+        ),
+        (
+            ("PlainHttpQueueEndpoint", http),
+            "hub.internal:8080",
+            true,
+            http,
+        ),
+    ] {
+        let rendered = Rendered::new(&[given]);
+        let config = rendered.agent_config();
+        assert_eq!(config["endpoint"], host, "{given:?}");
+        assert_eq!(config["no-https"], no_https, "{given:?}");
+        let scaler = rendered.properties("ScalerConfigParameter").unwrap()["Value"].clone();
+        let scaler = scaler.as_str().unwrap();
+        assert!(
+            scaler.contains(&format!("endpoint: {url}\n")),
+            "{given:?}:\n{scaler}"
+        );
+    }
 }

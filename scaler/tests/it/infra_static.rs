@@ -368,7 +368,7 @@ fn scaler_config_follows_the_contract_and_parses_as_the_scalers_config() {
     let fleet = &value["fleets"][0];
     for (got, from) in [
         (&fleet["agent_type"], "<FleetName>"),
-        (&fleet["queue"]["endpoint"], "<QueueEndpoint>"),
+        (&fleet["queue"]["endpoint"], "<Endpoint>"),
         (&fleet["queue"]["token_ssm_parameter"], "<TokenParameter>"),
         (&fleet["aws"]["groups"][0], "<Groups>"),
         (&fleet["policy"]["spare"], "<SpareInstances>"),
@@ -388,7 +388,7 @@ fn scaler_config_follows_the_contract_and_parses_as_the_scalers_config() {
     let rendered = substitute(&text, |name| {
         match name {
             "FleetName" => "gpu-fleet",
-            "QueueEndpoint" => "https://example.semaphoreci.com",
+            "Endpoint" => "https://example.semaphoreci.com",
             "TokenParameter" => "/flotilla/gpu-fleet/agent-token",
             "Groups" => "gpu-fleet-AgentGroup-ABC, gpu-fleet-FallbackGroup-DEF",
             "SpareInstances" => "1",

@@ -2,8 +2,10 @@
 //! the test that renders the CloudFormation template (`iam_policy.rs`) and the one that reads what
 //! Terraform applied to moto (`terraform_e2e.rs`), so both deployments are held to the same rules:
 //! the agent role reads only its own stack's parameters, decrypts only the token with the stack's
-//! key, may remove instances only in its stack's groups and only from an EC2 instance, has no
-//! mutating EC2 action and no AWS-managed policy, and may assume only the job role; the job role
+//! key, may remove instances only in its stack's groups and only with a session EC2 made for an
+//! instance, has no mutating EC2 action and no AWS-managed policy, and may assume only the job
+//! role; with `RequireVpcEndpoints` its credentials work only through its own VPC's endpoints from
+//! its own address (issue 27, `source_vpc_problems`); the job role
 //! (issue 26) may use only the cache bucket's objects and the key through S3 for that bucket (no
 //! parameter, no Auto Scaling, no EC2, no STS, no direct use of the key), and, with ECR
 //! repositories configured, the registry's login token and the pull and push actions on exactly
@@ -363,7 +365,10 @@ fn decrypt_problems(stack: &Stack, statement: &Value, role: &str) -> Vec<String>
 }
 
 /// Auto Scaling actions only on the stack's groups, with the stack's tag; for the agent also only
-/// from an EC2 instance.
+/// with a session EC2 made for an instance (`ec2:SourceInstanceARN` present). That key belongs to
+/// the session, not to where it is used: credentials copied off the instance still carry it, so
+/// this shuts out other kinds of sessions of the role, not other places ([`source_vpc_problems`]
+/// is the rule about places).
 fn group_problems(
     stack: &Stack,
     statement: &Value,
@@ -398,11 +403,55 @@ fn group_problems(
     }
     if from_instance && strings(&condition["Null"]["ec2:SourceInstanceARN"]) != ["false"] {
         problems.push(format!(
-            "{role} statement {} works from anywhere (no Null ec2:SourceInstanceARN = false)",
+            "{role} statement {} is not limited to sessions EC2 made for an instance (no Null ec2:SourceInstanceARN = false)",
             sid(statement)
         ));
     }
     problems
+}
+
+/// The policy variable each credential property is compared with under `RequireVpcEndpoints`: the
+/// VPC the instance role's credentials were delivered to must be the VPC whose interface endpoint
+/// the call came through, and the instance's primary private IPv4 address the address it came
+/// from (AWS's documented pair of statements:
+/// https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-keys.html#condition-keys-ec2instancesourceprivateip4).
+pub(crate) const SOURCE_VPC_PAIR: [(&str, &str); 2] = [
+    ("aws:Ec2InstanceSourceVpc", "${aws:SourceVpc}"),
+    ("aws:Ec2InstanceSourcePrivateIPv4", "${aws:VpcSourceIp}"),
+];
+
+/// With `RequireVpcEndpoints`, the agent role's credentials work only on their instance: for each
+/// of [`SOURCE_VPC_PAIR`] a Deny of every action unless the property equals the variable, for
+/// the instance role's sessions, except calls an AWS service makes for the agent (KMS through
+/// SSM). Through a public endpoint `aws:SourceVpc` and `aws:VpcSourceIp` have no value, and
+/// `StringNotEquals` matches a variable with none, so the call is refused. Each comparison is a
+/// statement of its own (in one statement the two would be ANDed, and a call from another address
+/// in the same VPC would pass); `...IfExists` would let calls without the keys through; without
+/// `aws:ViaAWSService` the agent could not decrypt its token through SSM.
+pub(crate) fn source_vpc_problems(policies: &[Value]) -> Vec<String> {
+    let statements: Vec<Value> = policies.iter().flat_map(statements).collect();
+    SOURCE_VPC_PAIR
+        .iter()
+        .filter(|(key, variable)| !statements.iter().any(|s| denies_unless(s, key, variable)))
+        .map(|(key, variable)| {
+            format!(
+                "no Deny of every action unless {key} = {variable} alone (for EC2's sessions, not for calls made through AWS services)"
+            )
+        })
+        .collect()
+}
+
+/// `statement` is exactly the documented Deny for one property.
+fn denies_unless(statement: &Value, key: &str, variable: &str) -> bool {
+    let expected = serde_json::json!({
+        "StringNotEquals": {key: variable},
+        "Null": {"ec2:SourceInstanceARN": "false"},
+        "BoolIfExists": {"aws:ViaAWSService": "false"},
+    });
+    statement["Effect"] == "Deny"
+        && strings(&statement["Action"]) == ["*"]
+        && strings(&statement["Resource"]) == ["*"]
+        && statement["Condition"] == expected
 }
 
 /// logs actions only on the stack's log groups.

@@ -2,11 +2,14 @@
 //! cannot be downloaded here), `terraform validate` of the module and of
 //! `infra/terraform/examples/gpu-fleet`, then `apply` and `destroy` of the example against moto
 //! server, twice: as written (the defaults: hop limit 1, job sudo and docker off, no Session
-//! Manager, no ECR repositories, failed instances not kept) and with an override file that turns
-//! those on. After each apply the resources are looked up in moto (the groups, the launch
-//! template's hop limit, the job-setting parameters, the agents' configuration, the KMS key with
-//! rotation and its alias, the log groups under the key) and the policies Terraform read back are
-//! held to the rules in `policy_rules` (shared with `iam_policy.rs`); after each
+//! Manager, no ECR repositories, failed instances not kept, an https:// queue, no VPC endpoint
+//! conditions) and with an override file that turns those on (a plain-HTTP queue through its own
+//! variable, the agent role's credentials only through its VPC's endpoints). Before that, a plan
+//! with an http:// queue_endpoint, and one with both endpoints, must be refused. After each apply
+//! the resources are looked up in moto (the groups, the launch template's hop limit, the
+//! job-setting parameters, the agents' and scaler's configuration, the KMS key with rotation and
+//! its alias, the log groups under the key) and the policies Terraform read back are held to the
+//! rules in `policy_rules` (shared with `iam_policy.rs`); after each
 //! destroy they are gone (the key pending deletion). Each apply is a fresh one: an update against
 //! moto hangs in the scaler group's instance refresh (docs/testing.md). A copy of infra/terraform
 //! in a temporary directory is what Terraform works in, so nothing is written into the tree.
@@ -140,10 +143,12 @@ fn check_policies(state: &[(String, Value)], variant: &Variant) {
         of_role(&agent_role),
         of_role(&format!("flotilla-{STACK}-scaler")),
     );
-    let expected = if session_manager { 2 } else { 1 };
+    // Its own, Session Manager's, and for the agent require_vpc_endpoints' Denies.
+    let scaler_policies = 1 + usize::from(session_manager);
+    let agent_policies = scaler_policies + usize::from(variant.vpc_endpoints);
     assert_eq!(
         (agent.len(), scaler.len()),
-        (expected, expected),
+        (agent_policies, scaler_policies),
         "inline policies per role"
     );
     let job = of_role(&format!("flotilla-{STACK}-job"));
@@ -170,6 +175,13 @@ fn check_policies(state: &[(String, Value)], variant: &Variant) {
         problems.is_empty(),
         "the applied policies:\n  {}",
         problems.join("\n  ")
+    );
+    // require_vpc_endpoints: both Denies, or neither.
+    let missing = policy_rules::source_vpc_problems(&agent).len();
+    assert_eq!(
+        missing,
+        if variant.vpc_endpoints { 0 } else { 2 },
+        "{agent:?}"
     );
     let sessions = state
         .iter()
@@ -242,6 +254,23 @@ fn check_applied(moto: &moto::MotoServer, runtime: &tokio::runtime::Runtime, var
         config["keep-failed-instance-minutes"], variant.keep_failed_minutes,
         "{text}"
     );
+    // The queue: HTTPS off only for the plain-HTTP variable, the scaler given the same URL.
+    let (url, no_https) = variant.queue;
+    assert_eq!(
+        config["endpoint"],
+        url.split_once("://").unwrap().1,
+        "{text}"
+    );
+    assert_eq!(config["no-https"], no_https, "{text}");
+    let read = runtime
+        .block_on(
+            ssm.get_parameter()
+                .name(format!("/flotilla/{STACK}/scaler-config"))
+                .send(),
+        )
+        .unwrap();
+    let text = read.parameter().unwrap().value().unwrap();
+    assert!(text.contains(&format!("endpoint: {url}\n")), "{text}");
     let key = key_by_alias(moto).expect("the alias alias/flotilla/gpu-fleet");
     let described = aws_json(
         moto,
@@ -316,6 +345,9 @@ struct Variant {
     job_sudo: &'static str,
     ecr_repositories: &'static [&'static str],
     keep_failed_minutes: u32,
+    /// The queue's URL, and whether the agents turn HTTPS off for it.
+    queue: (&'static str, bool),
+    vpc_endpoints: bool,
 }
 
 /// One fresh apply of the example, checked in moto and in the state, then destroyed.
@@ -360,8 +392,32 @@ fn the_module_validates_applies_and_destroys_against_moto() {
         )
         .unwrap();
 
+    // A plain-HTTP queue only under its own name (issue 27): an http:// queue_endpoint is
+    // refused by its validation, both endpoints together by the module's precondition.
+    let endpoints = terraform.example.join("endpoint_override.tf");
+    for (inputs, refusal) in [
+        (
+            "queue_endpoint = \"http://hub.internal:8080\"",
+            "a plain http:// queue goes in plain_http_queue_endpoint",
+        ),
+        (
+            "plain_http_queue_endpoint = \"http://hub.internal:8080\"",
+            "Set exactly one of queue_endpoint (https://) and plain_http_queue_endpoint",
+        ),
+    ] {
+        std::fs::write(
+            &endpoints,
+            format!("module \"gpu_fleet\" {{\n  {inputs}\n}}\n"),
+        )
+        .unwrap();
+        let said = terraform.refused(&["plan", "-input=false", "-no-color"]);
+        assert!(said.contains(refusal), "{inputs}: {said}");
+    }
+    std::fs::remove_file(&endpoints).unwrap();
+
     // As written (the defaults), then the opt-ins through an override file: Session Manager,
-    // job sudo, containers reach IMDS, an ECR repository for the jobs, failed instances kept.
+    // job sudo, containers reach IMDS, an ECR repository for the jobs, failed instances kept, a
+    // plain-HTTP queue, the agent role's credentials only through its VPC's endpoints.
     let opt_in = concat!(
         "module \"gpu_fleet\" {\n",
         "  enable_session_manager       = true\n",
@@ -369,6 +425,9 @@ fn the_module_validates_applies_and_destroys_against_moto() {
         "  metadata_hop_limit           = 2\n",
         "  job_ecr_repositories         = [\"team/app\"]\n",
         "  keep_failed_instance_minutes = 30\n",
+        "  queue_endpoint               = \"\"\n",
+        "  plain_http_queue_endpoint    = \"http://hub.internal:8080\"\n",
+        "  require_vpc_endpoints        = true\n",
         "}\n",
     );
     let variants = [
@@ -380,6 +439,8 @@ fn the_module_validates_applies_and_destroys_against_moto() {
                 job_sudo: "false",
                 ecr_repositories: &[],
                 keep_failed_minutes: 0,
+                queue: ("https://example.semaphoreci.com", false),
+                vpc_endpoints: false,
             },
         ),
         (
@@ -390,6 +451,8 @@ fn the_module_validates_applies_and_destroys_against_moto() {
                 job_sudo: "true",
                 ecr_repositories: &["team/app"],
                 keep_failed_minutes: 30,
+                queue: ("http://hub.internal:8080", true),
+                vpc_endpoints: true,
             },
         ),
     ];

@@ -1,13 +1,34 @@
 //! The checks `scaler deploy` makes before it calls AWS (the first of its three parts,
 //! `deploy/mod.rs`): the embedded template's parameter declarations, the stack name, the values
 //! given against the declarations (allowed values, patterns, lists, MinSize ≤ MaxSize among the
-//! values given), a registration token from a file or the environment, and a stack made from the
-//! other template refused. What they produce is a [`Request`].
+//! values given), the queue's endpoint (plain HTTP only as `PlainHttpQueueEndpoint`, exactly one
+//! of the two: [`EndpointError`]), a registration token from a file or the environment, and a
+//! stack made from the other template refused. What they produce is a [`Request`].
 
 use super::{DeployArgs, TemplateKind, HUB_TEMPLATE, TEMPLATE};
 use crate::aws::stacks::Definition;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
+
+/// The fleet template's two ways to name the queue: an https:// URL, or an http:// one under a
+/// name that says what it is (issue 27). Its Rule wants exactly one.
+pub(crate) const QUEUE_ENDPOINT: &str = "QueueEndpoint";
+pub(crate) const PLAIN_HTTP_QUEUE_ENDPOINT: &str = "PlainHttpQueueEndpoint";
+
+/// Why the queue's endpoint is refused: the template's patterns and Rule, said before AWS would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EndpointError {
+    #[error("parameter QueueEndpoint: '{0}' is plain HTTP, so the registration token and every job would cross the network unencrypted. Use an https:// URL, or, for a queue that speaks plain HTTP only, say so: PlainHttpQueueEndpoint={0}")]
+    PlainHttp(String),
+    #[error("parameter QueueEndpoint: '{0}' must be an https:// URL")]
+    NotHttps(String),
+    #[error("parameter PlainHttpQueueEndpoint: '{0}' must be an http:// URL (an https:// one is QueueEndpoint)")]
+    NotPlainHttp(String),
+    #[error("no queue endpoint: give QueueEndpoint=https://HOST[:PORT] (or PlainHttpQueueEndpoint=http://HOST[:PORT] for a queue that speaks plain HTTP only)")]
+    Missing,
+    #[error("QueueEndpoint and PlainHttpQueueEndpoint are both set: give one of them")]
+    Both,
+}
 
 /// One template parameter's declaration.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -148,8 +169,9 @@ pub(crate) fn valid_stack_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-/// Parses `KEY=VALUE` arguments and checks each against the template, and MinSize ≤ MaxSize
-/// when both are given. Needs no AWS: what the stack holds now is checked in [`resolve_parameters`].
+/// Parses `KEY=VALUE` arguments and checks each against the template, MinSize ≤ MaxSize when
+/// both are given, and not both queue endpoints. Needs no AWS: what the stack holds now is
+/// checked in [`resolve_parameters`].
 pub(crate) fn parse_parameters(
     specs: &[ParameterSpec],
     given: &[String],
@@ -170,6 +192,10 @@ pub(crate) fn parse_parameters(
         if values.insert(key.to_string(), value.to_string()).is_some() {
             bail!("parameter '{key}' is given twice");
         }
+    }
+    let set = |name: &str| values.get(name).is_some_and(|v: &String| !v.is_empty());
+    if set(QUEUE_ENDPOINT) && set(PLAIN_HTTP_QUEUE_ENDPOINT) {
+        return Err(EndpointError::Both.into());
     }
     check_sizes(&values, |_| None)?;
     Ok(values)
@@ -195,6 +221,7 @@ pub(crate) fn resolve_parameters(
             None => {}
         }
     }
+    resolve_queue_endpoint(specs, given, &mut values)?;
     check_sizes(&values, |name| {
         specs
             .iter()
@@ -202,6 +229,56 @@ pub(crate) fn resolve_parameters(
             .and_then(|s| s.default.clone())
     })?;
     Ok(values)
+}
+
+/// One of a template's two queue endpoints given replaces the other's kept value (so a stack
+/// moves from one to the other with one parameter); then exactly one must be set, each of the
+/// right scheme, kept values included (a stack made before PlainHttpQueueEndpoint existed may keep
+/// an http:// QueueEndpoint, which its template now refuses). Templates without the two (the
+/// hub's) pass untouched.
+pub(crate) fn resolve_queue_endpoint(
+    specs: &[ParameterSpec],
+    given: &BTreeMap<String, String>,
+    values: &mut BTreeMap<String, String>,
+) -> Result<(), EndpointError> {
+    let pair = [QUEUE_ENDPOINT, PLAIN_HTTP_QUEUE_ENDPOINT];
+    if !pair
+        .iter()
+        .all(|name| specs.iter().any(|s| s.name == *name))
+    {
+        return Ok(());
+    }
+    for (one, other) in [(pair[0], pair[1]), (pair[1], pair[0])] {
+        if given.contains_key(one) && !given.contains_key(other) {
+            values.insert(other.to_string(), String::new());
+        }
+    }
+    let value = |name: &str| values.get(name).cloned().unwrap_or_default();
+    for name in pair {
+        check_endpoint(name, &value(name))?;
+    }
+    match (value(pair[0]).is_empty(), value(pair[1]).is_empty()) {
+        (true, true) => Err(EndpointError::Missing),
+        (false, false) => Err(EndpointError::Both),
+        _ => Ok(()),
+    }
+}
+
+/// A queue endpoint parameter's value against its scheme ('' is left to [`resolve_queue_endpoint`]).
+pub(crate) fn check_endpoint(name: &str, value: &str) -> Result<(), EndpointError> {
+    match name {
+        _ if value.is_empty() => Ok(()),
+        QUEUE_ENDPOINT if value.starts_with("http://") => {
+            Err(EndpointError::PlainHttp(value.to_string()))
+        }
+        QUEUE_ENDPOINT if !value.starts_with("https://") => {
+            Err(EndpointError::NotHttps(value.to_string()))
+        }
+        PLAIN_HTTP_QUEUE_ENDPOINT if !value.starts_with("http://") => {
+            Err(EndpointError::NotPlainHttp(value.to_string()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// MinSize ≤ MaxSize, each taken from `values`, else from `fallback`; nothing to check without both.
@@ -269,9 +346,7 @@ pub(super) fn check_value(spec: &ParameterSpec, value: &str) -> Result<()> {
             );
         }
     }
-    if name == "QueueEndpoint" && !(value.starts_with("https://") || value.starts_with("http://")) {
-        bail!("parameter QueueEndpoint: '{value}' must be an http:// or https:// URL");
-    }
+    check_endpoint(name, value)?;
     Ok(())
 }
 

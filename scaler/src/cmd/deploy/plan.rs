@@ -74,15 +74,17 @@ pub(crate) enum Plan {
 }
 
 /// Decides what to do from the resolved `values` ([`resolve_parameters`]) and the stack as it is.
-/// What is passed: every value given, every list, and every value that differs from the
-/// template's default (moto cannot take `UsePreviousValue`, and AWS reads a value left out as the
-/// default).
+/// What is passed: every value given, every list, every value that differs from the template's
+/// default (moto cannot take `UsePreviousValue`, and AWS reads a value left out as the default),
+/// and every value that differs from the stack's (a kept value cleared back to its default, as
+/// giving `PlainHttpQueueEndpoint` clears `QueueEndpoint`, is said, not left to either reading).
 pub(crate) fn plan(
     template: &Template,
     request: &Request,
     values: &BTreeMap<String, String>,
     existing: Option<&Existing>,
 ) -> Plan {
+    let kept = |key: &str| existing.and_then(|e| e.parameters.get(key));
     let passed = values
         .iter()
         .filter(|(key, value)| {
@@ -91,6 +93,7 @@ pub(crate) fn plan(
                 || spec.is_none_or(|spec| {
                     spec.kind.contains("List") || spec.default.as_ref() != Some(*value)
                 })
+                || kept(key).is_some_and(|was| was != *value)
         })
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();

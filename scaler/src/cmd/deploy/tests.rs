@@ -69,6 +69,8 @@ fn the_embedded_template_declares_the_documented_parameters() {
         "MinSize",
         "MaxSize",
         "QueueEndpoint",
+        "PlainHttpQueueEndpoint",
+        "RequireVpcEndpoints",
         "AgentTokenParameter",
         "FallbackPools",
         "EnableWarmPool",
@@ -104,7 +106,7 @@ fn parameters_are_checked_against_the_template() {
     assert!(error(&["MinSize=5", "MaxSize=2"]).contains("MinSize (5) is greater than MaxSize (2)"));
     assert!(error(&["MaxSize=lots"]).contains("'lots' is not a number"));
     assert!(error(&["FallbackPools=sometimes"]).contains("is not one of"));
-    assert!(error(&["QueueEndpoint=org.semaphoreci.com"]).contains("http:// or https://"));
+    assert!(error(&["QueueEndpoint=org.semaphoreci.com"]).contains("must be an https:// URL"));
     assert!(resolve(&["JobEcrRepositories=team/app,base"], &BTreeMap::new()).is_ok());
     assert!(resolve(&["JobEcrRepositories="], &BTreeMap::new()).is_ok());
     assert!(error(&["JobEcrRepositories=team/*"]).contains("'team/*' is not an ECR repository"));
@@ -121,9 +123,116 @@ fn parameters_are_checked_against_the_template() {
     assert!(resolve(&["MinSize=4"], &previous).is_err());
     // Without AWS, a lone MinSize cannot be judged (the stack may hold a larger MaxSize) ...
     assert!(parse_parameters(&specs, &strings(&["MinSize=12"])).is_ok());
-    // ... and a required parameter may come from the stack.
-    let required = resolve_parameters(&specs, &BTreeMap::new(), &BTreeMap::new());
-    assert!(required.unwrap_err().to_string().contains("is required"));
+    // ... and the queue's endpoint may come from the stack.
+    let none = resolve_parameters(&specs, &BTreeMap::new(), &BTreeMap::new());
+    assert!(none.unwrap_err().to_string().contains("no queue endpoint"));
+    let kept = map(&[("QueueEndpoint", "https://org.semaphoreci.com")]);
+    assert!(resolve_parameters(&specs, &BTreeMap::new(), &kept).is_ok());
+}
+
+/// A plain-HTTP queue only as PlainHttpQueueEndpoint (issue 27), exactly one of the two, each of
+/// its own scheme, checked on what is given and on what the stack keeps; giving one clears the
+/// other's kept value.
+#[test]
+fn plain_http_only_under_its_own_name() {
+    let specs = Template::embedded().unwrap().parameters;
+    let (https, http) = ("https://org.semaphoreci.com", "http://hub.internal:8080");
+    // (given, kept by the stack, the endpoints in effect or the error)
+    type Row<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Vec<(&'a str, &'a str)>,
+        Result<(&'a str, &'a str), EndpointError>,
+    );
+    let rows: Vec<Row> = vec![
+        (vec![("QueueEndpoint", https)], vec![], Ok((https, ""))),
+        (
+            vec![("PlainHttpQueueEndpoint", http)],
+            vec![],
+            Ok(("", http)),
+        ),
+        (
+            vec![("QueueEndpoint", http)],
+            vec![],
+            Err(EndpointError::PlainHttp(http.into())),
+        ),
+        (
+            vec![("PlainHttpQueueEndpoint", https)],
+            vec![],
+            Err(EndpointError::NotPlainHttp(https.into())),
+        ),
+        (
+            vec![("QueueEndpoint", https), ("PlainHttpQueueEndpoint", http)],
+            vec![],
+            Err(EndpointError::Both),
+        ),
+        (vec![], vec![], Err(EndpointError::Missing)),
+        (
+            vec![("QueueEndpoint", "")],
+            vec![("QueueEndpoint", https)],
+            Err(EndpointError::Missing),
+        ),
+        // Moving a stack from one to the other takes one parameter.
+        (
+            vec![("PlainHttpQueueEndpoint", http)],
+            vec![("QueueEndpoint", https)],
+            Ok(("", http)),
+        ),
+        (
+            vec![("QueueEndpoint", https)],
+            vec![("PlainHttpQueueEndpoint", http)],
+            Ok((https, "")),
+        ),
+        // A stack deployed with an http:// QueueEndpoint before issue 27 is told what to give.
+        (
+            vec![],
+            vec![("QueueEndpoint", http)],
+            Err(EndpointError::PlainHttp(http.into())),
+        ),
+        (
+            vec![("PlainHttpQueueEndpoint", http)],
+            vec![("QueueEndpoint", http)],
+            Ok(("", http)),
+        ),
+    ];
+    for (given, kept, expected) in rows {
+        let (given, kept) = (map(&given), map(&kept));
+        let got = resolve_parameters(&specs, &given, &kept).map(|values| {
+            let value = |name: &str| values.get(name).cloned().unwrap_or_default();
+            (value("QueueEndpoint"), value("PlainHttpQueueEndpoint"))
+        });
+        let expected = expected
+            .map(|(queue, plain)| (queue.to_string(), plain.to_string()))
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            expected,
+            "given {given:?}, kept {kept:?}"
+        );
+    }
+}
+
+/// An http:// QueueEndpoint given is refused before any AWS call, with the way out in the message;
+/// the hub's template has no queue endpoint parameters and is left alone.
+#[test]
+fn plain_http_is_refused_with_the_way_out() {
+    let specs = Template::embedded().unwrap().parameters;
+    let http = "http://hub.internal:8080";
+    let error = parse_parameters(&specs, &strings(&[&format!("QueueEndpoint={http}")]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("PlainHttpQueueEndpoint={http}")),
+        "{error}"
+    );
+    let hub = Template::embedded_kind(TemplateKind::Hub)
+        .unwrap()
+        .parameters;
+    let mut values = BTreeMap::new();
+    assert_eq!(
+        resolve_queue_endpoint(&hub, &BTreeMap::new(), &mut values),
+        Ok(())
+    );
+    assert!(values.is_empty());
 }
 
 #[test]
@@ -325,6 +434,33 @@ fn plans() {
         let plan = plan(&template, &request, &values, existing);
         assert_eq!(plan, expected, "{scenario}");
     }
+}
+
+/// Giving PlainHttpQueueEndpoint clears the stack's QueueEndpoint, and the cleared value (its
+/// default) is passed, not left to how the endpoint reads a value left out.
+#[test]
+fn a_cleared_queue_endpoint_is_passed() {
+    let template = Template::embedded().unwrap();
+    let existing = Existing {
+        parameters: map(&[
+            ("QueueEndpoint", "https://org.semaphoreci.com"),
+            ("MaxSize", "6"),
+        ]),
+        template: TEMPLATE.to_string(),
+    };
+    let plain = ("PlainHttpQueueEndpoint", "http://hub.internal:8080");
+    let request = Request {
+        stack: "gpu-fleet".into(),
+        given: map(&[plain]),
+        token: None,
+    };
+    let values =
+        resolve_parameters(&template.parameters, &request.given, &existing.parameters).unwrap();
+    let expected = map(&[("MaxSize", "6"), plain, ("QueueEndpoint", "")]);
+    assert_eq!(
+        plan(&template, &request, &values, Some(&existing)),
+        Plan::Update(expected.into_iter().collect())
+    );
 }
 
 #[test]
