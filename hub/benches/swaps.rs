@@ -2,7 +2,8 @@
 //! with `prometheus-client` (issue 24), in one run: figures, not assertions, apart from the two
 //! writing the same samples. The old writer lives on only here, as the baseline. Both write the
 //! same text line for line except a histogram's `_sum`, which the client writes as a float
-//! (`12.0` where the old text had `12`): those lines are compared as numbers. Rounds of old and
+//! (`12.0` where the old text had `12`): those lines are compared as numbers; the new text also
+//! ends with the long-polls gauge, added after the swap ([`LONG_POLLS`]). Rounds of old and
 //! new alternate; it prints each median in ns per call and the new/old ratio.
 //! `cargo bench -p hub --bench swaps`.
 
@@ -86,6 +87,10 @@ fn old_render(types: &[(String, QueueMetrics)], counters: &HubCounters) -> Strin
     out
 }
 
+/// What the new text writes that the old never did: the gauge of long-polls waiting (issue 24),
+/// last, for the scrape of [`scrape`].
+const LONG_POLLS: &str = "# HELP flotilla_hub_long_polls_waiting Queue metrics long-polls waiting for the counts to change.\n# TYPE flotilla_hub_long_polls_waiting gauge\nflotilla_hub_long_polls_waiting 5\n";
+
 /// A hub's scrape: four agent types, finished jobs of three results, both histograms in use.
 fn scrape() -> Scrape {
     let types = (0..4)
@@ -121,7 +126,11 @@ fn scrape() -> Scrape {
         &[0.0, 3.0, 12.0, 45.0, 700.0, 5000.0],
     );
     observe(&mut counters.duration, &[2.5, 61.0, 3599.0]);
-    Scrape { types, counters }
+    Scrape {
+        types,
+        counters,
+        long_polls_waiting: 5,
+    }
 }
 
 /// The two texts, line for line; `_sum` lines by value.
@@ -167,10 +176,11 @@ fn compare(label: &str, calls: u64, mut old: impl FnMut(), mut new: impl FnMut()
 
 fn main() {
     let scrape = scrape();
-    let old = old_render(&scrape.types, &scrape.counters);
+    let old = old_render(&scrape.types, &scrape.counters) + LONG_POLLS;
     let new = render(Scrape {
         types: scrape.types.clone(),
         counters: scrape.counters.clone(),
+        long_polls_waiting: scrape.long_polls_waiting,
     });
     assert_same_samples(&old, &new);
     println!(
@@ -190,6 +200,7 @@ fn main() {
             let copy = Scrape {
                 types: scrape.types.clone(),
                 counters: scrape.counters.clone(),
+                long_polls_waiting: scrape.long_polls_waiting,
             };
             black_box(render(black_box(copy)));
         },

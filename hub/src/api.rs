@@ -730,7 +730,12 @@ async fn prometheus(State(edge): State<Edge>, headers: HeaderMap) -> Result<Resp
 /// The hub's metrics in Prometheus's text format.
 fn render_prometheus(hub: &Hub) -> String {
     let (types, counters) = hub.all_metrics(hub.now());
-    crate::prometheus::render(crate::prometheus::Scrape { types, counters })
+    let long_polls_waiting = hub.long_polls_waiting();
+    crate::prometheus::render(crate::prometheus::Scrape {
+        types,
+        counters,
+        long_polls_waiting,
+    })
 }
 
 #[cfg(test)]

@@ -219,6 +219,12 @@ impl Hub {
         self.version.subscribe()
     }
 
+    /// Queue-metrics long-polls waiting for a change: each holds a [`Hub::subscribe_version`]
+    /// receiver while it waits, and nothing else keeps one.
+    pub fn long_polls_waiting(&self) -> usize {
+        self.version.receiver_count()
+    }
+
     pub fn logs_changed(&self) -> &tokio::sync::Notify {
         &self.logs_changed
     }

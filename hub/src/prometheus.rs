@@ -3,7 +3,8 @@
 //! counters that follow committed job transitions, `hub/src/hub/metrics.rs`), and one scrape
 //! encodes them as constant samples, label values escaped by the client. The text is the one the
 //! hub wrote by hand before, sample for sample (`hub/benches/swaps.rs` keeps the old writer as the
-//! baseline and checks), except that a histogram's `_sum` is written as a float (`12.0`).
+//! baseline and checks), except that a histogram's `_sum` is written as a float (`12.0`), and
+//! for the gauge of queue-metrics long-polls waiting for a change, added after (last in the text).
 
 use crate::hub::{Histogram, HubCounters};
 use prometheus_client::collector::Collector;
@@ -17,11 +18,13 @@ use prometheus_client::registry::Registry;
 use protocol::QueueMetrics;
 use std::fmt;
 
-/// What one scrape writes: the queue metrics of each agent type, and the hub's counters.
+/// What one scrape writes: the queue metrics of each agent type, the hub's counters, and how
+/// many queue-metrics long-polls (`?version=V&wait=S`) wait on this hub for the counts to change.
 #[derive(Debug)]
 pub struct Scrape {
     pub types: Vec<(String, QueueMetrics)>,
     pub counters: HubCounters,
+    pub long_polls_waiting: usize,
 }
 
 /// Prometheus text (format 0.0.4) of one scrape.
@@ -88,6 +91,13 @@ impl Collector for Scrape {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             ConstHistogram(histogram).encode(family)?;
         }
+        let family = encoder.encode_descriptor(
+            "flotilla_hub_long_polls_waiting",
+            "Queue metrics long-polls waiting for the counts to change.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.long_polls_waiting as i64).encode(family)?;
         Ok(())
     }
 }
@@ -192,6 +202,7 @@ mod tests {
         let text = render(Scrape {
             types: vec![("gpu".into(), metrics)],
             counters,
+            long_polls_waiting: 3,
         });
         for line in [
             "# TYPE flotilla_hub_jobs gauge",
@@ -206,6 +217,8 @@ mod tests {
             "flotilla_hub_time_to_start_seconds_bucket{le=\"30\"} 2",
             "flotilla_hub_time_to_start_seconds_bucket{le=\"+Inf\"} 2",
             "flotilla_hub_time_to_start_seconds_count 2",
+            "# TYPE flotilla_hub_long_polls_waiting gauge",
+            "flotilla_hub_long_polls_waiting 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -1,10 +1,11 @@
 //! The control loop: for one fleet (agent type), read the queue, describe the fleet, decide with
 //! the policy, raise desired capacity, and log one structured line per decision. Its gauges feed
 //! the scaler's Prometheus `/metrics`. Every reaper interval it also runs a reaper pass (see
-//! [`crate::reaper`]) when the queue can list agents. The `/metrics` text is written by the
-//! official `prometheus-client` crate (its Prometheus 0.0.4 text encoder, fed each scrape's
-//! statuses as constant samples): same names, HELP and TYPE lines and `agent_type` label as the
-//! hand-written text it replaced, with label values escaped; `benches/swaps.rs` compares the two.
+//! [`crate::reaper`]) when the queue can list agents, one line per action and one (at debug) per
+//! pass. The `/metrics` text is written by the official `prometheus-client` crate (its Prometheus
+//! 0.0.4 text encoder, fed each scrape's statuses as constant samples): same names, HELP and TYPE
+//! lines and `agent_type` label as the hand-written text it replaced, with label values escaped;
+//! `benches/swaps.rs` compares the two.
 
 use crate::fleet::Fleet;
 use crate::policy::{decide, Decision, PolicyConfig, PolicyState, PoolState, QueueSnapshot};
@@ -127,7 +128,10 @@ impl FleetLoop {
             }
         };
         let (mut marked, mut terminated) = (0, 0);
-        for action in reaper::decide(&instances, &agents, &config, unix_now) {
+        let actions = reaper::decide(&instances, &agents, &config, unix_now);
+        let acting = actions.len();
+        let in_service = instances.iter().filter(|i| i.in_service).count();
+        for action in actions {
             tracing::info!(agent_type = %self.agent_type, action = ?action, dry_run = self.dry_run, "reaper");
             if self.dry_run {
                 continue;
@@ -147,6 +151,9 @@ impl FleetLoop {
                 tracing::error!(agent_type = %self.agent_type, %error, "reaper action failed");
             }
         }
+        // Every pass, those that change nothing included: "the reaper left it alone" is then
+        // read off passes made, not off a pause.
+        tracing::debug!(agent_type = %self.agent_type, in_service, actions = acting, "reaper pass done");
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.reaper_marked += marked;
         status.reaper_terminated += terminated;

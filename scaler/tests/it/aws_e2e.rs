@@ -108,6 +108,26 @@ fn wait_for_decisions(dir: &std::path::Path, more: usize) {
     );
 }
 
+/// Waits until the scaler in `dir` has logged `passes` completed reaper passes (a skipped one
+/// does not count) after the first line that contains `after`; returns the last of them.
+fn wait_for_reaper_passes_after(dir: &std::path::Path, after: &str, passes: usize) -> String {
+    let passes_after = || {
+        let log = std::fs::read_to_string(dir.join("scaler.log")).unwrap_or_default();
+        let from = log.find(after).unwrap_or(log.len());
+        log[from..]
+            .lines()
+            .filter(|line| line.contains("reaper pass done"))
+            .map(|line| line.trim_end().to_string())
+            .collect::<Vec<_>>()
+    };
+    testkit::wait_for(
+        &format!("{passes} reaper passes after {after}"),
+        Duration::from_secs(30),
+        || passes_after().len() >= passes,
+    );
+    passes_after()[passes - 1].clone()
+}
+
 #[test]
 fn queued_jobs_raise_the_groups_in_priority_order() {
     let runtime = runtime();
@@ -241,8 +261,14 @@ fn the_reaper_terminates_a_stuck_instance_and_a_busy_one_only_past_its_lifetime(
     let (desired, remaining, _) = moto.group(&runtime, "gpu");
     assert_eq!(desired, 1, "terminated with decrement: {}", log());
     assert_eq!(remaining, vec![busy.clone()]);
-    // Busy and within its lifetime: never marked, never touched.
-    std::thread::sleep(Duration::from_secs(4));
+    // Busy and within its lifetime: never marked, never touched, over the pass that terminated
+    // the stuck one and a whole pass after it that judged the busy one alone.
+    let after = wait_for_reaper_passes_after(
+        dir.path(),
+        &format!("Terminate {{ instance: \"{stuck}\""),
+        2,
+    );
+    assert!(after.ends_with("in_service=1 actions=0"), "{}", log());
     assert!(moto.group(&runtime, "gpu").1.contains(&busy));
     let tags = instance_tags(&runtime, &moto, &busy);
     assert!(!tags.iter().any(|(k, _)| k == "flotilla:reap"), "{}", log());

@@ -3,13 +3,13 @@
 //! 200 protocol-level agents racing over three replicas for 500 jobs submitted through all of
 //! them get each job exactly once; a replica killed with `kill -9` mid-run loses no job and its
 //! agents carry on through the others; the metrics long-poll on one replica answers within a
-//! second of a job submitted on another (and not before). Each test has a database of its own,
-//! made through `psql "$FLOTILLA_TEST_POSTGRES"` (`.ci/postgres` starts the server) and dropped
-//! at the end. The agents speak the wire protocol (docs/protocol.md) over keep-alive
-//! connections with a small HTTP/1.1 client, so that each connection stays on one replica as a
-//! real agent's would, and each hand-out can be counted. Like the real agent they retry a 503
-//! (a write conflict between replicas that outlasted the hub's own retries; the count is printed)
-//! and, in the kill test only, a broken connection.
+//! second of a job submitted on another (and not before, while that replica's `/metrics` shows it
+//! waiting). Each test has a database of its own, made through `psql "$FLOTILLA_TEST_POSTGRES"`
+//! (`.ci/postgres` starts the server) and dropped at the end. The agents speak the wire protocol
+//! (docs/protocol.md) over keep-alive connections with a small HTTP/1.1 client, so that each
+//! connection stays on one replica as a real agent's would, and each hand-out can be counted.
+//! Like the real agent they retry a 503 (a write conflict between replicas that outlasted the
+//! hub's own retries; the count is printed) and, in the kill test only, a broken connection.
 
 use testkit::balancer;
 use testkit::stores;
@@ -602,6 +602,16 @@ fn a_replica_killed_mid_run_loses_no_job_and_its_agents_carry_on() {
     );
 }
 
+/// How many queue-metrics long-polls `hub`'s Prometheus `/metrics` says wait for a change.
+fn long_polls_waiting(hub: &HubProcess) -> Option<u64> {
+    let reply = testkit::http::get(&format!("{}/metrics", hub.url()), "").ok()?;
+    let line = reply
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("flotilla_hub_long_polls_waiting "))?;
+    line.trim().parse().ok()
+}
+
 #[test]
 fn the_metrics_long_poll_on_one_replica_answers_a_job_submitted_on_another() {
     let _serial = one_at_a_time();
@@ -618,6 +628,7 @@ fn the_metrics_long_poll_on_one_replica_answers_a_job_submitted_on_another() {
         .as_u64()
         .expect("the hub's metrics carry a version");
     assert_eq!(before["jobs"]["queued"], 0, "{before}");
+    assert_eq!(long_polls_waiting(&hubs[0]), Some(0), "none before ours");
     let (sender, answers) = std::sync::mpsc::channel();
     let (address, poll) = (
         hubs[0].address.clone(),
@@ -627,7 +638,12 @@ fn the_metrics_long_poll_on_one_replica_answers_a_job_submitted_on_another() {
         let answer = Link::new(&address).call("GET", &poll, &auth, "");
         let _ = sender.send((Instant::now(), answer));
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // The hub's word that the long-poll waits for a change (not that it was slow to answer).
+    testkit::wait_for(
+        "the long-poll to wait on replica A",
+        Duration::from_secs(20),
+        || long_polls_waiting(&hubs[0]) == Some(1),
+    );
     if let Ok((_, answer)) = answers.try_recv() {
         panic!("the long-poll answered before anything changed: {answer:?}");
     }

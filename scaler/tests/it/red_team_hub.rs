@@ -190,6 +190,19 @@ fn a_tls_client_that_never_finishes_its_handshake_is_dropped() {
     );
 }
 
+/// A connection to `hub` that sent `head` (a request asking `Expect: 100-continue`, its body
+/// not all sent), once the hub answered "100 Continue": the request is in, its body being read.
+fn busy_connection(hub: &HubProcess, head: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    let continued = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut answer = vec![0u8; continued.len()];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(answer, continued, "{}", String::from_utf8_lossy(&answer));
+    stream
+}
+
 #[test]
 fn connections_beyond_the_limit_wait_until_one_closes() {
     let hub = HubProcess::start(&["--max-connections", "2"]);
@@ -197,32 +210,37 @@ fn connections_beyond_the_limit_wait_until_one_closes() {
     // be closed to make room: `clients_that_send_nothing_...`).
     let head = format!(
         "POST /api/v1/jobs HTTP/1.1\r\nHost: hub\r\nAuthorization: Token {}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n{{",
         hub.admin_token()
     );
-    let idle: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut stream = TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
-            std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
-            stream
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let url = format!("{}/healthz", hub.url());
-    let waiting = std::thread::spawn(move || {
-        let started = Instant::now();
-        let answered = testkit::http::get(&url, "").map(|reply| reply.status);
-        (answered.ok(), started.elapsed())
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        !waiting.is_finished(),
-        "a third connection was served past the limit of 2"
+    let idle: Vec<TcpStream> = (0..2).map(|_| busy_connection(&hub, &head)).collect();
+    let mut third = TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+    let request = "GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n";
+    std::io::Write::write_all(&mut third, request.as_bytes()).unwrap();
+    // The hub's word that the third connection waits for a place (not that it was slow).
+    let waits = format!("peer={} ", third.local_addr().unwrap());
+    testkit::wait_for(
+        "the hub to log that the third connection waits",
+        LONG,
+        || {
+            hub.log()
+                .lines()
+                .any(|line| line.contains("at the connection limit") && line.contains(&waits))
+        },
     );
+    third.set_nonblocking(true).unwrap();
+    let unanswered = third.read(&mut [0u8; 64]);
+    assert!(
+        matches!(&unanswered, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a third connection was served past the limit of 2: {unanswered:?}"
+    );
+    // Control: once the busy ones close, it is served.
+    third.set_nonblocking(false).unwrap();
+    third.set_read_timeout(Some(LONG)).unwrap();
     drop(idle);
-    let (status, waited) = waiting.join().unwrap();
-    assert_eq!(status, Some(200));
-    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    let mut answer = String::new();
+    third.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[test]
