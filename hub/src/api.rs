@@ -28,13 +28,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Largest log push body (2000 lines of fully escaped 1000-byte output fit).
-pub const MAX_LOG_BODY: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_LOG_BODY: usize = 32 * 1024 * 1024;
 /// Largest body of the user API (a job spec with its files).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 1024 * 1024;
 /// Largest body of a registration or a sync (bounded fields: `hub::limits_of_registration`).
-pub const MAX_AGENT_BODY: usize = 64 * 1024;
+pub(crate) const MAX_AGENT_BODY: usize = 64 * 1024;
 /// Longest long-poll a client may ask for.
-pub const MAX_WAIT_SECONDS: u64 = 60;
+pub(crate) const MAX_WAIT_SECONDS: u64 = 60;
 
 /// The HTTP status of each of the hub's errors: the one table, for the API and the console.
 pub(crate) fn status_of(error: &HubError) -> StatusCode {
@@ -345,7 +345,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     router_with(hub, EdgeLimits::default())
 }
 
-pub fn router_with(hub: Arc<Hub>, limits: EdgeLimits) -> Router {
+pub(crate) fn router_with(hub: Arc<Hub>, limits: EdgeLimits) -> Router {
     let agent_api = Router::new()
         .route("/register", post(register))
         .route("/sync", post(sync))

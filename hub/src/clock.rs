@@ -12,7 +12,7 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
 
 /// The system's clock.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {

@@ -27,10 +27,11 @@ mod memory;
 mod metrics;
 mod user_api;
 
-pub use admission::{Admission, FirstLook, RegistrationLimits};
-pub use console_api::JobDetail;
+pub use admission::{Admission, FirstLook};
+pub(crate) use console_api::JobDetail;
 pub use error::{HubError, Invalid};
-pub use history::{Sample, HISTORY_SECS, SAMPLE_EVERY_SECS};
+pub use history::Sample;
+pub(crate) use history::SAMPLE_EVERY_SECS;
 pub use metrics::{Histogram, HubCounters};
 
 use crate::clock::{Clock, SystemClock};
@@ -104,7 +105,7 @@ struct Inner {
 
 /// Calls from the async side in the core at once: one holds the lock, the others are ready
 /// to take it (a store round trip of one overlaps the others' waits).
-pub const CALLERS: usize = 4;
+pub(crate) const CALLERS: usize = 4;
 
 /// How many times an operation runs when other replicas keep changing what it read.
 const MAX_ATTEMPTS: u32 = 16;
@@ -225,7 +226,7 @@ impl Hub {
         self.version.receiver_count()
     }
 
-    pub fn logs_changed(&self) -> &tokio::sync::Notify {
+    pub(crate) fn logs_changed(&self) -> &tokio::sync::Notify {
         &self.logs_changed
     }
 

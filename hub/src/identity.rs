@@ -23,7 +23,7 @@ use thiserror::Error;
 use x509_cert::der::{Decode, Encode};
 
 /// AWS's RSA certificates for the base64-encoded signature, one per Region.
-pub const AWS_CERTIFICATES: &str = include_str!("../certs/aws-identity-rsa.pem");
+pub(crate) const AWS_CERTIFICATES: &str = include_str!("../certs/aws-identity-rsa.pem");
 
 /// Why a certificate file could not be read.
 #[derive(Debug, Error)]
@@ -216,7 +216,7 @@ pub fn verify(
 }
 
 /// Why an agent type's identity rule cannot be used, if it cannot.
-pub fn check_policy(policy: &IdentityPolicy) -> Option<String> {
+pub(crate) fn check_policy(policy: &IdentityPolicy) -> Option<String> {
     let lists = !policy.allowed_accounts.is_empty() || !policy.allowed_regions.is_empty();
     if !policy.require_instance_identity {
         return lists.then(|| {

@@ -35,7 +35,7 @@ pub fn next_job_state(state: JobState, event: JobEvent) -> Option<JobState> {
 
 /// What the hub knows about the job assigned to an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssignedJob {
+pub(crate) struct AssignedJob {
     pub id: String,
     pub state: JobState,
     pub stop_requested: bool,
@@ -43,7 +43,7 @@ pub struct AssignedJob {
 
 /// What the hub knows about the agent that syncs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct AgentFacts {
+pub(crate) struct AgentFacts {
     pub single_job: bool,
     /// Seconds; 0 = never idle out.
     pub idle_timeout: i64,
@@ -73,7 +73,7 @@ pub enum Reply {
 
 /// A job change the sync reveals.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobChange {
+pub(crate) enum JobChange {
     Started(String),
     Finished {
         job_id: String,
@@ -85,7 +85,7 @@ pub enum JobChange {
 
 /// Decides the answer to `report` from an agent described by `facts` at `now` (Unix seconds).
 /// `next_job`: the queued job this agent would take, if any.
-pub fn decide_sync(
+pub(crate) fn decide_sync(
     facts: &AgentFacts,
     report: &SyncRequest,
     now: i64,
@@ -176,7 +176,7 @@ fn decide_waiting(
 
 /// Whether a finished job goes back to the queue: stopped because its agent was interrupted (not
 /// by a user), with re-queues left.
-pub fn requeue_after_finish(
+pub(crate) fn requeue_after_finish(
     result: JobResult,
     user_stopped: bool,
     agent_interrupted: bool,
@@ -192,7 +192,7 @@ pub fn requeue_after_finish(
 /// What the hub knows when an agent it declared lost (no sync for `--lost-after`) presents its
 /// access token again: the link healed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealFacts {
+pub(crate) struct HealFacts {
     /// Seconds since its last sync before it was lost.
     pub silent_for: i64,
     /// The agents' give-up time (`--give-up-after`): an agent silent for longer has stopped its
@@ -206,7 +206,7 @@ pub struct HealFacts {
 
 /// Where the job of a lost agent stands now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LostJob {
+pub(crate) struct LostJob {
     pub id: String,
     /// `None`: the job has finished (failed when its agent was lost, or run to the end
     /// elsewhere, or stopped).
@@ -215,7 +215,7 @@ pub struct LostJob {
 
 /// Why a healed agent is refused (its token stays revoked: 401, and the agent leaves at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealRefusal {
+pub(crate) enum HealRefusal {
     /// Silent past the give-up time: by its own rule it has given up.
     PastGiveUp,
     /// Its name belongs to another live agent now.
@@ -241,7 +241,7 @@ impl std::fmt::Display for HealRefusal {
 /// is still its own: with no job, or with its job still waiting in the queue (re-queued when it
 /// was lost, not handed to anyone): then it resumes, and takes that job back (`Ok(Some(job))`)
 /// to deliver its log and result. Otherwise it is refused and must stop at once.
-pub fn decide_healed(facts: &HealFacts) -> Result<Option<String>, HealRefusal> {
+pub(crate) fn decide_healed(facts: &HealFacts) -> Result<Option<String>, HealRefusal> {
     if facts.silent_for > facts.give_up_after {
         return Err(HealRefusal::PastGiveUp);
     }
@@ -261,7 +261,7 @@ pub fn decide_healed(facts: &HealFacts) -> Result<Option<String>, HealRefusal> {
 
 /// What the hub knows when an agent asks to register under a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RegisterFacts<'a> {
+pub(crate) struct RegisterFacts<'a> {
     /// The agent type of the token presented (a registration token, or a live agent's own
     /// access token).
     pub agent_type: &'a str,
@@ -314,7 +314,7 @@ impl std::fmt::Display for RegisterRefusal {
 /// itself, and a name that held a job is never registered afresh — whatever `single_job` the
 /// request claims: only its own live multi-job agent, presenting its own access token, goes on
 /// under it (a single-job agent never does: its machine is used).
-pub fn decide_register(facts: &RegisterFacts) -> Result<(), RegisterRefusal> {
+pub(crate) fn decide_register(facts: &RegisterFacts) -> Result<(), RegisterRefusal> {
     if facts.instance_registered_before {
         return Err(RegisterRefusal::InstanceRegisteredBefore);
     }

@@ -13,7 +13,7 @@ pub fn new_token() -> String {
 }
 
 /// A new job id in UUID form.
-pub fn new_job_id() -> String {
+pub(crate) fn new_job_id() -> String {
     let mut bytes = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
@@ -35,7 +35,7 @@ pub fn hash(token: &str) -> String {
 
 /// Compares two strings in time independent of where they differ (`subtle`; the lengths, which
 /// are those of public hash encodings here, are not secret).
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 

@@ -99,7 +99,7 @@ impl Console {
 
 /// Why a console request was not answered with its page.
 #[derive(Debug, Error)]
-pub enum ConsoleError {
+pub(crate) enum ConsoleError {
     /// No live session: the browser is sent to the login page.
     #[error("sign in first")]
     SignIn,
@@ -169,7 +169,7 @@ pub fn router(hub: Arc<Hub>, secure: bool) -> Router {
 /// The console's routes, to merge into the hub's router: forms are read whole within
 /// `limits` before any handler runs ([`bounded_form`]); sign-in attempts are limited per
 /// client address.
-pub fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::EdgeLimits) -> Router {
+pub(crate) fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::EdgeLimits) -> Router {
     let console = Console {
         hub,
         sessions: Arc::new(Sessions::default()),

@@ -11,19 +11,19 @@ use protocol::RegisterRequest;
 
 /// The largest value a registration may carry in each field (bytes), and the longest GPU list.
 /// An instance has at most 16 GPUs today (p5, p4d: 8; a few inference types 16).
-pub struct RegistrationLimits;
+pub(crate) struct RegistrationLimits;
 
 impl RegistrationLimits {
-    pub const NAME: usize = 255;
-    pub const HOSTNAME: usize = 255;
-    pub const VERSION: usize = 64;
-    pub const OS: usize = 128;
-    pub const ARCH: usize = 32;
-    pub const JOB_ID: usize = 64;
-    pub const GPUS: usize = 64;
-    pub const GPU_FIELD: usize = 128;
+    pub(crate) const NAME: usize = 255;
+    pub(crate) const HOSTNAME: usize = 255;
+    pub(crate) const VERSION: usize = 64;
+    pub(crate) const OS: usize = 128;
+    pub(crate) const ARCH: usize = 32;
+    pub(crate) const JOB_ID: usize = 64;
+    pub(crate) const GPUS: usize = 64;
+    pub(crate) const GPU_FIELD: usize = 128;
     /// An instance identity document is about 500 bytes, its signature about 350.
-    pub const IDENTITY: usize = 8 * 1024;
+    pub(crate) const IDENTITY: usize = 8 * 1024;
 }
 
 /// A request the API checks before it reads the body: who asks, for what.
@@ -92,7 +92,7 @@ pub enum FirstLook {
 impl Hub {
     /// What memory says of the request right now, without waiting: the usual request (a known
     /// token) is admitted on the async side at the cost of a lookup.
-    pub fn first_look(&self, admission: &Admission, now: i64) -> FirstLook {
+    pub(crate) fn first_look(&self, admission: &Admission, now: i64) -> FirstLook {
         match self.inner.try_lock() {
             Ok(guard) => admission.look(&guard.core, now),
             Err(_) => FirstLook::Busy,
@@ -114,13 +114,13 @@ impl Hub {
     /// Whether the request that arrived at `arrived` ([`Hub::arrival`]) is admitted: memory's
     /// answer, caught up with other replicas first when it does not know the token and no
     /// catch-up has begun and succeeded since the request arrived (`Hub::locked_since`).
-    pub fn admit_since(&self, admission: &Admission, arrived: u64, now: i64) -> HubResult<()> {
+    pub(crate) fn admit_since(&self, admission: &Admission, arrived: u64, now: i64) -> HubResult<()> {
         self.locked_since(arrived, now, |_, core| admission.check(core, now))
     }
 
     /// Turns for requests memory did not know (one at a time): a flood of made-up tokens
     /// queues here, on the async side, and takes one of [`super::CALLERS`] at most.
-    pub fn strangers(&self) -> &std::sync::Arc<tokio::sync::Semaphore> {
+    pub(crate) fn strangers(&self) -> &std::sync::Arc<tokio::sync::Semaphore> {
         &self.strangers
     }
 }

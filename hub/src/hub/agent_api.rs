@@ -172,7 +172,7 @@ impl Hub {
     /// row (the usual sync: nothing to hand out, its job goes on). `sync_locked` would decide
     /// the same from the same memory. None otherwise: then [`Hub::sync`] answers, on the
     /// blocking side.
-    pub fn sync_in_memory(
+    pub(crate) fn sync_in_memory(
         &self,
         access_token: &str,
         request: &SyncRequest,

@@ -10,7 +10,7 @@ use protocol::JobSpec;
 
 /// One job as its console page shows it.
 #[derive(Debug, Clone)]
-pub struct JobDetail {
+pub(crate) struct JobDetail {
     pub view: JobView,
     /// The spec as submitted (secret values are the page's to mask); `None` if unreadable.
     pub spec: Option<JobSpec>,
@@ -23,14 +23,14 @@ pub struct JobDetail {
 impl Hub {
     /// A page of jobs, newest first, each with its `seq` (the next page's `before`), and
     /// whether more follow.
-    pub fn query_jobs(&self, query: &JobQuery) -> HubResult<(Vec<(i64, JobView)>, bool)> {
+    pub(crate) fn query_jobs(&self, query: &JobQuery) -> HubResult<(Vec<(i64, JobView)>, bool)> {
         let (rows, more) = self.lock().store.query_jobs(query)?;
         let jobs = rows.iter().map(|row| (row.seq, job_view(row))).collect();
         Ok((jobs, more))
     }
 
     /// A job with its spec and its agent's times.
-    pub fn job_detail(&self, job_id: &str) -> HubResult<JobDetail> {
+    pub(crate) fn job_detail(&self, job_id: &str) -> HubResult<JobDetail> {
         let guard = self.fresh()?;
         let row = match guard.core.jobs.get(job_id) {
             Some(job) => job.row.clone(),

@@ -8,9 +8,9 @@ use super::Hub;
 use std::collections::{BTreeMap, VecDeque};
 
 /// Seconds between samples.
-pub const SAMPLE_EVERY_SECS: i64 = 10;
+pub(crate) const SAMPLE_EVERY_SECS: i64 = 10;
 /// How far back the history reaches (six hours).
-pub const HISTORY_SECS: i64 = 6 * 3600;
+pub(crate) const HISTORY_SECS: i64 = 6 * 3600;
 
 /// The queue of one agent type at one time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -88,7 +88,7 @@ impl Hub {
     }
 
     /// The agents registered under the agent type whose registration token asks (reaper input).
-    pub fn agents_of_type(&self, registration_token: &str) -> HubResult<AgentList> {
+    pub(crate) fn agents_of_type(&self, registration_token: &str) -> HubResult<AgentList> {
         let guard = self.fresh()?;
         let core = &guard.core;
         let agent_type = core.type_of_token(registration_token)?;

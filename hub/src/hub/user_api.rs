@@ -212,7 +212,7 @@ impl Hub {
     }
 
     /// Asks an agent to shut down at its next sync (after its job, if it has one).
-    pub fn request_agent_shutdown(&self, name: &str, now: i64) -> HubResult<()> {
+    pub(crate) fn request_agent_shutdown(&self, name: &str, now: i64) -> HubResult<()> {
         self.locked(now, |store, core| {
             let agent = core.agents.get(name).ok_or_else(|| HubError::NoSuchAgent {
                 name: name.to_string(),

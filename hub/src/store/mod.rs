@@ -19,7 +19,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
-pub use postgres::PostgresStore;
+pub(crate) use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use protocol::{AgentState, JobResult, JobState};
@@ -63,7 +63,7 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-pub type StoreResult<T> = Result<T, StoreError>;
+pub(crate) type StoreResult<T> = Result<T, StoreError>;
 
 /// How hard SQLite works to keep commits across power loss. Both survive a killed process.
 /// (PostgreSQL's durability is the server's `synchronous_commit`.)
@@ -166,7 +166,7 @@ impl JobRow {
 }
 
 /// Agent rows forgotten by one `Store::prune_agents` call.
-pub const PRUNE_BATCH: i64 = 5000;
+pub(crate) const PRUNE_BATCH: i64 = 5000;
 
 /// What the hub knows of an agent's state: the state its last sync reported, or one the hub gave
 /// it. Stored as text: a protocol state's wire name, `disconnected`, `lost` or `revoked`.
@@ -345,7 +345,7 @@ pub struct Inserted {
 
 /// The lines of a pushed batch that a log does not have yet ([`new_log_lines`]).
 #[derive(Debug, PartialEq, Eq)]
-pub struct NewLogLines<'a> {
+pub(crate) struct NewLogLines<'a> {
     /// Each new line with its index in the log.
     pub lines: Vec<(i64, &'a str)>,
     /// The log's counts once they are stored.
@@ -355,7 +355,7 @@ pub struct NewLogLines<'a> {
 /// The lines of a batch pushed at `start_from` that a log holding `stored` does not have yet (a
 /// retried batch adds nothing twice), with their indices, and the log's counts once they are
 /// stored.
-pub fn new_log_lines<'a>(start_from: i64, stored: LogCounts, lines: &[&'a str]) -> NewLogLines<'a> {
+pub(crate) fn new_log_lines<'a>(start_from: i64, stored: LogCounts, lines: &[&'a str]) -> NewLogLines<'a> {
     let mut counts = stored;
     let mut new = Vec::new();
     for (offset, line) in lines.iter().enumerate() {

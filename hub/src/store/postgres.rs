@@ -41,7 +41,7 @@ const LEADER_LOCK: i64 = 0x666c_6f74_696c_6c61;
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-pub struct PostgresStore {
+pub(crate) struct PostgresStore {
     url: String,
     ca_file: Option<PathBuf>,
     connection: RefCell<Connection>,
@@ -55,7 +55,7 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects, migrates (once, whichever replica comes first) and listens for other replicas'
     /// commits.
-    pub fn connect(url: &str, ca_file: Option<&Path>) -> StoreResult<PostgresStore> {
+    pub(crate) fn connect(url: &str, ca_file: Option<&Path>) -> StoreResult<PostgresStore> {
         let signal = Arc::new(tokio::sync::Notify::new());
         let heard_at = Arc::new(AtomicI64::new(0));
         let connection = Connection::open(url, ca_file, (signal.clone(), heard_at.clone()))?;

@@ -123,7 +123,7 @@ impl SqliteStore {
     }
 
     /// An in-memory store (tests).
-    pub fn open_in_memory() -> StoreResult<SqliteStore> {
+    pub(crate) fn open_in_memory() -> StoreResult<SqliteStore> {
         SqliteStore::configure(Connection::open_in_memory()?, Durability::Normal)
     }
 
