@@ -39,7 +39,7 @@ pub enum ClientError {
 
 /// A blocking HTTP client with the agent's settings: `timeout` for a whole request, and no proxy
 /// from the environment (the agent never used one). Must not be built inside a tokio runtime.
-pub fn http_client(connect_timeout: Option<Duration>, timeout: Duration) -> Client {
+pub(crate) fn http_client(connect_timeout: Option<Duration>, timeout: Duration) -> Client {
     let mut builder = Client::builder().timeout(timeout).no_proxy();
     if let Some(connect) = connect_timeout {
         builder = builder.connect_timeout(connect);
@@ -51,7 +51,7 @@ pub fn http_client(connect_timeout: Option<Duration>, timeout: Duration) -> Clie
 
 /// A transport error in a few words: its causes, `a: b: c` (reqwest's own message repeats the
 /// URL, which the callers' messages already name, and omits the causes).
-pub fn error_chain(error: &reqwest::Error) -> String {
+pub(crate) fn error_chain(error: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cause = std::error::Error::source(error);
     while let Some(error) = cause {
@@ -64,7 +64,7 @@ pub fn error_chain(error: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     http: Client,
     base_url: String,
     user_agent: String,
@@ -72,7 +72,7 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn new(base_url: String, user_agent: String) -> ControlPlane {
+    pub(crate) fn new(base_url: String, user_agent: String) -> ControlPlane {
         ControlPlane {
             http: http_client(None, Duration::from_secs(30)),
             base_url,
@@ -81,7 +81,7 @@ impl ControlPlane {
         }
     }
 
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
 
@@ -134,7 +134,7 @@ impl ControlPlane {
     }
 
     /// Registers with the registration token and adopts the returned access token.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         request: &RegisterRequest,
         registration_token: &str,
@@ -155,14 +155,14 @@ impl ControlPlane {
         Ok(response)
     }
 
-    pub fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, ClientError> {
+    pub(crate) fn sync(&self, request: &SyncRequest) -> Result<SyncResponse, ClientError> {
         let url = format!("{}/sync", self.base_url);
         let (status, text) = self.post_json("sync", &url, &self.token(), request)?;
         expect_200("failed to sync with upstream", status)?;
         decode("sync", &text)
     }
 
-    pub fn get_job(&self, job_id: &str) -> Result<JobRequest, ClientError> {
+    pub(crate) fn get_job(&self, job_id: &str) -> Result<JobRequest, ClientError> {
         let url = format!("{}/jobs/{job_id}", self.base_url);
         let (status, text) = self.send("get job", Method::GET, &url, &self.token(), None)?;
         expect_200("failed to describe job", status)?;
@@ -170,7 +170,7 @@ impl ControlPlane {
     }
 
     /// A new log-push token; the access token is unchanged.
-    pub fn refresh_log_token(&self) -> Result<String, ClientError> {
+    pub(crate) fn refresh_log_token(&self) -> Result<String, ClientError> {
         let url = format!("{}/refresh", self.base_url);
         let (status, text) = self.send("refresh", Method::POST, &url, &self.token(), None)?;
         expect_200("failed to refresh token", status)?;
@@ -178,7 +178,7 @@ impl ControlPlane {
         Ok(response.token)
     }
 
-    pub fn disconnect(&self) -> Result<(), ClientError> {
+    pub(crate) fn disconnect(&self) -> Result<(), ClientError> {
         let url = format!("{}/disconnect", self.base_url);
         let (status, _) = self.send("disconnect", Method::POST, &url, &self.token(), None)?;
         expect_200("failed to disconnect", status)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error("{program}: {error}")]
     Spawn {
         program: String,
@@ -26,7 +26,7 @@ pub enum CommandError {
 }
 
 /// Runs `program args` with no stdin; its trimmed stdout when it exits 0 within `timeout`.
-pub fn run_with_timeout(
+pub(crate) fn run_with_timeout(
     program: &str,
     args: &[&str],
     timeout: Duration,
@@ -38,7 +38,7 @@ pub fn run_with_timeout(
 
 /// [`run_with_timeout`] for a command already set up (its environment, its user); `program` and
 /// `args` name it in errors.
-pub fn run_command_with_timeout(
+pub(crate) fn run_command_with_timeout(
     mut command: Command,
     program: &str,
     args: &[&str],
@@ -96,7 +96,7 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Ve
 
 /// The first executable `program` in the directories of `path` (a `PATH` value), as a shell would
 /// find it.
-pub fn find_program(program: &str, path: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn find_program(program: &str, path: &str) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(path)
         .map(|dir| dir.join(program))

@@ -639,7 +639,7 @@ fn give_up_after(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigErro
 
 /// A job's task limit in its cgroup unless `job-pids-max` says otherwise (0: none): far above
 /// what a build's processes and threads need, far below what would starve the machine.
-pub const DEFAULT_JOB_PIDS_MAX: i64 = 32_768;
+pub(crate) const DEFAULT_JOB_PIDS_MAX: i64 = 32_768;
 
 /// `job-cgroups` and its limits (which need it).
 fn job_cgroups(
@@ -668,7 +668,7 @@ fn job_cgroups(
 }
 
 /// The most a failed job's instance may be kept: a day (the stacks allow 12 hours).
-pub const MAX_KEEP_FAILED_MINUTES: i64 = 24 * 60;
+pub(crate) const MAX_KEEP_FAILED_MINUTES: i64 = 24 * 60;
 
 fn keep_failed_instance_minutes(values: &BTreeMap<&'static str, Raw>) -> Result<i64, ConfigError> {
     let minutes = int(values, "keep-failed-instance-minutes", 0)?;
@@ -682,7 +682,7 @@ fn keep_failed_instance_minutes(values: &BTreeMap<&'static str, Raw>) -> Result<
 
 /// docs/protocol.md §2.8: a URL (Go's `url.ParseRequestURI`) has no length limit; any other name
 /// must have 8..=80 bytes.
-pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ConfigError> {
     if looks_like_request_uri(name) {
         return Ok(());
     }
@@ -719,7 +719,7 @@ fn looks_like_request_uri(text: &str) -> bool {
 
 impl Config {
     /// `<scheme>://<endpoint>/api/v1/self_hosted_agents` (the endpoint is used verbatim).
-    pub fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         let scheme = if self.no_https { "http" } else { "https" };
         format!("{scheme}://{}/api/v1/self_hosted_agents", self.endpoint)
     }

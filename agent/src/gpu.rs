@@ -9,7 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum GpuError {
+pub(crate) enum GpuError {
     #[error("unexpected nvidia-smi line '{0}'")]
     BadLine(String),
     #[error("bad GPU index in '{0}'")]
@@ -20,7 +20,7 @@ pub enum GpuError {
 
 /// Why a CDI spec gives the rootless engine no GPUs.
 #[derive(Debug, Error)]
-pub enum CdiError {
+pub(crate) enum CdiError {
     #[error("the CDI spec is not YAML or JSON of the CDI format: {0}")]
     Malformed(#[from] serde_yaml::Error),
     #[error("the CDI spec is of kind '{0}', not nvidia.com/gpu")]
@@ -45,7 +45,7 @@ struct CdiDevice {
 
 /// The device names of an `nvidia.com/gpu` CDI spec, which must include `all` (what the rootless
 /// engine's compose file asks for with `--container-gpus all|auto`, `agent/src/compose/file.rs`).
-pub fn cdi_gpu_devices(spec: &str) -> Result<Vec<String>, CdiError> {
+pub(crate) fn cdi_gpu_devices(spec: &str) -> Result<Vec<String>, CdiError> {
     let spec: CdiSpec = serde_yaml::from_str(spec)?;
     if spec.kind != "nvidia.com/gpu" {
         return Err(CdiError::WrongKind(spec.kind));
@@ -64,7 +64,7 @@ const QUERY: &str = "--query-gpu=index,name,uuid,memory.total,driver_version";
 
 /// Parses `nvidia-smi --query-gpu=index,name,uuid,memory.total,driver_version
 /// --format=csv,noheader,nounits` output.
-pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuError> {
+pub(crate) fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuError> {
     let mut gpus = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -85,7 +85,7 @@ pub fn parse_nvidia_smi(text: &str) -> Result<Vec<Gpu>, GpuError> {
 }
 
 /// Parses one `/proc/driver/nvidia/gpus/<bus>/information` file.
-pub fn parse_proc_information(text: &str, index: u32, driver: &str) -> Option<Gpu> {
+pub(crate) fn parse_proc_information(text: &str, index: u32, driver: &str) -> Option<Gpu> {
     let value = |key: &str| {
         text.lines().find_map(|l| {
             l.strip_prefix(key)
@@ -134,7 +134,7 @@ fn from_proc(root: &Path) -> Vec<Gpu> {
 }
 
 /// The GPUs `nvidia-smi` (on PATH) reports, or why it could not tell (the self-test's driver check).
-pub fn nvidia_smi() -> Result<Vec<Gpu>, GpuError> {
+pub(crate) fn nvidia_smi() -> Result<Vec<Gpu>, GpuError> {
     from_nvidia_smi("nvidia-smi")
 }
 
@@ -183,7 +183,7 @@ fn models(gpus: &[Gpu]) -> String {
 }
 
 /// Variables every job gets; `NVIDIA_VISIBLE_DEVICES` only when the environment has none.
-pub fn job_env(gpus: &[Gpu], environment: &[(String, String)]) -> Vec<(String, String)> {
+pub(crate) fn job_env(gpus: &[Gpu], environment: &[(String, String)]) -> Vec<(String, String)> {
     if gpus.is_empty() {
         return Vec::new();
     }

@@ -3,7 +3,7 @@
 //! `/etc/lsb-release` and so reports `""` on Debian, Fedora and most images).
 
 /// `PRETTY_NAME`, else `NAME`, from os-release text; quotes removed.
-pub fn os_name_from(os_release: &str) -> String {
+pub(crate) fn os_name_from(os_release: &str) -> String {
     let value_of = |key: &str| {
         os_release.lines().find_map(|line| {
             line.strip_prefix(key)
@@ -25,7 +25,7 @@ pub fn os_name_from(os_release: &str) -> String {
     unquoted.to_string()
 }
 
-pub fn os_name() -> String {
+pub(crate) fn os_name() -> String {
     std::fs::read_to_string("/etc/os-release")
         .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
         .map(|text| os_name_from(&text))

@@ -20,18 +20,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-pub const EXPORT_DIRECTIVE: &str = "Exporting environment variables";
-pub const INJECT_DIRECTIVE: &str = "Injecting Files";
-pub const PRE_HOOK_ALIAS: &str = "Running the pre-job hook configured in the agent";
-pub const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the agent";
-pub const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
+pub(crate) const EXPORT_DIRECTIVE: &str = "Exporting environment variables";
+pub(crate) const INJECT_DIRECTIVE: &str = "Injecting Files";
+pub(crate) const PRE_HOOK_ALIAS: &str = "Running the pre-job hook configured in the agent";
+pub(crate) const POST_HOOK_ALIAS: &str = "Running the post-job hook configured in the agent";
+pub(crate) const CHECK_RESULT_DIRECTIVE: &str = "Checking job result";
 /// The directive of a job that fails before it has a shell (bad executor, bad containers).
-pub const PREPARE_DIRECTIVE: &str = "Preparing the job executor";
+pub(crate) const PREPARE_DIRECTIVE: &str = "Preparing the job executor";
 /// Agent log line (followed by the duration) once the job's bash is ready for commands.
 pub const SHELL_READY_LOG: &str = "Job shell (bash --login in a PTY) ready in";
 /// Exit code with which a command reports Ctrl-C (or `exit 130`): "stop the job" (docs/protocol.md
 /// §5.6b).
-pub const MANUAL_STOP_EXIT_CODE: i32 = 130;
+pub(crate) const MANUAL_STOP_EXIT_CODE: i32 = 130;
 
 /// How the agent runs jobs (from its configuration).
 #[derive(Debug, Clone, Default)]
@@ -96,7 +96,7 @@ impl JobControl {
         }
     }
 
-    pub fn is_stopped(&self) -> bool {
+    pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
 
@@ -126,7 +126,7 @@ fn kill_job(session: i32, user: Option<&JobUser>) {
 }
 
 /// Why a job cannot be run by this agent at all.
-pub fn unsupported_executor(request: &JobRequest) -> Option<String> {
+pub(crate) fn unsupported_executor(request: &JobRequest) -> Option<String> {
     match request.executor.as_str() {
         "" | "shell" | "dockercompose" => None,
         other => Some(format!("Unknown executor type '{other}': this agent supports the shell and dockercompose executors.")),
@@ -411,7 +411,7 @@ pub(crate) fn create_unique_dir(root: &Path, prefix: &str) -> std::io::Result<Pa
 }
 
 /// The job log's directive when the kernel killed a process of the job for lack of memory.
-pub const OUT_OF_MEMORY_DIRECTIVE: &str = "The job ran out of memory";
+pub(crate) const OUT_OF_MEMORY_DIRECTIVE: &str = "The job ran out of memory";
 
 struct Runner<'a> {
     request: &'a JobRequest,
@@ -834,14 +834,14 @@ fn write_job_file(destination: &Path, content: &[u8], mode: u32) -> Result<(), W
 /// A job file's `~user/...` path names a user this machine does not have.
 #[derive(Debug, thiserror::Error)]
 #[error("Failed to resolve '{path}': there is no user '{user}'.")]
-pub struct NoSuchUser {
+pub(crate) struct NoSuchUser {
     pub path: String,
     pub user: String,
 }
 
 /// Where a job file goes: absolute paths as given; `~` / `~/x` under the job's home; `~user/x`
 /// under that user's home; anything else relative to the home directory (not the cwd).
-pub fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, NoSuchUser> {
+pub(crate) fn normalize_path(path: &str, home: &Path) -> Result<PathBuf, NoSuchUser> {
     if path.starts_with('/') {
         return Ok(PathBuf::from(path));
     }

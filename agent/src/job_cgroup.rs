@@ -24,7 +24,7 @@ use thiserror::Error;
 /// Where cgroup v2 is mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// How long a killed job's cgroup may take to empty.
-pub const KILL_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum CgroupError {
@@ -175,13 +175,13 @@ impl JobCgroup {
     }
 
     /// How many processes of the job the kernel killed for lack of memory so far.
-    pub fn oom_kills(&self) -> u64 {
+    pub(crate) fn oom_kills(&self) -> u64 {
         let events = std::fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
         event_count(&events, "oom_kill")
     }
 
     /// The job's memory limit, for the job log's words.
-    pub fn memory_max(&self) -> Option<u64> {
+    pub(crate) fn memory_max(&self) -> Option<u64> {
         self.limits.memory_max
     }
 }
@@ -223,14 +223,14 @@ fn read_file(path: &Path, what: &'static str) -> Result<String, CgroupError> {
 }
 
 /// The cgroup v2 path of `/proc/self/cgroup`'s text (the `0::PATH` line).
-pub fn own_cgroup(text: &str) -> Option<&str> {
+pub(crate) fn own_cgroup(text: &str) -> Option<&str> {
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
         .filter(|path| path.starts_with('/') && !path.contains(".."))
 }
 
 /// The controllers jobs get, of those the parent offers (`cgroup.controllers`).
-pub fn wanted_controllers(offered: &str) -> Vec<&'static str> {
+pub(crate) fn wanted_controllers(offered: &str) -> Vec<&'static str> {
     ["pids", "memory"]
         .into_iter()
         .filter(|wanted| offered.split_whitespace().any(|c| c == *wanted))
@@ -238,12 +238,12 @@ pub fn wanted_controllers(offered: &str) -> Vec<&'static str> {
 }
 
 /// Whether `cgroup.events` says processes are left.
-pub fn populated(events: &str) -> bool {
+pub(crate) fn populated(events: &str) -> bool {
     event_count(events, "populated") > 0
 }
 
 /// A counter of a flat-keyed cgroup file (`memory.events`, `cgroup.events`).
-pub fn event_count(text: &str, key: &str) -> u64 {
+pub(crate) fn event_count(text: &str, key: &str) -> u64 {
     text.lines()
         .filter_map(|line| line.split_once(' '))
         .find(|(name, _)| *name == key)
@@ -252,7 +252,7 @@ pub fn event_count(text: &str, key: &str) -> u64 {
 }
 
 /// `job-memory-max`: bytes, or a number with K, M or G (binary units); "" is no limit.
-pub fn parse_size(text: &str) -> Result<Option<u64>, CgroupError> {
+pub(crate) fn parse_size(text: &str) -> Result<Option<u64>, CgroupError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);

@@ -17,14 +17,14 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Where the record goes when `job-record-file` is not given, under `$HOME`.
-pub const DEFAULT_RELATIVE_PATH: &str = ".flotilla-agent/job-taken";
+pub(crate) const DEFAULT_RELATIVE_PATH: &str = ".flotilla-agent/job-taken";
 
 /// At most this much of an existing record is quoted in the refusal.
 const QUOTED_BYTES: u64 = 512;
 
 /// Why the agent will not take (or did not record) a job on this machine.
 #[derive(Debug, Error)]
-pub enum JobRecordError {
+pub(crate) enum JobRecordError {
     #[error("This machine already took a job: the job record {path} exists ({found}). A single-job agent (disconnect-after-job) never registers again on a machine that ran a job; start it on a fresh machine, or delete {path} if this one may really be reused. Exiting...")]
     Taken { path: String, found: String },
     #[error("Cannot tell whether this machine already took a job: looking at the job record {path} failed: {source}. Exiting...")]
@@ -41,16 +41,16 @@ pub enum JobRecordError {
 
 /// The record file of one single-job agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobRecord {
+pub(crate) struct JobRecord {
     path: PathBuf,
 }
 
 impl JobRecord {
-    pub fn new(path: impl Into<PathBuf>) -> JobRecord {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> JobRecord {
         JobRecord { path: path.into() }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -59,7 +59,7 @@ impl JobRecord {
     }
 
     /// Ok when no job was recorded here; otherwise why this agent must not register.
-    pub fn check(&self) -> Result<(), JobRecordError> {
+    pub(crate) fn check(&self) -> Result<(), JobRecordError> {
         let metadata = match std::fs::symlink_metadata(&self.path) {
             Ok(metadata) => metadata,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -104,7 +104,7 @@ impl JobRecord {
 
     /// Records that this machine took `job_id` at `unix_now`; the file is on disk when this
     /// returns Ok. Fails if anything is already at the path.
-    pub fn record(&self, job_id: &str, unix_now: i64) -> Result<(), JobRecordError> {
+    pub(crate) fn record(&self, job_id: &str, unix_now: i64) -> Result<(), JobRecordError> {
         let write_error = |source| JobRecordError::Write {
             path: self.shown(),
             source,
@@ -159,7 +159,7 @@ fn summarize(text: &str) -> String {
 
 /// The record path for a configuration: `configured` if given, else `$HOME/` +
 /// [`DEFAULT_RELATIVE_PATH`]; None without either.
-pub fn default_path(configured: &str, home: Option<&str>) -> Option<String> {
+pub(crate) fn default_path(configured: &str, home: Option<&str>) -> Option<String> {
     if !configured.is_empty() {
         return Some(configured.to_string());
     }

@@ -112,7 +112,7 @@ impl JobUser {
 
     /// This user as the job's container engine runs: without `no_new_privs` (rootless Podman
     /// maps its user namespace with the setuid `newuidmap`).
-    pub fn for_engine(&self) -> JobUser {
+    pub(crate) fn for_engine(&self) -> JobUser {
         JobUser {
             no_new_privs: false,
             ..self.clone()
@@ -187,7 +187,7 @@ impl JobUser {
 
     /// Whether the job user may read and write `path` (e.g. the Docker socket), asked as that
     /// user.
-    pub fn may_use(&self, path: &std::path::Path) -> bool {
+    pub(crate) fn may_use(&self, path: &std::path::Path) -> bool {
         let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
             return false;
         };
@@ -198,7 +198,7 @@ impl JobUser {
 
     /// SIGKILLs every process of the job user: in the job's cgroup when it has one, else with
     /// `kill(-1)` from a thread of the agent's acting for the job user ([`Killer`]).
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         // In its cgroup the job is killed by the kernel, all of it at once, stopped processes
         // too: no helper the job could freeze.
         if let Some(cgroup) = &self.cgroup {
@@ -276,7 +276,7 @@ impl Killer {
 
     /// Kills every process of the job user (three sweeps, 20 ms apart: a job that forks while
     /// the first lands is caught by the next); whether the thread answered within `wait`.
-    pub fn kill_all(&self, wait: Duration) -> bool {
+    pub(crate) fn kill_all(&self, wait: Duration) -> bool {
         let (done, answer) = std::sync::mpsc::channel();
         let sent = self
             .requests

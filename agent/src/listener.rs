@@ -187,7 +187,7 @@ impl Listener {
     }
 
     /// Ok unless this single-job agent's machine already took a job (then it must not register).
-    pub fn check_job_record(&self) -> Result<(), JobRecordError> {
+    pub(crate) fn check_job_record(&self) -> Result<(), JobRecordError> {
         self.job_record.as_ref().map_or(Ok(()), JobRecord::check)
     }
 
@@ -468,7 +468,7 @@ enum Applied {
 }
 
 /// Runs `bash <path>` with `SEMAPHORE_AGENT_SHUTDOWN_REASON`; output is logged, failures too.
-pub fn run_shutdown_hook(path: &str, reason: ShutdownReason, env: &[(String, String)]) {
+pub(crate) fn run_shutdown_hook(path: &str, reason: ShutdownReason, env: &[(String, String)]) {
     tracing::info!("Executing shutdown hook from {path}");
     let output = std::process::Command::new("bash")
         .arg(path)

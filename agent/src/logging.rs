@@ -130,14 +130,14 @@ pub fn init(
 }
 
 /// Changes the `[name]` prefix (after registration returns the real name).
-pub fn set_name(name: &str) {
+pub(crate) fn set_name(name: &str) {
     if let Ok(mut current) = NAME.write() {
         *current = name.to_string();
     }
 }
 
 /// Go's `StampMilli` layout (`Jan _2 15:04:05.000`) in UTC.
-pub fn stamp_milli(time: std::time::SystemTime) -> String {
+pub(crate) fn stamp_milli(time: std::time::SystemTime) -> String {
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

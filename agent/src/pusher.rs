@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 /// Upstream's `MaxLinesPerRequest`.
 pub const MAX_LINES_PER_REQUEST: usize = 2000;
 /// Upstream's default flush timeout on close.
-pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Fetches a new log token (`POST .../refresh`).
-pub type RefreshToken = Box<dyn Fn() -> Result<String, ClientError> + Send>;
+pub(crate) type RefreshToken = Box<dyn Fn() -> Result<String, ClientError> + Send>;
 
 pub struct PushConfig {
     pub url: String,
@@ -162,7 +162,7 @@ pub struct Progress {
 
 /// What the push thread does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Every line is accepted and the log is closed.
     Done,
     /// Wait for the log to grow (or a command to start), at most until `until`.
@@ -184,7 +184,7 @@ pub enum Step {
 /// The push schedule: a full batch goes at once, the first batch as soon as a command has
 /// started, a partial batch at most once per `partial_batch_interval`, everything at once after
 /// the log is closed; failures back off until `retry_at`.
-pub fn next_step(progress: &Progress, now: Instant) -> Step {
+pub(crate) fn next_step(progress: &Progress, now: Instant) -> Step {
     let pending = progress.log.lines - progress.accepted;
     if pending == 0 {
         if progress.log.closed {

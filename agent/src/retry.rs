@@ -8,14 +8,14 @@ use std::time::Duration;
 /// Every attempt failed; `last` is the last attempt's error.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("[{task}] failed after [{attempts}] attempts - giving up: {last}")]
-pub struct GaveUp<E: std::fmt::Display> {
+pub(crate) struct GaveUp<E: std::fmt::Display> {
     pub task: String,
     pub attempts: u32,
     pub last: E,
 }
 
 /// Calls `attempt` up to `max_attempts` times with `delay` between failures.
-pub fn with_constant_wait<T, E: std::fmt::Display>(
+pub(crate) fn with_constant_wait<T, E: std::fmt::Display>(
     task: &str,
     max_attempts: u32,
     delay: Duration,

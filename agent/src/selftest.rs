@@ -22,7 +22,7 @@ pub const UNITS: &[&str] = &[
 ];
 
 /// The scripts the units run (ami/scripts).
-pub const SCRIPTS: &[&str] = &["flotilla-boot", "flotilla-boot-deadline", "flotilla-seal"];
+pub(crate) const SCRIPTS: &[&str] = &["flotilla-boot", "flotilla-boot-deadline", "flotilla-seal"];
 
 #[derive(Debug, Clone)]
 pub struct SelfTestOptions {
@@ -41,7 +41,8 @@ pub struct SelfTestOptions {
 }
 
 /// What a Semaphore pipeline calls from the toolbox (`checkout` is a shell function).
-pub const TOOLBOX_COMMANDS: &[&str] = &["checkout", "cache", "artifact", "test-results", "retry"];
+pub(crate) const TOOLBOX_COMMANDS: &[&str] =
+    &["checkout", "cache", "artifact", "test-results", "retry"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
@@ -68,7 +69,7 @@ fn check<E: std::fmt::Display>(name: &str, result: Result<String, E>) -> Check {
 /// A check's failure, as the self-test prints it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct CheckFailed(String);
+pub(crate) struct CheckFailed(String);
 
 fn files_present(dir: &Path, names: &[&str], executable: bool) -> Result<String, CheckFailed> {
     use std::os::unix::fs::PermissionsExt;
@@ -246,7 +247,7 @@ fn toolbox_check(user: &str) -> Result<String, ToolboxCheckError> {
 }
 
 /// The toolbox check's verdict from its shell's lines: every command found, or which are not.
-pub fn toolbox_verdict(user: &str, lines: &str) -> Result<String, ToolboxCheckError> {
+pub(crate) fn toolbox_verdict(user: &str, lines: &str) -> Result<String, ToolboxCheckError> {
     let found: Vec<String> = lines
         .lines()
         .filter_map(|line| line.strip_prefix("found "))
@@ -272,7 +273,7 @@ pub fn toolbox_verdict(user: &str, lines: &str) -> Result<String, ToolboxCheckEr
 
 /// Why the toolbox check failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ToolboxCheckError {
+pub(crate) enum ToolboxCheckError {
     #[error(transparent)]
     User(#[from] crate::job_user::JobUserError),
     #[error(transparent)]

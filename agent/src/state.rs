@@ -18,7 +18,7 @@
 use protocol::{AgentState, JobResult, ShutdownReason, SyncAction, SyncRequest, SyncResponse};
 
 /// By default, no successful sync for this long (ms) shuts the agent down with `UNABLE_TO_SYNC`.
-pub const UNABLE_TO_SYNC_AFTER_MS: u64 = protocol::GIVE_UP_AFTER_SECS as u64 * 1000;
+pub(crate) const UNABLE_TO_SYNC_AFTER_MS: u64 = protocol::GIVE_UP_AFTER_SECS as u64 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -53,7 +53,7 @@ impl State {
     }
 
     /// With a give-up time other than upstream's 10 minutes (`--give-up-after`).
-    pub fn with_give_up_after(self, give_up_after_ms: u64) -> State {
+    pub(crate) fn with_give_up_after(self, give_up_after_ms: u64) -> State {
         State {
             give_up_after_ms,
             ..self
@@ -61,7 +61,7 @@ impl State {
     }
 
     /// The body of the next sync.
-    pub fn sync_request(&self) -> SyncRequest {
+    pub(crate) fn sync_request(&self) -> SyncRequest {
         SyncRequest {
             state: self.phase,
             job_id: self.job_id.clone(),

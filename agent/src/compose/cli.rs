@@ -37,7 +37,7 @@ impl ComposeCli {
 }
 
 /// `^Docker Compose version (.*)$` of `docker compose version`.
-pub fn parse_plugin_version(output: &str) -> Option<String> {
+pub(crate) fn parse_plugin_version(output: &str) -> Option<String> {
     output
         .trim_matches('\n')
         .strip_prefix("Docker Compose version ")
@@ -46,7 +46,7 @@ pub fn parse_plugin_version(output: &str) -> Option<String> {
 }
 
 /// `^docker-compose version (.*),.*$` of `docker-compose --version` (greedy, as Go's regexp).
-pub fn parse_standalone_version(output: &str) -> Option<String> {
+pub(crate) fn parse_standalone_version(output: &str) -> Option<String> {
     let rest = output
         .trim_matches('\n')
         .strip_prefix("docker-compose version ")?;
@@ -95,16 +95,16 @@ pub fn detect() -> Result<ComposeCli, ComposeCliError> {
 }
 
 /// Where `main` sees the agent's terminal (the slave side of the job's PTY, bind-mounted).
-pub const CONTAINER_TERMINAL: &str = "/dev/flotilla-tty";
+pub(crate) const CONTAINER_TERMINAL: &str = "/dev/flotilla-tty";
 /// What `bash -c` runs first in `main`: the agent's terminal becomes bash's stdin, stdout and
 /// stderr (and, bash being the session leader of the container, its controlling terminal), then
 /// an interactive bash replaces it, as upstream's `run main bash`. `TERM` as the engine sets it
 /// when it allocates the terminal (`xterm`, unless the image sets one; Compose 1 sets `dumb` for
 /// `-T`). A container user that cannot open the terminal ends here, and
 /// its line says so ([`TERMINAL_REFUSED`]).
-pub const SHELL_PRELUDE: &str = "case \"$TERM\" in ''|dumb) export TERM=xterm;; esac; exec </dev/flotilla-tty >/dev/flotilla-tty 2>&1 && exec bash";
+pub(crate) const SHELL_PRELUDE: &str = "case \"$TERM\" in ''|dumb) export TERM=xterm;; esac; exec </dev/flotilla-tty >/dev/flotilla-tty 2>&1 && exec bash";
 /// The start of bash's line when the container's user cannot open the agent's terminal.
-pub const TERMINAL_REFUSED: &str = "/dev/flotilla-tty: ";
+pub(crate) const TERMINAL_REFUSED: &str = "/dev/flotilla-tty: ";
 
 /// One job's Compose project: its file, its name, and the name of its `main` container.
 #[derive(Debug, Clone)]
@@ -135,13 +135,13 @@ impl Project {
 
     /// The container the job's shell runs in: the project's name and `main`'s, so two jobs on one
     /// machine (or a container a crashed agent left) never collide.
-    pub fn main_container_name(&self) -> String {
+    pub(crate) fn main_container_name(&self) -> String {
         format!("{}-{}", self.name, self.main)
     }
 
     /// Pulls what is missing and starts the services: `run --rm main true` (upstream's way, since
     /// `pull` would pull images that are already here).
-    pub fn pull_command(&self) -> Vec<String> {
+    pub(crate) fn pull_command(&self) -> Vec<String> {
         let mut args = self.base();
         args.extend(["run", "--rm", &self.main, "true"].map(str::to_string));
         args
@@ -153,7 +153,12 @@ impl Project {
     /// PTY) at [`CONTAINER_TERMINAL`]. Compose allocates no terminal (`-T`): bash makes the
     /// agent's its stdin, stdout, stderr and controlling terminal ([`SHELL_PRELUDE`]), so the
     /// job's output reaches the agent without passing through Compose's relay.
-    pub fn shell_command(&self, scratch: &Path, socket: &Path, terminal: &Path) -> Vec<String> {
+    pub(crate) fn shell_command(
+        &self,
+        scratch: &Path,
+        socket: &Path,
+        terminal: &Path,
+    ) -> Vec<String> {
         let scratch = scratch.display().to_string();
         let mut args = self.base();
         args.extend([

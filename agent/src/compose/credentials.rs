@@ -24,12 +24,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
 
-pub const DIRECTIVE: &str = "Setting up image pull credentials";
+pub(crate) const DIRECTIVE: &str = "Setting up image pull credentials";
 const TYPE_VARIABLE: &str = "DOCKER_CREDENTIAL_TYPE";
 
 /// Why a login could not be prepared; each message is the job log's line (upstream's texts).
 #[derive(Debug, Error)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     #[error("Failed to decode {0}")]
     BadVariable(String),
     #[error(
@@ -88,14 +88,14 @@ pub fn strategy(credential: &ImagePullCredentials) -> Result<Strategy, StrategyE
 }
 
 /// `aws --version` → whether it is version 2 or later (`aws-cli/2.15.0 Python/3.11 ...`).
-pub fn is_aws_cli_v2(version_output: &str) -> Option<bool> {
+pub(crate) fn is_aws_cli_v2(version_output: &str) -> Option<bool> {
     let version = version_output.split(['/', ' ']).nth(1)?;
     let major: u32 = version.split('.').next()?.trim().parse().ok()?;
     Some(major >= 2)
 }
 
 /// The ECR login command, upstream's for each CLI generation.
-pub fn ecr_login_command(cli_v2: bool, account_id: Option<&str>) -> String {
+pub(crate) fn ecr_login_command(cli_v2: bool, account_id: Option<&str>) -> String {
     match (cli_v2, account_id) {
         (true, Some(account)) => format!("aws ecr get-login-password --region $AWS_REGION | docker login --username AWS --password-stdin {account}.dkr.ecr.$AWS_REGION.amazonaws.com"),
         (false, None) => "$(aws ecr get-login --no-include-email --region $AWS_REGION)".to_string(),
@@ -113,7 +113,7 @@ pub struct Login<'a> {
 }
 
 /// Logs in with every credential; the directive's exit code (0, or 1 at the first failure).
-pub fn set_up(credentials: &[ImagePullCredentials], login: &Login<'_>, log: &JobLog) -> i32 {
+pub(crate) fn set_up(credentials: &[ImagePullCredentials], login: &Login<'_>, log: &JobLog) -> i32 {
     let started_at = unix_now();
     log.cmd_started(DIRECTIVE);
     let mut exit = 0;
@@ -205,7 +205,7 @@ fn decoded(vars: &[EnvVar]) -> Result<Vec<(String, String)>, LoginError> {
 /// A variable a credential may not set: it would choose what the login's shell runs (bash's
 /// start-up file, exported functions, options and prompts, the command search, the loader) or
 /// where it writes (`HOME`), or which engine it talks to.
-pub fn is_reserved(name: &str) -> bool {
+pub(crate) fn is_reserved(name: &str) -> bool {
     const RESERVED: [&str; 16] = [
         "BASH_ENV",
         "ENV",
@@ -378,7 +378,7 @@ fn write_files(
 const GCR_DIR: &str = "/tmp/gcr";
 
 /// Whether a credential file may be written at `path`: under `home` or [`GCR_DIR`], with no `..`.
-pub fn allowed_destination(path: &Path, home: Option<&Path>) -> bool {
+pub(crate) fn allowed_destination(path: &Path, home: Option<&Path>) -> bool {
     let no_parent = !path
         .components()
         .any(|part| part == std::path::Component::ParentDir);

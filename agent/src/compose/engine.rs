@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// How long Podman's API service may take to answer its first `/_ping`.
-pub const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SERVICE_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Each teardown step (remove every container, reset the storage) gets this long.
 const TEARDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// The API service gets this long to exit after SIGTERM.
@@ -35,7 +35,7 @@ const SERVICE_STOP_GRACE: Duration = Duration::from_secs(5);
 const RUNTIME_PARENT: &str = "/tmp";
 const RUNTIME_PREFIX: &str = "flotilla-engine-";
 /// Where the AMI bakes images for the job's engine (`container-image-store`'s default).
-pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/flotilla-images";
+pub(crate) const DEFAULT_IMAGE_STORE: &str = "/var/lib/flotilla-images";
 
 /// `container-engine`: which engine container jobs use.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -100,7 +100,7 @@ pub enum EngineError {
 }
 
 /// Why the engine's service did not come up, from whether it exited and its last words.
-pub fn diagnose(exited: bool, waited: Duration, log: String) -> EngineError {
+pub(crate) fn diagnose(exited: bool, waited: Duration, log: String) -> EngineError {
     const NO_NAMESPACE: &[&str] = &[
         "uid_map",
         "gid_map",
@@ -120,7 +120,7 @@ pub fn diagnose(exited: bool, waited: Duration, log: String) -> EngineError {
 /// The job user's subordinate id range in `/etc/subuid` or `/etc/subgid` text (`name:start:count`
 /// or `uid:start:count`): whether one with at least 65,536 ids is there, as a whole image's users
 /// need.
-pub fn has_subordinate_range(text: &str, name: &str, id: u32) -> bool {
+pub(crate) fn has_subordinate_range(text: &str, name: &str, id: u32) -> bool {
     let id = id.to_string();
     text.lines().any(|line| {
         let mut fields = line.trim().split(':');
@@ -138,7 +138,7 @@ pub fn has_subordinate_range(text: &str, name: &str, id: u32) -> bool {
 /// The engine's `storage.conf`: its own storage under `dir`, baked images from `image_store`. A
 /// rootless Podman takes its storage from `rootless_storage_path` (it ignores `graphroot`, which is
 /// root's) and its run state from `XDG_RUNTIME_DIR`.
-pub fn storage_conf(dir: &Path, image_store: Option<&Path>) -> String {
+pub(crate) fn storage_conf(dir: &Path, image_store: Option<&Path>) -> String {
     let storage = toml_string(&dir.join("storage"));
     let mut text = format!(
         "[storage]\ndriver = \"overlay\"\ngraphroot = {storage}\nrunroot = {}\nrootless_storage_path = {storage}\n",
@@ -158,7 +158,7 @@ pub fn storage_conf(dir: &Path, image_store: Option<&Path>) -> String {
 /// neither this file nor its environment to the clean-up it runs when a container exits, so a
 /// setting of its own here (an events file, a temporary directory) would leave that clean-up
 /// looking elsewhere, and a client waiting for the container's exit waits forever.
-pub fn containers_conf() -> String {
+pub(crate) fn containers_conf() -> String {
     "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n".to_string()
 }
 
@@ -237,7 +237,7 @@ impl JobEngine {
 
     /// Whether every one of `images` is in the engine already (baked into the machine's store):
     /// then nothing needs a pull.
-    pub fn has_images<'a>(&self, mut images: impl Iterator<Item = &'a str>) -> bool {
+    pub(crate) fn has_images<'a>(&self, mut images: impl Iterator<Item = &'a str>) -> bool {
         let socket = self.socket();
         images.all(|image| {
             is_image_reference(image)
@@ -267,7 +267,7 @@ impl JobEngine {
     /// (the last line it printed), found by pulling it with Podman's own CLI within `timeout`;
     /// `None` when every image pulls. Compose 1 drops the error the Docker API streams for a
     /// failed pull (it says only `no such image` after it), so the job log gets it this way.
-    pub fn pull_error<'a>(
+    pub(crate) fn pull_error<'a>(
         &self,
         images: impl Iterator<Item = &'a str>,
         timeout: Duration,
@@ -302,7 +302,7 @@ impl JobEngine {
     /// included) removed, networks, volumes, images pulled and the storage reset, the service
     /// stopped and every process of the job user killed. Each step has a deadline; a failure
     /// goes to the agent log and the next step runs all the same.
-    pub fn tear_down(mut self) {
+    pub(crate) fn tear_down(mut self) {
         tracing::info!("Tearing down the job's container engine");
         for args in [
             &["rm", "--all", "--force", "--time", "0"][..],
@@ -554,7 +554,7 @@ fn answers_ok(socket: &Path, path: &str) -> bool {
 }
 
 /// Whether `image` is a plain image reference (what may go into a request path as it is).
-pub fn is_image_reference(image: &str) -> bool {
+pub(crate) fn is_image_reference(image: &str) -> bool {
     !image.is_empty()
         && image.len() <= 512
         && image

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use thiserror::Error;
 
 /// The variable through which a container asks for GPUs (the NVIDIA container convention).
-pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+pub(crate) const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 
 /// `--container-gpus`: which GPUs the job's containers get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,7 +85,7 @@ pub enum ComposeFileError {
 }
 
 /// A container's env vars decoded, in order (later entries win in Compose too).
-pub fn decode_env(container: &Container) -> Result<Vec<(String, String)>, ComposeFileError> {
+pub(crate) fn decode_env(container: &Container) -> Result<Vec<(String, String)>, ComposeFileError> {
     container
         .env_vars
         .iter()
@@ -155,7 +155,7 @@ fn asked(env: &[(String, String)]) -> Option<GpuGrant> {
 
 /// Which GPUs each container gets (same order as `envs`, `envs[0]` being `main`): `main` by the
 /// agent's mode unless it asks itself, the others only when they ask.
-pub fn plan_gpus(
+pub(crate) fn plan_gpus(
     names: &[&str],
     envs: &[Vec<(String, String)>],
     mode: ContainerGpus,
@@ -232,7 +232,7 @@ pub fn granted<'a>(grant: &GpuGrant, host: &'a [Gpu]) -> Vec<&'a Gpu> {
 
 /// Everything the compose file is made of.
 #[derive(Debug, Clone)]
-pub struct ComposeInput<'a> {
+pub(crate) struct ComposeInput<'a> {
     pub containers: &'a [Container],
     /// The agent's `--files` that exist, `(host path, path in main)`.
     pub host_files: &'a [(String, String)],
@@ -243,7 +243,7 @@ pub struct ComposeInput<'a> {
 
 /// What the engine behind Compose understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     /// Docker: GPUs as a Compose device reservation (`driver: nvidia`, NVIDIA's runtime), the
     /// services as `links` of `main` (upstream's shape).
     #[default]
@@ -255,7 +255,7 @@ pub enum Dialect {
 }
 
 /// The compose file's text for `input`, or why the job cannot run.
-pub fn compose_file(input: &ComposeInput<'_>) -> Result<String, ComposeFileError> {
+pub(crate) fn compose_file(input: &ComposeInput<'_>) -> Result<String, ComposeFileError> {
     validate(input.containers)?;
     let envs = input
         .containers

@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// A path as the container's shell should see it: `~` and `~/` stay unquoted (the shell expands
 /// them), the rest is quoted; relative paths are under `~` (upstream's rule).
-pub fn container_path(path: &str) -> String {
+pub(crate) fn container_path(path: &str) -> String {
     if path.starts_with('/') {
         return shell_quote(path);
     }
@@ -54,7 +54,7 @@ pub fn parent(path: &str) -> String {
 }
 
 /// Injects `files` into the container; the directive's exit code.
-pub fn inject_files(shell: &mut Shell, log: &JobLog, files: &[File], scratch: &Path) -> i32 {
+pub(crate) fn inject_files(shell: &mut Shell, log: &JobLog, files: &[File], scratch: &Path) -> i32 {
     let started_at = unix_now();
     log.cmd_started(DIRECTIVE);
     let staged = scratch.join("inject-file");

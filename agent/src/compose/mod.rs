@@ -48,10 +48,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-pub const PULL_DIRECTIVE: &str = "Pulling docker images...";
-pub const START_DIRECTIVE: &str = "Starting the docker image...";
+pub(crate) const PULL_DIRECTIVE: &str = "Pulling docker images...";
+pub(crate) const START_DIRECTIVE: &str = "Starting the docker image...";
 /// How long bash in `main` may take to answer once the images are here.
-pub const SHELL_READY_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const SHELL_READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Lines of the docker CLI that mean no shell is coming (docs/protocol.md §5.7).
 const REFUSE: &[&str] = &[
     "executable file not found",
@@ -93,7 +93,7 @@ pub const DISK_FULL_HINT: &str = "The pull ran out of disk space on this machine
 
 /// A pull that prints nothing for this long is stuck (a registry that accepts and never answers):
 /// Compose prints progress lines while layers move.
-pub const DEFAULT_PULL_STALL: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_PULL_STALL: Duration = Duration::from_secs(600);
 
 /// A container job's Compose project and, with `container-engine: rootless`, its own engine.
 #[derive(Debug)]
@@ -162,7 +162,7 @@ pub fn start(
 /// commands have an engine of the job's own (`DOCKER_HOST` in the job's environment); `None` for
 /// the machine's Docker, and where the engine cannot start (the agent log says why; the job runs
 /// all the same, since it may not need one).
-pub fn start_shell_engine(options: &JobOptions, scratch: &Path) -> Option<JobEngine> {
+pub(crate) fn start_shell_engine(options: &JobOptions, scratch: &Path) -> Option<JobEngine> {
     let ContainerEngine::Rootless(rootless) = &options.compose.engine else {
         return None;
     };
@@ -298,7 +298,7 @@ fn docker_refused(options: &JobOptions) -> Option<String> {
 }
 
 /// A Compose project name of this job's own: lowercase letters, digits and dashes.
-pub fn project_name(job_id: &str) -> String {
+pub(crate) fn project_name(job_id: &str) -> String {
     let id: String = job_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -660,7 +660,7 @@ fn start_hint(error: &str) -> Option<&'static str> {
 }
 
 /// The job log's explanation of [`cli::TERMINAL_REFUSED`].
-pub const TERMINAL_HINT: &str = "Bash in the job's first container could not open the job's terminal (mounted at /dev/flotilla-tty): the image's user lacks the access the agent gave it, or a security profile forbids it.";
+pub(crate) const TERMINAL_HINT: &str = "Bash in the job's first container could not open the job's terminal (mounted at /dev/flotilla-tty): the image's user lacks the access the agent gave it, or a security profile forbids it.";
 
 /// Writes the compose file for the job's docker CLI (the agent, or the job user through the
 /// scratch directory's group); it holds the containers' env vars, so nobody else may read it.

@@ -38,7 +38,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:51680";
 
 /// The link-local addresses the AWS SDKs accept in an `http` credentials URI besides loopback
 /// (ECS's and EKS Pod Identity's): where containers can reach the endpoint.
-pub const CONTAINER_HOSTS: [std::net::Ipv4Addr; 2] = [
+pub(crate) const CONTAINER_HOSTS: [std::net::Ipv4Addr; 2] = [
     std::net::Ipv4Addr::new(169, 254, 170, 2),
     std::net::Ipv4Addr::new(169, 254, 170, 23),
 ];
@@ -137,11 +137,6 @@ impl JobRole {
     /// The endpoint's address (the port is the bound one when 0 was asked for).
     pub fn address(&self) -> SocketAddrV4 {
         self.address
-    }
-
-    /// The address containers reach the endpoint at, when it listens for them.
-    pub fn container_address(&self) -> Option<SocketAddrV4> {
-        self.container_address
     }
 
     /// A grant for one job: its token is accepted from `user`'s connections (the agent's own

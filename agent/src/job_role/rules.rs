@@ -7,9 +7,9 @@ use std::net::SocketAddrV4;
 
 /// Credentials last 15 minutes (STS's minimum); the endpoint asks STS again when fewer than
 /// this many seconds are left, so a caller never gets credentials about to expire.
-pub const REFRESH_BEFORE_SECS: i64 = 300;
+pub(crate) const REFRESH_BEFORE_SECS: i64 = 300;
 /// How long the assumed credentials last (seconds).
-pub const SESSION_SECS: i32 = 900;
+pub(crate) const SESSION_SECS: i32 = 900;
 
 /// What a job's STS session is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub fn session(identity: &JobIdentity<'_>, reach: &Reach<'_>) -> Session {
 }
 
 /// A role session name from a job id: `[A-Za-z0-9_+=,.@-]`, 2 to 64 characters.
-pub fn session_name(job_id: &str) -> String {
+pub(crate) fn session_name(job_id: &str) -> String {
     let mut name: String = job_id
         .chars()
         .map(
@@ -102,7 +102,7 @@ fn tag_value(value: &str) -> String {
 /// named ECR repositories. A job that may reach nothing (no project or no cache, no repository)
 /// gets a policy that denies everything, so its credentials can do nothing but say who they are.
 /// The session policy only narrows: the stack's job role policy is what allows.
-pub fn session_policy(reach: &Reach<'_>, project_id: Option<&str>) -> String {
+pub(crate) fn session_policy(reach: &Reach<'_>, project_id: Option<&str>) -> String {
     let project = project_id.filter(|p| is_safe_prefix(p));
     let mut statements = Vec::new();
     if let (false, Some(project)) = (reach.cache_bucket.is_empty(), project) {
@@ -156,7 +156,7 @@ pub fn session_policy(reach: &Reach<'_>, project_id: Option<&str>) -> String {
 
 /// An ECR repository name as ECR allows it (lower-case letters, digits, `._/-`, 2–256
 /// characters): nothing that could widen an ARN (`*`, `?`, `:`).
-pub fn is_repository_name(name: &str) -> bool {
+pub(crate) fn is_repository_name(name: &str) -> bool {
     (2..=256).contains(&name.len())
         && name
             .chars()
@@ -174,7 +174,7 @@ fn is_safe_prefix(value: &str) -> bool {
 }
 
 /// Whether credentials that expire at `expiration` (Unix seconds) must be fetched anew at `now`.
-pub fn needs_refresh(expiration: i64, now: i64) -> bool {
+pub(crate) fn needs_refresh(expiration: i64, now: i64) -> bool {
     expiration - now < REFRESH_BEFORE_SECS
 }
 
@@ -182,7 +182,11 @@ pub fn needs_refresh(expiration: i64, now: i64) -> bool {
 /// `servers` (the endpoint's addresses), from the text of `/proc/net/tcp`: on this machine's own
 /// addresses, the process that called the endpoint (for a container on the job's rootless engine,
 /// its network helper, which runs as the job user).
-pub fn socket_owner(table: &str, peer: SocketAddrV4, servers: &[SocketAddrV4]) -> Option<u32> {
+pub(crate) fn socket_owner(
+    table: &str,
+    peer: SocketAddrV4,
+    servers: &[SocketAddrV4],
+) -> Option<u32> {
     let peer = proc_address(peer);
     let servers: Vec<String> = servers.iter().map(|s| proc_address(*s)).collect();
     table.lines().skip(1).find_map(|line| {
@@ -202,7 +206,7 @@ fn proc_address(address: SocketAddrV4) -> String {
 }
 
 /// The body the container credential provider (every AWS SDK, the AWS CLI) reads.
-pub fn credentials_body(
+pub(crate) fn credentials_body(
     access_key_id: &str,
     secret_access_key: &str,
     session_token: &str,

@@ -17,7 +17,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// Exit code reported when the shell died or the command was stopped (upstream's default).
-pub const DEAD_SHELL_EXIT_CODE: i32 = 1;
+pub(crate) const DEAD_SHELL_EXIT_CODE: i32 = 1;
 
 const MARK_PREFIX: &str = "949556c7";
 /// How often the loop checks whether bash is still alive while nothing is read.
@@ -89,7 +89,8 @@ impl Shell {
     /// CLI running bash in the job's container) and waits until that bash is ready. Unlike
     /// [`Shell::start`], a program that exits first, or prints one of `program.refuse` before
     /// bash is ready, is an error that carries what it printed.
-    pub fn start_program(
+    #[cfg(test)]
+    pub(crate) fn start_program(
         program: &ShellProgram<'_>,
         env: &[(String, String)],
         scratch_dir: &Path,
@@ -98,7 +99,7 @@ impl Shell {
     }
 
     /// [`Shell::start_program`] on a PTY the caller opened (and may have shared by name).
-    pub fn start_program_on(
+    pub(crate) fn start_program_on(
         terminal: pty::Pty,
         program: &ShellProgram<'_>,
         env: &[(String, String)],
@@ -191,12 +192,8 @@ impl Shell {
     }
 
     /// The session (and process group) id of the job: bash's pid.
-    pub fn session_id(&self) -> i32 {
+    pub(crate) fn session_id(&self) -> i32 {
         self.pid
-    }
-
-    pub fn is_dead(&self) -> bool {
-        self.dead
     }
 
     /// Waits up to `timeout` for output, which lands in `self.read_data`.
@@ -231,7 +228,7 @@ impl Shell {
     }
 
     /// Runs one command without events; returns its exit code and its output (`\r\n` → `\n`).
-    pub fn run_silent(&mut self, command: &str) -> (i32, Vec<u8>) {
+    pub(crate) fn run_silent(&mut self, command: &str) -> (i32, Vec<u8>) {
         let mut collected = Vec::new();
         let outcome = self.run_inner(command, None, &mut collected);
         (outcome.exit_code, output::crlf_to_lf(&collected))
@@ -384,7 +381,7 @@ impl OutputSink<'_, '_> {
 
 /// How [`Shell::start_program`] starts the job shell.
 #[derive(Debug, Clone, Copy)]
-pub struct ShellProgram<'a> {
+pub(crate) struct ShellProgram<'a> {
     pub program: &'a str,
     pub args: &'a [&'a str],
     /// Output lines that mean no shell is coming (docs/protocol.md §5.7, the docker-compose cases).
@@ -536,12 +533,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Upstream's `shellQuote` (docs/protocol.md §5.3): `''` for empty, unchanged when only safe
 /// characters (`[A-Za-z0-9_@%+=:,./-]`), else single-quoted with `'` written as `'"'"'`.
-pub fn shell_quote(value: &str) -> String {
+pub(crate) fn shell_quote(value: &str) -> String {
     String::from_utf8(shell_quote_bytes(value.as_bytes())).unwrap_or_default()
 }
 
 /// [`shell_quote`] over raw bytes (environment values need not be UTF-8).
-pub fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
+pub(crate) fn shell_quote_bytes(value: &[u8]) -> Vec<u8> {
     if value.is_empty() {
         return b"''".to_vec();
     }

@@ -10,14 +10,14 @@
 use std::time::{Duration, Instant};
 
 /// Chunk size while the command runs.
-pub const CUT_LENGTH_RUNNING: usize = 100;
+pub(crate) const CUT_LENGTH_RUNNING: usize = 100;
 /// Chunk size once the buffer is closed (the command finished).
-pub const CUT_LENGTH_CLOSED: usize = 1000;
+pub(crate) const CUT_LENGTH_CLOSED: usize = 1000;
 /// Short output is merged for this long after the last append.
-pub const MERGE_WINDOW: Duration = Duration::from_millis(100);
+pub(crate) const MERGE_WINDOW: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
-pub struct OutputBuffer {
+pub(crate) struct OutputBuffer {
     bytes: Vec<u8>,
     /// Start of the unconsumed part of `bytes` (consumed bytes are dropped lazily).
     start: usize,
@@ -25,11 +25,11 @@ pub struct OutputBuffer {
 }
 
 impl OutputBuffer {
-    pub fn new() -> OutputBuffer {
+    pub(crate) fn new() -> OutputBuffer {
         OutputBuffer::default()
     }
 
-    pub fn append(&mut self, data: &[u8], now: Instant) {
+    pub(crate) fn append(&mut self, data: &[u8], now: Instant) {
         if data.is_empty() {
             return;
         }
@@ -41,16 +41,12 @@ impl OutputBuffer {
         self.last_append = Some(now);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.start == self.bytes.len()
     }
 
-    pub fn len(&self) -> usize {
-        self.bytes.len() - self.start
-    }
-
     /// When a held-back short chunk becomes due, if one is held back.
-    pub fn due_at(&self) -> Option<Instant> {
+    pub(crate) fn due_at(&self) -> Option<Instant> {
         if self.is_empty() {
             None
         } else {
@@ -59,8 +55,10 @@ impl OutputBuffer {
     }
 
     /// The next chunk to emit at `now`, or `None` when nothing is due yet. `closed` is true once
-    /// the command has finished; call until `None`.
-    pub fn next_chunk(&mut self, now: Instant, closed: bool) -> Option<Vec<u8>> {
+    /// the command has finished; call until `None`. (The agent itself reuses a buffer:
+    /// [`OutputBuffer::next_chunk_into`].)
+    #[cfg(test)]
+    pub(crate) fn next_chunk(&mut self, now: Instant, closed: bool) -> Option<Vec<u8>> {
         let mut chunk = Vec::new();
         self.next_chunk_into(now, closed, &mut chunk)
             .then_some(chunk)
@@ -68,7 +66,12 @@ impl OutputBuffer {
 
     /// [`OutputBuffer::next_chunk`] into a reusable buffer (cleared first); false when nothing is
     /// due.
-    pub fn next_chunk_into(&mut self, now: Instant, closed: bool, chunk: &mut Vec<u8>) -> bool {
+    pub(crate) fn next_chunk_into(
+        &mut self,
+        now: Instant,
+        closed: bool,
+        chunk: &mut Vec<u8>,
+    ) -> bool {
         chunk.clear();
         let pending = &self.bytes[self.start..];
         let chunk_length = if closed {
@@ -118,7 +121,7 @@ impl OutputBuffer {
     }
 }
 
-pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     append_crlf_to_lf(&mut out, data);
     out

@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// The line that tells us bash has read its profile and is ready for commands.
-pub const READY_MARK: &str = "87d140552e404df69f6472729d2b2c3";
+pub(crate) const READY_MARK: &str = "87d140552e404df69f6472729d2b2c3";
 
 pub struct Pty {
     pub master: File,
@@ -57,7 +57,7 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
 
 /// Starts `bash --login` on the slave side of `pty`, in its own session, with exactly `env`, as
 /// `user` when there is one (in its home directory).
-pub fn spawn_bash(
+pub(crate) fn spawn_bash(
     pty: &Pty,
     env: &[(String, String)],
     user: Option<&JobUser>,
@@ -78,7 +78,7 @@ pub fn spawn_in_pty(
 
 /// [`spawn_in_pty`], as `user` (groups, ids, no capabilities: [`JobUser::become_in_child`]) when
 /// there is one, started in that user's home directory.
-pub fn spawn_in_pty_as(
+pub(crate) fn spawn_in_pty_as(
     pty: &Pty,
     program: &str,
     args: &[&str],
@@ -90,7 +90,7 @@ pub fn spawn_in_pty_as(
 
 /// How a program started on a PTY holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attach {
+pub(crate) enum Attach {
     /// stdin, stdout and stderr, and its controlling terminal.
     Controlling,
     /// stdout and stderr only (stdin is `/dev/null`), and not its controlling terminal, so that a
@@ -99,7 +99,7 @@ pub enum Attach {
 }
 
 /// Starts `program` as a session leader on `pty` as `attach` says, as `user` when there is one.
-pub fn spawn_on_pty(
+pub(crate) fn spawn_on_pty(
     pty: &Pty,
     program: &str,
     args: &[&str],
@@ -156,7 +156,7 @@ impl Pty {
     /// user of the image, mapped to any id of the job user's subordinate range. Who else could
     /// name it is a process of this machine outside the job, all of which are trusted: the job
     /// reaching its own terminal is no new power.
-    pub fn share_slave(&self) -> io::Result<std::path::PathBuf> {
+    pub(crate) fn share_slave(&self) -> io::Result<std::path::PathBuf> {
         // SAFETY: fchmod on an fd we own.
         if unsafe { libc::fchmod(self.slave.as_raw_fd(), 0o666) } < 0 {
             return Err(io::Error::last_os_error());
@@ -176,7 +176,7 @@ impl Pty {
 }
 
 /// Waits until `fd` is readable or `timeout` passes. Returns true when readable (or hung up).
-pub fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -208,14 +208,14 @@ pub fn read_master(master: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-pub fn write_master(master: &mut File, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_master(master: &mut File, data: &[u8]) -> io::Result<()> {
     master.write_all(data)
 }
 
 /// SIGKILLs every process in session `session_id` (the bash pid), plus its process group.
 /// Processes that left the session with their own `setsid` are out of reach, as with any
 /// session-based cleanup.
-pub fn kill_session(session_id: i32) {
+pub(crate) fn kill_session(session_id: i32) {
     if session_id <= 0 {
         return;
     }
@@ -241,7 +241,7 @@ pub fn kill_session(session_id: i32) {
 }
 
 /// Pids whose session id is `session_id` (from `/proc/<pid>/stat`), zombies excluded.
-pub fn session_members(session_id: i32) -> Vec<i32> {
+pub(crate) fn session_members(session_id: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -51,14 +51,14 @@ pub enum Taken {
     Closed,
 }
 
-pub struct PtyReader {
+pub(crate) struct PtyReader {
     pipe: Arc<Pipe>,
     stop: Arc<AtomicBool>,
 }
 
 impl PtyReader {
     /// Starts the reader thread on `master` (a clone of the PTY master fd).
-    pub fn spawn(mut master: File) -> std::io::Result<PtyReader> {
+    pub(crate) fn spawn(mut master: File) -> std::io::Result<PtyReader> {
         let pipe = Arc::new(Pipe::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (thread_pipe, thread_stop) = (pipe.clone(), stop.clone());
@@ -107,7 +107,7 @@ impl PtyReader {
     }
 
     /// Waits up to `timeout` for output and moves all of it into `into` (which is cleared first).
-    pub fn take(&self, timeout: Duration, into: &mut Vec<u8>) -> Taken {
+    pub(crate) fn take(&self, timeout: Duration, into: &mut Vec<u8>) -> Taken {
         into.clear();
         let deadline = Instant::now() + timeout;
         let mut pending = self.pipe.lock();
@@ -137,7 +137,7 @@ impl PtyReader {
     }
 
     /// Ends the reader thread (within its poll interval).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.pipe.space_ready.notify_one();
     }
