@@ -114,7 +114,12 @@ impl Hub {
     /// Whether the request that arrived at `arrived` ([`Hub::arrival`]) is admitted: memory's
     /// answer, caught up with other replicas first when it does not know the token and no
     /// catch-up has begun and succeeded since the request arrived (`Hub::locked_since`).
-    pub(crate) fn admit_since(&self, admission: &Admission, arrived: u64, now: i64) -> HubResult<()> {
+    pub(crate) fn admit_since(
+        &self,
+        admission: &Admission,
+        arrived: u64,
+        now: i64,
+    ) -> HubResult<()> {
         self.locked_since(arrived, now, |_, core| admission.check(core, now))
     }
 

@@ -355,7 +355,11 @@ pub(crate) struct NewLogLines<'a> {
 /// The lines of a batch pushed at `start_from` that a log holding `stored` does not have yet (a
 /// retried batch adds nothing twice), with their indices, and the log's counts once they are
 /// stored.
-pub(crate) fn new_log_lines<'a>(start_from: i64, stored: LogCounts, lines: &[&'a str]) -> NewLogLines<'a> {
+pub(crate) fn new_log_lines<'a>(
+    start_from: i64,
+    stored: LogCounts,
+    lines: &[&'a str],
+) -> NewLogLines<'a> {
     let mut counts = stored;
     let mut new = Vec::new();
     for (offset, line) in lines.iter().enumerate() {
