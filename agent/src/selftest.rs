@@ -12,6 +12,7 @@ use std::time::Duration;
 
 /// The units the AMI installs (ami/systemd).
 pub const UNITS: &[&str] = &[
+    "flotilla-firewall.service",
     "flotilla-boot.service",
     "flotilla-seal.service",
     "flotilla-agent.service",

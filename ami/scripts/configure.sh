@@ -83,7 +83,7 @@ if [ -f "$STAGING/cloudwatch-agent.json" ]; then
 fi
 install -m 0644 "$STAGING"/systemd/flotilla-* /etc/systemd/system/
 systemctl daemon-reload 2>/dev/null || true
-systemctl enable flotilla-boot.service flotilla-seal.service flotilla-agent.service \
+systemctl enable flotilla-firewall.service flotilla-boot.service flotilla-seal.service flotilla-agent.service \
   flotilla-scaler.service flotilla-hub.service flotilla-boot-deadline.timer
 
 # --- cron and at: root only ------------------------------------------------------------------

@@ -327,7 +327,7 @@ fn self_test_passes_on_the_image_layout_and_names_what_is_missing() {
     let (code, output) = self_test(tools.path(), &repo().join("ami/scripts"), &imds.address);
     assert_eq!(code, 0, "{output}");
     for line in [
-        "ok   systemd units: 7 in",
+        "ok   systemd units: 8 in",
         "ok   boot scripts: 3 in",
         "ok   instance metadata (IMDSv2): instance i-0123456789abcdef0",
         "ok   NVIDIA driver (nvidia-smi): 1 NVIDIA GPU(s): NVIDIA H100",

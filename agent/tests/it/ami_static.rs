@@ -457,6 +457,7 @@ fn systemd_units_verify() {
         "flotilla-boot-deadline.service",
         "flotilla-boot-deadline.timer",
         "flotilla-boot.service",
+        "flotilla-firewall.service",
         "flotilla-hub.service",
         "flotilla-remove-instance.service",
         "flotilla-scaler.service",
@@ -521,6 +522,19 @@ fn systemd_units_verify() {
             "flotilla-seal.service",
             "Before",
             "docker.service flotilla-agent.service cron.service atd.service",
+        ),
+        // The metadata rule, from the image alone, before any network and before the user data
+        // is read (flotilla-seal --early).
+        (
+            "flotilla-firewall.service",
+            "Before",
+            "network-pre.target flotilla-boot.service flotilla-seal.service cron.service atd.service",
+        ),
+        ("flotilla-firewall.service", "DefaultDependencies", "no"),
+        (
+            "flotilla-firewall.service",
+            "ExecStart",
+            "/usr/local/lib/flotilla/flotilla-seal --early",
         ),
         // Each job in a cgroup of its own under the agent's (agent/src/job_cgroup.rs); a job's
         // out-of-memory kill fails the job, not the unit.

@@ -351,6 +351,38 @@ impl Instance {
     }
 }
 
+/// The metadata rule was loaded from the image before the boot script read any user data
+/// (flotilla-firewall.service, `flotilla-seal --early`), with systemd's dynamic users let through
+/// until the full seal narrowed it.
+fn early_firewall_came_first(instance: &Instance) {
+    instance.wait_for(
+        "flotilla-boot to have run",
+        Duration::from_secs(120),
+        "systemctl is-active flotilla-boot.service 2>/dev/null",
+        "active",
+    );
+    let entered = instance.root(
+        "systemctl show -p ActiveEnterTimestampMonotonic --value flotilla-firewall.service flotilla-boot.service",
+    );
+    let times: Vec<u64> = entered
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    assert!(
+        times.len() == 2 && times[0] > 0 && times[0] < times[1],
+        "firewall then boot: {entered}\n{}",
+        instance.journal()
+    );
+    let early = instance.root("journalctl --no-pager -o cat -u flotilla-firewall");
+    assert!(early.contains("(early rule)"), "{early}");
+    // The full seal replaced the early rule: dynamic users no longer pass.
+    let chain = instance.root("iptables -S FLOTILLA-IMDS");
+    assert!(
+        chain.contains("--uid-owner 0") && !chain.contains("61184"),
+        "{chain}"
+    );
+}
+
 /// moto with a group of `instances` and the stack's parameters; the hub's address in the config,
 /// and `extra` (YAML lines) after the stack's own.
 fn aws(
@@ -471,6 +503,7 @@ fn a_booted_instance_runs_one_job_as_the_job_user_which_cannot_cross_any_boundar
         "jwt",
     );
     let instance = boot(&image, &mut network, &moto, &ids[0]);
+    early_firewall_came_first(&instance);
 
     wait_for_the_one_job(&instance, &hub, "job-attacks");
     let log = hub.simplified_log("job-attacks").join("\n");
