@@ -67,14 +67,14 @@ impl Hub {
         };
         admission::check_type_capacity(core, &agent_type, &name, self.config.max_agents_per_type)?;
         let live = core.agents.get(&name);
-        let owner = store.name_owner(&name)?;
+        let record = store.name_record(&name)?;
         let facts = RegisterFacts {
             agent_type: &agent_type,
             single_job: request.single_job,
             live_holder: live.map(|agent| agent.row.agent_type.as_str()),
-            owner: owner.as_deref(),
+            owner: record.owner.as_deref(),
             holders_own_token: presenter.as_deref() == Some(name.as_str()),
-            name_held_a_job: store.name_held_a_job(&name)?,
+            name_held_a_job: record.held_a_job,
             instance_registered_before: match &instance {
                 Some(document) => {
                     !*recorded_here && store.instance_registered(&document.instance_id)?

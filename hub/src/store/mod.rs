@@ -327,6 +327,15 @@ pub struct AgentTouch {
     pub interrupted_at: i64,
 }
 
+/// What a name has been: the agent type it belongs to — the one a job was assigned under, else
+/// the one of the agent row of that name (live, lost or departed, until pruned); `None` when free
+/// — and whether an agent of that name (of any type) was ever assigned a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameRecord {
+    pub owner: Option<String>,
+    pub held_a_job: bool,
+}
+
 /// A job's stored log: how many lines, and their bytes (each line with its newline).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogCounts {
@@ -415,11 +424,8 @@ pub trait Store: Send {
     fn record_instance(&mut self, instance: &InstanceRow) -> StoreResult<bool>;
     fn instance_launched_at(&self, instance_id: &str) -> StoreResult<Option<i64>>;
     fn instance_registered(&self, instance_id: &str) -> StoreResult<bool>;
-    /// Whether an agent of this name (of any type) was ever assigned a job.
-    fn name_held_a_job(&self, name: &str) -> StoreResult<bool>;
-    /// The agent type `name` belongs to: the one a job was assigned under, else the one of
-    /// the agent row of that name (live, lost or departed, until pruned); `None` when free.
-    fn name_owner(&self, name: &str) -> StoreResult<Option<String>>;
+    /// What the hub has of `name` (one query: registration reads it each time).
+    fn name_record(&self, name: &str) -> StoreResult<NameRecord>;
 
     // --- agents
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>>;

@@ -19,8 +19,8 @@ use super::rows::{
 };
 use super::{
     AgentRow, AgentStatus, AgentTouch, AgentTypeRow, Feed, IdentityPolicyRow, ImportBatch,
-    Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, Store, StoreError,
-    StoreResult,
+    Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, NameRecord, Store,
+    StoreError, StoreResult,
 };
 use connection::{Begun, Connection, Transaction};
 use futures_executor::block_on;
@@ -159,10 +159,10 @@ fn corrupt(what: &str, text: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} '{text}'"))
 }
 
-/// The type a name belongs to (`Store::name_owner`), in both SQL dialects' shared syntax.
-const NAME_OWNER: &str = "SELECT agent_type FROM (
-       SELECT agent_type, 0 AS rank FROM job_holders WHERE name = $1
-       UNION ALL SELECT agent_type, 1 AS rank FROM agents WHERE name = $1
+/// What a name has been (`Store::name_record`); rank 0: a job holder.
+const NAME_RECORD: &str = "SELECT agent_type, rank FROM (
+       SELECT agent_type, 0::bigint AS rank FROM job_holders WHERE name = $1
+       UNION ALL SELECT agent_type, 1::bigint AS rank FROM agents WHERE name = $1
      ) AS owners ORDER BY rank LIMIT 1";
 
 const INSERT_TYPE: &str =
@@ -332,14 +332,15 @@ impl Store for PostgresStore {
         Ok(!self.rows(sql, &[&instance_id])?.is_empty())
     }
 
-    fn name_held_a_job(&self, name: &str) -> StoreResult<bool> {
-        let sql = "SELECT 1 FROM job_holders WHERE name = $1";
-        Ok(!self.rows(sql, &[&name])?.is_empty())
-    }
-
-    fn name_owner(&self, name: &str) -> StoreResult<Option<String>> {
-        let rows = self.rows(NAME_OWNER, &[&name])?;
-        rows.first().map(|row| row.text("agent_type")).transpose()
+    fn name_record(&self, name: &str) -> StoreResult<NameRecord> {
+        let rows = self.rows(NAME_RECORD, &[&name])?;
+        let Some(first) = rows.first() else {
+            return Ok(NameRecord::default());
+        };
+        Ok(NameRecord {
+            owner: Some(first.text("agent_type")?),
+            held_a_job: first.int("rank")? == 0,
+        })
     }
 
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {

@@ -11,8 +11,8 @@ use super::rows::{
 };
 use super::{
     AgentRow, AgentStatus, AgentTouch, AgentTypeRow, Durability, Feed, IdentityPolicyRow,
-    ImportBatch, Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, Store,
-    StoreError, StoreResult,
+    ImportBatch, Inserted, InstanceRow, JobHolderRow, JobQuery, JobRow, LogCounts, NameRecord,
+    Store, StoreError, StoreResult,
 };
 use protocol::{JobResult, JobState};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -394,20 +394,20 @@ impl Store for SqliteStore {
         self.exists("registered_instances WHERE instance_id = ?1", instance_id)
     }
 
-    fn name_held_a_job(&self, name: &str) -> StoreResult<bool> {
-        self.exists("job_holders WHERE name = ?1", name)
-    }
-
-    fn name_owner(&self, name: &str) -> StoreResult<Option<String>> {
-        let sql = "SELECT agent_type FROM (
+    fn name_record(&self, name: &str) -> StoreResult<NameRecord> {
+        // Rank 0: a job holder (the name held a job, and belongs to that job's type).
+        let sql = "SELECT agent_type, rank FROM (
                SELECT agent_type, 0 AS rank FROM job_holders WHERE name = ?1
                UNION ALL SELECT agent_type, 1 AS rank FROM agents WHERE name = ?1
              ) ORDER BY rank LIMIT 1";
-        let owner = self
+        let first: Option<(String, i64)> = self
             .connection
-            .query_row(sql, params![name], |row| row.get(0))
+            .query_row(sql, params![name], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        Ok(owner)
+        Ok(NameRecord {
+            held_a_job: first.as_ref().is_some_and(|(_, rank)| *rank == 0),
+            owner: first.map(|(owner, _)| owner),
+        })
     }
 
     fn agent(&self, name: &str) -> StoreResult<Option<AgentRow>> {

@@ -6,8 +6,8 @@
 //! job's secrets are purged once, and an export imported into an empty store reads back the same.
 
 use hub::store::{
-    open, AgentRow, AgentStatus, Durability, InstanceRow, JobHolderRow, JobRow, LogCounts, Store,
-    StoreError, StoreLocation,
+    open, AgentRow, AgentStatus, Durability, InstanceRow, JobHolderRow, JobRow, LogCounts,
+    NameRecord, Store, StoreError, StoreLocation,
 };
 use protocol::{AgentState, JobResult, JobState};
 use std::cell::Cell;
@@ -177,20 +177,25 @@ fn a_retried_log_batch_adds_nothing_twice() {
 fn a_name_belongs_to_the_type_it_was_first_used_under() {
     let (_dir, location) = fresh();
     let mut store = handle(&location);
-    assert_eq!(store.name_owner("agent-a").unwrap(), None, "a free name");
+    let owner = |store: &dyn Store, name: &str| store.name_record(name).unwrap().owner;
+    assert_eq!(
+        store.name_record("agent-a").unwrap(),
+        NameRecord::default(),
+        "a free name"
+    );
     let gpu_agent = AgentRow {
         agent_type: "gpu".into(),
         ..registered("agent-a")
     };
     store.commit(&[], &[&gpu_agent]).unwrap();
-    assert_eq!(store.name_owner("agent-a").unwrap().as_deref(), Some("gpu"));
+    assert_eq!(owner(store.as_ref(), "agent-a").as_deref(), Some("gpu"));
+    assert!(!store.name_record("agent-a").unwrap().held_a_job);
     // A name a job was assigned under belongs to the job's type, agent row or not.
     let job = stored_job(store.as_mut(), "job-1");
     store.commit(&[&assigned(&job, "agent-b")], &[]).unwrap();
-    assert_eq!(
-        store.name_owner("agent-b").unwrap().as_deref(),
-        Some("linux")
-    );
+    let record = store.name_record("agent-b").unwrap();
+    assert_eq!(record.owner.as_deref(), Some("linux"));
+    assert!(record.held_a_job);
 }
 
 #[test]
