@@ -372,6 +372,19 @@ resource "aws_iam_role_policy" "agent" {
         Condition = { Null = { "ec2:SourceInstanceARN" = "false" } }
       },
       {
+        # GPU faults: the agent tags its instance before removing it; the scaler reads the tag.
+        # That one tag on the stack's instances (no key narrows it to the caller's own).
+        Sid      = "TagOwnFault"
+        Effect   = "Allow"
+        Action   = "ec2:CreateTags"
+        Resource = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+        Condition = {
+          StringEquals                = { "aws:ResourceTag/flotilla:stack" = var.stack_name }
+          "ForAllValues:StringEquals" = { "aws:TagKeys" = ["flotilla:fault"] }
+          Null                        = { "ec2:SourceInstanceARN" = "false" }
+        }
+      },
+      {
         Sid      = "WriteOwnLogs"
         Effect   = "Allow"
         Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]

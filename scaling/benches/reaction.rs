@@ -30,6 +30,7 @@ impl Fleet for RecordingFleet {
             in_service: self.desired,
             pending: 0,
             short: false,
+            health: scaling::pool_health::PoolHealth::default(),
             warm_pool: None,
         }])
     }

@@ -6,6 +6,7 @@
 use crate::fleet::LocalFleetConfig;
 use crate::forecast::ForecastConfig;
 use crate::policy::PolicyConfig;
+use crate::pool_health::HealthConfig;
 use crate::reaper::ReaperConfig;
 use crate::schedule::{ScheduleError, ScheduledMinimum};
 use serde::Deserialize;
@@ -116,6 +117,59 @@ pub struct AwsSection {
     pub endpoint_url: String,
     /// Auto Scaling group names, in priority order (e.g. spot first, on-demand last).
     pub groups: Vec<String>,
+    /// When a group whose instances keep faulting (GPU health gate, Xid) is passed over.
+    #[serde(default)]
+    pub pool_health: PoolHealthSection,
+}
+
+/// [`HealthConfig`] in the config: `faults` within `window_minutes` make a group unhealthy for
+/// `cool_off_minutes` (defaults 2, 30, 30; `faults: 0` turns it off).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolHealthSection {
+    #[serde(default = "default_health_faults")]
+    pub faults: u32,
+    #[serde(default = "default_health_window")]
+    pub window_minutes: u32,
+    #[serde(default = "default_health_cool_off")]
+    pub cool_off_minutes: u32,
+}
+
+impl Default for PoolHealthSection {
+    fn default() -> Self {
+        let defaults = HealthConfig::default();
+        PoolHealthSection {
+            faults: defaults.faults,
+            window_minutes: defaults.window_minutes,
+            cool_off_minutes: defaults.cool_off_minutes,
+        }
+    }
+}
+
+fn default_health_faults() -> u32 {
+    HealthConfig::default().faults
+}
+fn default_health_window() -> u32 {
+    HealthConfig::default().window_minutes
+}
+fn default_health_cool_off() -> u32 {
+    HealthConfig::default().cool_off_minutes
+}
+
+impl PoolHealthSection {
+    /// The checked settings: a window and a cool-off of at least a minute, unless off.
+    fn resolve(&self) -> Result<HealthConfig, ConfigError> {
+        if self.faults > 0 && (self.window_minutes == 0 || self.cool_off_minutes == 0) {
+            return Err(ConfigError::invalid(
+                "aws.pool_health.window_minutes and cool_off_minutes must be positive (faults: 0 turns it off)",
+            ));
+        }
+        Ok(HealthConfig {
+            faults: self.faults,
+            window_minutes: self.window_minutes,
+            cool_off_minutes: self.cool_off_minutes,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +340,7 @@ pub enum FleetKind {
         region: String,
         endpoint_url: String,
         groups: Vec<String>,
+        health: HealthConfig,
     },
 }
 
@@ -509,6 +564,7 @@ fn fleet_kind(fleet: &FleetConfig, base: &Path) -> Result<FleetKind, ConfigError
                 region: aws.region.clone(),
                 endpoint_url: aws.endpoint_url.clone(),
                 groups: aws.groups.clone(),
+                health: aws.pool_health.resolve()?,
             })
         }
         _ => Err(ConfigError::invalid(
@@ -588,6 +644,39 @@ mod tests {
     }
 
     #[test]
+    fn pool_health_has_defaults_and_can_be_set() {
+        let aws = GOOD.replace(
+            "    local: {max: 4, agent_binary: agent}\n",
+            "    aws: {groups: [gpu-spot, gpu-ondemand]}\n",
+        );
+        let health = |yaml: &str| match parse_here(yaml).map(|(_, fleets)| fleets) {
+            Ok(fleets) => match &fleets[0].fleet {
+                FleetKind::Aws { health, .. } => Some(*health),
+                FleetKind::Local(_) => None,
+            },
+            Err(error) => panic!("{error}"),
+        };
+        assert_eq!(health(&aws), Some(HealthConfig::default()));
+        let set = aws.replace(
+            "groups: [gpu-spot, gpu-ondemand]",
+            "groups: [gpu-spot], pool_health: {faults: 3, cool_off_minutes: 60}",
+        );
+        assert_eq!(
+            health(&set),
+            Some(HealthConfig {
+                faults: 3,
+                window_minutes: 30,
+                cool_off_minutes: 60,
+            })
+        );
+        let off = aws.replace(
+            "gpu-ondemand]",
+            "gpu-ondemand], pool_health: {faults: 0, window_minutes: 0}",
+        );
+        assert_eq!(health(&off).map(|h| h.faults), Some(0));
+    }
+
+    #[test]
     fn bad_configs_are_refused_before_anything_starts() {
         let table = [
             (GOOD.replace("max: 4", "max: 4, maxx: 5"), "unknown field `maxx`"),
@@ -598,6 +687,8 @@ mod tests {
             (GOOD.replace("token_file: token", "token_file: token, token_env: T"), "give exactly one of queue.token_file"),
             (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", ""), "give exactly one of `local` and `aws`"),
             (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", "    aws: {groups: []}\n"), "aws.groups must name"),
+            (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", "    aws: {groups: [g], pool_health: {cool_off_minutes: 0}}\n"), "cool_off_minutes must be positive"),
+            (GOOD.replace("    local: {max: 4, agent_binary: agent}\n", "    aws: {groups: [g], pool_health: {fault: 3}}\n"), "unknown field `fault`"),
             (GOOD.replace("http://127.0.0.1:8080", "127.0.0.1:8080"), "must start with http:// or https://"),
             (GOOD.to_string() + "    reaper: {interval_seconds: 5}\n", "the reaper applies to aws fleets"),
             (GOOD.replace("agent_type: default", "agent_type: 'no spaces'"), "not a valid agent type name"),

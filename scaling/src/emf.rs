@@ -5,10 +5,11 @@
 //! out; the loop writes them to its [`Sink`].
 //!
 //! Per round, one line per fleet (dimension `AgentType`: queued and running jobs, the oldest
-//! queued job's age, pools short of capacity, instances launched and reaped, enqueue → raise
-//! time when the round raised) and one per pool (dimensions `AgentType`, `Pool`: desired,
-//! in service, pending, short). Names and units follow the EMF specification
-//! (docs.aws.amazon.com, "Specification: Embedded metric format").
+//! queued job's age, pools short of capacity, pools unhealthy after GPU faults, instances launched
+//! and reaped, enqueue → raise time when the round raised) and one per pool (dimensions
+//! `AgentType`, `Pool`: desired, in service, pending, short, faulty, recent faults). Names and
+//! units follow the EMF specification (docs.aws.amazon.com, "Specification: Embedded metric
+//! format").
 
 use crate::policy::{PoolState, QueueSnapshot};
 use serde_json::{json, Map, Value};
@@ -72,6 +73,11 @@ fn line(timestamp_ms: i64, dimensions: &[(&str, &str)], metrics: &[Metric]) -> S
 pub fn lines(round: &Round) -> Vec<String> {
     let queue = round.queue;
     let short = round.pools.iter().filter(|pool| pool.short).count();
+    let faulty = round
+        .pools
+        .iter()
+        .filter(|pool| pool.health.unhealthy.is_some())
+        .count();
     let mut fleet: Vec<Metric> = vec![
         ("Queued", "Count", queue.queued.into()),
         ("Running", "Count", queue.running.into()),
@@ -84,6 +90,7 @@ pub fn lines(round: &Round) -> Vec<String> {
         ("Desired", "Count", sum(round.pools, |p| p.desired)),
         ("InService", "Count", sum(round.pools, |p| p.in_service)),
         ("PoolsShort", "Count", short as f64),
+        ("PoolsFaulty", "Count", faulty as f64),
         ("Launches", "Count", round.launches as f64),
         ("Reaps", "Count", round.reaps as f64),
     ];
@@ -97,11 +104,14 @@ pub fn lines(round: &Round) -> Vec<String> {
             ("AgentType", round.agent_type),
             ("Pool", pool.name.as_str()),
         ];
-        let metrics: [Metric; 4] = [
+        let faulty = pool.health.unhealthy.is_some();
+        let metrics: [Metric; 6] = [
             ("Desired", "Count", pool.desired.into()),
             ("InService", "Count", pool.in_service.into()),
             ("Pending", "Count", pool.pending.into()),
             ("Short", "Count", if pool.short { 1.0 } else { 0.0 }),
+            ("Faulty", "Count", if faulty { 1.0 } else { 0.0 }),
+            ("RecentFaults", "Count", pool.health.recent_faults.into()),
         ];
         lines.push(line(round.timestamp_ms, &dimensions, &metrics));
     }
@@ -139,6 +149,7 @@ pub fn write(sink: &Sink, round: &Round) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool_health::{PoolHealth, Unhealthy};
 
     fn pool(name: &str, desired: u32, short: bool) -> PoolState {
         PoolState {
@@ -149,6 +160,7 @@ mod tests {
             in_service: desired,
             pending: 0,
             short,
+            health: PoolHealth::default(),
             warm_pool: None,
         }
     }
@@ -168,7 +180,14 @@ mod tests {
             oldest_queued_seconds: Some(42),
             ..QueueSnapshot::default()
         };
-        let pools = [pool("spot", 2, true), pool("on-demand", 1, false)];
+        let mut pools = [pool("spot", 2, true), pool("on-demand", 1, false)];
+        pools[1].health = PoolHealth {
+            recent_faults: 3,
+            unhealthy: Some(Unhealthy {
+                until_unix: 1_700_001_800,
+                reason: "3 GPU faults in 30 min".into(),
+            }),
+        };
         let round = Round {
             agent_type: "gpu",
             timestamp_ms: 1_700_000_000_000,
@@ -188,5 +207,15 @@ mod tests {
         assert_eq!(lines[0]["EnqueueToRaise"], 0.5);
         assert_eq!(lines[2]["Pool"], "on-demand");
         assert_eq!(lines[1]["Short"], 1.0);
+        assert_eq!(lines[0]["PoolsFaulty"], 1.0);
+        assert_eq!(
+            (&lines[1]["Faulty"], &lines[1]["RecentFaults"]),
+            (&json!(0.0), &json!(0.0)),
+            "the short pool has no faults"
+        );
+        assert_eq!(
+            (&lines[2]["Faulty"], &lines[2]["RecentFaults"]),
+            (&json!(1.0), &json!(3.0))
+        );
     }
 }

@@ -239,6 +239,7 @@ impl Fleet for LocalFleet {
             in_service: self.instances.len() as u32,
             pending: 0,
             short: false,
+            health: crate::pool_health::PoolHealth::default(),
             warm_pool: None,
         }])
     }

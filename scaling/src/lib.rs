@@ -10,6 +10,7 @@ pub mod emf;
 pub mod fleet;
 pub mod forecast;
 pub mod policy;
+pub mod pool_health;
 pub mod queue;
 pub mod reaper;
 pub mod schedule;

@@ -1,13 +1,15 @@
 //! The scaling decision, pure and table-tested (DESIGN decisions 4–5): raise only; desired =
 //! clamp(queued + running + spare, min, max), at least any scheduled minimum; no scale-out
 //! cooldown; a token bucket bounds how fast desired rises; stale metrics never raise; capacity
-//! pools are filled in priority order and a pool that cannot launch spills its share to the next.
+//! pools are filled in priority order and a pool that cannot launch, or whose instances keep
+//! faulting ([`crate::pool_health`]), spills its share to the next.
 //! With a forecast ([`crate::forecast`]) the spare is the running warm capacity the forecast
 //! asks for, and each pool's warm pool of stopped instances is sized within its bounds; queued
 //! jobs that no capacity is coming for go first to pools with stopped instances ready (a start
 //! takes a fraction of a cold boot).
 
 use crate::forecast::{Forecast, ForecastConfig, Forecaster};
+use crate::pool_health::PoolHealth;
 use crate::schedule::{minimum_at, ScheduledMinimum};
 
 /// The queue as last observed.
@@ -35,8 +37,18 @@ pub struct PoolState {
     /// The pool failed to launch recently (no capacity, spot limits, ...): give its share to the
     /// next pool until it recovers.
     pub short: bool,
+    /// Its instances' recent GPU faults; an unhealthy pool gives its share to the next pool too,
+    /// until its cool-off ends.
+    pub health: PoolHealth,
     /// The pool's warm pool of stopped, pre-initialised instances, if it has one.
     pub warm_pool: Option<WarmPoolState>,
+}
+
+impl PoolState {
+    /// Whether the fill passes this pool over: short of capacity, or unhealthy.
+    fn passed_over(&self) -> bool {
+        self.short || self.health.unhealthy.is_some()
+    }
 }
 
 /// An EC2 Auto Scaling warm pool: stopped instances, initialised once, that start in a fraction
@@ -189,7 +201,7 @@ pub struct Decision {
 /// The steps, in order: stale metrics raise only to minimums; the target is the queue plus spare
 /// (or warm capacity), at least the scheduled minimum, clamped to the pools' bounds; capacity that
 /// exists or is coming is subtracted; the token bucket bounds the rise; what is granted fills the
-/// pools in priority order, short pools spilling their share to the next.
+/// pools in priority order, short or unhealthy pools spilling their share to the next.
 pub fn decide(
     queue: &QueueSnapshot,
     pools: &[PoolState],
@@ -368,13 +380,13 @@ fn warm_spare(demand: u32, config: &PolicyConfig, state: &mut PolicyState, now_m
     }
 }
 
-/// Capacity that exists or is coming, once minimums are honoured. A short pool's desired beyond
-/// what it has actually launched is unmet: that share must come from the next pools.
+/// Capacity that exists or is coming, once minimums are honoured. A short (or unhealthy) pool's
+/// desired beyond what it has actually launched is unmet: that share must come from the next pools.
 fn committed_capacity(pools: &[PoolState]) -> u32 {
     pools
         .iter()
         .map(|p| {
-            if p.short {
+            if p.passed_over() {
                 p.desired.min(p.in_service.saturating_add(p.pending))
             } else {
                 p.desired.max(p.min)
@@ -399,6 +411,8 @@ struct Fill {
     remaining: u32,
     /// Short pools passed over, in priority order.
     spilled: Vec<String>,
+    /// Unhealthy pools passed over, in priority order, each with why.
+    unhealthy: Vec<String>,
 }
 
 impl Fill {
@@ -408,6 +422,9 @@ impl Fill {
                 "; short of capacity: {} (share spilled to the next pool)",
                 self.spilled.join(", ")
             ));
+        }
+        for pool in &self.unhealthy {
+            reason.push_str(&format!("; unhealthy: {pool}"));
         }
         if self.remaining > 0 {
             reason.push_str(&format!(
@@ -420,8 +437,8 @@ impl Fill {
 
 /// Fills pools with `granted` more instances, each up to its max. The first `urgent` (queued
 /// jobs nothing is coming for) go to pools with stopped instances ready, in priority order; the
-/// rest fill pools in priority order. Short pools and full pools pass their share on. Raises land
-/// in `raises` (an existing entry for a pool, from its minimum, is updated in place).
+/// rest fill pools in priority order. Short, unhealthy and full pools pass their share on. Raises
+/// land in `raises` (an existing entry for a pool, from its minimum, is updated in place).
 fn fill_in_priority_order(
     pools: &[PoolState],
     granted: u32,
@@ -433,7 +450,7 @@ fn fill_in_priority_order(
     let mut remaining = granted;
     for (index, pool) in pools.iter().enumerate() {
         let ready = pool.warm_pool.map_or(0, |w| w.ready);
-        if urgent == 0 || pool.short || ready == 0 {
+        if urgent == 0 || pool.passed_over() || ready == 0 {
             continue;
         }
         let add = room(pool).min(ready).min(urgent);
@@ -441,10 +458,17 @@ fn fill_in_priority_order(
         urgent -= add;
         remaining -= add;
     }
-    let mut spilled = Vec::new();
+    let (mut spilled, mut unhealthy) = (Vec::new(), Vec::new());
     for (index, pool) in pools.iter().enumerate() {
         if remaining == 0 {
             break;
+        }
+        if let Some(why) = &pool.health.unhealthy {
+            unhealthy.push(format!(
+                "{} ({}; share spilled to the next pool)",
+                pool.name, why.reason
+            ));
+            continue;
         }
         if pool.short {
             spilled.push(pool.name.clone());
@@ -464,7 +488,11 @@ fn fill_in_priority_order(
             None => raises.push((pool.name.clone(), desired)),
         }
     }
-    Fill { remaining, spilled }
+    Fill {
+        remaining,
+        spilled,
+        unhealthy,
+    }
 }
 
 /// How many more instances a pool can take: its max above its desired (at least its minimum).
@@ -494,8 +522,22 @@ mod tests {
             in_service: desired,
             pending: 0,
             short,
+            health: PoolHealth::default(),
             warm_pool: None,
         }
+    }
+
+    /// `pool` cooling off after GPU faults.
+    fn unhealthy(mut pool: PoolState) -> PoolState {
+        pool.health = PoolHealth {
+            recent_faults: 2,
+            unhealthy: Some(crate::pool_health::Unhealthy {
+                until_unix: 1_800,
+                reason: "2 GPU faults in 30 min: xid: Xid 79, xid: Xid 48; 30 min of cool-off left"
+                    .into(),
+            }),
+        };
+        pool
     }
 
     fn queue(queued: u32, running: u32, age_ms: u64) -> QueueSnapshot {
@@ -607,6 +649,42 @@ mod tests {
                 &no_spare,
                 vec![],
             ),
+            (
+                "an unhealthy pool spills to the next like a short one",
+                queue(3, 0, 0),
+                vec![
+                    unhealthy(pool("spot", 1, 0, 4, false)),
+                    pool("ondemand", 0, 0, 10, false),
+                ],
+                &no_spare,
+                raises(&[("ondemand", 2)]),
+            ),
+            (
+                "a healthy pool with faults on record takes its share",
+                queue(3, 0, 0),
+                vec![
+                    PoolState {
+                        health: PoolHealth {
+                            recent_faults: 1,
+                            unhealthy: None,
+                        },
+                        ..pool("spot", 1, 0, 4, false)
+                    },
+                    pool("ondemand", 0, 0, 10, false),
+                ],
+                &no_spare,
+                raises(&[("spot", 3)]),
+            ),
+            (
+                "an unhealthy pool's stopped instances are not started",
+                queue(2, 0, 0),
+                vec![
+                    unhealthy(with_warm_pool(pool("ondemand", 0, 0, 10, false), 5, 2, 2)),
+                    pool("spot", 0, 0, 10, false),
+                ],
+                &no_spare,
+                raises(&[("spot", 2)]),
+            ),
         ];
         assert_rows(rows);
     }
@@ -627,6 +705,56 @@ mod tests {
                 "{name}: no forecast, no sizing"
             );
         }
+    }
+
+    #[test]
+    fn the_decision_says_which_pools_spilled_and_why() {
+        let pools = vec![
+            unhealthy(pool("spot", 0, 0, 4, false)),
+            pool("spot-b", 0, 0, 4, true),
+            pool("ondemand", 0, 0, 10, false),
+        ];
+        let mut state = PolicyState::new(&PolicyConfig::default());
+        let decision = decide(
+            &queue(2, 0, 0),
+            &pools,
+            &PolicyConfig::default(),
+            &mut state,
+            0,
+            0,
+        );
+        assert_eq!(decision.raises, raises(&[("ondemand", 2)]));
+        assert!(
+            decision
+                .reason
+                .contains("; short of capacity: spot-b (share spilled to the next pool)"),
+            "{}",
+            decision.reason
+        );
+        assert!(
+            decision.reason.contains("; unhealthy: spot (2 GPU faults in 30 min: xid: Xid 79, xid: Xid 48; 30 min of cool-off left; share spilled to the next pool)"),
+            "{}",
+            decision.reason
+        );
+        // The positive control: healthy, the same pool takes the jobs and no spill is reported.
+        let healthy = vec![
+            pool("spot", 0, 0, 4, false),
+            pool("ondemand", 0, 0, 10, false),
+        ];
+        let decision = decide(
+            &queue(2, 0, 0),
+            &healthy,
+            &PolicyConfig::default(),
+            &mut state,
+            0,
+            0,
+        );
+        assert_eq!(decision.raises, raises(&[("spot", 2)]));
+        assert!(
+            !decision.reason.contains("unhealthy"),
+            "{}",
+            decision.reason
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 
 use crate::trace::{self, TraceJob};
 use scaling::forecast::ForecastConfig;
+use scaling::pool_health::HealthConfig;
 
 /// One capacity pool (an ASG).
 #[derive(Debug, Clone)]
@@ -41,6 +42,9 @@ pub struct PoolSpec {
     pub stopped_price_per_hour: f64,
     /// Extra seconds a start from the warm pool takes in this pool (GPU drivers loading).
     pub extra_start_s: f64,
+    /// The share of this pool's instances that are bad: they fail the GPU gate at boot or fault
+    /// mid-job, and their agents remove them (`world::faults`). 0: none.
+    pub fault_rate: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +75,8 @@ pub struct SimConfig {
     /// Past days' submissions (seconds, negative: before the simulated day starts), the queue
     /// history `flotilla`'s forecast learns its time-of-day profile from.
     pub history: Vec<f64>,
+    /// When Flotilla passes over a pool whose instances keep faulting (the scaler's default).
+    pub pool_health: HealthConfig,
     pub seed: u64,
     /// Give up this long after the last submission.
     pub drain_limit_s: f64,
@@ -90,6 +96,7 @@ impl SimConfig {
                 warm_pool_max: 30,
                 stopped_price_per_hour: EBS_PER_HOUR,
                 extra_start_s: 0.0,
+                fault_rate: 0.0,
             }],
             boot_fixed_s: 16.0,
             boot_agent_s: (25.0, 70.0),
@@ -102,6 +109,7 @@ impl SimConfig {
             start_s: (19.0, 25.0),
             forecast: ForecastConfig::default(),
             history: Vec::new(),
+            pool_health: HealthConfig::default(),
             seed: 1,
             drain_limit_s: 12.0 * 3600.0,
         }
@@ -172,6 +180,7 @@ pub fn scenario(name: &str, seed: u64) -> Option<(Vec<TraceJob>, SimConfig)> {
                     warm_pool_max: 0,
                     stopped_price_per_hour: EBS_PER_HOUR,
                     extra_start_s: 10.0,
+                    fault_rate: 0.0,
                 },
                 PoolSpec {
                     name: "g5-ondemand".into(),
@@ -184,6 +193,7 @@ pub fn scenario(name: &str, seed: u64) -> Option<(Vec<TraceJob>, SimConfig)> {
                     warm_pool_max: 20,
                     stopped_price_per_hour: EBS_PER_HOUR,
                     extra_start_s: 10.0,
+                    fault_rate: 0.0,
                 },
             ];
             Some((trace::gpu_shortage_day(seed), config))

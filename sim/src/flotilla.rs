@@ -3,7 +3,9 @@
 //! implement. Nothing of the policy is re-implemented here; only the adapters and the settings
 //! the simulator runs it with: `flotilla` with its forecast (which learns its time-of-day profile
 //! from the scenario's past days before the day starts), `flotilla-before` with the warm capacity
-//! of `--warm-fraction` / `--warm-max` and no warm pools.
+//! of `--warm-fraction` / `--warm-max` and no warm pools. As the AWS fleet reads the fault tags
+//! agents leave, the simulated fleet reads the world's fault records and judges each pool's health
+//! with the scaler's own decision ([`scaling::pool_health`]).
 
 use crate::config::SimConfig;
 use crate::world::{lock, World};
@@ -12,6 +14,7 @@ use scaling::control::FleetLoop;
 use scaling::fleet::{Fleet, FleetError};
 use scaling::forecast::{Forecaster, Profile};
 use scaling::policy::{PolicyConfig, PoolState, QueueSnapshot};
+use scaling::pool_health::{self, HealthConfig};
 use scaling::queue::Queue;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +28,10 @@ pub(crate) fn fleet_loop(
     let mut fleet_loop = FleetLoop::new(
         "sim",
         Box::new(SimQueue(world.clone())),
-        Box::new(SimFleet(world.clone())),
+        Box::new(SimFleet {
+            world: world.clone(),
+            health: config.pool_health,
+        }),
         policy_config(config, policy),
         false,
         Duration::from_secs(1),
@@ -70,15 +76,21 @@ impl Queue for SimQueue {
 }
 
 /// The simulator's view of the fleet, for the real control loop.
-struct SimFleet(Arc<Mutex<World>>);
+struct SimFleet {
+    world: Arc<Mutex<World>>,
+    health: HealthConfig,
+}
 
 impl Fleet for SimFleet {
     fn describe(&mut self) -> Result<Vec<PoolState>, FleetError> {
-        Ok(lock(&self.0).pool_states())
+        let world = lock(&self.world);
+        let mut pools = world.pool_states();
+        pool_health::apply(&mut pools, &world.faults, world.unix_now(), &self.health);
+        Ok(pools)
     }
 
     fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError> {
-        let mut world = lock(&self.0);
+        let mut world = lock(&self.world);
         let pool = world
             .pools
             .iter_mut()
@@ -89,7 +101,7 @@ impl Fleet for SimFleet {
     }
 
     fn set_warm_pool(&mut self, pool: &str, size: u32) -> Result<(), FleetError> {
-        lock(&self.0)
+        lock(&self.world)
             .set_warm_pool(pool, size)
             .ok_or_else(|| FleetError::NoWarmPool(pool.to_string()))
     }

@@ -1,8 +1,8 @@
 //! `scaler simulate`: replays a job trace on a virtual clock (no sleeping: a day runs in about a
 //! second) against a simulated Auto Scaling fleet — launches, boot times drawn from a distribution,
-//! one job per agent, capacity outages per pool, spot interruptions — driven by Flotilla's real
-//! policy and control loop ([`FleetLoop`] through the [`Queue`](scaling::queue::Queue) and
-//! [`Fleet`](scaling::fleet::Fleet) traits) — as it is now (`flotilla`: a forecast of demand and
+//! one job per agent, capacity outages per pool, spot interruptions, GPU faults — driven by
+//! Flotilla's real policy and control loop ([`FleetLoop`] through the
+//! [`Queue`](scaling::queue::Queue) and [`Fleet`](scaling::fleet::Fleet) traits) — as it is now (`flotilla`: a forecast of demand and
 //! warm pools of stopped instances) and as it was before them (`flotilla-before`: warm capacity
 //! following recent demand) — or by the two baselines re-implemented from their public
 //! descriptions (docs/ARCHITECTURE.md, "The simulator"): Semaphore's agent-aws-stack scaler and
@@ -246,6 +246,61 @@ mod tests {
             "{}",
             gpu.wait_percentile(0.95)
         );
+    }
+
+    /// Two GPU pools in priority order, the first with `fault_rate`; 40 ten-minute jobs, one
+    /// every 90 s.
+    fn faulty_first_pool(fault_rate: f64) -> (Vec<TraceJob>, SimConfig) {
+        let mut config = SimConfig::single_pool(20, 0.5);
+        config.pools[0].name = "gpu-a".into();
+        config.pools[0].warm_pool_max = 0;
+        let mut second = config.pools[0].clone();
+        config.pools[0].fault_rate = fault_rate;
+        second.name = "gpu-b".into();
+        second.price_per_hour = 1.2;
+        config.pools.push(second);
+        config.drain_limit_s = 4.0 * 3600.0;
+        let trace = (0..40)
+            .map(|index| TraceJob {
+                submit_s: f64::from(index) * 90.0,
+                duration_s: 600.0,
+                agent_type: "gpu".into(),
+            })
+            .collect();
+        (trace, config)
+    }
+
+    #[test]
+    fn a_pool_that_keeps_faulting_spills_to_the_next_and_every_job_finishes() {
+        let (trace, config) = faulty_first_pool(1.0);
+        let outcome = simulate(&trace, &config, PolicyKind::Flotilla);
+        assert_eq!(outcome.finished, trace.len(), "{outcome:?}");
+        assert_eq!(outcome.never_started, 0);
+        // Every instance of gpu-a is bad: every job finished on gpu-b.
+        assert_eq!(outcome.finished_by_pool, vec![0, trace.len()]);
+        let threshold = config.pool_health.faults as usize;
+        assert!(outcome.faults >= threshold, "{}", outcome.faults);
+        // Without the cool-off gpu-a takes every job again after each fault.
+        let mut blind = config.clone();
+        blind.pool_health.faults = 0;
+        let without = simulate(&trace, &blind, PolicyKind::Flotilla);
+        assert!(
+            without.finished < trace.len() && without.faults > 5 * outcome.faults,
+            "with the cool-off {} faults, without {} faults and {} of {} finished",
+            outcome.faults,
+            without.faults,
+            without.finished,
+            trace.len()
+        );
+    }
+
+    #[test]
+    fn a_healthy_first_pool_takes_the_jobs() {
+        let (trace, config) = faulty_first_pool(0.0);
+        let outcome = simulate(&trace, &config, PolicyKind::Flotilla);
+        assert_eq!(outcome.finished, trace.len());
+        assert_eq!(outcome.faults, 0);
+        assert_eq!(outcome.finished_by_pool, vec![trace.len(), 0]);
     }
 
     #[test]

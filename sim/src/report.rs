@@ -36,6 +36,10 @@ pub struct Outcome {
     pub launches: u64,
     /// Instances started from a warm pool.
     pub warm_starts: u64,
+    /// Instances removed for a hardware fault (pools with a `fault_rate`).
+    pub faults: usize,
+    /// Jobs finished on each pool the run used, in the config's order.
+    pub finished_by_pool: Vec<usize>,
     pub series: Vec<SeriesRow>,
 }
 
@@ -84,6 +88,10 @@ pub(crate) fn outcome(world: &World, policy: PolicyKind, series: Vec<SeriesRow>)
         cost: running_cost + stopped_cost,
         launches: world.launches,
         warm_starts: world.warm_starts,
+        faults: world.faults.len(),
+        finished_by_pool: (0..world.pools.len())
+            .map(|pool| jobs.iter().filter(|j| j.finished_on == Some(pool)).count())
+            .collect(),
         series,
     }
 }

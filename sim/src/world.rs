@@ -1,7 +1,8 @@
 //! The simulated world: the job queue, each pool's instances and the virtual clock. [`World::step`]
 //! advances it one tick: submissions arrive; instances are interrupted, finish booting or
 //! starting, finish their job or idle out; idle agents take queued jobs; each pool converges on
-//! its desired capacity (from its warm pool first, see `warm_pool`). Every random draw comes from
+//! its desired capacity (from its warm pool first, see `warm_pool`). Instances of a pool with a
+//! fault rate may fail the GPU gate or fault mid-job (`faults`). Every random draw comes from
 //! the world's one seeded generator in that fixed order, so the same seed replays the same day.
 
 use crate::config::{PoolSpec, SimConfig};
@@ -11,9 +12,11 @@ use crate::PolicyKind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use scaling::policy::{PoolState, QueueSnapshot};
+use scaling::pool_health::{FaultKind, FaultRecord, PoolHealth};
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
+mod faults;
 mod warm_pool;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,6 +48,8 @@ pub(crate) struct Instance {
     pub(crate) idle_seconds: f64,
     /// Seconds spent stopped in a warm pool (the rest of its life it ran).
     pub(crate) stopped_seconds: f64,
+    /// The hardware fault this instance will have, drawn at launch (see `faults`).
+    fault: Option<FaultKind>,
 }
 
 impl InstanceState {
@@ -72,6 +77,8 @@ pub(crate) struct SimJob {
     pub(crate) started: Option<f64>,
     pub(crate) starts: u32,
     pub(crate) finished: Option<f64>,
+    /// The pool whose instance finished it.
+    pub(crate) finished_on: Option<usize>,
 }
 
 pub(crate) struct PoolRuntime {
@@ -94,6 +101,8 @@ pub(crate) struct World {
     pub(crate) launches: u64,
     /// Instances started from a warm pool.
     pub(crate) warm_starts: u64,
+    /// Instances removed for a hardware fault, as their agents tagged them.
+    pub(crate) faults: Vec<FaultRecord>,
     boot_fixed_s: f64,
     boot_agent_s: (f64, f64),
     start_s: (f64, f64),
@@ -149,6 +158,7 @@ impl World {
                     started: None,
                     starts: 0,
                     finished: None,
+                    finished_on: None,
                 })
                 .collect(),
             next_submission: 0,
@@ -158,6 +168,7 @@ impl World {
             rng: StdRng::seed_from_u64(config.seed),
             launches: 0,
             warm_starts: 0,
+            faults: Vec::new(),
             boot_fixed_s: config.boot_fixed_s,
             boot_agent_s: config.boot_agent_s,
             start_s: config.start_s,
@@ -257,6 +268,7 @@ impl World {
                     in_service: self.live(index) as u32 - pending,
                     pending,
                     short: pool.last_failure.is_some_and(|at| self.now - at < 60.0),
+                    health: PoolHealth::default(),
                     warm_pool: self.warm_pool_state(index),
                 }
             })
@@ -290,7 +302,7 @@ impl World {
     /// idles) or of its idle timeout.
     fn advance_instance(&mut self, index: usize, now: f64, dt: f64) {
         let state = self.instances[index].state;
-        if self.interrupt(index, state, dt) {
+        if self.interrupt(index, state, dt) || self.fault_strikes(index, state, now) {
             return;
         }
         match state {
@@ -305,6 +317,7 @@ impl World {
             InstanceState::Stopped => self.instances[index].stopped_seconds += dt,
             InstanceState::Busy { job, until } if now >= until => {
                 self.jobs[job].finished = Some(now);
+                self.jobs[job].finished_on = Some(self.instances[index].pool);
                 if self.one_job_per_instance {
                     let decrement = self.decrement_after_job;
                     self.remove(index, decrement);
@@ -395,6 +408,7 @@ impl World {
                 .rng
                 .gen_range(self.boot_agent_s.0..=self.boot_agent_s.1)
             + self.pools[pool].spec.extra_boot_s;
+        let fault = self.draw_fault(pool);
         self.instances.push(Instance {
             pool,
             launched: now,
@@ -403,6 +417,7 @@ impl World {
             gone_at: None,
             idle_seconds: 0.0,
             stopped_seconds: 0.0,
+            fault,
         });
         self.launches += 1;
     }

@@ -9,16 +9,22 @@
 //! still initialising) with the bounds the stack tagged the group with, and `set_warm_pool` sizes
 //! it with `PutWarmPool` (MinSize = MaxGroupPreparedCapacity, so the pool holds exactly that many
 //! whatever the desired capacity; stopped; never reused on scale-in: one job per instance). The
-//! SDK retries in adaptive mode, so throttling slows the loop instead of breaking it.
+//! SDK retries in adaptive mode, so throttling slows the loop instead of breaking it. Each round
+//! also reads the `flotilla:fault` tags agents leave on instances they removed for a GPU fault
+//! (one `DescribeInstances` for every group, terminated instances included; see
+//! [`super::faults`]), and a group with too many recent faults is unhealthy
+//! ([`scaling::pool_health`]): passed over like a short one until its cool-off ends.
 
+use super::faults::{FaultLog, TaggedInstance, GROUP_TAG};
 use aws_sdk_autoscaling::error::DisplayErrorContext;
 use aws_sdk_autoscaling::types::{
     AutoScalingGroup, InstanceReusePolicy, WarmPoolState as PoolMode,
 };
 use scaling::fleet::{Fleet, FleetError};
 use scaling::policy::{PoolState, WarmPoolState};
+use scaling::pool_health::{self, HealthConfig, FAULT_TAG};
 use scaling::reaper::{InstanceFacts, Mark, MARK_TAG};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Tags on a group that bound the warm pool the scaler may keep (the stack's parameters). A group
@@ -43,6 +49,10 @@ pub(crate) struct AwsFleet {
     ec2: aws_sdk_ec2::Client,
     groups: Vec<String>,
     short_since: HashMap<String, Instant>,
+    health: HealthConfig,
+    faults: FaultLog,
+    /// Groups unhealthy at the last round (a change is logged).
+    unhealthy: HashSet<String>,
 }
 
 /// A failed SDK call as a [`FleetError`], with the SDK's whole error chain.
@@ -59,6 +69,7 @@ impl AwsFleet {
         region: &str,
         endpoint_url: &str,
         groups: Vec<String>,
+        health: HealthConfig,
     ) -> anyhow::Result<AwsFleet> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,6 +83,9 @@ impl AwsFleet {
             ec2,
             groups,
             short_since: HashMap::new(),
+            health,
+            faults: FaultLog::new(&health),
+            unhealthy: HashSet::new(),
         };
         let found = fleet.describe_groups()?;
         for name in &fleet.groups {
@@ -169,6 +183,80 @@ impl AwsFleet {
         }))
     }
 
+    /// Reads the fault tags into the fault log and sets each pool's health from it. A failed read
+    /// is logged and the faults already read still count: never fatal to the round.
+    fn assess_health(&mut self, groups: &[AutoScalingGroup], pools: &mut [PoolState]) {
+        let now = scaling::unix_now();
+        for group in groups {
+            let name = group.auto_scaling_group_name().unwrap_or_default();
+            for id in group.instances().iter().filter_map(|i| i.instance_id()) {
+                self.faults.saw(id, name, now);
+            }
+        }
+        if self.health.faults > 0 {
+            if let Err(error) = self.read_fault_tags(now) {
+                tracing::warn!(%error, "reading GPU fault tags failed; the faults already read count");
+            }
+        }
+        self.faults.prune(now);
+        pool_health::apply(pools, &self.faults.records(), now, &self.health);
+        for pool in pools.iter() {
+            match &pool.health.unhealthy {
+                Some(why) if self.unhealthy.insert(pool.name.clone()) => {
+                    tracing::warn!(pool = %pool.name, reason = %why.reason, "pool unhealthy: passed over until its cool-off ends");
+                }
+                None if self.unhealthy.remove(&pool.name) => {
+                    tracing::info!(pool = %pool.name, "pool healthy again");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every instance with a fault tag, whatever its state (terminated ones stay listed for about
+    /// an hour): one call, paged, for all groups, placed by [`FaultLog::note`].
+    fn read_fault_tags(&mut self, now: i64) -> Result<(), FleetError> {
+        let filter = aws_sdk_ec2::types::Filter::builder()
+            .name("tag-key")
+            .values(FAULT_TAG)
+            .build();
+        let mut next_token = None;
+        loop {
+            let output = self
+                .runtime
+                .block_on(
+                    self.ec2
+                        .describe_instances()
+                        .filters(filter.clone())
+                        .set_next_token(next_token)
+                        .send(),
+                )
+                .map_err(api_error("reading fault tags".into()))?;
+            for instance in output.reservations().iter().flat_map(|r| r.instances()) {
+                let tag = |key: &str| {
+                    instance
+                        .tags()
+                        .iter()
+                        .find(|tag| tag.key() == Some(key))
+                        .and_then(|tag| tag.value())
+                };
+                let (Some(id), Some(fault_tag)) = (instance.instance_id(), tag(FAULT_TAG)) else {
+                    continue;
+                };
+                let tagged = TaggedInstance {
+                    id,
+                    group_tag: tag(GROUP_TAG),
+                    fault_tag,
+                };
+                self.faults.note(&tagged, &self.groups, now);
+            }
+            next_token = output.next_token().map(str::to_string);
+            if next_token.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Whether the group's newest scaling activities failed for lack of capacity (newest page only).
     fn launch_failed_recently(&self, group: &str) -> bool {
         let Ok(output) = self.runtime.block_on(
@@ -228,21 +316,24 @@ impl Fleet for AwsFleet {
                 in_service,
                 pending,
                 short,
+                health: Default::default(),
                 warm_pool,
             });
         }
+        self.assess_health(&groups, &mut pools);
         Ok(pools)
     }
 
     fn raise_desired(&mut self, pool: &str, desired: u32) -> Result<(), FleetError> {
-        let pools = self.describe()?;
-        let state = pools
+        let groups = self.describe_groups()?;
+        let group = groups
             .iter()
-            .find(|p| p.name == pool)
+            .find(|g| g.auto_scaling_group_name() == Some(pool))
             .ok_or_else(|| FleetError::UnknownPool(pool.to_string()))?;
+        let size = |value: Option<i32>| value.unwrap_or(0).max(0) as u32;
         // Raise only, and never past MaxSize (moto accepts more; AWS refuses it).
-        let target = desired.min(state.max);
-        if target <= state.desired {
+        let target = desired.min(size(group.max_size()));
+        if target <= size(group.desired_capacity()) {
             return Ok(());
         }
         self.runtime

@@ -1,9 +1,11 @@
 //! The scaler's AWS edge: SDK set-up shared by every command that talks to AWS (credentials and
 //! region from the standard chain, an optional endpoint for an emulator, adaptive retries with short
-//! back-offs), SSM parameter reads, the Auto Scaling fleet ([`fleet`]) and the CloudFormation
+//! back-offs), SSM parameter reads, the Auto Scaling fleet ([`fleet`], with its memory of GPU
+//! faults in [`faults`]) and the CloudFormation
 //! stacks client used by `deploy`/`status`/`destroy` ([`stacks`]). Only this module links the AWS
 //! SDK; the decisions it serves live in the `scaling` crate.
 
+pub(crate) mod faults;
 pub(crate) mod fleet;
 pub(crate) mod stacks;
 

@@ -169,8 +169,9 @@ fn fleet_loop(fleet: ResolvedFleet, dry_run: bool, poll_interval: Duration) -> R
             region,
             endpoint_url,
             groups,
+            health,
         } => Box::new(
-            aws::fleet::AwsFleet::new(&region, &endpoint_url, groups)
+            aws::fleet::AwsFleet::new(&region, &endpoint_url, groups, health)
                 .with_context(|| format!("fleet '{}'", fleet.agent_type))?,
         ),
     };

@@ -5,7 +5,8 @@
 //! (named by instance id through a fake IMDS) that run the jobs and remove themselves; the reaper
 //! marks then terminates an instance with no agent and never one whose agent is busy; through a
 //! fault-injecting proxy, a pool that cannot launch spills to the next and throttling or 503s only
-//! slow the loop down.
+//! slow the loop down; a group whose instances agents removed for GPU faults (the `flotilla:fault`
+//! tag) spills to the next for its cool-off, one with old or unreadable fault tags does not.
 
 use testkit::moto;
 
@@ -587,4 +588,112 @@ fn the_forecast_sizes_the_warm_pool_within_the_stack_bounds() {
     assert!(log().contains("forecast: recent"), "{}", log());
     let _ = scaler.kill();
     let _ = scaler.wait();
+}
+
+/// What an agent does on a GPU fault (the contract of issue 29): tags its instance
+/// `flotilla:fault` with `value`, then terminates it through its group with decrement.
+fn fault_out(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer, id: &str, value: &str) {
+    let sdk = moto.sdk(runtime);
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key("flotilla:fault")
+        .value(value)
+        .build();
+    runtime
+        .block_on(
+            aws_sdk_ec2::Client::new(&sdk)
+                .create_tags()
+                .resources(id)
+                .tags(tag)
+                .send(),
+        )
+        .expect("tag the instance");
+    runtime
+        .block_on(
+            aws_sdk_autoscaling::Client::new(&sdk)
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(id)
+                .should_decrement_desired_capacity(true)
+                .send(),
+        )
+        .expect("terminate the instance");
+}
+
+/// Two groups in priority order, the first with two instances the scaler has seen; agents fault
+/// both out with the fault tags `values` (seconds ago, tag text after the time); then 3 jobs are
+/// queued and the test waits for `raised` to take them. Returns the log and (gpu-a, gpu-b) desired.
+fn faults_then_jobs(values: [(i64, &str); 2], raised: &str, wait_for: &str) -> (String, i32, i32) {
+    let runtime = runtime();
+    let moto = moto::MotoServer::start();
+    moto.create_group(&runtime, "gpu-a", 0, 10, 2);
+    moto.create_group(&runtime, "gpu-b", 0, 10, 0);
+    let hub = hub_with_token_in_ssm(&runtime, &moto);
+    let dir = tempfile::tempdir().unwrap();
+    let mut scaler = scaler_run(&hub, &moto, &["gpu-a", "gpu-b"], dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("scaler.log")).unwrap_or_default();
+    // Rounds that described the groups with their instances in them.
+    wait_for_decisions(dir.path(), 2);
+    let (_, instances, _) = moto.group(&runtime, "gpu-a");
+    assert_eq!(instances.len(), 2);
+    let now = scaling::unix_now();
+    for (id, (ago, text)) in instances.iter().zip(values) {
+        fault_out(&runtime, &moto, id, &format!("{} {text}", now - ago));
+    }
+    assert_eq!(moto.group(&runtime, "gpu-a").0, 0, "removed with decrement");
+    testkit::wait_for(wait_for, Duration::from_secs(30), || {
+        log().contains(wait_for)
+    });
+    for index in 0..3 {
+        hub.submit(&[&format!("echo {index}")]);
+    }
+    testkit::wait_for(
+        &format!("{raised} to take the jobs"),
+        Duration::from_secs(60),
+        || moto.group(&runtime, raised).0 == 3,
+    );
+    // Raise only and steady: three more rounds change nothing.
+    wait_for_decisions(dir.path(), 3);
+    let desired = (
+        moto.group(&runtime, "gpu-a").0,
+        moto.group(&runtime, "gpu-b").0,
+    );
+    let _ = scaler.kill();
+    let _ = scaler.wait();
+    (log(), desired.0, desired.1)
+}
+
+#[test]
+fn a_group_whose_instances_faulted_spills_its_share_to_the_next_group() {
+    let (log, a, b) = faults_then_jobs(
+        [
+            (
+                120,
+                "xid: Xid 79 on PCI 0000:00:1e.0 (GPU has fallen off the bus)",
+            ),
+            (60, "gpu-gate: 3 of 4 GPUs visible"),
+        ],
+        "gpu-b",
+        "pool unhealthy",
+    );
+    assert_eq!((a, b), (0, 3), "{log}");
+    assert!(
+        log.contains("unhealthy: gpu-a (2 GPU faults in 30 min: xid: Xid 79 on PCI 0000:00:1e.0 (GPU has fallen off the bus), gpu-gate: 3 of 4 GPUs visible;"),
+        "the decision says why: {log}"
+    );
+    assert!(log.contains("share spilled to the next pool"), "{log}");
+}
+
+#[test]
+fn a_group_whose_faults_are_old_or_unreadable_keeps_its_share() {
+    // The positive control of the test above: the same two faults, one outside the window (and
+    // its cool-off), one a tag no agent would write. The unreadable one is logged, then ignored.
+    let (log, a, b) = faults_then_jobs(
+        [
+            (3 * 3600, "xid: Xid 79 on PCI 0000:00:1e.0"),
+            (60, "gpu-gate 3 of 4 GPUs visible"),
+        ],
+        "gpu-a",
+        "ignoring an unreadable fault tag",
+    );
+    assert_eq!((a, b), (3, 0), "{log}");
+    assert!(!log.contains("unhealthy"), "{log}");
 }

@@ -360,7 +360,7 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
             policy_rules::scaler_role_problems(&stack, &rendered.inline_policies("ScalerRole")),
         );
         // The agent can still do its job: read its config, the job settings and the token, and
-        // remove its instance.
+        // tag (a GPU fault) and remove its instance.
         let text = serde_json::to_string(&agent).unwrap();
         for needed in [
             "agent-config",
@@ -370,6 +370,7 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
             "TerminateInstanceInAutoScalingGroup",
             "SetInstanceHealth",
             "EnterStandby",
+            "flotilla:fault",
         ] {
             assert!(
                 text.contains(needed),
@@ -387,12 +388,21 @@ fn the_agent_and_scaler_roles_get_only_their_stacks_resources() {
                    "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}}}),
             json!({"Sid": "BackInService", "Effect": "Allow", "Action": "autoscaling:ExitStandby", "Resource": stack.group_arns.clone(),
                    "Condition": {"StringEquals": {"autoscaling:ResourceTag/flotilla:stack": STACK}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
+            json!({"Sid": "TagAnything", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"),
+                   "Condition": {"StringEquals": {"aws:ResourceTag/flotilla:stack": STACK}, "ForAllValues:StringLike": {"aws:TagKeys": ["flotilla:*"]}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
+            json!({"Sid": "TagAnyInstance", "Effect": "Allow", "Action": "ec2:CreateTags", "Resource": format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"),
+                   "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": ["flotilla:fault"]}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
+            json!({"Sid": "UntagOwnFault", "Effect": "Allow", "Action": "ec2:DeleteTags", "Resource": format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"),
+                   "Condition": {"StringEquals": {"aws:ResourceTag/flotilla:stack": STACK}, "ForAllValues:StringEquals": {"aws:TagKeys": ["flotilla:fault"]}, "Null": {"ec2:SourceInstanceARN": "false"}}}),
         ]);
         let problems = policy_rules::agent_role_problems(&stack, &[widened], &[]);
         for (sid, problem) in [
             ("StandbyAnywhere", "acts on groups *"),
             ("StandbyInAnySession", "not limited to sessions EC2 made"),
             ("BackInService", "beyond removing its own instance"),
+            ("TagAnything", "beyond the flotilla:fault tag"),
+            ("TagAnyInstance", "beyond the flotilla:fault tag"),
+            ("UntagOwnFault", "ec2:DeleteTags acts on EC2 resources"),
         ] {
             assert!(
                 problems

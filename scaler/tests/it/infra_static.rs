@@ -558,6 +558,7 @@ fn emf_metric_names() -> BTreeSet<String> {
         in_service: 1,
         pending: 0,
         short: true,
+        health: scaling::pool_health::PoolHealth::default(),
         warm_pool: None,
     };
     let queue = QueueSnapshot::default();

@@ -3,7 +3,8 @@
 //! Terraform applied to moto (`terraform_e2e.rs`), so both deployments are held to the same rules:
 //! the agent role reads only its own stack's parameters, decrypts only the token with the stack's
 //! key, may remove instances only in its stack's groups and only with a session EC2 made for an
-//! instance, has no mutating EC2 action and no AWS-managed policy, and may assume only the job
+//! instance, has no mutating EC2 action but one (the `flotilla:fault` tag on its stack's
+//! instances, issue 29: `fault_tag_problem`) and no AWS-managed policy, and may assume only the job
 //! role; with `RequireVpcEndpoints` its credentials work only through its own VPC's endpoints from
 //! its own address (issue 27, `source_vpc_problems`); the job role
 //! (issue 26) may use only the cache bucket's objects and the key through S3 for that bucket (no
@@ -146,10 +147,7 @@ pub(crate) fn agent_role_problems(
             let ec2_write =
                 lower == "*" || (lower.starts_with("ec2:") && !lower.starts_with("ec2:describe"));
             if statement["Effect"] == "Allow" && ec2_write {
-                problems.push(format!(
-                    "agent statement {}: {action} acts on EC2 resources (instances among them)",
-                    sid(&statement)
-                ));
+                problems.extend(fault_tag_problem(stack, &statement, &action));
             }
             // EnterStandby: a failed job's instance kept for inspection (KeepFailedInstanceMinutes),
             // in the group DescribeAutoScalingInstances names (read-only, on no resource).
@@ -170,6 +168,33 @@ pub(crate) fn agent_role_problems(
         }
     }
     problems
+}
+
+/// The agent role's one EC2 write: `ec2:CreateTags` of the `flotilla:fault` tag alone (issue 29:
+/// an agent marks its instance before removing it for a GPU fault), on instances of this region
+/// and account that carry the stack's tag, with a session EC2 made for an instance. Any other EC2
+/// write, or that one wider, is a problem.
+fn fault_tag_problem(stack: &Stack, statement: &Value, action: &str) -> Option<String> {
+    if action != "ec2:CreateTags" {
+        return Some(format!(
+            "agent statement {}: {action} acts on EC2 resources (instances among them)",
+            sid(statement)
+        ));
+    }
+    let instances = format!("arn:aws:ec2:{}:{}:instance/*", stack.region, stack.account);
+    let condition = &statement["Condition"];
+    let scoped = strings(&statement["Resource"]) == [instances]
+        && strings(&condition["StringEquals"]["aws:ResourceTag/flotilla:stack"])
+            == [stack.name.clone()]
+        && strings(&condition["ForAllValues:StringEquals"]["aws:TagKeys"]) == ["flotilla:fault"]
+        && strings(&condition["Null"]["ec2:SourceInstanceARN"]) == ["false"]
+        && condition.as_object().is_some_and(|keys| keys.len() == 3);
+    (!scoped).then(|| {
+        format!(
+            "agent statement {}: ec2:CreateTags beyond the flotilla:fault tag on the stack's instances from an instance's session: {statement}",
+            sid(statement)
+        )
+    })
 }
 
 /// The agent role's STS: assuming (and tagging sessions of) the job role, nothing else.

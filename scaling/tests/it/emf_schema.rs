@@ -10,6 +10,7 @@ use scaling::control::FleetLoop;
 use scaling::emf::{Sink, NAMESPACE};
 use scaling::fleet::{Fleet, FleetError};
 use scaling::policy::{PolicyConfig, PoolState, QueueSnapshot};
+use scaling::pool_health::PoolHealth;
 use scaling::queue::{Queue, QueueError};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -135,6 +136,7 @@ impl Fleet for TwoPools {
             in_service: self.desired[index],
             pending: 0,
             short: index == 0,
+            health: PoolHealth::default(),
             warm_pool: None,
         };
         Ok(vec![pool(0, "gpu-spot"), pool(1, "gpu-on-demand")])
@@ -187,6 +189,7 @@ fn a_loop_rounds_emf_lines_follow_the_specification_with_the_right_dimensions() 
     assert_eq!(parsed[0]["Queued"], 4.0);
     assert_eq!(parsed[0]["OldestQueuedSeconds"], 90.0);
     assert_eq!(parsed[0]["PoolsShort"], 1.0);
+    assert_eq!(parsed[0]["PoolsFaulty"], 0.0);
     assert!(
         parsed[0]["Launches"].as_f64().unwrap() >= 1.0,
         "the round raised: {text}"
@@ -205,6 +208,10 @@ fn a_loop_rounds_emf_lines_follow_the_specification_with_the_right_dimensions() 
             (Some("gpu"), Some(pool))
         );
         assert_eq!(line["Short"], short);
+        assert_eq!(
+            (&line["Faulty"], &line["RecentFaults"]),
+            (&0.0.into(), &0.0.into())
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 
 use proptest::prelude::*;
 use scaling::policy::{decide, PolicyConfig, PolicyState, PoolState, QueueSnapshot};
+use scaling::pool_health::{PoolHealth, Unhealthy};
 
 /// Counts as a healthy queue shows them, or anything a broken or hostile answer may carry.
 fn count() -> impl Strategy<Value = u32> {
@@ -26,18 +27,34 @@ fn queue() -> impl Strategy<Value = QueueSnapshot> {
 }
 
 fn pool(index: usize) -> impl Strategy<Value = PoolState> {
-    (count(), count(), count(), count(), count(), any::<bool>()).prop_map(
-        move |(desired, min, max, in_service, pending, short)| PoolState {
-            name: format!("pool-{index}"),
-            desired,
-            min,
-            max,
-            in_service,
-            pending,
-            short,
-            warm_pool: None,
-        },
+    (
+        count(),
+        count(),
+        count(),
+        count(),
+        count(),
+        any::<bool>(),
+        any::<bool>(),
     )
+        .prop_map(
+            move |(desired, min, max, in_service, pending, short, unhealthy)| PoolState {
+                name: format!("pool-{index}"),
+                desired,
+                min,
+                max,
+                in_service,
+                pending,
+                short,
+                health: PoolHealth {
+                    recent_faults: if unhealthy { 2 } else { 0 },
+                    unhealthy: unhealthy.then(|| Unhealthy {
+                        until_unix: 1_800_000_600,
+                        reason: "2 GPU faults in 30 min".into(),
+                    }),
+                },
+                warm_pool: None,
+            },
+        )
 }
 
 fn pools() -> impl Strategy<Value = Vec<PoolState>> {
@@ -66,6 +83,9 @@ proptest! {
             let pool = pool.unwrap();
             prop_assert!(*desired > pool.desired, "a raise rises: {pool:?} -> {desired}");
             prop_assert!(*desired <= pool.max.max(pool.min), "within bounds: {pool:?} -> {desired}");
+            if pool.short || pool.health.unhealthy.is_some() {
+                prop_assert!(*desired <= pool.min, "a pool passed over is raised to its minimum only: {pool:?} -> {desired}");
+            }
         }
         if queue.age_ms > config.stale_after_ms {
             for (name, desired) in &decision.raises {
@@ -103,6 +123,7 @@ fn huge_counts_and_bounds_do_not_overflow() {
         in_service: u32::MAX,
         pending: u32::MAX,
         short: false,
+        health: PoolHealth::default(),
         warm_pool: None,
     };
     let queue = QueueSnapshot {
