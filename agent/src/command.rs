@@ -39,11 +39,37 @@ pub(crate) fn run_with_timeout(
 /// [`run_with_timeout`] for a command already set up (its environment, its user); `program` and
 /// `args` name it in errors.
 pub(crate) fn run_command_with_timeout(
-    mut command: Command,
+    command: Command,
     program: &str,
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, CommandError> {
+    let out = capture(command, program, timeout)?;
+    if !out.status.success() {
+        return Err(CommandError::Failed {
+            program: program.to_string(),
+            args: args.join(" "),
+            status: out.status,
+            stderr: out.stderr.trim().to_string(),
+        });
+    }
+    Ok(out.stdout.trim().to_string())
+}
+
+/// A finished program's exit status and its whole output, whatever the status.
+pub(crate) struct Captured {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` with no stdin within `timeout` and keeps its output whatever its exit status
+/// (`nvidia-smi` and `dcgmi` say on stdout why they failed); `program` names it in errors.
+pub(crate) fn capture(
+    mut command: Command,
+    program: &str,
+    timeout: Duration,
+) -> Result<Captured, CommandError> {
     let spawn_error = |error| CommandError::Spawn {
         program: program.to_string(),
         error,
@@ -70,17 +96,14 @@ pub(crate) fn run_command_with_timeout(
         std::thread::sleep(Duration::from_millis(20));
     }
     let status = child.wait().map_err(spawn_error)?;
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    if !status.success() {
-        return Err(CommandError::Failed {
-            program: program.to_string(),
-            args: args.join(" "),
-            status,
-            stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&stdout).trim().to_string())
+    let text = |handle: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
+    };
+    Ok(Captured {
+        status,
+        stdout: text(stdout),
+        stderr: text(stderr),
+    })
 }
 
 /// Reads `pipe` to its end on a thread of its own.

@@ -64,6 +64,10 @@ pub const OPTIONS: &[(&str, Kind)] = &[
     ("cache-bucket", Kind::Text),
     ("give-up-after", Kind::Int),
     ("keep-failed-instance-minutes", Kind::Int),
+    ("gpu-gate", Kind::Text),
+    ("expect-gpus", Kind::Text),
+    ("gpu-gate-dcgm", Kind::Text),
+    ("kernel-log", Kind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +149,35 @@ pub struct Config {
     /// Debug jobs: on EC2, keep the instance this many minutes after a failed job (in Standby)
     /// before removing it; 0: never.
     pub keep_failed_instance_minutes: i64,
+    /// The GPU health gate before registration and the GPU fault watch during jobs.
+    pub gpu_health: GpuHealthOptions,
+}
+
+/// `gpu-gate`, `expect-gpus`, `gpu-gate-dcgm`, `kernel-log` ([`crate::gpu_health`],
+/// [`crate::xid`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GpuHealthOptions {
+    pub gate: GateMode,
+    /// What this machine must have (`COUNT:MODEL`, e.g. `4:A10G`); `None`: what its EC2 instance
+    /// type has, if the image's table knows it.
+    pub expect: Option<crate::gpu_health::Expected>,
+    /// Run DCGM's short diagnostic (`dcgmi diag -r 1`) where DCGM is installed (`gpu-gate-dcgm:
+    /// auto`, the default; the GPU image installs it); `off` skips it.
+    pub dcgm: bool,
+    /// The kernel log watched for GPU Xid errors (default `/dev/kmsg`).
+    pub kernel_log: String,
+}
+
+/// What a failed GPU health gate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GateMode {
+    /// The machine does not register (and on EC2 removes itself).
+    #[default]
+    Enforce,
+    /// The failure is logged and reported at registration; the agent registers anyway.
+    Warn,
+    /// No gate, and no fault watch.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -500,7 +533,62 @@ fn build(
         ec2_poll_seconds: ec2_poll_seconds(values)?,
         give_up_after: give_up_after(values)?,
         keep_failed_instance_minutes: keep_failed_instance_minutes(values)?,
+        gpu_health: gpu_health(values)?,
     })
+}
+
+fn gpu_health(values: &BTreeMap<&'static str, Raw>) -> Result<GpuHealthOptions, ConfigError> {
+    let gate = match text(values, "gpu-gate")?.as_str() {
+        "" | "enforce" => GateMode::Enforce,
+        "warn" => GateMode::Warn,
+        "off" => GateMode::Off,
+        other => {
+            return Err(invalid(format!(
+                "gpu-gate must be enforce, warn or off, got '{other}'. Exiting..."
+            )))
+        }
+    };
+    let expect = match text(values, "expect-gpus")?.as_str() {
+        "" => None,
+        spec => Some(expected_gpus(spec)?),
+    };
+    let kernel_log = match text(values, "kernel-log")?.as_str() {
+        "" => "/dev/kmsg".to_string(),
+        path => path.to_string(),
+    };
+    Ok(GpuHealthOptions {
+        gate,
+        expect,
+        dcgm: gate_dcgm(values)?,
+        kernel_log,
+    })
+}
+
+fn gate_dcgm(values: &BTreeMap<&'static str, Raw>) -> Result<bool, ConfigError> {
+    match text(values, "gpu-gate-dcgm")?.as_str() {
+        "" | "auto" => Ok(true),
+        "off" => Ok(false),
+        other => Err(invalid(format!(
+            "gpu-gate-dcgm must be auto or off, got '{other}'. Exiting..."
+        ))),
+    }
+}
+
+/// `COUNT:MODEL`, e.g. `4:A10G` or `8:H100 80GB HBM3`.
+fn expected_gpus(spec: &str) -> Result<crate::gpu_health::Expected, ConfigError> {
+    let bad = |why: String| {
+        invalid(format!(
+            "expect-gpus must be COUNT:MODEL (e.g. 4:A10G), got '{spec}': {why}. Exiting..."
+        ))
+    };
+    let (count, model) = spec
+        .split_once(':')
+        .ok_or_else(|| bad("no ':'".to_string()))?;
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| bad(format!("'{count}' is not a count")))?;
+    crate::gpu_health::Expected::new(count, model, "expect-gpus").map_err(|e| bad(e.to_string()))
 }
 
 fn job_role(
@@ -776,6 +864,73 @@ mod tests {
         for (list, message) in table {
             let error = load(&args(list), &env(&[]), &no_file).unwrap_err();
             assert_eq!(error.to_string(), *message, "args {list:?}");
+        }
+    }
+
+    #[test]
+    fn gpu_health_options_and_their_messages() {
+        let config = load_with(BASE, &[], "").unwrap().gpu_health;
+        assert_eq!(
+            config,
+            GpuHealthOptions {
+                gate: GateMode::Enforce,
+                expect: None,
+                dcgm: true,
+                kernel_log: "/dev/kmsg".into()
+            }
+        );
+        let options = [
+            BASE,
+            &[
+                "--gpu-gate",
+                "warn",
+                "--expect-gpus",
+                "4:A10G",
+                "--gpu-gate-dcgm",
+                "off",
+                "--kernel-log",
+                "/tmp/k",
+            ],
+        ]
+        .concat();
+        let config = load_with(&options, &[], "").unwrap().gpu_health;
+        assert_eq!(config.gate, GateMode::Warn);
+        assert_eq!(
+            config.expect.as_ref().map(|e| (e.count, e.model.as_str())),
+            Some((4, "A10G"))
+        );
+        assert!(!config.dcgm);
+        assert_eq!(config.kernel_log, "/tmp/k");
+        let from_yaml = load_with(
+            &[BASE, &["--config-file=c.yaml"]].concat(),
+            &[],
+            "gpu-gate: \"off\"\nexpect-gpus: \"8:H100 80GB HBM3\"\n",
+        )
+        .unwrap()
+        .gpu_health;
+        assert_eq!(from_yaml.gate, GateMode::Off);
+        assert_eq!(
+            from_yaml.expect.map(|e| e.model),
+            Some("H100 80GB HBM3".to_string())
+        );
+        let errors = [
+            (
+                &["--gpu-gate", "maybe"][..],
+                "gpu-gate must be enforce, warn or off, got 'maybe'",
+            ),
+            (
+                &["--expect-gpus", "4"],
+                "expect-gpus must be COUNT:MODEL (e.g. 4:A10G), got '4': no ':'",
+            ),
+            (&["--expect-gpus", "four:A10G"], "'four' is not a count"),
+            (&["--expect-gpus", "0:A10G"], "at least 1"),
+            (&["--expect-gpus", "4:"], "must not be empty"),
+        ];
+        for (extra, words) in errors {
+            let error = load_with(&[BASE, extra].concat(), &[], "")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(words), "{extra:?}: {error}");
         }
     }
 

@@ -60,7 +60,7 @@ pub(crate) fn cdi_gpu_devices(spec: &str) -> Result<Vec<String>, CdiError> {
 /// The wire type the registration extension carries.
 pub type Gpu = protocol::GpuInfo;
 
-const QUERY: &str = "--query-gpu=index,name,uuid,memory.total,driver_version";
+pub(crate) const QUERY: &str = "--query-gpu=index,name,uuid,memory.total,driver_version";
 
 /// Parses `nvidia-smi --query-gpu=index,name,uuid,memory.total,driver_version
 /// --format=csv,noheader,nounits` output.

@@ -75,6 +75,8 @@ pub fn job_environment(
 pub struct JobControl {
     stopped: AtomicBool,
     session: Mutex<Option<(i32, Option<JobUser>)>>,
+    /// Why the machine stopped the job, when a hardware fault did (the job's log says so).
+    fault: Mutex<Option<String>>,
 }
 
 impl JobControl {
@@ -96,8 +98,19 @@ impl JobControl {
         }
     }
 
+    /// Stops the job because the machine failed (`reason`, e.g. a GPU's Xid 79): the job's log
+    /// ends with the reason, so no one reads the stop as the job's own failure.
+    pub fn stop_for_fault(&self, reason: &str) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+        self.stop();
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn mark_stopped(&self) {
@@ -412,6 +425,8 @@ pub(crate) fn create_unique_dir(root: &Path, prefix: &str) -> std::io::Result<Pa
 
 /// The job log's directive when the kernel killed a process of the job for lack of memory.
 pub(crate) const OUT_OF_MEMORY_DIRECTIVE: &str = "The job ran out of memory";
+/// The pseudo-command under which a job's log says a hardware fault stopped it.
+pub(crate) const FAULT_DIRECTIVE: &str = "The machine failed";
 
 struct Runner<'a> {
     request: &'a JobRequest,
@@ -454,9 +469,26 @@ impl Runner<'_> {
             .cmd_finished(OUT_OF_MEMORY_DIRECTIVE, 1, started_at, unix_now());
     }
 
+    /// When a hardware fault stopped the job, a last step in its log says so: the machine failed,
+    /// not the job's code, and the job goes back to the queue where its retry policy allows.
+    fn report_fault(&mut self) {
+        let Some(reason) = self.control.fault() else {
+            return;
+        };
+        let started_at = unix_now();
+        self.log.cmd_started(FAULT_DIRECTIVE);
+        self.log.cmd_output(
+            format!("{reason}.\nThe job was stopped because the machine it ran on failed, not because of its code; this machine leaves the fleet, and the job is re-queued where its retry policy allows.\n")
+                .as_bytes(),
+        );
+        self.log
+            .cmd_finished(FAULT_DIRECTIVE, 1, started_at, unix_now());
+    }
+
     fn run(&mut self) -> JobResult {
         let mut result = self.run_regular_commands();
         self.report_out_of_memory();
+        self.report_fault();
         let mut epilogues_ran = false;
         if !self.control.is_stopped() {
             self.run_epilogues(result);

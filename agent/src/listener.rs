@@ -90,15 +90,22 @@ fn random_sync_delay() -> Duration {
 enum Message {
     Job(Event),
     Interrupted,
+    HardwareFault(String),
 }
 
-/// Reports an interruption to a running listener, as SIGTERM does (used for spot notices).
+/// Reports an interruption to a running listener, as SIGTERM does (used for spot notices), or a
+/// hardware fault (a fatal GPU Xid), which stops the job at once.
 #[derive(Clone)]
 pub struct Interrupter(mpsc::Sender<Message>);
 
 impl Interrupter {
     pub fn interrupt(&self) {
         let _ = self.0.send(Message::Interrupted);
+    }
+
+    /// The machine failed: `reason` goes to the job's log and to the server.
+    pub fn fault(&self, reason: String) {
+        let _ = self.0.send(Message::HardwareFault(reason));
     }
 }
 
@@ -133,6 +140,8 @@ pub struct Listener {
     messages: mpsc::Receiver<Message>,
     job: Option<RunningJob>,
     gpus: Vec<protocol::GpuInfo>,
+    /// The GPU health gate's report, sent with the GPUs.
+    gpu_gate: Option<protocol::GpuGate>,
     /// A single-job agent's record of the job this machine took (`job-record-file`).
     job_record: Option<JobRecord>,
     /// The EC2 instance identity sent at registration (a Flotilla extension; `--ec2` only).
@@ -159,6 +168,7 @@ impl Listener {
             messages,
             job: None,
             gpus: Vec::new(),
+            gpu_gate: None,
             instance_identity: None,
             last_job: LastJob::default(),
         }
@@ -177,6 +187,12 @@ impl Listener {
     /// The GPUs to report at registration (sent only with `report-gpus`).
     pub fn with_gpus(mut self, gpus: Vec<protocol::GpuInfo>) -> Listener {
         self.gpus = gpus;
+        self
+    }
+
+    /// The GPU health gate's report to send at registration (with `report-gpus`).
+    pub fn with_gpu_gate(mut self, gate: protocol::GpuGate) -> Listener {
+        self.gpu_gate = Some(gate);
         self
     }
 
@@ -228,6 +244,10 @@ impl Listener {
                 Vec::new()
             },
             flotilla_instance_identity: self.instance_identity.clone(),
+            flotilla_gpu_gate: match self.config.report_gpus {
+                true => self.gpu_gate.clone(),
+                false => None,
+            },
         };
         let client = self.client.clone();
         let registered = with_constant_wait(
@@ -335,6 +355,10 @@ impl Listener {
                     Ok(Message::Interrupted) => Event::Interrupted {
                         unix_now: unix_now(),
                     },
+                    Ok(Message::HardwareFault(reason)) => Event::HardwareFault {
+                        reason,
+                        unix_now: unix_now(),
+                    },
                     Err(_) => break,
                 };
                 match self.apply(event, &mut wait) {
@@ -360,7 +384,10 @@ impl Listener {
                 Effect::StopJob => {
                     if let Some(job) = &self.job {
                         tracing::info!("Stopping job {}", self.state.job_id);
-                        job.control.stop();
+                        match &self.state.fault {
+                            Some(reason) => job.control.stop_for_fault(reason),
+                            None => job.control.stop(),
+                        }
                     }
                 }
                 Effect::SyncNow => applied = Applied::SyncNow,

@@ -5,6 +5,8 @@ use agent::cloud::aws::{Aws, AwsError};
 use agent::cloud::imds::{Imds, ImdsError};
 use agent::cloud::CloudError;
 use agent::config::{self, Config, ConfigError, UploadJobLogs};
+use agent::gpu_health::GateReport;
+use agent::health::{self, FaultKind, Verdict};
 use agent::job::{job_environment, run_job, JobControl, JobOptions};
 use agent::joblog::JobLog;
 use agent::listener::{resolve_name, Listener, Timings, VERSION};
@@ -15,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::level_filters::LevelFilter;
 
@@ -45,6 +47,22 @@ enum Commands {
     },
     /// Print the agent's version.
     Version,
+    /// Run the GPU health gate the agent runs before it registers, print each check, and exit 1
+    /// if it fails (an operator's check of a machine; `bench/gpu-check.sh` on a real GPU).
+    GpuGate {
+        /// What the machine must have, COUNT:MODEL (e.g. 4:A10G).
+        #[arg(long, default_value = "")]
+        expect_gpus: String,
+        /// Expect what this EC2 instance type has (the image's table), unless --expect-gpus.
+        #[arg(long, default_value = "")]
+        instance_type: String,
+        /// Skip DCGM's diagnostic even where dcgmi is installed.
+        #[arg(long)]
+        no_dcgm: bool,
+        /// The kernel log read for fatal Xids since boot.
+        #[arg(long, default_value = "/dev/kmsg")]
+        kernel_log: PathBuf,
+    },
     /// Remove this EC2 instance: terminate it in its Auto Scaling group with decrement, else
     /// without, else mark it unhealthy, else power it off (the units' OnFailure= and boot
     /// deadline).
@@ -118,6 +136,15 @@ fn main() {
             ("version", Ok(0))
         }
         Commands::Start { options } => ("start", start(&options)),
+        Commands::GpuGate {
+            expect_gpus,
+            instance_type,
+            no_dcgm,
+            kernel_log,
+        } => (
+            "gpu-gate",
+            gpu_gate_command(&expect_gpus, &instance_type, !no_dcgm, &kernel_log),
+        ),
         Commands::RemoveInstance {
             reason,
             imds_endpoint,
@@ -253,7 +280,41 @@ fn start(options: &[String]) -> Result<i32> {
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     init_agent_log(&env)?;
-    let mut config = load_config(options, &env)?;
+    let machine = prepare(options, &env)?;
+    let gpus = agent::gpu::detect();
+    tracing::info!("{}", agent::gpu::describe(&gpus));
+    let gate = gpu_gate(&machine.config, machine.ec2.as_ref(), !gpus.is_empty());
+    if let Some(report) = &gate {
+        match health::verdict(machine.config.gpu_health.gate, report) {
+            Verdict::Register => {}
+            Verdict::RegisterDespiteFailure => tracing::warn!(
+                "The GPU health gate failed ({}); registering anyway (gpu-gate: warn)",
+                report.failures()
+            ),
+            Verdict::Leave => {
+                tracing::error!(
+                    "The GPU health gate failed: {}. This machine does not register.",
+                    report.failures()
+                );
+                let fault = (FaultKind::Gate, report.failures());
+                return Ok(machine.leave(Some(fault), None).max(1));
+            }
+        }
+    }
+    serve(&machine, gpus, gate)
+}
+
+/// What `agent start` knows before its GPUs are looked at: its configuration (with the token read
+/// from SSM where it lives there), the AWS client it needs, its EC2 instance, its name.
+struct Machine {
+    config: Config,
+    aws: Option<Aws>,
+    ec2: Option<Ec2>,
+    name: String,
+}
+
+fn prepare(options: &[String], env: &BTreeMap<String, String>) -> Result<Machine> {
+    let mut config = load_config(options, env)?;
     let needs_aws = !config.token_ssm_parameter.is_empty()
         || (config.ec2 && !config.ec2_keep_instance)
         || !config.job_role.role_arn.is_empty();
@@ -274,26 +335,37 @@ fn start(options: &[String]) -> Result<i32> {
         Some(ec2) if config.name.is_empty() && config.name_from_env.is_empty() => {
             ec2.instance_id.clone()
         }
-        _ => resolve_name(&config, &env),
+        _ => resolve_name(&config, env),
     };
-    let gpus = agent::gpu::detect();
-    tracing::info!("{}", agent::gpu::describe(&gpus));
-    // On EC2 the agent removes its own instance when it exits, unless told to keep it.
-    let remove_instance = config.ec2 && !config.ec2_keep_instance;
-    let keep_minutes = config.keep_failed_instance_minutes;
-    let poweroff_command = config.ec2_poweroff_command.clone();
+    Ok(Machine {
+        config,
+        aws,
+        ec2,
+        name,
+    })
+}
+
+/// Registers and serves until a shutdown (spot notices and GPU faults interrupt it), then the
+/// instance leaves; the exit code is the listener's, or non-zero when nothing removed it.
+fn serve(machine: &Machine, gpus: Vec<agent::gpu::Gpu>, gate: Option<GateReport>) -> Result<i32> {
+    let config = machine.config.clone();
     let mut job_options = job_options(&config, &gpus)?;
-    if let Some(aws) = aws
+    if let Some(aws) = machine
+        .aws
         .as_ref()
         .filter(|_| !config.job_role.role_arn.is_empty())
     {
         job_options.job_role = Some(start_job_role(&config, aws)?);
     }
+    let kernel_log = PathBuf::from(&config.gpu_health.kernel_log);
     let mut listener = Listener::new(config, job_options, Timings::default()).with_gpus(gpus);
-    if let Some(identity) = ec2.as_ref().and_then(|ec2| ec2.identity.clone()) {
-        listener = listener.with_instance_identity(identity);
+    if let Some(report) = &gate {
+        listener = listener.with_gpu_gate(health::to_wire(report));
     }
-    if let Some(ec2) = &ec2 {
+    if let Some(ec2) = &machine.ec2 {
+        if let Some(identity) = ec2.identity.clone() {
+            listener = listener.with_instance_identity(identity);
+        }
         let interrupter = listener.interrupter();
         let watcher = agent::cloud::watch_spot_notices(Imds::new(&ec2.endpoint), ec2.poll, {
             move |_| interrupter.interrupt()
@@ -302,26 +374,134 @@ fn start(options: &[String]) -> Result<i32> {
             tracing::error!("Could not watch for spot interruption notices: {error}");
         }
     }
+    let fault = Arc::new(Mutex::new(None));
+    if gate.is_some() {
+        watch_gpu_faults(&kernel_log, &machine.name, &listener, fault.clone());
+    }
     let last_job = listener.last_job();
-    let code = listener.run(name);
-    if let (Some(aws), Some(ec2), true) = (&aws, &ec2, remove_instance) {
+    let code = listener.run(machine.name.clone());
+    let fault = fault
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|reason| (FaultKind::Xid, reason));
+    let kept = fault.is_none().then(|| last_job.get()).flatten();
+    Ok(code.max(machine.leave(fault, kept)))
+}
+
+/// `agent gpu-gate`: the gate as `agent start` runs it, its checks on stdout, exit 1 on a failure.
+fn gpu_gate_command(
+    expect_gpus: &str,
+    instance_type: &str,
+    dcgm: bool,
+    kernel_log: &Path,
+) -> Result<i32> {
+    let mut options = vec!["--endpoint=gate".to_string(), "--token=gate".to_string()];
+    if !expect_gpus.is_empty() {
+        options.push(format!("--expect-gpus={expect_gpus}"));
+    }
+    let gate = config::load(&options, &BTreeMap::new(), &|_| Ok(String::new()))?.gpu_health;
+    let expected = gate
+        .expect
+        .or_else(|| agent::gpu_health::expected_for(instance_type));
+    let report = agent::gpu_health::run(expected, dcgm, kernel_log);
+    println!("{}", report.describe());
+    match report.passed() {
+        true => Ok(0),
+        false => {
+            println!("FAILED: {}", report.failures());
+            Ok(1)
+        }
+    }
+}
+
+/// The GPU health gate, where it applies (GPUs found, or expected of this instance type or by
+/// `expect-gpus`); its checks go to the agent log.
+fn gpu_gate(config: &Config, ec2: Option<&Ec2>, gpus_found: bool) -> Option<GateReport> {
+    let instance_type = ec2.and_then(|ec2| ec2.instance_type.as_deref());
+    let expected = health::gate_plan(&config.gpu_health, instance_type, gpus_found)?;
+    let started = std::time::Instant::now();
+    let options = &config.gpu_health;
+    let report = agent::gpu_health::run(expected, options.dcgm, Path::new(&options.kernel_log));
+    for line in report.describe().lines() {
+        tracing::info!("GPU health gate: {line}");
+    }
+    tracing::info!(
+        "GPU health gate: {} in {:.1} s",
+        if report.passed() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    Some(report)
+}
+
+/// Watches the kernel log for fatal GPU Xids while the agent serves: the first stops the job
+/// (the listener reports it as a fault) and is kept in `fault` for the instance's tag.
+fn watch_gpu_faults(
+    kernel_log: &Path,
+    name: &str,
+    listener: &Listener,
+    fault: Arc<Mutex<Option<String>>>,
+) {
+    let interrupter = listener.interrupter();
+    let name = name.to_string();
+    let watched = agent::xid::watch(kernel_log.to_path_buf(), move |event| {
+        let reason = health::fault_reason(&name, &event);
+        tracing::error!("{reason}");
+        fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| reason.clone());
+        interrupter.fault(reason);
+    });
+    match watched {
+        Ok(_) => tracing::info!("Watching {} for GPU faults (Xid)", kernel_log.display()),
+        Err(error) => tracing::error!(
+            "Could not watch {} for GPU faults: {error}",
+            kernel_log.display()
+        ),
+    }
+}
+
+impl Machine {
+    /// On EC2 (unless told to keep it), the instance goes: a faulty one first tags itself with the
+    /// fault (what the scaler counts against its pool), a failed job's may wait in Standby for
+    /// debugging (`last_job`), then it is removed. Returns a non-zero code when nothing removed it
+    /// (the unit's OnFailure= removal then runs, as root, with retries); 0 otherwise.
+    fn leave(&self, fault: Option<(FaultKind, String)>, last_job: Option<JobResult>) -> i32 {
+        let config = &self.config;
+        let remove_instance = config.ec2 && !config.ec2_keep_instance;
+        let (Some(aws), Some(ec2), true) = (&self.aws, &self.ec2, remove_instance) else {
+            return 0;
+        };
+        if let Some((kind, detail)) = fault {
+            let value = health::fault_tag_value(agent::shell::unix_now(), kind, &detail);
+            match aws.tag_instance(&ec2.instance_id, health::FAULT_TAG, &value) {
+                Ok(()) => {
+                    tracing::info!("Tagged {} {}={value}", ec2.instance_id, health::FAULT_TAG)
+                }
+                Err(error) => {
+                    tracing::error!("Could not record the fault on the instance: {error}")
+                }
+            }
+        }
         // Logs are flushed: the job's teardown delivered them before the last sync.
-        let kept = agent::cloud::keep_failed_for(keep_minutes, last_job.get(), remove_instance)
+        let keep_minutes = config.keep_failed_instance_minutes;
+        let kept = agent::cloud::keep_failed_for(keep_minutes, last_job, remove_instance)
             .is_some_and(|keep| keep_for_debugging(aws, &ec2.instance_id, keep));
-        let (steps, leaving) = aws.remove_instance(&ec2.instance_id, &poweroff_command, kept);
+        let poweroff = &config.ec2_poweroff_command;
+        let (steps, leaving) = aws.remove_instance(&ec2.instance_id, poweroff, kept);
         for step in steps {
             tracing::info!("Instance removal: {step}");
         }
-        if !leaving {
-            // A failed unit runs its OnFailure= removal (as root, with retries): exit non-zero.
-            tracing::error!(
-                "every way of removing {} failed: exiting non-zero",
-                ec2.instance_id
-            );
-            return Ok(code.max(1));
+        if leaving {
+            return 0;
         }
+        tracing::error!(
+            "every way of removing {} failed: exiting non-zero",
+            ec2.instance_id
+        );
+        1
     }
-    Ok(code)
 }
 
 /// Debug jobs: keeps this instance, in Standby, for `keep` (or until the agent is told to stop)
@@ -394,6 +574,8 @@ struct Ec2 {
     instance_id: String,
     /// The signed instance identity, for a hub that binds registration to the instance.
     identity: Option<protocol::InstanceIdentity>,
+    /// Its instance type, from the identity document (what the GPU gate expects of it).
+    instance_type: Option<String>,
 }
 
 impl Ec2 {
@@ -415,11 +597,16 @@ impl Ec2 {
                 tracing::warn!("Registering without an instance identity: {error}")
             })
             .ok();
+        let instance_type = identity.as_ref().and_then(|identity| {
+            let document: serde_json::Value = serde_json::from_str(&identity.document).ok()?;
+            document["instanceType"].as_str().map(str::to_string)
+        });
         Ok(Ec2 {
             endpoint: endpoint.to_string(),
             poll,
             instance_id,
             identity,
+            instance_type,
         })
     }
 }

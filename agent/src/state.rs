@@ -27,6 +27,9 @@ pub struct State {
     pub job_result: Option<JobResult>,
     /// Unix seconds of the first SIGTERM/SIGINT, or 0. Never reset.
     pub interrupted_at: i64,
+    /// The hardware fault that ended this machine's usefulness (a fatal GPU Xid), if any. Never
+    /// reset: from it on the agent takes no job and reports itself interrupted.
+    pub fault: Option<String>,
     /// Monotonic milliseconds of the last successful sync (initially: when the loop started).
     pub last_successful_sync_ms: u64,
     pub jobs_taken: u32,
@@ -44,6 +47,7 @@ impl State {
             job_id: String::new(),
             job_result: None,
             interrupted_at: 0,
+            fault: None,
             last_successful_sync_ms: now_ms,
             jobs_taken: 0,
             single_job,
@@ -67,6 +71,7 @@ impl State {
             job_id: self.job_id.clone(),
             job_result: self.job_result,
             interrupted_at: self.interrupted_at,
+            flotilla_fault: self.fault.clone(),
         }
     }
 
@@ -97,6 +102,11 @@ pub enum Event {
     },
     /// SIGTERM or SIGINT arrived.
     Interrupted {
+        unix_now: i64,
+    },
+    /// The hardware this agent runs on failed (a fatal GPU Xid): `reason` says how.
+    HardwareFault {
+        reason: String,
         unix_now: i64,
     },
 }
@@ -167,8 +177,33 @@ pub fn step(state: &State, event: Event) -> (State, Vec<Effect>) {
                 effects.push(Effect::SyncNow);
             }
         }
+        Event::HardwareFault { reason, unix_now } => {
+            hardware_fault(&mut next, reason, unix_now, &mut effects)
+        }
     }
     (next, effects)
+}
+
+/// A fatal hardware fault: the job cannot go on on this machine, so it is stopped at once (not
+/// after the interruption grace period: its results could be corrupt), and the agent reports
+/// itself interrupted with the fault's reason, so the server re-queues the job and tells the
+/// agent to shut down. Only the first fault counts.
+fn hardware_fault(next: &mut State, reason: String, unix_now: i64, effects: &mut Vec<Effect>) {
+    if next.fault.is_some() {
+        return;
+    }
+    effects.push(Effect::Note(format!(
+        "{reason}: stopping, this machine takes no more jobs"
+    )));
+    next.fault = Some(reason);
+    if next.interrupted_at == 0 {
+        next.interrupted_at = unix_now;
+    }
+    if next.job_in_progress() && next.phase != AgentState::StoppingJob {
+        next.phase = AgentState::StoppingJob;
+        effects.push(Effect::StopJob);
+    }
+    effects.push(Effect::SyncNow);
 }
 
 /// The agent cannot go on with this server: stop the job, if one runs, and leave with
@@ -204,6 +239,11 @@ fn apply_action(next: &mut State, response: SyncResponse, effects: &mut Vec<Effe
                 effects.push(Effect::Note(format!(
                     "Ignoring run-job for {}: job {} is still in progress",
                     response.job_id, next.job_id
+                )));
+            } else if let Some(fault) = &next.fault {
+                effects.push(Effect::Note(format!(
+                    "Ignoring run-job for {}: this machine is faulty ({fault})",
+                    response.job_id
                 )));
             } else if next.single_job && next.jobs_taken > 0 {
                 effects.push(Effect::Note(format!(
@@ -629,5 +669,47 @@ mod tests {
         assert_eq!(state.interrupted_at, 1_700_000_000);
         let (state, _) = step(&state, synced("wait-for-jobs", ""));
         assert_eq!(state.interrupted_at, 1_700_000_000);
+    }
+
+    #[test]
+    fn a_hardware_fault_stops_the_job_at_once_and_refuses_the_next() {
+        let fault = |reason: &str| Event::HardwareFault {
+            reason: reason.into(),
+            unix_now: 1_700_000_000,
+        };
+        let running = with_phase(AgentState::RunningJob, "J1", false, 1);
+        let (state, effects) = step(&running, fault("GPU fault on i-1: Xid 79"));
+        assert_eq!(state.phase, AgentState::StoppingJob);
+        assert_eq!(
+            without_notes(effects),
+            vec![Effect::StopJob, Effect::SyncNow]
+        );
+        let report = state.sync_request();
+        assert_eq!(report.interrupted_at, 1_700_000_000);
+        assert_eq!(
+            report.flotilla_fault.as_deref(),
+            Some("GPU fault on i-1: Xid 79")
+        );
+        // Only the first fault counts; an earlier interruption's time is kept.
+        let (again, effects) = step(&state, fault("GPU fault on i-1: Xid 48"));
+        assert_eq!(again, state);
+        assert!(effects.is_empty());
+        let interrupted = State {
+            interrupted_at: 1_600_000_000,
+            ..with_phase(AgentState::WaitingForJobs, "", false, 0)
+        };
+        let (idle, effects) = step(&interrupted, fault("GPU fault on i-1: Xid 79"));
+        assert_eq!(idle.interrupted_at, 1_600_000_000);
+        assert_eq!(without_notes(effects), vec![Effect::SyncNow]);
+        // A faulty machine takes no job, though a healthy one in the same state does.
+        let (after, effects) = step(&idle, synced("run-job", "J2"));
+        assert_eq!(after.phase, AgentState::WaitingForJobs);
+        assert!(!effects.iter().any(|e| matches!(e, Effect::StartJob { .. })));
+        let (healthy, effects) = step(&interrupted, synced("run-job", "J2"));
+        assert_eq!(healthy.phase, AgentState::StartingJob);
+        assert!(effects.iter().any(|e| matches!(e, Effect::StartJob { .. })));
+        // A report without a fault is upstream's body, byte for byte.
+        let text = serde_json::to_string(&running.sync_request()).unwrap();
+        assert!(!text.contains("flotilla_fault"), "{text}");
     }
 }

@@ -76,6 +76,31 @@ al2023)
 *) die "unknown FLOTILLA_BASE_OS: $BASE_OS" ;;
 esac
 
+# DCGM, for the agent's GPU health gate (`dcgmi diag -r 1` before registration, run when dcgmi is
+# installed; agent/src/gpu_health.rs). From NVIDIA's CUDA repository: on Ubuntu x86_64 through
+# its keyring package, pinned by checksum (the CUDA repository has no arm64 Ubuntu keyring we pin:
+# there the gate runs without DCGM); on AL2023 the repository added above. Its host engine runs as
+# nvidia-dcgm.service (dcgmi talks to it).
+DCGM_PACKAGE=datacenter-gpu-manager-4-cuda12
+CUDA_KEYRING_SHA256=d2a6b11c096396d868758b86dab1823b25e14d70333f1dfa74da5ddaf6a06dba
+case "$BASE_OS/$ARCH" in
+ubuntu-24.04/x86_64)
+  keyring="$(mktemp --suffix=.deb)"
+  curl -fsSL --retry 5 -o "$keyring" \
+    https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/cuda-keyring_1.1-1_all.deb
+  echo "$CUDA_KEYRING_SHA256  $keyring" | sha256sum -c - || die "cuda-keyring checksum mismatch"
+  dpkg -i "$keyring"
+  rm -f "$keyring"
+  apt-get "${apt_opts[@]}" update -q
+  apt-get "${apt_opts[@]}" install -y -q --no-install-recommends "$DCGM_PACKAGE"
+  ;;
+al2023/*) dnf install -y -q "$DCGM_PACKAGE" ;;
+*) log "no DCGM for $BASE_OS/$ARCH: the GPU health gate runs without its diagnostic" ;;
+esac
+if systemctl cat nvidia-dcgm.service >/dev/null 2>&1; then
+  systemctl enable nvidia-dcgm.service
+fi
+
 # Keeps the driver loaded between jobs (faster first CUDA call, stable nvidia-smi).
 if systemctl cat nvidia-persistenced.service >/dev/null 2>&1; then
   systemctl enable nvidia-persistenced.service

@@ -273,6 +273,7 @@ async fn dispatch_loop(address: String, token: String, jobs: u64, dispatched: Ar
             job_id: answer.job_id,
             job_result: Some(protocol::JobResult::Passed),
             interrupted_at: 0,
+            flotilla_fault: None,
         })
         .unwrap();
         let (status, _) = connection

@@ -174,19 +174,32 @@ fn decide_waiting(
     (reply, change)
 }
 
-/// Whether a finished job goes back to the queue: stopped because its agent was interrupted (not
-/// by a user), with re-queues left.
-pub(crate) fn requeue_after_finish(
-    result: JobResult,
-    user_stopped: bool,
-    agent_interrupted: bool,
-    requeues_done: u32,
-    requeues_allowed: u32,
-) -> bool {
-    result == JobResult::Stopped
-        && !user_stopped
-        && agent_interrupted
-        && requeues_done < requeues_allowed
+/// What decides whether a job its agent reported finished goes back to the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FinishFacts {
+    pub result: JobResult,
+    /// A user asked for the stop: that is final.
+    pub user_stopped: bool,
+    /// The agent reported an interruption (a signal, a spot notice, a fault).
+    pub agent_interrupted: bool,
+    /// The agent reported a hardware fault (a fatal GPU Xid): the job's failure may be the
+    /// machine's, not its code's.
+    pub machine_fault: bool,
+    pub requeues_done: u32,
+    pub requeues_allowed: u32,
+}
+
+/// Whether a finished job goes back to the queue, with re-queues left and no user stop: stopped
+/// because its agent was interrupted, or stopped or failed on a machine that reported a hardware
+/// fault (the GPU may have failed under it before the agent saw the fault). A passed job is done
+/// wherever it ran, and a failure on a healthy machine is the job's own.
+pub(crate) fn requeue_after_finish(facts: &FinishFacts) -> bool {
+    let machine_ended_it = match facts.result {
+        JobResult::Stopped => facts.agent_interrupted || facts.machine_fault,
+        JobResult::Failed => facts.machine_fault,
+        JobResult::Passed => false,
+    };
+    machine_ended_it && !facts.user_stopped && facts.requeues_done < facts.requeues_allowed
 }
 
 /// What the hub knows when an agent it declared lost (no sync for `--lost-after`) presents its
@@ -351,6 +364,7 @@ mod tests {
             job_id: job_id.into(),
             job_result: result,
             interrupted_at,
+            flotilla_fault: None,
         }
     }
 
@@ -852,23 +866,90 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per case, read top to bottom
     fn requeue_policy() {
-        assert!(requeue_after_finish(JobResult::Stopped, false, true, 0, 1));
-        assert!(
-            !requeue_after_finish(JobResult::Stopped, false, true, 1, 1),
-            "re-queues used up"
-        );
-        assert!(
-            !requeue_after_finish(JobResult::Stopped, true, true, 0, 1),
-            "a user stop is final"
-        );
-        assert!(
-            !requeue_after_finish(JobResult::Failed, false, true, 0, 1),
-            "a failed job is never re-run"
-        );
-        assert!(
-            !requeue_after_finish(JobResult::Stopped, false, false, 0, 1),
-            "stopped, not interrupted"
-        );
+        let stopped = FinishFacts {
+            result: JobResult::Stopped,
+            user_stopped: false,
+            agent_interrupted: true,
+            machine_fault: false,
+            requeues_done: 0,
+            requeues_allowed: 1,
+        };
+        let faulted = FinishFacts {
+            machine_fault: true,
+            ..stopped
+        };
+        let rows = [
+            ("stopped by an interruption", stopped, true),
+            (
+                "re-queues used up",
+                FinishFacts {
+                    requeues_done: 1,
+                    ..stopped
+                },
+                false,
+            ),
+            (
+                "a user stop is final",
+                FinishFacts {
+                    user_stopped: true,
+                    ..stopped
+                },
+                false,
+            ),
+            (
+                "a failed job is never re-run",
+                FinishFacts {
+                    result: JobResult::Failed,
+                    ..stopped
+                },
+                false,
+            ),
+            (
+                "stopped, not interrupted",
+                FinishFacts {
+                    agent_interrupted: false,
+                    ..stopped
+                },
+                false,
+            ),
+            ("stopped by a hardware fault", faulted, true),
+            (
+                "failed on a machine that faulted",
+                FinishFacts {
+                    result: JobResult::Failed,
+                    ..faulted
+                },
+                true,
+            ),
+            (
+                "passed on a machine that faulted",
+                FinishFacts {
+                    result: JobResult::Passed,
+                    ..faulted
+                },
+                false,
+            ),
+            (
+                "a fault does not lift the retry limit",
+                FinishFacts {
+                    requeues_done: 1,
+                    ..faulted
+                },
+                false,
+            ),
+            (
+                "a user stop is final, fault or not",
+                FinishFacts {
+                    user_stopped: true,
+                    ..faulted
+                },
+                false,
+            ),
+        ];
+        for (name, facts, expected) in rows {
+            assert_eq!(requeue_after_finish(&facts), expected, "{name}");
+        }
     }
 }

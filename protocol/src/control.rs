@@ -29,6 +29,28 @@ pub struct RegisterRequest {
     /// upstream's byte for byte).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flotilla_instance_identity: Option<InstanceIdentity>,
+    /// Flotilla extension, sent with `flotilla_gpus`: what the GPU health gate checked before
+    /// this registration (an agent that failed it never registers, so `passed` is true here
+    /// unless the gate was told only to warn).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flotilla_gpu_gate: Option<GpuGate>,
+}
+
+/// The GPU health gate's checks, as an agent reports them at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct GpuGate {
+    pub passed: bool,
+    pub checks: Vec<GpuGateCheck>,
+}
+
+/// One check of the GPU health gate: its name, whether it passed, and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct GpuGateCheck {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
 }
 
 /// An EC2 instance identity document exactly as IMDS serves it
@@ -71,6 +93,12 @@ pub struct SyncRequest {
     pub job_result: Option<JobResult>,
     /// Unix seconds at which SIGTERM/SIGINT arrived, or 0. Sticky once set.
     pub interrupted_at: i64,
+    /// Flotilla extension: the hardware fault that made this agent stop its job and leave
+    /// (e.g. "GPU fault on i-0abc: Xid 79 on PCI 0000:00:1e (GPU has fallen off the bus)"), sent
+    /// with `interrupted_at` from the fault on (absent otherwise, so the body is upstream's byte
+    /// for byte; Semaphore's servers ignore it and see an interruption).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flotilla_fault: Option<String>,
 }
 
 /// Answer to a sync.
@@ -331,6 +359,7 @@ mod tests {
             job_id: String::new(),
             flotilla_gpus: Vec::new(),
             flotilla_instance_identity: None,
+            flotilla_gpu_gate: None,
         };
         assert_eq!(
             serde_json::to_string(&request).unwrap(),
@@ -417,6 +446,7 @@ mod tests {
             job_id: "J".into(),
             job_result: Some(JobResult::Stopped),
             interrupted_at: 1_700_000_000,
+            flotilla_fault: None,
         };
         let text = serde_json::to_string(&finished).unwrap();
         assert_eq!(

@@ -14,8 +14,8 @@ pub mod spec;
 pub mod views;
 
 pub use control::{
-    AgentState, GpuInfo, InstanceIdentity, JobResult, RefreshResponse, RegisterRequest,
-    RegisterResponse, ShutdownReason, SyncAction, SyncRequest, SyncResponse,
+    AgentState, GpuGate, GpuGateCheck, GpuInfo, InstanceIdentity, JobResult, RefreshResponse,
+    RegisterRequest, RegisterResponse, ShutdownReason, SyncAction, SyncRequest, SyncResponse,
 };
 pub use events::LogEvent;
 pub use job::{Callbacks, Command, Compose, Container, EnvVar, File, JobRequest, Logger};

@@ -115,6 +115,9 @@ pub struct AgentView {
     /// GPUs the agent reported (Flotilla extension).
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
+    /// What the agent's GPU health gate checked before it registered (Flotilla extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_gate: Option<crate::control::GpuGate>,
 }
 
 /// New log lines of a job (`GET /api/v1/jobs/<id>/logs`) and whether more can come.

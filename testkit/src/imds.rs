@@ -253,7 +253,7 @@ fn answer(state: &mut ImdsState, request: &Request) -> Reply {
 /// An instance identity document shaped like AWS's (pretty-printed JSON, camelCase keys).
 pub fn identity_document(instance_id: &str, account_id: &str, region: &str) -> String {
     format!(
-        "{{\n  \"accountId\" : \"{account_id}\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"{region}a\",\n  \"imageId\" : \"ami-0123456789abcdef0\",\n  \"instanceId\" : \"{instance_id}\",\n  \"instanceType\" : \"g5.xlarge\",\n  \"pendingTime\" : \"2026-01-01T00:00:00Z\",\n  \"privateIp\" : \"10.0.0.1\",\n  \"region\" : \"{region}\",\n  \"version\" : \"2017-09-30\"\n}}"
+        "{{\n  \"accountId\" : \"{account_id}\",\n  \"architecture\" : \"x86_64\",\n  \"availabilityZone\" : \"{region}a\",\n  \"imageId\" : \"ami-0123456789abcdef0\",\n  \"instanceId\" : \"{instance_id}\",\n  \"instanceType\" : \"m7i.large\",\n  \"pendingTime\" : \"2026-01-01T00:00:00Z\",\n  \"privateIp\" : \"10.0.0.1\",\n  \"region\" : \"{region}\",\n  \"version\" : \"2017-09-30\"\n}}"
     )
 }
 

@@ -14,6 +14,7 @@ pub mod balancer;
 #[cfg(feature = "docker")]
 pub mod containers;
 pub mod fault_proxy;
+pub mod gpu;
 pub mod http;
 pub mod hub_process;
 pub mod imds;

@@ -2,7 +2,8 @@
 //! own instance after its last job — `TerminateInstanceInAutoScalingGroup` with decrement, then
 //! without (at MinSize the first is refused), then `SetInstanceHealth(Unhealthy)` and a power-off,
 //! so a one-job machine never lingers; for a debug job, first `EnterStandby` (out of service, out of
-//! scale-in and the reaper, desired capacity decremented) while the instance is kept. Credentials and region come from the standard chain (on EC2:
+//! scale-in and the reaper, desired capacity decremented) while the instance is kept; before a
+//! faulty machine leaves, the `flotilla:fault` tag that tells the scaler why. Credentials and region come from the standard chain (on EC2:
 //! the instance profile and IMDS); `AWS_ENDPOINT_URL` points the SDK elsewhere (tests use moto).
 
 use aws_config::BehaviorVersion;
@@ -27,6 +28,8 @@ pub enum AwsError {
     NoGroup { instance: String },
     #[error("putting instance {instance} into Standby: {message}")]
     Standby { instance: String, message: String },
+    #[error("tagging instance {instance}: {message}")]
+    Tag { instance: String, message: String },
 }
 
 pub struct Aws {
@@ -152,6 +155,22 @@ impl Aws {
             )
             .map_err(|error| failed(DisplayErrorContext(&error).to_string()))?;
         Ok(group)
+    }
+
+    /// Puts one tag on this instance (the fault record the scaler reads, `crate::health`).
+    pub fn tag_instance(&self, instance_id: &str, key: &str, value: &str) -> Result<(), AwsError> {
+        let client = aws_sdk_ec2::Client::new(&self.config);
+        let tag = aws_sdk_ec2::types::Tag::builder()
+            .key(key)
+            .value(value)
+            .build();
+        self.runtime
+            .block_on(client.create_tags().resources(instance_id).tags(tag).send())
+            .map(|_| ())
+            .map_err(|error| AwsError::Tag {
+                instance: instance_id.to_string(),
+                message: DisplayErrorContext(&error).to_string(),
+            })
     }
 
     /// Removes `instance_id` from its group and ends it; returns what was done, step by step, and

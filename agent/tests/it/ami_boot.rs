@@ -268,26 +268,26 @@ fn the_boot_deadline_removes_an_instance_whose_agent_never_registered() {
     assert!(output.contains("(decrement: true)"), "{output}");
 }
 
-/// A directory with fake `nvidia-smi` and `docker` for the GPU checks.
-fn fake_gpu_tools(docker_runtimes: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+/// One H100 (testkit's fake `nvidia-smi`) and a fake `docker` beside it whose `info` lists
+/// `docker_runtimes`.
+fn fake_gpu_tools(docker_runtimes: &str) -> testkit::gpu::FakeGpuTools {
+    let tools = testkit::gpu::FakeGpu::healthy(1, "NVIDIA H100 80GB HBM3")
+        .memory_mib(81559)
+        .driver_version("560.35.03")
+        .install();
     let write = |name: &str, body: &str| {
-        let path = dir.path().join(name);
+        let path = tools.path().join(name);
         std::fs::write(&path, body).unwrap();
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
     };
-    write(
-        "nvidia-smi",
-        "#!/bin/sh\ncase \"$1\" in --query-gpu=*) printf '0, NVIDIA H100 80GB HBM3, GPU-aaaa, 81559, 560.35.03\\n';; *) exit 9;; esac\n",
-    );
     write(
         "docker",
         &format!(
             "#!/bin/sh\ncase \"$1\" in info) echo '{docker_runtimes}';; run) [ \"$3\" = --gpus ] && echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)';; *) exit 2;; esac\n"
         ),
     );
-    dir
+    tools
 }
 
 fn self_test(tools: &Path, scripts: &Path, imds: &str) -> (i32, String) {

@@ -515,7 +515,7 @@ fn systemd_units_verify() {
         (
             "flotilla-agent.service",
             "AmbientCapabilities",
-            "CAP_SETUID CAP_SETGID CAP_KILL",
+            "CAP_SETUID CAP_SETGID CAP_KILL CAP_SYSLOG",
         ),
         ("flotilla-agent.service", "ProtectProc", "invisible"),
         (

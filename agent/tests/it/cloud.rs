@@ -201,7 +201,7 @@ use testkit::moto;
 use testkit::fault_proxy;
 
 /// Starts `agent start --ec2 ...` against the fake IMDS and moto; returns (exit code, output).
-fn run_ec2_agent(
+pub(crate) fn run_ec2_agent(
     hub: &FakeHub,
     imds: &FakeImds,
     aws_env: &[(&'static str, String)],
@@ -220,7 +220,7 @@ fn run_ec2_agent(
 }
 
 /// Starts `agent start --ec2 ...` (output in `dir/out`, scratch directories in `dir`).
-fn spawn_ec2_agent(
+pub(crate) fn spawn_ec2_agent(
     hub: &FakeHub,
     imds: &FakeImds,
     aws_env: &[(&'static str, String)],
@@ -280,7 +280,7 @@ fn lifecycle_state(
         .to_string()
 }
 
-fn one_job(hub: &FakeHub, id: &str, command: &str) {
+pub(crate) fn one_job(hub: &FakeHub, id: &str, command: &str) {
     hub.assign(
         protocol::JobRequest {
             job_id: id.into(),

@@ -545,17 +545,9 @@ fn a_malformed_job_request_is_reported_failed() {
     );
 }
 
-/// A fake `nvidia-smi` answering the agent's query for two A10G GPUs.
-fn fake_nvidia_smi() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("nvidia-smi");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\ncase \"$1\" in --query-gpu=*) printf '0, NVIDIA A10G, GPU-aaaa, 23028, 550.54.15\\n1, NVIDIA A10G, GPU-bbbb, 23028, 550.54.15\\n';; *) exit 9;; esac\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    dir
+/// Two healthy A10Gs (GPU-aaaa, GPU-bbbb; 23028 MiB, driver 550.54.15).
+fn fake_nvidia_smi() -> testkit::gpu::FakeGpuTools {
+    testkit::gpu::FakeGpu::healthy(2, "NVIDIA A10G").install()
 }
 
 #[test]

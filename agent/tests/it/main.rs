@@ -12,6 +12,7 @@ mod ami_boot;
 mod ami_static;
 mod cloud;
 mod docker_compose;
+mod gpu_health;
 mod job_role;
 mod job_sequences;
 mod job_user;

@@ -21,6 +21,24 @@ fn gpus(agent: &AgentView) -> String {
     format!("{} × {}", agent.gpus.len(), models.join(", "))
 }
 
+/// The GPU health gate's result in a word, and its checks one per line (the cell's tooltip).
+fn gate(agent: &AgentView) -> Option<(String, String)> {
+    let gate = agent.gpu_gate.as_ref()?;
+    let verdict = match gate.passed {
+        true => format!("health gate passed ({} checks)", gate.checks.len()),
+        false => "health gate FAILED".to_string(),
+    };
+    let lines: Vec<String> = gate
+        .checks
+        .iter()
+        .map(|check| {
+            let mark = if check.passed { "ok" } else { "FAIL" };
+            format!("{mark} {}: {}", check.name, check.detail)
+        })
+        .collect();
+    Some((verdict, lines.join("\n")))
+}
+
 pub(super) async fn list(State(console): State<Console>, headers: HeaderMap) -> Page {
     let session = console.session(&headers)?;
     let agents = console.hub.agents();
@@ -44,7 +62,12 @@ pub(super) async fn list(State(console): State<Console>, headers: HeaderMap) -> 
                                 Some(job) => a href=(format!("/console/jobs/{job}")) { (job) },
                                 None => "–",
                             } }
-                            td { (gpus(agent)) }
+                            td {
+                                (gpus(agent))
+                                @if let Some((verdict, checks)) = gate(agent) {
+                                    br; small.gpu-gate title=(checks) { (verdict) }
+                                }
+                            }
                             td { (layout::duration(now - agent.registered_at)) }
                             td {
                                 form method="post" action=(format!("/console/agents/{}/shutdown", layout::url_encode(&agent.name))) {

@@ -204,12 +204,24 @@ fn spec_table(spec: &JobSpec) -> Markup {
     }
 }
 
+/// The job's reason; a job re-queued (its agent lost, interrupted, or its machine faulty) and
+/// taken again says where it went: "GPU fault on i-1: Xid 79 …; retried on i-2".
+fn reason(job: &JobView) -> Option<String> {
+    let reason = job.reason.as_deref()?;
+    match (reason.strip_prefix("re-queued: "), &job.agent) {
+        (Some(why), Some(agent)) if job.state != JobState::Queued => {
+            Some(format!("{why}; retried on {agent}"))
+        }
+        _ => Some(reason.to_string()),
+    }
+}
+
 fn summary(job: &JobView, session: &super::auth::Session) -> Markup {
     html! {
         dl.summary {
             dt { "Id" } dd { code { (job.id) } }
             dt { "State" } dd #job-state { (state_badge(job)) }
-            @if let Some(reason) = &job.reason { dt { "Reason" } dd { (reason) } }
+            @if let Some(reason) = reason(job) { dt { "Reason" } dd #job-reason { (reason) } }
             dt { "Agent type" } dd { (job.agent_type) }
             dt { "Attempts" } dd { (job.attempts) }
             @if let Some(agent) = &job.agent { dt { "Agent" } dd { (agent) } }

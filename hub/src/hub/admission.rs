@@ -22,6 +22,9 @@ impl RegistrationLimits {
     pub(crate) const JOB_ID: usize = 64;
     pub(crate) const GPUS: usize = 64;
     pub(crate) const GPU_FIELD: usize = 128;
+    /// The GPU health gate's checks (the agent runs about eight) and each one's text.
+    pub(crate) const GATE_CHECKS: usize = 32;
+    pub(crate) const GATE_FIELD: usize = 512;
     /// An instance identity document is about 500 bytes, its signature about 350.
     pub(crate) const IDENTITY: usize = 8 * 1024;
 }
@@ -173,6 +176,9 @@ pub(super) fn check_registration(request: &RegisterRequest) -> HubResult<()> {
             ));
         }
     }
+    if let Some(gate) = &request.flotilla_gpu_gate {
+        check_gpu_gate(gate)?;
+    }
     if let Some(identity) = &request.flotilla_instance_identity {
         if identity.document.len() + identity.signature.len() > RegistrationLimits::IDENTITY {
             return Err(too_long(
@@ -182,6 +188,29 @@ pub(super) fn check_registration(request: &RegisterRequest) -> HubResult<()> {
         }
     }
     Ok(())
+}
+
+/// The GPU health gate's report: a bounded number of checks, each with bounded text.
+fn check_gpu_gate(gate: &protocol::GpuGate) -> HubResult<()> {
+    if gate.checks.len() > RegistrationLimits::GATE_CHECKS {
+        return Err(too_long(
+            "flotilla_gpu_gate.checks (in entries)",
+            RegistrationLimits::GATE_CHECKS,
+        ));
+    }
+    let longest = gate
+        .checks
+        .iter()
+        .map(|check| check.name.len().max(check.detail.len()))
+        .max()
+        .unwrap_or(0);
+    match longest > RegistrationLimits::GATE_FIELD {
+        true => Err(too_long(
+            "a GPU gate check's name or detail",
+            RegistrationLimits::GATE_FIELD,
+        )),
+        false => Ok(()),
+    }
 }
 
 fn too_long(field: &'static str, limit: usize) -> HubError {

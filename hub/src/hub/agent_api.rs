@@ -483,12 +483,28 @@ fn decide(
     let next_job = core.next_job_for(agent, spread);
     let (reply, change) = rules::decide_sync(&facts, request, now, next_job);
     let interrupted = facts.interrupted_at > 0 || request.interrupted_at > 0;
-    let changes = sync_changes(core, &agent.row, change, &reply, interrupted, now)?;
+    let leaving = jobs::Leaving {
+        interrupted,
+        fault: request.flotilla_fault.as_deref().map(bounded_fault),
+    };
+    let changes = sync_changes(core, &agent.row, change, &reply, leaving, now)?;
     Ok(Decided {
         reply,
         changes,
         name: agent.row.name.clone(),
     })
+}
+
+/// Longest fault reason kept from an agent's report (it becomes the job's reason, shown on the
+/// console): a client's text is bounded like every other field it sends.
+const MAX_FAULT_CHARS: usize = 300;
+
+/// An agent's fault reason, cut to [`MAX_FAULT_CHARS`] characters.
+fn bounded_fault(fault: &str) -> &str {
+    match fault.char_indices().nth(MAX_FAULT_CHARS) {
+        Some((end, _)) => &fault[..end],
+        None => fault,
+    }
 }
 
 /// What the rules need to know about a syncing agent.
@@ -522,7 +538,7 @@ fn sync_changes(
     agent: &AgentRow,
     change: Option<JobChange>,
     reply: &Reply,
-    agent_interrupted: bool,
+    leaving: jobs::Leaving<'_>,
     now: i64,
 ) -> HubResult<Changes> {
     let mut changes = Changes::default();
@@ -536,9 +552,7 @@ fn sync_changes(
         }
         Some(JobChange::Finished { job_id, result }) => {
             let job = core.job(&job_id)?;
-            changes
-                .jobs
-                .push(jobs::finished(job, result, agent_interrupted, now));
+            changes.jobs.push(jobs::finished(job, result, leaving, now));
             row.job_id = None;
             row.jobs_finished += 1;
         }
@@ -561,4 +575,16 @@ fn sync_changes(
         changes.agents.push(row);
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_fault_reason_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(super::MAX_FAULT_CHARS + 100);
+        let cut = super::bounded_fault(&long);
+        assert_eq!(cut.chars().count(), super::MAX_FAULT_CHARS);
+        let short = "GPU fault on i-1: Xid 79";
+        assert_eq!(super::bounded_fault(short), short);
+    }
 }

@@ -3,7 +3,7 @@
 //! Nothing here changes state: `Hub::commit` writes and applies what these return.
 
 use super::memory::JobMem;
-use crate::rules::{self, JobEvent};
+use crate::rules::{self, FinishFacts, JobEvent};
 use crate::store::JobRow;
 use crate::tokens;
 use protocol::{JobResult, JobState};
@@ -41,25 +41,31 @@ pub(super) fn started(job: &JobRow, now: i64) -> JobRow {
     }
 }
 
-/// Its agent reported `result`; a job stopped because its agent was interrupted goes back to
-/// the queue while its retry policy allows.
-pub(super) fn finished(
-    job: &JobMem,
-    result: JobResult,
-    agent_interrupted: bool,
-    now: i64,
-) -> JobRow {
-    let requeue = rules::requeue_after_finish(
+/// How the agent that reported a job finished was leaving, if it was.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Leaving<'a> {
+    /// It reported an interruption (a signal, a spot notice, a fault).
+    pub interrupted: bool,
+    /// The hardware fault it reported, e.g. "GPU fault on i-0abc: Xid 79 …".
+    pub fault: Option<&'a str>,
+}
+
+/// Its agent reported `result`; a job stopped because its agent was interrupted, or ended on a
+/// machine that reported a hardware fault, goes back to the queue while its retry policy allows.
+pub(super) fn finished(job: &JobMem, result: JobResult, agent: Leaving<'_>, now: i64) -> JobRow {
+    let requeue = rules::requeue_after_finish(&FinishFacts {
         result,
-        job.row.stop_requested,
-        agent_interrupted,
-        requeues_done(&job.row),
-        job.spec.retry.agent_lost,
-    );
-    if requeue {
-        requeued(&job.row, "its agent was interrupted")
-    } else {
-        closed(&job.row, result, None, now)
+        user_stopped: job.row.stop_requested,
+        agent_interrupted: agent.interrupted,
+        machine_fault: agent.fault.is_some(),
+        requeues_done: requeues_done(&job.row),
+        requeues_allowed: job.spec.retry.agent_lost,
+    });
+    match (requeue, agent.fault) {
+        (true, Some(fault)) => requeued(&job.row, fault),
+        (true, None) => requeued(&job.row, "its agent was interrupted"),
+        (false, Some(fault)) => closed(&job.row, result, Some(fault.to_string()), now),
+        (false, None) => closed(&job.row, result, None, now),
     }
 }
 

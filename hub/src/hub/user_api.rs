@@ -266,5 +266,6 @@ fn agent_view(agent: &AgentMem) -> AgentView {
         version: registration.version.clone(),
         pid: registration.pid,
         gpus: registration.flotilla_gpus.clone(),
+        gpu_gate: registration.flotilla_gpu_gate.clone(),
     }
 }

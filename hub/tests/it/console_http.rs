@@ -5,7 +5,7 @@
 //! page under 100 KB.
 
 use crate::console_support::{serve, Served, ADMIN};
-use protocol::{JobResult, JobSpec};
+use protocol::{GpuGate, GpuGateCheck, GpuInfo, JobResult, JobSpec, RegisterRequest};
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
 use std::collections::BTreeMap;
@@ -331,6 +331,62 @@ fn the_overview_and_agents_pages_show_the_queue_and_the_fleet() {
     served.finish(&mut agent, JobResult::Passed);
     let finished = browser.page("/console/agents");
     assert!(!finished.contains(&format!("href=\"/console/jobs/{}\"", agent.job_id)));
+}
+
+/// The agents page shows each agent's GPUs and its health gate's result (each check in the
+/// cell's title); a job whose machine failed under it says so on its page, and where it went
+/// next (its reason before the retry is the control: no "retried on" while it waits).
+#[test]
+fn gpus_the_health_gate_and_a_gpu_fault_retried_elsewhere_are_shown() {
+    let served = serve();
+    let browser = sign_in(&served);
+    let gpu = GpuInfo {
+        name: "NVIDIA A10G".into(),
+        ..GpuInfo::default()
+    };
+    let check = |name: &str, detail: &str| GpuGateCheck {
+        name: name.into(),
+        passed: true,
+        detail: detail.into(),
+    };
+    let mut first = served.linux_agent_with(RegisterRequest {
+        name: "i-0first".into(),
+        flotilla_gpus: vec![gpu.clone(), gpu],
+        flotilla_gpu_gate: Some(GpuGate {
+            passed: true,
+            checks: vec![
+                check("GPU count", "2 of 2 NVIDIA A10G"),
+                check("ECC", "no uncorrectable errors"),
+            ],
+        }),
+        ..RegisterRequest::default()
+    });
+    let agents = browser.page("/console/agents");
+    assert!(agents.contains("2 × NVIDIA A10G"), "{agents}");
+    assert!(agents.contains("health gate passed (2 checks)"), "{agents}");
+    assert!(
+        agents.contains("ok GPU count: 2 of 2 NVIDIA A10G"),
+        "{agents}"
+    );
+
+    let spec = JobSpec::from_commands("linux", &["train".into()]);
+    let job = served.hub.submit(spec, served.now()).unwrap();
+    served.take_job(&mut first);
+    let fault = "GPU fault on i-0first: Xid 79 on PCI 0000:00:1e (GPU has fallen off the bus)";
+    served.fault(&mut first, fault);
+    let waiting = browser.page(&format!("/console/jobs/{}", job.id));
+    assert!(
+        waiting.contains(&format!("re-queued: {fault}")),
+        "{waiting}"
+    );
+    assert!(!waiting.contains("retried on"), "{waiting}");
+    let mut second = served.linux_agent("i-0second");
+    served.take_job(&mut second);
+    let page = browser.page(&format!("/console/jobs/{}", job.id));
+    assert!(
+        page.contains(&format!("{fault}; retried on i-0second")),
+        "{page}"
+    );
 }
 
 #[test]

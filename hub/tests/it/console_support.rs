@@ -129,6 +129,11 @@ impl Served {
         self.register(&self.linux_token, name, None)
     }
 
+    /// Registers a "linux" agent with the GPUs and GPU gate `request` reports.
+    pub(crate) fn linux_agent_with(&self, request: RegisterRequest) -> Agent {
+        self.register_request(&self.linux_token, request)
+    }
+
     /// Registers a "gpu" agent on instance `instance_id`, launched at `launched` (Unix seconds).
     pub(crate) fn gpu_agent(&self, instance_id: &str, launched: i64) -> Agent {
         let pending = jiff::Timestamp::from_second(launched).unwrap().to_string();
@@ -148,6 +153,10 @@ impl Served {
             flotilla_instance_identity: identity,
             ..RegisterRequest::default()
         };
+        self.register_request(token, request)
+    }
+
+    fn register_request(&self, token: &str, request: RegisterRequest) -> Agent {
         let registered = self.hub.register(token, request, self.now()).unwrap();
         Agent {
             name: registered.name,
@@ -245,6 +254,19 @@ impl Served {
             ..SyncRequest::default()
         };
         self.hub.sync(&agent.token, &finished, self.now()).unwrap();
+    }
+
+    /// The agent's machine failed under its job (`fault`): it reports the job stopped, with the
+    /// interruption and the fault, as an agent that saw a fatal Xid does.
+    pub(crate) fn fault(&self, agent: &mut Agent, fault: &str) {
+        let faulted = SyncRequest {
+            state: AgentState::FinishedJob,
+            job_id: agent.job_id.clone(),
+            job_result: Some(JobResult::Stopped),
+            interrupted_at: self.now(),
+            flotilla_fault: Some(fault.to_string()),
+        };
+        self.hub.sync(&agent.token, &faulted, self.now()).unwrap();
     }
 
     /// What the hub answers the agent's next sync while it runs its job.

@@ -319,6 +319,44 @@ fn an_interrupted_agents_stopped_job_is_requeued_but_a_failed_job_never_is() {
     assert_eq!(s.hub.job(&job.id).unwrap().result, Some(JobResult::Failed));
 }
 
+/// An agent whose GPU failed mid-job (a fatal Xid) reports the fault with its interruption: the
+/// job goes back to the queue with the fault as its reason (stopped, or failed before the agent
+/// saw the fault), once, and a second agent finishes it. A failure on a healthy machine stays
+/// failed (the control: the same report without the fault).
+#[test]
+fn a_job_ended_by_a_hardware_fault_is_requeued_with_the_fault_as_its_reason() {
+    let s = setup();
+    let fault = "GPU fault on agent-0001: Xid 79 on PCI 0000:00:1e (GPU has fallen off the bus)";
+    for (result, n) in [(JobResult::Stopped, 1), (JobResult::Failed, 2)] {
+        let job = s.hub.submit(spec(&["train"]), T0).unwrap();
+        let (token, job_id) = take_job(&s, &format!("agent-f{n}"), false, T0);
+        let finished = SyncRequest {
+            interrupted_at: T0 + 1,
+            flotilla_fault: Some(fault.to_string()),
+            ..report(AgentState::FinishedJob, &job_id, Some(result))
+        };
+        let response = s.hub.sync(&token, &finished, T0 + 2).unwrap();
+        assert_eq!(response.action, SyncAction::Shutdown, "{result:?}");
+        let requeued = s.hub.job(&job.id).unwrap();
+        assert_eq!(requeued.state, JobState::Queued, "{result:?}");
+        assert_eq!(
+            requeued.reason.as_deref(),
+            Some(format!("re-queued: {fault}").as_str())
+        );
+        let (token, job_id) = take_job(&s, &format!("agent-g{n}"), false, T0 + 3);
+        assert_eq!(job_id, job.id);
+        let passed = report(AgentState::FinishedJob, &job_id, Some(JobResult::Passed));
+        s.hub.sync(&token, &passed, T0 + 4).unwrap();
+        let done = s.hub.job(&job.id).unwrap();
+        assert_eq!((done.result, done.attempts), (Some(JobResult::Passed), 2));
+    }
+    let job = s.hub.submit(spec(&["train"]), T0).unwrap();
+    let (token, job_id) = take_job(&s, "agent-h", false, T0);
+    let failed = report(AgentState::FinishedJob, &job_id, Some(JobResult::Failed));
+    s.hub.sync(&token, &failed, T0 + 1).unwrap();
+    assert_eq!(s.hub.job(&job.id).unwrap().result, Some(JobResult::Failed));
+}
+
 #[test]
 fn idle_agents_are_shut_down_after_their_idle_timeout() {
     let s = setup();

@@ -15,5 +15,6 @@ pub(crate) fn report(state: AgentState, job_id: &str, result: Option<JobResult>)
         job_id: job_id.into(),
         job_result: result,
         interrupted_at: 0,
+        flotilla_fault: None,
     }
 }

@@ -139,6 +139,7 @@ fn another_tenant_cannot_take_a_busy_agents_name_and_its_job_goes_on() {
             job_id: job.clone(),
             job_result: Some(JobResult::Passed),
             interrupted_at: 0,
+            flotilla_fault: None,
         },
         T0 + 4,
     )

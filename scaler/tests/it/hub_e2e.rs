@@ -1,6 +1,6 @@
 //! The hub end to end: a real `scaler hub` process, real `agent` processes and the `scaler` CLI.
 //! Submit → run → logs → result; single-job, idle, stop and interruption paths; kill -9 of the
-//! hub mid-run; many agents racing for few jobs; bad input at the HTTP edge.
+//! hub mid-run; a GPU fault's job re-queued; many agents racing for few jobs; bad input at the HTTP edge.
 
 use std::time::Duration;
 use testkit::agent_process::AgentProcess;
@@ -117,6 +117,46 @@ fn an_interrupted_agents_job_is_requeued_and_finished_by_another() {
         state(&hub, &id).0,
         "queued",
         "re-queued once by the default retry policy"
+    );
+    let mut second = testkit::hub_process::start_agent(&hub, &["--disconnect-after-job"]);
+    assert_eq!(second.wait(LONG), 0, "{}", second.output());
+    assert_eq!(state(&hub, &id), ("finished".into(), Some("passed".into())));
+    assert_eq!(hub.job(&id)["attempts"], 2);
+}
+
+/// A GPU that falls off the bus under a job (a fatal Xid in the agent's kernel log): the agent
+/// stops the job at once and reports the fault, the hub re-queues the job once with the fault as
+/// its reason, and a second agent on healthy hardware finishes it.
+#[test]
+fn a_job_stopped_by_a_gpu_fault_is_requeued_and_finished_by_another() {
+    let hub = HubProcess::start(&[]);
+    // It waits on the GPU machine (until the fault) and runs straight through on the second.
+    let id = hub.submit(&["[ -z \"$FLOTILLA_GPU_COUNT\" ] || sleep 300; echo done"]);
+    let tools = testkit::gpu::FakeGpu::healthy(1, "NVIDIA A10G").install();
+    let kernel_log = testkit::gpu::FakeKernelLog::new();
+    let log = kernel_log.path().display().to_string();
+    let mut first = AgentProcess::start(
+        &testkit::hub_process::agent_binary(),
+        &format!("127.0.0.1:{}", hub.port),
+        &hub.registration_token(),
+        &[
+            "--disconnect-after-job",
+            "--report-gpus",
+            "--kernel-log",
+            &log,
+        ],
+        Some(tools.path()),
+    );
+    testkit::wait_for("the job to run", LONG, || state(&hub, &id).0 == "running");
+    kernel_log.xid(79);
+    assert_eq!(first.wait(LONG), 0, "{}", first.output());
+    assert_eq!(first.shutdown_reason(), "INTERRUPTED");
+    let requeued = hub.job(&id);
+    assert_eq!(requeued["state"], "queued", "{requeued}");
+    let reason = requeued["reason"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reason.starts_with("re-queued: GPU fault on ") && reason.contains("Xid 79"),
+        "{reason}"
     );
     let mut second = testkit::hub_process::start_agent(&hub, &["--disconnect-after-job"]);
     assert_eq!(second.wait(LONG), 0, "{}", second.output());
