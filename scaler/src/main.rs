@@ -6,7 +6,7 @@ mod aws;
 mod cmd;
 mod logging;
 
-use cmd::{client, deploy, hub, run, simulate, up, HubAccess};
+use cmd::{client, deploy, hub, preflight, run, simulate, up, HubAccess};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -33,6 +33,9 @@ enum Commands {
     /// Create or update a fleet's (or, with --template hub, a hub's) CloudFormation stack (the
     /// templates are built in).
     Deploy(deploy::DeployArgs),
+    /// Check a fleet's quotas, instance offerings, spot outlook, image, network and prices before
+    /// `deploy` (which runs the same checks first); each finding says what to do.
+    Preflight(preflight::PreflightArgs),
     /// A deployed fleet: stack, pools, queue, recent scaling activity, outputs.
     Status(deploy::StackArgs),
     /// Delete a fleet's or a hub's stack (and the token parameter deploy created for a fleet).
@@ -70,6 +73,7 @@ fn main() {
         Commands::Run(args) => run::run(args),
         Commands::Simulate(args) => simulate::run(args),
         Commands::Deploy(args) => deploy::run(args),
+        Commands::Preflight(args) => preflight::run(args),
         Commands::Status(args) => cmd::status::run(args),
         Commands::Destroy(args) => cmd::destroy::run(args),
         Commands::Jobs { access, command } => client::jobs(&access, command),

@@ -102,6 +102,28 @@ impl MotoServer {
     }
 
     /// (desired, instance ids, suspended processes) of a group.
+    /// The value of tag `key` on `instance` ("" when it has none), terminated instances included.
+    pub fn instance_tag(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        instance: &str,
+        key: &str,
+    ) -> String {
+        let ec2 = aws_sdk_ec2::Client::new(&self.sdk(runtime));
+        let described = runtime
+            .block_on(ec2.describe_instances().instance_ids(instance).send())
+            .expect("describe the instance");
+        described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .flat_map(|i| i.tags())
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn group(
         &self,
         runtime: &tokio::runtime::Runtime,

@@ -157,20 +157,97 @@ impl Aws {
         Ok(group)
     }
 
-    /// Puts one tag on this instance (the fault record the scaler reads, `crate::health`).
+    /// Puts one tag on this instance (the fault record the scaler reads, `crate::health`):
+    /// EC2's `CreateTags` through its Query API, signed here with SigV4 ([`aws_sigv4`], in the
+    /// agent's tree through `aws-config`) rather than through `aws-sdk-ec2`, which would be most
+    /// of the agent's build for this one call. The endpoint is the SDK's (`AWS_ENDPOINT_URL`,
+    /// moto in tests), else EC2's regional one.
     pub fn tag_instance(&self, instance_id: &str, key: &str, value: &str) -> Result<(), AwsError> {
-        let client = aws_sdk_ec2::Client::new(&self.config);
-        let tag = aws_sdk_ec2::types::Tag::builder()
-            .key(key)
-            .value(value)
-            .build();
-        self.runtime
-            .block_on(client.create_tags().resources(instance_id).tags(tag).send())
-            .map(|_| ())
-            .map_err(|error| AwsError::Tag {
-                instance: instance_id.to_string(),
-                message: DisplayErrorContext(&error).to_string(),
-            })
+        let fail = |message: String| AwsError::Tag {
+            instance: instance_id.to_string(),
+            message,
+        };
+        let region = self.config.region().ok_or(AwsError::NoRegion)?.to_string();
+        let endpoint = match self.config.endpoint_url() {
+            Some(url) => format!("{}/", url.trim_end_matches('/')),
+            None => format!("https://ec2.{region}.amazonaws.com/"),
+        };
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("Action", "CreateTags")
+            .append_pair("Version", "2016-11-15")
+            .append_pair("ResourceId.1", instance_id)
+            .append_pair("Tag.1.Key", key)
+            .append_pair("Tag.1.Value", value)
+            .finish();
+        let headers = self.sign_ec2(&endpoint, &region, &body).map_err(fail)?;
+        let client = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut request = client.post(&endpoint).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        match status.is_success() {
+            true => Ok(()),
+            false => Err(fail(format!(
+                "{status}: {}",
+                response.text().unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The headers that sign a form-encoded EC2 Query API `POST` of `body` to `endpoint`, with
+    /// the SDK's credentials (on EC2: the instance profile's).
+    fn sign_ec2(
+        &self,
+        endpoint: &str,
+        region: &str,
+        body: &str,
+    ) -> Result<Vec<(String, String)>, String> {
+        use aws_credential_types::provider::ProvideCredentials;
+        use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+        let provider = self
+            .config
+            .credentials_provider()
+            .ok_or("no AWS credentials")?;
+        let credentials = self
+            .runtime
+            .block_on(provider.provide_credentials())
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        let identity = credentials.into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name("ec2")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let content_type = (
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        );
+        let request = SignableRequest::new(
+            "POST",
+            endpoint,
+            std::iter::once(content_type),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(request, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let mut headers = vec![(content_type.0.to_string(), content_type.1.to_string())];
+        headers.extend(
+            instructions
+                .headers()
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+        );
+        Ok(headers)
     }
 
     /// Removes `instance_id` from its group and ends it; returns what was done, step by step, and

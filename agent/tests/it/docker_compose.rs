@@ -955,10 +955,7 @@ fn the_agent_binary_wires_files_and_the_gpu_setting() {
         "echo \"gpus=$FLOTILLA_GPU_COUNT\"",
     ]);
     hub.assign(request, "jwt");
-    let tools = containers::tools(&[(
-        "nvidia-smi",
-        "#!/bin/sh\ncase \"$1\" in --query-gpu=*) printf '0, NVIDIA A10G, GPU-aaaa, 23028, 550.54.15\\n';; *) exit 9;; esac\n",
-    )]);
+    let tools = testkit::gpu::FakeGpu::healthy(1, "NVIDIA A10G").install();
     let files = format!("{}:/tmp/agent/file1.txt", file.display());
     let mut agent = agent_process::AgentProcess::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_agent")),

@@ -13,28 +13,6 @@ use testkit::imds::FakeImds;
 use testkit::mock_hub::FakeHub;
 use testkit::{moto, runtime};
 
-/// The value of `key` among the tags of `instance` in moto ("" when it has none).
-fn tag(
-    runtime: &tokio::runtime::Runtime,
-    moto: &moto::MotoServer,
-    instance: &str,
-    key: &str,
-) -> String {
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk(runtime));
-    let described = runtime
-        .block_on(ec2.describe_instances().instance_ids(instance).send())
-        .expect("describe the instance");
-    described
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .flat_map(|i| i.tags())
-        .find(|t| t.key() == Some(key))
-        .and_then(|t| t.value())
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Runs the agent on EC2 instance `instance` with `gpu` on its PATH and `kernel_log`; returns
 /// (exit code, output).
 fn run_gpu_agent(
@@ -84,7 +62,10 @@ fn a_machine_that_fails_the_gpu_gate_never_registers_tags_itself_and_leaves() {
     let registered = hub.state().registered.clone().expect("registered");
     let gate = registered.flotilla_gpu_gate.expect("the gate's report");
     assert!(gate.passed && gate.checks.len() >= 3, "{gate:?}");
-    assert_eq!(tag(&runtime, &moto, &instances[1], "flotilla:fault"), "");
+    assert_eq!(
+        moto.instance_tag(&runtime, &instances[1], "flotilla:fault"),
+        ""
+    );
 
     // One of the two GPUs is gone: no registration, a fault tag, removal with decrement.
     let hub = FakeHub::start();
@@ -94,7 +75,7 @@ fn a_machine_that_fails_the_gpu_gate_never_registers_tags_itself_and_leaves() {
     assert!(output.contains("The GPU health gate failed"), "{output}");
     assert!(hub.state().registered.is_none(), "{output}");
     assert_eq!(hub.state().register_attempts, 0, "{output}");
-    let fault = tag(&runtime, &moto, &instances[0], "flotilla:fault");
+    let fault = moto.instance_tag(&runtime, &instances[0], "flotilla:fault");
     let (at, detail) = fault
         .split_once(' ')
         .expect("<unix seconds> <kind>: <detail>");
@@ -160,7 +141,7 @@ fn a_fatal_xid_mid_job_stops_it_reports_the_fault_and_the_instance_leaves() {
         log.contains("The machine failed") && log.contains("Xid 79"),
         "{log}"
     );
-    let fault = tag(&runtime, &moto, &instances[0], "flotilla:fault");
+    let fault = moto.instance_tag(&runtime, &instances[0], "flotilla:fault");
     assert!(
         fault.contains(" xid: GPU fault on") && fault.contains("Xid 79"),
         "{fault}"

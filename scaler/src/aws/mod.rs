@@ -2,11 +2,13 @@
 //! region from the standard chain, an optional endpoint for an emulator, adaptive retries with short
 //! back-offs), SSM parameter reads, the Auto Scaling fleet ([`fleet`], with its memory of GPU
 //! faults in [`faults`]) and the CloudFormation
-//! stacks client used by `deploy`/`status`/`destroy` ([`stacks`]). Only this module links the AWS
+//! stacks client used by `deploy`/`status`/`destroy` ([`stacks`]), and the deploy preflight's
+//! read-only questions ([`preflight`]). Only this module links the AWS
 //! SDK; the decisions it serves live in the `scaling` crate.
 
 pub(crate) mod faults;
 pub(crate) mod fleet;
+pub(crate) mod preflight;
 pub(crate) mod stacks;
 
 use anyhow::{bail, Context, Result};

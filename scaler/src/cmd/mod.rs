@@ -7,6 +7,7 @@ pub(crate) mod deploy;
 pub(crate) mod destroy;
 pub(crate) mod hub;
 pub(crate) mod hub_admin;
+pub(crate) mod preflight;
 pub(crate) mod registration_rule;
 pub(crate) mod run;
 pub(crate) mod simulate;

@@ -74,6 +74,35 @@ fn an_image(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer) -> Strin
         .expect("moto has images")
 }
 
+/// Gives moto's default VPC what AWS gives every default VPC, an internet gateway and the main
+/// route table's 0.0.0.0/0 route to it, so deploy's preflight finds the subnets public.
+fn default_vpc_as_aws_makes_it(runtime: &tokio::runtime::Runtime, moto: &moto::MotoServer) {
+    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk(runtime));
+    let default = aws_sdk_ec2::types::Filter::builder()
+        .name("is-default")
+        .values("true")
+        .build();
+    let vpcs = runtime
+        .block_on(ec2.describe_vpcs().filters(default).send())
+        .unwrap();
+    let vpc = vpcs.vpcs()[0].vpc_id().unwrap().to_string();
+    let in_vpc = aws_sdk_ec2::types::Filter::builder()
+        .name("vpc-id")
+        .values(&vpc)
+        .build();
+    let tables = runtime
+        .block_on(ec2.describe_route_tables().filters(in_vpc).send())
+        .unwrap();
+    let main = tables
+        .route_tables()
+        .iter()
+        .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+        .and_then(|t| t.route_table_id())
+        .unwrap()
+        .to_string();
+    super::preflight_e2e::route_to_internet(runtime, &ec2, &vpc, &main);
+}
+
 #[test]
 fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
     let runtime = runtime();
@@ -81,6 +110,7 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
     let sdk = moto.sdk(&runtime);
     let env = moto.env();
     let image = an_image(&runtime, &moto);
+    default_vpc_as_aws_makes_it(&runtime, &moto);
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "registration-token-123\n").unwrap();
@@ -100,10 +130,11 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         "JobEcrRepositories=team/app,base",
         "KeepFailedInstanceMinutes=30",
     ];
-    // A dry run shows the plan and leaves nothing behind.
+    // A dry run runs the preflight, shows the plan and leaves nothing behind.
     let dry_run: Vec<&str> = create.iter().copied().chain(["--dry-run"]).collect();
     let (code, output) = scaler(&env, &dry_run);
     assert_eq!(code, 0, "{output}");
+    assert!(output.contains("Preflight: 0 error(s)"), "{output}");
     assert!(output.contains("Planning stack gpu-fleet"), "{output}");
     assert!(
         output.contains("AgentLaunchTemplate (AWS::EC2::LaunchTemplate)"),
@@ -122,6 +153,26 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
     assert!(output.contains("Creating stack gpu-fleet"), "{output}");
     assert!(output.contains("CREATE_COMPLETE"), "{output}");
     assert!(output.contains("AgentGroupNames"), "{output}");
+    // The preflight alone, for the stack as deployed: its parameters fill in those not given.
+    let (code, alone) = scaler(
+        &env,
+        &[
+            "preflight",
+            "--stack",
+            "gpu-fleet",
+            "--parameters",
+            "MaxSize=7",
+        ],
+    );
+    assert_eq!(code, 0, "{alone}");
+    assert!(
+        alone.contains("Preflight: 7 × g6.xlarge,g5.xlarge in us-east-1"),
+        "{alone}"
+    );
+    assert!(
+        alone.contains(&format!("image {image} has no flotilla:agent-version tag")),
+        "{alone}"
+    );
 
     // The token went to SSM as a SecureString; the agents' config names it.
     let ssm = aws_sdk_ssm::Client::new(&sdk);

@@ -20,6 +20,7 @@ mod infra_parity;
 mod infra_static;
 mod partitions;
 mod policy_rules;
+mod preflight_e2e;
 mod red_team_hub;
 mod red_team_infra;
 mod simulate_cli;

@@ -3,7 +3,9 @@
 //! outputs a fleet uses: `QueueEndpoint`, the registration token's secret), both embedded in this
 //! binary, in three parts kept apart so each
 //! can be read and tested alone. First the checks that need no AWS (stack name, parameters against
-//! the template's declarations, MinSize ≤ MaxSize among the values given, a registration token);
+//! the template's declarations, MinSize ≤ MaxSize among the values given, a registration token)
+//! and, for a fleet, the read-only preflight of `cmd/preflight` (quotas, offerings, image, network:
+//! its errors stop here unless `--ignore-preflight`, `--dry-run` included);
 //! then a pure [`plan`] from the resolved values and the stack as it is ([`Plan::NoChange`],
 //! [`Plan::Create`] or [`Plan::Update`]); then the calls, all through [`Stacks`], with the
 //! printing in [`super::watch`]. The token goes to SSM as a SecureString (CloudFormation cannot
@@ -28,7 +30,7 @@ mod wire;
 
 use calls::{apply, existing_stack, secure_token};
 use checks::{check_kind, check_request, resolve_parameters, user_manages_token};
-pub(crate) use checks::{token_parameter_name, Template};
+pub(crate) use checks::{normalize_list_value, parse_parameters, token_parameter_name, Template};
 pub(crate) use plan::{outcome, Outcome};
 
 use crate::aws::stacks::Stacks;
@@ -101,9 +103,12 @@ pub(crate) struct DeployArgs {
     /// ... or keep the token a previous deploy stored.
     #[arg(long)]
     pub existing_token: bool,
-    /// Show the change set's changes, then delete it without executing.
+    /// Show the change set's changes, then delete it without executing (after the preflight).
     #[arg(long)]
     pub dry_run: bool,
+    /// Deploy a fleet even when its preflight (quotas, offerings, image, network) finds errors.
+    #[arg(long)]
+    pub ignore_preflight: bool,
     /// Give up waiting for the stack after this many seconds.
     #[arg(long, default_value_t = 3600)]
     pub timeout_seconds: u64,
@@ -135,6 +140,10 @@ pub(crate) fn run(args: DeployArgs) -> Result<i32> {
         .map(|e| e.parameters.clone())
         .unwrap_or_default();
     let values = resolve_parameters(&template.parameters, &request.given, &previous)?;
+    if args.template == TemplateKind::Fleet {
+        let region = &args.stack.region;
+        super::preflight::before_deploy(region, &template, &values, args.ignore_preflight)?;
+    }
     let plan = plan::plan(&template, &request, &values, existing.as_ref());
     if !args.template.has_token_step() {
         return apply(&stacks, &template, &request, plan, &args);

@@ -326,6 +326,7 @@ fn the_hub_takes_no_token_and_the_fleet_needs_one() {
         token_env: None,
         existing_token,
         dry_run: false,
+        ignore_preflight: false,
         timeout_seconds: 60,
     };
     // (template, --existing-token, accepted)
