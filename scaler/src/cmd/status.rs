@@ -8,12 +8,14 @@
 //! read by the fleets that use it, with their token, so it is not read here.
 
 use super::deploy::{outcome, token_parameter_name, Outcome, StackArgs, TemplateKind};
+use super::preflight::checks::Finding;
 use super::watch::Outputs;
 use crate::aws::stacks::{Activity, Pool, Stacks};
 use anyhow::{bail, Result};
 use aws_sdk_cloudformation::types::StackStatus;
 use scaling::policy::QueueSnapshot;
 use scaling::queue::{MetricsQueue, Queue};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -33,6 +35,10 @@ pub(crate) struct FleetStatus {
     /// Newest first within each group.
     pub activities: Vec<Activity>,
     pub outputs: Vec<(String, String)>,
+    /// A fleet's parameters (empty for a hub), for the quota check.
+    pub fleet_parameters: BTreeMap<String, String>,
+    /// A fleet's vCPU quotas against what MaxSize needs (the preflight's quota check).
+    pub quotas: Vec<Finding>,
 }
 
 /// The queue's counts, or why there are none.
@@ -58,7 +64,10 @@ impl FleetStatus {
 /// `scaler status`.
 pub(crate) fn run(args: StackArgs) -> Result<i32> {
     let stacks = Stacks::connect(&args.region)?;
-    let status = collect(&stacks, &args.stack)?;
+    let mut status = collect(&stacks, &args.stack)?;
+    if !status.fleet_parameters.is_empty() {
+        status.quotas = super::preflight::quota_headroom(&args.region, &status.fleet_parameters);
+    }
     print!("{status}");
     Ok(if status.healthy() { 0 } else { 1 })
 }
@@ -120,6 +129,11 @@ pub(crate) fn collect(stacks: &Stacks, name: &str) -> Result<FleetStatus> {
         queue,
         activities,
         outputs: stack.outputs,
+        fleet_parameters: match hub {
+            true => BTreeMap::new(),
+            false => stack.parameters,
+        },
+        quotas: Vec::new(),
     })
 }
 
@@ -173,6 +187,12 @@ impl fmt::Display for FleetStatus {
                 "Queue ({endpoint}): served by this stack's hub instances"
             )?,
         }
+        if !self.quotas.is_empty() {
+            writeln!(f, "vCPU quotas at MaxSize:")?;
+            for quota in &self.quotas {
+                writeln!(f, "  {quota}")?;
+            }
+        }
         writeln!(f, "Recent scaling activity:")?;
         for a in &self.activities {
             writeln!(
@@ -188,6 +208,7 @@ impl fmt::Display for FleetStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::preflight::checks::Severity;
 
     #[test]
     fn a_fleet_status_prints_every_part() {
@@ -222,6 +243,13 @@ mod tests {
                 description: "Launching a new EC2 instance".into(),
             }],
             outputs: vec![("AgentGroupNames".into(), "gpu-fleet-agents".into())],
+            fleet_parameters: BTreeMap::new(),
+            quotas: vec![Finding::new(
+                Severity::Info,
+                "quotas",
+                "Running On-Demand G and VT instances (L-DB2E81BA): 64 vCPUs; 8 × g6.xlarge (4 vCPUs) need 32 (headroom 32)",
+                "",
+            )],
         };
         assert!(status.healthy());
         let text = status.to_string();
@@ -231,6 +259,8 @@ mod tests {
             "  gpu-fleet-agents: desired 2 (min 0, max 8), 2 instances, 1 in service",
             "  gpu-fleet-fallback: missing",
             "Queue (https://org.semaphoreci.com): 3 queued, 1 running; agents 0 idle, 1 busy",
+            "vCPU quotas at MaxSize:",
+            "  ok      quotas    Running On-Demand G and VT instances (L-DB2E81BA): 64 vCPUs; 8 × g6.xlarge (4 vCPUs) need 32 (headroom 32)",
             "  gpu-fleet-agents: 2024-05-01T10:00:00Z Successful — Launching a new EC2 instance",
             "Outputs:",
         ] {

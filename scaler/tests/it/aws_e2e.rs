@@ -180,30 +180,6 @@ fn a_wrong_group_name_is_a_clear_error() {
     );
 }
 
-/// Tags of an instance, from EC2 (moto).
-fn instance_tags(
-    runtime: &tokio::runtime::Runtime,
-    moto: &moto::MotoServer,
-    id: &str,
-) -> Vec<(String, String)> {
-    let ec2 = aws_sdk_ec2::Client::new(&moto.sdk(runtime));
-    let output = runtime
-        .block_on(ec2.describe_instances().instance_ids(id).send())
-        .expect("describe instances");
-    output
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .flat_map(|i| i.tags())
-        .map(|t| {
-            (
-                t.key().unwrap_or_default().to_string(),
-                t.value().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Waits until the reaper has marked `instance` (the EC2 tag), checks it is still there, then
 /// waits until it is terminated.
 fn wait_for_mark_then_termination(
@@ -216,9 +192,8 @@ fn wait_for_mark_then_termination(
         &format!("{instance} to be marked"),
         Duration::from_secs(30),
         || {
-            instance_tags(runtime, moto, instance).iter().any(|(k, v)| {
-                k == "flotilla:reap" && reasons.iter().any(|r| v.starts_with(&format!("{r}@")))
-            })
+            let mark = moto.instance_tag(runtime, instance, "flotilla:reap");
+            reasons.iter().any(|r| mark.starts_with(&format!("{r}@")))
         },
     );
     assert!(
@@ -271,8 +246,8 @@ fn the_reaper_terminates_a_stuck_instance_and_a_busy_one_only_past_its_lifetime(
     );
     assert!(after.ends_with("in_service=1 actions=0"), "{}", log());
     assert!(moto.group(&runtime, "gpu").1.contains(&busy));
-    let tags = instance_tags(&runtime, &moto, &busy);
-    assert!(!tags.iter().any(|(k, _)| k == "flotilla:reap"), "{}", log());
+    let mark = moto.instance_tag(&runtime, &busy, "flotilla:reap");
+    assert_eq!(mark, "", "{}", log());
     let first_log = log();
     assert!(
         !first_log.contains(&format!("instance: \"{busy}\"")),

@@ -465,6 +465,16 @@ fn deploy_creates_updates_reports_and_destroys_the_gpu_fleet() {
         output.contains("Stack gpu-fleet: UPDATE_COMPLETE"),
         "{output}"
     );
+    // The quota check runs for the deployed fleet (moto has no EC2 quotas: it says so).
+    assert!(output.contains("vCPU quotas at MaxSize:"), "{output}");
+    let quota_line = |l: &str| {
+        let l = l.trim_start();
+        ["ok ", "warning ", "error "]
+            .iter()
+            .any(|label| l.starts_with(label))
+            && l.split_whitespace().nth(1) == Some("quotas")
+    };
+    assert!(output.lines().any(quota_line), "{output}");
     assert!(
         output.contains("Fleet (pools in priority order):"),
         "{output}"

@@ -95,6 +95,16 @@ pub(crate) fn preflight(reader: &dyn Reader, inputs: &Inputs) -> Vec<Finding> {
     findings
 }
 
+/// Only the quota check, for `scaler status`: each quota the fleet draws on with its headroom at
+/// MaxSize, or its shortfall (and what could not be read).
+pub(crate) fn quota_headroom(reader: &dyn Reader, inputs: &Inputs) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let types = read_types(reader, inputs, &mut findings);
+    quotas(reader, inputs, &types, &mut findings);
+    findings.retain(|f| f.check == "quotas" || f.severity != Severity::Info);
+    findings
+}
+
 /// The known types (unknown ones reported); empty when the types cannot be read.
 fn read_types(reader: &dyn Reader, inputs: &Inputs, findings: &mut Vec<Finding>) -> Vec<TypeFacts> {
     let mut known = Vec::new();

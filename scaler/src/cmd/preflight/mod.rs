@@ -78,6 +78,30 @@ pub(crate) fn before_deploy(
     }
 }
 
+/// The quota lines of `scaler status` for a deployed fleet (its parameters, the template's
+/// defaults for the rest): best effort, like the rest of the status.
+pub(crate) fn quota_headroom(region: &str, parameters: &BTreeMap<String, String>) -> Vec<Finding> {
+    let values: BTreeMap<String, String> = parameters
+        .iter()
+        .map(|(key, value)| (key.clone(), normalize_list_value(value)))
+        .collect();
+    let values = match Template::embedded() {
+        Ok(template) => with_defaults(&template, &values),
+        Err(_) => values,
+    };
+    let read = AwsReader::connect(region).map_err(|e| e.to_string());
+    let inputs = Inputs::from_parameters(&values).map_err(|e| e.to_string());
+    match (read, inputs) {
+        (Ok(reader), Ok(inputs)) => gather::quota_headroom(&reader, &inputs),
+        (Err(why), _) | (_, Err(why)) => vec![Finding::new(
+            Severity::Warning,
+            "quotas",
+            format!("not checked: {why}"),
+            "",
+        )],
+    }
+}
+
 /// The values with the template's defaults for those not set.
 fn with_defaults(
     template: &Template,
