@@ -180,6 +180,11 @@ pub(crate) fn router_with(hub: Arc<Hub>, secure: bool, limits: &crate::api::Edge
     };
     let bounded = axum::middleware::from_fn_with_state(console.clone(), bounded_form);
     Router::new()
+        // A person who opens the hub's own address lands on the console (sign-in first).
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::to("/console") }),
+        )
         .route("/console", get(overview::overview))
         .route(
             "/console/login",

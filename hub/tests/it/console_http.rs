@@ -86,6 +86,15 @@ impl Browser {
 fn sign_in_refuses_a_wrong_token_and_sets_a_strict_http_only_cookie() {
     let served = serve();
     let client = client();
+    // The hub's own address leads to the console, which asks for a sign-in.
+    let root = client.get(format!("{}/", served.url)).send().unwrap();
+    assert_eq!(root.status(), StatusCode::SEE_OTHER);
+    assert_eq!(root.headers()["location"], "/console");
+    let console = client
+        .get(format!("{}/console", served.url))
+        .send()
+        .unwrap();
+    assert!(console.status().is_redirection(), "{}", console.status());
     let login = client
         .get(format!("{}/console/login", served.url))
         .send()
